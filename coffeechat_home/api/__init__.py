@@ -1,0 +1,1 @@
+"""aiohttp routes: parse, validate, call a service, shape the response."""

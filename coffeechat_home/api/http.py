@@ -1,0 +1,104 @@
+"""Request parsing and response helpers shared by every route module."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Mapping
+
+import jsonschema
+import orjson
+from aiohttp import web
+
+from ..resources import spec_dir
+from ..errors import MatrixError, bad_json, invalid_param, missing_param
+
+REQUEST_ID = web.RequestKey("request_id", str)
+USER_ID = web.RequestKey("user_id", str)
+
+
+
+def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def raw_json_response(body: bytes, status: int = 200) -> web.Response:
+    """For bodies assembled from stored JSON text without re-parsing."""
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def read_json(request: web.Request, *, allow_empty: bool = False) -> Any:
+    """The request body as JSON: M_TOO_LARGE, M_NOT_JSON on failure."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise MatrixError(413, "M_TOO_LARGE", "Request body too large") from None
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise MatrixError(400, "M_NOT_JSON", "Request body is empty, expected JSON")
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise MatrixError(400, "M_NOT_JSON", "Request body is not valid JSON") from None
+
+
+async def read_json_object(request: web.Request, schema: str | None = None, *, allow_empty: bool = False) -> dict[str, Any]:
+    body = await read_json(request, allow_empty=allow_empty)
+    if not isinstance(body, dict):
+        raise bad_json("Request body must be a JSON object")
+    if schema is not None:
+        validate_body(body, schema)
+    return body
+
+
+@functools.cache
+def _validator(name: str) -> jsonschema.protocols.Validator:
+    schema = json.loads((spec_dir() / "requests" / f"{name}.json").read_text(encoding="utf-8"))
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def validate_body(body: Any, schema: str) -> None:
+    """Validate against spec/requests/<schema>.json; the first error becomes
+    M_MISSING_PARAM (a required key is absent) or M_BAD_JSON."""
+    error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(body))
+    if error is None:
+        return
+    where = "/".join(str(p) for p in error.absolute_path) or "body"
+    if error.validator == "required":
+        raise missing_param(f"{where}: {error.message}")
+    raise bad_json(f"{where}: {error.message}")
+
+
+def query_int(request: web.Request, name: str, default: int | None = None, *, minimum: int = 0, maximum: int | None = None) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise invalid_param(f"{name} must be an integer") from None
+    if value < minimum:
+        raise invalid_param(f"{name} must be at least {minimum}")
+    if maximum is not None:
+        value = min(value, maximum)
+    return value
+
+
+def query_bool(request: web.Request, name: str, default: bool = False) -> bool:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if raw in ("true", "1"):
+        return True
+    if raw in ("false", "0"):
+        return False
+    raise invalid_param(f"{name} must be true or false")

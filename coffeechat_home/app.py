@@ -1,0 +1,124 @@
+"""Wiring: config -> database -> services -> routes -> listeners."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from .api.auth import TokenAuth
+from .api.client.account import AccountRoutes
+from .api.client.discovery import DiscoveryRoutes
+from .api.middleware import matrix_middleware
+from .api.ratelimit import RateLimiter
+from .config import Config
+from .services.accounts import AccountService
+from .services.passwords import PasswordHasher
+from .storage.accounts import AccountStore
+from .storage.database import Database, redact_url
+from .storage.embedded import EmbeddedPostgres, start_embedded
+from .storage.migrations import run_migrations
+
+log = logging.getLogger(__name__)
+
+# Long access tokens and query strings must not hit aiohttp's 8 KiB limits.
+HTTP_HANDLER_ARGS = {"max_line_size": 65536, "max_field_size": 65536}
+
+
+@dataclass
+class Services:
+    accounts: AccountService
+    auth: TokenAuth
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_services(config: Config, db: Database) -> Services:
+    accounts = AccountService(
+        AccountStore(db),
+        PasswordHasher(config.security.password_scrypt_n),
+        config.server_name,
+        registration_mode=config.registration.mode,
+        registration_tokens=config.registration.tokens,
+    )
+    return Services(accounts=accounts, auth=TokenAuth(accounts))
+
+
+def build_client_app(config: Config, services: Services) -> web.Application:
+    app = web.Application(
+        middlewares=[matrix_middleware],
+        client_max_size=config.limits.max_request_body_bytes,
+        handler_args=HTTP_HANDLER_ARGS,
+    )
+    fed_port = config.federation_listener.port if config.federation_listener.enabled else None
+    discovery = DiscoveryRoutes(config.server_name, config.client_base_url, fed_port)
+    discovery.register_routes(app.router)
+    AccountRoutes(
+        services.accounts,
+        services.auth,
+        login_limiter=RateLimiter(config.limits.login_per_second, config.limits.login_burst),
+        register_limiter=RateLimiter(config.limits.register_per_second, config.limits.register_burst),
+        well_known=discovery.client_well_known,
+    ).register_routes(app.router)
+    return app
+
+
+class HomeServer:
+    """One running instance: database, services and listeners."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.db: Database | None = None
+        self.embedded: EmbeddedPostgres | None = None
+        self.services: Services | None = None
+        self.runners: list[web.AppRunner] = []
+        self.client_port: int | None = None
+        self.database_description = ""
+
+    async def open_database(self) -> Database:
+        cfg = self.config
+        if cfg.database.url:
+            url = cfg.database.url
+            self.database_description = redact_url(url)
+        else:
+            self.embedded, url = await start_embedded(cfg.data_path)
+            self.database_description = f"embedded PostgreSQL in {self.embedded.pgdata}"
+        try:
+            self.db = await Database.connect(
+                url, min_size=cfg.database.pool_min_size, max_size=cfg.database.pool_max_size
+            )
+        except Exception:
+            self._stop_embedded()
+            raise
+        self.database_description += f" ({self.db.engine.value})"
+        return self.db
+
+    async def start(self) -> None:
+        db = await self.open_database()
+        await run_migrations(db)
+        self.services = build_services(self.config, db)
+        app = build_client_app(self.config, self.services)
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await runner.setup()
+        listener = self.config.client_listener
+        site = web.TCPSite(runner, listener.host, listener.port, reuse_address=True)
+        await site.start()
+        self.runners.append(runner)
+        server = site._server  # aiohttp keeps the asyncio server here
+        sockets = getattr(server, "sockets", None) or []
+        self.client_port = sockets[0].getsockname()[1] if sockets else listener.port
+
+    async def stop(self) -> None:
+        for runner in reversed(self.runners):
+            await runner.cleanup()
+        self.runners.clear()
+        if self.db is not None:
+            await self.db.close()
+            self.db = None
+        self._stop_embedded()
+
+    def _stop_embedded(self) -> None:
+        if self.embedded is not None:
+            self.embedded.stop()
+            self.embedded = None

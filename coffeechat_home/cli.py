@@ -1,0 +1,180 @@
+"""The ``coffeechat-home`` command: serve, init, migrate, register-user."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .config import CONFIG_TEMPLATE, Config, ConfigError, load_config
+from .errors import MatrixError
+from .keyfile import ensure_signing_key
+from .storage.database import DatabaseError
+
+
+def _add_config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-c", "--config", help="config file (TOML); default $COFFEECHAT_CONFIG, else built-in defaults"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coffeechat-home", description="A Matrix homeserver.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the server", description="Run the homeserver until interrupted.")
+    _add_config_arg(p)
+    p.add_argument(
+        "--dev", action="store_true",
+        help="development mode: open registration, data in ./coffeechat-data unless configured",
+    )
+
+    p = sub.add_parser(
+        "init", help="write a config file and signing key",
+        description="Write a commented config file (if missing) and generate the signing key (if missing).",
+    )
+    p.add_argument("-c", "--config", default="coffeechat.toml", help="config file to write (default %(default)s)")
+    p.add_argument("--server-name", default="localhost:8008", help="server_name for a new config")
+    p.add_argument("--data-dir", default="./coffeechat-data", help="data_dir for a new config")
+    p.add_argument("--dev", action="store_true", help="write a config with dev_mode = true")
+
+    p = sub.add_parser("migrate", help="apply database migrations", description="Apply pending migrations and exit.")
+    _add_config_arg(p)
+
+    p = sub.add_parser(
+        "register-user", help="create a user", description="Create a user account from the shell."
+    )
+    _add_config_arg(p)
+    p.add_argument("username", help="localpart or full user id")
+    p.add_argument("--password", help="password (default: prompt, or $COFFEECHAT_NEW_PASSWORD)")
+    p.add_argument("--admin", action="store_true", help="make the user a server admin")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    env = dict(os.environ)
+    if getattr(args, "dev", False):
+        env.setdefault("COFFEECHAT_DEV_MODE", "true")
+        if not args.config and not env.get("COFFEECHAT_CONFIG"):
+            env.setdefault("COFFEECHAT_DATA_DIR", "./coffeechat-data")
+    return load_config(args.config, env)
+
+
+async def _serve(config: Config) -> int:
+    from .app import HomeServer
+
+    ensure_signing_key(config.signing_key_file)
+    server = HomeServer(config)
+    await server.start()
+    print(
+        f"coffeechat-home {config.server_name} listening on {config.client_base_url} "
+        f"(client API, port {server.client_port}); database: {server.database_description}; "
+        f"registration: {config.registration.mode}",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+    return 0
+
+
+async def _migrate(config: Config) -> int:
+    from .app import HomeServer
+    from .storage.migrations import run_migrations
+
+    server = HomeServer(config)
+    db = await server.open_database()
+    try:
+        applied = await run_migrations(db)
+        print(f"migrations applied: {applied or 'none (up to date)'}; database: {server.database_description}")
+    finally:
+        await server.stop()
+    return 0
+
+
+async def _register_user(config: Config, username: str, password: str, admin: bool) -> int:
+    from .app import HomeServer, build_services
+    from .storage.migrations import run_migrations
+
+    server = HomeServer(config)
+    db = await server.open_database()
+    try:
+        await run_migrations(db)
+        services = build_services(config, db)
+        result = await services.accounts.register(
+            username=username, password=password, device_id=None, device_display_name=None,
+            inhibit_login=True, is_admin=admin,
+        )
+        print(f"created {result}{' (admin)' if admin else ''}")
+    finally:
+        await server.stop()
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    path = Path(args.config)
+    if path.exists():
+        print(f"{path} exists; left as it is")
+    else:
+        text = CONFIG_TEMPLATE.format(
+            server_name=args.server_name,
+            data_dir=args.data_dir,
+            dev_mode="true" if args.dev else "false",
+            registration_mode="open" if args.dev else "closed",
+        )
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
+    config = load_config(path, {})
+    if ensure_signing_key(config.signing_key_file):
+        print(f"generated signing key {config.signing_key_file}")
+    else:
+        print(f"signing key {config.signing_key_file} exists")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "init":
+            return _init(args)
+        config = _load(args)
+        from .logs import setup_logging
+
+        setup_logging(config.log_level)
+        if args.command == "serve":
+            return asyncio.run(_serve(config))
+        if args.command == "migrate":
+            return asyncio.run(_migrate(config))
+        if args.command == "register-user":
+            password = args.password or os.environ.get("COFFEECHAT_NEW_PASSWORD")
+            if not password:
+                if not sys.stdin.isatty():
+                    raise ConfigError("no password given: use --password or $COFFEECHAT_NEW_PASSWORD")
+                password = getpass.getpass("Password: ")
+            return asyncio.run(_register_user(config, args.username, password, args.admin))
+    except (ConfigError, DatabaseError) as e:
+        print(f"coffeechat-home: error: {e}", file=sys.stderr)
+        return 2
+    except MatrixError as e:
+        print(f"coffeechat-home: error: {e.errcode}: {e.error}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"coffeechat-home: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

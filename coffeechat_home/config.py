@@ -1,0 +1,348 @@
+"""Configuration: one TOML file plus environment overrides.
+
+Every setting has a default, so an empty file (or none) is a valid config.
+Environment variables override the file: ``COFFEECHAT_<KEY>`` for top-level
+keys and ``COFFEECHAT_<SECTION>_<KEY>`` for keys in a section (for example
+``COFFEECHAT_DATABASE_URL`` or ``COFFEECHAT_CLIENT_LISTENER_PORT``). The
+CockroachDB seed variables (``COCKROACH_HOSTNAME`` ...) build the database
+URL when ``database.url`` is not set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .protocol.identifiers import InvalidIdentifier, validate_server_name
+
+
+class ConfigError(Exception):
+    """A configuration problem, reported to the user as one line."""
+
+
+@dataclass
+class ListenerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8008
+    enabled: bool = True
+    tls_certificate_path: str = ""
+    tls_private_key_path: str = ""
+
+
+@dataclass
+class RegistrationConfig:
+    # "open", "token" or "closed"
+    mode: str = "closed"
+    # Tokens accepted for m.login.registration_token when mode = "token".
+    tokens: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DatabaseConfig:
+    # Any PostgreSQL-wire URL (PostgreSQL or CockroachDB). Empty: use the
+    # COCKROACH_* variables, or else an embedded PostgreSQL in data_dir.
+    url: str = ""
+    pool_min_size: int = 2
+    pool_max_size: int = 20
+    # CockroachDB CA certificate (verify-full) when the URL is built from
+    # COCKROACH_* variables; kept here so `serve` can report it.
+    ca_cert_path: str = ""
+
+
+@dataclass
+class LimitsConfig:
+    max_request_body_bytes: int = 1_048_576
+    # Token buckets per client address, for login and registration.
+    login_per_second: float = 1.0
+    login_burst: int = 10
+    register_per_second: float = 0.5
+    register_burst: int = 5
+
+
+@dataclass
+class SecurityConfig:
+    # scrypt cost (N). 2**15 takes ~50 ms per hash on one core.
+    password_scrypt_n: int = 32768
+
+
+@dataclass
+class Config:
+    server_name: str = "localhost:8008"
+    data_dir: str = "./data"
+    signing_key_path: str = ""  # default: <data_dir>/signing.key
+    public_baseurl: str = ""  # default: http://<client host>:<port>/
+    dev_mode: bool = False
+    log_level: str = "INFO"
+    client_listener: ListenerConfig = field(default_factory=ListenerConfig)
+    federation_listener: ListenerConfig = field(
+        default_factory=lambda: ListenerConfig(host="127.0.0.1", port=8448, enabled=False)
+    )
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    # Where the config came from, for messages.
+    source: str = ""
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def signing_key_file(self) -> Path:
+        if self.signing_key_path:
+            return Path(self.signing_key_path).expanduser()
+        return self.data_path / "signing.key"
+
+    @property
+    def client_base_url(self) -> str:
+        if self.public_baseurl:
+            return self.public_baseurl.rstrip("/") + "/"
+        host = self.client_listener.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.client_listener.port}/"
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return not self.database.url
+
+
+_SECTIONS = {name for name, value in vars(Config()).items() if dataclasses.is_dataclass(value)}
+
+
+def _coerce(value: str, current: Any, name: str) -> Any:
+    if isinstance(current, bool):
+        low = value.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{name}: expected a boolean, got {value!r}")
+    if isinstance(current, int):
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+    if isinstance(current, float):
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if isinstance(current, list):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+def _apply_mapping(target: Any, values: Mapping[str, Any], where: str) -> None:
+    known = {f.name: f for f in dataclasses.fields(target)}
+    for key, value in values.items():
+        if key not in known or key == "source":
+            raise ConfigError(f"{where}: unknown setting {key!r}")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}: [{key}] must be a table")
+            _apply_mapping(current, value, f"{where} [{key}]")
+            continue
+        expected = type(current)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(
+                f"{where}: {key} must be {expected.__name__}, got {type(value).__name__}"
+            )
+        setattr(target, key, value)
+
+
+def _apply_env(config: Config, env: Mapping[str, str]) -> None:
+    prefix = "COFFEECHAT_"
+    for name, raw in env.items():
+        if not name.startswith(prefix) or name == "COFFEECHAT_CONFIG":
+            continue
+        rest = name[len(prefix):].lower()
+        target: Any = config
+        key = rest
+        for section in sorted(_SECTIONS, key=len, reverse=True):
+            if rest.startswith(section + "_"):
+                target = getattr(config, section)
+                key = rest[len(section) + 1:]
+                break
+        if not hasattr(target, key) or key == "source" or dataclasses.is_dataclass(getattr(target, key)):
+            raise ConfigError(f"environment: {name} is not a known setting")
+        setattr(target, key, _coerce(raw, getattr(target, key), name))
+
+
+def cockroach_url_from_env(env: Mapping[str, str]) -> tuple[str, str] | None:
+    """Build a database URL from the CockroachDB seed variables.
+
+    Returns (url, ca_cert_path) or None when none of them is set.
+    """
+    keys = (
+        "COCKROACH_USERNAME",
+        "COCKROACH_PASSWORD",
+        "COCKROACH_HOSTNAME",
+        "COCKROACH_DATABASE",
+        "COCKROACH_PORT",
+        "COCKROACH_CA_CERT_PATH",
+        "COCKROACH_CLUSTER",
+    )
+    if not any(env.get(k) for k in keys):
+        return None
+    host = env.get("COCKROACH_HOSTNAME", "")
+    if not host:
+        raise ConfigError("COCKROACH_* variables are set but COCKROACH_HOSTNAME is missing")
+    port_text = env.get("COCKROACH_PORT", "26257") or "26257"
+    try:
+        port = int(port_text)
+        if not 0 < port < 65536:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"COCKROACH_PORT must be a port number, got {port_text!r}") from None
+    user = env.get("COCKROACH_USERNAME", "root") or "root"
+    password = env.get("COCKROACH_PASSWORD", "")
+    database = env.get("COCKROACH_DATABASE", "defaultdb") or "defaultdb"
+    auth = urllib.parse.quote(user, safe="")
+    if password:
+        auth += ":" + urllib.parse.quote(password, safe="")
+    netloc_host = f"[{host}]" if ":" in host else host
+    query: dict[str, str] = {}
+    ca = env.get("COCKROACH_CA_CERT_PATH", "")
+    if ca:
+        if not Path(ca).expanduser().is_file():
+            raise ConfigError(f"COCKROACH_CA_CERT_PATH: no such file {ca!r}")
+        query["sslmode"] = "verify-full"
+        query["sslrootcert"] = ca
+    cluster = env.get("COCKROACH_CLUSTER", "")
+    if cluster:
+        query["options"] = f"--cluster={cluster}"
+    url = f"postgresql://{auth}@{netloc_host}:{port}/{urllib.parse.quote(database, safe='')}"
+    if query:
+        url += "?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
+    return url, ca
+
+
+def validate(config: Config) -> None:
+    try:
+        validate_server_name(config.server_name)
+    except InvalidIdentifier as e:
+        raise ConfigError(f"server_name {config.server_name!r} is invalid: {e}") from None
+    if config.registration.mode not in ("open", "token", "closed"):
+        raise ConfigError(
+            f"registration.mode must be 'open', 'token' or 'closed', got {config.registration.mode!r}"
+        )
+    if config.registration.mode == "token" and not config.registration.tokens:
+        raise ConfigError("registration.mode = 'token' needs at least one entry in registration.tokens")
+    for name in ("client_listener", "federation_listener"):
+        listener: ListenerConfig = getattr(config, name)
+        if not 0 <= listener.port < 65536:
+            raise ConfigError(f"{name}.port must be a port number, got {listener.port}")
+    fed = config.federation_listener
+    if fed.enabled and bool(fed.tls_certificate_path) != bool(fed.tls_private_key_path):
+        raise ConfigError("federation_listener needs both tls_certificate_path and tls_private_key_path")
+    if config.database.url and not config.database.url.startswith(("postgres://", "postgresql://")):
+        raise ConfigError("database.url must be a postgresql:// URL")
+    if config.limits.max_request_body_bytes < 1024:
+        raise ConfigError("limits.max_request_body_bytes must be at least 1024")
+    if config.security.password_scrypt_n < 2 or config.security.password_scrypt_n & (
+        config.security.password_scrypt_n - 1
+    ):
+        raise ConfigError("security.password_scrypt_n must be a power of two")
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the config file (if any), apply environment overrides, validate."""
+    env = os.environ if env is None else env
+    config = Config()
+    if path is None and env.get("COFFEECHAT_CONFIG"):
+        path = env["COFFEECHAT_CONFIG"]
+    if path is not None:
+        p = Path(path).expanduser()
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(p)!r} not found (create one with `coffeechat-home init`)") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
+        _apply_mapping(config, data, str(p))
+        config.source = str(p)
+        # Relative data_dir is relative to the config file's folder.
+        if not Path(config.data_dir).expanduser().is_absolute():
+            config.data_dir = str((p.parent / config.data_dir).resolve())
+    _apply_env(config, env)
+    if not config.database.url:
+        built = cockroach_url_from_env(env)
+        if built is not None:
+            config.database.url, config.database.ca_cert_path = built
+    if config.dev_mode and config.registration.mode == "closed" and "COFFEECHAT_REGISTRATION_MODE" not in env:
+        config.registration.mode = "open"
+    validate(config)
+    return config
+
+
+CONFIG_TEMPLATE = """\
+# coffeechat-home configuration. Every setting is optional; the values
+# shown are the defaults. Environment variables override this file:
+# COFFEECHAT_<KEY> or COFFEECHAT_<SECTION>_<KEY>, e.g. COFFEECHAT_DATABASE_URL.
+
+# The name users and other servers know this homeserver by. It appears in
+# every user id (@alice:{server_name}) and cannot change later.
+server_name = "{server_name}"
+
+# Where the embedded database, signing key and media live (relative paths
+# are relative to this file).
+data_dir = "{data_dir}"
+
+# The server's ed25519 signing key; default <data_dir>/signing.key.
+# signing_key_path = ""
+
+# The URL clients reach this server at, served in /.well-known/matrix/client.
+# public_baseurl = "https://matrix.example.org/"
+
+# Development mode: opens registration unless registration.mode is set.
+dev_mode = {dev_mode}
+
+log_level = "INFO"
+
+[client_listener]
+host = "127.0.0.1"
+port = 8008
+
+[federation_listener]
+enabled = false
+host = "127.0.0.1"
+port = 8448
+# tls_certificate_path = "/path/to/fullchain.pem"
+# tls_private_key_path = "/path/to/privkey.pem"
+
+[registration]
+# "open", "token" (needs one of `tokens`) or "closed".
+mode = "{registration_mode}"
+# tokens = ["a-long-random-string"]
+
+[database]
+# Any PostgreSQL-wire URL: PostgreSQL or CockroachDB, e.g.
+# url = "postgresql://user:pass@host:26257/coffeechat?sslmode=verify-full&sslrootcert=/ca.crt"
+# Empty: use COCKROACH_HOSTNAME, COCKROACH_PORT, COCKROACH_USERNAME,
+# COCKROACH_PASSWORD, COCKROACH_DATABASE, COCKROACH_CA_CERT_PATH and
+# COCKROACH_CLUSTER if set, else an embedded PostgreSQL in data_dir.
+url = ""
+pool_min_size = 2
+pool_max_size = 20
+
+[limits]
+max_request_body_bytes = 1048576
+login_per_second = 1.0
+login_burst = 10
+register_per_second = 0.5
+register_burst = 5
+
+[security]
+# scrypt cost for password hashes (a power of two).
+password_scrypt_n = 32768
+"""

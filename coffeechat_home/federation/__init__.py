@@ -1,0 +1,1 @@
+"""Outbound federation client (server discovery, signed requests, sender queues)."""

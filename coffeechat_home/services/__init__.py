@@ -1,0 +1,1 @@
+"""Use cases combining protocol rules and storage."""

@@ -1,0 +1,1 @@
+"""asyncpg storage: one module per aggregate."""

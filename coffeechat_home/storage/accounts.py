@@ -1,0 +1,238 @@
+"""Accounts, devices, access tokens and UIA sessions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import asyncpg
+
+from .database import Database
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    user_id: str
+    password_hash: str | None
+    is_admin: bool
+    deactivated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TokenOwner:
+    user_id: str
+    device_id: str
+    is_admin: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    user_id: str
+    device_id: str
+    display_name: str | None
+    last_seen_ip: str | None
+    last_seen_ts: int | None
+
+
+class UserExists(Exception):
+    pass
+
+
+class AccountStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- users ---------------------------------------------------------------
+    async def create_user(
+        self,
+        user_id: str,
+        password_hash: str | None,
+        now_ms: int,
+        *,
+        is_admin: bool = False,
+        device: tuple[str, str | None, str] | None = None,
+        ip: str | None = None,
+    ) -> None:
+        """Create a user and, optionally, its first device and token
+        (device_id, display_name, token) in the same transaction."""
+
+        async def txn(conn: asyncpg.Connection) -> None:
+            inserted = await conn.fetchval(
+                """INSERT INTO users (user_id, password_hash, is_admin, created_ts)
+                   VALUES ($1, $2, $3, $4) ON CONFLICT (user_id) DO NOTHING RETURNING 1""",
+                user_id, password_hash, is_admin, now_ms,
+            )
+            if not inserted:
+                raise UserExists(user_id)
+            if device is not None:
+                await _add_device_and_token(conn, user_id, device[0], device[1], device[2], now_ms, ip)
+
+        await self.db.transaction(txn, name="create_user")
+
+    async def get_account(self, user_id: str) -> Account | None:
+        row = await self.db.fetchrow(
+            "SELECT user_id, password_hash, is_admin, deactivated FROM users WHERE user_id = $1", user_id
+        )
+        if row is None:
+            return None
+        return Account(row["user_id"], row["password_hash"], row["is_admin"], row["deactivated"])
+
+    async def user_exists(self, user_id: str) -> bool:
+        return bool(await self.db.fetchval("SELECT 1 FROM users WHERE user_id = $1", user_id))
+
+    async def set_password(self, user_id: str, password_hash: str, *, keep_device: str | None, revoke: bool) -> None:
+        async def txn(conn: asyncpg.Connection) -> None:
+            await conn.execute("UPDATE users SET password_hash = $2 WHERE user_id = $1", user_id, password_hash)
+            if revoke:
+                # Other sessions are logged out: their devices and tokens go.
+                await conn.execute(
+                    "DELETE FROM access_tokens WHERE user_id = $1 AND device_id IS DISTINCT FROM $2",
+                    user_id, keep_device,
+                )
+                await conn.execute(
+                    "DELETE FROM devices WHERE user_id = $1 AND device_id IS DISTINCT FROM $2",
+                    user_id, keep_device,
+                )
+
+        await self.db.transaction(txn, name="set_password")
+
+    async def deactivate(self, user_id: str) -> None:
+        async def txn(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "UPDATE users SET deactivated = true, password_hash = NULL WHERE user_id = $1", user_id
+            )
+            await conn.execute("DELETE FROM access_tokens WHERE user_id = $1", user_id)
+            await conn.execute("DELETE FROM devices WHERE user_id = $1", user_id)
+
+        await self.db.transaction(txn, name="deactivate")
+
+    # -- tokens & devices ----------------------------------------------------
+    async def login_device(
+        self, user_id: str, device_id: str, display_name: str | None, token: str, now_ms: int, ip: str | None
+    ) -> None:
+        """Create the device if new (keeping an existing one's name), and a token for it."""
+
+        async def txn(conn: asyncpg.Connection) -> None:
+            await _add_device_and_token(conn, user_id, device_id, display_name, token, now_ms, ip)
+
+        await self.db.transaction(txn, name="login_device")
+
+    async def owner_of_token(self, token: str) -> TokenOwner | None:
+        row = await self.db.fetchrow(
+            """SELECT t.user_id, t.device_id, u.is_admin FROM access_tokens t
+               JOIN users u ON u.user_id = t.user_id
+               WHERE t.token_hash = $1 AND NOT u.deactivated""",
+            token_hash(token),
+        )
+        if row is None:
+            return None
+        return TokenOwner(row["user_id"], row["device_id"], row["is_admin"])
+
+    async def touch_device(self, user_id: str, device_id: str, ip: str | None, now_ms: int) -> None:
+        await self.db.execute(
+            "UPDATE devices SET last_seen_ip = $3, last_seen_ts = $4 WHERE user_id = $1 AND device_id = $2",
+            user_id, device_id, ip, now_ms,
+        )
+
+    async def delete_devices(self, user_id: str, device_ids: list[str] | None) -> None:
+        """Delete devices (all when None) and every token they hold."""
+
+        async def txn(conn: asyncpg.Connection) -> None:
+            if device_ids is None:
+                await conn.execute("DELETE FROM access_tokens WHERE user_id = $1", user_id)
+                await conn.execute("DELETE FROM devices WHERE user_id = $1", user_id)
+            else:
+                await conn.execute(
+                    "DELETE FROM access_tokens WHERE user_id = $1 AND device_id = ANY($2::TEXT[])",
+                    user_id, device_ids,
+                )
+                await conn.execute(
+                    "DELETE FROM devices WHERE user_id = $1 AND device_id = ANY($2::TEXT[])", user_id, device_ids
+                )
+
+        await self.db.transaction(txn, name="delete_devices")
+
+    async def list_devices(self, user_id: str) -> list[Device]:
+        rows = await self.db.fetch(
+            """SELECT user_id, device_id, display_name, last_seen_ip, last_seen_ts
+               FROM devices WHERE user_id = $1 ORDER BY device_id""",
+            user_id,
+        )
+        return [Device(*r) for r in rows]
+
+    async def get_device(self, user_id: str, device_id: str) -> Device | None:
+        row = await self.db.fetchrow(
+            """SELECT user_id, device_id, display_name, last_seen_ip, last_seen_ts
+               FROM devices WHERE user_id = $1 AND device_id = $2""",
+            user_id, device_id,
+        )
+        return Device(*row) if row else None
+
+    async def rename_device(self, user_id: str, device_id: str, display_name: str | None) -> bool:
+        status = await self.db.execute(
+            "UPDATE devices SET display_name = $3 WHERE user_id = $1 AND device_id = $2",
+            user_id, device_id, display_name,
+        )
+        return status.endswith(" 1")
+
+    # -- user-interactive auth sessions --------------------------------------
+    async def uia_create(self, session_id: str, user_id: str | None, now_ms: int) -> None:
+        await self.db.execute(
+            "INSERT INTO uia_sessions (session_id, user_id, created_ts) VALUES ($1, $2, $3)",
+            session_id, user_id, now_ms,
+        )
+
+    async def uia_get(self, session_id: str) -> tuple[str | None, list[str]] | None:
+        row = await self.db.fetchrow(
+            "SELECT user_id, completed FROM uia_sessions WHERE session_id = $1", session_id
+        )
+        if row is None:
+            return None
+        return row["user_id"], json.loads(row["completed"])
+
+    async def uia_complete_stage(self, session_id: str, stage: str) -> None:
+        async def txn(conn: asyncpg.Connection) -> None:
+            raw = await conn.fetchval("SELECT completed FROM uia_sessions WHERE session_id = $1", session_id)
+            if raw is None:
+                return
+            done = json.loads(raw)
+            if stage not in done:
+                done.append(stage)
+                await conn.execute(
+                    "UPDATE uia_sessions SET completed = $2::JSONB WHERE session_id = $1",
+                    session_id, json.dumps(done),
+                )
+
+        await self.db.transaction(txn, name="uia_complete")
+
+    async def uia_delete(self, session_id: str) -> None:
+        await self.db.execute("DELETE FROM uia_sessions WHERE session_id = $1", session_id)
+
+
+async def _add_device_and_token(
+    conn: asyncpg.Connection,
+    user_id: str,
+    device_id: str,
+    display_name: str | None,
+    token: str,
+    now_ms: int,
+    ip: str | None = None,
+) -> None:
+    # A device nobody named is shown by its id (clients such as matrix-nio
+    # expect every device to carry a display_name).
+    await conn.execute(
+        """INSERT INTO devices (user_id, device_id, display_name, created_ts, last_seen_ts, last_seen_ip)
+           VALUES ($1, $2, $3, $4, $4, $5)
+           ON CONFLICT (user_id, device_id) DO UPDATE
+               SET last_seen_ts = excluded.last_seen_ts, last_seen_ip = excluded.last_seen_ip""",
+        user_id, device_id, display_name or device_id, now_ms, ip,
+    )
+    await conn.execute(
+        "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts) VALUES ($1, $2, $3, $4)",
+        token_hash(token), user_id, device_id, now_ms,
+    )

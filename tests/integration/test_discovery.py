@@ -1,0 +1,57 @@
+"""/versions, .well-known, CORS and the JSON errors every route shares."""
+
+from __future__ import annotations
+
+from ..helpers import ApiClient
+
+
+async def test_versions_lists_spec_versions(api: ApiClient) -> None:
+    r = await api.get("/_matrix/client/versions")
+    assert r.status == 200
+    assert "v1.11" in r["versions"]
+
+
+async def test_well_known_client_names_our_base_url(api: ApiClient, base_url: str) -> None:
+    r = await api.get("/.well-known/matrix/client", validate=False)
+    assert r.status == 200
+    assert r["m.homeserver"]["base_url"].startswith("http://127.0.0.1:")
+
+
+async def test_well_known_server(api: ApiClient) -> None:
+    r = await api.get("/.well-known/matrix/server", validate=False)
+    assert r.status == 200
+    assert r["m.server"] == "test.local:8448"
+
+
+async def test_unknown_route_is_m_unrecognized(api: ApiClient) -> None:
+    r = await api.get("/_matrix/client/v3/no/such/thing", validate=False)
+    assert (r.status, r["errcode"]) == (404, "M_UNRECOGNIZED")
+
+
+async def test_wrong_method_is_405_unrecognized(api: ApiClient) -> None:
+    r = await api.request("DELETE", "/_matrix/client/v3/login", validate=False)
+    assert (r.status, r["errcode"]) == (405, "M_UNRECOGNIZED")
+
+
+async def test_cors_preflight_on_any_route(api: ApiClient, base_url: str) -> None:
+    async with api.session.options(
+        base_url + "/_matrix/client/v3/rooms/!x:y/send/m.room.message/1",
+        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "PUT",
+                 "Access-Control-Request-Headers": "authorization, content-type"},
+    ) as resp:
+        assert resp.status == 204
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+        allowed = resp.headers["Access-Control-Allow-Headers"].lower()
+        assert "authorization" in allowed and "content-type" in allowed
+        assert "PUT" in resp.headers["Access-Control-Allow-Methods"]
+
+
+async def test_cors_headers_on_errors_too(api: ApiClient) -> None:
+    r = await api.get("/_matrix/client/v3/account/whoami", token=None)
+    assert r.status == 401
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_cache_buster_query_is_ignored(api: ApiClient) -> None:
+    r = await api.get("/_matrix/client/versions?_cacheBuster=12345", validate=False)
+    assert r.status == 200

@@ -1,0 +1,123 @@
+"""Migrations and the transaction helper against the real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from coffeechat_home.storage.database import Database, Engine, TooManyRetries
+from coffeechat_home.storage.migrations import applied_versions, load_migrations, run_migrations
+
+from ..pg import PostgresForTests
+
+
+@pytest.fixture
+async def empty_db(pg: PostgresForTests, pg_template: str):  # type: ignore[no-untyped-def]
+    name = "cch_empty_storage"
+    url = await pg.create_database(name)
+    db = await Database.connect(url, min_size=1, max_size=10)
+    yield db
+    await db.close()
+    await pg.drop_database(name)
+
+
+async def test_engine_detected(empty_db: Database) -> None:
+    assert empty_db.engine is Engine.POSTGRES
+
+
+async def test_serializable_by_default(empty_db: Database) -> None:
+    level = await empty_db.fetchval("SHOW default_transaction_isolation")
+    assert level == "serializable"
+
+
+async def test_migrations_apply_once_then_noop(empty_db: Database) -> None:
+    wanted = {m.version for m in load_migrations(Engine.POSTGRES)}
+    first = await run_migrations(empty_db)
+    assert set(first) == wanted
+    assert await applied_versions(empty_db) == wanted
+    assert await run_migrations(empty_db) == []
+    assert await empty_db.fetchval("SELECT count(*) FROM users") == 0
+
+
+async def test_two_concurrent_starters(pg: PostgresForTests, pg_template: str) -> None:
+    name = "cch_concurrent_migrations"
+    url = await pg.create_database(name)
+    dbs = [await Database.connect(url, min_size=1, max_size=3) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(run_migrations(db) for db in dbs))
+        wanted = {m.version for m in load_migrations(Engine.POSTGRES)}
+        # exactly one starter applied each version; all see them all
+        applied = sorted(v for r in results for v in r)
+        assert applied == sorted(wanted)
+        for db in dbs:
+            assert await applied_versions(db) == wanted
+    finally:
+        for db in dbs:
+            await db.close()
+        await pg.drop_database(name)
+
+
+async def test_serialization_failure_is_retried(empty_db: Database) -> None:
+    """Two read-then-write transactions on the same rows: PostgreSQL aborts
+    one with 40001 under SERIALIZABLE; the helper re-runs it and both land."""
+    await empty_db.execute("CREATE TABLE counter (id INT PRIMARY KEY, n INT NOT NULL)")
+    await empty_db.execute("INSERT INTO counter VALUES (1, 0)")
+    both_read = asyncio.Barrier(2)
+    attempts = {"a": 0, "b": 0}
+
+    def make(name: str):  # type: ignore[no-untyped-def]
+        async def txn(conn: asyncpg.Connection) -> None:
+            attempts[name] += 1
+            n = await conn.fetchval("SELECT n FROM counter WHERE id = 1")
+            if attempts[name] == 1:
+                await both_read.wait()  # force the conflict on the first try
+            await conn.execute("UPDATE counter SET n = $1 WHERE id = 1", n + 1)
+
+        return txn
+
+    before = empty_db.retry_count
+    await asyncio.gather(empty_db.transaction(make("a")), empty_db.transaction(make("b")))
+    assert await empty_db.fetchval("SELECT n FROM counter WHERE id = 1") == 2
+    assert empty_db.retry_count > before
+    assert attempts["a"] + attempts["b"] >= 3
+
+
+async def test_non_retryable_error_is_not_retried(empty_db: Database) -> None:
+    calls = 0
+
+    async def txn(conn: asyncpg.Connection) -> None:
+        nonlocal calls
+        calls += 1
+        await conn.execute("SELECT * FROM no_such_table")
+
+    with pytest.raises(asyncpg.UndefinedTableError):
+        await empty_db.transaction(txn)
+    assert calls == 1
+
+
+async def test_retries_are_bounded(empty_db: Database) -> None:
+    calls = 0
+
+    async def txn(conn: asyncpg.Connection) -> None:
+        nonlocal calls
+        calls += 1
+        await conn.execute("DO $$ BEGIN RAISE EXCEPTION 'forced' USING ERRCODE = '40001'; END $$")
+
+    empty_db.max_attempts = 4
+    with pytest.raises(TooManyRetries):
+        await empty_db.transaction(txn)
+    assert calls == 4
+
+
+async def test_transaction_rolls_back_on_error(empty_db: Database) -> None:
+    await empty_db.execute("CREATE TABLE t (x INT)")
+
+    async def txn(conn: asyncpg.Connection) -> None:
+        await conn.execute("INSERT INTO t VALUES (1)")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await empty_db.transaction(txn)
+    assert await empty_db.fetchval("SELECT count(*) FROM t") == 0

@@ -1,0 +1,143 @@
+"""Config file and environment parsing, including the CockroachDB variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coffeechat_home.config import CONFIG_TEMPLATE, ConfigError, cockroach_url_from_env, load_config
+
+
+def test_defaults_without_file() -> None:
+    c = load_config(None, {})
+    assert c.server_name == "localhost:8008"
+    assert (c.client_listener.host, c.client_listener.port) == ("127.0.0.1", 8008)
+    assert c.federation_listener.port == 8448
+    assert c.registration.mode == "closed"
+    assert c.uses_embedded_database
+
+
+def test_dev_mode_opens_registration_unless_set() -> None:
+    assert load_config(None, {"COFFEECHAT_DEV_MODE": "true"}).registration.mode == "open"
+    c = load_config(None, {"COFFEECHAT_DEV_MODE": "1", "COFFEECHAT_REGISTRATION_MODE": "closed"})
+    assert c.registration.mode == "closed"
+
+
+def test_file_then_env_override(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(
+        'server_name = "example.org"\ndata_dir = "d"\n[client_listener]\nport = 9000\n'
+        '[database]\nurl = "postgresql://u@h/db"\n'
+    )
+    c = load_config(f, {"COFFEECHAT_CLIENT_LISTENER_PORT": "9001", "COFFEECHAT_LIMITS_LOGIN_PER_SECOND": "2.5"})
+    assert c.server_name == "example.org"
+    assert c.client_listener.port == 9001
+    assert c.limits.login_per_second == 2.5
+    assert c.database.url == "postgresql://u@h/db"
+    assert Path(c.data_dir) == (tmp_path / "d").resolve()
+
+
+def test_template_is_valid_config(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(CONFIG_TEMPLATE.format(server_name="a.b", data_dir="x", dev_mode="true", registration_mode="open"))
+    c = load_config(f, {})
+    assert c.server_name == "a.b" and c.dev_mode and c.registration.mode == "open"
+
+
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ("server_name = 5", "server_name must be str"),
+        ("nonsense = 1", "unknown setting 'nonsense'"),
+        ('[registration]\nmode = "maybe"', "registration.mode"),
+        ('[registration]\nmode = "token"', "needs at least one"),
+        ('server_name = "bad name!"', "server_name"),
+        ("[client_listener]\nport = 70000", "port"),
+        ('[database]\nurl = "mysql://x"', "postgresql://"),
+        ("server_name = ", "not valid TOML"),
+        ("[security]\npassword_scrypt_n = 1000", "power of two"),
+    ],
+)
+def test_bad_config_file(tmp_path: Path, text: str, fragment: str) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(f, {})
+    assert fragment in str(e.value)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("/nonexistent/c.toml", {})
+
+
+@pytest.mark.parametrize(
+    "env,fragment",
+    [
+        ({"COFFEECHAT_CLIENT_LISTENER_PORT": "eighty"}, "expected an integer"),
+        ({"COFFEECHAT_DEV_MODE": "perhaps"}, "expected a boolean"),
+        ({"COFFEECHAT_NO_SUCH_THING": "1"}, "not a known setting"),
+    ],
+)
+def test_bad_env(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(None, env)
+
+
+def test_cockroach_variables_build_url(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x")
+    env = {
+        "COCKROACH_USERNAME": "chat",
+        "COCKROACH_PASSWORD": "p@ss word",
+        "COCKROACH_HOSTNAME": "crdb.internal",
+        "COCKROACH_DATABASE": "coffee",
+        "COCKROACH_PORT": "26258",
+        "COCKROACH_CA_CERT_PATH": str(ca),
+        "COCKROACH_CLUSTER": "my-cluster-123",
+    }
+    c = load_config(None, env)
+    url = c.database.url
+    assert url.startswith("postgresql://chat:p%40ss%20word@crdb.internal:26258/coffee?")
+    assert "sslmode=verify-full" in url and f"sslrootcert={ca}".replace("/", "%2F") in url
+    assert "options=--cluster%3Dmy-cluster-123" in url
+    assert not c.uses_embedded_database
+
+
+def test_cockroach_defaults_and_errors(tmp_path: Path) -> None:
+    url, ca = cockroach_url_from_env({"COCKROACH_HOSTNAME": "h"})  # type: ignore[misc]
+    assert url == "postgresql://root@h:26257/defaultdb" and ca == ""
+    assert cockroach_url_from_env({}) is None
+    with pytest.raises(ConfigError, match="COCKROACH_HOSTNAME is missing"):
+        load_config(None, {"COCKROACH_USERNAME": "u"})
+    with pytest.raises(ConfigError, match="COCKROACH_PORT"):
+        load_config(None, {"COCKROACH_HOSTNAME": "h", "COCKROACH_PORT": "x"})
+    with pytest.raises(ConfigError, match="COCKROACH_CA_CERT_PATH"):
+        load_config(None, {"COCKROACH_HOSTNAME": "h", "COCKROACH_CA_CERT_PATH": str(tmp_path / "none")})
+
+
+def test_database_url_wins_over_cockroach_variables() -> None:
+    c = load_config(None, {"COFFEECHAT_DATABASE_URL": "postgresql://a@b/c", "COCKROACH_HOSTNAME": "h"})
+    assert c.database.url == "postgresql://a@b/c"
+
+
+def test_connect_kwargs_for_cockroach_url(tmp_path: Path) -> None:
+    import ssl
+
+    from coffeechat_home.storage.database import _connect_kwargs
+
+    ca = tmp_path / "ca.pem"
+    # a real CA file is needed for an SSL context: generate a throwaway one
+    import subprocess
+
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ed25519", "-nodes", "-keyout", str(tmp_path / "k"),
+         "-out", str(ca), "-subj", "/CN=test", "-days", "1"],
+        check=True, capture_output=True,
+    )
+    c = load_config(None, {"COCKROACH_HOSTNAME": "h", "COCKROACH_CA_CERT_PATH": str(ca), "COCKROACH_CLUSTER": "cl"})
+    kw = _connect_kwargs(c.database.url)
+    assert isinstance(kw["ssl"], ssl.SSLContext) and kw["ssl"].check_hostname
+    assert kw["server_settings"] == {"options": "--cluster=cl"}
+    assert "sslrootcert" not in kw["dsn"] and "options" not in kw["dsn"]

@@ -1,0 +1,777 @@
+"""Authorization rules for room versions 10, 11 and 12, as pure functions.
+
+``check_auth_rules(event, auth_state)`` applies the spec's rules to an event
+given the state it is checked against: its own auth events (see
+``auth_state_from_auth_events``), the state before it, or the current state
+(the soft-fail check). Rejections raise ``AuthError(rule, message)`` where
+``rule`` is a short stable identifier such as ``"member.join.banned"``.
+
+Rules about the *list* of auth events (duplicates, unexpected entries,
+rejected entries, wrong room) live in ``check_auth_events``, which
+``auth_state_from_auth_events`` runs; they only make sense for an event's own
+auth events, not for a room state.
+
+Room-version differences come from ``RoomVersion`` flags, never from version
+strings. No I/O: the only non-stdlib import is PyNaCl, lazily, for the
+third-party-invite signature (pass ``verify_third_party_signature`` to use
+another verifier).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from .events import Event, StateKey, auth_types_for_event, create_event_id_for_room
+from .room_versions import (
+    DEFAULT_ROOM_VERSION,
+    KNOWN_ROOM_VERSIONS,
+    RoomIdFormat,
+    RoomVersion,
+)
+
+CREATE = "m.room.create"
+MEMBER = "m.room.member"
+POWER_LEVELS = "m.room.power_levels"
+JOIN_RULES = "m.room.join_rules"
+THIRD_PARTY_INVITE = "m.room.third_party_invite"
+
+CREATE_KEY: StateKey = (CREATE, "")
+POWER_LEVELS_KEY: StateKey = (POWER_LEVELS, "")
+JOIN_RULES_KEY: StateKey = (JOIN_RULES, "")
+
+# Room version 12: creators have an infinitely high power level.
+INFINITE_POWER = math.inf
+PowerLevel = int | float
+
+# Levels of the named actions when not given (m.room.power_levels schema).
+NAMED_LEVEL_DEFAULTS: dict[str, int] = {
+    "ban": 50,
+    "kick": 50,
+    "redact": 50,
+    "invite": 0,
+    "users_default": 0,
+    "events_default": 0,
+    "state_default": 50,
+}
+_NAMED_LEVELS = ("users_default", "events_default", "state_default", "ban", "redact", "kick", "invite")
+_LEVEL_MAPS = ("events", "notifications")
+
+ThirdPartySignatureVerifier = Callable[[Mapping[str, Any], str], bool]
+"""(signed object, base64 public key) -> True if any signature in
+``signed["signatures"]`` verifies with that key."""
+
+ServerSignatureCheck = Callable[[Event, str], bool]
+"""(event, server name) -> True if the event is validly signed by that server."""
+
+
+class AuthError(Exception):
+    """An event fails the authorization rules.
+
+    ``rule`` names the failed rule (stable, for logs and tests); ``message``
+    says why in words.
+    """
+
+    def __init__(self, rule: str, message: str):
+        super().__init__(f"{rule}: {message}")
+        self.rule = rule
+        self.message = message
+
+
+# --------------------------------------------------------------------------
+# identifiers (kept local: protocol modules here must not depend on the
+# grammar module being written alongside)
+
+_SERVER_NAME_RE = re.compile(r"^(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.\-]{1,255})(?::[0-9]{1,5})?$")
+# historical user id localparts: printable ASCII except ':'
+_LOCALPART_RE = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")
+
+
+def is_valid_user_id(user_id: object) -> bool:
+    """The user id validation applied to ``sender`` (historical grammar allowed)."""
+    if not isinstance(user_id, str) or not user_id.startswith("@"):
+        return False
+    if len(user_id.encode("utf-8")) > 255:
+        return False
+    localpart, sep, server = user_id[1:].partition(":")
+    if not sep:
+        return False
+    return bool(_LOCALPART_RE.match(localpart)) and bool(_SERVER_NAME_RE.match(server))
+
+
+def _domain(identifier: str) -> str:
+    """The server name of a user id or a v1-v11 room id ('' if none)."""
+    if not isinstance(identifier, str):
+        return ""
+    return identifier.partition(":")[2]
+
+
+# --------------------------------------------------------------------------
+# power levels
+
+
+def _parse_level(value: object, strict: bool) -> int | None:
+    """An integer power level, or None if ``value`` is not one.
+
+    ``strict`` (room versions 10+) accepts JSON integers only; older versions
+    also accept strings holding an integer.
+    """
+    if type(value) is int:
+        return value
+    if not strict and isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _room_version_of(auth_state: Mapping[StateKey, Event]) -> RoomVersion:
+    for key in (CREATE_KEY, POWER_LEVELS_KEY):
+        ev = auth_state.get(key)
+        if ev is not None:
+            return ev.room_version
+    for ev in auth_state.values():
+        return ev.room_version
+    return DEFAULT_ROOM_VERSION
+
+
+def creators_of(create: Event) -> frozenset[str]:
+    """The room creators named by a create event.
+
+    v12 (privileged creators): the sender plus ``additional_creators``;
+    v11: the sender; v10: ``content.creator``.
+    """
+    rv = create.room_version
+    if rv.privileged_creators:
+        out = {create.sender}
+        extra = create.content.get("additional_creators")
+        if isinstance(extra, list):
+            out.update(u for u in extra if isinstance(u, str))
+        return frozenset(out)
+    if rv.implicit_room_creator:
+        return frozenset((create.sender,))
+    creator = create.content.get("creator")
+    return frozenset((creator,)) if isinstance(creator, str) else frozenset()
+
+
+def creators(auth_state: Mapping[StateKey, Event]) -> frozenset[str]:
+    """The room creators according to the create event in ``auth_state``."""
+    create = auth_state.get(CREATE_KEY)
+    return creators_of(create) if create is not None else frozenset()
+
+
+def get_power_level(
+    user_id: str, auth_state: Mapping[StateKey, Event], room_version: RoomVersion
+) -> PowerLevel:
+    """A user's power level: ``INFINITE_POWER`` for v12 creators, else the
+    ``users`` entry or ``users_default`` of the power levels event; without a
+    power levels event 100 for the creator (v10/v11) and 0 for everyone else.
+    """
+    create = auth_state.get(CREATE_KEY)
+    if room_version.privileged_creators and create is not None and user_id in creators_of(create):
+        return INFINITE_POWER
+    strict = room_version.enforce_int_power_levels
+    pl = auth_state.get(POWER_LEVELS_KEY)
+    if pl is not None:
+        users = pl.content.get("users")
+        if isinstance(users, Mapping) and user_id in users:
+            level = _parse_level(users[user_id], strict)
+            if level is not None:
+                return level
+        level = _parse_level(pl.content.get("users_default", 0), strict)
+        return level if level is not None else 0
+    if create is not None and not room_version.privileged_creators and user_id in creators_of(create):
+        return 100
+    return 0
+
+
+def get_user_power_level(
+    user_id: str,
+    auth_state: Mapping[StateKey, Event],
+    room_version: RoomVersion | None = None,
+) -> PowerLevel:
+    """``get_power_level`` with the room version taken from the state's events."""
+    return get_power_level(user_id, auth_state, room_version or _room_version_of(auth_state))
+
+
+def get_named_level(
+    name: str, auth_state: Mapping[StateKey, Event], room_version: RoomVersion | None = None
+) -> int:
+    """The level of a named action (``ban``, ``kick``, ``redact``, ``invite``,
+    ``state_default`` ...), with the spec's defaults."""
+    rv = room_version or _room_version_of(auth_state)
+    default = NAMED_LEVEL_DEFAULTS[name]
+    pl = auth_state.get(POWER_LEVELS_KEY)
+    if pl is None or name not in pl.content:
+        return default
+    level = _parse_level(pl.content[name], rv.enforce_int_power_levels)
+    return level if level is not None else default
+
+
+def required_power_level(
+    event_type: str,
+    state_key: str | None,
+    auth_state: Mapping[StateKey, Event],
+    room_version: RoomVersion | None = None,
+) -> int:
+    """The *required power level* for an event type: ``events[type]``, else
+    ``state_default`` (state events) or ``events_default``."""
+    rv = room_version or _room_version_of(auth_state)
+    pl = auth_state.get(POWER_LEVELS_KEY)
+    if pl is not None:
+        events = pl.content.get("events")
+        if isinstance(events, Mapping) and event_type in events:
+            level = _parse_level(events[event_type], rv.enforce_int_power_levels)
+            if level is not None:
+                return level
+    return get_named_level("state_default" if state_key is not None else "events_default", auth_state, rv)
+
+
+def membership_of(user_id: str, auth_state: Mapping[StateKey, Event]) -> str | None:
+    """The user's current membership (None if there is no member event)."""
+    ev = auth_state.get((MEMBER, user_id))
+    return ev.membership if ev is not None else None
+
+
+def can_send(
+    sender: str,
+    event_type: str,
+    state_key: str | None,
+    auth_state: Mapping[StateKey, Event],
+    room_version: RoomVersion | None = None,
+) -> bool:
+    """Whether a joined-member rule check would let ``sender`` send a
+    non-membership event of this type (rules: sender joined, required power
+    level, ``@`` state keys). Membership events have their own rules."""
+    rv = room_version or _room_version_of(auth_state)
+    if membership_of(sender, auth_state) != "join":
+        return False
+    level = get_power_level(sender, auth_state, rv)
+    if event_type == THIRD_PARTY_INVITE:
+        return level >= get_named_level("invite", auth_state, rv)
+    if required_power_level(event_type, state_key, auth_state, rv) > level:
+        return False
+    if state_key is not None and state_key.startswith("@") and state_key != sender:
+        return False
+    return True
+
+
+def check_redaction_allowed(
+    redaction: Event, original: Event, auth_state: Mapping[StateKey, Event]
+) -> bool:
+    """Whether a (valid) redaction may be applied to ``original``
+    ("Handling redactions", room versions 3+): the redaction's sender has at
+    least the *redact level*, or is on the same server as the original's
+    sender. ``auth_state`` is the state used for the sender's power level.
+    The target comes from ``redaction.redacts`` (content in v11+).
+    """
+    if redaction.redacts != original.event_id or redaction.room_id != original.room_id:
+        return False
+    rv = redaction.room_version
+    if get_power_level(redaction.sender, auth_state, rv) >= get_named_level("redact", auth_state, rv):
+        return True
+    return _domain(redaction.sender) == _domain(original.sender) != ""
+
+
+# --------------------------------------------------------------------------
+# format checks the rules rely on
+
+
+def check_event_format_for_auth(event: Event) -> None:
+    """The format parts of the rules (rule 1 for create events).
+
+    Create: no prev_events; v10/v11 room id domain equals the sender's
+    domain; v12 no ``room_id`` at all; a known ``room_version`` if given;
+    v10 a ``creator``; v12 ``additional_creators`` an array of valid user ids.
+    Other events: a string room id.
+    """
+    rv = event.room_version
+    if event.type != CREATE:
+        if not isinstance(event.room_id, str) or not event.room_id.startswith("!"):
+            raise AuthError("event.room_id", "event has no valid room_id")
+        return
+    if event.prev_event_ids:
+        raise AuthError("create.has_prev_events", "m.room.create must not have prev_events")
+    if rv.room_id_format is RoomIdFormat.CREATE_EVENT_HASH:
+        if "room_id" in event.pdu:
+            raise AuthError("create.has_room_id", "m.room.create must not have a room_id in this room version")
+    else:
+        if not isinstance(event.room_id, str) or _domain(event.room_id) != _domain(event.sender):
+            raise AuthError("create.room_id_domain", "room_id domain does not match sender domain")
+    if "room_version" in event.content:
+        version = event.content["room_version"]
+        if not isinstance(version, str) or version not in KNOWN_ROOM_VERSIONS:
+            raise AuthError("create.unknown_room_version", f"unrecognised room version {version!r}")
+    if not rv.implicit_room_creator and "creator" not in event.content:
+        raise AuthError("create.no_creator", "m.room.create has no creator")
+    if rv.privileged_creators and "additional_creators" in event.content:
+        extra = event.content["additional_creators"]
+        if not isinstance(extra, list) or not all(is_valid_user_id(u) for u in extra):
+            raise AuthError(
+                "create.additional_creators",
+                "additional_creators must be an array of valid user ids",
+            )
+
+
+def check_auth_events(
+    event: Event,
+    auth_events: Sequence[Event],
+    *,
+    is_rejected: Callable[[str], bool] | None = None,
+) -> None:
+    """The rules on an event's own ``auth_events`` list (rule 2 in v10/v11,
+    rule 3 in v12): no duplicate (type, state_key), only the keys the auth
+    events selection picks (so never the create event in v12), none
+    rejected, all in the event's room, and (v10/v11) a create event present.
+    """
+    if event.type == CREATE:
+        return
+    rv = event.room_version
+    allowed = set(auth_types_for_event(rv, event.type, event.sender, event.state_key, event.content))
+    seen: set[StateKey] = set()
+    for ae in auth_events:
+        if ae.state_key is None:
+            raise AuthError("auth_events.not_state", f"auth event {ae.event_id} is not a state event")
+        key = (ae.type, ae.state_key)
+        if key in seen:
+            raise AuthError("auth_events.duplicate", f"duplicate auth events for {key}")
+        seen.add(key)
+        if key not in allowed:
+            raise AuthError("auth_events.unexpected", f"auth event {ae.event_id} {key} is not selectable")
+        if is_rejected is not None and is_rejected(ae.event_id):
+            raise AuthError("auth_events.rejected", f"auth event {ae.event_id} was rejected")
+        if ae.room_id != event.room_id:
+            raise AuthError("auth_events.room_mismatch", f"auth event {ae.event_id} is in another room")
+    if rv.create_event_in_auth_events and CREATE_KEY not in seen:
+        raise AuthError("auth_events.no_create", "no m.room.create among the auth events")
+
+
+def auth_state_from_auth_events(
+    event: Event,
+    get_event: Callable[[str], Event | None],
+    *,
+    is_rejected: Callable[[str], bool] | None = None,
+) -> dict[StateKey, Event]:
+    """The state map made of an event's auth events, checked by
+    ``check_auth_events``; in v12 the create event implied by the room id is
+    added. Raises ``AuthError`` when an auth event is missing."""
+    loaded: list[Event] = []
+    for aid in event.auth_event_ids:
+        ae = get_event(aid)
+        if ae is None:
+            raise AuthError("auth_events.missing", f"auth event {aid} is not available")
+        loaded.append(ae)
+    check_auth_events(event, loaded, is_rejected=is_rejected)
+    state: dict[StateKey, Event] = {(ae.type, ae.state_key): ae for ae in loaded}  # type: ignore[misc]
+    rv = event.room_version
+    if event.type != CREATE and not rv.create_event_in_auth_events and isinstance(event.room_id, str):
+        create_id = create_event_id_for_room(event.room_id, rv)
+        create = get_event(create_id) if create_id is not None else None
+        if create is None or (is_rejected is not None and is_rejected(create.event_id)):
+            raise AuthError("create.missing", f"create event {create_id} is not available")
+        state[CREATE_KEY] = create
+    return state
+
+
+# --------------------------------------------------------------------------
+# the rules
+
+
+def check_auth_rules(
+    event: Event,
+    auth_state: Mapping[StateKey, Event],
+    *,
+    verify_third_party_signature: ThirdPartySignatureVerifier | None = None,
+    is_signed_by_server: ServerSignatureCheck | None = None,
+) -> None:
+    """Apply the authorization rules to ``event`` against ``auth_state``.
+
+    Raises ``AuthError`` naming the rule that rejects it; returns None if it
+    is allowed. ``is_signed_by_server`` checks the
+    ``join_authorised_via_users_server`` signature rule; when None that rule
+    is left to the signature checks done on receipt (as in iterative auth
+    checks during state resolution).
+    """
+    check_event_format_for_auth(event)
+    if event.type == CREATE:
+        return  # rule 1: create events only need the format rules
+    create = _create_event_for(event, auth_state)
+    if create.content.get("m.federate", True) is False and _domain(event.sender) != _domain(create.sender):
+        raise AuthError("federate", "room is not federated and sender is on another server")
+    if event.type == MEMBER:
+        _check_membership(event, auth_state, create, verify_third_party_signature, is_signed_by_server)
+        return
+    rv = event.room_version
+    if _membership(auth_state, event.sender, event) != "join":
+        raise AuthError("sender.not_joined", f"{event.sender} is not joined to the room")
+    sender_level = get_power_level(event.sender, auth_state, rv)
+    if event.type == THIRD_PARTY_INVITE:
+        if sender_level >= get_named_level("invite", auth_state, rv):
+            return
+        raise AuthError("third_party_invite.power", "sender may not invite")
+    required = required_power_level(event.type, event.state_key, auth_state, rv)
+    if required > sender_level:
+        raise AuthError(
+            "power.event_level",
+            f"{event.type} needs power level {required}, sender has {sender_level}",
+        )
+    if event.state_key is not None and event.state_key.startswith("@") and event.state_key != event.sender:
+        raise AuthError("state_key.other_user", "state_key names another user")
+    if event.type == POWER_LEVELS:
+        _check_power_levels(event, auth_state, create, sender_level)
+
+
+def _state_event(auth_state: Mapping[StateKey, Event], key: StateKey, event: Event) -> Event | None:
+    ev = auth_state.get(key)
+    if ev is not None and ev.room_id != event.room_id:
+        raise AuthError("auth_events.room_mismatch", f"{key} event {ev.event_id} is in another room")
+    return ev
+
+
+def _membership(auth_state: Mapping[StateKey, Event], user_id: str, event: Event) -> str | None:
+    ev = _state_event(auth_state, (MEMBER, user_id), event)
+    return ev.membership if ev is not None else None
+
+
+def _create_event_for(event: Event, auth_state: Mapping[StateKey, Event]) -> Event:
+    rv = event.room_version
+    create = auth_state.get(CREATE_KEY)
+    if rv.room_id_format is RoomIdFormat.CREATE_EVENT_HASH:
+        expected = create_event_id_for_room(event.room_id, rv)
+        if create is None or create.event_id != expected:
+            raise AuthError(
+                "create.room_id_mismatch",
+                "room_id is not the id of an accepted m.room.create event",
+            )
+        return create
+    if create is None:
+        raise AuthError("auth_events.no_create", "no m.room.create event")
+    if create.room_id != event.room_id:
+        raise AuthError("auth_events.room_mismatch", "m.room.create is in another room")
+    return create
+
+
+def _check_membership(
+    event: Event,
+    auth_state: Mapping[StateKey, Event],
+    create: Event,
+    verify_tpi: ThirdPartySignatureVerifier | None,
+    is_signed_by_server: ServerSignatureCheck | None,
+) -> None:
+    if event.state_key is None:
+        raise AuthError("member.no_state_key", "m.room.member without state_key")
+    if "membership" not in event.content:
+        raise AuthError("member.no_membership", "m.room.member without membership")
+    via = event.content.get("join_authorised_via_users_server")
+    if via is not None and is_signed_by_server is not None:
+        if not isinstance(via, str) or not is_signed_by_server(event, _domain(via)):
+            raise AuthError(
+                "member.authorising_server_signature",
+                "not signed by the server of join_authorised_via_users_server",
+            )
+    membership = event.membership
+    if membership == "join":
+        _check_join(event, auth_state, create)
+    elif membership == "invite":
+        _check_invite(event, auth_state, verify_tpi)
+    elif membership == "leave":
+        _check_leave(event, auth_state)
+    elif membership == "ban":
+        _check_ban(event, auth_state)
+    elif membership == "knock" and event.room_version.knock_join_rule:
+        _check_knock(event, auth_state)
+    else:
+        raise AuthError("member.unknown_membership", f"unknown membership {membership!r}")
+
+
+def _join_rule(auth_state: Mapping[StateKey, Event], event: Event) -> str:
+    ev = _state_event(auth_state, JOIN_RULES_KEY, event)
+    if ev is None:
+        return "invite"
+    rule = ev.content.get("join_rule", "invite")
+    return rule if isinstance(rule, str) else ""
+
+
+def _first_join_creator(create: Event) -> str | None:
+    if create.room_version.implicit_room_creator:
+        return create.sender
+    creator = create.content.get("creator")
+    return creator if isinstance(creator, str) else None
+
+
+def _check_join(event: Event, auth_state: Mapping[StateKey, Event], create: Event) -> None:
+    rv = event.room_version
+    target = event.state_key
+    if (
+        len(event.prev_event_ids) == 1
+        and event.prev_event_ids[0] == create.event_id
+        and target == _first_join_creator(create)
+    ):
+        return
+    if event.sender != target:
+        raise AuthError("member.join.sender_mismatch", "cannot join on behalf of another user")
+    current = _membership(auth_state, event.sender, event)
+    if current == "ban":
+        raise AuthError("member.join.banned", f"{event.sender} is banned")
+    rule = _join_rule(auth_state, event)
+    if rule == "invite" or (rule == "knock" and rv.knock_join_rule):
+        if current in ("invite", "join"):
+            return
+        raise AuthError("member.join.not_invited", f"join rule {rule!r} needs an invite")
+    if (rule == "restricted" and rv.restricted_join_rule) or (
+        rule == "knock_restricted" and rv.knock_restricted_join_rule
+    ):
+        if current in ("join", "invite"):
+            return
+        _check_join_authoriser(event, auth_state)
+        return
+    if rule == "public":
+        return
+    raise AuthError("member.join.join_rule", f"join rule {rule!r} does not allow joining")
+
+
+def _check_join_authoriser(event: Event, auth_state: Mapping[StateKey, Event]) -> None:
+    via = event.content.get("join_authorised_via_users_server")
+    if not isinstance(via, str):
+        raise AuthError("member.join.no_authoriser", "restricted join without join_authorised_via_users_server")
+    if _membership(auth_state, via, event) != "join":
+        raise AuthError("member.join.authoriser_not_joined", f"authorising user {via} is not joined")
+    rv = event.room_version
+    if get_power_level(via, auth_state, rv) < get_named_level("invite", auth_state, rv):
+        raise AuthError("member.join.authoriser_power", f"authorising user {via} may not invite")
+
+
+def _check_invite(
+    event: Event,
+    auth_state: Mapping[StateKey, Event],
+    verify_tpi: ThirdPartySignatureVerifier | None,
+) -> None:
+    rv = event.room_version
+    target = event.state_key
+    assert target is not None
+    target_membership = _membership(auth_state, target, event)
+    if "third_party_invite" in event.content:
+        if target_membership == "ban":
+            raise AuthError("member.invite.3pid.target_banned", f"{target} is banned")
+        _check_third_party_invite(event, auth_state, verify_tpi)
+        return
+    if _membership(auth_state, event.sender, event) != "join":
+        raise AuthError("member.invite.sender_not_joined", f"{event.sender} is not joined")
+    if target_membership in ("join", "ban"):
+        raise AuthError("member.invite.target_joined_or_banned", f"{target} is {target_membership}")
+    if get_power_level(event.sender, auth_state, rv) >= get_named_level("invite", auth_state, rv):
+        return
+    raise AuthError("member.invite.power", "sender's power level is below the invite level")
+
+
+def _check_third_party_invite(
+    event: Event,
+    auth_state: Mapping[StateKey, Event],
+    verify_tpi: ThirdPartySignatureVerifier | None,
+) -> None:
+    tpi = event.content.get("third_party_invite")
+    signed = tpi.get("signed") if isinstance(tpi, Mapping) else None
+    if not isinstance(signed, Mapping):
+        raise AuthError("member.invite.3pid.no_signed", "third_party_invite has no signed object")
+    mxid, token = signed.get("mxid"), signed.get("token")
+    if not isinstance(mxid, str) or not isinstance(token, str):
+        raise AuthError("member.invite.3pid.no_mxid_token", "signed lacks mxid or token")
+    if mxid != event.state_key:
+        raise AuthError("member.invite.3pid.mxid_mismatch", "signed.mxid does not match state_key")
+    invite = _state_event(auth_state, (THIRD_PARTY_INVITE, token), event)
+    if invite is None:
+        raise AuthError("member.invite.3pid.no_invite_event", f"no m.room.third_party_invite for token {token!r}")
+    if invite.sender != event.sender:
+        raise AuthError("member.invite.3pid.sender_mismatch", "sender differs from the third party invite's sender")
+    verify = verify_tpi or verify_third_party_signed
+    for public_key in _third_party_public_keys(invite):
+        if verify(signed, public_key):
+            return
+    raise AuthError("member.invite.3pid.bad_signature", "no signature in signed matches the invite's public keys")
+
+
+def _third_party_public_keys(invite: Event) -> list[str]:
+    keys: list[str] = []
+    single = invite.content.get("public_key")
+    if isinstance(single, str):
+        keys.append(single)
+    many = invite.content.get("public_keys")
+    if isinstance(many, list):
+        for entry in many:
+            if isinstance(entry, Mapping) and isinstance(entry.get("public_key"), str):
+                keys.append(entry["public_key"])
+    return keys
+
+
+def _check_leave(event: Event, auth_state: Mapping[StateKey, Event]) -> None:
+    rv = event.room_version
+    target = event.state_key
+    assert target is not None
+    target_membership = _membership(auth_state, target, event)
+    if event.sender == target:
+        if target_membership in ("invite", "join", "knock"):
+            return
+        raise AuthError("member.leave.not_member", f"{target} has nothing to leave ({target_membership})")
+    if _membership(auth_state, event.sender, event) != "join":
+        raise AuthError("member.leave.sender_not_joined", f"{event.sender} is not joined")
+    sender_level = get_power_level(event.sender, auth_state, rv)
+    if target_membership == "ban" and sender_level < get_named_level("ban", auth_state, rv):
+        raise AuthError("member.leave.unban_power", "sender's power level is below the ban level")
+    if sender_level >= get_named_level("kick", auth_state, rv) and get_power_level(target, auth_state, rv) < sender_level:
+        return
+    raise AuthError("member.leave.kick_power", "sender may not kick this user")
+
+
+def _check_ban(event: Event, auth_state: Mapping[StateKey, Event]) -> None:
+    rv = event.room_version
+    target = event.state_key
+    assert target is not None
+    if _membership(auth_state, event.sender, event) != "join":
+        raise AuthError("member.ban.sender_not_joined", f"{event.sender} is not joined")
+    sender_level = get_power_level(event.sender, auth_state, rv)
+    if sender_level >= get_named_level("ban", auth_state, rv) and get_power_level(target, auth_state, rv) < sender_level:
+        return
+    raise AuthError("member.ban.power", "sender may not ban this user")
+
+
+def _check_knock(event: Event, auth_state: Mapping[StateKey, Event]) -> None:
+    rv = event.room_version
+    rule = _join_rule(auth_state, event)
+    if not (rule == "knock" or (rule == "knock_restricted" and rv.knock_restricted_join_rule)):
+        raise AuthError("member.knock.join_rule", f"join rule {rule!r} does not allow knocking")
+    if event.sender != event.state_key:
+        raise AuthError("member.knock.sender_mismatch", "cannot knock on behalf of another user")
+    if _membership(auth_state, event.sender, event) not in ("ban", "invite", "join"):
+        return
+    raise AuthError("member.knock.already", "sender is already banned, invited or joined")
+
+
+def _check_power_levels(
+    event: Event,
+    auth_state: Mapping[StateKey, Event],
+    create: Event,
+    sender_level: PowerLevel,
+) -> None:
+    rv = event.room_version
+    strict = rv.enforce_int_power_levels
+    content = event.content
+    for name in _NAMED_LEVELS:
+        if name in content and _parse_level(content[name], strict) is None:
+            raise AuthError("power_levels.invalid_level", f"{name} is not an integer")
+    for name in _LEVEL_MAPS:
+        if name in content:
+            value = content[name]
+            if not isinstance(value, Mapping) or any(_parse_level(v, strict) is None for v in value.values()):
+                raise AuthError("power_levels.invalid_map", f"{name} is not an object of integers")
+    users = content.get("users", {})
+    if not isinstance(users, Mapping) or not all(
+        is_valid_user_id(k) and _parse_level(v, strict) is not None for k, v in users.items()
+    ):
+        raise AuthError("power_levels.invalid_users", "users is not an object of user ids to integers")
+    if rv.privileged_creators:
+        listed = creators_of(create).intersection(users)
+        if listed:
+            raise AuthError("power_levels.creator_in_users", f"room creators may not be listed: {sorted(listed)}")
+    previous = _state_event(auth_state, POWER_LEVELS_KEY, event)
+    if previous is None:
+        return
+    old = previous.content
+    for name in _NAMED_LEVELS:
+        old_v = _parse_level(old.get(name), strict) if name in old else None
+        new_v = _parse_level(content.get(name), strict) if name in content else None
+        if old_v == new_v:
+            continue
+        if old_v is not None and old_v > sender_level:
+            raise AuthError("power_levels.named_current_too_high", f"{name} is above the sender's level")
+        if new_v is not None and new_v > sender_level:
+            raise AuthError("power_levels.named_new_too_high", f"new {name} is above the sender's level")
+    for name in _LEVEL_MAPS:
+        _check_level_map_changes(name, _as_map(old.get(name)), _as_map(content.get(name)), sender_level, strict)
+    old_users = _as_map(old.get("users"))
+    for user in set(old_users) | set(users):
+        old_v = _parse_level(old_users[user], strict) if user in old_users else None
+        new_v = _parse_level(users[user], strict) if user in users else None
+        if old_v == new_v:
+            continue
+        if old_v is not None and user != event.sender and old_v >= sender_level:
+            raise AuthError("power_levels.user_current_too_high", f"cannot change {user}, whose level is not below the sender's")
+        if new_v is not None and new_v > sender_level:
+            raise AuthError("power_levels.user_new_too_high", f"cannot raise {user} above the sender's level")
+
+
+def _as_map(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _check_level_map_changes(
+    name: str,
+    old: Mapping[str, Any],
+    new: Mapping[str, Any],
+    sender_level: PowerLevel,
+    strict: bool,
+) -> None:
+    for key in set(old) | set(new):
+        old_v = _parse_level(old[key], strict) if key in old else None
+        new_v = _parse_level(new[key], strict) if key in new else None
+        if old_v == new_v:
+            continue
+        if old_v is not None and old_v > sender_level:
+            raise AuthError("power_levels.map_current_too_high", f"{name}[{key!r}] is above the sender's level")
+        if new_v is not None and new_v > sender_level:
+            raise AuthError("power_levels.map_new_too_high", f"new {name}[{key!r}] is above the sender's level")
+
+
+# --------------------------------------------------------------------------
+# third-party invite signatures
+
+
+def _canonical_json(value: Any) -> bytes:
+    # Canonical JSON for the integer/string/bool/null JSON Matrix allows.
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def _unpadded_b64decode(text: str) -> bytes:
+    padded = text + "=" * (-len(text) % 4)
+    if "-" in text or "_" in text:
+        return base64.urlsafe_b64decode(padded)
+    return base64.b64decode(padded, validate=True)
+
+
+def verify_third_party_signed(signed: Mapping[str, Any], public_key: str) -> bool:
+    """True if any ``ed25519:*`` signature in ``signed["signatures"]``
+    verifies over ``signed`` (without ``signatures``/``unsigned``) with the
+    base64 ``public_key``."""
+    from nacl.exceptions import BadSignatureError
+    from nacl.signing import VerifyKey
+
+    signatures = signed.get("signatures")
+    if not isinstance(signatures, Mapping):
+        return False
+    try:
+        key_bytes = _unpadded_b64decode(public_key)
+        verify_key = VerifyKey(key_bytes)
+    except (binascii.Error, ValueError, TypeError):  # nacl's errors subclass these
+        return False
+    message = _canonical_json({k: v for k, v in signed.items() if k not in ("signatures", "unsigned")})
+    for block in signatures.values():
+        if not isinstance(block, Mapping):
+            continue
+        for key_id, signature in block.items():
+            if not isinstance(key_id, str) or not key_id.startswith("ed25519:") or not isinstance(signature, str):
+                continue
+            try:
+                verify_key.verify(message, _unpadded_b64decode(signature))
+                return True
+            except (BadSignatureError, binascii.Error, ValueError, TypeError):
+                continue
+    return False
+
+
+def auth_state_from_events(events: Iterable[Event]) -> dict[StateKey, Event]:
+    """A state map from state events (later entries win)."""
+    return {(ev.type, ev.state_key): ev for ev in events if ev.state_key is not None}

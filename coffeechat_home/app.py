@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -20,6 +19,9 @@ from .storage.accounts import AccountStore
 from .storage.database import Database, redact_url
 from .storage.embedded import EmbeddedPostgres, start_embedded
 from .storage.migrations import run_migrations
+from .storage.rooms import RoomStore
+from .storage.stream import StreamStore
+from .services.notifier import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +31,16 @@ HTTP_HANDLER_ARGS = {"max_line_size": 65536, "max_field_size": 65536}
 
 @dataclass
 class Services:
+    """Everything routes may call, built once per instance. Dependencies
+    are passed explicitly to each service's constructor."""
+
+    config: Config
+    db: Database
+    stream: StreamStore
+    notifier: Notifier
     accounts: AccountService
     auth: TokenAuth
-    extra: dict[str, Any] = field(default_factory=dict)
+    rooms: RoomStore
 
 
 def build_services(config: Config, db: Database) -> Services:
@@ -42,7 +51,16 @@ def build_services(config: Config, db: Database) -> Services:
         registration_mode=config.registration.mode,
         registration_tokens=config.registration.tokens,
     )
-    return Services(accounts=accounts, auth=TokenAuth(accounts))
+    stream = StreamStore(db)
+    return Services(
+        config=config,
+        db=db,
+        stream=stream,
+        notifier=Notifier(stream),
+        accounts=accounts,
+        auth=TokenAuth(accounts),
+        rooms=RoomStore(db),
+    )
 
 
 def build_client_app(config: Config, services: Services) -> web.Application:
@@ -98,6 +116,7 @@ class HomeServer:
         db = await self.open_database()
         await run_migrations(db)
         self.services = build_services(self.config, db)
+        await self.services.notifier.start()
         app = build_client_app(self.config, self.services)
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await runner.setup()
@@ -113,6 +132,8 @@ class HomeServer:
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()
+        if self.services is not None:
+            await self.services.notifier.stop()
         if self.db is not None:
             await self.db.close()
             self.db = None

@@ -60,7 +60,8 @@ def split_statements(sql: str) -> list[str]:
 
 def load_migrations(engine: Engine, directory: Path | None = None) -> list[Migration]:
     by_version: dict[int, tuple[str, list[str]]] = {}
-    files = sorted((directory or schema_dir()).glob("*.sql"))
+    # the shared file of a version first, then its dialect file
+    files = sorted((directory or schema_dir()).glob("*.sql"), key=lambda p: (p.name[:4], p.name.count(".")))
     for p in files:
         m = _FILE_RE.match(p.name)
         if not m:

@@ -1,0 +1,128 @@
+"""The shared stream: positions for everything a client syncs, correct with
+many concurrent writers on many instances (DESIGN.md section 4).
+
+A write that publishes something at a stream position goes through
+``StreamWriter.write``:
+
+1. commit a reservation row whose ``floor`` is a freshly allocated position
+   (so the write's own position, allocated later, is above it);
+2. in the write transaction, allocate the position, delete the reservation
+   and run the caller's statements (retried whole on 40001).
+
+``current_position`` returns min(max committed position, min(floor)): every
+write at or below it has committed, so a reader that advanced to it never
+misses a late commit of a lower position.
+
+Tables that carry stream positions are listed in ``STREAM_TABLES`` with the
+column that says whom a change concerns (a room id or a user id), so that
+``changes_between`` can tell the notifier which syncs to wake.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, TypeVar
+
+import asyncpg
+
+from .database import Database
+
+T = TypeVar("T")
+
+RESERVATION_TTL_MS = 120_000
+
+
+@dataclass(frozen=True)
+class StreamTable:
+    table: str
+    key_sql: str  # expression giving the room id or user id a row concerns
+    where_sql: str = "TRUE"
+
+
+# Every table whose rows carry a `stream_pos`. Modules that add a stream
+# table register it here (one line), so positions and wake-ups see it.
+STREAM_TABLES: list[StreamTable] = [
+    StreamTable("events", "room_id", "stream_pos IS NOT NULL"),
+    StreamTable("room_memberships", "user_id"),
+]
+
+
+def register_stream_table(table: StreamTable) -> None:
+    if all(t.table != table.table or t.key_sql != table.key_sql for t in STREAM_TABLES):
+        STREAM_TABLES.append(table)
+
+
+class ReservationExpired(Exception):
+    pass
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class StreamStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def write(
+        self, fn: Callable[[asyncpg.Connection, int], Awaitable[T]], *, name: str = "stream_write"
+    ) -> tuple[T, int]:
+        """Run ``fn(conn, position)`` in one transaction at a new position;
+        returns (fn's result, position)."""
+        while True:
+            token = secrets.token_hex(12)
+            await self.db.execute(
+                "INSERT INTO stream_inflight (token, floor, expires_ts) VALUES ($1, nextval('stream_seq'), $2)",
+                token,
+                _now_ms() + RESERVATION_TTL_MS,
+            )
+            committed = False
+            try:
+
+                async def txn(conn: asyncpg.Connection) -> tuple[T, int]:
+                    row = await conn.fetchrow(
+                        """WITH d AS (DELETE FROM stream_inflight WHERE token = $1 RETURNING 1)
+                           SELECT nextval('stream_seq') AS pos, (SELECT count(*) FROM d) AS held""",
+                        token,
+                    )
+                    if not row["held"]:
+                        raise ReservationExpired(token)
+                    pos = row["pos"]
+                    return await fn(conn, pos), pos
+
+                result = await self.db.transaction(txn, name=name)
+                committed = True
+                return result
+            except ReservationExpired:
+                continue
+            finally:
+                if not committed:
+                    await self.db.execute("DELETE FROM stream_inflight WHERE token = $1", token)
+
+    async def current_position(self) -> int:
+        maxes = " UNION ALL ".join(
+            f"SELECT max(stream_pos) AS m FROM {t.table}" for t in {t.table: t for t in STREAM_TABLES}.values()
+        )
+        return await self.db.fetchval(
+            f"""SELECT LEAST(
+                    COALESCE((SELECT min(floor) FROM stream_inflight), 9223372036854775807),
+                    COALESCE((SELECT max(m) FROM ({maxes}) AS x), 0))"""
+        )
+
+    async def changes_between(self, after: int, upto: int) -> set[str]:
+        """Room ids and user ids with anything at a position in (after, upto]."""
+        if upto <= after:
+            return set()
+        parts = " UNION ".join(
+            f"SELECT {t.key_sql} AS k FROM {t.table} "
+            f"WHERE stream_pos > $1 AND stream_pos <= $2 AND ({t.where_sql})"
+            for t in STREAM_TABLES
+        )
+        rows = await self.db.fetch(parts, after, upto)
+        return {r["k"] for r in rows if r["k"] is not None}
+
+    async def expire_reservations(self) -> int:
+        status = await self.db.execute("DELETE FROM stream_inflight WHERE expires_ts < $1", _now_ms())
+        return int(status.split()[-1])

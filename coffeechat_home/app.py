@@ -22,6 +22,14 @@ from .storage.migrations import run_migrations
 from .storage.rooms import RoomStore
 from .storage.stream import StreamStore
 from .services.notifier import Notifier
+from .services.history import HistoryService
+from .services.membership import MembershipService
+from .services.room_writer import RoomWriter
+from .services.rooms import RoomService
+from .storage.events import EventStore
+from .protocol.signing import SigningKey
+from .keyfile import ensure_signing_key, load_signing_key
+from .api.client.rooms import RoomRoutes
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +49,18 @@ class Services:
     accounts: AccountService
     auth: TokenAuth
     rooms: RoomStore
+    events: EventStore
+    writer: RoomWriter
+    room_service: RoomService
+    membership: MembershipService
+    history: HistoryService
 
 
-def build_services(config: Config, db: Database) -> Services:
+async def _default_profile(user_id: str) -> tuple[str | None, str | None]:
+    return user_id[1:].split(":", 1)[0], None
+
+
+def build_services(config: Config, db: Database, signing_key: SigningKey) -> Services:
     accounts = AccountService(
         AccountStore(db),
         PasswordHasher(config.security.password_scrypt_n),
@@ -52,14 +69,26 @@ def build_services(config: Config, db: Database) -> Services:
         registration_tokens=config.registration.tokens,
     )
     stream = StreamStore(db)
+    notifier = Notifier(stream)
+    rooms = RoomStore(db)
+    events = EventStore(db)
+    writer = RoomWriter(stream, events, notifier, config.server_name, signing_key)
+    room_service = RoomService(writer, events, rooms, config.server_name, _default_profile)
+    membership = MembershipService(room_service, rooms, accounts.store, config.server_name)
+    accounts.deactivation_hooks.append(membership.leave_all)
     return Services(
         config=config,
         db=db,
         stream=stream,
-        notifier=Notifier(stream),
+        notifier=notifier,
         accounts=accounts,
         auth=TokenAuth(accounts),
-        rooms=RoomStore(db),
+        rooms=rooms,
+        events=events,
+        writer=writer,
+        room_service=room_service,
+        membership=membership,
+        history=HistoryService(events, rooms, stream),
     )
 
 
@@ -78,6 +107,9 @@ def build_client_app(config: Config, services: Services) -> web.Application:
         login_limiter=RateLimiter(config.limits.login_per_second, config.limits.login_burst),
         register_limiter=RateLimiter(config.limits.register_per_second, config.limits.register_burst),
         well_known=discovery.client_well_known,
+    ).register_routes(app.router)
+    RoomRoutes(
+        services.auth, services.room_service, services.membership, services.history, services.rooms
     ).register_routes(app.router)
     return app
 
@@ -115,7 +147,9 @@ class HomeServer:
     async def start(self) -> None:
         db = await self.open_database()
         await run_migrations(db)
-        self.services = build_services(self.config, db)
+        ensure_signing_key(self.config.signing_key_file)
+        signing_key = load_signing_key(self.config.signing_key_file)
+        self.services = build_services(self.config, db, signing_key)
         await self.services.notifier.start()
         app = build_client_app(self.config, self.services)
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)

@@ -110,7 +110,10 @@ async def _register_user(config: Config, username: str, password: str, admin: bo
     db = await server.open_database()
     try:
         await run_migrations(db)
-        services = build_services(config, db)
+        from .keyfile import load_signing_key
+
+        ensure_signing_key(config.signing_key_file)
+        services = build_services(config, db, load_signing_key(config.signing_key_file))
         result = await services.accounts.register(
             username=username, password=password, device_id=None, device_display_name=None,
             inhibit_login=True, is_admin=admin,

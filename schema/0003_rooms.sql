@@ -30,7 +30,9 @@ CREATE TABLE IF NOT EXISTS events (
     state_group BIGINT,             -- state after this event
     relates_to TEXT,                -- m.relates_to.event_id
     rel_type TEXT,
-    thread_id TEXT                  -- thread root for m.thread relations
+    thread_id TEXT,                 -- thread root for m.thread relations
+    sender_device TEXT,             -- local sends: the device, for unsigned.transaction_id
+    txn_id TEXT
 );
 
 CREATE INDEX IF NOT EXISTS events_by_relation ON events (relates_to, rel_type);

@@ -54,6 +54,20 @@ def _escape(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
+def _template_regex(template: str) -> str:
+    """Path template -> regex; a trailing parameter may be empty (state
+    events with state_key "" are addressed as /state/{type} or /state/{type}/)."""
+    segments = template.strip("/").split("/")
+    parts = []
+    for i, seg in enumerate(segments):
+        is_param = seg.startswith("{") and seg.endswith("}")
+        if is_param and i == len(segments) - 1:
+            parts.append("(?:/[^/]*)?")
+        else:
+            parts.append("/" + ("[^/]+" if is_param else re.escape(seg)))
+    return "^" + "".join(parts) + "$"
+
+
 def _match(api: str, method: str, path: str) -> tuple[Path, str, str]:
     index = _index(api)
     # the legacy r0 prefix shares v3's schemas
@@ -61,7 +75,7 @@ def _match(api: str, method: str, path: str) -> tuple[Path, str, str]:
     for (m, template), (f, key) in index.items():
         if m != method:
             continue
-        pattern = "^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"
+        pattern = _template_regex(template)
         if re.match(pattern, candidate):
             return f, key, m
     raise AssertionError(f"no operation {method} {path} in the spec's {api} API")

@@ -63,3 +63,74 @@ class RoomStore:
             room_id, event_type, state_key,
         )
         return orjson.loads(raw) if raw is not None else None
+
+    # -- aliases -----------------------------------------------------------------
+    async def alias_room(self, alias: str) -> str | None:
+        return await self.db.fetchval("SELECT room_id FROM room_aliases WHERE alias = $1", alias)
+
+    async def alias_creator(self, alias: str) -> str | None:
+        return await self.db.fetchval("SELECT creator FROM room_aliases WHERE alias = $1", alias)
+
+    async def create_alias(self, alias: str, room_id: str, creator: str, now_ms: int) -> bool:
+        inserted = await self.db.fetchval(
+            """INSERT INTO room_aliases (alias, room_id, creator, created_ts) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (alias) DO NOTHING RETURNING 1""",
+            alias, room_id, creator, now_ms,
+        )
+        return bool(inserted)
+
+    async def delete_alias(self, alias: str) -> bool:
+        status = await self.db.execute("DELETE FROM room_aliases WHERE alias = $1", alias)
+        return status.endswith(" 1")
+
+    async def aliases_for_room(self, room_id: str) -> list[str]:
+        rows = await self.db.fetch("SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias", room_id)
+        return [r["alias"] for r in rows]
+
+    # -- directory -----------------------------------------------------------------
+    async def set_public(self, room_id: str, public: bool) -> bool:
+        status = await self.db.execute("UPDATE rooms SET is_public = $2 WHERE room_id = $1", room_id, public)
+        return status.endswith(" 1")
+
+    async def is_public(self, room_id: str) -> bool | None:
+        return await self.db.fetchval("SELECT is_public FROM rooms WHERE room_id = $1", room_id)
+
+    async def public_room_ids(self) -> list[str]:
+        rows = await self.db.fetch("SELECT room_id FROM rooms WHERE is_public ORDER BY room_id")
+        return [r["room_id"] for r in rows]
+
+    # -- forgetting --------------------------------------------------------------
+    async def forget(self, user_id: str, room_id: str) -> None:
+        await self.db.execute(
+            "INSERT INTO forgotten_rooms (user_id, room_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            user_id, room_id,
+        )
+
+    async def forgotten(self, user_id: str) -> set[str]:
+        rows = await self.db.fetch("SELECT room_id FROM forgotten_rooms WHERE user_id = $1", user_id)
+        return {r["room_id"] for r in rows}
+
+    async def current_state_ids(self, room_id: str) -> dict[tuple[str, str], str]:
+        rows = await self.db.fetch(
+            "SELECT type, state_key, event_id FROM current_state WHERE room_id = $1", room_id
+        )
+        return {(r["type"], r["state_key"]): r["event_id"] for r in rows}
+
+    async def membership_events(self, user_id: str, after: int | None, upto: int) -> list[tuple[str, str, str, int]]:
+        """(room id, membership, event id, position) of a user's membership
+        changes in (after, upto], oldest first."""
+        rows = await self.db.fetch(
+            """SELECT room_id, membership, event_id, stream_pos FROM room_memberships
+               WHERE user_id = $1 AND stream_pos > $2 AND stream_pos <= $3 ORDER BY stream_pos""",
+            user_id, after if after is not None else -1, upto,
+        )
+        return [(r["room_id"], r["membership"], r["event_id"], r["stream_pos"]) for r in rows]
+
+    async def latest_memberships(self, user_id: str, upto: int) -> dict[str, tuple[str, str, int]]:
+        """room id -> (membership, event id, position) as of a position."""
+        rows = await self.db.fetch(
+            """SELECT DISTINCT ON (room_id) room_id, membership, event_id, stream_pos FROM room_memberships
+               WHERE user_id = $1 AND stream_pos <= $2 ORDER BY room_id, stream_pos DESC""",
+            user_id, upto,
+        )
+        return {r["room_id"]: (r["membership"], r["event_id"], r["stream_pos"]) for r in rows}

@@ -71,6 +71,21 @@ class StreamStore:
     ) -> tuple[T, int]:
         """Run ``fn(conn, position)`` in one transaction at a new position;
         returns (fn's result, position)."""
+
+        async def one(conn: asyncpg.Connection, positions: list[int]) -> T:
+            return await fn(conn, positions[0])
+
+        result, positions = await self.write_many(one, 1, name=name)
+        return result, positions[0]
+
+    async def write_many(
+        self,
+        fn: Callable[[asyncpg.Connection, list[int]], Awaitable[T]],
+        count: int,
+        *,
+        name: str = "stream_write",
+    ) -> tuple[T, list[int]]:
+        """Like ``write`` with ``count`` increasing positions."""
         while True:
             token = secrets.token_hex(12)
             await self.db.execute(
@@ -81,16 +96,18 @@ class StreamStore:
             committed = False
             try:
 
-                async def txn(conn: asyncpg.Connection) -> tuple[T, int]:
+                async def txn(conn: asyncpg.Connection) -> tuple[T, list[int]]:
                     row = await conn.fetchrow(
                         """WITH d AS (DELETE FROM stream_inflight WHERE token = $1 RETURNING 1)
-                           SELECT nextval('stream_seq') AS pos, (SELECT count(*) FROM d) AS held""",
+                           SELECT (SELECT array_agg(nextval('stream_seq')) FROM generate_series(1, $2)) AS pos,
+                                  (SELECT count(*) FROM d) AS held""",
                         token,
+                        count,
                     )
                     if not row["held"]:
                         raise ReservationExpired(token)
-                    pos = row["pos"]
-                    return await fn(conn, pos), pos
+                    positions = sorted(row["pos"])
+                    return await fn(conn, positions), positions
 
                 result = await self.db.transaction(txn, name=name)
                 committed = True

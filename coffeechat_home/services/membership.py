@@ -1,0 +1,197 @@
+"""Membership changes: invite, join (incl. restricted rooms), knock, leave,
+kick, ban, unban, forget. Every change is an m.room.member event checked by
+the auth rules before it is stored."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ..errors import MatrixError, forbidden, not_found
+from ..protocol.auth import get_named_level, get_power_level
+from ..protocol.events import Event, StateKey
+from ..protocol.identifiers import InvalidIdentifier, parse_room_alias, parse_user_id
+from ..storage.accounts import AccountStore
+from ..storage.rooms import RoomStore
+from .accounts import Requester
+from .rooms import RoomService
+
+
+class MembershipService:
+    def __init__(self, rooms: RoomService, store: RoomStore, accounts: AccountStore, server_name: str) -> None:
+        self.rooms = rooms
+        self.store = store
+        self.accounts = accounts
+        self.server_name = server_name
+
+    async def resolve_room(self, room_id_or_alias: str) -> str:
+        if room_id_or_alias.startswith("#"):
+            try:
+                alias = parse_room_alias(room_id_or_alias)
+            except InvalidIdentifier as e:
+                raise MatrixError(400, "M_INVALID_PARAM", str(e)) from None
+            room_id = await self.store.alias_room(room_id_or_alias)
+            if room_id is None:
+                if alias.server_name != self.server_name:
+                    raise not_found("Room alias on another server: federation is not supported yet")
+                raise not_found("Room alias not found")
+            return room_id
+        if not room_id_or_alias.startswith("!"):
+            raise MatrixError(400, "M_INVALID_PARAM", "Expected a room id or alias")
+        if await self.store.room_version(room_id_or_alias) is None:
+            raise not_found("No known servers for this room (federation is not supported yet)")
+        return room_id_or_alias
+
+    async def _change(
+        self, requester: Requester, room_id: str, target: str, membership: str, extra: Mapping[str, Any] | None = None
+    ) -> str:
+        content = await self.rooms.member_content(target, membership, extra)
+        return await self.rooms.send(requester, room_id, "m.room.member", content, state_key=target)
+
+    def _reason(self, reason: Any) -> dict[str, Any] | None:
+        if reason is None:
+            return None
+        if not isinstance(reason, str):
+            raise MatrixError(400, "M_BAD_JSON", "reason must be a string")
+        return {"reason": reason}
+
+    async def _check_target(self, user_id: Any) -> str:
+        if not isinstance(user_id, str):
+            raise MatrixError(400, "M_MISSING_PARAM", "user_id is required")
+        try:
+            uid = parse_user_id(user_id)
+        except InvalidIdentifier as e:
+            raise MatrixError(400, "M_INVALID_PARAM", str(e)) from None
+        if uid.server_name != self.server_name:
+            raise MatrixError(400, "M_UNRECOGNIZED", "Users on other servers need federation, not supported yet")
+        if not await self.accounts.user_exists(user_id):
+            raise not_found("User not found")
+        return user_id
+
+    # -- the operations ----------------------------------------------------------
+    async def invite(self, requester: Requester, room_id: str, user_id: Any, reason: Any = None) -> None:
+        target = await self._check_target(user_id)
+        state = await self.rooms.require_state(room_id)
+        self._require_member(state, requester.user_id)
+        current = _membership(state, target)
+        if current == "invite":
+            return
+        if current == "join":
+            raise forbidden(f"{target} is already in the room")
+        if current == "ban":
+            raise forbidden(f"{target} is banned from the room")
+        await self._change(requester, room_id, target, "invite", self._reason(reason))
+
+    async def join(self, requester: Requester, room_id_or_alias: str, reason: Any = None) -> str:
+        room_id = await self.resolve_room(room_id_or_alias)
+        state = await self.rooms.require_state(room_id)
+        me = requester.user_id
+        current = state.get(("m.room.member", me))
+        extra = dict(self._reason(reason) or {})
+        if current is not None and current.membership == "join":
+            wanted = await self.rooms.member_content(me, "join", extra)
+            if dict(current.content) == wanted:
+                return room_id
+        join_rules = state.get(("m.room.join_rules", ""))
+        rule = join_rules.content.get("join_rule") if join_rules is not None else "invite"
+        if rule in ("restricted", "knock_restricted") and (current is None or current.membership not in ("invite", "join")):
+            extra["join_authorised_via_users_server"] = await self._restricted_authoriser(state, join_rules, me)
+        if current is not None and current.membership == "ban":
+            raise forbidden("You are banned from this room")
+        await self._change(requester, room_id, me, "join", extra)
+        return room_id
+
+    async def _restricted_authoriser(self, state: Mapping[StateKey, Event], join_rules: Event, user_id: str) -> str:
+        allowed = False
+        for entry in join_rules.content.get("allow") or []:
+            if isinstance(entry, Mapping) and entry.get("type") == "m.room_membership":
+                other = entry.get("room_id")
+                if isinstance(other, str) and await self.store.is_joined(other, user_id):
+                    allowed = True
+                    break
+        if not allowed:
+            raise forbidden("You are not a member of any room that this restricted room allows")
+        rv = next(iter(state.values())).room_version
+        invite_level = get_named_level("invite", state, rv)
+        for (etype, skey), ev in sorted(state.items()):
+            if etype == "m.room.member" and ev.membership == "join" and skey.endswith(":" + self.server_name):
+                if get_power_level(skey, state, rv) >= invite_level:
+                    return skey
+        raise MatrixError(400, "M_UNABLE_TO_AUTHORISE_JOIN", "No local user can authorise this join")
+
+    async def knock(self, requester: Requester, room_id_or_alias: str, reason: Any = None) -> str:
+        room_id = await self.resolve_room(room_id_or_alias)
+        state = await self.rooms.require_state(room_id)
+        current = _membership(state, requester.user_id)
+        if current == "join":
+            raise forbidden("You are already in the room")
+        if current == "ban":
+            raise forbidden("You are banned from this room")
+        await self._change(requester, room_id, requester.user_id, "knock", self._reason(reason))
+        return room_id
+
+    async def leave(self, requester: Requester, room_id: str, reason: Any = None) -> None:
+        state = await self.rooms.writer.current_state(room_id)
+        current = _membership(state or {}, requester.user_id)
+        if state is None or current is None:
+            raise forbidden("You are not in this room")
+        if current in ("leave", "ban"):
+            return  # already out: nothing to do
+        await self._change(requester, room_id, requester.user_id, "leave", self._reason(reason))
+
+    async def kick(self, requester: Requester, room_id: str, user_id: Any, reason: Any = None) -> None:
+        target = await self._check_member_target(user_id)
+        state = await self.rooms.require_state(room_id)
+        self._require_member(state, requester.user_id)
+        if _membership(state, target) not in ("join", "invite", "knock"):
+            raise forbidden(f"{target} is not in the room")
+        await self._change(requester, room_id, target, "leave", self._reason(reason))
+
+    async def ban(self, requester: Requester, room_id: str, user_id: Any, reason: Any = None) -> None:
+        target = await self._check_member_target(user_id)
+        state = await self.rooms.require_state(room_id)
+        self._require_member(state, requester.user_id)
+        if _membership(state, target) == "ban":
+            return
+        await self._change(requester, room_id, target, "ban", self._reason(reason))
+
+    async def unban(self, requester: Requester, room_id: str, user_id: Any, reason: Any = None) -> None:
+        target = await self._check_member_target(user_id)
+        state = await self.rooms.require_state(room_id)
+        self._require_member(state, requester.user_id)
+        if _membership(state, target) != "ban":
+            raise forbidden(f"{target} is not banned")
+        await self._change(requester, room_id, target, "leave", self._reason(reason))
+
+    async def forget(self, requester: Requester, room_id: str) -> None:
+        membership = await self.store.membership(room_id, requester.user_id)
+        if membership is None:
+            raise not_found("You have never been in this room")
+        if membership in ("join", "invite", "knock"):
+            raise MatrixError(400, "M_UNKNOWN", "Leave the room before forgetting it")
+        await self.store.forget(requester.user_id, room_id)
+
+    async def leave_all(self, user_id: str, device_id: str = "") -> None:
+        """On deactivation: leave every joined room and reject invites."""
+        requester = Requester(user_id, device_id, False, "")
+        for membership in ("join", "invite", "knock"):
+            for room_id in await self.store.rooms_for_user(user_id, membership):
+                await self._change(requester, room_id, user_id, "leave")
+
+    async def _check_member_target(self, user_id: Any) -> str:
+        if not isinstance(user_id, str):
+            raise MatrixError(400, "M_MISSING_PARAM", "user_id is required")
+        try:
+            parse_user_id(user_id)
+        except InvalidIdentifier as e:
+            raise MatrixError(400, "M_INVALID_PARAM", str(e)) from None
+        return user_id
+
+    @staticmethod
+    def _require_member(state: Mapping[StateKey, Event], user_id: str) -> None:
+        if _membership(state, user_id) != "join":
+            raise forbidden("You are not in this room")
+
+
+def _membership(state: Mapping[StateKey, Event], user_id: str) -> str | None:
+    ev = state.get(("m.room.member", user_id))
+    return ev.membership if ev is not None else None

@@ -1,0 +1,382 @@
+"""Events and the room DAG: persisting a batch of new events (with edges,
+forward extremities, state groups, current state, memberships, transaction
+ids and redactions) in one transaction, and reading events back.
+
+State groups: the state after each event is a *state group*. A state event
+starts a new group whose id is that event's stream position, holding one
+delta entry on top of its ``prev_group``; after ``SNAPSHOT_EVERY`` deltas a
+full snapshot is written instead, so a lookup walks a bounded chain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import asyncpg
+import orjson
+
+from ..protocol.events import Event, StateKey
+from ..protocol.room_versions import RoomVersion
+from .database import Database
+
+SNAPSHOT_EVERY = 64
+
+
+class StaleRoomState(Exception):
+    """The room's forward extremities changed under us (another writer)."""
+
+
+class DuplicateTransaction(Exception):
+    """The (user, device, txn id) was used by a concurrent request."""
+
+
+@dataclass
+class NewStateGroup:
+    id: int
+    prev_group: int | None
+    chain_length: int
+    entries: dict[StateKey, str]  # the delta, or the full state for a snapshot
+
+
+@dataclass
+class PersistItem:
+    event: Event
+    stream_pos: int
+    pdu_json: str
+    client_json: str
+    state_group: int  # state after the event
+    new_state_group: NewStateGroup | None = None
+    txn: tuple[str, str, str] | None = None  # user, device, txn id
+    relation: tuple[str, str, str | None] | None = None  # relates_to, rel_type, thread_id
+    redaction: tuple[str, str, str] | None = None  # target id, redacted pdu, redacted client
+
+
+@dataclass
+class EventRow:
+    event_id: str
+    room_id: str
+    stream_pos: int | None
+    type: str
+    state_key: str | None
+    sender: str
+    client: str
+    sender_device: str | None = None
+    txn_id: str | None = None
+    membership: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_ROW_COLUMNS = "event_id, room_id, stream_pos, type, state_key, sender, client, sender_device, txn_id, membership"
+
+
+def _row(r: asyncpg.Record) -> EventRow:
+    return EventRow(
+        r["event_id"], r["room_id"], r["stream_pos"], r["type"], r["state_key"], r["sender"], r["client"],
+        r["sender_device"], r["txn_id"], r["membership"],
+    )
+
+
+async def persist_events(
+    conn: asyncpg.Connection,
+    room_id: str,
+    items: Sequence[PersistItem],
+    *,
+    expected_extremities: Iterable[str],
+    new_extremities: Iterable[str],
+) -> None:
+    """Write ``items`` (in order) inside the caller's transaction."""
+    current = await conn.fetchval(
+        "SELECT array_agg(event_id) FROM room_forward_extremities WHERE room_id = $1", room_id
+    )
+    if set(current or ()) != set(expected_extremities):
+        raise StaleRoomState(room_id)
+
+    evs = [it.event for it in items]
+    await conn.execute(
+        """INSERT INTO events (event_id, room_id, stream_pos, depth, type, state_key, sender, origin_server_ts,
+                               membership, pdu, client, state_group, relates_to, rel_type, thread_id,
+                               sender_device, txn_id)
+           SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[],
+                                $7::TEXT[], $8::BIGINT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], $12::BIGINT[],
+                                $13::TEXT[], $14::TEXT[], $15::TEXT[], $16::TEXT[], $17::TEXT[])""",
+        [e.event_id for e in evs],
+        [room_id] * len(evs),
+        [it.stream_pos for it in items],
+        [e.depth for e in evs],
+        [e.type for e in evs],
+        [e.state_key for e in evs],
+        [e.sender for e in evs],
+        [e.origin_server_ts for e in evs],
+        [e.membership if e.type == "m.room.member" else None for e in evs],
+        [it.pdu_json for it in items],
+        [it.client_json for it in items],
+        [it.state_group for it in items],
+        [it.relation[0] if it.relation else None for it in items],
+        [it.relation[1] if it.relation else None for it in items],
+        [it.relation[2] if it.relation else None for it in items],
+        [it.txn[1] if it.txn else None for it in items],
+        [it.txn[2] if it.txn else None for it in items],
+    )
+    edges = [(e.event_id, p) for e in evs for p in e.prev_event_ids]
+    auth_edges = [(e.event_id, a) for e in evs for a in e.auth_event_ids]
+    await conn.execute(
+        """WITH p AS (INSERT INTO event_edges (event_id, prev_event_id)
+                      SELECT * FROM unnest($1::TEXT[], $2::TEXT[]) ON CONFLICT DO NOTHING RETURNING 1),
+                a AS (INSERT INTO event_auth_edges (event_id, auth_event_id)
+                      SELECT * FROM unnest($3::TEXT[], $4::TEXT[]) ON CONFLICT DO NOTHING RETURNING 1),
+                d AS (DELETE FROM room_forward_extremities WHERE room_id = $5 RETURNING 1),
+                x AS (INSERT INTO room_forward_extremities (room_id, event_id)
+                      SELECT $5, unnest($6::TEXT[]) ON CONFLICT DO NOTHING RETURNING 1)
+           SELECT (SELECT count(*) FROM p), (SELECT count(*) FROM a), (SELECT count(*) FROM d),
+                  (SELECT count(*) FROM x)""",
+        [a for a, _ in edges], [b for _, b in edges],
+        [a for a, _ in auth_edges], [b for _, b in auth_edges],
+        room_id, list(new_extremities),
+    )
+
+    groups = [it.new_state_group for it in items if it.new_state_group is not None]
+    if groups:
+        await _insert_state_groups(conn, room_id, groups)
+    state_items = [it for it in items if it.event.state_key is not None]
+    if state_items:
+        # Later items win for the same key: apply in order, keep the last.
+        latest: dict[StateKey, Event] = {}
+        for it in state_items:
+            latest[it.event.state_tuple] = it.event
+        await conn.execute(
+            """INSERT INTO current_state (room_id, type, state_key, event_id, membership)
+               SELECT $1, * FROM unnest($2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[])
+               ON CONFLICT (room_id, type, state_key)
+               DO UPDATE SET event_id = excluded.event_id, membership = excluded.membership""",
+            room_id,
+            [k[0] for k in latest], [k[1] for k in latest], [e.event_id for e in latest.values()],
+            [e.membership if e.type == "m.room.member" else None for e in latest.values()],
+        )
+    members = [it for it in items if it.event.type == "m.room.member" and it.event.membership]
+    if members:
+        await conn.execute(
+            """INSERT INTO room_memberships (event_id, user_id, room_id, sender, membership, stream_pos)
+               SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[])""",
+            [it.event.event_id for it in members], [it.event.state_key for it in members],
+            [room_id] * len(members), [it.event.sender for it in members],
+            [it.event.membership for it in members], [it.stream_pos for it in members],
+        )
+        left = [(it.event.state_key, room_id) for it in members if it.event.membership == "join"]
+        if left:  # re-joining un-forgets the room
+            await conn.execute(
+                "DELETE FROM forgotten_rooms WHERE room_id = $1 AND user_id = ANY($2::TEXT[])",
+                room_id, [u for u, _ in left],
+            )
+    for it in items:
+        if it.txn is not None:
+            try:
+                async with conn.transaction():  # a savepoint: a duplicate must not poison the txn
+                    await conn.execute(
+                        """INSERT INTO event_txn_ids (user_id, device_id, txn_id, event_id, created_ts)
+                           VALUES ($1, $2, $3, $4, $5)""",
+                        it.txn[0], it.txn[1], it.txn[2], it.event.event_id, it.event.origin_server_ts,
+                    )
+            except asyncpg.UniqueViolationError:
+                raise DuplicateTransaction(it.txn[2]) from None
+        if it.redaction is not None:
+            target, pdu, client = it.redaction
+            await conn.execute(
+                """UPDATE events SET pdu = $2, client = $3, redacted_by = $4
+                   WHERE event_id = $1 AND room_id = $5""",
+                target, pdu, client, it.event.event_id, room_id,
+            )
+
+
+async def _insert_state_groups(conn: asyncpg.Connection, room_id: str, groups: list[NewStateGroup]) -> None:
+    await conn.execute(
+        """INSERT INTO state_groups (id, room_id, prev_group, chain_length)
+           SELECT g, $1, p, c FROM unnest($2::BIGINT[], $3::BIGINT[], $4::INT[]) AS t(g, p, c)""",
+        room_id, [g.id for g in groups], [g.prev_group for g in groups], [g.chain_length for g in groups],
+    )
+    rows = [(g.id, k[0], k[1], eid) for g in groups for k, eid in g.entries.items()]
+    await conn.execute(
+        """INSERT INTO state_group_entries (state_group, type, state_key, event_id)
+           SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[])""",
+        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
+    )
+
+
+class EventStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create_room_row(
+        self, conn: asyncpg.Connection, room_id: str, room_version: str, creator: str, ts: int, is_public: bool
+    ) -> bool:
+        """Inside a persist transaction; False when the room id exists."""
+        inserted = await conn.fetchval(
+            """INSERT INTO rooms (room_id, room_version, creator, created_ts, is_public)
+               VALUES ($1, $2, $3, $4, $5) ON CONFLICT (room_id) DO NOTHING RETURNING 1""",
+            room_id, room_version, creator, ts, is_public,
+        )
+        return bool(inserted)
+
+    async def forward_extremities(self, room_id: str) -> list[str]:
+        rows = await self.db.fetch(
+            "SELECT event_id FROM room_forward_extremities WHERE room_id = $1 ORDER BY event_id", room_id
+        )
+        return [r["event_id"] for r in rows]
+
+    async def current_state_events(self, room_id: str, room_version: RoomVersion) -> dict[StateKey, Event]:
+        rows = await self.db.fetch(
+            """SELECT c.type, c.state_key, e.event_id, e.pdu FROM current_state c
+               JOIN events e ON e.event_id = c.event_id WHERE c.room_id = $1""",
+            room_id,
+        )
+        return {(r["type"], r["state_key"]): Event(orjson.loads(r["pdu"]), r["event_id"], room_version) for r in rows}
+
+    async def room_head(self, room_id: str) -> tuple[int, int] | None:
+        """(max depth, state group after the newest event) of the room."""
+        row = await self.db.fetchrow(
+            """SELECT depth, state_group FROM events WHERE room_id = $1 AND stream_pos IS NOT NULL
+               ORDER BY stream_pos DESC LIMIT 1""",
+            room_id,
+        )
+        if row is None:
+            return None
+        max_depth = await self.db.fetchval("SELECT max(depth) FROM events WHERE room_id = $1", room_id)
+        return max_depth, row["state_group"]
+
+    async def state_group_chain_length(self, group: int) -> int:
+        return await self.db.fetchval("SELECT chain_length FROM state_groups WHERE id = $1", group) or 0
+
+    async def state_ids_for_group(self, group: int) -> dict[StateKey, str]:
+        rows = await self.db.fetch(
+            """WITH RECURSIVE chain (id, prev_group, n) AS (
+                   SELECT id, prev_group, 0 FROM state_groups WHERE id = $1
+                   UNION ALL
+                   SELECT s.id, s.prev_group, c.n + 1 FROM state_groups s JOIN chain c ON s.id = c.prev_group
+               )
+               SELECT DISTINCT ON (e.type, e.state_key) e.type, e.state_key, e.event_id
+               FROM state_group_entries e JOIN chain c ON e.state_group = c.id
+               ORDER BY e.type, e.state_key, c.n""",
+            group,
+        )
+        return {(r["type"], r["state_key"]): r["event_id"] for r in rows}
+
+    async def get_pdus(self, event_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        ids = list(set(event_ids))
+        if not ids:
+            return {}
+        rows = await self.db.fetch("SELECT event_id, pdu FROM events WHERE event_id = ANY($1::TEXT[])", ids)
+        return {r["event_id"]: orjson.loads(r["pdu"]) for r in rows}
+
+    async def get_rows(self, event_ids: Iterable[str]) -> dict[str, EventRow]:
+        ids = list(set(event_ids))
+        if not ids:
+            return {}
+        rows = await self.db.fetch(f"SELECT {_ROW_COLUMNS} FROM events WHERE event_id = ANY($1::TEXT[])", ids)
+        return {r["event_id"]: _row(r) for r in rows}
+
+    async def get_row(self, event_id: str) -> EventRow | None:
+        return (await self.get_rows([event_id])).get(event_id)
+
+    async def event_state_group(self, event_id: str) -> int | None:
+        return await self.db.fetchval("SELECT state_group FROM events WHERE event_id = $1", event_id)
+
+    async def state_group_at(self, room_id: str, upto_pos: int) -> int | None:
+        """The state group after the room's last event at or before a position."""
+        return await self.db.fetchval(
+            """SELECT state_group FROM events WHERE room_id = $1 AND stream_pos <= $2
+               ORDER BY stream_pos DESC LIMIT 1""",
+            room_id, upto_pos,
+        )
+
+    async def event_for_txn(self, user_id: str, device_id: str, txn_id: str) -> str | None:
+        return await self.db.fetchval(
+            "SELECT event_id FROM event_txn_ids WHERE user_id = $1 AND device_id = $2 AND txn_id = $3",
+            user_id, device_id, txn_id,
+        )
+
+    async def timeline(
+        self,
+        room_id: str,
+        *,
+        after: int | None,
+        upto: int | None,
+        limit: int,
+        backwards: bool,
+        types: Sequence[str] | None = None,
+        not_types: Sequence[str] | None = None,
+        senders: Sequence[str] | None = None,
+        not_senders: Sequence[str] | None = None,
+    ) -> list[EventRow]:
+        """Events of a room with after < stream_pos <= upto, newest first when
+        ``backwards`` (else oldest first), at most ``limit``."""
+        conds = ["room_id = $1", "stream_pos IS NOT NULL"]
+        args: list[Any] = [room_id]
+
+        def arg(v: Any) -> str:
+            args.append(v)
+            return f"${len(args)}"
+
+        if after is not None:
+            conds.append(f"stream_pos > {arg(after)}")
+        if upto is not None:
+            conds.append(f"stream_pos <= {arg(upto)}")
+        conds.extend(_type_sender_filters(arg, types, not_types, senders, not_senders))
+        order = "DESC" if backwards else "ASC"
+        rows = await self.db.fetch(
+            f"SELECT {_ROW_COLUMNS} FROM events WHERE {' AND '.join(conds)} "
+            f"ORDER BY stream_pos {order} LIMIT {arg(limit)}",
+            *args,
+        )
+        return [_row(r) for r in rows]
+
+    async def relations(
+        self, event_id: str, rel_type: str | None, event_type: str | None, *, before: int | None,
+        after: int | None, limit: int, backwards: bool,
+    ) -> list[EventRow]:
+        conds = ["relates_to = $1", "stream_pos IS NOT NULL"]
+        args: list[Any] = [event_id]
+
+        def arg(v: Any) -> str:
+            args.append(v)
+            return f"${len(args)}"
+
+        if rel_type is not None:
+            conds.append(f"rel_type = {arg(rel_type)}")
+        if event_type is not None:
+            conds.append(f"type = {arg(event_type)}")
+        if before is not None:
+            conds.append(f"stream_pos <= {arg(before)}")
+        if after is not None:
+            conds.append(f"stream_pos > {arg(after)}")
+        order = "DESC" if backwards else "ASC"
+        rows = await self.db.fetch(
+            f"SELECT {_ROW_COLUMNS} FROM events WHERE {' AND '.join(conds)} "
+            f"ORDER BY stream_pos {order} LIMIT {arg(limit)}",
+            *args,
+        )
+        return [_row(r) for r in rows]
+
+
+def _type_sender_filters(arg: Any, types: Any, not_types: Any, senders: Any, not_senders: Any) -> list[str]:
+    conds: list[str] = []
+    if types is not None:
+        exact = [t for t in types if not t.endswith("*")]
+        prefixes = [t[:-1] for t in types if t.endswith("*")]
+        parts = []
+        if exact:
+            parts.append(f"type = ANY({arg(exact)}::TEXT[])")
+        for p in prefixes:
+            parts.append(f"starts_with(type, {arg(p)})")
+        conds.append("(" + (" OR ".join(parts) or "FALSE") + ")")
+    if not_types:
+        exact = [t for t in not_types if not t.endswith("*")]
+        prefixes = [t[:-1] for t in not_types if t.endswith("*")]
+        if exact:
+            conds.append(f"NOT (type = ANY({arg(exact)}::TEXT[]))")
+        for p in prefixes:
+            conds.append(f"NOT starts_with(type, {arg(p)})")
+    if senders is not None:
+        conds.append(f"sender = ANY({arg(list(senders))}::TEXT[])")
+    if not_senders:
+        conds.append(f"NOT (sender = ANY({arg(list(not_senders))}::TEXT[]))")
+    return conds

@@ -30,6 +30,8 @@ from .storage.events import EventStore
 from .protocol.signing import SigningKey
 from .keyfile import ensure_signing_key, load_signing_key
 from .api.client.rooms import RoomRoutes
+from .api.client.sync import SyncRoutes
+from .services.sync import SyncService, SyncSources
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class Services:
     room_service: RoomService
     membership: MembershipService
     history: HistoryService
+    sync: SyncService
 
 
 async def _default_profile(user_id: str) -> tuple[str | None, str | None]:
@@ -89,6 +92,7 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         room_service=room_service,
         membership=membership,
         history=HistoryService(events, rooms, stream),
+        sync=SyncService(events, rooms, notifier, SyncSources()),
     )
 
 
@@ -108,6 +112,7 @@ def build_client_app(config: Config, services: Services) -> web.Application:
         register_limiter=RateLimiter(config.limits.register_per_second, config.limits.register_burst),
         well_known=discovery.client_well_known,
     ).register_routes(app.router)
+    SyncRoutes(services.auth, services.sync).register_routes(app.router)
     RoomRoutes(
         services.auth, services.room_service, services.membership, services.history, services.rooms
     ).register_routes(app.router)

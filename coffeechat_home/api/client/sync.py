@@ -1,0 +1,70 @@
+"""GET /sync."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from ...errors import invalid_param
+from ...services.accounts import Requester
+from ...services.sync import SyncFilter, SyncService
+from ..auth import TokenAuth, authed
+from ..http import json_response, query_int
+from ..routing import add_client_route
+
+FilterLookup = Callable[[str, str], Awaitable[dict[str, Any] | None]]
+PresenceSetter = Callable[[str, str], Awaitable[None]]
+
+
+class SyncRoutes:
+    def __init__(
+        self,
+        auth: TokenAuth,
+        sync: SyncService,
+        get_filter: FilterLookup | None = None,
+        set_presence: PresenceSetter | None = None,
+    ) -> None:
+        self.auth = auth
+        self.sync_service = sync
+        self.get_filter = get_filter
+        self.set_presence = set_presence
+
+    def register_routes(self, router: web.UrlDispatcher) -> None:
+        add_client_route(router, "GET", "/sync", authed(self.auth, self.sync))
+
+    async def _filter(self, requester: Requester, raw: str | None) -> SyncFilter:
+        if not raw:
+            return SyncFilter()
+        if raw.lstrip().startswith("{"):
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                raise invalid_param("filter is not valid JSON") from None
+        else:
+            value = await self.get_filter(requester.user_id, raw) if self.get_filter else None
+            if value is None:
+                raise invalid_param("Unknown filter id")
+        if not isinstance(value, dict):
+            raise invalid_param("filter must be a JSON object")
+        try:
+            return SyncFilter.from_json(value)
+        except (TypeError, ValueError, AttributeError):
+            raise invalid_param("filter has the wrong shape") from None
+
+    async def sync(self, request: web.Request, requester: Requester) -> web.StreamResponse:
+        q = request.query
+        sync_filter = await self._filter(requester, q.get("filter"))
+        timeout = query_int(request, "timeout", 0) or 0
+        full_state = q.get("full_state") in ("true", "1")
+        set_presence = q.get("set_presence")
+        if set_presence is not None and set_presence not in ("online", "offline", "unavailable"):
+            raise invalid_param("set_presence must be online, offline or unavailable")
+        if self.set_presence is not None:
+            await self.set_presence(requester.user_id, set_presence or "online")
+        body = await self.sync_service.sync(
+            requester, since_token=q.get("since"), timeout_ms=timeout, sync_filter=sync_filter,
+            full_state=full_state,
+        )
+        return json_response(body)

@@ -1,0 +1,312 @@
+"""/sync: initial and incremental, built from stream positions.
+
+A token is one stream position (``s<pos>``, storage/stream.py). A response
+covers (since, upto] where ``upto`` is the notifier's safe position, so no
+event is missed or repeated even when several instances write at once. An
+empty incremental sync long-polls on the notifier for changes to the user's
+rooms or to the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Mapping
+
+import orjson
+
+from ..protocol.events import StateKey
+from ..storage.events import EventRow, EventStore
+from ..storage.rooms import RoomStore
+from .accounts import Requester
+from .history import make_token, parse_token, serve_event
+from .notifier import Notifier
+
+DEFAULT_TIMELINE_LIMIT = 10
+STRIPPED_STATE_TYPES = (
+    "m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias",
+    "m.room.encryption", "m.room.topic",
+)
+
+
+@dataclass
+class SyncSources:
+    """Other streams' contributions (filled in by app.py's wiring)."""
+
+    receipts: Callable[[list[str], int | None, int, str], Awaitable[dict[str, dict[str, Any]]]] | None = None
+    typing: Callable[[list[str], int | None, int], Awaitable[dict[str, list[str]]]] | None = None
+    account_data_global: Callable[[str, int | None, int], Awaitable[list[dict[str, Any]]]] | None = None
+    account_data_rooms: Callable[[str, list[str], int | None, int], Awaitable[dict[str, list[dict[str, Any]]]]] | None = None
+    presence: Callable[[str, int | None, int], Awaitable[list[dict[str, Any]]]] | None = None
+    extra_global: list[Callable[[Requester, int | None, int], Awaitable[dict[str, Any]]]] = field(default_factory=list)
+
+
+@dataclass
+class SyncFilter:
+    timeline_limit: int = DEFAULT_TIMELINE_LIMIT
+    timeline_types: list[str] | None = None
+    timeline_not_types: list[str] | None = None
+    timeline_senders: list[str] | None = None
+    timeline_not_senders: list[str] | None = None
+    lazy_load_members: bool = False
+    state_types: list[str] | None = None
+    state_not_types: list[str] | None = None
+    rooms: list[str] | None = None
+    not_rooms: list[str] = field(default_factory=list)
+    include_leave: bool = False
+    account_data_types: list[str] | None = None
+    presence_types: list[str] | None = None
+
+    @classmethod
+    def from_json(cls, f: Mapping[str, Any] | None) -> "SyncFilter":
+        if not f:
+            return cls()
+        room = f.get("room") or {}
+        timeline = room.get("timeline") or {}
+        state = room.get("state") or {}
+        limit = timeline.get("limit")
+        return cls(
+            timeline_limit=max(0, min(int(limit), 1000)) if isinstance(limit, int) else DEFAULT_TIMELINE_LIMIT,
+            timeline_types=timeline.get("types"),
+            timeline_not_types=timeline.get("not_types"),
+            timeline_senders=timeline.get("senders"),
+            timeline_not_senders=timeline.get("not_senders"),
+            lazy_load_members=bool(state.get("lazy_load_members") or timeline.get("lazy_load_members")),
+            state_types=state.get("types"),
+            state_not_types=state.get("not_types"),
+            rooms=room.get("rooms"),
+            not_rooms=list(room.get("not_rooms") or []),
+            include_leave=bool(room.get("include_leave")),
+            account_data_types=(f.get("account_data") or {}).get("types"),
+            presence_types=(f.get("presence") or {}).get("types"),
+        )
+
+    def wants_room(self, room_id: str) -> bool:
+        return room_id not in self.not_rooms and (self.rooms is None or room_id in self.rooms)
+
+    def wants_state(self, key: StateKey) -> bool:
+        t = key[0]
+        if self.state_types is not None and not _type_match(t, self.state_types):
+            return False
+        return not (self.state_not_types and _type_match(t, self.state_not_types))
+
+
+def _type_match(t: str, patterns: list[str]) -> bool:
+    return any(t == p or (p.endswith("*") and t.startswith(p[:-1])) for p in patterns)
+
+
+class SyncService:
+    def __init__(self, events: EventStore, rooms: RoomStore, notifier: Notifier, sources: SyncSources) -> None:
+        self.events = events
+        self.rooms = rooms
+        self.notifier = notifier
+        self.sources = sources
+
+    async def sync(
+        self, requester: Requester, *, since_token: str | None, timeout_ms: int, sync_filter: SyncFilter,
+        full_state: bool,
+    ) -> dict[str, Any]:
+        since = parse_token(since_token, "since")
+        # Read the position fresh: a client sees its own writes (and those
+        # made through other instances) at once, without waiting for a poll.
+        upto = max(self.notifier.position, await self.notifier.stream.current_position())
+        if since is not None and since > upto:
+            since = upto  # a token from the future (e.g. a restored database)
+        body, empty = await self._build(requester, since, upto, sync_filter, full_state)
+        if since is None or full_state or not empty or timeout_ms <= 0:
+            return body
+        keys = set(await self.rooms.rooms_for_user(requester.user_id)) | {requester.user_id}
+        deadline_s = min(timeout_ms, 300_000) / 1000
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline_s
+        while True:
+            remaining = end - loop.time()
+            if remaining <= 0:
+                return body
+            new = await self.notifier.wait_for_change(upto, keys, remaining)
+            if new <= upto:
+                return body
+            upto = new
+            body, empty = await self._build(requester, since, upto, sync_filter, False)
+            if not empty:
+                return body
+
+    async def _build(
+        self, requester: Requester, since: int | None, upto: int, f: SyncFilter, full_state: bool
+    ) -> tuple[dict[str, Any], bool]:
+        user_id = requester.user_id
+        latest = await self.rooms.latest_memberships(user_id, upto)
+        forgotten = await self.rooms.forgotten(user_id) if latest else set()
+        join: dict[str, Any] = {}
+        invite: dict[str, Any] = {}
+        leave: dict[str, Any] = {}
+        knock: dict[str, Any] = {}
+        joined_ids = [r for r, (m, _, _) in latest.items() if m == "join" and f.wants_room(r)]
+        typing = await self.sources.typing(joined_ids, since, upto) if self.sources.typing and joined_ids else {}
+        receipts = (
+            await self.sources.receipts(joined_ids, since, upto, user_id)
+            if self.sources.receipts and joined_ids else {}
+        )
+        room_account_data = (
+            await self.sources.account_data_rooms(user_id, list(latest), since, upto)
+            if self.sources.account_data_rooms and latest else {}
+        )
+        for room_id, (membership, event_id, pos) in latest.items():
+            if not f.wants_room(room_id):
+                continue
+            changed = since is None or pos > since
+            if membership == "join":
+                room = await self._joined_room(requester, room_id, since, upto, pos, f, full_state)
+                ephemeral = []
+                if room_id in typing:
+                    ephemeral.append({"type": "m.typing", "content": {"user_ids": typing[room_id]}})
+                if room_id in receipts:
+                    ephemeral.append({"type": "m.receipt", "content": receipts[room_id]})
+                if ephemeral:
+                    room["ephemeral"] = {"events": ephemeral}
+                if room_account_data.get(room_id):
+                    room["account_data"] = {"events": room_account_data[room_id]}
+                if since is None or full_state or _room_has_content(room):
+                    join[room_id] = room
+            elif membership == "invite" and (changed or full_state):
+                invite[room_id] = {"invite_state": {"events": await self._stripped_state(event_id, requester)}}
+            elif membership == "knock" and (changed or full_state):
+                knock[room_id] = {"knock_state": {"events": await self._stripped_state(event_id, requester)}}
+            elif membership in ("leave", "ban") and room_id not in forgotten:
+                if (since is not None and changed) or (since is None and f.include_leave) or (full_state and f.include_leave):
+                    leave[room_id] = await self._left_room(requester, room_id, since, pos, f)
+        rooms: dict[str, Any] = {}
+        for name, section in (("join", join), ("invite", invite), ("leave", leave), ("knock", knock)):
+            if section:
+                rooms[name] = section
+        body: dict[str, Any] = {"next_batch": make_token(upto)}
+        if rooms:
+            body["rooms"] = rooms
+        if self.sources.account_data_global:
+            ad = await self.sources.account_data_global(user_id, since, upto)
+            if f.account_data_types is not None:
+                ad = [e for e in ad if _type_match(e.get("type", ""), f.account_data_types)]
+            if ad:
+                body["account_data"] = {"events": ad}
+        if self.sources.presence:
+            pres = await self.sources.presence(user_id, since, upto)
+            if f.presence_types is not None:
+                pres = [e for e in pres if _type_match(e.get("type", ""), f.presence_types)]
+            if pres:
+                body["presence"] = {"events": pres}
+        for extra in self.sources.extra_global:
+            body.update(await extra(requester, since, upto))
+        empty = not rooms and "account_data" not in body and "presence" not in body
+        return body, empty
+
+    async def _timeline(
+        self, room_id: str, after: int | None, upto: int, f: SyncFilter
+    ) -> tuple[list[EventRow], bool]:
+        if f.timeline_limit == 0:
+            return [], True
+        rows = await self.events.timeline(
+            room_id, after=after, upto=upto, limit=f.timeline_limit + 1, backwards=True,
+            types=f.timeline_types, not_types=f.timeline_not_types,
+            senders=f.timeline_senders, not_senders=f.timeline_not_senders,
+        )
+        limited = len(rows) > f.timeline_limit
+        rows = rows[: f.timeline_limit]
+        rows.reverse()
+        return rows, limited
+
+    async def _joined_room(
+        self, requester: Requester, room_id: str, since: int | None, upto: int, join_pos: int, f: SyncFilter,
+        full_state: bool,
+    ) -> dict[str, Any]:
+        newly = since is None or join_pos > since
+        after = None if newly else since
+        rows, limited = await self._timeline(room_id, after, upto, f)
+        if newly or full_state:
+            limited = limited or (since is not None and newly)
+        timeline_start = (rows[0].stream_pos or 1) - 1 if rows else upto
+        state_events: list[Any] = []
+        if newly or full_state:
+            state_events = await self._state_at(requester, room_id, timeline_start, None, rows, f)
+        elif limited:
+            state_events = await self._state_at(requester, room_id, timeline_start, since, rows, f)
+        room: dict[str, Any] = {
+            "timeline": {
+                "events": [serve_event(r, requester) for r in rows],
+                "limited": limited,
+                "prev_batch": make_token(timeline_start),
+            },
+            "state": {"events": state_events},
+        }
+        if newly or full_state or any(r.type == "m.room.member" for r in rows):
+            room["summary"] = await self._summary(room_id, requester.user_id)
+        return room
+
+    async def _state_at(
+        self, requester: Requester, room_id: str, pos: int, since: int | None, rows: list[EventRow], f: SyncFilter
+    ) -> list[Any]:
+        """State at ``pos`` (the start of the timeline); with ``since``, only
+        what changed since then. Lazy loading keeps the members the timeline
+        needs (and the user's own)."""
+        group = await self.events.state_group_at(room_id, pos)
+        state = await self.events.state_ids_for_group(group) if group is not None else {}
+        if since is not None:
+            before_group = await self.events.state_group_at(room_id, since)
+            before = await self.events.state_ids_for_group(before_group) if before_group is not None else {}
+            state = {k: v for k, v in state.items() if before.get(k) != v}
+        in_timeline = {r.event_id for r in rows}
+        if f.lazy_load_members:
+            wanted = {r.sender for r in rows} | {requester.user_id}
+            state = {k: v for k, v in state.items() if k[0] != "m.room.member" or k[1] in wanted}
+        state = {k: v for k, v in state.items() if f.wants_state(k) and v not in in_timeline}
+        found = await self.events.get_rows(state.values())
+        return [serve_event(found[v], requester) for v in state.values() if v in found]
+
+    async def _left_room(
+        self, requester: Requester, room_id: str, since: int | None, leave_pos: int, f: SyncFilter
+    ) -> dict[str, Any]:
+        rows, limited = await self._timeline(room_id, since, leave_pos, f)
+        start = (rows[0].stream_pos or 1) - 1 if rows else leave_pos
+        state = await self._state_at(requester, room_id, start, since if not limited else None, rows, f)
+        return {
+            "timeline": {"events": [serve_event(r, requester) for r in rows], "limited": limited,
+                         "prev_batch": make_token(start)},
+            "state": {"events": state},
+        }
+
+    async def _stripped_state(self, member_event_id: str, requester: Requester) -> list[dict[str, Any]]:
+        group = await self.events.event_state_group(member_event_id)
+        ids = await self.events.state_ids_for_group(group) if group is not None else {}
+        member = await self.events.get_row(member_event_id)
+        wanted = [v for k, v in ids.items() if k[0] in STRIPPED_STATE_TYPES]
+        if member is not None:
+            wanted.append(member_event_id)
+            sender_member = ids.get(("m.room.member", member.sender))
+            if sender_member:
+                wanted.append(sender_member)
+        rows = await self.events.get_rows(wanted)
+        out = []
+        for eid in dict.fromkeys(wanted):
+            row = rows.get(eid)
+            if row is None:
+                continue
+            ev = orjson.loads(row.client)
+            out.append({k: ev[k] for k in ("content", "sender", "state_key", "type") if k in ev})
+        return out
+
+    async def _summary(self, room_id: str, user_id: str) -> dict[str, Any]:
+        rows = await self.rooms.db.fetch(
+            """SELECT state_key, membership FROM current_state
+               WHERE room_id = $1 AND type = 'm.room.member' AND membership IN ('join', 'invite')
+               ORDER BY state_key""",
+            room_id,
+        )
+        joined = [r["state_key"] for r in rows if r["membership"] == "join"]
+        invited = [r["state_key"] for r in rows if r["membership"] == "invite"]
+        heroes = [u for u in joined + invited if u != user_id][:5]
+        return {"m.heroes": heroes, "m.joined_member_count": len(joined), "m.invited_member_count": len(invited)}
+
+
+def _room_has_content(room: Mapping[str, Any]) -> bool:
+    return bool(
+        room["timeline"]["events"] or room["state"]["events"] or room.get("ephemeral") or room.get("account_data")
+    )

@@ -31,7 +31,14 @@ from .protocol.signing import SigningKey
 from .keyfile import ensure_signing_key, load_signing_key
 from .api.client.rooms import RoomRoutes
 from .api.client.sync import SyncRoutes
-from .services.sync import SyncService, SyncSources
+from .api.client.directory import DirectoryRoutes
+from .services.directory import DirectoryService
+from .services.relations import RelationsService
+from .services.upgrade import UpgradeService
+from .services.sync import SyncService
+# conversation features
+from .api.client.conversation import register_conversation_routes
+from .services.conversation import Conversation, build_conversation
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +64,9 @@ class Services:
     membership: MembershipService
     history: HistoryService
     sync: SyncService
-
-
-async def _default_profile(user_id: str) -> tuple[str | None, str | None]:
-    return user_id[1:].split(":", 1)[0], None
+    # conversation features: account data, receipts, typing, presence,
+    # profiles, filters, push rules, user directory
+    conversation: Conversation
 
 
 def build_services(config: Config, db: Database, signing_key: SigningKey) -> Services:
@@ -74,11 +80,14 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     stream = StreamStore(db)
     notifier = Notifier(stream)
     rooms = RoomStore(db)
+    # conversation features
+    conversation = build_conversation(config, db, stream, notifier, rooms)
     events = EventStore(db)
     writer = RoomWriter(stream, events, notifier, config.server_name, signing_key)
-    room_service = RoomService(writer, events, rooms, config.server_name, _default_profile)
+    room_service = RoomService(writer, events, rooms, config.server_name, conversation.profiles.member_fields)
     membership = MembershipService(room_service, rooms, accounts.store, config.server_name)
     accounts.deactivation_hooks.append(membership.leave_all)
+    conversation.profiles.on_profile_change.append(membership.profile_changed)
     return Services(
         config=config,
         db=db,
@@ -92,7 +101,8 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         room_service=room_service,
         membership=membership,
         history=HistoryService(events, rooms, stream),
-        sync=SyncService(events, rooms, notifier, SyncSources()),
+        sync=SyncService(events, rooms, notifier, conversation.sync_sources()),
+        conversation=conversation,
     )
 
 
@@ -112,10 +122,23 @@ def build_client_app(config: Config, services: Services) -> web.Application:
         register_limiter=RateLimiter(config.limits.register_per_second, config.limits.register_burst),
         well_known=discovery.client_well_known,
     ).register_routes(app.router)
-    SyncRoutes(services.auth, services.sync).register_routes(app.router)
+    SyncRoutes(
+        services.auth,
+        services.sync,
+        services.conversation.filters.get_filter,
+        services.conversation.presence.set_presence_from_sync,
+    ).register_routes(app.router)
     RoomRoutes(
         services.auth, services.room_service, services.membership, services.history, services.rooms
     ).register_routes(app.router)
+    DirectoryRoutes(
+        services.auth,
+        DirectoryService(services.rooms, services.writer, config.server_name),
+        RelationsService(services.events, services.history),
+        UpgradeService(services.room_service, services.rooms),
+    ).register_routes(app.router)
+    # conversation features
+    register_conversation_routes(app.router, services.conversation, services.auth)
     return app
 
 
@@ -156,6 +179,7 @@ class HomeServer:
         signing_key = load_signing_key(self.config.signing_key_file)
         self.services = build_services(self.config, db, signing_key)
         await self.services.notifier.start()
+        await self.services.conversation.start()
         app = build_client_app(self.config, self.services)
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await runner.setup()
@@ -172,6 +196,7 @@ class HomeServer:
             await runner.cleanup()
         self.runners.clear()
         if self.services is not None:
+            await self.services.conversation.stop()
             await self.services.notifier.stop()
         if self.db is not None:
             await self.db.close()

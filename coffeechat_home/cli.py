@@ -72,8 +72,9 @@ async def _serve(config: Config) -> int:
     server = HomeServer(config)
     await server.start()
     print(
-        f"coffeechat-home {config.server_name} listening on {config.client_base_url} "
-        f"(client API, port {server.client_port}); database: {server.database_description}; "
+        f"coffeechat-home {config.server_name} listening on "
+        f"http://{config.client_listener.host}:{server.client_port}/ (client API); "
+        f"database: {server.database_description}; "
         f"registration: {config.registration.mode}",
         flush=True,
     )

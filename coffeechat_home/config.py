@@ -71,6 +71,19 @@ class SecurityConfig:
 
 
 @dataclass
+class PresenceConfig:
+    # Off: PUT /presence is accepted and ignored, everyone reads as offline.
+    enabled: bool = True
+
+
+@dataclass
+class UserDirectoryConfig:
+    # Search every local user, not only those sharing a room with the
+    # searcher or joined to public rooms (Synapse's default is off too).
+    search_all_users: bool = False
+
+
+@dataclass
 class Config:
     server_name: str = "localhost:8008"
     data_dir: str = "./data"
@@ -86,6 +99,8 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    presence: PresenceConfig = field(default_factory=PresenceConfig)
+    user_directory: UserDirectoryConfig = field(default_factory=UserDirectoryConfig)
     # Where the config came from, for messages.
     source: str = ""
 
@@ -345,4 +360,13 @@ register_burst = 5
 [security]
 # scrypt cost for password hashes (a power of two).
 password_scrypt_n = 32768
+
+[presence]
+# Off: presence updates are accepted and ignored; everyone appears offline.
+enabled = true
+
+[user_directory]
+# Search all local users, not only those sharing a room with the searcher
+# or joined to public rooms.
+search_all_users = false
 """

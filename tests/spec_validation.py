@@ -65,6 +65,8 @@ def _template_regex(template: str) -> str:
             parts.append("(?:/[^/]*)?")
         else:
             parts.append("/" + ("[^/]+" if is_param else re.escape(seg)))
+    if template.endswith("/"):  # e.g. /pushrules/ and /pushrules/global/
+        parts.append("/")
     return "^" + "".join(parts) + "$"
 
 

@@ -48,25 +48,117 @@ def serve_event(row: EventRow, requester: Requester | None) -> Any:
     return orjson.Fragment(row.client.encode())
 
 
+_PERMISSIVENESS = {"world_readable": 0, "shared": 1, "invited": 2, "joined": 3}
+
+
+def _visibility(value: Any) -> str:
+    return value if isinstance(value, str) and value in _PERMISSIVENESS else "shared"
+
+
+def _value_at(
+    changes: list[tuple[int, str]], pos: int, default: str | None, *, strictly_before: bool = False
+) -> str | None:
+    value = default
+    for p, v in changes:
+        if p < pos or (p == pos and not strictly_before):
+            value = v
+        else:
+            break
+    return value
+
+
 @dataclass
 class Window:
-    """The stream positions of a room a user may read: (lower, upper]."""
+    """The stream positions of a room a user may read: a sorted list of
+    disjoint ranges (lower, upper], None meaning unbounded. ``lower`` and
+    ``upper`` bound them all (the hull)."""
 
-    lower: int | None
-    upper: int | None
+    ranges: list[tuple[int | None, int | None]]
     membership: str | None
 
+    @property
+    def lower(self) -> int | None:
+        return self.ranges[0][0] if self.ranges else None
+
+    @property
+    def upper(self) -> int | None:
+        return self.ranges[-1][1] if self.ranges else None
+
     def clamp(self, after: int | None, upto: int | None) -> tuple[int | None, int | None]:
+        """Clamp to the hull; use ``within`` (or ``contains``) for the gaps."""
         if self.lower is not None:
             after = self.lower if after is None else max(after, self.lower)
         if self.upper is not None:
             upto = self.upper if upto is None else min(upto, self.upper)
         return after, upto
 
+    def within(self, after: int | None, upto: int | None) -> list[tuple[int | None, int | None]]:
+        """The visible parts of (after, upto], oldest first."""
+        out = []
+        for lo, hi in self.ranges:
+            if after is not None:
+                lo = after if lo is None else max(lo, after)
+            if upto is not None:
+                hi = upto if hi is None else min(hi, upto)
+            if lo is None or hi is None or hi > lo:
+                out.append((lo, hi))
+        return out
+
     def contains(self, pos: int | None) -> bool:
         if pos is None:
             return False
-        return (self.lower is None or pos > self.lower) and (self.upper is None or pos <= self.upper)
+        return any((lo is None or pos > lo) and (hi is None or pos <= hi) for lo, hi in self.ranges)
+
+
+def visible_ranges(
+    memberships: list[tuple[int, str]], visibilities: list[tuple[int, str]]
+) -> list[tuple[int | None, int | None]]:
+    """The spec's history visibility rules, judged per event from the
+    user's membership and the room's history_visibility at each event
+    (the state after it; a history_visibility change is judged by the more
+    permissive of its old and new value, and the user's own membership
+    events are always visible):
+
+    world_readable, or joined at the event, or shared and the user joined
+    at some point after it, or invited with the user invited at the event.
+    """
+    joins = [p for p, m in memberships if m == "join"]
+    own = {p for p, _ in memberships}
+    vis_at = {p for p, _ in visibilities}
+
+    def visible(m: str | None, v: str, last: int | None) -> bool:
+        if v == "world_readable" or m == "join":
+            return True
+        if v == "shared" and last is not None and any(j > last for j in joins):
+            return True
+        return v == "invited" and m == "invite"
+
+    points = sorted(own | vis_at)
+    segments: list[tuple[int | None, int | None, bool]] = []
+    first_end = points[0] - 1 if points else None
+    segments.append((None, first_end, visible(None, "shared", first_end)))
+    for i, p in enumerate(points):
+        nxt = points[i + 1] if i + 1 < len(points) else None
+        m = _value_at(memberships, p, None)
+        v = _visibility(_value_at(visibilities, p, "shared"))
+        v_event = v
+        if p in vis_at:
+            prev = _visibility(_value_at(visibilities, p, "shared", strictly_before=True))
+            v_event = prev if _PERMISSIVENESS[prev] < _PERMISSIVENESS[v] else v
+        segments.append((p - 1, p, p in own or visible(m, v_event, p)))
+        if nxt is None:
+            segments.append((p, None, visible(m, v, None)))
+        elif nxt - 1 > p:
+            segments.append((p, nxt - 1, visible(m, v, nxt - 1)))
+    ranges: list[tuple[int | None, int | None]] = []
+    for lo, hi, ok in segments:
+        if not ok:
+            continue
+        if ranges and ranges[-1][1] == lo:
+            ranges[-1] = (ranges[-1][0], hi)
+        else:
+            ranges.append((lo, hi))
+    return ranges
 
 
 class HistoryService:
@@ -77,40 +169,59 @@ class HistoryService:
 
     async def history_visibility(self, room_id: str) -> str:
         ev = await self.rooms.current_state_event(room_id, "m.room.history_visibility", "")
-        value = (ev or {}).get("content", {}).get("history_visibility", "shared")
-        return value if value in ("world_readable", "shared", "invited", "joined") else "shared"
+        return _visibility((ev or {}).get("content", {}).get("history_visibility", "shared"))
 
     async def window(self, user_id: str, room_id: str) -> Window:
         """What of the room the user may see; 403 when nothing."""
         if await self.rooms.room_version(room_id) is None:
             raise forbidden("You are not in this room")  # do not reveal whether it exists
-        visibility = await self.history_visibility(room_id)
         changes = await self.rooms.db.fetch(
             """SELECT membership, stream_pos FROM room_memberships WHERE user_id = $1 AND room_id = $2
                ORDER BY stream_pos""",
             user_id, room_id,
         )
         current = changes[-1]["membership"] if changes else None
-        if visibility == "world_readable":
-            return Window(None, None, current)
-        joined_at = [c["stream_pos"] for c in changes if c["membership"] == "join"]
-        invited_at = [c["stream_pos"] for c in changes if c["membership"] in ("join", "invite")]
-        if not joined_at and not (visibility in ("invited", "shared") and invited_at and current == "invite"):
+        if current is None and await self.history_visibility(room_id) != "world_readable":
             raise forbidden("You are not allowed to see this room's history")
-        upper = None
-        if current not in ("join",):
-            # out of the room now: up to the change that took them out
-            upper = changes[-1]["stream_pos"]
-        if visibility == "joined":
-            lower = joined_at[0] - 1 if joined_at else None
-        elif visibility == "invited":
-            lower = invited_at[0] - 1 if invited_at else None
-        else:
-            lower = None
-        if current == "invite" and visibility == "shared" and not joined_at:
-            # an invitee sees the state it was invited with, not the history
-            lower = upper = changes[-1]["stream_pos"]
-        return Window(lower, upper, current)
+        vis_rows = await self.rooms.db.fetch(
+            """SELECT stream_pos, client FROM events
+               WHERE room_id = $1 AND type = 'm.room.history_visibility' AND state_key = ''
+                 AND stream_pos IS NOT NULL
+               ORDER BY stream_pos""",
+            room_id,
+        )
+        visibilities = [
+            (r["stream_pos"], _visibility(orjson.loads(r["client"]).get("content", {}).get("history_visibility")))
+            for r in vis_rows
+        ]
+        ranges = visible_ranges([(c["stream_pos"], c["membership"]) for c in changes], visibilities)
+        if not ranges:
+            raise forbidden("You are not allowed to see this room's history")
+        return Window(ranges, current)
+
+    async def visible_timeline(
+        self,
+        room_id: str,
+        window: Window,
+        *,
+        after: int | None,
+        upto: int | None,
+        limit: int,
+        backwards: bool,
+        **filters: Any,
+    ) -> list[EventRow]:
+        """events.timeline over the visible parts of (after, upto]."""
+        parts = window.within(after, upto)
+        if backwards:
+            parts.reverse()
+        rows: list[EventRow] = []
+        for lo, hi in parts:
+            if len(rows) >= limit:
+                break
+            rows += await self.events.timeline(
+                room_id, after=lo, upto=hi, limit=limit - len(rows), backwards=backwards, **filters
+            )
+        return rows
 
     # -- /messages -------------------------------------------------------------
     async def messages(
@@ -128,17 +239,18 @@ class HistoryService:
         start = parse_token(from_token, "from")
         to = parse_token(to_token, "to")
         f = room_filter or {}
+        upto: int | None
+        after: int | None
         if backwards:
             upto = start if start is not None else await self.stream.current_position()
             after = to
         else:
             after = start if start is not None else 0
             upto = to
-        after, upto = window.clamp(after, upto)
         rows: list[EventRow] = []
-        if after is None or upto is None or upto > after:
-            rows = await self.events.timeline(
-                room_id, after=after, upto=upto, limit=limit, backwards=backwards,
+        if limit > 0 and (after is None or upto is None or upto > after):
+            rows = await self.visible_timeline(
+                room_id, window, after=after, upto=upto, limit=limit, backwards=backwards,
                 types=f.get("types"), not_types=f.get("not_types"),
                 senders=f.get("senders"), not_senders=f.get("not_senders"),
             )
@@ -185,12 +297,10 @@ class HistoryService:
                   not_senders=f.get("not_senders"))
         before_count = limit // 2
         after_count = limit - before_count
-        b_after, b_upto = window.clamp(None, pos - 1)
-        before = await self.events.timeline(room_id, after=b_after, upto=b_upto, limit=before_count,
-                                            backwards=True, **kw) if before_count else []
-        a_after, a_upto = window.clamp(pos, None)
-        after = await self.events.timeline(room_id, after=a_after, upto=a_upto, limit=after_count,
-                                           backwards=False, **kw) if after_count else []
+        before = await self.visible_timeline(room_id, window, after=None, upto=pos - 1, limit=before_count,
+                                             backwards=True, **kw) if before_count else []
+        after = await self.visible_timeline(room_id, window, after=pos, upto=None, limit=after_count,
+                                            backwards=False, **kw) if after_count else []
         last = after[-1] if after else row
         group = await self.events.event_state_group(last.event_id)
         state_ids = await self.events.state_ids_for_group(group) if group is not None else {}

@@ -177,6 +177,23 @@ class MembershipService:
             for room_id in await self.store.rooms_for_user(user_id, membership):
                 await self._change(requester, room_id, user_id, "leave")
 
+    async def profile_changed(self, user_id: str, displayname: str | None, avatar_url: str | None) -> None:
+        """Reflect a profile change in the user's member event in every
+        room they are joined to (the spec asks servers to)."""
+        requester = Requester(user_id, "", False, "")
+        for room_id in await self.store.rooms_for_user(user_id, "join"):
+            state = await self.rooms.writer.current_state(room_id) or {}
+            current = state.get(("m.room.member", user_id))
+            extra = {k: v for k, v in (current.content if current else {}).items()
+                     if k not in ("displayname", "avatar_url", "membership")}
+            content = await self.rooms.member_content(user_id, "join", extra)
+            if current is not None and dict(current.content) == content:
+                continue
+            try:
+                await self.rooms.send(requester, room_id, "m.room.member", content, state_key=user_id)
+            except MatrixError:
+                continue  # e.g. the room forbids it now; the profile itself changed
+
     async def _check_member_target(self, user_id: Any) -> str:
         if not isinstance(user_id, str):
             raise MatrixError(400, "M_MISSING_PARAM", "user_id is required")

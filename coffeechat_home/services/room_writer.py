@@ -120,21 +120,9 @@ class RoomWriter:
         return await self._load_head(room_id)
 
     async def _load_head(self, room_id: str) -> RoomHead | None:
-        version = await self.events.db.fetchval("SELECT room_version FROM rooms WHERE room_id = $1", room_id)
-        if version is None:
-            return None
-        rv = get_room_version(version)
-        extremities = await self.events.forward_extremities(room_id)
-        head_info = await self.events.room_head(room_id)
-        if head_info is None:
-            return None
-        depth, group = head_info
-        head = RoomHead(
-            room_id, rv, extremities, depth,
-            await self.events.current_state_events(room_id, rv),
-            group, await self.events.state_group_chain_length(group),
-        )
-        self._remember(head)
+        head = await _read_head(self.events, room_id)
+        if head is not None:
+            self._remember(head)
         return head
 
     def _remember(self, head: RoomHead) -> None:
@@ -144,6 +132,13 @@ class RoomWriter:
             self._heads.popitem(last=False)
 
     async def current_state(self, room_id: str) -> dict[StateKey, Event] | None:
+        """The room's current state for decisions made outside the send
+        path (membership pre-checks, directory permissions). Another
+        instance may have written since we cached the head, so the cache is
+        checked against the stored forward extremities (one cheap query)."""
+        cached = self._heads.get(room_id)
+        if cached is not None and set(cached.extremities) != set(await self.events.forward_extremities(room_id)):
+            self._heads.pop(room_id, None)
         head = await self.head(room_id)
         return None if head is None else head.state
 
@@ -179,21 +174,68 @@ class RoomWriter:
         assert room_id is not None
 
         async def locked() -> SendResult:
-            for _ in range(8):
-                head = await self.head(room_id)
-                if head is None:
-                    raise MatrixError(404, "M_NOT_FOUND", "Room not found")
+            # Optimistic first: build on the cached head. When another
+            # instance wrote to the room since (stale extremities), or our
+            # cached state refuses the event (it may lag such a write),
+            # rebuild once on the room's head read under a row lock.
+            from_cache = room_id in self._heads
+            head = await self.head(room_id)
+            if head is None:
+                raise MatrixError(404, "M_NOT_FOUND", "Room not found")
+            try:
                 built, new_head = await self._build(head, templates, check, int(time.time() * 1000))
-                try:
-                    positions = await self._persist(head, built, new_head, txn, None)
-                except StaleRoomState:
-                    self._heads.pop(room_id, None)
-                    continue
+                positions = await self._persist(head, built, new_head, txn, None)
+            except StaleRoomState:
+                pass
+            except MatrixError as e:
+                if e.status != 403 or not from_cache:
+                    raise
+            else:
                 self._remember(new_head)
                 return await self._committed(room_id, built, positions)
-            raise MatrixError(503, "M_UNKNOWN", "Room is too busy, try again")
+            self._heads.pop(room_id, None)
+            built, new_head, positions = await self._persist_exclusive(room_id, templates, txn, check)
+            self._remember(new_head)
+            return await self._committed(room_id, built, positions)
 
         return await self._with_room_lock(room_id, locked)
+
+    async def _persist_exclusive(
+        self,
+        room_id: str,
+        templates: Sequence[Mapping[str, Any]],
+        txn: tuple[str, str, str] | None,
+        check: EventCheck | None,
+    ) -> tuple[list[_Built], RoomHead, list[int]]:
+        """Read the head, build and persist in one transaction that holds
+        the room's forward extremity rows ``FOR UPDATE``: writers on other
+        instances wait (or restart on 40001) instead of winning the race
+        again, so a cold-cache instance is not starved (DESIGN.md 4)."""
+        ts = int(time.time() * 1000)
+        redaction_targets = [t["redacts"] for t in templates if isinstance(t.get("redacts"), str)]
+        targets = await self.events.get_pdus(redaction_targets) if redaction_targets else {}
+        target_rows = await self.events.get_rows(redaction_targets) if redaction_targets else {}
+
+        async def fn(conn: Any, positions: list[int]) -> tuple[list[_Built], RoomHead, list[PersistItem]]:
+            await conn.execute(
+                "SELECT event_id FROM room_forward_extremities WHERE room_id = $1 FOR UPDATE", room_id
+            )
+            head = await _read_head(EventStore(conn), room_id)
+            if head is None:
+                raise MatrixError(404, "M_NOT_FOUND", "Room not found")
+            built, new_head = await self._build(head, templates, check, ts)
+            items = self._items(head, built, positions, txn, targets, target_rows)
+            await persist_events(
+                conn, room_id, items,
+                expected_extremities=head.extremities, new_extremities=[built[-1].event.event_id],
+            )
+            return built, new_head, items
+
+        (built, new_head, items), positions = await self.stream.write_many(
+            fn, len(templates), name="persist_events_exclusive"
+        )
+        _advance_state_group(new_head, items)
+        return built, new_head, positions
 
     async def _create(
         self,
@@ -317,12 +359,7 @@ class RoomWriter:
             return items
 
         items, positions = await self.stream.write_many(fn, len(built), name="persist_events")
-        # the head's state group is the one after the last event
-        last = items[-1]
-        new_head.state_group = last.state_group
-        groups = [it.new_state_group for it in items if it.new_state_group is not None]
-        if groups:
-            new_head.chain_length = groups[-1].chain_length
+        _advance_state_group(new_head, items)
         return positions
 
     def _items(
@@ -373,3 +410,30 @@ class RoomWriter:
                 )
             )
         return items
+
+
+def _advance_state_group(new_head: RoomHead, items: list[PersistItem]) -> None:
+    """The head's state group is the one after the last persisted event."""
+    new_head.state_group = items[-1].state_group
+    groups = [it.new_state_group for it in items if it.new_state_group is not None]
+    if groups:
+        new_head.chain_length = groups[-1].chain_length
+
+
+async def _read_head(events: EventStore, room_id: str) -> RoomHead | None:
+    """The room's head as stored; ``events`` may be bound to a connection
+    inside a transaction (asyncpg connections have fetch/fetchrow/fetchval)."""
+    version = await events.db.fetchval("SELECT room_version FROM rooms WHERE room_id = $1", room_id)
+    if version is None:
+        return None
+    rv = get_room_version(version)
+    extremities = await events.forward_extremities(room_id)
+    head_info = await events.room_head(room_id)
+    if head_info is None:
+        return None
+    depth, group = head_info
+    return RoomHead(
+        room_id, rv, extremities, depth,
+        await events.current_state_events(room_id, rv),
+        group, await events.state_group_chain_length(group),
+    )

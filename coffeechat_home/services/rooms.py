@@ -7,7 +7,7 @@ import time
 from typing import Any, Awaitable, Callable, Mapping
 
 from ..errors import MatrixError, forbidden, not_found
-from ..protocol.auth import check_redaction_allowed
+from ..protocol.auth import check_redaction_allowed, get_named_level, get_power_level
 from ..protocol.events import Event, StateKey
 from ..protocol.identifiers import InvalidIdentifier, parse_room_alias, parse_user_id
 from ..protocol.room_versions import (
@@ -205,6 +205,10 @@ class RoomService:
         if redacts is not None:
             template["redacts"] = redacts
             check = self._redaction_check
+            head = await self.writer.head(room_id)
+            if head is not None and not head.room_version.redacts_in_content:
+                # before v11 `redacts` lives at the top level only
+                template["content"].pop("redacts", None)
         txn = (requester.user_id, requester.device_id, txn_id) if txn_id is not None else None
         try:
             result = await self.writer.send(room_id, [template], txn=txn, check=check)
@@ -224,6 +228,12 @@ class RoomService:
         original = Event(pdus[event.redacts], event.redacts, event.room_version)
         if original.sender == event.sender:
             return
+        # A client may redact others' events only with the redact level
+        # (spec: PUT /redact). check_redaction_allowed's same-server branch
+        # is the federation rule; every local user shares our server name.
+        rv = event.room_version
+        if get_power_level(event.sender, state, rv) < get_named_level("redact", state, rv):
+            raise forbidden("You don't have permission to redact this event")
         if not check_redaction_allowed(event, original, state):
             raise forbidden("You don't have permission to redact this event")
 

@@ -19,7 +19,7 @@ from ..protocol.events import StateKey
 from ..storage.events import EventRow, EventStore
 from ..storage.rooms import RoomStore
 from .accounts import Requester
-from .history import make_token, parse_token, serve_event
+from .history import HistoryService, Window, make_token, parse_token, serve_event
 from .notifier import Notifier
 
 DEFAULT_TIMELINE_LIMIT = 10
@@ -101,6 +101,7 @@ class SyncService:
         self.rooms = rooms
         self.notifier = notifier
         self.sources = sources
+        self.history = HistoryService(events, rooms, notifier.stream)
 
     async def sync(
         self, requester: Requester, *, since_token: str | None, timeout_ms: int, sync_filter: SyncFilter,
@@ -115,7 +116,10 @@ class SyncService:
         body, empty = await self._build(requester, since, upto, sync_filter, full_state)
         if since is None or full_state or not empty or timeout_ms <= 0:
             return body
+        # rooms, the user, and (for presence) everyone sharing a room
         keys = set(await self.rooms.rooms_for_user(requester.user_id)) | {requester.user_id}
+        if self.sources.presence is not None:
+            keys |= await self.rooms.users_sharing_a_room(requester.user_id)
         deadline_s = min(timeout_ms, 300_000) / 1000
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline_s
@@ -200,15 +204,24 @@ class SyncService:
         return body, empty
 
     async def _timeline(
-        self, room_id: str, after: int | None, upto: int, f: SyncFilter
+        self, room_id: str, after: int | None, upto: int, f: SyncFilter, window: Window | None = None
     ) -> tuple[list[EventRow], bool]:
+        """The last events of (after, upto]; with ``window``, only those the
+        user may see (history visibility)."""
         if f.timeline_limit == 0:
             return [], True
-        rows = await self.events.timeline(
-            room_id, after=after, upto=upto, limit=f.timeline_limit + 1, backwards=True,
+        kw: dict[str, Any] = dict(
             types=f.timeline_types, not_types=f.timeline_not_types,
             senders=f.timeline_senders, not_senders=f.timeline_not_senders,
         )
+        if window is not None:
+            rows = await self.history.visible_timeline(
+                room_id, window, after=after, upto=upto, limit=f.timeline_limit + 1, backwards=True, **kw
+            )
+        else:
+            rows = await self.events.timeline(
+                room_id, after=after, upto=upto, limit=f.timeline_limit + 1, backwards=True, **kw
+            )
         limited = len(rows) > f.timeline_limit
         rows = rows[: f.timeline_limit]
         rows.reverse()
@@ -220,7 +233,10 @@ class SyncService:
     ) -> dict[str, Any]:
         newly = since is None or join_pos > since
         after = None if newly else since
-        rows, limited = await self._timeline(room_id, after, upto, f)
+        # Joined throughout (since, upto]: every event there is visible.
+        # Newly joined: the history before may not be (history visibility).
+        window = await self.history.window(requester.user_id, room_id) if newly else None
+        rows, limited = await self._timeline(room_id, after, upto, f, window)
         if newly or full_state:
             limited = limited or (since is not None and newly)
         timeline_start = (rows[0].stream_pos or 1) - 1 if rows else upto
@@ -264,9 +280,25 @@ class SyncService:
     async def _left_room(
         self, requester: Requester, room_id: str, since: int | None, leave_pos: int, f: SyncFilter
     ) -> dict[str, Any]:
-        rows, limited = await self._timeline(room_id, since, leave_pos, f)
+        window = await self.history.window(requester.user_id, room_id)
+        rows, limited = await self._timeline(room_id, since, leave_pos, f, window)
         start = (rows[0].stream_pos or 1) - 1 if rows else leave_pos
-        state = await self._state_at(requester, room_id, start, since if not limited else None, rows, f)
+        # Only a room the client had as joined at `since` gets a state delta;
+        # one it never saw (joined and left in between) gets its state whole.
+        # A user who was never joined (a rejected or withdrawn invite or
+        # knock) gets no room state beyond its own membership events.
+        changes = await self.rooms.db.fetch(
+            """SELECT membership, stream_pos FROM room_memberships WHERE user_id = $1 AND room_id = $2
+               AND stream_pos <= $3 ORDER BY stream_pos""",
+            requester.user_id, room_id, leave_pos,
+        )
+        at_since = [c["membership"] for c in changes if since is not None and c["stream_pos"] <= since]
+        known = bool(at_since) and at_since[-1] == "join"
+        state: list[Any] = []
+        if any(c["membership"] == "join" for c in changes):
+            state = await self._state_at(
+                requester, room_id, start, since if known and not limited else None, rows, f
+            )
         return {
             "timeline": {"events": [serve_event(r, requester) for r in rows], "limited": limited,
                          "prev_batch": make_token(start)},

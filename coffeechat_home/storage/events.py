@@ -170,15 +170,13 @@ async def persist_events(
             )
     for it in items:
         if it.txn is not None:
-            try:
-                async with conn.transaction():  # a savepoint: a duplicate must not poison the txn
-                    await conn.execute(
-                        """INSERT INTO event_txn_ids (user_id, device_id, txn_id, event_id, created_ts)
-                           VALUES ($1, $2, $3, $4, $5)""",
-                        it.txn[0], it.txn[1], it.txn[2], it.event.event_id, it.event.origin_server_ts,
-                    )
-            except asyncpg.UniqueViolationError:
-                raise DuplicateTransaction(it.txn[2]) from None
+            inserted = await conn.fetchval(
+                """INSERT INTO event_txn_ids (user_id, device_id, txn_id, event_id, created_ts)
+                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING 1""",
+                it.txn[0], it.txn[1], it.txn[2], it.event.event_id, it.event.origin_server_ts,
+            )
+            if not inserted:  # a concurrent request with the same txn id won; roll back
+                raise DuplicateTransaction(it.txn[2])
         if it.redaction is not None:
             target, pdu, client = it.redaction
             await conn.execute(

@@ -74,11 +74,14 @@ async def test_migrate_and_register_user(database_url: str, tmp_path: Path) -> N
     assert code == 1 and "M_INVALID_USERNAME" in err
 
 
-async def _wait_for_line(proc: asyncio.subprocess.Process, needle: str, timeout: float) -> str:
+async def _wait_for_line(
+    proc: asyncio.subprocess.Process, needle: str, timeout: float, errfile: Path | None = None
+) -> str:
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), timeout)
     text = line.decode()
-    assert needle in text, text
+    errors = errfile.read_text()[-3000:] if errfile is not None and errfile.exists() else ""
+    assert needle in text, f"stdout: {text!r}; stderr: {errors}"
     return text
 
 
@@ -90,7 +93,7 @@ async def test_serve_with_database_url_then_login(database_url: str, tmp_path: P
                                                 stderr=asyncio.subprocess.DEVNULL, env=env)
     try:
         line = await _wait_for_line(proc, "listening on", 60)
-        port = int(line.split("port ")[1].split(")")[0])
+        port = int(line.split("listening on http://")[1].split("/")[0].rsplit(":", 1)[1])
         assert "database: postgresql://" in line
         async with aiohttp.ClientSession() as s:
             async with s.post(f"http://127.0.0.1:{port}/_matrix/client/v3/register",
@@ -109,12 +112,14 @@ async def test_serve_dev_with_embedded_postgres(tmp_path: Path) -> None:
     env = {**os.environ, "COFFEECHAT_CLIENT_LISTENER_PORT": "0"}
     env.pop("COFFEECHAT_DATABASE_URL", None)
     started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(*CMD, "serve", "--dev", stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.DEVNULL, env=env, cwd=tmp_path)
+    errfile = tmp_path / "stderr.log"
+    with errfile.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(*CMD, "serve", "--dev", stdout=asyncio.subprocess.PIPE,
+                                                    stderr=err, env=env, cwd=tmp_path)
     try:
-        line = await _wait_for_line(proc, "listening on", 120)
+        line = await _wait_for_line(proc, "listening on", 120, errfile)
         assert "embedded PostgreSQL" in line and "registration: open" in line
-        port = int(line.split("port ")[1].split(")")[0])
+        port = int(line.split("listening on http://")[1].split("/")[0].rsplit(":", 1)[1])
         async with aiohttp.ClientSession() as s:
             async with s.post(f"http://127.0.0.1:{port}/_matrix/client/v3/register",
                               json={"username": "first", "password": "p", "auth": {"type": "m.login.dummy"}}) as r:

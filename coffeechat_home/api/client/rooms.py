@@ -143,9 +143,16 @@ class RoomRoutes:
         content = await read_json_object(request)
         m = request.match_info
         event_type = m["event_type"]
-        if event_type in ("m.room.redaction",):
-            raise MatrixError(400, "M_BAD_JSON", "Use the redact endpoint to redact")
-        event_id = await self.rooms.send(requester, m["room_id"], event_type, content, txn_id=m["txn_id"])
+        redacts = None
+        if event_type == "m.room.redaction":
+            # Spec 1.18: allowed here for every room version, the target in
+            # content.redacts (moved to the top level before v11).
+            redacts = content.get("redacts")
+            if not isinstance(redacts, str) or not redacts.startswith("$"):
+                raise MatrixError(400, "M_BAD_JSON", "m.room.redaction needs an event id in content.redacts")
+        event_id = await self.rooms.send(
+            requester, m["room_id"], event_type, content, txn_id=m["txn_id"], redacts=redacts
+        )
         return json_response({"event_id": event_id})
 
     async def redact(self, request: web.Request, requester: Requester) -> web.StreamResponse:

@@ -1,0 +1,99 @@
+"""Typing notifications: PUT /typing, the periodic expiry sweep, and the
+m.typing ephemeral events of /sync.
+
+Every instance runs the sweep (``start``/``stop``); sweeps are cheap when
+nothing expired and safe to run concurrently (each expired row is turned
+off once, in a serializable transaction).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Iterable
+
+from ..errors import forbidden
+from ..storage.rooms import RoomStore
+from ..storage.typing import EXPIRE_BATCH, TypingStore
+from .notifier import Notifier
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_MS = 30_000
+MAX_TIMEOUT_MS = 30_000
+MAX_SWEEP_ROUNDS = 20  # bound on back-to-back batches per tick
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class TypingService:
+    def __init__(
+        self, store: TypingStore, rooms: RoomStore, notifier: Notifier, *, sweep_interval: float = 1.0
+    ) -> None:
+        self.store = store
+        self.rooms = rooms
+        self.notifier = notifier
+        # Read on every tick, so tests may shorten it while running.
+        self.sweep_interval = sweep_interval
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
+    async def set_typing(self, user_id: str, room_id: str, typing: bool, timeout_ms: int | None) -> None:
+        if not await self.rooms.is_joined(room_id, user_id):
+            raise forbidden("You are not joined to this room")
+        if typing:
+            timeout = min(max(timeout_ms if timeout_ms is not None else DEFAULT_TIMEOUT_MS, 0), MAX_TIMEOUT_MS)
+            now = _now_ms()
+            pos = await self.store.start(room_id, user_id, now + timeout, now)
+        else:
+            pos = await self.store.stop(room_id, user_id)
+        if pos is not None:
+            self.notifier.poke()
+
+    async def typing_for_sync(self, room_ids: Iterable[str], since: int | None, upto: int) -> dict[str, list[str]]:
+        """{room_id: [user ids typing now]} for the rooms whose typing set
+        changed in (since, upto]; when ``since`` is None, the rooms where
+        anyone is typing. Each entry is the content of an m.typing event
+        ({"user_ids": [...]})."""
+        return await self.store.typing_users(room_ids, since, upto, _now_ms())
+
+    async def sweep(self) -> int:
+        """Expire typing notifications whose timeout passed; returns how many."""
+        total = 0
+        for _ in range(MAX_SWEEP_ROUNDS):
+            count = await self.store.expire(_now_ms())
+            total += count
+            if count < EXPIRE_BATCH:
+                break
+        if total:
+            self.notifier.poke()
+        return total
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="typing-expiry")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep sweeping through a database blip
+                log.exception("typing expiry sweep failed")
+                await asyncio.sleep(1.0)

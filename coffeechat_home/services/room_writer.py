@@ -137,7 +137,7 @@ class RoomWriter:
         instance may have written since we cached the head, so the cache is
         checked against the stored forward extremities (one cheap query)."""
         cached = self._heads.get(room_id)
-        if cached is not None and set(cached.extremities) != set(await self.events.forward_extremities(room_id)):
+        if cached is not None and cached.extremities != await self.events.forward_extremities(room_id):
             self._heads.pop(room_id, None)
         head = await self.head(room_id)
         return None if head is None else head.state
@@ -218,7 +218,7 @@ class RoomWriter:
 
         async def fn(conn: Any, positions: list[int]) -> tuple[list[_Built], RoomHead, list[PersistItem]]:
             await conn.execute(
-                "SELECT event_id FROM room_forward_extremities WHERE room_id = $1 FOR UPDATE", room_id
+                "SELECT forward_extremities FROM rooms WHERE room_id = $1 FOR UPDATE", room_id
             )
             head = await _read_head(EventStore(conn), room_id)
             if head is None:

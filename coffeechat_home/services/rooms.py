@@ -194,10 +194,8 @@ class RoomService:
         txn_id: str | None = None,
         redacts: str | None = None,
     ) -> str:
-        if txn_id is not None:
-            existing = await self.events.event_for_txn(requester.user_id, requester.device_id, txn_id)
-            if existing is not None:
-                return existing
+        # A repeated transaction id is caught by the persist transaction
+        # (unique key), which saves a lookup on every send.
         template: dict[str, Any] = {"type": event_type, "sender": requester.user_id, "content": dict(content)}
         if state_key is not None:
             template["state_key"] = state_key

@@ -79,8 +79,18 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
 
 
 class Database:
-    def __init__(self, pool: asyncpg.Pool, engine: Engine, url: str) -> None:
+    """Two pools on one database: ``pool`` runs multi-statement units of
+    work (``transaction``) at the database's default isolation, SERIALIZABLE
+    (always on CockroachDB; set so on PostgreSQL). ``single`` runs lone
+    statements (``fetch``/``execute`` ...). On PostgreSQL its sessions use
+    READ COMMITTED: one statement is atomic and sees one snapshot anyway,
+    and PostgreSQL's SSI tracks reads by index page, so lone reads (sync,
+    notifier polls) running SERIALIZABLE would make unrelated writers abort.
+    CockroachDB detects conflicts per key and keeps its default."""
+
+    def __init__(self, pool: asyncpg.Pool, single: asyncpg.Pool, engine: Engine, url: str) -> None:
         self.pool = pool
+        self.single = single
         self.engine = engine
         self.url = url
         self.max_attempts = 12
@@ -89,26 +99,37 @@ class Database:
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 20, timeout: float = 15.0) -> "Database":
         kwargs = _connect_kwargs(url)
-        try:
+
+        async def make_pool(size_min: int, size_max: int, settings: dict[str, str]) -> asyncpg.Pool:
+            args = dict(kwargs)
+            if settings:
+                args["server_settings"] = {**args.get("server_settings", {}), **settings}
             pool = await asyncio.wait_for(
                 asyncpg.create_pool(
-                    min_size=min_size,
-                    max_size=max_size,
-                    reset=_reset_connection,
-                    statement_cache_size=512,
-                    **kwargs,
+                    min_size=size_min, max_size=size_max, reset=_reset_connection, statement_cache_size=512, **args
                 ),
                 timeout,
             )
+            assert pool is not None
+            return pool
+
+        try:
+            pool = await make_pool(min_size, max_size, {})
+            engine = detect_engine(await pool.fetchval("SELECT version()"))
+            settings = {"default_transaction_isolation": "read committed"} if engine is Engine.POSTGRES else {}
+            try:
+                single = await make_pool(min(min_size, 2), max(2, max_size // 2), settings)
+            except BaseException:
+                await pool.close()
+                raise
         except asyncio.TimeoutError:
             raise DatabaseError(f"database at {redact_url(url)} did not answer within {timeout:.0f}s") from None
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError, ssl.SSLError) as e:
             raise DatabaseError(f"cannot connect to database at {redact_url(url)}: {_one_line(e)}") from None
-        assert pool is not None
-        version = await pool.fetchval("SELECT version()")
-        return cls(pool, detect_engine(version), url)
+        return cls(pool, single, engine, url)
 
     async def close(self) -> None:
+        await self.single.close()
         await self.pool.close()
 
     async def transaction(
@@ -138,7 +159,7 @@ class Database:
 
     # Single statements outside an explicit transaction; still retried.
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        return await self.transaction(lambda c: c.fetch(query, *args), name="fetch", readonly=True)
+        return await self._retry_single(lambda c: c.fetch(query, *args))
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
         return await self._retry_single(lambda c: c.fetchrow(query, *args))
@@ -154,7 +175,7 @@ class Database:
         while True:
             attempt += 1
             try:
-                async with self.pool.acquire() as conn:
+                async with self.single.acquire() as conn:
                     return await fn(conn)
             except asyncpg.PostgresError as e:
                 if not is_retryable(e) or attempt >= self.max_attempts:

@@ -86,10 +86,12 @@ async def persist_events(
     new_extremities: Iterable[str],
 ) -> None:
     """Write ``items`` (in order) inside the caller's transaction."""
-    current = await conn.fetchval(
-        "SELECT array_agg(event_id) FROM room_forward_extremities WHERE room_id = $1", room_id
+    moved = await conn.fetchval(
+        """UPDATE rooms SET forward_extremities = $3::TEXT[]
+           WHERE room_id = $1 AND forward_extremities = $2::TEXT[] RETURNING 1""",
+        room_id, list(expected_extremities), list(new_extremities),
     )
-    if set(current or ()) != set(expected_extremities):
+    if not moved:
         raise StaleRoomState(room_id)
 
     evs = [it.event for it in items]
@@ -120,19 +122,14 @@ async def persist_events(
     )
     edges = [(e.event_id, p) for e in evs for p in e.prev_event_ids]
     auth_edges = [(e.event_id, a) for e in evs for a in e.auth_event_ids]
+    # New events have new ids: plain inserts (no ON CONFLICT read).
     await conn.execute(
         """WITH p AS (INSERT INTO event_edges (event_id, prev_event_id)
-                      SELECT * FROM unnest($1::TEXT[], $2::TEXT[]) ON CONFLICT DO NOTHING RETURNING 1),
-                a AS (INSERT INTO event_auth_edges (event_id, auth_event_id)
-                      SELECT * FROM unnest($3::TEXT[], $4::TEXT[]) ON CONFLICT DO NOTHING RETURNING 1),
-                d AS (DELETE FROM room_forward_extremities WHERE room_id = $5 RETURNING 1),
-                x AS (INSERT INTO room_forward_extremities (room_id, event_id)
-                      SELECT $5, unnest($6::TEXT[]) ON CONFLICT DO NOTHING RETURNING 1)
-           SELECT (SELECT count(*) FROM p), (SELECT count(*) FROM a), (SELECT count(*) FROM d),
-                  (SELECT count(*) FROM x)""",
+                      SELECT * FROM unnest($1::TEXT[], $2::TEXT[]) RETURNING 1)
+           INSERT INTO event_auth_edges (event_id, auth_event_id)
+           SELECT * FROM unnest($3::TEXT[], $4::TEXT[])""",
         [a for a, _ in edges], [b for _, b in edges],
         [a for a, _ in auth_edges], [b for _, b in auth_edges],
-        room_id, list(new_extremities),
     )
 
     groups = [it.new_state_group for it in items if it.new_state_group is not None]
@@ -170,13 +167,16 @@ async def persist_events(
             )
     for it in items:
         if it.txn is not None:
-            inserted = await conn.fetchval(
-                """INSERT INTO event_txn_ids (user_id, device_id, txn_id, event_id, created_ts)
-                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING 1""",
-                it.txn[0], it.txn[1], it.txn[2], it.event.event_id, it.event.origin_server_ts,
-            )
-            if not inserted:  # a concurrent request with the same txn id won; roll back
-                raise DuplicateTransaction(it.txn[2])
+            try:
+                await conn.execute(
+                    """INSERT INTO event_txn_ids (user_id, device_id, txn_id, event_id, created_ts)
+                       VALUES ($1, $2, $3, $4, $5)""",
+                    it.txn[0], it.txn[1], it.txn[2], it.event.event_id, it.event.origin_server_ts,
+                )
+            except asyncpg.UniqueViolationError:
+                # the same request again (a client retry): the whole batch
+                # rolls back and the caller answers with the first event
+                raise DuplicateTransaction(it.txn[2]) from None
         if it.redaction is not None:
             target, pdu, client = it.redaction
             await conn.execute(
@@ -216,10 +216,8 @@ class EventStore:
         return bool(inserted)
 
     async def forward_extremities(self, room_id: str) -> list[str]:
-        rows = await self.db.fetch(
-            "SELECT event_id FROM room_forward_extremities WHERE room_id = $1 ORDER BY event_id", room_id
-        )
-        return [r["event_id"] for r in rows]
+        value = await self.db.fetchval("SELECT forward_extremities FROM rooms WHERE room_id = $1", room_id)
+        return list(value or [])
 
     async def current_state_events(self, room_id: str, room_version: RoomVersion) -> dict[StateKey, Event]:
         rows = await self.db.fetch(

@@ -27,9 +27,11 @@ async def test_engine_detected(empty_db: Database) -> None:
     assert empty_db.engine is Engine.POSTGRES
 
 
-async def test_serializable_by_default(empty_db: Database) -> None:
-    level = await empty_db.fetchval("SHOW default_transaction_isolation")
+async def test_transactions_are_serializable(empty_db: Database) -> None:
+    level = await empty_db.transaction(lambda c: c.fetchval("SHOW transaction_isolation"))
     assert level == "serializable"
+    # lone statements run READ COMMITTED on PostgreSQL (see Database)
+    assert await empty_db.fetchval("SHOW transaction_isolation") == "read committed"
 
 
 async def test_migrations_apply_once_then_noop(empty_db: Database) -> None:

@@ -97,14 +97,16 @@ CREATE TABLE IF NOT EXISTS room_memberships (
 );
 CREATE INDEX IF NOT EXISTS room_memberships_by_user ON room_memberships (user_id, stream_pos);
 
--- Idempotent sends: one event per (user, device, transaction id).
+-- Idempotent requests: one event per (user, device, endpoint, transaction
+-- id); the spec scopes transaction ids per endpoint ("send", "redact").
 CREATE TABLE IF NOT EXISTS event_txn_ids (
     user_id TEXT NOT NULL,
     device_id TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
     txn_id TEXT NOT NULL,
     event_id TEXT NOT NULL,
     created_ts BIGINT NOT NULL,
-    PRIMARY KEY (user_id, device_id, txn_id)
+    PRIMARY KEY (user_id, device_id, endpoint, txn_id)
 );
 
 -- Rooms a user has forgotten (hidden from /sync's leave section).

@@ -187,7 +187,7 @@ def room_id_for_create_event(event: Event | Mapping[str, Any], room_version: Roo
         event_type, state_key = event.type, event.state_key
     else:
         event_id = compute_event_id(event, room_version)
-        event_type, state_key = event.get("type"), event.get("state_key")
+        event_type, state_key = str(event.get("type")), event.get("state_key")
     if event_type != "m.room.create" or state_key != "":
         raise EventFormatError("only the m.room.create event (state_key '') defines a room ID")
     return "!" + event_id[1:]

@@ -93,7 +93,11 @@ class MembershipService:
                 return room_id
         join_rules = state.get(("m.room.join_rules", ""))
         rule = join_rules.content.get("join_rule") if join_rules is not None else "invite"
-        if rule in ("restricted", "knock_restricted") and (current is None or current.membership not in ("invite", "join")):
+        if (
+            join_rules is not None
+            and rule in ("restricted", "knock_restricted")
+            and (current is None or current.membership not in ("invite", "join"))
+        ):
             extra["join_authorised_via_users_server"] = await self._restricted_authoriser(state, join_rules, me)
         if current is not None and current.membership == "ban":
             raise forbidden("You are banned from this room")

@@ -43,7 +43,8 @@ class RelationsService:
             rows = await self.events.relations(
                 event_id, rel_type, event_type, before=before, after=after, limit=limit, backwards=backwards
             )
-        rows = [r for r in rows if r.room_id == room_id]
+        # the hull may span gaps the user may not see (left and rejoined)
+        rows = [r for r in rows if r.room_id == room_id and window.contains(r.stream_pos)]
         body: dict[str, Any] = {"chunk": [serve_event(r, requester) for r in rows]}
         if from_token:
             body["prev_batch"] = from_token

@@ -162,7 +162,7 @@ class RoomWriter:
         *,
         room_version: RoomVersion | None = None,
         new_room: NewRoom | None = None,
-        txn: tuple[str, str, str] | None = None,
+        txn: tuple[str, str, str, str] | None = None,
         check: EventCheck | None = None,
     ) -> SendResult:
         """Build, check and persist ``templates`` in order as one batch.
@@ -204,7 +204,7 @@ class RoomWriter:
         self,
         room_id: str,
         templates: Sequence[Mapping[str, Any]],
-        txn: tuple[str, str, str] | None,
+        txn: tuple[str, str, str, str] | None,
         check: EventCheck | None,
     ) -> tuple[list[_Built], RoomHead, list[int]]:
         """Read the head, build and persist in one transaction that holds
@@ -265,6 +265,11 @@ class RoomWriter:
         raise MatrixError(500, "M_UNKNOWN", "Could not allocate a room id")
 
     async def _committed(self, room_id: str, built: list[_Built], positions: list[int]) -> SendResult:
+        redacted = {b.redaction_target for b in built if b.redaction_target}
+        head = self._heads.get(room_id)
+        if redacted and head is not None and any(e.event_id in redacted for e in head.state.values()):
+            # a redacted state event counts with its redacted content: reload
+            self._heads.pop(room_id, None)
         self.notifier.poke()
         events = [b.event for b in built]
         for cb in self.after_persist:
@@ -335,7 +340,7 @@ class RoomWriter:
         head: RoomHead,
         built: list[_Built],
         new_head: RoomHead,
-        txn: tuple[str, str, str] | None,
+        txn: tuple[str, str, str, str] | None,
         new_room: NewRoom | None,
     ) -> list[int]:
         room_id = new_head.room_id
@@ -367,7 +372,7 @@ class RoomWriter:
         head: RoomHead,
         built: list[_Built],
         positions: list[int],
-        txn: tuple[str, str, str] | None,
+        txn: tuple[str, str, str, str] | None,
         targets: dict[str, dict[str, Any]],
         target_rows: dict[str, Any],
     ) -> list[PersistItem]:

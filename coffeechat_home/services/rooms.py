@@ -159,10 +159,10 @@ class RoomService:
         ):
             if (t, key) not in initial:
                 templates.append(state(t, content, key))
-        for (t, key), e in initial.items():
+        for (t, key), given in initial.items():
             if t in ("m.room.create", "m.room.power_levels", "m.room.member"):
                 continue
-            templates.append(state(t, e.get("content") or {}, key))
+            templates.append(state(t, given.get("content") or {}, key))
         if body.get("name") is not None:
             templates.append(state("m.room.name", {"name": body["name"]}))
         if body.get("topic") is not None:
@@ -171,9 +171,9 @@ class RoomService:
                                        "m.topic": {"m.text": [{"body": body["topic"], "mimetype": "text/plain"}]}})
             )
         is_direct = bool(body.get("is_direct"))
+        direct: dict[str, Any] | None = {"is_direct": True} if is_direct else None
         for u in invitees:
-            extra = {"is_direct": True} if is_direct else None
-            templates.append(state("m.room.member", await self.member_content(u, "invite", extra), u))
+            templates.append(state("m.room.member", await self.member_content(u, "invite", direct), u))
         result = await self.writer.send(
             None, templates, room_version=rv, new_room=NewRoom(creator, visibility == "public")
         )
@@ -193,6 +193,7 @@ class RoomService:
         state_key: str | None = None,
         txn_id: str | None = None,
         redacts: str | None = None,
+        endpoint: str = "send",
     ) -> str:
         # A repeated transaction id is caught by the persist transaction
         # (unique key), which saves a lookup on every send.
@@ -207,11 +208,13 @@ class RoomService:
             if head is not None and not head.room_version.redacts_in_content:
                 # before v11 `redacts` lives at the top level only
                 template["content"].pop("redacts", None)
-        txn = (requester.user_id, requester.device_id, txn_id) if txn_id is not None else None
+        txn = (requester.user_id, requester.device_id, txn_id, endpoint) if txn_id is not None else None
         try:
             result = await self.writer.send(room_id, [template], txn=txn, check=check)
         except DuplicateTransaction:
-            existing = await self.events.event_for_txn(requester.user_id, requester.device_id, txn_id or "")
+            existing = await self.events.event_for_txn(
+                requester.user_id, requester.device_id, txn_id or "", endpoint
+            )
             if existing is None:
                 raise
             return existing

@@ -47,7 +47,7 @@ class PersistItem:
     client_json: str
     state_group: int  # state after the event
     new_state_group: NewStateGroup | None = None
-    txn: tuple[str, str, str] | None = None  # user, device, txn id
+    txn: tuple[str, str, str, str] | None = None  # user, device, txn id, endpoint
     relation: tuple[str, str, str | None] | None = None  # relates_to, rel_type, thread_id
     redaction: tuple[str, str, str] | None = None  # target id, redacted pdu, redacted client
 
@@ -169,9 +169,9 @@ async def persist_events(
         if it.txn is not None:
             try:
                 await conn.execute(
-                    """INSERT INTO event_txn_ids (user_id, device_id, txn_id, event_id, created_ts)
-                       VALUES ($1, $2, $3, $4, $5)""",
-                    it.txn[0], it.txn[1], it.txn[2], it.event.event_id, it.event.origin_server_ts,
+                    """INSERT INTO event_txn_ids (user_id, device_id, txn_id, endpoint, event_id, created_ts)
+                       VALUES ($1, $2, $3, $4, $5, $6)""",
+                    it.txn[0], it.txn[1], it.txn[2], it.txn[3], it.event.event_id, it.event.origin_server_ts,
                 )
             except asyncpg.UniqueViolationError:
                 # the same request again (a client retry): the whole batch
@@ -284,10 +284,11 @@ class EventStore:
             room_id, upto_pos,
         )
 
-    async def event_for_txn(self, user_id: str, device_id: str, txn_id: str) -> str | None:
+    async def event_for_txn(self, user_id: str, device_id: str, txn_id: str, endpoint: str) -> str | None:
         return await self.db.fetchval(
-            "SELECT event_id FROM event_txn_ids WHERE user_id = $1 AND device_id = $2 AND txn_id = $3",
-            user_id, device_id, txn_id,
+            """SELECT event_id FROM event_txn_ids
+               WHERE user_id = $1 AND device_id = $2 AND txn_id = $3 AND endpoint = $4""",
+            user_id, device_id, txn_id, endpoint,
         )
 
     async def timeline(

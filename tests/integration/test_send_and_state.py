@@ -366,11 +366,6 @@ async def test_redaction_via_send_endpoint(alice: ApiClient, version: str) -> No
     assert r.status == 400, r
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transaction ids are scoped per device only, not per endpoint: a redact reusing a /send txn id "
-    "gets the message's event id back and redacts nothing (needs an endpoint in event_txn_ids' key)",
-)
 async def test_txn_ids_of_send_and_redact_are_separate(alice: ApiClient) -> None:
     room_id = await create_room(alice)
     msg = (await alice.put(f"rooms/{q(room_id)}/send/m.room.message/same", MSG))["event_id"]

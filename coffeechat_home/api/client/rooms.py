@@ -163,7 +163,7 @@ class RoomRoutes:
             content["reason"] = body["reason"]
         event_id = await self.rooms.send(
             requester, m["room_id"], "m.room.redaction", content,
-            txn_id=m.get("txn_id"), redacts=m["event_id"],
+            txn_id=m.get("txn_id"), redacts=m["event_id"], endpoint="redact",
         )
         return json_response({"event_id": event_id})
 

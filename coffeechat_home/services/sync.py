@@ -23,6 +23,7 @@ from .history import HistoryService, Window, make_token, parse_token, serve_even
 from .notifier import Notifier
 
 DEFAULT_TIMELINE_LIMIT = 10
+SYNC_ROOM_CONCURRENCY = 6
 STRIPPED_STATE_TYPES = (
     "m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias",
     "m.room.encryption", "m.room.topic",
@@ -155,12 +156,26 @@ class SyncService:
             await self.sources.account_data_rooms(user_id, list(latest), since, upto)
             if self.sources.account_data_rooms and latest else {}
         )
+        # Joined rooms are built concurrently (a few queries each, on several
+        # pooled connections): an initial sync of many rooms is bounded by
+        # the database's parallelism rather than by round trips in a row.
+        gate = asyncio.Semaphore(SYNC_ROOM_CONCURRENCY)
+
+        async def joined_room(room_id: str, pos: int) -> dict[str, Any]:
+            async with gate:
+                return await self._joined_room(requester, room_id, since, upto, pos, f, full_state)
+
+        wanted_joined = [(r, v[2]) for r, v in latest.items() if v[0] == "join" and f.wants_room(r)]
+        built = dict(zip(
+            (r for r, _ in wanted_joined),
+            await asyncio.gather(*(joined_room(r, pos) for r, pos in wanted_joined)),
+        ))
         for room_id, (membership, event_id, pos) in latest.items():
             if not f.wants_room(room_id):
                 continue
             changed = since is None or pos > since
             if membership == "join":
-                room = await self._joined_room(requester, room_id, since, upto, pos, f, full_state)
+                room = built[room_id]
                 ephemeral = []
                 if room_id in typing:
                     ephemeral.append({"type": "m.typing", "content": {"user_ids": typing[room_id]}})

@@ -306,52 +306,50 @@ class EventStore:
     ) -> list[EventRow]:
         """Events of a room with after < stream_pos <= upto, newest first when
         ``backwards`` (else oldest first), at most ``limit``."""
-        conds = ["room_id = $1", "stream_pos IS NOT NULL"]
-        args: list[Any] = [room_id]
-
-        def arg(v: Any) -> str:
-            args.append(v)
-            return f"${len(args)}"
-
-        if after is not None:
-            conds.append(f"stream_pos > {arg(after)}")
-        if upto is not None:
-            conds.append(f"stream_pos <= {arg(upto)}")
-        conds.extend(_type_sender_filters(arg, types, not_types, senders, not_senders))
-        order = "DESC" if backwards else "ASC"
-        rows = await self.db.fetch(
-            f"SELECT {_ROW_COLUMNS} FROM events WHERE {' AND '.join(conds)} "
-            f"ORDER BY stream_pos {order} LIMIT {arg(limit)}",
-            *args,
-        )
-        return [_row(r) for r in rows]
+        q = _Query("room_id", room_id)
+        q.range(after, upto)
+        q.conds.extend(_type_sender_filters(q.arg, types, not_types, senders, not_senders))
+        return await self._select(q, limit, backwards)
 
     async def relations(
         self, event_id: str, rel_type: str | None, event_type: str | None, *, before: int | None,
         after: int | None, limit: int, backwards: bool,
     ) -> list[EventRow]:
-        conds = ["relates_to = $1", "stream_pos IS NOT NULL"]
-        args: list[Any] = [event_id]
-
-        def arg(v: Any) -> str:
-            args.append(v)
-            return f"${len(args)}"
-
+        """Events relating to ``event_id`` in after < stream_pos <= before."""
+        q = _Query("relates_to", event_id)
         if rel_type is not None:
-            conds.append(f"rel_type = {arg(rel_type)}")
+            q.conds.append(f"rel_type = {q.arg(rel_type)}")
         if event_type is not None:
-            conds.append(f"type = {arg(event_type)}")
-        if before is not None:
-            conds.append(f"stream_pos <= {arg(before)}")
-        if after is not None:
-            conds.append(f"stream_pos > {arg(after)}")
+            q.conds.append(f"type = {q.arg(event_type)}")
+        q.range(after, before)
+        return await self._select(q, limit, backwards)
+
+    async def _select(self, q: "_Query", limit: int, backwards: bool) -> list[EventRow]:
         order = "DESC" if backwards else "ASC"
         rows = await self.db.fetch(
-            f"SELECT {_ROW_COLUMNS} FROM events WHERE {' AND '.join(conds)} "
-            f"ORDER BY stream_pos {order} LIMIT {arg(limit)}",
-            *args,
+            f"SELECT {_ROW_COLUMNS} FROM events WHERE {' AND '.join(q.conds)} "
+            f"ORDER BY stream_pos {order} LIMIT {q.arg(limit)}",
+            *q.args,
         )
         return [_row(r) for r in rows]
+
+
+class _Query:
+    """WHERE conditions with numbered parameters, for event listings."""
+
+    def __init__(self, column: str, value: str) -> None:
+        self.args: list[Any] = [value]
+        self.conds = [f"{column} = $1", "stream_pos IS NOT NULL"]
+
+    def arg(self, value: Any) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+    def range(self, after: int | None, upto: int | None) -> None:
+        if after is not None:
+            self.conds.append(f"stream_pos > {self.arg(after)}")
+        if upto is not None:
+            self.conds.append(f"stream_pos <= {self.arg(upto)}")
 
 
 def _type_sender_filters(arg: Any, types: Any, not_types: Any, senders: Any, not_senders: Any) -> list[str]:

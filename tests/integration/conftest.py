@@ -113,3 +113,24 @@ def api(base_url: str, http: aiohttp.ClientSession) -> ApiClient:
 @pytest.fixture
 def new_client(base_url: str, http: aiohttp.ClientSession) -> Callable[[], ApiClient]:
     return lambda: ApiClient(base_url, http)
+
+
+# Three registered users, for tests that need people in rooms.
+@pytest.fixture
+async def alice(api: ApiClient) -> ApiClient:
+    await api.register("alice")
+    return api
+
+
+@pytest.fixture
+async def bob(new_client: Callable[[], ApiClient]) -> ApiClient:
+    c = new_client()
+    await c.register("bob")
+    return c
+
+
+@pytest.fixture
+async def carol(new_client: Callable[[], ApiClient]) -> ApiClient:
+    c = new_client()
+    await c.register("carol")
+    return c

@@ -41,3 +41,7 @@ async def send_text(api: ApiClient, room_id: str, body: str, **content: Any) -> 
 def q(s: str) -> str:
     """Percent-encode one path segment (room ids, event ids, user ids)."""
     return quote(s, safe="")
+
+
+def assert_error(r: Any, status: int, errcode: str) -> None:
+    assert (r.status, r.body.get("errcode")) == (status, errcode), r

@@ -3,7 +3,7 @@ initial state, invites, aliases and malformed requests."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -11,19 +11,6 @@ from ..helpers import ApiClient
 from .room_helpers import create_room, q
 
 VERSIONS = ["10", "11", "12"]
-
-
-@pytest.fixture
-async def alice(api: ApiClient) -> ApiClient:
-    await api.register("alice")
-    return api
-
-
-@pytest.fixture
-async def bob(new_client: Callable[[], ApiClient]) -> ApiClient:
-    c = new_client()
-    await c.register("bob")
-    return c
 
 
 async def state_map(api: ApiClient, room_id: str) -> dict[tuple[str, str], dict[str, Any]]:

@@ -4,36 +4,12 @@ history visibility windows of users who joined late or left."""
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from ..helpers import ApiClient
-from .room_helpers import create_room, invite_and_join, q, send_text
-
-
-@pytest.fixture
-async def alice(api: ApiClient) -> ApiClient:
-    await api.register("alice")
-    return api
-
-
-@pytest.fixture
-async def bob(new_client: Callable[[], ApiClient]) -> ApiClient:
-    c = new_client()
-    await c.register("bob")
-    return c
-
-
-@pytest.fixture
-async def carol(new_client: Callable[[], ApiClient]) -> ApiClient:
-    c = new_client()
-    await c.register("carol")
-    return c
-
-
-def assert_error(r: Any, status: int, errcode: str) -> None:
-    assert (r.status, r.body.get("errcode")) == (status, errcode), r
+from .room_helpers import assert_error, create_room, invite_and_join, q, send_text
 
 
 async def messages(api: ApiClient, room_id: str, **params: Any) -> Any:

@@ -3,32 +3,12 @@ alias), knock, leave, kick, ban, unban, forget; refusals store nothing."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from ..helpers import ApiClient
-from .room_helpers import create_room, invite_and_join, q, send_text
-
-
-@pytest.fixture
-async def alice(api: ApiClient) -> ApiClient:
-    await api.register("alice")
-    return api
-
-
-@pytest.fixture
-async def bob(new_client: Callable[[], ApiClient]) -> ApiClient:
-    c = new_client()
-    await c.register("bob")
-    return c
-
-
-@pytest.fixture
-async def carol(new_client: Callable[[], ApiClient]) -> ApiClient:
-    c = new_client()
-    await c.register("carol")
-    return c
+from .room_helpers import assert_error, create_room, invite_and_join, q, send_text
 
 
 async def all_events(api: ApiClient, room_id: str) -> list[dict[str, Any]]:
@@ -65,10 +45,6 @@ class Unchanged:
         if exc[0] is None:
             after = [e["event_id"] for e in await all_events(self.viewer, self.room_id)]
             assert after == self.before
-
-
-def assert_error(r: Any, status: int, errcode: str) -> None:
-    assert (r.status, r.body.get("errcode")) == (status, errcode), r
 
 
 # -- invite and join ---------------------------------------------------------------

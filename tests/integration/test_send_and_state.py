@@ -7,30 +7,10 @@ from typing import Any, Callable
 import pytest
 
 from ..helpers import ApiClient
-from .room_helpers import create_room, invite_and_join, q, send_text
+from .room_helpers import assert_error, create_room, invite_and_join, q, send_text
 
 PW = "correct horse battery"
 MSG = {"msgtype": "m.text", "body": "hello"}
-
-
-@pytest.fixture
-async def alice(api: ApiClient) -> ApiClient:
-    await api.register("alice")
-    return api
-
-
-@pytest.fixture
-async def bob(new_client: Callable[[], ApiClient]) -> ApiClient:
-    c = new_client()
-    await c.register("bob")
-    return c
-
-
-@pytest.fixture
-async def carol(new_client: Callable[[], ApiClient]) -> ApiClient:
-    c = new_client()
-    await c.register("carol")
-    return c
 
 
 async def login(client: ApiClient, user: str, device_id: str) -> ApiClient:
@@ -59,10 +39,6 @@ async def get_event(api: ApiClient, room_id: str, event_id: str) -> dict[str, An
     r = await api.get(f"rooms/{q(room_id)}/event/{q(event_id)}")
     assert r.status == 200, r
     return r.body
-
-
-def assert_error(r: Any, status: int, errcode: str) -> None:
-    assert (r.status, r.body.get("errcode")) == (status, errcode), r
 
 
 # -- messages and transaction ids ------------------------------------------------------

@@ -5,32 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from ..helpers import ApiClient
 from .room_helpers import create_room, invite_and_join, q, send_text
-
-
-@pytest.fixture
-async def alice(api: ApiClient) -> ApiClient:
-    await api.register("alice")
-    return api
-
-
-@pytest.fixture
-async def bob(new_client: Callable[[], ApiClient]) -> ApiClient:
-    c = new_client()
-    await c.register("bob")
-    return c
-
-
-@pytest.fixture
-async def carol(new_client: Callable[[], ApiClient]) -> ApiClient:
-    c = new_client()
-    await c.register("carol")
-    return c
 
 
 async def sync(api: ApiClient, since: str | None = None, *, filter: Any = None, timeout: int = 0,

@@ -15,7 +15,7 @@ from ...services.rooms import RoomService
 from ...storage.rooms import RoomStore
 from ..auth import TokenAuth, authed
 from ..http import json_response, query_int, read_json_object
-from ..routing import CLIENT_V1, CLIENT_V3, add_client_route
+from ..routing import CLIENT_V3, add_client_route
 
 
 def parse_filter_param(request: web.Request) -> dict[str, Any] | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from ..errors import invalid_param
 from ..storage.events import EventStore
 from .accounts import Requester
@@ -51,6 +53,52 @@ class RelationsService:
         if len(rows) == limit and rows:
             last = rows[-1].stream_pos or 0
             body["next_batch"] = make_token(last - 1 if backwards else last)
+        return body
+
+
+    async def threads(
+        self, requester: Requester, room_id: str, *, participated: bool, from_token: str | None, limit: int
+    ) -> dict[str, Any]:
+        """Thread roots, most recently active first, each with its thread
+        summary in unsigned["m.relations"]["m.thread"]."""
+        window = await self.history.window(requester.user_id, room_id)
+        before = parse_token(from_token, "from")
+        rows = await self.events.db.fetch(
+            """SELECT relates_to AS root, max(stream_pos) AS latest_pos, count(*) AS n,
+                      bool_or(sender = $2) AS mine
+               FROM events WHERE room_id = $1 AND rel_type = 'm.thread' AND stream_pos IS NOT NULL
+               GROUP BY relates_to
+               HAVING ($3::BIGINT IS NULL OR max(stream_pos) <= $3)
+               ORDER BY latest_pos DESC LIMIT $4""",
+            room_id, requester.user_id, before, limit + 1,
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        roots = await self.events.get_rows(r["root"] for r in rows)
+        latest = {r["latest_pos"] for r in rows}
+        latest_rows = await self.events.db.fetch(
+            "SELECT event_id, stream_pos FROM events WHERE stream_pos = ANY($1::BIGINT[])", list(latest)
+        )
+        latest_ids = {r["stream_pos"]: r["event_id"] for r in latest_rows}
+        latest_events = await self.events.get_rows(latest_ids.values())
+        chunk = []
+        for r in rows:
+            root = roots.get(r["root"])
+            if root is None or root.room_id != room_id or not window.contains(root.stream_pos):
+                continue
+            participated_here = r["mine"] or root.sender == requester.user_id
+            if participated and not participated_here:
+                continue
+            ev = orjson.loads(root.client)
+            last = latest_events.get(latest_ids.get(r["latest_pos"], ""))
+            summary: dict[str, Any] = {"count": r["n"], "current_user_participated": participated_here}
+            if last is not None:
+                summary["latest_event"] = orjson.loads(last.client)
+            ev.setdefault("unsigned", {}).setdefault("m.relations", {})["m.thread"] = summary
+            chunk.append(ev)
+        body: dict[str, Any] = {"chunk": chunk}
+        if more and rows:
+            body["next_batch"] = make_token(rows[-1]["latest_pos"] - 1)
         return body
 
 

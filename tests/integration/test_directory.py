@@ -171,3 +171,38 @@ async def test_room_upgrade(api: ApiClient, new_client: Callable[[], ApiClient],
     assert (r.status, r["errcode"]) == (403, "M_FORBIDDEN")
     # and the member can join the replacement (public join rule copied)
     assert (await bob.post(f"rooms/{new_rid}/join", {})).status == 200
+
+
+async def test_threads_list(api: ApiClient, new_client: Callable[[], ApiClient]) -> None:
+    await api.register("jan")
+    rid = await _room(api, preset="public_chat")
+    bob = new_client()
+    await bob.register("kim")
+    assert (await bob.post(f"join/{rid}", {})).status == 200
+
+    async def say(c: ApiClient, txn: str, body: str, thread: str | None = None) -> str:
+        content: dict = {"msgtype": "m.text", "body": body}
+        if thread:
+            content["m.relates_to"] = {"rel_type": "m.thread", "event_id": thread}
+        return (await c.put(f"rooms/{rid}/send/m.room.message/{txn}", content))["event_id"]
+
+    t1 = await say(api, "a", "thread one")
+    t2 = await say(bob, "b", "thread two")
+    await say(api, "c", "reply 1", t1)
+    last_t2 = await say(bob, "d", "reply 2", t2)
+    await say(bob, "e", "reply 3", t2)
+    last_t2 = await say(bob, "f", "reply 4", t2)
+    r = await api.get(f"/_matrix/client/v1/rooms/{rid}/threads")
+    assert r.status == 200
+    assert [e["event_id"] for e in r["chunk"]] == [t2, t1]
+    summary = r["chunk"][0]["unsigned"]["m.relations"]["m.thread"]
+    assert summary["count"] == 3 and summary["latest_event"]["event_id"] == last_t2
+    assert summary["current_user_participated"] is False
+    r = await api.get(f"/_matrix/client/v1/rooms/{rid}/threads", params={"include": "participated"})
+    assert [e["event_id"] for e in r["chunk"]] == [t1]
+    r = await api.get(f"/_matrix/client/v1/rooms/{rid}/threads", params={"limit": "1"})
+    assert [e["event_id"] for e in r["chunk"]] == [t2]
+    r = await api.get(f"/_matrix/client/v1/rooms/{rid}/threads", params={"limit": "1", "from": r["next_batch"]})
+    assert [e["event_id"] for e in r["chunk"]] == [t1] and "next_batch" not in r.body
+    r = await api.get(f"/_matrix/client/v1/rooms/{rid}/threads", params={"include": "mine"})
+    assert (r.status, r["errcode"]) == (400, "M_INVALID_PARAM")

@@ -390,3 +390,19 @@ async def test_membership_on_r0_paths(alice: ApiClient, bob: ApiClient) -> None:
     assert (await bob.post(f"{r0}/join/{q(room_id)}", {})).status == 200
     assert (await bob.post(f"{r0}/rooms/{q(room_id)}/leave", {})).status == 200
     assert (await bob.post(f"{r0}/rooms/{q(room_id)}/forget", {})).status == 200
+
+
+async def test_deactivation_leaves_rooms_and_rejects_invites(alice: ApiClient, bob: ApiClient) -> None:
+    joined = await create_room(alice, {"preset": "public_chat"})
+    assert (await bob.post(f"join/{q(joined)}", {})).status == 200
+    invited_to = await create_room(alice)
+    assert (await alice.post(f"rooms/{q(invited_to)}/invite", {"user_id": bob.user_id})).status == 200
+    auth = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"},
+            "password": "correct horse battery"}
+    r = await bob.post("account/deactivate", {"auth": auth})
+    assert r.status == 200
+    for room_id in (joined, invited_to):
+        member = await alice.get(f"rooms/{q(room_id)}/state/m.room.member/{q(bob.user_id)}")
+        assert member["membership"] == "leave", room_id
+    r = await alice.get(f"rooms/{q(joined)}/joined_members")
+    assert list(r["joined"]) == [alice.user_id]

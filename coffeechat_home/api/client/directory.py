@@ -35,6 +35,7 @@ class DirectoryRoutes:
         add_client_route(router, "GET", "/publicRooms", self.get_public_rooms)
         add_client_route(router, "POST", "/publicRooms", authed(a, self.post_public_rooms))
         add_client_route(router, "POST", "/rooms/{room_id}/upgrade", authed(a, self.upgrade))
+        add_client_route(router, "GET", "/rooms/{room_id}/threads", authed(a, self.threads), prefixes=CLIENT_V1)
         for suffix in ("", "/{rel_type}", "/{rel_type}/{event_type}"):
             add_client_route(router, "GET", "/rooms/{room_id}/relations/{event_id}" + suffix,
                              authed(a, self.relations), prefixes=CLIENT_V1)
@@ -82,6 +83,16 @@ class DirectoryRoutes:
             requester, request.match_info["room_id"], body["new_version"], body.get("additional_creators")
         )
         return json_response({"replacement_room": new_room})
+
+    async def threads(self, request: web.Request, requester: Requester) -> web.StreamResponse:
+        include = request.query.get("include", "all")
+        if include not in ("all", "participated"):
+            raise invalid_param("include must be 'all' or 'participated'")
+        body = await self.relations_service.threads(
+            requester, request.match_info["room_id"], participated=include == "participated",
+            from_token=request.query.get("from"), limit=check_limit(query_int(request, "limit", minimum=1)),
+        )
+        return json_response(body)
 
     async def relations(self, request: web.Request, requester: Requester) -> web.StreamResponse:
         m = request.match_info

@@ -93,7 +93,7 @@ class Database:
         self.single = single
         self.engine = engine
         self.url = url
-        self.max_attempts = 12
+        self.max_attempts = 20
         self.retry_count = 0  # total retries, for tests and metrics
 
     @classmethod
@@ -153,7 +153,7 @@ class Database:
                 if attempt >= self.max_attempts:
                     raise TooManyRetries(f"{name}: gave up after {attempt} attempts: {_one_line(e)}") from e
                 self.retry_count += 1
-                delay = min(0.5, 0.002 * (2 ** min(attempt, 8))) * random.random()
+                delay = _backoff(attempt)
                 log.debug("retrying %s after %s (attempt %d, sleep %.3fs)", name, e.sqlstate, attempt, delay)
                 await asyncio.sleep(delay)
 
@@ -181,7 +181,12 @@ class Database:
                 if not is_retryable(e) or attempt >= self.max_attempts:
                     raise
                 self.retry_count += 1
-                await asyncio.sleep(min(0.5, 0.002 * (2 ** min(attempt, 8))) * random.random())
+                await asyncio.sleep(_backoff(attempt))
+
+
+def _backoff(attempt: int) -> float:
+    """Full jitter: a random wait up to 2 ms * 2^attempt, capped at 1 s."""
+    return min(1.0, 0.002 * (2 ** min(attempt, 9))) * random.random()
 
 
 def redact_url(url: str) -> str:

@@ -20,6 +20,7 @@ column that says whom a change concerns (a room id or a user id), so that
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from dataclasses import dataclass
@@ -63,8 +64,13 @@ def _now_ms() -> int:
 
 
 class StreamStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, max_concurrent_writes: int = 8) -> None:
         self.db = db
+        # Bounding concurrent write transactions per instance keeps the
+        # number of simultaneous SERIALIZABLE writers (and so the odds of a
+        # dependency cycle on PostgreSQL, which tracks index pages) low;
+        # with two cores more would only queue inside the database anyway.
+        self._gate = asyncio.Semaphore(max_concurrent_writes)
 
     async def write(
         self, fn: Callable[[asyncpg.Connection, int], Awaitable[T]], *, name: str = "stream_write"
@@ -86,6 +92,12 @@ class StreamStore:
         name: str = "stream_write",
     ) -> tuple[T, list[int]]:
         """Like ``write`` with ``count`` increasing positions."""
+        async with self._gate:
+            return await self._write_many(fn, count, name)
+
+    async def _write_many(
+        self, fn: Callable[[asyncpg.Connection, list[int]], Awaitable[T]], count: int, name: str
+    ) -> tuple[T, list[int]]:
         while True:
             token = secrets.token_hex(12)
             await self._reserve(token, _now_ms() + RESERVATION_TTL_MS)

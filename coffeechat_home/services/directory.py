@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from ..errors import MatrixError, forbidden, invalid_param, not_found
-from ..protocol.auth import get_power_level, required_power_level
+from ..protocol.power_levels import get_power_level, required_power_level
 from ..protocol.identifiers import InvalidIdentifier, parse_room_alias
 from ..storage.rooms import RoomStore
 from .accounts import Requester

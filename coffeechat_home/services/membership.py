@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..errors import MatrixError, forbidden, not_found
-from ..protocol.auth import get_named_level, get_power_level
+from ..protocol.power_levels import get_named_level, get_power_level
 from ..protocol.events import Event, StateKey
 from ..protocol.identifiers import InvalidIdentifier, parse_room_alias, parse_user_id
 from ..storage.accounts import AccountStore

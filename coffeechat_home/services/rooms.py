@@ -7,7 +7,7 @@ import time
 from typing import Any, Awaitable, Callable, Mapping
 
 from ..errors import MatrixError, forbidden, not_found
-from ..protocol.auth import check_redaction_allowed, get_named_level, get_power_level
+from ..protocol.power_levels import check_redaction_allowed, get_named_level, get_power_level
 from ..protocol.events import Event, StateKey
 from ..protocol.identifiers import InvalidIdentifier, parse_room_alias, parse_user_id
 from ..protocol.room_versions import (

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from ..errors import MatrixError, forbidden
-from ..protocol.auth import can_send
+from ..protocol.power_levels import can_send
 from ..protocol.room_versions import UnsupportedRoomVersion, get_room_version
 from ..storage.rooms import RoomStore
 from .accounts import Requester

@@ -15,6 +15,7 @@ import logging
 from typing import Iterable
 
 from ..storage.stream import StreamStore
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,8 @@ class Notifier:
         self._task = asyncio.create_task(self._run(), name="notifier")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for w in self._waiters:
             w.event.set()
 

@@ -9,7 +9,6 @@ off once, in a serializable transaction).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Iterable
@@ -18,6 +17,7 @@ from ..errors import forbidden
 from ..storage.rooms import RoomStore
 from ..storage.typing import EXPIRE_BATCH, TypingStore
 from .notifier import Notifier
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,8 @@ class TypingService:
             self._task = asyncio.create_task(self._run(), name="typing-expiry")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -153,7 +153,12 @@ def _limit_malloc_arenas() -> None:
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+        # A fixed mmap threshold: scrypt's 32 MiB work areas are mapped and
+        # unmapped each time instead of raising the dynamic threshold and
+        # then staying resident in the heap after the hash is done.
+        libc.mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass  # not glibc: nothing to tune
 

@@ -19,6 +19,7 @@ from ..storage.receipts import ReceiptStore
 from ..storage.rooms import RoomStore
 from ..storage.stream import StreamStore
 from ..storage.typing import TypingStore
+from ..storage.unread import UnreadStore
 from ..storage.user_directory import UserDirectoryStore
 from .account_data import AccountDataService
 from .notifier import Notifier
@@ -28,6 +29,7 @@ from .push_rules import PushRuleService
 from .receipts import ReceiptService
 from .sync import SyncSources
 from .typing import TypingService
+from .unread import UnreadService
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Conversation:
     push_rules: PushRuleService
     user_directory: UserDirectoryStore
     search_all_users: bool
+    unread: UnreadService
 
     async def start(self) -> None:
         """Background work: the typing expiry sweep."""
@@ -56,6 +59,7 @@ class Conversation:
             account_data_global=self.global_account_data_for_sync,
             account_data_rooms=self.room_account_data_for_sync,
             presence=self.presence.presence_for_sync,
+            unread=self.unread.counts_for_sync,
         )
 
     async def global_account_data_for_sync(self, user_id: str, since: int | None, upto: int) -> list[dict[str, Any]]:
@@ -74,6 +78,7 @@ def build_conversation(
     config: Config, db: Database, stream: StreamStore, notifier: Notifier, rooms: RoomStore
 ) -> Conversation:
     account_data = AccountDataService(AccountDataStore(db, stream), notifier)
+    push_rules = PushRuleService(PushRuleStore(db, stream), notifier)
     return Conversation(
         account_data=account_data,
         receipts=ReceiptService(ReceiptStore(db, stream), rooms, account_data, notifier),
@@ -81,7 +86,8 @@ def build_conversation(
         presence=PresenceService(PresenceStore(db, stream), rooms, notifier, enabled=config.presence.enabled),
         profiles=ProfileService(ProfileStore(db), config.server_name),
         filters=FilterStore(db),
-        push_rules=PushRuleService(PushRuleStore(db, stream), notifier),
+        push_rules=push_rules,
         user_directory=UserDirectoryStore(db),
         search_all_users=config.user_directory.search_all_users,
+        unread=UnreadService(UnreadStore(db), push_rules, rooms, stream),
     )

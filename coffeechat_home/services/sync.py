@@ -39,6 +39,8 @@ class SyncSources:
     account_data_global: Callable[[str, int | None, int], Awaitable[list[dict[str, Any]]]] | None = None
     account_data_rooms: Callable[[str, list[str], int | None, int], Awaitable[dict[str, list[dict[str, Any]]]]] | None = None
     presence: Callable[[str, int | None, int], Awaitable[list[dict[str, Any]]]] | None = None
+    # unread_notifications per joined room in the response (user, room ids, upto)
+    unread: Callable[[str, list[str], int], Awaitable[dict[str, dict[str, int]]]] | None = None
     extra_global: list[Callable[[Requester, int | None, int], Awaitable[dict[str, Any]]]] = field(default_factory=list)
 
 
@@ -194,6 +196,10 @@ class SyncService:
             elif membership in ("leave", "ban") and room_id not in forgotten:
                 if (since is not None and changed) or (since is None and f.include_leave) or (full_state and f.include_leave):
                     leave[room_id] = await self._left_room(requester, room_id, since, pos, f)
+        if self.sources.unread and join:
+            # only the rooms in this response: their counts, not every room's
+            for room_id, counts in (await self.sources.unread(user_id, list(join), upto)).items():
+                join[room_id]["unread_notifications"] = counts
         rooms: dict[str, Any] = {}
         for name, section in (("join", join), ("invite", invite), ("leave", leave), ("knock", knock)):
             if section:

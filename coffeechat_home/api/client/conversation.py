@@ -9,6 +9,7 @@ from ..auth import TokenAuth
 from .account_data import AccountDataRoutes
 from .capabilities import CapabilitiesRoutes
 from .filters import FilterRoutes
+from .notifications import NotificationRoutes
 from .presence import PresenceRoutes
 from .profile import ProfileRoutes
 from .push_rules import PushRuleRoutes
@@ -25,5 +26,6 @@ def register_conversation_routes(router: web.UrlDispatcher, conv: Conversation, 
     ProfileRoutes(conv.profiles, auth).register_routes(router)
     FilterRoutes(conv.filters, auth).register_routes(router)
     PushRuleRoutes(conv.push_rules, auth).register_routes(router)
+    NotificationRoutes(conv.unread, auth).register_routes(router)
     CapabilitiesRoutes(auth).register_routes(router)
     UserDirectoryRoutes(conv.user_directory, auth, search_all_users=conv.search_all_users).register_routes(router)

@@ -1,0 +1,213 @@
+"""Evaluating a user's push rules against an event (spec: "Push Rules",
+client-server API): the kinds in priority order (override, content, room,
+sender, underride), the first enabled rule whose conditions all match
+decides the actions.
+
+Pure: the caller supplies the event in client format and a
+:class:`PushContext` (room member count, the user's display name in the
+room, the sender's power level and the room's ``notifications`` power
+levels). Unknown condition kinds never match, so a rule using one never
+applies (as the spec asks).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Mapping
+
+from .push_rules import KINDS
+
+DEFAULT_NOTIFICATION_LEVEL = 50  # power level needed for an unlisted notifications key
+
+
+@dataclass(frozen=True, slots=True)
+class PushContext:
+    user_id: str
+    display_name: str | None
+    member_count: int
+    sender_power_level: int = 0
+    notification_levels: Mapping[str, int] = field(default_factory=dict)
+
+
+# -- keys and values ------------------------------------------------------------------------
+
+
+def split_key(key: str) -> list[str]:
+    """A dotted key's parts: ``\\.`` is a literal dot, ``\\\\`` a literal
+    backslash; any other backslash stands for itself."""
+    parts: list[str] = []
+    cur: list[str] = []
+    i = 0
+    while i < len(key):
+        c = key[i]
+        if c == "\\" and i + 1 < len(key) and key[i + 1] in ".\\":
+            cur.append(key[i + 1])
+            i += 2
+            continue
+        if c == ".":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    parts.append("".join(cur))
+    return parts
+
+
+_MISSING = object()
+
+
+def lookup(event: Mapping[str, Any], key: str) -> Any:
+    """The value at a dotted key, or ``_MISSING``."""
+    value: Any = event
+    for part in split_key(key):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equality of non-compound JSON values: ``true`` is not ``1``."""
+    if isinstance(a, (dict, list)) or isinstance(b, (dict, list)):
+        return False
+    return type(a) is type(b) and a == b
+
+
+# -- globs ----------------------------------------------------------------------------------
+
+
+def _glob_body(pattern: str) -> str:
+    return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+
+
+@lru_cache(maxsize=1024)
+def _glob_re(pattern: str, words: bool) -> re.Pattern[str]:
+    body = _glob_body(pattern)
+    if words:
+        # a word-boundary match anywhere in the value (content.body, content
+        # rules and display names, as Synapse matches them)
+        return re.compile(rf"(?:^|\W){body}(?:\W|$)", re.IGNORECASE | re.DOTALL)
+    return re.compile(rf"{body}\Z", re.IGNORECASE | re.DOTALL)
+
+
+def glob_matches(pattern: str, value: str, *, words: bool = False) -> bool:
+    rx = _glob_re(pattern, words)
+    return bool(rx.search(value) if words else rx.match(value))
+
+
+# -- conditions -----------------------------------------------------------------------------
+
+
+def _member_count_matches(spec: Any, count: int) -> bool:
+    if not isinstance(spec, str):
+        return False
+    m = re.fullmatch(r"(==|<=|>=|<|>)?([0-9]+)", spec.strip())
+    if m is None:
+        return False
+    op, n = m.group(1) or "==", int(m.group(2))
+    return {
+        "==": count == n, "<": count < n, ">": count > n, "<=": count <= n, ">=": count >= n,
+    }[op]
+
+
+def condition_matches(cond: Mapping[str, Any], event: Mapping[str, Any], ctx: PushContext) -> bool:
+    kind = cond.get("kind")
+    if kind == "event_match":
+        key, pattern = cond.get("key"), cond.get("pattern")
+        if not isinstance(key, str) or not isinstance(pattern, str):
+            return False
+        value = lookup(event, key)
+        return isinstance(value, str) and glob_matches(pattern, value, words=key == "content.body")
+    if kind == "event_property_is":
+        key = cond.get("key")
+        return isinstance(key, str) and _same_value(lookup(event, key), cond.get("value", _MISSING))
+    if kind == "event_property_contains":
+        key = cond.get("key")
+        if not isinstance(key, str):
+            return False
+        values = lookup(event, key)
+        wanted = cond.get("value", _MISSING)
+        return isinstance(values, list) and any(_same_value(v, wanted) for v in values)
+    if kind == "contains_display_name":
+        body = lookup(event, "content.body")
+        name = ctx.display_name
+        if not isinstance(body, str) or not name:
+            return False
+        return re.search(rf"(?:^|\W){re.escape(name)}(?:\W|$)", body, re.IGNORECASE) is not None
+    if kind == "room_member_count":
+        return _member_count_matches(cond.get("is"), ctx.member_count)
+    if kind == "sender_notification_permission":
+        key = cond.get("key")
+        if not isinstance(key, str):
+            return False
+        needed = ctx.notification_levels.get(key, DEFAULT_NOTIFICATION_LEVEL)
+        return ctx.sender_power_level >= needed
+    return False  # unknown kinds never match
+
+
+def _conditions(kind: str, rule: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
+    """A rule's conditions; content, room and sender rules have theirs
+    implied by the pattern or the rule id. None: the rule cannot match."""
+    if kind == "content":
+        pattern = rule.get("pattern")
+        return [{"kind": "event_match", "key": "content.body", "pattern": pattern}] if isinstance(pattern, str) else None
+    if kind == "room":
+        return [{"kind": "event_match", "key": "room_id", "pattern": rule["rule_id"]}]
+    if kind == "sender":
+        return [{"kind": "event_match", "key": "sender", "pattern": rule["rule_id"]}]
+    conditions = rule.get("conditions", [])
+    return list(conditions) if isinstance(conditions, list) else None
+
+
+def matching_rule(
+    ruleset: Mapping[str, list[Mapping[str, Any]]], event: Mapping[str, Any], ctx: PushContext
+) -> Mapping[str, Any] | None:
+    """The first enabled rule (in the spec's order) that matches the event."""
+    for kind in KINDS:
+        for rule in ruleset.get(kind, []):
+            if not rule.get("enabled", True):
+                continue
+            conditions = _conditions(kind, rule)
+            if conditions is None:
+                continue
+            if all(isinstance(c, Mapping) and condition_matches(c, event, ctx) for c in conditions):
+                return rule
+    return None
+
+
+def evaluate(
+    ruleset: Mapping[str, list[Mapping[str, Any]]], event: Mapping[str, Any], ctx: PushContext
+) -> list[Any]:
+    """The actions for the event: the first matching rule's, or none."""
+    rule = matching_rule(ruleset, event, ctx)
+    if rule is None:
+        return []
+    actions = rule.get("actions", [])
+    return list(actions) if isinstance(actions, list) else []
+
+
+# -- actions --------------------------------------------------------------------------------
+
+
+def _tweak(actions: list[Any], name: str) -> Any:
+    for a in actions:
+        if isinstance(a, Mapping) and a.get("set_tweak") == name:
+            return a.get("value", True if name == "highlight" else None)
+    return None
+
+
+def notifies(actions: list[Any]) -> bool:
+    return "notify" in actions
+
+
+def highlights(actions: list[Any]) -> bool:
+    """A highlight counts only with a notification (as in Synapse)."""
+    return notifies(actions) and _tweak(actions, "highlight") is True
+
+
+def sound(actions: list[Any]) -> str | None:
+    value = _tweak(actions, "sound")
+    return value if isinstance(value, str) else None

@@ -1,0 +1,133 @@
+"""Unread notification counts in /sync, from the user's push rules and read
+receipts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..helpers import ApiClient
+from .room_helpers import create_room, invite_and_join, q, send_text
+from .test_sync import joined, sync
+
+
+def counts(body: dict[str, Any], room_id: str) -> dict[str, int]:
+    return joined(body)[room_id]["unread_notifications"]
+
+
+async def read_up_to(api: ApiClient, room_id: str, event_id: str, receipt_type: str = "m.read") -> None:
+    r = await api.post(f"rooms/{q(room_id)}/receipt/{receipt_type}/{q(event_id)}", {})
+    assert r.status == 200, r
+
+
+async def group_room(alice: ApiClient, bob: ApiClient, carol: ApiClient) -> str:
+    room_id = await create_room(alice, {"preset": "private_chat"})
+    await invite_and_join(alice, bob, room_id)
+    await invite_and_join(alice, carol, room_id)
+    return room_id
+
+
+async def test_messages_from_others_count_until_read(alice: ApiClient, bob: ApiClient, carol: ApiClient) -> None:
+    room_id = await group_room(alice, bob, carol)
+    first = await sync(alice)
+    assert counts(first, room_id) == {"notification_count": 0, "highlight_count": 0}
+    for i in range(3):
+        await send_text(bob, room_id, f"message {i}")
+    await send_text(alice, room_id, "my own message does not count")
+    body = await sync(alice, first["next_batch"])
+    assert counts(body, room_id) == {"notification_count": 3, "highlight_count": 0}
+    # a mention of alice highlights
+    latest = await send_text(bob, room_id, "look here", **{"m.mentions": {"user_ids": [alice.user_id]}})
+    body = await sync(alice, body["next_batch"])
+    assert counts(body, room_id) == {"notification_count": 4, "highlight_count": 1}
+    # notices and edits do not count
+    await send_text(bob, room_id, "bot says", msgtype="m.notice")
+    await send_text(bob, room_id, "* look here!", **{"m.relates_to": {"rel_type": "m.replace", "event_id": latest}})
+    body = await sync(alice, body["next_batch"])
+    assert counts(body, room_id) == {"notification_count": 4, "highlight_count": 1}
+    # reading the latest clears the counts (the receipt brings the room back)
+    await read_up_to(alice, room_id, latest)
+    body = await sync(alice, body["next_batch"])
+    assert counts(body, room_id) == {"notification_count": 0, "highlight_count": 0}
+    # a new message counts from the receipt on; an initial sync agrees
+    await send_text(carol, room_id, "after the receipt")
+    body = await sync(alice, body["next_batch"])
+    assert counts(body, room_id) == {"notification_count": 1, "highlight_count": 0}
+    assert counts(await sync(alice), room_id) == {"notification_count": 1, "highlight_count": 0}
+    # bob's counts are his own: alice's and carol's messages after his join
+    assert counts(await sync(bob), room_id) == {"notification_count": 2, "highlight_count": 0}
+
+
+async def test_private_receipt_clears_counts(alice: ApiClient, bob: ApiClient, carol: ApiClient) -> None:
+    room_id = await group_room(alice, bob, carol)
+    latest = await send_text(bob, room_id, "one")
+    assert counts(await sync(alice), room_id)["notification_count"] == 1
+    await read_up_to(alice, room_id, latest, "m.read.private")
+    assert counts(await sync(alice), room_id)["notification_count"] == 0
+
+
+async def test_direct_room_counts(alice: ApiClient, bob: ApiClient) -> None:
+    room_id = await create_room(alice, {"preset": "trusted_private_chat", "is_direct": True})
+    await invite_and_join(alice, bob, room_id)
+    await send_text(bob, room_id, "hi")
+    await send_text(bob, room_id, "are you there?")
+    assert counts(await sync(alice), room_id) == {"notification_count": 2, "highlight_count": 0}
+
+
+async def test_push_rules_decide(alice: ApiClient, bob: ApiClient, carol: ApiClient) -> None:
+    room_id = await group_room(alice, bob, carol)
+    # mute the room with a room rule that has no actions
+    r = await alice.put(f"pushrules/global/room/{q(room_id)}", {"actions": []})
+    assert r.status == 200, r
+    await send_text(bob, room_id, "muted")
+    assert counts(await sync(alice), room_id)["notification_count"] == 0
+    # a mention still highlights: override rules come before room rules
+    await send_text(bob, room_id, "but", **{"m.mentions": {"user_ids": [alice.user_id]}})
+    assert counts(await sync(alice), room_id) == {"notification_count": 1, "highlight_count": 1}
+
+
+# -- GET /notifications ---------------------------------------------------------------------
+
+
+async def notifications(api: ApiClient, **params: str) -> dict[str, Any]:
+    r = await api.get("notifications", params=params)
+    assert r.status == 200, r
+    return r.body
+
+
+async def test_notifications_list(alice: ApiClient, bob: ApiClient, carol: ApiClient) -> None:
+    room_id = await group_room(alice, bob, carol)
+    first = await send_text(bob, room_id, "one")
+    await send_text(alice, room_id, "mine")
+    await send_text(bob, room_id, "quiet", msgtype="m.notice")
+    mention = await send_text(carol, room_id, "two", **{"m.mentions": {"user_ids": [alice.user_id]}})
+    third = await send_text(bob, room_id, "three")
+    await read_up_to(alice, room_id, mention)
+
+    body = await notifications(alice)
+    assert [n["event"]["event_id"] for n in body["notifications"]] == [third, mention, first]
+    assert [n["read"] for n in body["notifications"]] == [False, True, True]
+    assert all(n["room_id"] == room_id and "notify" in n["actions"] for n in body["notifications"])
+    assert "next_token" not in body
+
+    # pagination: newest first, continuing from next_token
+    page1 = await notifications(alice, limit="2")
+    assert [n["event"]["event_id"] for n in page1["notifications"]] == [third, mention]
+    page2 = await notifications(alice, limit="2", **{"from": page1["next_token"]})
+    assert [n["event"]["event_id"] for n in page2["notifications"]] == [first]
+    assert "next_token" not in page2
+
+    highlights = await notifications(alice, only="highlight")
+    assert [n["event"]["event_id"] for n in highlights["notifications"]] == [mention]
+    assert {"set_tweak": "highlight"} in highlights["notifications"][0]["actions"]
+
+
+async def test_notifications_only_after_joining(alice: ApiClient, bob: ApiClient) -> None:
+    room_id = await create_room(alice, {"preset": "public_chat"})
+    await send_text(alice, room_id, "before bob joined")
+    assert (await notifications(bob))["notifications"] == []
+    r = await bob.post(f"rooms/{q(room_id)}/join", {})
+    assert r.status == 200, r
+    after = await send_text(alice, room_id, "after")
+    assert [n["event"]["event_id"] for n in (await notifications(bob))["notifications"]] == [after]
+    r = await bob.get("notifications", params={"from": "bogus"})
+    assert r.status == 400, r

@@ -24,6 +24,7 @@ from .notifier import Notifier
 
 DEFAULT_TIMELINE_LIMIT = 10
 SYNC_ROOM_CONCURRENCY = 6
+UNREAD_EARLY_ROOMS = 50
 STRIPPED_STATE_TYPES = (
     "m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias",
     "m.room.encryption", "m.room.topic",
@@ -149,29 +150,40 @@ class SyncService:
         leave: dict[str, Any] = {}
         knock: dict[str, Any] = {}
         joined_ids = [r for r, (m, _, _) in latest.items() if m == "join" and f.wants_room(r)]
-        typing = await self.sources.typing(joined_ids, since, upto) if self.sources.typing and joined_ids else {}
-        receipts = (
-            await self.sources.receipts(joined_ids, since, upto, user_id)
-            if self.sources.receipts and joined_ids else {}
-        )
-        room_account_data = (
-            await self.sources.account_data_rooms(user_id, list(latest), since, upto)
-            if self.sources.account_data_rooms and latest else {}
-        )
+        src = self.sources
+
+        async def nothing() -> Any:
+            return None
+
         # Joined rooms are built concurrently (a few queries each, on several
-        # pooled connections): an initial sync of many rooms is bounded by
-        # the database's parallelism rather than by round trips in a row.
+        # pooled connections), and so are the other streams' parts: a sync
+        # costs the database's parallelism, not round trips in a row.
         gate = asyncio.Semaphore(SYNC_ROOM_CONCURRENCY)
 
         async def joined_room(room_id: str, pos: int) -> dict[str, Any]:
             async with gate:
                 return await self._joined_room(requester, room_id, since, upto, pos, f, full_state)
 
-        wanted_joined = [(r, v[2]) for r, v in latest.items() if v[0] == "join" and f.wants_room(r)]
-        built = dict(zip(
-            (r for r, _ in wanted_joined),
-            await asyncio.gather(*(joined_room(r, pos) for r, pos in wanted_joined)),
-        ))
+        async def all_joined_rooms() -> list[dict[str, Any]]:
+            return await asyncio.gather(*(joined_room(r, latest[r][2]) for r in joined_ids))
+
+        # Unread counts go with everything else when every joined room will
+        # be in the response (initial sync) or there are few rooms; for a
+        # user in many rooms only the rooms in the response are counted.
+        unread_early = bool(src.unread and joined_ids) and (since is None or len(joined_ids) <= UNREAD_EARLY_ROOMS)
+        (built_list, typing, receipts, room_account_data, global_account_data, presence,
+         unread) = await asyncio.gather(
+            all_joined_rooms(),
+            src.typing(joined_ids, since, upto) if src.typing and joined_ids else nothing(),
+            src.receipts(joined_ids, since, upto, user_id) if src.receipts and joined_ids else nothing(),
+            src.account_data_rooms(user_id, list(latest), since, upto)
+            if src.account_data_rooms and latest else nothing(),
+            src.account_data_global(user_id, since, upto) if src.account_data_global else nothing(),
+            src.presence(user_id, since, upto) if src.presence else nothing(),
+            src.unread(user_id, joined_ids, upto) if src.unread and unread_early else nothing(),
+        )
+        built = dict(zip(joined_ids, built_list))
+        typing, receipts, room_account_data = typing or {}, receipts or {}, room_account_data or {}
         for room_id, (membership, event_id, pos) in latest.items():
             if not f.wants_room(room_id):
                 continue
@@ -196,10 +208,12 @@ class SyncService:
             elif membership in ("leave", "ban") and room_id not in forgotten:
                 if (since is not None and changed) or (since is None and f.include_leave) or (full_state and f.include_leave):
                     leave[room_id] = await self._left_room(requester, room_id, since, pos, f)
-        if self.sources.unread and join:
-            # only the rooms in this response: their counts, not every room's
-            for room_id, counts in (await self.sources.unread(user_id, list(join), upto)).items():
-                join[room_id]["unread_notifications"] = counts
+        if src.unread and join:
+            if unread is None:  # only the rooms in this response
+                unread = await src.unread(user_id, list(join), upto)
+            for room_id in join:
+                if room_id in unread:
+                    join[room_id]["unread_notifications"] = unread[room_id]
         rooms: dict[str, Any] = {}
         for name, section in (("join", join), ("invite", invite), ("leave", leave), ("knock", knock)):
             if section:
@@ -207,14 +221,14 @@ class SyncService:
         body: dict[str, Any] = {"next_batch": make_token(upto)}
         if rooms:
             body["rooms"] = rooms
-        if self.sources.account_data_global:
-            ad = await self.sources.account_data_global(user_id, since, upto)
+        if global_account_data:
+            ad = global_account_data
             if f.account_data_types is not None:
                 ad = [e for e in ad if _type_match(e.get("type", ""), f.account_data_types)]
             if ad:
                 body["account_data"] = {"events": ad}
-        if self.sources.presence:
-            pres = await self.sources.presence(user_id, since, upto)
+        if presence:
+            pres = presence
             if f.presence_types is not None:
                 pres = [e for e in pres if _type_match(e.get("type", ""), f.presence_types)]
             if pres:

@@ -221,18 +221,13 @@ class SyncService:
         body: dict[str, Any] = {"next_batch": make_token(upto)}
         if rooms:
             body["rooms"] = rooms
-        if global_account_data:
-            ad = global_account_data
-            if f.account_data_types is not None:
-                ad = [e for e in ad if _type_match(e.get("type", ""), f.account_data_types)]
-            if ad:
-                body["account_data"] = {"events": ad}
-        if presence:
-            pres = presence
-            if f.presence_types is not None:
-                pres = [e for e in pres if _type_match(e.get("type", ""), f.presence_types)]
-            if pres:
-                body["presence"] = {"events": pres}
+        for key, events, types in (
+            ("account_data", global_account_data, f.account_data_types),
+            ("presence", presence, f.presence_types),
+        ):
+            kept = [e for e in events or () if types is None or _type_match(e.get("type", ""), types)]
+            if kept:
+                body[key] = {"events": kept}
         for extra in self.sources.extra_global:
             body.update(await extra(requester, since, upto))
         empty = not rooms and "account_data" not in body and "presence" not in body

@@ -63,6 +63,11 @@ class AccountDataService:
         return tags if isinstance(tags, dict) else {}
 
     async def set_tag(self, user_id: str, room_id: str, tag: str, info: dict[str, Any]) -> None:
+        try:
+            orjson.dumps(info)
+        except orjson.JSONEncodeError:
+            raise bad_json("The tag is not valid Matrix JSON (integers must fit 64 bits)") from None
+
         def change(content: dict[str, Any] | None) -> dict[str, Any]:
             tags = dict((content or {}).get("tags") or {})
             tags[tag] = info

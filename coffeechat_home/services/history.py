@@ -15,6 +15,9 @@ from ..storage.stream import StreamStore
 from .accounts import Requester
 
 
+MAX_STREAM_POS = 2**63 - 1
+
+
 def parse_token(token: str | None, name: str = "from") -> int | None:
     """Stream tokens look like ``s123``; sync's next_batch is one too."""
     if token is None or token == "":
@@ -24,7 +27,7 @@ def parse_token(token: str | None, name: str = "from") -> int | None:
         pos = int(body.split("_")[0])
     except ValueError:
         raise invalid_param(f"Invalid {name} token") from None
-    if pos < 0:
+    if pos < 0 or pos > MAX_STREAM_POS:  # stream positions are BIGINT
         raise invalid_param(f"Invalid {name} token")
     return pos
 

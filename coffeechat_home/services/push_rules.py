@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..errors import MatrixError, invalid_param, not_found
+import orjson
+
+from ..errors import MatrixError, bad_json, invalid_param, not_found
 from ..protocol.push_rules import (
     KINDS,
     InvalidPushRule,
@@ -22,6 +24,15 @@ from .notifier import Notifier
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise invalid_param(f"Unknown push rule kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def _check_storable(*values: Any) -> None:
+    """Actions and conditions are stored as JSON: integers must fit 64 bits."""
+    try:
+        for value in values:
+            orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        raise bad_json("The push rule is not valid Matrix JSON (integers must fit 64 bits)") from None
 
 
 def _rule_not_found() -> MatrixError:
@@ -51,6 +62,7 @@ class PushRuleService:
             rule = rule_from_body(kind, rule_id, body)
         except InvalidPushRule as e:
             raise MatrixError(400, "M_UNKNOWN", str(e)) from None
+        _check_storable(rule.actions, rule.conditions)
         for anchor in (before, after):
             if anchor is not None and is_default_rule_id(anchor):
                 raise MatrixError(400, "M_UNKNOWN", f"Cannot place a rule relative to a server-default rule: {anchor}")
@@ -78,6 +90,7 @@ class PushRuleService:
             checked = check_actions(actions)
         except InvalidPushRule as e:
             raise MatrixError(400, "M_UNKNOWN", str(e)) from None
+        _check_storable(checked)
         await self._set(user_id, kind, rule_id, actions=checked)
 
     async def _set(self, user_id: str, kind: str, rule_id: str, **change: Any) -> None:

@@ -63,26 +63,27 @@ class SyncFilter:
 
     @classmethod
     def from_json(cls, f: Mapping[str, Any] | None) -> "SyncFilter":
+        """Raises TypeError when a field the server reads has the wrong type."""
         if not f:
             return cls()
-        room = f.get("room") or {}
-        timeline = room.get("timeline") or {}
-        state = room.get("state") or {}
+        room = _obj(f.get("room"))
+        timeline = _obj(room.get("timeline"))
+        state = _obj(room.get("state"))
         limit = timeline.get("limit")
         return cls(
             timeline_limit=max(0, min(int(limit), 1000)) if isinstance(limit, int) else DEFAULT_TIMELINE_LIMIT,
-            timeline_types=timeline.get("types"),
-            timeline_not_types=timeline.get("not_types"),
-            timeline_senders=timeline.get("senders"),
-            timeline_not_senders=timeline.get("not_senders"),
+            timeline_types=_strs(timeline.get("types")),
+            timeline_not_types=_strs(timeline.get("not_types")),
+            timeline_senders=_strs(timeline.get("senders")),
+            timeline_not_senders=_strs(timeline.get("not_senders")),
             lazy_load_members=bool(state.get("lazy_load_members") or timeline.get("lazy_load_members")),
-            state_types=state.get("types"),
-            state_not_types=state.get("not_types"),
-            rooms=room.get("rooms"),
-            not_rooms=list(room.get("not_rooms") or []),
+            state_types=_strs(state.get("types")),
+            state_not_types=_strs(state.get("not_types")),
+            rooms=_strs(room.get("rooms")),
+            not_rooms=_strs(room.get("not_rooms")) or [],
             include_leave=bool(room.get("include_leave")),
-            account_data_types=(f.get("account_data") or {}).get("types"),
-            presence_types=(f.get("presence") or {}).get("types"),
+            account_data_types=_strs(_obj(f.get("account_data")).get("types")),
+            presence_types=_strs(_obj(f.get("presence")).get("types")),
         )
 
     def wants_room(self, room_id: str) -> bool:
@@ -93,6 +94,22 @@ class SyncFilter:
         if self.state_types is not None and not _type_match(t, self.state_types):
             return False
         return not (self.state_not_types and _type_match(t, self.state_not_types))
+
+
+def _obj(v: Any) -> Mapping[str, Any]:
+    if v is None:
+        return {}
+    if not isinstance(v, Mapping):
+        raise TypeError("filter section must be an object")
+    return v
+
+
+def _strs(v: Any) -> list[str] | None:
+    if v is None:
+        return None
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise TypeError("filter field must be a list of strings")
+    return v
 
 
 def _type_match(t: str, patterns: list[str]) -> bool:

@@ -63,10 +63,9 @@ class RoomRoutes:
         add("POST", "/rooms/{room_id}/join", self.join_room)
         add("POST", "/rooms/{room_id}/leave", self.leave)
         add("POST", "/rooms/{room_id}/forget", self.forget)
-        add("POST", "/rooms/{room_id}/invite", self.invite)
-        add("POST", "/rooms/{room_id}/kick", self.kick)
-        add("POST", "/rooms/{room_id}/ban", self.ban)
-        add("POST", "/rooms/{room_id}/unban", self.unban)
+        m = self.membership
+        for name, action in (("invite", m.invite), ("kick", m.kick), ("ban", m.ban), ("unban", m.unban)):
+            add("POST", "/rooms/{room_id}/" + name, self._on_target(action))
         add("PUT", "/rooms/{room_id}/send/{event_type}/{txn_id}", self.send)
         add("PUT", "/rooms/{room_id}/redact/{event_id}/{txn_id}", self.redact)
         add("POST", "/rooms/{room_id}/redact/{event_id}", self.redact)
@@ -118,25 +117,17 @@ class RoomRoutes:
         await self.membership.forget(requester, request.match_info["room_id"])
         return json_response({})
 
-    async def invite(self, request: web.Request, requester: Requester) -> web.StreamResponse:
-        body = await read_json_object(request, "membership_target")
-        await self.membership.invite(requester, request.match_info["room_id"], body["user_id"], body.get("reason"))
-        return json_response({})
+    @staticmethod
+    def _on_target(action: Any) -> Any:
+        """A handler for invite/kick/ban/unban: ``action(requester, room,
+        user_id, reason)`` with the body's ``user_id`` and ``reason``."""
 
-    async def kick(self, request: web.Request, requester: Requester) -> web.StreamResponse:
-        body = await read_json_object(request, "membership_target")
-        await self.membership.kick(requester, request.match_info["room_id"], body["user_id"], body.get("reason"))
-        return json_response({})
+        async def handler(request: web.Request, requester: Requester) -> web.StreamResponse:
+            body = await read_json_object(request, "membership_target")
+            await action(requester, request.match_info["room_id"], body["user_id"], body.get("reason"))
+            return json_response({})
 
-    async def ban(self, request: web.Request, requester: Requester) -> web.StreamResponse:
-        body = await read_json_object(request, "membership_target")
-        await self.membership.ban(requester, request.match_info["room_id"], body["user_id"], body.get("reason"))
-        return json_response({})
-
-    async def unban(self, request: web.Request, requester: Requester) -> web.StreamResponse:
-        body = await read_json_object(request, "membership_target")
-        await self.membership.unban(requester, request.match_info["room_id"], body["user_id"], body.get("reason"))
-        return json_response({})
+        return handler
 
     # -- sending -------------------------------------------------------------------
     async def send(self, request: web.Request, requester: Requester) -> web.StreamResponse:

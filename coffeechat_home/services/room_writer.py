@@ -212,9 +212,9 @@ class RoomWriter:
         instances wait (or restart on 40001) instead of winning the race
         again, so a cold-cache instance is not starved (DESIGN.md 4)."""
         ts = int(time.time() * 1000)
-        redaction_targets = [t["redacts"] for t in templates if isinstance(t.get("redacts"), str)]
-        targets = await self.events.get_pdus(redaction_targets) if redaction_targets else {}
-        target_rows = await self.events.get_rows(redaction_targets) if redaction_targets else {}
+        targets, target_rows = await self._redaction_targets(
+            [t["redacts"] for t in templates if isinstance(t.get("redacts"), str)]
+        )
 
         async def fn(conn: Any, positions: list[int]) -> tuple[list[_Built], RoomHead, list[PersistItem]]:
             await conn.execute(
@@ -236,6 +236,13 @@ class RoomWriter:
         )
         _advance_state_group(new_head, items)
         return built, new_head, positions
+
+    async def _redaction_targets(self, event_ids: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """PDUs and rows of the events a batch redacts (read before the
+        transaction, which then writes their redacted forms)."""
+        if not event_ids:
+            return {}, {}
+        return await self.events.get_pdus(event_ids), await self.events.get_rows(event_ids)
 
     async def _create(
         self,
@@ -344,9 +351,9 @@ class RoomWriter:
         new_room: NewRoom | None,
     ) -> list[int]:
         room_id = new_head.room_id
-        redaction_targets = [b.redaction_target for b in built if b.redaction_target]
-        targets = await self.events.get_pdus(redaction_targets) if redaction_targets else {}
-        target_rows = await self.events.get_rows(redaction_targets) if redaction_targets else {}
+        targets, target_rows = await self._redaction_targets(
+            [b.redaction_target for b in built if b.redaction_target]
+        )
 
         async def fn(conn: Any, positions: list[int]) -> list[PersistItem]:
             if new_room is not None:

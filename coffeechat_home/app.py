@@ -36,6 +36,8 @@ from .services.directory import DirectoryService
 from .services.relations import RelationsService
 from .services.upgrade import UpgradeService
 from .services.sync import SyncService
+from .services.instances import InstanceLiveness, new_instance_id
+from .storage.instances import InstanceStore
 # conversation features
 from .api.client.conversation import register_conversation_routes
 from .services.conversation import Conversation, build_conversation
@@ -67,17 +69,21 @@ class Services:
     # conversation features: account data, receipts, typing, presence,
     # profiles, filters, push rules, user directory
     conversation: Conversation
+    liveness: InstanceLiveness
+    passwords: PasswordHasher
 
 
 def build_services(config: Config, db: Database, signing_key: SigningKey) -> Services:
+    passwords = PasswordHasher(config.security.password_scrypt_n, config.security.password_hash_concurrency)
     accounts = AccountService(
         AccountStore(db),
-        PasswordHasher(config.security.password_scrypt_n),
+        passwords,
         config.server_name,
         registration_mode=config.registration.mode,
         registration_tokens=config.registration.tokens,
     )
-    stream = StreamStore(db)
+    instance_id = new_instance_id(config.instance_name)
+    stream = StreamStore(db, instance_id=instance_id)
     notifier = Notifier(stream)
     rooms = RoomStore(db)
     # conversation features
@@ -103,6 +109,8 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         history=HistoryService(events, rooms, stream),
         sync=SyncService(events, rooms, notifier, conversation.sync_sources()),
         conversation=conversation,
+        liveness=InstanceLiveness(InstanceStore(db), stream, notifier, config.instance_name, instance_id),
+        passwords=passwords,
     )
 
 
@@ -178,6 +186,8 @@ class HomeServer:
         ensure_signing_key(self.config.signing_key_file)
         signing_key = load_signing_key(self.config.signing_key_file)
         self.services = build_services(self.config, db, signing_key)
+        # first: releases what a crashed process of this name left behind
+        await self.services.liveness.start()
         await self.services.notifier.start()
         await self.services.conversation.start()
         app = build_client_app(self.config, self.services)
@@ -198,6 +208,8 @@ class HomeServer:
         if self.services is not None:
             await self.services.conversation.stop()
             await self.services.notifier.stop()
+            await self.services.liveness.stop()
+            self.services.passwords.close()
         if self.db is not None:
             await self.db.close()
             self.db = None

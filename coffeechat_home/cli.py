@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import asyncio
 import getpass
 import os
@@ -33,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--dev", action="store_true",
         help="development mode: open registration, data in ./coffeechat-data unless configured",
     )
+    p.add_argument(
+        "--instance-name",
+        help="this instance's name when several share one database (default: instance_name, 'main')",
+    )
 
     p = sub.add_parser(
         "init", help="write a config file and signing key",
@@ -62,6 +67,8 @@ def _load(args: argparse.Namespace) -> Config:
         env.setdefault("COFFEECHAT_DEV_MODE", "true")
         if not args.config and not env.get("COFFEECHAT_CONFIG"):
             env.setdefault("COFFEECHAT_DATA_DIR", "./coffeechat-data")
+    if getattr(args, "instance_name", None):
+        env["COFFEECHAT_INSTANCE_NAME"] = args.instance_name
     return load_config(args.config, env)
 
 
@@ -72,7 +79,7 @@ async def _serve(config: Config) -> int:
     server = HomeServer(config)
     await server.start()
     print(
-        f"coffeechat-home {config.server_name} listening on "
+        f"coffeechat-home {config.server_name} (instance {config.instance_name}) listening on "
         f"http://{config.client_listener.host}:{server.client_port}/ (client API); "
         f"database: {server.database_description}; "
         f"registration: {config.registration.mode}",
@@ -114,11 +121,19 @@ async def _register_user(config: Config, username: str, password: str, admin: bo
         from .keyfile import load_signing_key
 
         ensure_signing_key(config.signing_key_file)
+        # an instance name of its own: taking a running server's name would
+        # take over what that server holds
+        config = dataclasses.replace(config, instance_name=f"cli-{os.getpid()}")
         services = build_services(config, db, load_signing_key(config.signing_key_file))
-        result = await services.accounts.register(
-            username=username, password=password, device_id=None, device_display_name=None,
-            inhibit_login=True, is_admin=admin,
-        )
+        await services.liveness.start()
+        try:
+            result = await services.accounts.register(
+                username=username, password=password, device_id=None, device_display_name=None,
+                inhibit_login=True, is_admin=admin,
+            )
+        finally:
+            await services.liveness.stop()
+            services.passwords.close()
         print(f"created {result}{' (admin)' if admin else ''}")
     finally:
         await server.stop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import urllib.parse
 from dataclasses import dataclass, field
@@ -68,6 +69,9 @@ class LimitsConfig:
 class SecurityConfig:
     # scrypt cost (N). 2**15 takes ~50 ms per hash on one core.
     password_scrypt_n: int = 32768
+    # Password hashes computed at once (each takes 128 * N bytes, 32 MiB at
+    # the default N); more wait in a queue. 0: one per CPU core.
+    password_hash_concurrency: int = 0
 
 
 @dataclass
@@ -91,6 +95,10 @@ class Config:
     public_baseurl: str = ""  # default: http://<client host>:<port>/
     dev_mode: bool = False
     log_level: str = "INFO"
+    # Several instances may serve one homeserver from one database; each
+    # needs its own name (a restart under the same name reclaims at once
+    # what the previous process of that name held).
+    instance_name: str = "main"
     client_listener: ListenerConfig = field(default_factory=ListenerConfig)
     federation_listener: ListenerConfig = field(
         default_factory=lambda: ListenerConfig(host="127.0.0.1", port=8448, enabled=False)
@@ -268,6 +276,12 @@ def validate(config: Config) -> None:
         config.security.password_scrypt_n - 1
     ):
         raise ConfigError("security.password_scrypt_n must be a power of two")
+    if config.security.password_hash_concurrency < 0:
+        raise ConfigError("security.password_hash_concurrency must be 0 (one per core) or more")
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", config.instance_name):
+        raise ConfigError(
+            f"instance_name must be 1-64 letters, digits, '.', '_' or '-', got {config.instance_name!r}"
+        )
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -322,6 +336,10 @@ data_dir = "{data_dir}"
 # Development mode: opens registration unless registration.mode is set.
 dev_mode = {dev_mode}
 
+# Several instances may share one database and serve this homeserver; give
+# each its own name (`serve --instance-name` sets it too).
+instance_name = "main"
+
 log_level = "INFO"
 
 [client_listener]
@@ -360,6 +378,8 @@ register_burst = 5
 [security]
 # scrypt cost for password hashes (a power of two).
 password_scrypt_n = 32768
+# Hashes computed at once (32 MiB each at the default cost); 0 = one per core.
+password_hash_concurrency = 0
 
 [presence]
 # Off: presence updates are accepted and ignored; everyone appears offline.

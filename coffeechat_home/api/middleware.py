@@ -12,6 +12,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from ..errors import MatrixError
+from ..storage.database import DatabaseError
 from .http import REQUEST_ID, USER_ID, json_response
 
 log = logging.getLogger("coffeechat_home.access")
@@ -58,6 +59,13 @@ async def matrix_middleware(request: web.Request, handler: Handler) -> web.Strea
                 response = _error_response(MatrixError(e.status, "M_UNKNOWN", e.reason or "Error"))
             else:
                 raise
+        except DatabaseError as e:
+            # an outage or a write that kept losing serialization races:
+            # the client may try again (with the same transaction id)
+            errlog.warning("request %s %s %s: %s", request_id, request.method, request.path, e)
+            response = _error_response(
+                MatrixError(503, "M_UNKNOWN", f"The database is unavailable; try again (request {request_id})")
+            )
         except Exception:
             errlog.exception("request %s %s %s failed", request_id, request.method, request.path)
             response = _error_response(MatrixError(500, "M_UNKNOWN", f"Internal server error (request {request_id})"))

@@ -37,7 +37,6 @@ class Notifier:
         self._poked = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._advance_lock = asyncio.Lock()
-        self._ticks = 0
 
     async def start(self) -> None:
         self.position = await self.stream.current_position()
@@ -89,9 +88,6 @@ class Notifier:
             self._poked.clear()
             try:
                 await self.advance()
-                self._ticks += 1
-                if self._ticks % 300 == 0:
-                    await self.stream.expire_reservations()
             except asyncio.CancelledError:
                 raise
             except Exception:  # keep polling through a database blip

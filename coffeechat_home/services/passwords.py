@@ -1,13 +1,18 @@
 """Password hashing with scrypt (a memory-hard KDF from the standard library).
 
 Stored form: ``$scrypt$n=<N>,r=<r>,p=<p>$<salt b64>$<hash b64>``. Hashing
-runs in a worker thread so the event loop keeps serving other requests.
+runs in worker threads of its own, at most ``concurrency`` at once (one per
+core by default): each hash takes 128 * N bytes (32 MiB at the default N),
+so a flood of logins or registrations queues instead of growing memory
+without bound, and the event loop and the default thread pool stay free for
+other requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import hashlib
 import hmac
 import os
@@ -51,11 +56,19 @@ def check_password_sync(password: str, stored: str | None) -> bool:
 
 
 class PasswordHasher:
-    def __init__(self, scrypt_n: int) -> None:
+    def __init__(self, scrypt_n: int, concurrency: int = 0) -> None:
         self.scrypt_n = scrypt_n
+        self.concurrency = concurrency or os.cpu_count() or 1
+        # Threads start on first use; the queue is the executor's own.
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="password")
 
     async def hash(self, password: str) -> str:
-        return await asyncio.to_thread(hash_password_sync, password, self.scrypt_n)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, hash_password_sync, password, self.scrypt_n)
 
     async def check(self, password: str, stored: str | None) -> bool:
-        return await asyncio.to_thread(check_password_sync, password, stored)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, check_password_sync, password, stored)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

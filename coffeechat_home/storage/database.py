@@ -11,12 +11,13 @@ Units of work must therefore be free of side effects outside the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
 import urllib.parse
 from enum import Enum
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import asyncpg
 
@@ -139,23 +140,78 @@ class Database:
         name: str = "txn",
         readonly: bool = False,
     ) -> T:
-        """Run ``fn(conn)`` in one transaction, retrying it whole on 40001/40P01."""
-        attempt = 0
+        """Run ``fn(conn)`` in one transaction, retrying it whole on
+        40001/40P01 and on a lost connection before COMMIT was sent."""
+        return await self.retrying(lambda: self.attempt_transaction(fn, readonly=readonly), name=name)
+
+    async def retrying(self, attempt: Callable[[], Awaitable[T]], *, name: str = "txn") -> T:
+        """Call ``attempt()`` until it succeeds: again after a serialization
+        failure (up to ``max_attempts``, full-jitter backoff) or after a
+        connection lost before anything could have committed (a few times
+        within about a second, then ``DatabaseUnavailable``: requests fail
+        fast during an outage and resume by themselves after it)."""
+        attempt_no = 0
+        lost = 0
         while True:
-            attempt += 1
+            attempt_no += 1
             try:
-                async with self.pool.acquire() as conn:
-                    async with conn.transaction(readonly=readonly):
-                        return await fn(conn)
+                return await attempt()
+            except DatabaseUnavailable as e:
+                if not e.retryable:
+                    raise
+                lost += 1
+                if lost >= CONNECTION_ATTEMPTS:
+                    raise DatabaseUnavailable(f"{name}: {e}", retryable=False) from e
+                self.retry_count += 1
+                await asyncio.sleep(CONNECTION_BACKOFF_S * (2 ** (lost - 1)))
             except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 if not is_retryable(e):
                     raise
-                if attempt >= self.max_attempts:
-                    raise TooManyRetries(f"{name}: gave up after {attempt} attempts: {_one_line(e)}") from e
+                if attempt_no >= self.max_attempts:
+                    raise TooManyRetries(f"{name}: gave up after {attempt_no} attempts: {_one_line(e)}") from e
                 self.retry_count += 1
-                delay = _backoff(attempt)
-                log.debug("retrying %s after %s (attempt %d, sleep %.3fs)", name, e.sqlstate, attempt, delay)
+                delay = _backoff(attempt_no)
+                log.debug("retrying %s after %s (attempt %d, sleep %.3fs)", name, e.sqlstate, attempt_no, delay)
                 await asyncio.sleep(delay)
+
+    async def attempt_transaction(
+        self, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, readonly: bool = False
+    ) -> T:
+        """One try of ``fn(conn)`` in a transaction. A connection that broke
+        is thrown away (never rolled back: a ROLLBACK on a connection whose
+        server is gone would be a second operation on it) and reported as
+        ``DatabaseUnavailable``, retryable unless COMMIT had been sent."""
+        async with self._connection(self.pool) as conn:
+            tx = conn.transaction(readonly=readonly)
+            await _guard(conn, tx.start(), committing=False)
+            try:
+                result = await _guard(conn, fn(conn), committing=False)
+            except BaseException:
+                if not conn.is_closed():
+                    try:
+                        await tx.rollback()
+                    except Exception:
+                        conn.terminate()
+                raise
+            await _guard(conn, tx.commit(), committing=True)
+            return result
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            ctx = pool.acquire()
+            conn = await ctx.__aenter__()
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            if isinstance(e, asyncpg.PostgresError) and not is_connection_error(e):
+                raise
+            raise DatabaseUnavailable(f"cannot connect: {_one_line(e)}", retryable=True) from e
+        try:
+            yield conn
+        finally:
+            try:
+                await ctx.__aexit__(None, None, None)
+            except Exception:  # the pool has terminated a connection it could not reset
+                log.debug("dropped a connection that could not be reset", exc_info=True)
 
     # Single statements outside an explicit transaction; still retried.
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
@@ -171,17 +227,53 @@ class Database:
         return await self._retry_single(lambda c: c.execute(query, *args))
 
     async def _retry_single(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                async with self.single.acquire() as conn:
-                    return await fn(conn)
-            except asyncpg.PostgresError as e:
-                if not is_retryable(e) or attempt >= self.max_attempts:
-                    raise
-                self.retry_count += 1
-                await asyncio.sleep(_backoff(attempt))
+        async def attempt() -> T:
+            async with self._connection(self.single) as conn:
+                # a lone statement commits as it ends: once sent, a lost
+                # connection leaves its outcome unknown unless the server
+                # itself reported the failure
+                return await _guard(conn, fn(conn), committing=True)
+
+        return await self.retrying(attempt, name="statement")
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The connection broke or could not be made. ``retryable`` when nothing
+    can have committed (no COMMIT sent, or the server reported the failure)."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+# Connection loss: retried this many times in all, the waits doubling from
+# CONNECTION_BACKOFF_S (0.05 + 0.1 + 0.2 + 0.4 s), then reported.
+CONNECTION_ATTEMPTS = 5
+CONNECTION_BACKOFF_S = 0.05
+
+# SQLSTATEs that mean the server ended the session or refused it; nothing
+# of an unfinished statement or transaction was committed.
+_SERVER_GONE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    if isinstance(exc, (OSError, asyncpg.InternalClientError)):
+        return True
+    state = getattr(exc, "sqlstate", None) or ""
+    return state.startswith("08") or state in _SERVER_GONE_SQLSTATES
+
+
+async def _guard(conn: asyncpg.Connection, op: Awaitable[T], *, committing: bool) -> T:
+    """Await ``op``; on a connection-level failure drop the connection and
+    raise DatabaseUnavailable (retryable if nothing can have committed)."""
+    try:
+        return await op
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as e:
+        if not is_connection_error(e):
+            raise
+        conn.terminate()
+        server_said = getattr(e, "sqlstate", None) in _SERVER_GONE_SQLSTATES
+        raise DatabaseUnavailable(f"connection lost: {_one_line(e)}", retryable=server_said or not committing) from e
 
 
 def _backoff(attempt: int) -> float:

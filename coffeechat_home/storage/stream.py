@@ -13,6 +13,15 @@ A write that publishes something at a stream position goes through
 write at or below it has committed, so a reader that advanced to it never
 misses a late commit of a lower position.
 
+A reservation lives for one try of the write: a try that fails (a
+serialization failure, a lost connection) releases it before backing off.
+Each names its instance; when an instance dies (kill -9, power loss) its
+reservations are deleted by the same instance name starting again, or by a
+survivor once the dead instance's liveness lease expires (a few seconds,
+services/instances.py). A write whose reservation was deleted under it (its
+instance only looked dead) notices in step 2 and starts over with a new one,
+so deleting a live writer's reservation costs a retry, never a missed event.
+
 Tables that carry stream positions are listed in ``STREAM_TABLES`` with the
 column that says whom a change concerns (a room id or a user id), so that
 ``changes_between`` can tell the notifier which syncs to wake.
@@ -22,17 +31,23 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
 import asyncpg
 
-from .database import Database, Engine
+from .database import Database, DatabaseError, Engine
 
 T = TypeVar("T")
 
+# A backstop only: reservations are reclaimed within seconds through their
+# instance's liveness lease (services/instances.py); this expiry covers rows
+# that name no instance.
 RESERVATION_TTL_MS = 120_000
+
+# The database's clock in milliseconds, so that instances on machines whose
+# clocks disagree still agree on what has expired.
+DB_NOW_MS = "(extract(epoch FROM now()) * 1000)::BIGINT"
 
 
 @dataclass(frozen=True)
@@ -59,18 +74,18 @@ class ReservationExpired(Exception):
     pass
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class StreamStore:
-    def __init__(self, db: Database, *, max_concurrent_writes: int = 8) -> None:
+    def __init__(self, db: Database, *, instance_id: str | None = None, max_concurrent_writes: int = 8) -> None:
         self.db = db
+        self.instance_id = instance_id
         # Bounding concurrent write transactions per instance keeps the
         # number of simultaneous SERIALIZABLE writers (and so the odds of a
         # dependency cycle on PostgreSQL, which tracks index pages) low;
         # with two cores more would only queue inside the database anyway.
         self._gate = asyncio.Semaphore(max_concurrent_writes)
+        # Reservations whose release failed (the database went away): the
+        # instance's heartbeat releases them once it can (release_orphans).
+        self.orphans: set[str] = set()
 
     async def write(
         self, fn: Callable[[asyncpg.Connection, int], Awaitable[T]], *, name: str = "stream_write"
@@ -93,14 +108,22 @@ class StreamStore:
     ) -> tuple[T, list[int]]:
         """Like ``write`` with ``count`` increasing positions."""
         async with self._gate:
-            return await self._write_many(fn, count, name)
+            return await self.db.retrying(lambda: self._attempt(fn, count), name=name)
 
-    async def _write_many(
-        self, fn: Callable[[asyncpg.Connection, list[int]], Awaitable[T]], count: int, name: str
+    async def _attempt(
+        self, fn: Callable[[asyncpg.Connection, list[int]], Awaitable[T]], count: int
     ) -> tuple[T, list[int]]:
+        """One try: a fresh reservation, then the write transaction. The
+        reservation never outlives the try, so a write that backs off after
+        a serialization failure, or fails because the database went away,
+        does not hold readers back meanwhile."""
         while True:
             token = secrets.token_hex(12)
-            await self._reserve(token, _now_ms() + RESERVATION_TTL_MS)
+            try:
+                await self._reserve(token)
+            except DatabaseError:
+                self.orphans.add(token)  # it may have committed
+                raise
             committed = False
             try:
 
@@ -113,35 +136,55 @@ class StreamStore:
                         count,
                     )
                     if not row["held"]:
+                        # reclaimed (our instance looked dead): a reader may
+                        # have passed our floor, so take a new reservation
                         raise ReservationExpired(token)
                     positions = sorted(row["pos"])
                     return await fn(conn, positions), positions
 
-                result = await self.db.transaction(txn, name=name)
+                result = await self.db.attempt_transaction(txn)
                 committed = True
                 return result
             except ReservationExpired:
                 continue
             finally:
                 if not committed:
-                    await self.db.execute("DELETE FROM stream_inflight WHERE token = $1", token)
+                    await self._release(token)
 
-    async def _reserve(self, token: str, expires_ts: int) -> None:
+    async def _release(self, token: str) -> None:
+        try:
+            await self.db.execute("DELETE FROM stream_inflight WHERE token = $1", token)
+        except (DatabaseError, asyncpg.PostgresError, OSError):
+            self.orphans.add(token)
+
+    async def release_orphans(self) -> int:
+        """Release reservations left by writes that failed while the
+        database was unreachable; returns how many were released."""
+        if not self.orphans:
+            return 0
+        tokens = list(self.orphans)
+        await self.db.execute("DELETE FROM stream_inflight WHERE token = ANY($1::TEXT[])", tokens)
+        self.orphans.difference_update(tokens)
+        return len(tokens)
+
+    async def _reserve(self, token: str) -> None:
         if self.db.engine is Engine.POSTGRES:
             # One round trip and no wait for the disk: the reservation must
             # be visible before our write starts (it is, on commit), not
             # durable: after a crash neither it nor our write exists, and
             # our write's own commit flushes the log that holds it.
             assert all(c in "0123456789abcdef" for c in token)
+            instance = "NULL" if self.instance_id is None else _sql_literal(self.instance_id)
             await self.db.execute(
                 "BEGIN; SET LOCAL synchronous_commit TO OFF; "
-                f"INSERT INTO stream_inflight (token, floor, expires_ts) "
-                f"VALUES ('{token}', nextval('stream_seq'), {int(expires_ts)}); COMMIT"
+                f"INSERT INTO stream_inflight (token, floor, expires_ts, instance_id) "
+                f"VALUES ('{token}', nextval('stream_seq'), {DB_NOW_MS} + {RESERVATION_TTL_MS}, {instance}); COMMIT"
             )
             return
         await self.db.execute(
-            "INSERT INTO stream_inflight (token, floor, expires_ts) VALUES ($1, nextval('stream_seq'), $2)",
-            token, expires_ts,
+            f"""INSERT INTO stream_inflight (token, floor, expires_ts, instance_id)
+                VALUES ($1, nextval('stream_seq'), {DB_NOW_MS} + {RESERVATION_TTL_MS}, $2)""",
+            token, self.instance_id,
         )
 
     async def current_position(self) -> int:
@@ -166,6 +209,6 @@ class StreamStore:
         rows = await self.db.fetch(parts, after, upto)
         return {r["k"] for r in rows if r["k"] is not None}
 
-    async def expire_reservations(self) -> int:
-        status = await self.db.execute("DELETE FROM stream_inflight WHERE expires_ts < $1", _now_ms())
-        return int(status.split()[-1])
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

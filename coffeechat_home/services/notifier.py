@@ -15,6 +15,7 @@ import logging
 from typing import Iterable
 
 from ..storage.stream import StreamStore
+from ..storage.database import DatabaseError
 from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ class Notifier:
                 await self.advance()
             except asyncio.CancelledError:
                 raise
+            except DatabaseError as e:  # an outage: keep going, quietly
+                log.warning("notifier poll failed: %s", e)
             except Exception:  # keep polling through a database blip
                 log.exception("notifier poll failed")
                 await asyncio.sleep(1.0)

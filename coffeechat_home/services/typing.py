@@ -17,6 +17,7 @@ from ..errors import forbidden
 from ..storage.rooms import RoomStore
 from ..storage.typing import EXPIRE_BATCH, TypingStore
 from .notifier import Notifier
+from ..storage.database import DatabaseError
 from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,8 @@ class TypingService:
                 await self.sweep()
             except asyncio.CancelledError:
                 raise
+            except DatabaseError as e:  # an outage: keep going, quietly
+                log.warning("typing expiry sweep failed: %s", e)
             except Exception:  # keep sweeping through a database blip
                 log.exception("typing expiry sweep failed")
                 await asyncio.sleep(1.0)

@@ -187,11 +187,11 @@ class Database:
             try:
                 result = await _guard(conn, fn(conn), committing=False)
             except BaseException:
-                if not conn.is_closed():
+                if not _is_gone(conn):
                     try:
                         await tx.rollback()
                     except Exception:
-                        conn.terminate()
+                        _drop(conn)
                 raise
             await _guard(conn, tx.commit(), committing=True)
             return result
@@ -263,6 +263,21 @@ def is_connection_error(exc: BaseException) -> bool:
     return state.startswith("08") or state in _SERVER_GONE_SQLSTATES
 
 
+def _is_gone(conn: asyncpg.Connection) -> bool:
+    """Closed, or already handed back to the pool (asyncpg releases a
+    pooled connection by itself when it closes)."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
+
+
+def _drop(conn: asyncpg.Connection) -> None:
+    """Throw a broken connection away; the pool opens a new one on demand."""
+    if not _is_gone(conn):
+        conn.terminate()
+
+
 async def _guard(conn: asyncpg.Connection, op: Awaitable[T], *, committing: bool) -> T:
     """Await ``op``; on a connection-level failure drop the connection and
     raise DatabaseUnavailable (retryable if nothing can have committed)."""
@@ -271,7 +286,7 @@ async def _guard(conn: asyncpg.Connection, op: Awaitable[T], *, committing: bool
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as e:
         if not is_connection_error(e):
             raise
-        conn.terminate()
+        _drop(conn)
         server_said = getattr(e, "sqlstate", None) in _SERVER_GONE_SQLSTATES
         raise DatabaseUnavailable(f"connection lost: {_one_line(e)}", retryable=server_said or not committing) from e
 

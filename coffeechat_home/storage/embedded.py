@@ -68,12 +68,12 @@ def drop_dead_handles(path: Path) -> list[int]:
     except FileNotFoundError:
         return []
     except ValueError:
-        pids = []  # a torn write: nobody can be counted on it
+        pids = None  # a torn write: nobody can be counted on it
     if not isinstance(pids, list):
-        pids = []
+        pids = [None]
     alive = [p for p in pids if isinstance(p, int) and _is_live_python(p)]
-    dead = [p for p in pids if p not in alive]
-    if dead or len(alive) != len(pids):
+    dead = [p for p in pids if isinstance(p, int) and p not in alive]
+    if len(alive) != len(pids):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(alive))
         os.replace(tmp, path)

@@ -16,6 +16,8 @@ from urllib.parse import quote
 import aiohttp
 
 CMD = [sys.executable, "-m", "coffeechat_home"]
+# the checkout under test, whatever is installed
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def server_env(database_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
@@ -31,6 +33,7 @@ def server_env(database_url: str, data_dir: Path, **extra: str) -> dict[str, str
         "COFFEECHAT_LIMITS_REGISTER_PER_SECOND": "1000",
         "COFFEECHAT_LIMITS_REGISTER_BURST": "1000",
         "COFFEECHAT_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
         **extra,
     }
     if database_url:

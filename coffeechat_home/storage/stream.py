@@ -199,15 +199,25 @@ class StreamStore:
 
     async def changes_between(self, after: int, upto: int) -> set[str]:
         """Room ids and user ids with anything at a position in (after, upto]."""
+        by_table = await self.changes_by_table(after, upto)
+        return set().union(*by_table.values()) if by_table else set()
+
+    async def changes_by_table(self, after: int, upto: int) -> dict[str, set[str]]:
+        """The keys (room ids, user ids) with anything in (after, upto], per
+        stream table."""
         if upto <= after:
-            return set()
+            return {}
         parts = " UNION ".join(
-            f"SELECT {t.key_sql} AS k FROM {t.table} "
+            f"SELECT '{t.table}' AS t, {t.key_sql} AS k FROM {t.table} "
             f"WHERE stream_pos > $1 AND stream_pos <= $2 AND ({t.where_sql})"
             for t in STREAM_TABLES
         )
-        rows = await self.db.fetch(parts, after, upto)
-        return {r["k"] for r in rows if r["k"] is not None}
+        out: dict[str, set[str]] = {}
+        for r in await self.db.fetch(parts, after, upto):
+            if r["k"] is not None:
+                out.setdefault(r["t"], set()).add(r["k"])
+        return out
+
 
 
 def _sql_literal(text: str) -> str:

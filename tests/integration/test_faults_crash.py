@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 from urllib.parse import quote
 
 import aiohttp
@@ -36,7 +36,8 @@ async def _room_with(alice: User, bob: User) -> str:
 
 
 async def _load_and_kill(
-    server: ServerProcess, sender: User, room_id: str, prefix: str, db_url: str, *, senders: int = 10
+    server: ServerProcess, sender: User, room_id: str, prefix: str, db_url: str, *, senders: int = 10,
+    before_kill: Callable[[], Awaitable[None]] | None = None, count_left: bool = True,
 ) -> tuple[dict[str, str], int]:
     """Ten clients send into the room; once enough are acknowledged the
     server gets SIGKILL mid-load. Returns {body: event_id} of acknowledged
@@ -58,9 +59,13 @@ async def _load_and_kill(
 
     tasks = [asyncio.create_task(one(n)) for n in range(senders)]
     await wait_until(lambda: _at_least(acked, 150), 30, interval=0.01)
+    if before_kill is not None:
+        await before_kill()
     await server.kill9()
     stop.set()
     await asyncio.gather(*tasks)
+    if not count_left:
+        return acked, 0
     conn = await asyncpg.connect(db_url)
     try:
         # the other instance (if any) is idle: every row is the dead one's

@@ -121,3 +121,46 @@ async def _count_at_least(acked: dict[str, str], n: int) -> bool:
 def _socket_opts(pg: OwnPostgres) -> str:
     """The options the server was started with: Unix socket only, same folder."""
     return f'-h "" -k {pg.server.get_postmaster_info().socket_dir}'
+
+
+async def test_power_loss_server_and_database_killed_together(
+    own_pg: tuple[OwnPostgres, str], tmp_path: Path
+) -> None:
+    """kill -9 of the server and of every PostgreSQL process at once, under
+    load; then PostgreSQL recovers from its log and the server restarts
+    under its instance name: everything acknowledged is there once, and
+    readers are not held back by anything the dead processes left."""
+    import psutil
+
+    from .test_faults_crash import _load_and_kill
+
+    pg, url = own_pg
+    server = ServerProcess(server_env(url, tmp_path, COFFEECHAT_INSTANCE_NAME="a"), tmp_path)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            alice = await User(s, server.url).register("alice")
+            bob = await User(s, server.url).register("bob")
+            room_id = await _room_with(alice, bob)
+            since = (await bob.sync())["next_batch"]
+            postmaster = psutil.Process(pg.server.get_postmaster_info().pid)
+            victims = [postmaster, *postmaster.children(recursive=True)]
+
+            async def kill_all() -> None:
+                for p in victims:
+                    p.kill()
+
+            acked, _ = await _load_and_kill(server, alice, room_id, "p", url, before_kill=kill_all, count_left=False)
+            psutil.wait_procs(victims, timeout=30)
+            await asyncio.to_thread(pg.pg_ctl, "start", "-o", _socket_opts(pg), "-l", str(pg.server.log))
+            await server.start()
+            alice, bob = alice.on(server.url), bob.on(server.url)
+            status, _ = await alice.send(room_id, "after the power loss")
+            assert status == 200
+            want = set(acked) | {"after the power loss"}
+            assert await wait_until(lambda: _sees_all(bob, since, room_id, want), 10), (
+                "messages invisible to /sync after recovery from a power loss"
+            )
+            _assert_once(await bob.history(room_id), acked)
+    finally:
+        await server.stop()

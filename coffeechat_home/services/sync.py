@@ -141,7 +141,8 @@ class SyncService:
         if since is not None and since == upto and timeout_ms > 0 and not full_state:
             # nothing can have happened since the client's token (every part
             # of a response is a stream range): wait first, build once
-            body, empty = {}, True
+            body: dict[str, Any] = {}
+            empty = True
         else:
             body, empty = await self._build(requester, since, upto, sync_filter, full_state)
             if since is None or full_state or not empty or timeout_ms <= 0:
@@ -174,12 +175,12 @@ class SyncService:
         # which rooms need building and which streams can have something
         # for this user (each stream is a table in storage/stream.py's
         # STREAM_TABLES, keyed as registered there).
-        changed: dict[str, set[str]] | None = None
+        changes: dict[str, set[str]] | None = None
         if since is not None and not full_state and upto - since <= CHANGED_KEYS_SPAN:
-            changed = await self.notifier.stream.changes_by_table(since, upto)
+            changes = await self.notifier.stream.changes_by_table(since, upto)
 
         def touched(table: str, key: str) -> bool:
-            return changed is None or key in changed.get(table, ())
+            return changes is None or key in changes.get(table, ())
 
         latest = await self.rooms.latest_memberships(user_id, upto)
         forgotten = await self.rooms.forgotten(user_id) if latest else set()
@@ -194,7 +195,7 @@ class SyncService:
         # public receipts change under the room's key, private ones under the user's
         receipt_ids = joined_ids if touched("receipts", user_id) else [r for r in joined_ids if touched("receipts", r)]
         account_data = touched("account_data", user_id)
-        presence_changed = changed is None or bool(changed.get("presence"))
+        presence_changed = changes is None or bool(changes.get("presence"))
 
         async def nothing() -> Any:
             return None
@@ -216,7 +217,7 @@ class SyncService:
         # incremental sync, or a user in many rooms, only the rooms in the
         # response are counted.
         unread_early = bool(src.unread and joined_ids) and (
-            since is None or (changed is None and len(joined_ids) <= UNREAD_EARLY_ROOMS)
+            since is None or (changes is None and len(joined_ids) <= UNREAD_EARLY_ROOMS)
         )
         (built_list, typing, receipts, room_account_data, global_account_data, presence,
          unread) = await asyncio.gather(

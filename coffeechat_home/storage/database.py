@@ -293,7 +293,8 @@ async def _guard(conn: asyncpg.Connection, op: Awaitable[T], *, committing: bool
 
 def _backoff(attempt: int) -> float:
     """Full jitter: a random wait up to 2 ms * 2^attempt, capped at 1 s."""
-    return min(1.0, 0.002 * (2 ** min(attempt, 9))) * random.random()
+    cap: float = min(1.0, 0.002 * 2.0 ** min(attempt, 9))
+    return cap * random.random()
 
 
 def redact_url(url: str) -> str:

@@ -115,7 +115,8 @@ async def test_kill9_under_load_then_restart_same_instance(database_url: str, tm
                 await server.start()  # the same instance name, right away
                 base = server.url
                 alice, bob = alice.on(base), bob.on(base)
-                assert await wait_until(lambda: _sees_all(bob, since, room_id, set(all_acked)), 10), (
+                want = set(all_acked)
+                assert await wait_until(lambda b=bob, w=want: _sees_all(b, since, room_id, w), 10), (
                     "acknowledged messages still invisible to /sync 10 s after the restart"
                 )
                 if left_any:
@@ -159,7 +160,7 @@ async def test_survivor_keeps_serving_after_kill9_of_other_instance(database_url
                 status, _ = await alice.on(b.url).send(room_id, f"survivor-{cycle}")
                 assert status == 200
                 want = set(all_acked) | {f"survivor-{cycle}"}
-                assert await wait_until(lambda: _sees_all(bob, since, room_id, want), 15), (
+                assert await wait_until(lambda w=want: _sees_all(bob, since, room_id, w), 15), (
                     "the survivor's /sync was held back by the dead instance"
                 )
                 if left_any:

@@ -45,7 +45,7 @@ async def test_clean_stops_after_crashes_stop_the_embedded_database(tmp_path: Pa
         async with aiohttp.ClientSession() as s:
             await server.start()
             await User(s, server.url).register("before")
-            for crash in range(2):
+            for _crash in range(2):
                 await server.kill9()
                 assert _postgres_of(pgdata), "PostgreSQL should outlive a kill -9 of the server"
                 await server.start()  # re-attaches to the running PostgreSQL

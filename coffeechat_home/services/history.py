@@ -178,29 +178,28 @@ class HistoryService:
         """What of the room the user may see; 403 when nothing."""
         if await self.rooms.room_version(room_id) is None:
             raise forbidden("You are not in this room")  # do not reveal whether it exists
-        changes = await self.rooms.db.fetch(
-            """SELECT membership, stream_pos FROM room_memberships WHERE user_id = $1 AND room_id = $2
-               ORDER BY stream_pos""",
-            user_id, room_id,
-        )
-        current = changes[-1]["membership"] if changes else None
+        changes = (await self.rooms.membership_changes(user_id, [room_id]))[room_id]
+        current = changes[-1][1] if changes else None
         if current is None and await self.history_visibility(room_id) != "world_readable":
             raise forbidden("You are not allowed to see this room's history")
-        vis_rows = await self.rooms.db.fetch(
-            """SELECT stream_pos, client FROM events
-               WHERE room_id = $1 AND type = 'm.room.history_visibility' AND state_key = ''
-                 AND stream_pos IS NOT NULL
-               ORDER BY stream_pos""",
-            room_id,
-        )
-        visibilities = [
-            (r["stream_pos"], _visibility(orjson.loads(r["client"]).get("content", {}).get("history_visibility")))
-            for r in vis_rows
-        ]
-        ranges = visible_ranges([(c["stream_pos"], c["membership"]) for c in changes], visibilities)
-        if not ranges:
+        window = (await self.windows_from({room_id: changes}))[room_id]
+        if window is None:
             raise forbidden("You are not allowed to see this room's history")
-        return Window(ranges, current)
+        return window
+
+    async def windows(self, user_id: str, room_ids: list[str]) -> dict[str, Window | None]:
+        """``window`` for rooms the user is or was in, in two queries; None
+        for a room of which nothing is visible."""
+        return await self.windows_from(await self.rooms.membership_changes(user_id, room_ids))
+
+    async def windows_from(self, changes: dict[str, list[tuple[int, str]]]) -> dict[str, Window | None]:
+        visibility = await self.events.history_visibility_changes(list(changes))
+        out: dict[str, Window | None] = {}
+        for room_id, mine in changes.items():
+            vis = [(pos, _visibility(v)) for pos, v in visibility.get(room_id, [])]
+            ranges = visible_ranges(mine, vis)
+            out[room_id] = Window(ranges, mine[-1][1] if mine else None) if ranges else None
+        return out
 
     async def visible_timeline(
         self,

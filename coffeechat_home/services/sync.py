@@ -209,8 +209,19 @@ class SyncService:
             async with gate:
                 return await self._joined_room(requester, room_id, since, upto, pos, f, full_state)
 
+        # Rooms new to the client (an initial sync, a join since, full_state)
+        # are built together in a few queries whatever their number; rooms
+        # the client has are built one by one (few change at once).
+        whole_ids = [r for r in build_ids if since is None or full_state or latest[r][2] > since]
+        whole_set = set(whole_ids)
+        part_ids = [r for r in build_ids if r not in whole_set]
+
         async def all_joined_rooms() -> list[dict[str, Any]]:
-            return await asyncio.gather(*(joined_room(r, latest[r][2]) for r in build_ids))
+            whole, parts = await asyncio.gather(
+                self._whole_rooms(requester, {r: latest[r][2] for r in whole_ids}, since, upto, f),
+                asyncio.gather(*(joined_room(r, latest[r][2]) for r in part_ids)),
+            )
+            return [*(whole[r] for r in whole_ids), *parts]
 
         # Unread counts go with everything else when every joined room will
         # be in the response (initial sync) or there are few rooms; for an
@@ -231,7 +242,7 @@ class SyncService:
             src.presence(user_id, since, upto) if src.presence and presence_changed else nothing(),
             src.unread(user_id, joined_ids, upto) if src.unread and unread_early else nothing(),
         )
-        built = dict(zip(build_ids, built_list))
+        built = dict(zip(whole_ids + part_ids, built_list))
         for room_id in joined_ids:
             if room_id not in built:  # nothing of its own changed: no timeline or state
                 built[room_id] = {
@@ -312,6 +323,77 @@ class SyncService:
         rows.reverse()
         return rows, limited
 
+    async def _whole_rooms(
+        self, requester: Requester, join_pos: dict[str, int], since: int | None, upto: int, f: SyncFilter
+    ) -> dict[str, dict[str, Any]]:
+        """Joined rooms whose whole state the client gets (newly joined, or
+        full_state), with their timelines and summaries: what
+        ``_joined_room`` does for one such room, for all of them in about
+        six queries."""
+        room_ids = list(join_pos)
+        if not room_ids:
+            return {}
+        user_id = requester.user_id
+        newly = {r for r, pos in join_pos.items() if since is None or pos > since}
+        # joined throughout (since, upto]: every event there is visible;
+        # newly joined: the history before may not be (history visibility)
+        windows = await self.history.windows(user_id, [r for r in room_ids if r in newly])
+        single: list[tuple[str, int | None, int | None]] = []
+        rows_by_room: dict[str, list[EventRow]] = {}
+        limit = f.timeline_limit + 1
+        filters: dict[str, Any] = dict(
+            types=f.timeline_types, not_types=f.timeline_not_types,
+            senders=f.timeline_senders, not_senders=f.timeline_not_senders,
+        )
+        for room_id in room_ids:
+            window = windows.get(room_id)
+            if room_id not in newly:
+                parts: list[tuple[int | None, int | None]] = [(since, upto)]
+            else:
+                parts = window.within(None, upto) if window is not None else []
+            if not f.timeline_limit or not parts:
+                rows_by_room[room_id] = []
+            elif len(parts) == 1:
+                single.append((room_id, *parts[0]))
+            else:  # gaps in what the user may see: room by room
+                assert window is not None
+                rows_by_room[room_id] = await self.history.visible_timeline(
+                    room_id, window, after=None, upto=upto, limit=limit, backwards=True, **filters
+                )
+        rows_by_room.update(await self.events.timelines(single, limit=limit, **filters))
+        timelines: dict[str, tuple[list[EventRow], bool, int]] = {}
+        for room_id in room_ids:
+            rows = rows_by_room[room_id]
+            limited = len(rows) > f.timeline_limit or not f.timeline_limit or (since is not None and room_id in newly)
+            rows = rows[: f.timeline_limit]
+            rows.reverse()
+            start = (rows[0].stream_pos or 1) - 1 if rows else upto
+            timelines[room_id] = (rows, limited, start)
+        groups = await self.events.state_groups_at([(r, t[2]) for r, t in timelines.items()])
+        states, summaries = await asyncio.gather(
+            self.events.state_ids_for_groups(groups.values()), self._summaries(room_ids, user_id)
+        )
+        wanted = {
+            room_id: self._state_filter(requester, states.get(groups.get(room_id, -1), {}), timelines[room_id][0], f)
+            for room_id in room_ids
+        }
+        found = await self.events.get_rows(v for ids in wanted.values() for v in ids.values())
+        out: dict[str, dict[str, Any]] = {}
+        for room_id in room_ids:
+            rows, limited, start = timelines[room_id]
+            out[room_id] = {
+                "timeline": {
+                    "events": [serve_event(r, requester) for r in rows],
+                    "limited": limited,
+                    "prev_batch": make_token(start),
+                },
+                "state": {
+                    "events": [serve_event(found[v], requester) for v in wanted[room_id].values() if v in found]
+                },
+                "summary": summaries[room_id],
+            }
+        return out
+
     async def _joined_room(
         self, requester: Requester, room_id: str, since: int | None, upto: int, join_pos: int, f: SyncFilter,
         full_state: bool,
@@ -354,13 +436,22 @@ class SyncService:
             before_group = await self.events.state_group_at(room_id, since)
             before = await self.events.state_ids_for_group(before_group) if before_group is not None else {}
             state = {k: v for k, v in state.items() if before.get(k) != v}
+        state = self._state_filter(requester, state, rows, f)
+        found = await self.events.get_rows(state.values())
+        return [serve_event(found[v], requester) for v in state.values() if v in found]
+
+    @staticmethod
+    def _state_filter(
+        requester: Requester, state: dict[StateKey, str], rows: list[EventRow], f: SyncFilter
+    ) -> dict[StateKey, str]:
+        """The part of a room's state a response carries beside ``rows``:
+        the filter's types, not what the timeline has, and with lazy
+        loading only the members the timeline needs (and the user's own)."""
         in_timeline = {r.event_id for r in rows}
         if f.lazy_load_members:
             wanted = {r.sender for r in rows} | {requester.user_id}
             state = {k: v for k, v in state.items() if k[0] != "m.room.member" or k[1] in wanted}
-        state = {k: v for k, v in state.items() if f.wants_state(k) and v not in in_timeline}
-        found = await self.events.get_rows(state.values())
-        return [serve_event(found[v], requester) for v in state.values() if v in found]
+        return {k: v for k, v in state.items() if f.wants_state(k) and v not in in_timeline}
 
     async def _left_room(
         self, requester: Requester, room_id: str, since: int | None, leave_pos: int, f: SyncFilter
@@ -411,16 +502,18 @@ class SyncService:
         return out
 
     async def _summary(self, room_id: str, user_id: str) -> dict[str, Any]:
-        rows = await self.rooms.db.fetch(
-            """SELECT state_key, membership FROM current_state
-               WHERE room_id = $1 AND type = 'm.room.member' AND membership IN ('join', 'invite')
-               ORDER BY state_key""",
-            room_id,
-        )
-        joined = [r["state_key"] for r in rows if r["membership"] == "join"]
-        invited = [r["state_key"] for r in rows if r["membership"] == "invite"]
-        heroes = [u for u in joined + invited if u != user_id][:5]
-        return {"m.heroes": heroes, "m.joined_member_count": len(joined), "m.invited_member_count": len(invited)}
+        return (await self._summaries([room_id], user_id))[room_id]
+
+    async def _summaries(self, room_ids: list[str], user_id: str) -> dict[str, dict[str, Any]]:
+        members = await self.rooms.joined_and_invited(room_ids)
+        out = {}
+        for room_id in room_ids:
+            joined, invited = members.get(room_id, ([], []))
+            heroes = [u for u in joined + invited if u != user_id][:5]
+            out[room_id] = {
+                "m.heroes": heroes, "m.joined_member_count": len(joined), "m.invited_member_count": len(invited)
+            }
+        return out
 
 
 def _room_has_content(room: Mapping[str, Any]) -> bool:

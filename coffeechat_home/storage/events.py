@@ -21,6 +21,7 @@ from ..protocol.room_versions import RoomVersion
 from .database import Database
 
 SNAPSHOT_EVERY = 64
+_MAX_POS = 2**63 - 1
 
 
 class StaleRoomState(Exception):
@@ -324,6 +325,98 @@ class EventStore:
         q.range(after, upto)
         q.conds.extend(_type_sender_filters(q.arg, types, not_types, senders, not_senders))
         return await self._select(q, limit, backwards)
+
+    async def timelines(
+        self,
+        ranges: Sequence[tuple[str, int | None, int | None]],
+        *,
+        limit: int,
+        types: Sequence[str] | None = None,
+        not_types: Sequence[str] | None = None,
+        senders: Sequence[str] | None = None,
+        not_senders: Sequence[str] | None = None,
+    ) -> dict[str, list[EventRow]]:
+        """``timeline(..., backwards=True)`` for many rooms in one query:
+        room id -> its newest events with after < stream_pos <= upto."""
+        if not ranges:
+            return {}
+        args: list[Any] = [
+            [r for r, _, _ in ranges],
+            [0 if lo is None else lo for _, lo, _ in ranges],
+            [_MAX_POS if hi is None else hi for _, _, hi in ranges],
+        ]
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        conds = _type_sender_filters(arg, types, not_types, senders, not_senders)
+        extra = "".join(f" AND {c}" for c in conds)
+        rows = await self.db.fetch(
+            f"""SELECT e.* FROM unnest($1::TEXT[], $2::BIGINT[], $3::BIGINT[]) AS r(rid, lo, hi)
+                CROSS JOIN LATERAL (
+                    SELECT {_ROW_COLUMNS} FROM events
+                    WHERE room_id = r.rid AND stream_pos IS NOT NULL AND stream_pos > r.lo
+                      AND stream_pos <= r.hi{extra}
+                    ORDER BY stream_pos DESC LIMIT {arg(limit)}) AS e""",
+            *args,
+        )
+        out: dict[str, list[EventRow]] = {r: [] for r, _, _ in ranges}
+        for row in rows:
+            out[row["room_id"]].append(_row(row))
+        for found in out.values():
+            found.sort(key=lambda e: e.stream_pos or 0, reverse=True)
+        return out
+
+    async def history_visibility_changes(self, room_ids: Sequence[str]) -> dict[str, list[tuple[int, Any]]]:
+        """room id -> its m.room.history_visibility events as (position,
+        content's history_visibility), oldest first."""
+        rows = await self.db.fetch(
+            """SELECT room_id, stream_pos, client FROM events
+               WHERE room_id = ANY($1::TEXT[]) AND type = 'm.room.history_visibility' AND state_key = ''
+                 AND stream_pos IS NOT NULL
+               ORDER BY room_id, stream_pos""",
+            list(room_ids),
+        )
+        out: dict[str, list[tuple[int, Any]]] = {r: [] for r in room_ids}
+        for r in rows:
+            content = orjson.loads(r["client"]).get("content", {})
+            out[r["room_id"]].append((r["stream_pos"], content.get("history_visibility")))
+        return out
+
+    async def state_groups_at(self, points: Sequence[tuple[str, int]]) -> dict[str, int]:
+        """``state_group_at`` for many rooms in one query."""
+        if not points:
+            return {}
+        rows = await self.db.fetch(
+            """SELECT r.rid, g.state_group FROM unnest($1::TEXT[], $2::BIGINT[]) AS r(rid, pos)
+               CROSS JOIN LATERAL (
+                   SELECT state_group FROM events WHERE room_id = r.rid AND stream_pos <= r.pos
+                   ORDER BY stream_pos DESC LIMIT 1) AS g""",
+            [r for r, _ in points], [p for _, p in points],
+        )
+        return {r["rid"]: r["state_group"] for r in rows if r["state_group"] is not None}
+
+    async def state_ids_for_groups(self, groups: Iterable[int]) -> dict[int, dict[StateKey, str]]:
+        """``state_ids_for_group`` for many groups in one query."""
+        wanted = sorted(set(groups))
+        if not wanted:
+            return {}
+        rows = await self.db.fetch(
+            """WITH RECURSIVE chain (root, id, prev_group, n) AS (
+                   SELECT id, id, prev_group, 0 FROM state_groups WHERE id = ANY($1::BIGINT[])
+                   UNION ALL
+                   SELECT c.root, s.id, s.prev_group, c.n + 1 FROM state_groups s JOIN chain c ON s.id = c.prev_group
+               )
+               SELECT DISTINCT ON (c.root, e.type, e.state_key) c.root, e.type, e.state_key, e.event_id
+               FROM state_group_entries e JOIN chain c ON e.state_group = c.id
+               ORDER BY c.root, e.type, e.state_key, c.n""",
+            wanted,
+        )
+        out: dict[int, dict[StateKey, str]] = {g: {} for g in wanted}
+        for r in rows:
+            out[r["root"]][(r["type"], r["state_key"])] = r["event_id"]
+        return out
 
     async def relations(
         self, event_id: str, rel_type: str | None, event_type: str | None, *, before: int | None,

@@ -3,7 +3,7 @@ the room table. (Writes of events and state live in storage/events.py.)"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import orjson
 
@@ -125,6 +125,34 @@ class RoomStore:
             user_id, after if after is not None else -1, upto,
         )
         return [(r["room_id"], r["membership"], r["event_id"], r["stream_pos"]) for r in rows]
+
+    async def joined_and_invited(self, room_ids: Sequence[str]) -> dict[str, tuple[list[str], list[str]]]:
+        """room id -> (joined user ids, invited user ids), each sorted."""
+        rows = await self.db.fetch(
+            """SELECT room_id, state_key, membership FROM current_state
+               WHERE room_id = ANY($1::TEXT[]) AND type = 'm.room.member' AND membership IN ('join', 'invite')""",
+            list(room_ids),
+        )
+        out: dict[str, tuple[list[str], list[str]]] = {}
+        for r in rows:
+            joined, invited = out.setdefault(r["room_id"], ([], []))
+            (joined if r["membership"] == "join" else invited).append(r["state_key"])
+        for joined, invited in out.values():
+            joined.sort()
+            invited.sort()
+        return out
+
+    async def membership_changes(self, user_id: str, room_ids: Sequence[str]) -> dict[str, list[tuple[int, str]]]:
+        """room id -> the user's memberships there as (position, membership), oldest first."""
+        rows = await self.db.fetch(
+            """SELECT room_id, membership, stream_pos FROM room_memberships
+               WHERE user_id = $1 AND room_id = ANY($2::TEXT[]) ORDER BY room_id, stream_pos""",
+            user_id, list(room_ids),
+        )
+        out: dict[str, list[tuple[int, str]]] = {r: [] for r in room_ids}
+        for r in rows:
+            out[r["room_id"]].append((r["stream_pos"], r["membership"]))
+        return out
 
     async def latest_memberships(self, user_id: str, upto: int) -> dict[str, tuple[str, str, int]]:
         """room id -> (membership, event id, position) as of a position."""

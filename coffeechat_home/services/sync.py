@@ -175,15 +175,20 @@ class SyncService:
         # which rooms need building and which streams can have something
         # for this user (each stream is a table in storage/stream.py's
         # STREAM_TABLES, keyed as registered there).
-        changes: dict[str, set[str]] | None = None
-        if since is not None and not full_state and upto - since <= CHANGED_KEYS_SPAN:
-            changes = await self.notifier.stream.changes_by_table(since, upto)
+        async def no_changes() -> dict[str, set[str]] | None:
+            return None
+
+        incremental = since is not None and not full_state and upto - since <= CHANGED_KEYS_SPAN
+        changes, latest, forgotten = await asyncio.gather(
+            self.notifier.stream.changes_by_table(since, upto) if incremental and since is not None
+            else no_changes(),
+            self.rooms.latest_memberships(user_id, upto),
+            self.rooms.forgotten(user_id),
+        )
 
         def touched(table: str, key: str) -> bool:
             return changes is None or key in changes.get(table, ())
 
-        latest = await self.rooms.latest_memberships(user_id, upto)
-        forgotten = await self.rooms.forgotten(user_id) if latest else set()
         join: dict[str, Any] = {}
         invite: dict[str, Any] = {}
         leave: dict[str, Any] = {}

@@ -11,6 +11,7 @@ room's current ones (not those at each event).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Iterable, Mapping
 
 import orjson
@@ -71,8 +72,9 @@ class UnreadService:
         unread = await self.store.unread_events(user_id, room_ids, upto, UNREAD_SCAN_LIMIT)
         if not unread:
             return out
-        ruleset = await self.push_rules.get_ruleset(user_id)
-        states = await self.store.push_state(user_id, {e.room_id for e in unread})
+        ruleset, states = await asyncio.gather(
+            self.push_rules.get_ruleset(user_id), self.store.push_state(user_id, {e.room_id for e in unread})
+        )
         for ev in unread:
             actions, _ = self._actions(user_id, ruleset, states[ev.room_id], ev)
             if notifies(actions):

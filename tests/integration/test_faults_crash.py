@@ -35,6 +35,15 @@ async def _room_with(alice: User, bob: User) -> str:
     return room_id
 
 
+async def _two_in_a_room(s: aiohttp.ClientSession, alice_url: str, bob_url: str) -> tuple[User, User, str, str]:
+    """alice (on one server) and bob (on another, or the same) in a room;
+    and bob's sync token from before anything else happens there."""
+    alice = await User(s, alice_url).register("alice")
+    bob = await User(s, bob_url).register("bob")
+    room_id = await _room_with(alice, bob)
+    return alice, bob, room_id, (await bob.sync())["next_batch"]
+
+
 async def _load_and_kill(
     server: ServerProcess, sender: User, room_id: str, prefix: str, db_url: str, *, senders: int = 10,
     before_kill: Callable[[], Awaitable[None]] | None = None, count_left: bool = True,
@@ -102,10 +111,7 @@ async def test_kill9_under_load_then_restart_same_instance(database_url: str, tm
     server = await ServerProcess(env, tmp_path).start()
     try:
         async with aiohttp.ClientSession() as s:
-            alice = await User(s, server.url).register("alice")
-            bob = await User(s, server.url).register("bob")
-            room_id = await _room_with(alice, bob)
-            since = (await bob.sync())["next_batch"]
+            alice, bob, room_id, since = await _two_in_a_room(s, server.url, server.url)
             all_acked: dict[str, str] = {}
             left_any = 0
             for cycle in range(4):
@@ -145,10 +151,7 @@ async def test_survivor_keeps_serving_after_kill9_of_other_instance(database_url
     await b.start()
     try:
         async with aiohttp.ClientSession() as s:
-            alice = await User(s, a.url).register("alice")
-            bob = await User(s, b.url).register("bob")
-            room_id = await _room_with(alice, bob)
-            since = (await bob.sync())["next_batch"]
+            alice, bob, room_id, since = await _two_in_a_room(s, a.url, b.url)
             all_acked: dict[str, str] = {}
             left_any = 0
             for cycle in range(4):

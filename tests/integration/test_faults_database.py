@@ -16,8 +16,8 @@ import pytest
 
 from coffeechat_home.storage.embedded import ensure_database
 
-from .processes import ServerProcess, User, server_env, wait_until
-from .test_faults_crash import _assert_once, _room_with, _sees_all
+from .processes import ServerProcess, server_env, wait_until
+from .test_faults_crash import _assert_once, _sees_all, _two_in_a_room
 
 pytestmark = pytest.mark.slow
 
@@ -61,10 +61,7 @@ async def test_database_outage_under_load(own_pg: tuple[OwnPostgres, str], tmp_p
     server = await ServerProcess(server_env(url, tmp_path, COFFEECHAT_INSTANCE_NAME="a"), tmp_path).start()
     try:
         async with aiohttp.ClientSession() as s:
-            alice = await User(s, server.url).register("alice")
-            bob = await User(s, server.url).register("bob")
-            room_id = await _room_with(alice, bob)
-            since = (await bob.sync())["next_batch"]
+            alice, bob, room_id, since = await _two_in_a_room(s, server.url, server.url)
             acked: dict[str, str] = {}
             errors: list[tuple[int, object]] = []
             stop = asyncio.Event()
@@ -139,10 +136,7 @@ async def test_power_loss_server_and_database_killed_together(
     await server.start()
     try:
         async with aiohttp.ClientSession() as s:
-            alice = await User(s, server.url).register("alice")
-            bob = await User(s, server.url).register("bob")
-            room_id = await _room_with(alice, bob)
-            since = (await bob.sync())["next_batch"]
+            alice, bob, room_id, since = await _two_in_a_room(s, server.url, server.url)
             postmaster = psutil.Process(pg.server.get_postmaster_info().pid)
             victims = [postmaster, *postmaster.children(recursive=True)]
 

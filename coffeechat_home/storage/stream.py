@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from dataclasses import dataclass
-from typing import Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 import asyncpg
 
@@ -106,7 +106,23 @@ class StreamStore:
         *,
         name: str = "stream_write",
     ) -> tuple[T, list[int]]:
-        """Like ``write`` with ``count`` increasing positions."""
+        """Like ``write`` with ``count`` increasing positions.
+
+        Shielded from the caller's cancellation (a client that hangs up
+        makes aiohttp cancel its handler): a write runs to its end, so no
+        reservation is left half-made and no connection is abandoned in
+        the middle of a statement; the client's retry with the same
+        transaction id finds what it stored."""
+        task = asyncio.ensure_future(self._write_many(fn, count, name))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_retrieve)  # its outcome is no one's now
+            raise
+
+    async def _write_many(
+        self, fn: Callable[[asyncpg.Connection, list[int]], Awaitable[T]], count: int, name: str
+    ) -> tuple[T, list[int]]:
         async with self._gate:
             return await self.db.retrying(lambda: self._attempt(fn, count), name=name)
 
@@ -121,8 +137,8 @@ class StreamStore:
             token = secrets.token_hex(12)
             try:
                 await self._reserve(token)
-            except DatabaseError:
-                self.orphans.add(token)  # it may have committed
+            except BaseException:
+                self.orphans.add(token)  # it may have committed: released by the heartbeat
                 raise
             committed = False
             try:
@@ -218,6 +234,13 @@ class StreamStore:
                 out.setdefault(r["t"], set()).add(r["k"])
         return out
 
+
+
+def _retrieve(task: "asyncio.Future[Any]") -> None:
+    """Take a finished task's exception so asyncio does not report it as
+    never retrieved (the caller that wanted it was cancelled)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _sql_literal(text: str) -> str:

@@ -174,3 +174,48 @@ async def test_survivor_keeps_serving_after_kill9_of_other_instance(database_url
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_clients_hanging_up_mid_send_leave_nothing_behind(database_url: str, tmp_path: Path) -> None:
+    """Clients that drop their connection while their send is in the
+    database (aiohttp cancels the handler): no connection is left in use by
+    two operations, no reservation is left to hold readers back, and the
+    server's error log stays empty."""
+    server = await ServerProcess(server_env(database_url, tmp_path, COFFEECHAT_INSTANCE_NAME="a"), tmp_path).start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            alice, bob, room_id, since = await _two_in_a_room(s, server.url, server.url)
+
+            async def hang_up(i: int) -> None:
+                try:
+                    async with s.put(
+                        f"{server.url}/_matrix/client/v3/rooms/{quote(room_id)}/send/m.room.message/h{i}",
+                        json={"msgtype": "m.text", "body": f"hang-up {i}"},
+                        headers={"Authorization": f"Bearer {alice.token}"},
+                        timeout=aiohttp.ClientTimeout(total=0.002 * (1 + i % 5)),
+                    ) as r:
+                        await r.read()
+                except (asyncio.TimeoutError, aiohttp.ClientError):
+                    pass
+
+            for burst in range(10):
+                await asyncio.gather(*(hang_up(burst * 20 + i) for i in range(20)))
+            status, _ = await alice.send(room_id, "after the hang-ups")
+            assert status == 200
+            assert await wait_until(lambda: _sees_all(bob, since, room_id, {"after the hang-ups"}), 10)
+            conn = await asyncpg.connect(database_url)
+            try:
+                assert await wait_until(lambda: _no_reservations(conn), 10), "a reservation was left behind"
+            finally:
+                await conn.close()
+            # every hang-up that got stored is stored once
+            history = await bob.history(room_id)
+            bodies = [e["content"].get("body") for e in history if e["type"] == "m.room.message"]
+            assert len(bodies) == len(set(bodies))
+        assert '"level": "ERROR"' not in server.stderr(), server.stderr()[-3000:]
+    finally:
+        await server.stop()
+
+
+async def _no_reservations(conn: asyncpg.Connection) -> bool:
+    return int(await conn.fetchval("SELECT count(*) FROM stream_inflight")) == 0

@@ -41,6 +41,9 @@ from .storage.instances import InstanceStore
 # conversation features
 from .api.client.conversation import register_conversation_routes
 from .services.conversation import Conversation, build_conversation
+# media repository
+from .api.client.media import MediaRoutes
+from .services.media import MediaService, build_media
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,7 @@ class Services:
     conversation: Conversation
     liveness: InstanceLiveness
     passwords: PasswordHasher
+    media: MediaService
 
 
 def build_services(config: Config, db: Database, signing_key: SigningKey) -> Services:
@@ -111,6 +115,7 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         conversation=conversation,
         liveness=InstanceLiveness(InstanceStore(db), stream, notifier, config.instance_name, instance_id),
         passwords=passwords,
+        media=build_media(config, db),
     )
 
 
@@ -147,6 +152,9 @@ def build_client_app(config: Config, services: Services) -> web.Application:
     ).register_routes(app.router)
     # conversation features
     register_conversation_routes(app.router, services.conversation, services.auth)
+    # uploads stream to disk with their own limit (media.max_upload_bytes):
+    # client_max_size above bounds only bodies read whole
+    MediaRoutes(services.media, services.auth).register_routes(app.router)
     return app
 
 

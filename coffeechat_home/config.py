@@ -88,6 +88,28 @@ class UserDirectoryConfig:
 
 
 @dataclass
+class MediaConfig:
+    # Where file bodies live, by content hash; default <data_dir>/media.
+    # Instances on several machines must share this folder (a network mount).
+    store_path: str = ""
+    # Largest upload accepted (also served as m.upload.size).
+    max_upload_bytes: int = 50 * 1024 * 1024
+    # Bytes one user may have stored in all; 0: no quota.
+    user_quota_bytes: int = 0
+    # The legacy unauthenticated /_matrix/media/v3/download|thumbnail serve
+    # only media created before this time (ms since the epoch); 0: none.
+    unauthenticated_cutoff_ts: int = 0
+    # An mxc:// URI from /media/v1/create must be uploaded within this time.
+    unused_expiry_ms: int = 24 * 3600 * 1000
+    # Created-but-not-uploaded URIs a user may hold at once.
+    max_pending_uploads: int = 10
+    # Images with more pixels than this are never decoded (thumbnails).
+    max_image_pixels: int = 32_000_000
+    # Thumbnails generated at once (CPU-bound work off the event loop).
+    thumbnail_concurrency: int = 2
+
+
+@dataclass
 class Config:
     server_name: str = "localhost:8008"
     data_dir: str = "./data"
@@ -109,6 +131,7 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     presence: PresenceConfig = field(default_factory=PresenceConfig)
     user_directory: UserDirectoryConfig = field(default_factory=UserDirectoryConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
     # Where the config came from, for messages.
     source: str = ""
 
@@ -121,6 +144,12 @@ class Config:
         if self.signing_key_path:
             return Path(self.signing_key_path).expanduser()
         return self.data_path / "signing.key"
+
+    @property
+    def media_path(self) -> Path:
+        if self.media.store_path:
+            return Path(self.media.store_path).expanduser()
+        return self.data_path / "media"
 
     @property
     def client_base_url(self) -> str:
@@ -278,6 +307,15 @@ def validate(config: Config) -> None:
         raise ConfigError("security.password_scrypt_n must be a power of two")
     if config.security.password_hash_concurrency < 0:
         raise ConfigError("security.password_hash_concurrency must be 0 (one per core) or more")
+    media = config.media
+    if media.max_upload_bytes < 1:
+        raise ConfigError("media.max_upload_bytes must be at least 1")
+    for name in ("user_quota_bytes", "unauthenticated_cutoff_ts", "max_pending_uploads"):
+        if getattr(media, name) < 0:
+            raise ConfigError(f"media.{name} must be 0 or more")
+    for name in ("unused_expiry_ms", "max_image_pixels", "thumbnail_concurrency"):
+        if getattr(media, name) < 1:
+            raise ConfigError(f"media.{name} must be at least 1")
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", config.instance_name):
         raise ConfigError(
             f"instance_name must be 1-64 letters, digits, '.', '_' or '-', got {config.instance_name!r}"
@@ -389,4 +427,22 @@ enabled = true
 # Search all local users, not only those sharing a room with the searcher
 # or joined to public rooms.
 search_all_users = false
+
+[media]
+# File bodies by content hash; empty: <data_dir>/media. Instances on
+# several machines must share this folder.
+store_path = ""
+# Largest upload (bytes); clients read it as m.upload.size.
+max_upload_bytes = 52428800
+# Bytes each user may store in all; 0 = no quota.
+user_quota_bytes = 0
+# Unauthenticated /_matrix/media/v3/download|thumbnail serve only media
+# created before this time (ms since the epoch); 0 = none (the spec's freeze).
+unauthenticated_cutoff_ts = 0
+# /media/v1/create: time to upload (ms) and pending URIs per user.
+unused_expiry_ms = 86400000
+max_pending_uploads = 10
+# Images larger than this many pixels are never decoded for thumbnails.
+max_image_pixels = 32000000
+thumbnail_concurrency = 2
 """

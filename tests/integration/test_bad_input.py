@@ -131,6 +131,12 @@ QUERY_GARBAGE: dict[str, list[str]] = {
     "format": ["x"],
     "before": ["x", LONG],
     "after": ["x"],
+    "width": ["-1", "abc", "99999999999999999999999", "0", ""],
+    "height": ["-1", "1.5", "99999999999999999999999"],
+    "method": ["stretch", ""],
+    "timeout_ms": ["-5", "abc", "99999999999999999999999"],
+    "filename": ["../../etc/passwd", "a/b", "\x00", LONG],
+    "before_ts": ["x", "-1", "99999999999999999999999"],
 }
 # Which query parameters each route reads (matched on the path's end).
 QUERY_ROUTES: list[tuple[str, str, list[str]]] = [
@@ -149,6 +155,11 @@ QUERY_ROUTES: list[tuple[str, str, list[str]]] = [
     ("GET", "/members", ["at", "membership", "not_membership"]),
     ("GET", "/state/{event_type}/{state_key}", ["format"]),
     ("GET", "/sync", ["since", "timeout", "filter", "full_state", "set_presence"]),
+    ("GET", "/thumbnail/{server_name}/{media_id}", ["width", "height", "method", "timeout_ms"]),
+    ("GET", "/download/{server_name}/{media_id}", ["timeout_ms"]),
+    ("POST", "/media/v3/upload", ["filename"]),
+    ("PUT", "/upload/{server_name}/{media_id}", ["filename"]),
+    ("POST", "/purge_media_cache", ["before_ts"]),
 ]
 
 BIG = 10**30
@@ -304,7 +315,14 @@ async def _setup(alice: ApiClient, bob: ApiClient) -> dict[str, str]:
     event_id = await send_text(alice, room_id, "hello")
     r = await alice.post(f"user/{quote(alice.user_id or '', safe='')}/filter", {"room": {"timeline": {"limit": 5}}})
     assert r.status == 200, r
+    async with alice.session.post(alice.base_url + "/_matrix/media/v3/upload", data=b"a file",
+                                  headers={"Authorization": f"Bearer {alice.token}"}) as up:
+        assert up.status == 200
+        media_id = (await up.json())["content_uri"].rsplit("/", 1)[1]
     return {
+        "server_name": "test.local",
+        "media_id": media_id,
+        "file_name": "a file.txt",
         "room_id": room_id,
         "room": room_id,
         "user_id": alice.user_id or "",

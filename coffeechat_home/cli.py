@@ -1,4 +1,4 @@
-"""The ``coffeechat-home`` command: serve, init, migrate, register-user."""
+"""The ``coffeechat-home`` command: serve, init, migrate, register-user, media-*."""
 
 from __future__ import annotations
 
@@ -58,7 +58,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("username", help="localpart or full user id")
     p.add_argument("--password", help="password (default: prompt, or $COFFEECHAT_NEW_PASSWORD)")
     p.add_argument("--admin", action="store_true", help="make the user a server admin")
+
+    p = sub.add_parser("media-list", help="list a user's media", description="List the media a user uploaded.")
+    _add_config_arg(p)
+    p.add_argument("user_id", help="full user id, e.g. @alice:example.org")
+    p = sub.add_parser(
+        "media-quarantine", help="quarantine media (downloads answer 404)",
+        description="Quarantine media: downloads and thumbnails answer 404 until released.",
+    )
+    _add_config_arg(p)
+    p.add_argument("mxc", help="mxc://server/media_id")
+    p.add_argument("--release", action="store_true", help="lift the quarantine instead")
+    p = sub.add_parser("media-delete", help="delete media", description="Delete media, its thumbnails and unused files.")
+    _add_config_arg(p)
+    p.add_argument("mxc", help="mxc://server/media_id")
+    p = sub.add_parser(
+        "media-purge-remote", help="delete cached remote media older than a date",
+        description="Delete cached copies of other servers' media created before a date.",
+    )
+    _add_config_arg(p)
+    p.add_argument("--before", required=True, help="ISO date/time (UTC unless it says) or ms since the epoch")
     return parser
+
+
+def _parse_before(text: str) -> int:
+    """ms since the epoch from '1700000000000' or an ISO date/time."""
+    import datetime
+
+    if text.isdigit():
+        return int(text)
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"--before: expected an ISO date or ms since the epoch, got {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return int(when.timestamp() * 1000)
+
+
+async def _media_admin(config: Config, args: argparse.Namespace) -> int:
+    """The media-* admin commands: straight on the database and media folder."""
+    from .app import HomeServer
+    from .services.media import build_media
+    from .storage.migrations import run_migrations
+
+    server = HomeServer(config)
+    db = await server.open_database()
+    try:
+        await run_migrations(db)
+        media = build_media(config, db)
+        if args.command == "media-list":
+            for m in await media.list_user_media(args.user_id):
+                state = "quarantined" if m.quarantined else ("uploaded" if m.uploaded else "pending")
+                print(f"mxc://{m.server_name}/{m.media_id}\t{m.size_bytes}\t{m.content_type}\t"
+                      f"{m.upload_name or ''}\t{m.created_ts}\t{state}")
+            return 0
+        if args.command == "media-quarantine":
+            found = await media.quarantine(args.mxc, None if args.release else "admin (command line)")
+            print(f"{'released' if args.release else 'quarantined'} {args.mxc}" if found else f"no such media {args.mxc}")
+            return 0 if found else 1
+        if args.command == "media-delete":
+            found = await media.delete(args.mxc)
+            print(f"deleted {args.mxc}" if found else f"no such media {args.mxc}")
+            return 0 if found else 1
+        count = await media.purge_remote_before(_parse_before(args.before))
+        print(f"purged {count} remote media")
+        return 0
+    finally:
+        await server.stop()
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -209,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise ConfigError("no password given: use --password or $COFFEECHAT_NEW_PASSWORD")
                 password = getpass.getpass("Password: ")
             return asyncio.run(_register_user(config, args.username, password, args.admin))
+        if args.command.startswith("media-"):
+            return asyncio.run(_media_admin(config, args))
     except (ConfigError, DatabaseError) as e:
         print(f"coffeechat-home: error: {e}", file=sys.stderr)
         return 2

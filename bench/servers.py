@@ -245,7 +245,7 @@ class ServerProcess:
             _terminate(self.proc)
 
 
-def start_ours(work: Path, database_url: str) -> ServerProcess:
+def start_ours(work: Path, database_url: str, extra_env: dict[str, str] | None = None) -> ServerProcess:
     port = free_port()
     data = work / "coffeechat-data"
     shutil.rmtree(data, ignore_errors=True)
@@ -268,6 +268,7 @@ def start_ours(work: Path, database_url: str) -> ServerProcess:
         COFFEECHAT_LOG_LEVEL="WARNING",
         COFFEECHAT_DATA_DIR=str(data),
     )
+    env.update(extra_env or {})
     for k in list(env):
         if k.startswith("COCKROACH_") or k == "COFFEECHAT_CONFIG":
             env.pop(k)
@@ -350,13 +351,16 @@ def synapse_config(work: Path, port: int, socket_dir: str, dbname: str) -> dict:
     }
 
 
-def start_synapse(work: Path, python: Path, version: str, socket_dir: str, dbname: str) -> ServerProcess:
+def start_synapse(
+    work: Path, python: Path, version: str, socket_dir: str, dbname: str, extra_config: dict | None = None
+) -> ServerProcess:
     port = free_port()
     hs = work / "synapse"
     shutil.rmtree(hs, ignore_errors=True)
     (hs / "media").mkdir(parents=True)
     log = hs / "homeserver.log"
     config = synapse_config(work, port, socket_dir, dbname)
+    config.update(extra_config or {})
     # YAML is a superset of JSON: no YAML writer needed here.
     (hs / "homeserver.yaml").write_text(json.dumps(config, indent=1))
     (hs / "log.yaml").write_text(json.dumps({

@@ -14,12 +14,14 @@ import hashlib
 import os
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, BinaryIO
 
 from .content import HEADER_BYTES
 
+STALE_TMP_S = 3600  # a temporary file this old belongs to no running upload
 WRITE_BATCH = 256 * 1024  # bytes gathered before one write in a worker thread
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -55,7 +57,16 @@ class FileStore:
         self.tmp = root / "tmp"
 
     def prepare(self) -> None:
+        """Create the folders; remove temporary files a crash left behind
+        (only old ones: another instance may be writing the new ones)."""
         self.tmp.mkdir(parents=True, exist_ok=True)
+        cutoff = time.time() - STALE_TMP_S
+        for entry in self.tmp.iterdir():
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+            except OSError:
+                pass
 
     def path_of(self, sha256: str) -> Path:
         if not _HASH_RE.fullmatch(sha256):  # never a path from anything but a hash

@@ -42,6 +42,7 @@ from .storage.instances import InstanceStore
 from .api.client.conversation import register_conversation_routes
 from .services.conversation import Conversation, build_conversation
 # media repository
+from .api.admin_media import MediaAdminRoutes
 from .api.client.media import MediaRoutes
 from .services.media import MediaService, build_media
 
@@ -155,6 +156,7 @@ def build_client_app(config: Config, services: Services) -> web.Application:
     # uploads stream to disk with their own limit (media.max_upload_bytes):
     # client_max_size above bounds only bodies read whole
     MediaRoutes(services.media, services.auth).register_routes(app.router)
+    MediaAdminRoutes(services.media, services.auth).register_routes(app.router)
     return app
 
 

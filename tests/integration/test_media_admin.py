@@ -59,3 +59,33 @@ async def test_media_admin_commands(server, alice: ApiClient, database_url: str,
 async def test_help(sub: str) -> None:
     code, out, _ = await run(sub, "--help")
     assert code == 0 and "usage: coffeechat-home" in out
+
+
+async def test_admin_http_routes(server, alice: ApiClient, bob: ApiClient) -> None:  # type: ignore[no-untyped-def]
+    await server.services.db.execute("UPDATE users SET is_admin = true WHERE user_id = $1", alice.user_id)
+    r = await upload(bob.session, bob.base_url, bob.token, b"bob's upload", "text/plain", "b.txt")
+    path = media_path(r.json()["content_uri"])
+    media_id = path.split("/")[1]
+    url = f"{bob.base_url}{AUTHED}/download/{path}"
+    admin = "/_synapse/admin/v1"
+    # not for ordinary users
+    for method, p in (("POST", f"{admin}/media/quarantine/{path}"), ("DELETE", f"{admin}/media/{path}"),
+                      ("GET", f"{admin}/users/{bob.user_id}/media"), ("POST", f"{admin}/purge_media_cache?before_ts=1")):
+        r2 = await bob.request(method, p, validate=False)
+        assert r2.status == 403 and r2["errcode"] == "M_FORBIDDEN", (method, p)
+    r2 = await alice.get(f"{admin}/users/{bob.user_id}/media", validate=False)
+    assert r2.status == 200 and r2["total"] == 1
+    assert r2["media"][0]["media_id"] == media_id and r2["media"][0]["media_length"] == 12
+    assert (await alice.post(f"{admin}/media/quarantine/{path}", {}, validate=False)).status == 200
+    assert_error(await raw(bob.session, "GET", url, token=bob.token), 404, "M_NOT_FOUND")
+    assert (await alice.post(f"{admin}/media/unquarantine/{path}", {}, validate=False)).status == 200
+    assert (await raw(bob.session, "GET", url, token=bob.token)).status == 200
+    r2 = await alice.delete(f"{admin}/media/{path}", validate=False)
+    assert r2.status == 200 and r2["deleted_media"] == [media_id]
+    assert_error(await raw(bob.session, "GET", url, token=bob.token), 404, "M_NOT_FOUND")
+    r2 = await alice.delete(f"{admin}/media/{path}", validate=False)
+    assert r2.status == 404 and r2["errcode"] == "M_NOT_FOUND"
+    r2 = await alice.post(f"{admin}/purge_media_cache?before_ts={int(time.time() * 1000)}", {}, validate=False)
+    assert r2.status == 200 and r2["deleted"] == 0
+    r2 = await alice.post(f"{admin}/purge_media_cache", {}, validate=False)
+    assert r2.status == 400 and r2["errcode"] == "M_MISSING_PARAM"

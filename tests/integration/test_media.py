@@ -5,11 +5,16 @@ paths and their cut-off, limits, quotas and every refusal the issue lists."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import socket
+import threading
 import time
 from pathlib import Path
 
 import aiohttp
+import psutil
+import pytest
 
 from ..helpers import ApiClient
 from .conftest import StartServer
@@ -316,3 +321,46 @@ async def test_two_instances_serve_each_others_uploads(start_server: StartServer
     assert r.status == 200
     r = await raw(http, "GET", f"{on_a.base_url}{AUTHED}/download/{created}", token=on_a.token)
     assert r.status == 200 and r.body == b"late"
+
+
+@pytest.mark.slow
+async def test_large_upload_streams_without_holding_the_body(alice: ApiClient, tmp_path: Path) -> None:
+    """40 MB in and out of the server (running in this process) while a
+    thread samples the resident size: it must not grow by the file's size."""
+    size = 40 * 1024 * 1024
+    src = tmp_path / "big.bin"
+    with open(src, "wb") as f:
+        block = os.urandom(1024 * 1024)
+        for _ in range(size // len(block)):
+            f.write(block)
+    proc = psutil.Process()
+    peak = [proc.memory_info().rss]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            stop.wait(0.01)
+
+    gc.collect()
+    base = proc.memory_info().rss
+    peak[0] = base
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        with open(src, "rb") as f:
+            r = await upload(alice.session, alice.base_url, alice.token, f, "application/octet-stream", "big.bin")
+        assert r.status == 200, r.body
+        path = media_path(r.json()["content_uri"])
+        got = 0
+        async with alice.session.get(f"{alice.base_url}{AUTHED}/download/{path}",
+                                     headers={"Authorization": f"Bearer {alice.token}"}) as resp:
+            assert resp.status == 200
+            async for chunk in resp.content.iter_chunked(1 << 20):
+                got += len(chunk)
+        assert got == size
+    finally:
+        stop.set()
+        sampler.join()
+    growth = peak[0] - base
+    assert growth < size // 2, f"resident size grew by {growth / 2**20:.1f} MiB for a {size / 2**20:.0f} MiB file"

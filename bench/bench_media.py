@@ -31,9 +31,9 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from matrix_client import Client, User  # noqa: E402
-from servers import Postgres, RssMonitor, ServerProcess, start_ours, start_synapse  # noqa: E402
-from synapse_env import ensure_synapse  # noqa: E402
+from matrix_client import Client, User
+from servers import Postgres, RssMonitor, ServerProcess, start_ours, start_synapse
+from synapse_env import ensure_synapse
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work" / "media"
@@ -84,7 +84,8 @@ class Body:
 
 async def upload(http: aiohttp.ClientSession, t: Target, path: Path, size: int) -> str:
     assert t.user is not None
-    with open(path, "rb") as f:
+    f = await asyncio.to_thread(open, path, "rb")
+    try:
         async with http.post(
             t.server.base_url + "/_matrix/media/v3/upload", data=f, params={"filename": "bench.bin"},
             headers={"Authorization": f"Bearer {t.user.token}", "Content-Type": "application/octet-stream",
@@ -95,6 +96,8 @@ async def upload(http: aiohttp.ClientSession, t: Target, path: Path, size: int) 
             if r.status != 200:
                 raise RuntimeError(f"{t.label}: upload answered {r.status}: {body}")
             return str(body["content_uri"])
+    finally:
+        f.close()
 
 
 async def download(http: aiohttp.ClientSession, t: Target, uri: str) -> int:

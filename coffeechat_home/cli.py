@@ -92,7 +92,7 @@ def _parse_before(text: str) -> int:
     except ValueError:
         raise ConfigError(f"--before: expected an ISO date or ms since the epoch, got {text!r}") from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
+        when = when.replace(tzinfo=datetime.UTC)
     return int(when.timestamp() * 1000)
 
 

@@ -18,7 +18,15 @@ import pytest
 
 from ..helpers import ApiClient
 from .conftest import StartServer
-from .media_helpers import AUTHED, UPLOAD, assert_error, image_bytes, media_path, raw, upload
+from .media_helpers import (
+    AUTHED,
+    UPLOAD,
+    assert_error,
+    image_bytes,
+    media_path,
+    raw,
+    upload,
+)
 
 
 async def _uploaded(api: ApiClient, data: bytes, ctype: str = "application/octet-stream", filename: str | None = None) -> str:
@@ -323,16 +331,19 @@ async def test_two_instances_serve_each_others_uploads(start_server: StartServer
     assert r.status == 200 and r.body == b"late"
 
 
+def _write_random(path: Path, size: int) -> None:
+    block = os.urandom(1024 * 1024)
+    with open(path, "wb") as f:
+        f.writelines(block for _ in range(size // len(block)))
+
+
 @pytest.mark.slow
 async def test_large_upload_streams_without_holding_the_body(alice: ApiClient, tmp_path: Path) -> None:
     """40 MB in and out of the server (running in this process) while a
     thread samples the resident size: it must not grow by the file's size."""
     size = 40 * 1024 * 1024
     src = tmp_path / "big.bin"
-    with open(src, "wb") as f:
-        block = os.urandom(1024 * 1024)
-        for _ in range(size // len(block)):
-            f.write(block)
+    await asyncio.to_thread(_write_random, src, size)
     proc = psutil.Process()
     peak = [proc.memory_info().rss]
     stop = threading.Event()
@@ -348,8 +359,11 @@ async def test_large_upload_streams_without_holding_the_body(alice: ApiClient, t
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        with open(src, "rb") as f:
+        f = await asyncio.to_thread(open, src, "rb")
+        try:
             r = await upload(alice.session, alice.base_url, alice.token, f, "application/octet-stream", "big.bin")
+        finally:
+            f.close()
         assert r.status == 200, r.body
         path = media_path(r.json()["content_uri"])
         got = 0

@@ -11,7 +11,15 @@ import psutil
 from PIL import Image
 
 from ..helpers import ApiClient
-from .media_helpers import AUTHED, assert_error, gigapixel_png, image_bytes, media_path, raw, upload
+from .media_helpers import (
+    AUTHED,
+    assert_error,
+    gigapixel_png,
+    image_bytes,
+    media_path,
+    raw,
+    upload,
+)
 
 
 async def _uploaded(api: ApiClient, data: bytes, ctype: str) -> str:

@@ -10,7 +10,7 @@ read whole) does not apply here: ``media.max_upload_bytes`` does.
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError

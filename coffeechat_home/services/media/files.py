@@ -15,9 +15,10 @@ import os
 import re
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, BinaryIO
+from typing import BinaryIO
 
 from .content import HEADER_BYTES
 
@@ -41,7 +42,7 @@ class StoredBody:
     head: bytes  # the first bytes, to sniff the type
 
 
-def _write_and_hash(f: BinaryIO, digest: "hashlib._Hash", data: bytes) -> None:
+def _write_and_hash(f: BinaryIO, digest: hashlib._Hash, data: bytes) -> None:
     f.write(data)
     digest.update(data)
 

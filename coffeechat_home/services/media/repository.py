@@ -11,9 +11,10 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from ...config import MediaConfig
 from ...errors import MatrixError, forbidden, invalid_param, limit_exceeded, not_found

@@ -341,6 +341,9 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         # Relative data_dir is relative to the config file's folder.
         if not Path(config.data_dir).expanduser().is_absolute():
             config.data_dir = str((p.parent / config.data_dir).resolve())
+        store = config.media.store_path
+        if store and not Path(store).expanduser().is_absolute():
+            config.media.store_path = str((p.parent / store).resolve())
     _apply_env(config, env)
     if not config.database.url:
         built = cockroach_url_from_env(env)

@@ -141,3 +141,20 @@ def test_connect_kwargs_for_cockroach_url(tmp_path: Path) -> None:
     assert isinstance(kw["ssl"], ssl.SSLContext) and kw["ssl"].check_hostname
     assert kw["server_settings"] == {"options": "--cluster=cl"}
     assert "sslrootcert" not in kw["dsn"] and "options" not in kw["dsn"]
+
+
+def test_media_settings(tmp_path: Path) -> None:
+    c = load_config(None, {"COFFEECHAT_DATA_DIR": str(tmp_path)})
+    assert c.media_path == tmp_path / "media"
+    assert c.media.max_upload_bytes == 50 * 1024 * 1024 and c.media.user_quota_bytes == 0
+    assert c.media.unauthenticated_cutoff_ts == 0
+    f = tmp_path / "c.toml"
+    f.write_text('[media]\nstore_path = "shared/media"\nmax_upload_bytes = 1000\nuser_quota_bytes = 5000\n')
+    c = load_config(f, {"COFFEECHAT_MEDIA_UNAUTHENTICATED_CUTOFF_TS": "1700000000000"})
+    assert c.media_path == (tmp_path / "shared" / "media").resolve()
+    assert (c.media.max_upload_bytes, c.media.user_quota_bytes) == (1000, 5000)
+    assert c.media.unauthenticated_cutoff_ts == 1_700_000_000_000
+    for bad in ("max_upload_bytes = 0", "user_quota_bytes = -1", "max_image_pixels = 0", "thumbnail_concurrency = 0"):
+        f.write_text(f"[media]\n{bad}\n")
+        with pytest.raises(ConfigError, match="media."):
+            load_config(f, {})

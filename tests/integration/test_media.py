@@ -48,6 +48,9 @@ async def test_upload_download_with_safe_headers(alice: ApiClient, bob: ApiClien
     assert r.headers["Content-Security-Policy"].startswith("sandbox; default-src 'none'")
     assert r.headers["X-Content-Type-Options"] == "nosniff"
     assert r.headers["Cross-Origin-Resource-Policy"] == "cross-origin"
+    assert r.headers["Access-Control-Allow-Origin"] == "*"  # browser clients fetch media too
+    head = await raw(bob.session, "HEAD", f"{bob.base_url}{AUTHED}/download/{path}", token=bob.token)
+    assert head.status == 200 and head.body == b"" and int(head.headers["Content-Length"]) == len(data)
     # the file name in the path replaces the stored one
     r = await raw(bob.session, "GET", f"{bob.base_url}{AUTHED}/download/{path}/r%C3%A9sum%C3%A9.pdf", token=bob.token)
     assert r.status == 200 and r.body == data

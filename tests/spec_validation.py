@@ -74,12 +74,16 @@ def _match(api: str, method: str, path: str) -> tuple[Path, str, str]:
     index = _index(api)
     # the legacy r0 prefix shares v3's schemas
     candidate = re.sub(r"^/_matrix/client/r0/", "/_matrix/client/v3/", path)
-    for (m, template), (f, key) in index.items():
-        if m != method:
-            continue
-        pattern = _template_regex(template)
-        if re.match(pattern, candidate):
-            return f, key, m
+    found = [
+        (template.count("{"), f, key, m)
+        for (m, template), (f, key) in index.items()
+        if m == method and re.match(_template_regex(template), candidate)
+    ]
+    if found:
+        # /room_keys/keys is also /room_keys/keys/{roomId} with an empty
+        # trailing parameter: the template with fewer parameters wins.
+        _, f, key, m = min(found, key=lambda x: x[0])
+        return f, key, m
     raise AssertionError(f"no operation {method} {path} in the spec's {api} API")
 
 

@@ -47,6 +47,10 @@ class LoginResult:
 # Hooks other services register to run when an account is deactivated
 # (leave rooms, remove keys ...). Each takes the user id.
 DeactivationHook = Callable[[str], Awaitable[None]]
+# Hooks run after devices appear (user id, device id) or go (user id,
+# device ids): device lists and end-to-end keys follow them.
+DeviceAddedHook = Callable[[str, str], Awaitable[None]]
+DevicesRemovedHook = Callable[[str, list[str]], Awaitable[None]]
 
 
 class AccountService:
@@ -65,6 +69,8 @@ class AccountService:
         self.registration_mode = registration_mode
         self.registration_tokens = tuple(registration_tokens)
         self.deactivation_hooks: list[DeactivationHook] = []
+        self.device_added_hooks: list[DeviceAddedHook] = []
+        self.devices_removed_hooks: list[DevicesRemovedHook] = []
         # A stored hash to compare against when a user does not exist, so a
         # missing user takes as long to reject as a wrong password.
         self._dummy_hash: str | None = None
@@ -145,6 +151,7 @@ class AccountService:
             raise MatrixError(400, "M_USER_IN_USE", "User ID already taken.") from None
         if inhibit_login:
             return user_id
+        await self._device_added(user_id, device_id)
         return LoginResult(user_id, device_id, token)
 
     # -- login / tokens --------------------------------------------------------
@@ -172,6 +179,7 @@ class AccountService:
         device_id = device_id or new_device_id()
         token = new_token()
         await self.store.login_device(user_id, device_id, device_display_name, token, now_ms(), ip)
+        await self._device_added(user_id, device_id)
         return LoginResult(user_id, device_id, token)
 
     async def requester_for_token(self, token: str) -> Requester | None:
@@ -181,23 +189,37 @@ class AccountService:
         return Requester(owner.user_id, owner.device_id, owner.is_admin, token)
 
     async def logout(self, requester: Requester) -> None:
-        # Logging out deletes the device, its tokens (and later its keys).
-        await self.store.delete_devices(requester.user_id, [requester.device_id])
+        # Logging out deletes the device, its tokens and its keys.
+        await self.delete_devices(requester.user_id, [requester.device_id])
 
     async def logout_all(self, requester: Requester) -> None:
-        await self.store.delete_devices(requester.user_id, None)
+        await self.delete_devices(requester.user_id, None)
+
+    async def delete_devices(self, user_id: str, device_ids: list[str] | None) -> None:
+        """Delete devices (all when None), their tokens and their keys."""
+        await self._devices_removed(user_id, await self.store.delete_devices(user_id, device_ids))
+
+    async def _device_added(self, user_id: str, device_id: str) -> None:
+        for hook in self.device_added_hooks:
+            await hook(user_id, device_id)
+
+    async def _devices_removed(self, user_id: str, device_ids: list[str]) -> None:
+        if device_ids:
+            for hook in self.devices_removed_hooks:
+                await hook(user_id, device_ids)
 
     # -- password & deactivation ---------------------------------------------
     async def change_password(self, requester: Requester, new_password: str, logout_devices: bool) -> None:
         password_hash = await self.hasher.hash(new_password)
-        await self.store.set_password(
+        removed = await self.store.set_password(
             requester.user_id, password_hash, keep_device=requester.device_id, revoke=logout_devices
         )
+        await self._devices_removed(requester.user_id, removed)
 
     async def deactivate(self, user_id: str) -> None:
         for hook in self.deactivation_hooks:
             await hook(user_id)
-        await self.store.deactivate(user_id)
+        await self._devices_removed(user_id, await self.store.deactivate(user_id))
 
     # -- user-interactive auth ------------------------------------------------
     async def require_uia(

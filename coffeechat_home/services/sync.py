@@ -46,7 +46,17 @@ class SyncSources:
     presence: Callable[[str, int | None, int], Awaitable[list[dict[str, Any]]]] | None = None
     # unread_notifications per joined room in the response (user, room ids, upto)
     unread: Callable[[str, list[str], int], Awaitable[dict[str, dict[str, int]]]] | None = None
-    extra_global: list[Callable[[Requester, int | None, int], Awaitable[dict[str, Any]]]] = field(default_factory=list)
+    # Top-level sections from other features (E2EE: to_device, device_lists,
+    # key counts): each returns its fields and whether they carry news.
+    extra_global: list[Callable[[Requester, int | None, int], Awaitable[tuple[dict[str, Any], bool]]]] = field(
+        default_factory=list
+    )
+    # Lowers a response's end position (to-device batches); also called
+    # first with the request's since, so it may forget acknowledged data.
+    limit_upto: Callable[[Requester, int | None, int], Awaitable[int]] | None = None
+    # Wake a long-poll when a user sharing a room changes something keyed
+    # by their user id (presence, device lists).
+    wake_on_room_peers: bool = False
 
 
 @dataclass
@@ -138,6 +148,7 @@ class SyncService:
         upto = max(self.notifier.position, await self.notifier.stream.current_position())
         if since is not None and since > upto:
             since = upto  # a token from the future (e.g. a restored database)
+        upto = await self._limit(requester, since, upto)
         if since is not None and since == upto and timeout_ms > 0 and not full_state:
             # nothing can have happened since the client's token (every part
             # of a response is a stream range): wait first, build once
@@ -149,7 +160,7 @@ class SyncService:
                 return body
         # rooms, the user, and (for presence) everyone sharing a room
         keys = set(await self.rooms.rooms_for_user(requester.user_id)) | {requester.user_id}
-        if self.sources.presence is not None:
+        if self.sources.presence is not None or self.sources.wake_on_room_peers:
             keys |= await self.rooms.users_sharing_a_room(requester.user_id)
         deadline_s = min(timeout_ms, 300_000) / 1000
         loop = asyncio.get_running_loop()
@@ -161,10 +172,15 @@ class SyncService:
             new = await self.notifier.wait_for_change(upto, keys, remaining)
             if new <= upto:
                 return body or (await self._build(requester, since, upto, sync_filter, False))[0]
-            upto = new
+            upto = await self._limit(requester, since, new)
             body, empty = await self._build(requester, since, upto, sync_filter, False)
             if not empty:
                 return body
+
+    async def _limit(self, requester: Requester, since: int | None, upto: int) -> int:
+        if self.sources.limit_upto is None:
+            return upto
+        return await self.sources.limit_upto(requester, since, upto)
 
     async def _build(
         self, requester: Requester, since: int | None, upto: int, f: SyncFilter, full_state: bool
@@ -299,9 +315,12 @@ class SyncService:
             kept = [e for e in events or () if types is None or _type_match(e.get("type", ""), types)]
             if kept:
                 body[key] = {"events": kept}
+        news = False
         for extra in self.sources.extra_global:
-            body.update(await extra(requester, since, upto))
-        empty = not rooms and "account_data" not in body and "presence" not in body
+            part, part_news = await extra(requester, since, upto)
+            body.update(part)
+            news = news or part_news
+        empty = not rooms and "account_data" not in body and "presence" not in body and not news
         return body, empty
 
     async def _timeline(

@@ -85,31 +85,40 @@ class AccountStore:
     async def user_exists(self, user_id: str) -> bool:
         return bool(await self.db.fetchval("SELECT 1 FROM users WHERE user_id = $1", user_id))
 
-    async def set_password(self, user_id: str, password_hash: str, *, keep_device: str | None, revoke: bool) -> None:
-        async def txn(conn: asyncpg.Connection) -> None:
+    async def set_password(
+        self, user_id: str, password_hash: str, *, keep_device: str | None, revoke: bool
+    ) -> list[str]:
+        """Returns the ids of the devices logged out (when ``revoke``)."""
+
+        async def txn(conn: asyncpg.Connection) -> list[str]:
             await conn.execute("UPDATE users SET password_hash = $2 WHERE user_id = $1", user_id, password_hash)
-            if revoke:
-                # Other sessions are logged out: their devices and tokens go.
-                await conn.execute(
-                    "DELETE FROM access_tokens WHERE user_id = $1 AND device_id IS DISTINCT FROM $2",
-                    user_id, keep_device,
-                )
-                await conn.execute(
-                    "DELETE FROM devices WHERE user_id = $1 AND device_id IS DISTINCT FROM $2",
-                    user_id, keep_device,
-                )
+            if not revoke:
+                return []
+            # Other sessions are logged out: their devices and tokens go.
+            await conn.execute(
+                "DELETE FROM access_tokens WHERE user_id = $1 AND device_id IS DISTINCT FROM $2",
+                user_id, keep_device,
+            )
+            rows = await conn.fetch(
+                "DELETE FROM devices WHERE user_id = $1 AND device_id IS DISTINCT FROM $2 RETURNING device_id",
+                user_id, keep_device,
+            )
+            return [r["device_id"] for r in rows]
 
-        await self.db.transaction(txn, name="set_password")
+        return await self.db.transaction(txn, name="set_password")
 
-    async def deactivate(self, user_id: str) -> None:
-        async def txn(conn: asyncpg.Connection) -> None:
+    async def deactivate(self, user_id: str) -> list[str]:
+        """Returns the ids of the devices removed."""
+
+        async def txn(conn: asyncpg.Connection) -> list[str]:
             await conn.execute(
                 "UPDATE users SET deactivated = true, password_hash = NULL WHERE user_id = $1", user_id
             )
             await conn.execute("DELETE FROM access_tokens WHERE user_id = $1", user_id)
-            await conn.execute("DELETE FROM devices WHERE user_id = $1", user_id)
+            rows = await conn.fetch("DELETE FROM devices WHERE user_id = $1 RETURNING device_id", user_id)
+            return [r["device_id"] for r in rows]
 
-        await self.db.transaction(txn, name="deactivate")
+        return await self.db.transaction(txn, name="deactivate")
 
     # -- tokens & devices ----------------------------------------------------
     async def login_device(
@@ -139,23 +148,26 @@ class AccountStore:
             user_id, device_id, ip, now_ms,
         )
 
-    async def delete_devices(self, user_id: str, device_ids: list[str] | None) -> None:
-        """Delete devices (all when None) and every token they hold."""
+    async def delete_devices(self, user_id: str, device_ids: list[str] | None) -> list[str]:
+        """Delete devices (all when None) and every token they hold;
+        returns the ids of the devices that existed."""
 
-        async def txn(conn: asyncpg.Connection) -> None:
+        async def txn(conn: asyncpg.Connection) -> list[str]:
             if device_ids is None:
                 await conn.execute("DELETE FROM access_tokens WHERE user_id = $1", user_id)
-                await conn.execute("DELETE FROM devices WHERE user_id = $1", user_id)
+                rows = await conn.fetch("DELETE FROM devices WHERE user_id = $1 RETURNING device_id", user_id)
             else:
                 await conn.execute(
                     "DELETE FROM access_tokens WHERE user_id = $1 AND device_id = ANY($2::TEXT[])",
                     user_id, device_ids,
                 )
-                await conn.execute(
-                    "DELETE FROM devices WHERE user_id = $1 AND device_id = ANY($2::TEXT[])", user_id, device_ids
+                rows = await conn.fetch(
+                    "DELETE FROM devices WHERE user_id = $1 AND device_id = ANY($2::TEXT[]) RETURNING device_id",
+                    user_id, device_ids,
                 )
+            return [r["device_id"] for r in rows]
 
-        await self.db.transaction(txn, name="delete_devices")
+        return await self.db.transaction(txn, name="delete_devices")
 
     async def list_devices(self, user_id: str) -> list[Device]:
         rows = await self.db.fetch(

@@ -162,3 +162,32 @@ class RoomStore:
             user_id, upto,
         )
         return {r["room_id"]: (r["membership"], r["event_id"], r["stream_pos"]) for r in rows}
+
+    # -- who shares a room with whom, at a stream position ------------------------
+    async def users_sharing_a_room_at(self, user_id: str, pos: int) -> set[str]:
+        """Every user joined, as of ``pos``, to a room the given user was
+        joined to then (incl. the user itself)."""
+        rows = await self.db.fetch(
+            """WITH mine AS (
+                   SELECT DISTINCT ON (room_id) room_id, membership FROM room_memberships
+                   WHERE user_id = $1 AND stream_pos <= $2 ORDER BY room_id, stream_pos DESC),
+               latest AS (
+                   SELECT DISTINCT ON (m.room_id, m.user_id) m.user_id, m.membership FROM room_memberships m
+                   WHERE m.room_id IN (SELECT room_id FROM mine WHERE membership = 'join') AND m.stream_pos <= $2
+                   ORDER BY m.room_id, m.user_id, m.stream_pos DESC)
+               SELECT DISTINCT user_id FROM latest WHERE membership = 'join'""",
+            user_id, pos,
+        )
+        return {r["user_id"] for r in rows} | {user_id}
+
+    async def memberships_changed_near(self, user_id: str, after: int, upto: int) -> bool:
+        """Whether any membership changed in (after, upto] in a room the
+        user has been in (so who shares a room with them may have changed)."""
+        found = await self.db.fetchval(
+            """SELECT 1 FROM room_memberships
+               WHERE stream_pos > $2 AND stream_pos <= $3 AND room_id IN (
+                   SELECT room_id FROM room_memberships WHERE user_id = $1 AND stream_pos <= $3)
+               LIMIT 1""",
+            user_id, after, upto,
+        )
+        return bool(found)

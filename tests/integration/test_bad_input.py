@@ -137,6 +137,7 @@ QUERY_GARBAGE: dict[str, list[str]] = {
     "timeout_ms": ["-5", "abc", "99999999999999999999999"],
     "filename": ["../../etc/passwd", "a/b", "\x00", LONG],
     "before_ts": ["x", "-1", "99999999999999999999999"],
+    "version": ["x", "-1", "99999999999999999999999", ""],
 }
 # Which query parameters each route reads (matched on the path's end).
 QUERY_ROUTES: list[tuple[str, str, list[str]]] = [
@@ -160,6 +161,12 @@ QUERY_ROUTES: list[tuple[str, str, list[str]]] = [
     ("POST", "/media/v3/upload", ["filename"]),
     ("PUT", "/upload/{server_name}/{media_id}", ["filename"]),
     ("POST", "/purge_media_cache", ["before_ts"]),
+    ("GET", "/keys/changes", ["from", "to"]),
+    ("PUT", "/room_keys/keys", ["version"]),
+    ("GET", "/room_keys/keys", ["version"]),
+    ("DELETE", "/room_keys/keys", ["version"]),
+    ("PUT", "/room_keys/keys/{room_id}/{session_id}", ["version"]),
+    ("GET", "/room_keys/keys/{room_id}", ["version"]),
 ]
 
 BIG = 10**30
@@ -319,10 +326,15 @@ async def _setup(alice: ApiClient, bob: ApiClient) -> dict[str, str]:
                                   headers={"Authorization": f"Bearer {alice.token}"}) as up:
         assert up.status == 200
         media_id = (await up.json())["content_uri"].rsplit("/", 1)[1]
+    backup = await alice.post("room_keys/version", {"algorithm": "m.megolm_backup.v1.curve25519-aes-sha2",
+                                                    "auth_data": {"public_key": "x"}})
+    assert backup.status == 200, backup
     return {
         "server_name": "test.local",
         "media_id": media_id,
         "file_name": "a file.txt",
+        "version": backup["version"],
+        "session_id": "s",
         "room_id": room_id,
         "room": room_id,
         "user_id": alice.user_id or "",

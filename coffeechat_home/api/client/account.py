@@ -210,11 +210,11 @@ class AccountRoutes:
         if await self.accounts.store.get_device(requester.user_id, device_id) is None:
             raise not_found("Device not found")
         await self._require_password(body, requester)
-        await self.accounts.store.delete_devices(requester.user_id, [device_id])
+        await self.accounts.delete_devices(requester.user_id, [device_id])
         return json_response({})
 
     async def delete_devices(self, request: web.Request, requester: Requester) -> web.StreamResponse:
         body = await read_json_object(request, "delete_devices")
         await self._require_password(body, requester)
-        await self.accounts.store.delete_devices(requester.user_id, list(body["devices"]))
+        await self.accounts.delete_devices(requester.user_id, list(body["devices"]))
         return json_response({})

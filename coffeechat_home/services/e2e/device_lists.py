@@ -1,0 +1,48 @@
+"""Device lists: who must refresh whose devices, for /sync and
+/keys/changes, and recording device changes from logins and logouts.
+
+A user's device change reaches every user sharing a room with them
+(``changed``); users who stop sharing every room appear in ``left``, and
+users who start sharing a room appear in ``changed`` (the client has not
+tracked their devices so far).
+"""
+
+from __future__ import annotations
+
+from ...storage.e2e_keys import E2EKeyStore
+from ...storage.rooms import RoomStore
+from ..notifier import Notifier
+
+
+class DeviceListService:
+    def __init__(self, keys: E2EKeyStore, rooms: RoomStore, notifier: Notifier) -> None:
+        self.keys = keys
+        self.rooms = rooms
+        self.notifier = notifier
+
+    async def changes(self, user_id: str, since: int, upto: int) -> tuple[list[str], list[str]]:
+        """(changed, left) user ids for the stream range (since, upto]."""
+        if upto <= since:
+            return [], []
+        sharing_now = await self.rooms.users_sharing_a_room_at(user_id, upto)
+        changed = await self.keys.users_with_changes(sharing_now, since, upto)
+        left: set[str] = set()
+        if await self.rooms.memberships_changed_near(user_id, since, upto):
+            sharing_then = await self.rooms.users_sharing_a_room_at(user_id, since)
+            changed |= sharing_now - sharing_then
+            left = sharing_then - sharing_now
+        left.discard(user_id)
+        return sorted(changed), sorted(left)
+
+    # -- hooks for the account service ---------------------------------------
+    async def device_added(self, user_id: str, device_id: str) -> None:
+        await self.keys.device_added(user_id)
+        self.notifier.poke()
+
+    async def devices_removed(self, user_id: str, device_ids: list[str]) -> None:
+        """Keys, signatures and pending to-device messages of the removed
+        devices go; a device-list change for the user."""
+        if not device_ids:
+            return
+        await self.keys.devices_removed(user_id, device_ids)
+        self.notifier.poke()

@@ -1,0 +1,127 @@
+"""Device keys and one-time keys: /keys/upload, /keys/query, /keys/claim
+and /keys/changes (local users; users on other servers are reported in
+``failures`` until federation exists)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import orjson
+
+from ...errors import MatrixError, bad_json
+from ...protocol.e2e_keys import KeyObjectError, check_device_keys, check_one_time_keys
+from ...protocol.errors import SignatureError
+from ...storage.e2e_keys import E2EKeyStore, KeyUpload, OneTimeKeyConflict
+from ..accounts import Requester
+from .cross_signing import CrossSigningService
+from .device_lists import DeviceListService
+
+MAX_KEYS_PER_UPLOAD = 1000  # one-time keys in one request
+MAX_QUERIED_DEVICES = 10_000  # (user, device) pairs in one query or claim
+
+FEDERATION_FAILURE = {"errcode": "M_UNRECOGNIZED", "error": "Federation is not supported by this server yet"}
+
+
+def server_of(user_id: str) -> str:
+    return user_id.split(":", 1)[1] if ":" in user_id else ""
+
+
+class KeyService:
+    def __init__(
+        self,
+        store: E2EKeyStore,
+        device_lists: DeviceListService,
+        cross_signing: CrossSigningService,
+        server_name: str,
+    ) -> None:
+        self.store = store
+        self.device_lists = device_lists
+        self.cross_signing = cross_signing
+        self.server_name = server_name
+
+    # -- upload ------------------------------------------------------------
+    async def upload(self, requester: Requester, body: Mapping[str, Any]) -> dict[str, int]:
+        user_id, device_id = requester.user_id, requester.device_id
+        device_keys = body.get("device_keys")
+        try:
+            if device_keys is not None:
+                check_device_keys(device_keys, user_id, device_id)
+            one_time = check_one_time_keys(body.get("one_time_keys") or {}, "one_time_keys")
+            fallback_raw = body.get("fallback_keys")
+            fallback = check_one_time_keys(fallback_raw, "fallback_keys") if fallback_raw is not None else None
+        except SignatureError as e:
+            raise MatrixError(400, "M_INVALID_SIGNATURE", f"device_keys: {e}") from None
+        except KeyObjectError as e:
+            raise bad_json(str(e)) from None
+        if len(one_time) > MAX_KEYS_PER_UPLOAD:
+            raise MatrixError(400, "M_TOO_LARGE", f"At most {MAX_KEYS_PER_UPLOAD} one-time keys per upload")
+        if fallback is not None and len({alg for alg, _ in fallback.values()}) != len(fallback):
+            raise bad_json("fallback_keys: at most one key per algorithm")
+        upload = KeyUpload(dict(device_keys) if device_keys is not None else None, one_time, fallback)
+        try:
+            counts = await self.store.upload(user_id, device_id, upload)
+        except OneTimeKeyConflict as e:
+            raise MatrixError(
+                400, "M_INVALID_PARAM", f"Key {e.key_id} already exists with different content"
+            ) from None
+        if upload.device_keys is not None:
+            self.device_lists.notifier.poke()
+        return counts
+
+    # -- query -------------------------------------------------------------
+    async def query(self, requester: Requester, wanted: Mapping[str, list[str]]) -> dict[str, Any]:
+        _check_size(wanted)
+        local = {u: list(d) for u, d in wanted.items() if server_of(u) == self.server_name}
+        failures = {s: FEDERATION_FAILURE for s in {server_of(u) for u in wanted} if s != self.server_name}
+        found = await self.store.device_keys_for(local)
+        extra = await self.store.signatures_on(
+            (u, d) for u, devices in found.items() for d in devices
+        )
+        device_keys: dict[str, dict[str, Any]] = {}
+        for user_id, devices in found.items():
+            out = device_keys[user_id] = {}
+            for device_id, (key_json, display_name) in devices.items():
+                key = orjson.loads(key_json)
+                self.cross_signing.merge_signatures(key, extra.get((user_id, device_id), []), requester, user_id)
+                if display_name is not None:
+                    key.setdefault("unsigned", {})["device_display_name"] = display_name
+                out[device_id] = key
+        result: dict[str, Any] = {"device_keys": device_keys, "failures": failures}
+        result.update(await self.cross_signing.keys_for_query(requester, list(local)))
+        return result
+
+    # -- claim -------------------------------------------------------------
+    async def claim(self, wanted: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+        _check_size(wanted)
+        requests = [
+            (user_id, device_id, algorithm)
+            for user_id, devices in wanted.items() if server_of(user_id) == self.server_name
+            for device_id, algorithm in devices.items()
+        ]
+        failures = {s: FEDERATION_FAILURE for s in {server_of(u) for u in wanted} if s != self.server_name}
+        one_time_keys: dict[str, dict[str, dict[str, Any]]] = {}
+        for key in await self.store.claim(requests):
+            one_time_keys.setdefault(key.user_id, {}).setdefault(key.device_id, {})[key.key_id] = key.key
+        return {"one_time_keys": one_time_keys, "failures": failures}
+
+    # -- changes -------------------------------------------------------------
+    async def changes(self, requester: Requester, since: int, upto: int) -> dict[str, list[str]]:
+        changed, left = await self.device_lists.changes(requester.user_id, since, upto)
+        return {"changed": changed, "left": left}
+
+    # -- /sync ------------------------------------------------------------------
+    async def counts_for_sync(self, requester: Requester) -> dict[str, Any]:
+        return {
+            "device_one_time_keys_count": await self.store.one_time_key_counts(
+                requester.user_id, requester.device_id
+            ),
+            "device_unused_fallback_key_types": await self.store.unused_fallback_key_types(
+                requester.user_id, requester.device_id
+            ),
+        }
+
+
+def _check_size(wanted: Mapping[str, Any]) -> None:
+    total = sum(max(1, len(devices)) for devices in wanted.values())
+    if total > MAX_QUERIED_DEVICES:
+        raise MatrixError(400, "M_TOO_LARGE", f"At most {MAX_QUERIED_DEVICES} devices per request")

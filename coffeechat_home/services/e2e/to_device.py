@@ -1,0 +1,65 @@
+"""To-device messages: PUT /sendToDevice and the ``to_device`` section of
+/sync (delivered once acknowledged, at most ``SYNC_BATCH`` a response)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import orjson
+
+from ...errors import MatrixError, bad_json
+from ...protocol.canonical import check_canonical_json_values
+from ...protocol.errors import CanonicalJSONError
+from ...storage.to_device import ToDeviceStore
+from ..accounts import Requester, now_ms
+from ..notifier import Notifier
+
+SYNC_BATCH = 100  # messages per /sync response, about
+MAX_RECIPIENTS = 10_000  # (user, device) entries in one send
+FEDERATION_ERROR = "Sending to-device messages to other servers is not supported yet"
+
+
+class ToDeviceService:
+    def __init__(self, store: ToDeviceStore, notifier: Notifier, server_name: str) -> None:
+        self.store = store
+        self.notifier = notifier
+        self.server_name = server_name
+
+    async def send(
+        self, requester: Requester, event_type: str, txn_id: str, messages: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        """Queue the messages once per (device, txn id); a repeated txn id
+        is accepted and stores nothing."""
+        flat: list[tuple[str, str, dict[str, Any]]] = []
+        for user_id, devices in messages.items():
+            if user_id.split(":", 1)[-1] != self.server_name:
+                raise MatrixError(400, "M_UNRECOGNIZED", FEDERATION_ERROR)
+            for device_id, content in devices.items():
+                flat.append((user_id, device_id, content))
+        if len(flat) > MAX_RECIPIENTS:
+            raise MatrixError(413, "M_TOO_LARGE", f"At most {MAX_RECIPIENTS} recipient devices per request")
+        try:
+            check_canonical_json_values(messages)
+        except CanonicalJSONError as e:
+            raise bad_json(f"messages: {e}") from None
+        sender = (requester.user_id, requester.device_id)
+        if await self.store.send(sender, txn_id, event_type, flat, now_ms()):
+            self.notifier.poke()
+
+    # -- /sync ---------------------------------------------------------------
+    async def sync_upto(self, requester: Requester, since: int | None, upto: int) -> int:
+        """Forget what the device acknowledged (everything up to ``since``)
+        and say how far this response may go so that it carries about
+        SYNC_BATCH messages; the rest come in the next one."""
+        user_id, device_id = requester.user_id, requester.device_id
+        if since is not None:
+            await self.store.acknowledge(user_id, device_id, since)
+        return await self.store.batch_end(user_id, device_id, since if since is not None else -1, upto, SYNC_BATCH)
+
+    async def events_for_sync(self, requester: Requester, since: int | None, upto: int) -> list[Any]:
+        pending = await self.store.pending(
+            requester.user_id, requester.device_id, since if since is not None else -1, upto
+        )
+        return [
+            {"sender": m.sender, "type": m.type, "content": orjson.Fragment(m.content.encode())} for m in pending
+        ]

@@ -238,3 +238,24 @@ async def test_concurrent_claims_on_two_instances(start_server: StartServer, htt
     claimed = [k for g in got for k in g if k in otks]
     assert sorted(claimed) == sorted(otks)
     assert sum(1 for g in got if g == fallback) == len(claimers) - len(otks)
+
+
+async def test_what_stock_clients_call_at_login(alice: ApiClient) -> None:
+    """The E2EE calls Element, Hydrogen, matrix-js-sdk and nio make while
+    loading a session, on both prefixes: none fails the session load."""
+    dev = DeviceKeys(alice)
+    for prefix in ("/_matrix/client/v3", "/_matrix/client/r0"):
+        r = await alice.post(f"{prefix}/keys/upload", {"device_keys": dev.device_keys(),
+                                                       "one_time_keys": dev.one_time_keys(1)})
+        assert r.status == 200 and "one_time_key_counts" in r.body, r
+        r = await alice.post(f"{prefix}/keys/query", {"device_keys": {alice.user_id: []}, "timeout": 10000})
+        assert r.status == 200 and alice.device_id in r["device_keys"][alice.user_id]
+        r = await alice.get(f"{prefix}/room_keys/version")
+        assert r.status == 404 and r["errcode"] == "M_NOT_FOUND"  # "no backup yet", which clients expect
+        r = await alice.get(f"{prefix}/sync")
+        assert r.status == 200 and "device_one_time_keys_count" in r.body
+    # optional features answer M_UNRECOGNIZED (clients treat that as "not supported")
+    for path in ("/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device",
+                 "/_matrix/client/v1/dehydrated_device"):
+        r = await alice.get(path, validate=False)
+        assert r.status == 404 and r["errcode"] == "M_UNRECOGNIZED", r

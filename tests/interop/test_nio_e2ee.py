@@ -17,6 +17,7 @@ import base64
 import json
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import quote
 
 import aiohttp
 import nio
@@ -121,7 +122,7 @@ async def _stored_type(base_url: str, client: nio.AsyncClient, room_id: str, eve
     """The event as the server stores it (ciphertext only)."""
     async with aiohttp.ClientSession() as http:
         async with http.get(
-            f"{base_url}/_matrix/client/v3/rooms/{room_id}/event/{event_id}",
+            f"{base_url}/_matrix/client/v3/rooms/{quote(room_id, safe='')}/event/{quote(event_id, safe='')}",
             headers={"Authorization": f"Bearer {client.access_token}"},
         ) as r:
             body = await r.json()
@@ -216,8 +217,9 @@ async def test_key_backup_round_trip(base_url: str, tmp_path: Path) -> None:
             }) as r:
                 assert r.status == 200
                 version = (await r.json())["version"]
+            path = f"{api}/room_keys/keys/{quote(room_id, safe='')}/{quote(session.id, safe='')}"
             async with http.put(
-                f"{api}/room_keys/keys/{room_id}/{session.id}", params={"version": version}, headers=headers,
+                path, params={"version": version}, headers=headers,
                 json={"first_message_index": session.first_known_index, "forwarded_count": 0,
                       "is_verified": True, "session_data": session_data},
             ) as r:

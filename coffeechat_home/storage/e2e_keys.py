@@ -68,17 +68,21 @@ class E2EKeyStore:
         """Store keys for a device in one transaction; returns the unclaimed
         one-time key counts. Raises OneTimeKeyConflict (nothing stored)."""
 
-        async def write(conn: asyncpg.Connection, pos: int) -> dict[str, int]:
-            changed = False
-            if upload.device_keys is not None:
-                changed = await self._put_device_keys(conn, user_id, device_id, upload.device_keys)
+        async def put_keys(conn: asyncpg.Connection) -> dict[str, int]:
             await self._put_one_time_keys(conn, user_id, device_id, upload.one_time_keys)
             if upload.fallback_keys is not None:
                 await self._put_fallback_keys(conn, user_id, device_id, upload.fallback_keys)
-            if changed:
-                await add_device_list_change(conn, user_id, pos)
             return await _one_time_key_counts(conn, user_id, device_id)
 
+        async def write(conn: asyncpg.Connection, pos: int) -> dict[str, int]:
+            assert upload.device_keys is not None
+            if await self._put_device_keys(conn, user_id, device_id, upload.device_keys):
+                await add_device_list_change(conn, user_id, pos)
+            return await put_keys(conn)
+
+        if upload.device_keys is None:
+            # one-time and fallback keys only: nothing other users sync
+            return await self.db.transaction(put_keys, name="keys_upload")
         counts, _ = await self.stream.write(write, name="keys_upload")
         return counts
 
@@ -319,6 +323,8 @@ async def _one_time_key_counts(conn: asyncpg.Connection, user_id: str, device_id
 
 
 async def _claim_one(conn: asyncpg.Connection, user_id: str, device_id: str, algorithm: str) -> ClaimedKey | None:
+    if not await conn.fetchval("SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2", user_id, device_id):
+        return None  # keys left behind by a device deleted in a crash are never handed out
     row = await conn.fetchrow(
         """DELETE FROM e2e_one_time_keys
            WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 AND key_id = (

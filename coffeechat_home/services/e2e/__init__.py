@@ -4,6 +4,7 @@ to-device messages and key backup. ``build_e2e`` wires them for app.py."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,15 +38,18 @@ class E2E:
     async def sync_part(self, requester: Requester, since: int | None, upto: int) -> tuple[dict[str, Any], bool]:
         """The top-level E2EE fields of a /sync response, and whether they
         carry news (key counts alone do not end a long-poll)."""
-        body = await self.keys.counts_for_sync(requester)
-        events = await self.to_device.events_for_sync(requester, since, upto)
+        async def no_changes() -> tuple[list[str], list[str]]:
+            return [], []
+
+        body, events, (changed, left) = await asyncio.gather(
+            self.keys.counts_for_sync(requester),
+            self.to_device.events_for_sync(requester, since, upto),
+            self.device_lists.changes(requester.user_id, since, upto) if since is not None else no_changes(),
+        )
         body["to_device"] = {"events": events}
-        news = bool(events)
         if since is not None:
-            changed, left = await self.device_lists.changes(requester.user_id, since, upto)
             body["device_lists"] = {"changed": changed, "left": left}
-            news = news or bool(changed or left)
-        return body, news
+        return body, bool(events or changed or left)
 
 
 def build_e2e(

@@ -26,12 +26,10 @@ import json
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .events import Event, StateKey, auth_types_for_event, create_event_id_for_room
-from .power_levels import (  # noqa: F401  (re-exported: callers import them from here)
-    CREATE, CREATE_KEY, INFINITE_POWER, JOIN_RULES, JOIN_RULES_KEY, MEMBER, NAMED_LEVEL_DEFAULTS,
-    POWER_LEVELS, POWER_LEVELS_KEY, THIRD_PARTY_INVITE, PowerLevel, _LEVEL_MAPS, _NAMED_LEVELS, _domain,
-    _parse_level, _room_version_of, can_send, check_redaction_allowed, creators, creators_of,
-    get_named_level, get_power_level, get_user_power_level, is_valid_user_id, membership_of,
-    required_power_level,
+from .power_levels import (
+    CREATE, CREATE_KEY, JOIN_RULES_KEY, LEVEL_MAPS, MEMBER, NAMED_LEVELS, POWER_LEVELS, POWER_LEVELS_KEY,
+    THIRD_PARTY_INVITE, PowerLevel, creators, creators_of, get_named_level, get_power_level,
+    is_valid_user_id, parse_level, required_power_level, server_name_of,
 )
 from .room_versions import KNOWN_ROOM_VERSIONS, RoomIdFormat
 
@@ -79,7 +77,7 @@ def check_event_format_for_auth(event: Event) -> None:
         if "room_id" in event.pdu:
             raise AuthError("create.has_room_id", "m.room.create must not have a room_id in this room version")
     else:
-        if not isinstance(event.room_id, str) or _domain(event.room_id) != _domain(event.sender):
+        if not isinstance(event.room_id, str) or server_name_of(event.room_id) != server_name_of(event.sender):
             raise AuthError("create.room_id_domain", "room_id domain does not match sender domain")
     if "room_version" in event.content:
         version = event.content["room_version"]
@@ -179,7 +177,7 @@ def check_auth_rules(
     if event.type == CREATE:
         return  # rule 1: create events only need the format rules
     create = _create_event_for(event, auth_state)
-    if create.content.get("m.federate", True) is False and _domain(event.sender) != _domain(create.sender):
+    if create.content.get("m.federate", True) is False and server_name_of(event.sender) != server_name_of(create.sender):
         raise AuthError("federate", "room is not federated and sender is on another server")
     if event.type == MEMBER:
         _check_membership(event, auth_state, create, verify_third_party_signature, is_signed_by_server)
@@ -247,7 +245,7 @@ def _check_membership(
         raise AuthError("member.no_membership", "m.room.member without membership")
     via = event.content.get("join_authorised_via_users_server")
     if via is not None and is_signed_by_server is not None:
-        if not isinstance(via, str) or not is_signed_by_server(event, _domain(via)):
+        if not isinstance(via, str) or not is_signed_by_server(event, server_name_of(via)):
             raise AuthError(
                 "member.authorising_server_signature",
                 "not signed by the server of join_authorised_via_users_server",
@@ -438,17 +436,17 @@ def _check_power_levels(
     rv = event.room_version
     strict = rv.enforce_int_power_levels
     content = event.content
-    for name in _NAMED_LEVELS:
-        if name in content and _parse_level(content[name], strict) is None:
+    for name in NAMED_LEVELS:
+        if name in content and parse_level(content[name], strict) is None:
             raise AuthError("power_levels.invalid_level", f"{name} is not an integer")
-    for name in _LEVEL_MAPS:
+    for name in LEVEL_MAPS:
         if name in content:
             value = content[name]
-            if not isinstance(value, Mapping) or any(_parse_level(v, strict) is None for v in value.values()):
+            if not isinstance(value, Mapping) or any(parse_level(v, strict) is None for v in value.values()):
                 raise AuthError("power_levels.invalid_map", f"{name} is not an object of integers")
     users = content.get("users", {})
     if not isinstance(users, Mapping) or not all(
-        is_valid_user_id(k) and _parse_level(v, strict) is not None for k, v in users.items()
+        is_valid_user_id(k) and parse_level(v, strict) is not None for k, v in users.items()
     ):
         raise AuthError("power_levels.invalid_users", "users is not an object of user ids to integers")
     if rv.privileged_creators:
@@ -459,21 +457,21 @@ def _check_power_levels(
     if previous is None:
         return
     old = previous.content
-    for name in _NAMED_LEVELS:
-        old_v = _parse_level(old.get(name), strict) if name in old else None
-        new_v = _parse_level(content.get(name), strict) if name in content else None
+    for name in NAMED_LEVELS:
+        old_v = parse_level(old.get(name), strict) if name in old else None
+        new_v = parse_level(content.get(name), strict) if name in content else None
         if old_v == new_v:
             continue
         if old_v is not None and old_v > sender_level:
             raise AuthError("power_levels.named_current_too_high", f"{name} is above the sender's level")
         if new_v is not None and new_v > sender_level:
             raise AuthError("power_levels.named_new_too_high", f"new {name} is above the sender's level")
-    for name in _LEVEL_MAPS:
+    for name in LEVEL_MAPS:
         _check_level_map_changes(name, _as_map(old.get(name)), _as_map(content.get(name)), sender_level, strict)
     old_users = _as_map(old.get("users"))
     for user in set(old_users) | set(users):
-        old_v = _parse_level(old_users[user], strict) if user in old_users else None
-        new_v = _parse_level(users[user], strict) if user in users else None
+        old_v = parse_level(old_users[user], strict) if user in old_users else None
+        new_v = parse_level(users[user], strict) if user in users else None
         if old_v == new_v:
             continue
         if old_v is not None and user != event.sender and old_v >= sender_level:
@@ -494,8 +492,8 @@ def _check_level_map_changes(
     strict: bool,
 ) -> None:
     for key in set(old) | set(new):
-        old_v = _parse_level(old[key], strict) if key in old else None
-        new_v = _parse_level(new[key], strict) if key in new else None
+        old_v = parse_level(old[key], strict) if key in old else None
+        new_v = parse_level(new[key], strict) if key in new else None
         if old_v == new_v:
             continue
         if old_v is not None and old_v > sender_level:

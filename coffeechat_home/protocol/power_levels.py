@@ -36,8 +36,8 @@ NAMED_LEVEL_DEFAULTS: dict[str, int] = {
     "events_default": 0,
     "state_default": 50,
 }
-_NAMED_LEVELS = ("users_default", "events_default", "state_default", "ban", "redact", "kick", "invite")
-_LEVEL_MAPS = ("events", "notifications")
+NAMED_LEVELS = ("users_default", "events_default", "state_default", "ban", "redact", "kick", "invite")
+LEVEL_MAPS = ("events", "notifications")
 
 # --------------------------------------------------------------------------
 # identifiers (kept local: protocol modules here must not depend on the
@@ -60,7 +60,7 @@ def is_valid_user_id(user_id: object) -> bool:
     return bool(_LOCALPART_RE.match(localpart)) and bool(_SERVER_NAME_RE.match(server))
 
 
-def _domain(identifier: str) -> str:
+def server_name_of(identifier: str) -> str:
     """The server name of a user id or a v1-v11 room id ('' if none)."""
     if not isinstance(identifier, str):
         return ""
@@ -71,7 +71,7 @@ def _domain(identifier: str) -> str:
 # power levels
 
 
-def _parse_level(value: object, strict: bool) -> int | None:
+def parse_level(value: object, strict: bool) -> int | None:
     """An integer power level, or None if ``value`` is not one.
 
     ``strict`` (room versions 10+) accepts JSON integers only; older versions
@@ -87,7 +87,7 @@ def _parse_level(value: object, strict: bool) -> int | None:
     return None
 
 
-def _room_version_of(auth_state: Mapping[StateKey, Event]) -> RoomVersion:
+def room_version_of(auth_state: Mapping[StateKey, Event]) -> RoomVersion:
     for key in (CREATE_KEY, POWER_LEVELS_KEY):
         ev = auth_state.get(key)
         if ev is not None:
@@ -137,10 +137,10 @@ def get_power_level(
     if pl is not None:
         users = pl.content.get("users")
         if isinstance(users, Mapping) and user_id in users:
-            level = _parse_level(users[user_id], strict)
+            level = parse_level(users[user_id], strict)
             if level is not None:
                 return level
-        level = _parse_level(pl.content.get("users_default", 0), strict)
+        level = parse_level(pl.content.get("users_default", 0), strict)
         return level if level is not None else 0
     if create is not None and not room_version.privileged_creators and user_id in creators_of(create):
         return 100
@@ -153,7 +153,7 @@ def get_user_power_level(
     room_version: RoomVersion | None = None,
 ) -> PowerLevel:
     """``get_power_level`` with the room version taken from the state's events."""
-    return get_power_level(user_id, auth_state, room_version or _room_version_of(auth_state))
+    return get_power_level(user_id, auth_state, room_version or room_version_of(auth_state))
 
 
 def get_named_level(
@@ -161,12 +161,12 @@ def get_named_level(
 ) -> int:
     """The level of a named action (``ban``, ``kick``, ``redact``, ``invite``,
     ``state_default`` ...), with the spec's defaults."""
-    rv = room_version or _room_version_of(auth_state)
+    rv = room_version or room_version_of(auth_state)
     default = NAMED_LEVEL_DEFAULTS[name]
     pl = auth_state.get(POWER_LEVELS_KEY)
     if pl is None or name not in pl.content:
         return default
-    level = _parse_level(pl.content[name], rv.enforce_int_power_levels)
+    level = parse_level(pl.content[name], rv.enforce_int_power_levels)
     return level if level is not None else default
 
 
@@ -178,12 +178,12 @@ def required_power_level(
 ) -> int:
     """The *required power level* for an event type: ``events[type]``, else
     ``state_default`` (state events) or ``events_default``."""
-    rv = room_version or _room_version_of(auth_state)
+    rv = room_version or room_version_of(auth_state)
     pl = auth_state.get(POWER_LEVELS_KEY)
     if pl is not None:
         events = pl.content.get("events")
         if isinstance(events, Mapping) and event_type in events:
-            level = _parse_level(events[event_type], rv.enforce_int_power_levels)
+            level = parse_level(events[event_type], rv.enforce_int_power_levels)
             if level is not None:
                 return level
     return get_named_level("state_default" if state_key is not None else "events_default", auth_state, rv)
@@ -205,7 +205,7 @@ def can_send(
     """Whether a joined-member rule check would let ``sender`` send a
     non-membership event of this type (rules: sender joined, required power
     level, ``@`` state keys). Membership events have their own rules."""
-    rv = room_version or _room_version_of(auth_state)
+    rv = room_version or room_version_of(auth_state)
     if membership_of(sender, auth_state) != "join":
         return False
     level = get_power_level(sender, auth_state, rv)
@@ -232,4 +232,4 @@ def check_redaction_allowed(
     rv = redaction.room_version
     if get_power_level(redaction.sender, auth_state, rv) >= get_named_level("redact", auth_state, rv):
         return True
-    return _domain(redaction.sender) == _domain(original.sender) != ""
+    return server_name_of(redaction.sender) == server_name_of(original.sender) != ""

@@ -42,17 +42,8 @@ import heapq
 import math
 from typing import Callable, Iterable, Mapping, Sequence
 
-from .auth import (
-    CREATE,
-    JOIN_RULES,
-    MEMBER,
-    POWER_LEVELS,
-    POWER_LEVELS_KEY,
-    AuthError,
-    PowerLevel,
-    check_auth_rules,
-    get_power_level,
-)
+from .auth import AuthError, check_auth_rules
+from .power_levels import CREATE, JOIN_RULES, MEMBER, POWER_LEVELS, POWER_LEVELS_KEY, PowerLevel, get_power_level
 from .events import Event, StateKey, auth_types_for_event, create_event_id_for_room
 from .room_versions import RoomVersion, StateResAlgorithm
 

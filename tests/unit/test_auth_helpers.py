@@ -9,12 +9,15 @@ from typing import Any
 import pytest
 
 from coffeechat_home.protocol.auth import (
-    INFINITE_POWER,
     AuthError,
     auth_state_from_auth_events,
-    can_send,
     check_auth_rules,
     check_event_format_for_auth,
+    verify_third_party_signed,
+)
+from coffeechat_home.protocol.power_levels import (
+    INFINITE_POWER,
+    can_send,
     check_redaction_allowed,
     creators,
     get_named_level,
@@ -22,7 +25,6 @@ from coffeechat_home.protocol.auth import (
     get_user_power_level,
     is_valid_user_id,
     required_power_level,
-    verify_third_party_signed,
 )
 from .test_auth_rules_membership import _TPI_KEY, _TPI_PUBLIC, _signed
 from .auth_cases import (

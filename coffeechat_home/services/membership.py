@@ -1,6 +1,7 @@
 """Membership changes: invite, join (incl. restricted rooms), knock, leave,
 kick, ban, unban, forget. Every change is an m.room.member event checked by
-the auth rules before it is stored."""
+the auth rules before it is stored; the rules alone decide who may join,
+be invited or knock (bans included), the service only picks the event."""
 
 from __future__ import annotations
 
@@ -77,8 +78,6 @@ class MembershipService:
             return
         if current == "join":
             raise forbidden(f"{target} is already in the room")
-        if current == "ban":
-            raise forbidden(f"{target} is banned from the room")
         await self._change(requester, room_id, target, "invite", self._reason(reason))
 
     async def join(self, requester: Requester, room_id_or_alias: str, reason: Any = None) -> str:
@@ -99,8 +98,6 @@ class MembershipService:
             and (current is None or current.membership not in ("invite", "join"))
         ):
             extra["join_authorised_via_users_server"] = await self._restricted_authoriser(state, join_rules, me)
-        if current is not None and current.membership == "ban":
-            raise forbidden("You are banned from this room")
         await self._change(requester, room_id, me, "join", extra)
         return room_id
 
@@ -128,8 +125,6 @@ class MembershipService:
         current = _membership(state, requester.user_id)
         if current == "join":
             raise forbidden("You are already in the room")
-        if current == "ban":
-            raise forbidden("You are banned from this room")
         await self._change(requester, room_id, requester.user_id, "knock", self._reason(reason))
         return room_id
 

@@ -98,7 +98,8 @@ async def test_invite_needs_invite_power(alice: ApiClient, bob: ApiClient, carol
 
 async def test_invite_into_unknown_room(alice: ApiClient, bob: ApiClient) -> None:
     r = await alice.post(f"rooms/{q('!nope:test.local')}/invite", {"user_id": bob.user_id})
-    assert r.status in (403, 404), r
+    assert_error(r, 404, "M_NOT_FOUND")
+    assert (await bob.get("sync")).body.get("rooms", {}).get("invite", {}) == {}
 
 
 async def test_invite_only_join_refused_without_invite(alice: ApiClient, bob: ApiClient) -> None:
@@ -161,9 +162,9 @@ async def test_reject_invite_by_leaving(alice: ApiClient, bob: ApiClient) -> Non
 async def test_leave_room_never_joined(alice: ApiClient, bob: ApiClient) -> None:
     room_id = await create_room(alice, {"preset": "public_chat"})
     async with Unchanged(alice, room_id):
-        # The spec lists only 200 for /leave; refusing is what servers do.
-        r = await bob.post(f"rooms/{q(room_id)}/leave", {})
-        assert r.status in (200, 403), r
+        # The spec lists only 200 for /leave; refusing is what Synapse does too.
+        assert_error(await bob.post(f"rooms/{q(room_id)}/leave", {}), 403, "M_FORBIDDEN")
+    assert await membership(alice, room_id, bob.user_id) is None
 
 
 async def test_creator_leaving_keeps_the_room(alice: ApiClient, bob: ApiClient) -> None:
@@ -241,7 +242,10 @@ async def test_ban_unban(alice: ApiClient, bob: ApiClient, carol: ApiClient) -> 
         # a plain member cannot unban
         assert_error(await carol.post(f"rooms/{q(room_id)}/unban", {"user_id": bob.user_id}), 403, "M_FORBIDDEN")
         # a banned user's own leave changes nothing
-        assert (await bob.post(f"rooms/{q(room_id)}/leave", {})).status == 200
+        r = await bob.post(f"rooms/{q(room_id)}/leave", {})
+        assert r.status == 200 and r.body == {}, r
+    assert await membership(alice, room_id, bob.user_id) == "ban"
+    assert room_id not in (await bob.get("joined_rooms"))["joined_rooms"]
     r = await alice.post(f"rooms/{q(room_id)}/unban", {"user_id": bob.user_id})
     assert r.status == 200
     assert await membership(alice, room_id, bob.user_id) == "leave"
@@ -254,7 +258,32 @@ async def test_ban_unban(alice: ApiClient, bob: ApiClient, carol: ApiClient) -> 
 async def test_ban_user_never_in_room(alice: ApiClient, bob: ApiClient) -> None:
     room_id = await create_room(alice, {"preset": "public_chat"})
     assert (await alice.post(f"rooms/{q(room_id)}/ban", {"user_id": bob.user_id})).status == 200
-    assert_error(await bob.post(f"rooms/{q(room_id)}/join", {}), 403, "M_FORBIDDEN")
+    async with Unchanged(alice, room_id):
+        assert_error(await bob.post(f"rooms/{q(room_id)}/join", {}), 403, "M_FORBIDDEN")
+    assert await membership(alice, room_id, bob.user_id) == "ban"
+
+
+async def test_banned_user_cannot_knock_or_join_restricted(alice: ApiClient, bob: ApiClient) -> None:
+    """The auth rules alone refuse a banned user (the membership service has
+    no ban check of its own): knock rooms and restricted rooms whose allowed
+    room the banned user is in."""
+    knock = await knock_room(alice)
+    space = await create_room(alice, {"preset": "public_chat"})
+    restricted = await create_room(
+        alice,
+        {"initial_state": [{"type": "m.room.join_rules",
+                            "content": {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": space}]}}]},
+    )
+    assert (await bob.post(f"join/{q(space)}", {})).status == 200
+    for room_id in (knock, restricted):
+        assert (await alice.post(f"rooms/{q(room_id)}/ban", {"user_id": bob.user_id})).status == 200
+    async with Unchanged(alice, knock):
+        assert_error(await bob.post(f"knock/{q(knock)}", {}), 403, "M_FORBIDDEN")
+        assert_error(await bob.post(f"rooms/{q(knock)}/join", {}), 403, "M_FORBIDDEN")
+    async with Unchanged(alice, restricted):
+        assert_error(await bob.post(f"rooms/{q(restricted)}/join", {}), 403, "M_FORBIDDEN")
+    for room_id in (knock, restricted):
+        assert await membership(alice, room_id, bob.user_id) == "ban"
 
 
 # -- knock -----------------------------------------------------------------------------
@@ -369,15 +398,18 @@ async def test_forget(alice: ApiClient, bob: ApiClient) -> None:
     await bob.post(f"rooms/{q(room_id)}/leave", {})
     r = await bob.post(f"rooms/{q(room_id)}/forget", {})
     assert r.status == 200 and r.body == {}
+    assert room_id not in (await bob.get("sync")).body.get("rooms", {}).get("leave", {})
     # forgetting twice is fine; rejoining works
-    assert (await bob.post(f"rooms/{q(room_id)}/forget", {})).status == 200
+    r = await bob.post(f"rooms/{q(room_id)}/forget", {})
+    assert r.status == 200 and r.body == {}, r
     assert (await bob.post(f"rooms/{q(room_id)}/join", {})).status == 200
+    assert await membership(alice, room_id, bob.user_id) == "join"
 
 
 async def test_forget_room_never_in(alice: ApiClient, bob: ApiClient) -> None:
     room_id = await create_room(alice)
-    r = await bob.post(f"rooms/{q(room_id)}/forget", {})
-    assert r.status in (400, 404), r
+    assert_error(await bob.post(f"rooms/{q(room_id)}/forget", {}), 404, "M_NOT_FOUND")
+    assert await membership(alice, room_id, bob.user_id) is None
 
 
 # -- r0 paths -------------------------------------------------------------------------------

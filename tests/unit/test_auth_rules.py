@@ -355,10 +355,32 @@ def test_auth_rule_case(build: Callable[[RoomVersion], tuple[Any, ...]], rv: Roo
 
 
 def test_every_rejection_case_has_an_allowed_counterpart_per_version() -> None:
+    """For each room version, every kind of event a case rejects (its type,
+    and for m.room.member its membership) also has a case where that kind of
+    event is allowed: a rule that rejected everything of a kind would fail.
+    Kinds that no room version allows (no or an unknown membership) are the
+    only exceptions."""
     from .test_auth_rules_membership import table as membership_table
+
+    never_allowed = {("m.room.member", None), ("m.room.member", "dance")}
+
+    def kind(event: Event) -> tuple[str, Any]:
+        return event.type, event.content.get("membership") if event.type == "m.room.member" else None
 
     cases = table.cases + membership_table.cases
     for rv in ALL:
-        outcomes = {rule is None for _, versions, _, rule in cases if rv in versions}
-        assert outcomes == {True, False}
+        rejected: dict[tuple[str, Any], list[str]] = {}
+        allowed: set[tuple[str, Any]] = set()
+        for name, versions, build, rule in cases:
+            if rv not in versions:
+                continue
+            event = build(rv)[0]
+            if rule is None:
+                allowed.add(kind(event))
+            else:
+                rejected.setdefault(kind(event), []).append(name)
+        unpaired = {k: names for k, names in rejected.items() if k not in allowed and k not in never_allowed}
+        assert not unpaired, f"v{rv.identifier}: rejections with no allowed case of the same kind: {unpaired}"
+        assert set(rejected) - never_allowed <= allowed
+        assert never_allowed <= set(rejected)
     assert len(table.params()) + len(membership_table.params()) >= 250

@@ -369,7 +369,49 @@ def _(rv):
     return member(rv, ALICE, "leave", sender=BOB), room(rv, pl=pl)
 
 
+def _peers(rv, bob: int, carol: int):
+    """Bob and Carol joined, neither a creator, at the given levels (kick and ban at 50)."""
+    users = {BOB: bob, CAROL: carol} if rv.privileged_creators else {ALICE: 100, BOB: bob, CAROL: carol}
+    return room(rv, pl=power_levels(rv, users, kick=50, ban=50), members={ALICE: "join", BOB: "join", CAROL: "join"})
+
+
+@table.case("kick at equal level (neither a creator)", "member.leave.kick_power")
+def _(rv):
+    return member(rv, CAROL, "leave", sender=BOB), _peers(rv, 60, 60)
+
+
+@table.case("kick of a user one level below", None)
+def _(rv):
+    return member(rv, CAROL, "leave", sender=BOB), _peers(rv, 61, 60)
+
+
+@table.case("kick of a user one level above", "member.leave.kick_power")
+def _(rv):
+    return member(rv, CAROL, "leave", sender=BOB), _peers(rv, 60, 61)
+
+
 # --- ban -----------------------------------------------------------------------------
+
+@table.case("ban at equal level (neither a creator)", "member.ban.power")
+def _(rv):
+    return member(rv, CAROL, "ban", sender=BOB), _peers(rv, 60, 60)
+
+
+@table.case("ban of a user one level below", None)
+def _(rv):
+    return member(rv, CAROL, "ban", sender=BOB), _peers(rv, 61, 60)
+
+
+@table.case("ban of a user one level above", "member.ban.power")
+def _(rv):
+    return member(rv, CAROL, "ban", sender=BOB), _peers(rv, 60, 61)
+
+
+@table.case("ban below the ban level, target lower", "member.ban.power")
+def _(rv):
+    return member(rv, CAROL, "ban", sender=BOB), _peers(rv, 49, 0)
+
+
 
 @table.case("ban: allowed", None)
 def _(rv):

@@ -9,18 +9,21 @@ async def test_versions_lists_spec_versions(api: ApiClient) -> None:
     r = await api.get("/_matrix/client/versions")
     assert r.status == 200
     assert "v1.11" in r["versions"]
+    assert r.body["unstable_features"] == {}
 
 
 async def test_well_known_client_names_our_base_url(api: ApiClient, base_url: str) -> None:
     r = await api.get("/.well-known/matrix/client", validate=False)
     assert r.status == 200
-    assert r["m.homeserver"]["base_url"].startswith("http://127.0.0.1:")
+    assert r.body == {"m.homeserver": {"base_url": base_url.rstrip("/") + "/"}}, (r.body, base_url)
 
 
-async def test_well_known_server(api: ApiClient) -> None:
+async def test_well_known_server_advertises_no_federation(api: ApiClient) -> None:
+    """Federation is not served: advertising a delegation (e.g. port 8448)
+    would send other servers where nothing answers."""
     r = await api.get("/.well-known/matrix/server", validate=False)
-    assert r.status == 200
-    assert r["m.server"] == "test.local:8448"
+    assert (r.status, r["errcode"]) == (404, "M_NOT_FOUND"), r
+    assert "m.server" not in r.body
 
 
 async def test_unknown_route_is_m_unrecognized(api: ApiClient) -> None:
@@ -53,5 +56,10 @@ async def test_cors_headers_on_errors_too(api: ApiClient) -> None:
 
 
 async def test_cache_buster_query_is_ignored(api: ApiClient) -> None:
+    plain = await api.get("/_matrix/client/versions", validate=False)
     r = await api.get("/_matrix/client/versions?_cacheBuster=12345", validate=False)
-    assert r.status == 200
+    assert r.status == 200 and r.body == plain.body, r
+    r = await api.get("/.well-known/matrix/client?_cacheBuster=12345", validate=False)
+    assert r.status == 200 and "m.homeserver" in r.body, r
+    r = await api.get("/_matrix/client/v3/account/whoami?_cacheBuster=1", validate=False)
+    assert (r.status, r["errcode"]) == (401, "M_MISSING_TOKEN"), r

@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ...errors import not_found
 from ..http import json_response
 
 # The spec versions whose client-server surface we implement. Advertising
@@ -18,6 +19,8 @@ class DiscoveryRoutes:
     def __init__(self, server_name: str, client_base_url: str, federation_port: int | None) -> None:
         self.server_name = server_name
         self.client_base_url = client_base_url
+        # The configured federation listener port. No listener serves the
+        # server-server API yet, so nothing is advertised from it.
         self.federation_port = federation_port
 
     @property
@@ -33,9 +36,20 @@ class DiscoveryRoutes:
         return json_response({"versions": SUPPORTED_VERSIONS, "unstable_features": {}})
 
     async def well_known_client(self, request: web.Request) -> web.StreamResponse:
-        return json_response(self.client_well_known)
+        well_known = self.client_well_known
+        if self.client_base_url.endswith(":0/"):
+            # Listening on a port the system picked (port = 0): name the
+            # port this request actually reached, not 0.
+            sockname = request.transport.get_extra_info("sockname") if request.transport else None
+            if sockname:
+                base_url = f"{self.client_base_url[:-3]}:{sockname[1]}/"
+                well_known = {"m.homeserver": {"base_url": base_url}}
+        return json_response(well_known)
 
     async def well_known_server(self, request: web.Request) -> web.StreamResponse:
-        host = self.server_name.rsplit(":", 1)[0] if not self.server_name.endswith("]") else self.server_name
-        port = self.federation_port or 8448
-        return json_response({"m.server": f"{host}:{port}"})
+        """No delegation to advertise: this server does not serve the
+        server-server API yet. A 404 makes other servers' discovery fall back
+        to the server name itself (spec, server discovery step 3), rather than
+        sending them to a port where nothing answers. Once federation is
+        served, answer ``{"m.server": "<host>:<federation port>"}`` here."""
+        raise not_found("This server does not serve federation yet: no delegation")

@@ -4,8 +4,13 @@ parameters, bodies that are not JSON objects or have wrong-typed fields,
 garbage query parameters, missing or bogus access tokens).
 
 Every answer must be < 500, and an error (>= 400) must be a Matrix JSON
-body with an ``errcode``. Afterwards every GET route is walked again with
-valid parameters to check nothing stored was corrupted."""
+body with an ``errcode``. Nothing stored may be corrupted: every table is
+read before and after the walk and compared (bob, who sends none of the
+requests, keeps every row he had; every event stored before keeps its place
+and PDU unless redacted; every stored PDU still hashes to its event id;
+every room's history stays one chain); through the API, bob's account data
+and his view of the room's history are unchanged; and every GET route is
+walked again with valid parameters."""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import aiohttp
 import pytest
 
 from ..helpers import ApiClient
+from .db_checks import assert_events_intact, assert_linear_history, rows_of_user, snapshot
 from .room_helpers import create_room, send_text
 
 _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
@@ -408,18 +414,43 @@ def build_cases(routes: list[Route], valid: dict[str, str]) -> list[Case]:
     return cases
 
 
+async def _bob_view(bob: ApiClient, room_id: str) -> dict[str, Any]:
+    """What bob reads through the API: his account data and the room's history."""
+    r = await bob.get(f"user/{quote(bob.user_id or '', safe='')}/account_data/m.test.bob", validate=False)
+    assert r.status == 200, r
+    account_data = r.body
+    r = await bob.get(f"rooms/{quote(room_id, safe='')}/messages", params={"dir": "f", "limit": "1000"},
+                      validate=False)
+    assert r.status == 200, r
+    return {"account_data": account_data, "history": [(e["event_id"], e["type"]) for e in r["chunk"]]}
+
+
 async def test_bad_input_never_500(
     server: Any, base_url: str, http: aiohttp.ClientSession, alice: ApiClient, bob: ApiClient,
-    new_client: Callable[[], ApiClient], caplog: pytest.LogCaptureFixture,
+    new_client: Callable[[], ApiClient], caplog: pytest.LogCaptureFixture, database_url: str,
 ) -> None:
     caplog.set_level(logging.ERROR, logger="coffeechat_home.errors")
     valid = await _setup(alice, bob)
+    r = await bob.put(f"user/{quote(bob.user_id or '', safe='')}/account_data/m.test.bob", {"kept": [1, "two"]})
+    assert r.status == 200, r
     routes = client_routes(server)
     assert len(routes) > 50, "the route walk found suspiciously few routes"
     cases = build_cases(routes, valid)
     assert 300 < len(cases) < 2500
     walker = Walker(base_url, http, alice, new_client)
+    bob_before = await _bob_view(bob, valid["room_id"])
+    stored_before = await snapshot(database_url)
     await walker.run(cases)
+
+    # Nothing stored is corrupted (read before anyone else touches it).
+    stored_after = await snapshot(database_url)
+    assert rows_of_user(stored_after, bob.user_id or "") == rows_of_user(stored_before, bob.user_id or "")
+    assert_events_intact(stored_before, stored_after)
+    for room in stored_after["rooms"]:
+        await assert_linear_history(database_url, room["room_id"])
+    bob_after = await _bob_view(bob, valid["room_id"])
+    assert bob_after["account_data"] == bob_before["account_data"] == {"kept": [1, "two"]}
+    assert bob_after["history"][: len(bob_before["history"])] == bob_before["history"]
 
     # Nothing stored is corrupted: every GET route still answers sanely with
     # valid parameters, for alice and bob (alice's session must survive).

@@ -28,6 +28,7 @@ import orjson
 
 from ..helpers import ApiClient
 from .conftest import StartServer
+from .db_checks import assert_linear_history
 from .room_helpers import q
 
 SENDERS = 10
@@ -139,29 +140,6 @@ async def _prev_events(database_url: str, event_ids: list[str]) -> dict[str, lis
     return {r["event_id"]: orjson.loads(r["pdu"])["prev_events"] for r in rows}
 
 
-async def _assert_linear_history(database_url: str, room_id: str) -> None:
-    """The room's DAG, read from the stored PDUs, is a single chain."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT event_id, depth, pdu FROM events WHERE room_id = $1 AND NOT outlier ORDER BY depth, event_id",
-            room_id,
-        )
-        stored_extremities = await conn.fetchval("SELECT forward_extremities FROM rooms WHERE room_id = $1", room_id)
-    finally:
-        await conn.close()
-    chain = [r["event_id"] for r in rows]
-    prevs = {r["event_id"]: orjson.loads(r["pdu"])["prev_events"] for r in rows}
-    referenced = {p for ps in prevs.values() for p in ps}
-    tips = [e for e in chain if e not in referenced]
-    assert tips == [chain[-1]], f"the room's DAG has {len(tips)} forward extremities: {tips}"
-    assert list(stored_extremities) == [chain[-1]], stored_extremities
-    assert [r["depth"] for r in rows] == list(range(1, len(rows) + 1)), "two events share a depth: a fork"
-    forks = [e for before, e in zip(chain, chain[1:]) if prevs[e] != [before]]
-    assert not forks, f"{len(forks)} of {len(chain)} events do not follow the event before them"
-    assert prevs[chain[0]] == []
-
-
 async def _run(database_url: str, urls: list[str], reader_urls: list[str]) -> None:
     sessions = [aiohttp.ClientSession() for _ in range(SENDERS + len(reader_urls) + 1)]
     try:
@@ -213,7 +191,7 @@ async def _run(database_url: str, urls: list[str], reader_urls: list[str]) -> No
                     assert p in index and index[p] < i, f"{e} came before its prev_event {p}"
             # /messages backwards from the end: the same events, reversed
             assert list(reversed(history)) == ordered
-        await _assert_linear_history(database_url, room_id)
+        await assert_linear_history(database_url, room_id)
     finally:
         for s in sessions:
             await s.close()

@@ -199,8 +199,6 @@ async def test_nio_typing_and_receipts(base_url: str, tmp_path: Path) -> None:
         assert isinstance(sent, nio.RoomSendResponse), sent
 
         typing = await alice.room_typing(room_id, True, timeout=30000)
-        if isinstance(typing, nio.RoomTypingError) and typing.status_code == "M_UNRECOGNIZED":
-            pytest.skip("PUT /rooms/{id}/typing/{user} is not implemented yet (404 M_UNRECOGNIZED)")
         assert isinstance(typing, nio.RoomTypingResponse), typing
         await _sync_until(bob, lambda: alice.user_id in bob.rooms[room_id].typing_users, "alice typing")
         stopped = await alice.room_typing(room_id, False)
@@ -208,8 +206,6 @@ async def test_nio_typing_and_receipts(base_url: str, tmp_path: Path) -> None:
         await _sync_until(bob, lambda: alice.user_id not in bob.rooms[room_id].typing_users, "alice stop typing")
 
         markers = await bob.room_read_markers(room_id, fully_read_event=sent.event_id, read_event=sent.event_id)
-        if isinstance(markers, nio.RoomReadMarkersError) and markers.status_code == "M_UNRECOGNIZED":
-            pytest.skip("POST /rooms/{id}/read_markers is not implemented yet (404 M_UNRECOGNIZED)")
         assert isinstance(markers, nio.RoomReadMarkersResponse), markers
 
         def bob_read() -> bool:

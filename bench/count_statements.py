@@ -68,7 +68,7 @@ async def measure(label: str, base_url: str, db: str, pg: Postgres, n: int) -> N
         token: list[str | None] = [None]
 
         async def page(i: int) -> None:
-            body = await c.messages(u, room, token[0], limit=20)
+            body, _size = await c.messages(u, room, token[0], limit=20)
             token[0] = body.get("end") if body.get("chunk") else None
 
         await section("/messages page (limit 20, dir=b)", n, page)
@@ -104,7 +104,7 @@ async def run(args: argparse.Namespace) -> int:
             conn = await asyncpg.connect(pg.admin_url)
             await conn.execute("ALTER DATABASE coffeechat SET log_statement = 'all'")
             await conn.close()
-            s = start_ours(WORK, url)
+            s = start_ours(WORK, url, pool=args.pool)
             servers.append(s)
             targets.append((s, "coffeechat"))
         if args.only in (None, "synapse"):
@@ -113,10 +113,10 @@ async def run(args: argparse.Namespace) -> int:
             conn = await asyncpg.connect(pg.admin_url)
             await conn.execute("ALTER DATABASE synapse SET log_statement = 'all'")
             await conn.close()
-            s = start_synapse(WORK, py, version.split()[0], pg.socket_dir, "synapse")
+            s = start_synapse(WORK, py, version.split()[0], pg.socket_dir, "synapse", pool=args.pool)
             servers.append(s)
             targets.append((s, "synapse"))
-        for s, db in targets:
+        for s, _db in targets:
             s.wait_ready(120)
         for s, db in targets:
             await measure(s.label, s.base_url, db, pg, args.n)
@@ -131,6 +131,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=20)
     p.add_argument("--only", choices=("ours", "synapse"))
+    p.add_argument("--pool", type=int, default=10, help="database connections per server (both the same)")
     return asyncio.run(run(p.parse_args()))
 
 

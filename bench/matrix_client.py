@@ -41,6 +41,13 @@ class Client:
         self, method: str, path: str, user: User | None = None, body: Any = None,
         params: dict[str, str] | None = None, ok: tuple[int, ...] = (200,), timeout: float = 60.0,
     ) -> Any:
+        return (await self.call_sized(method, path, user, body, params, ok, timeout))[0]
+
+    async def call_sized(
+        self, method: str, path: str, user: User | None = None, body: Any = None,
+        params: dict[str, str] | None = None, ok: tuple[int, ...] = (200,), timeout: float = 60.0,
+    ) -> tuple[Any, int]:
+        """The parsed answer and the size of its body in bytes."""
         headers = {"Authorization": f"Bearer {user.token}"} if user else {}
         data = json.dumps(body).encode() if body is not None else None
         if data is not None:
@@ -52,7 +59,7 @@ class Client:
             raw = await r.read()
             if r.status not in ok:
                 raise HttpError(method, path, r.status, raw.decode(errors="replace"))
-            return json.loads(raw) if raw else {}
+            return (json.loads(raw) if raw else {}), len(raw)
 
     async def register(self, username: str, password: str = "bench-password-1") -> User:
         body: dict[str, Any] = {"username": username, "password": password, "initial_device_display_name": "bench"}
@@ -79,15 +86,24 @@ class Client:
         self, user: User, since: str | None = None, timeout_ms: int = 0, filter_json: Any = None,
         http_timeout: float = 120.0,
     ) -> dict[str, Any]:
+        return (await self.sync_sized(user, since, timeout_ms, filter_json, http_timeout))[0]
+
+    async def sync_sized(
+        self, user: User, since: str | None = None, timeout_ms: int = 0, filter_json: Any = None,
+        http_timeout: float = 120.0,
+    ) -> tuple[dict[str, Any], int]:
         params = {"timeout": str(timeout_ms)}
         if since:
             params["since"] = since
         if filter_json is not None:
             params["filter"] = json.dumps(filter_json, separators=(",", ":"))
-        return await self.call("GET", "/sync", user, params=params, timeout=http_timeout)
+        return await self.call_sized("GET", "/sync", user, params=params, timeout=http_timeout)
 
-    async def messages(self, user: User, room_id: str, from_token: str | None, limit: int = 20) -> dict[str, Any]:
+    async def messages(
+        self, user: User, room_id: str, from_token: str | None, limit: int = 20
+    ) -> tuple[dict[str, Any], int]:
+        """One /messages page backwards and its size in bytes."""
         params = {"dir": "b", "limit": str(limit)}
         if from_token:
             params["from"] = from_token
-        return await self.call("GET", f"/rooms/{q(room_id)}/messages", user, params=params)
+        return await self.call_sized("GET", f"/rooms/{q(room_id)}/messages", user, params=params)

@@ -60,9 +60,18 @@ def _terminate(proc: psutil.Process | subprocess.Popen, timeout: float = 15.0) -
 
 
 # Applied to the whole cluster, so both servers' databases get the same ones.
+# The log line names the database, so errors are counted per server.
 def pg_settings(fsync: bool) -> dict[str, str]:
     on = "on" if fsync else "off"
-    return {"fsync": on, "synchronous_commit": on, "full_page_writes": on}
+    return {"fsync": on, "synchronous_commit": on, "full_page_writes": on, "log_line_prefix": "%m [%p] db=%d "}
+
+
+# Counters of pg_stat_database compared per phase, for each server's own database.
+DB_COUNTERS = ("xact_commit", "xact_rollback", "tup_returned", "tup_fetched", "tup_inserted", "tup_updated",
+               "tup_deleted", "blks_read", "blks_hit")
+# Backends publish their statistics when idle, at most every second and at
+# the latest PGSTAT_IDLE_INTERVAL (10 s) later: wait this long before reading.
+STATS_SETTLE_S = 11.0
 
 
 SHOWN_SETTINGS = (
@@ -141,42 +150,51 @@ class Postgres:
         finally:
             await conn.close()
 
-    async def next_xid(self) -> int:
-        """The next transaction id (cluster-wide, not consumed): its growth
-        counts write transactions, each of which pays a WAL flush."""
+    async def db_counters(self, dbname: str) -> dict[str, int]:
+        """pg_stat_database's counters of one database (what that server's
+        connections did, not the other server's); see STATS_SETTLE_S."""
         conn = await asyncpg.connect(self.admin_url)
         try:
-            return int(await conn.fetchval("SELECT pg_snapshot_xmax(pg_current_snapshot())::text"))
+            row = await conn.fetchrow(
+                f"SELECT {', '.join(DB_COUNTERS)} FROM pg_stat_database WHERE datname = $1", dbname
+            )
+            return {k: int(row[k]) for k in DB_COUNTERS}
         finally:
             await conn.close()
 
-    def serialization_failures(self) -> int:
-        """'could not serialize' errors in PostgreSQL's log so far (SQLSTATE
-        40001, which PostgreSQL logs by default)."""
+    async def backend_pids(self, dbname: str) -> list[int]:
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            rows = await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", dbname
+            )
+            return [r["pid"] for r in rows]
+        finally:
+            await conn.close()
+
+    def serialization_failures(self, dbname: str) -> int:
+        """'could not serialize' errors in PostgreSQL's log so far for one
+        database (SQLSTATE 40001, logged by default; lines name the database)."""
         if self.server is None:
             return 0
         try:
             text = Path(self.server.log).read_text(errors="replace")
         except OSError:
             return 0
-        return text.count("could not serialize access")
+        return sum(1 for line in text.splitlines()
+                   if f" db={dbname} " in line and "could not serialize access" in line)
 
-    def backend_cpu_seconds(self) -> float:
-        """CPU time of the postmaster and all its backends so far."""
-        if self.postmaster_pid is None:
-            return 0.0
-        total = 0.0
+
+def cpu_seconds_of(pids: list[int]) -> dict[int, float]:
+    """CPU time so far of each process still alive."""
+    out: dict[int, float] = {}
+    for pid in pids:
         try:
-            root = psutil.Process(self.postmaster_pid)
-            for p in [root, *root.children(recursive=True)]:
-                try:
-                    t = p.cpu_times()
-                    total += t.user + t.system
-                except psutil.Error:
-                    pass
+            t = psutil.Process(pid).cpu_times()
         except psutil.Error:
-            pass
-        return total
+            continue
+        out[pid] = t.user + t.system
+    return out
 
     def stop(self) -> None:
         pid = self.postmaster_pid
@@ -245,7 +263,15 @@ class ServerProcess:
             _terminate(self.proc)
 
 
-def start_ours(work: Path, database_url: str, extra_env: dict[str, str] | None = None) -> ServerProcess:
+def pool_bounds(pool: int) -> tuple[int, int]:
+    """(min, max) connections: the same for both servers (Synapse's cp_min
+    and cp_max, our pool_min_size and pool_max_size)."""
+    return min(5, pool), pool
+
+
+def start_ours(
+    work: Path, database_url: str, extra_env: dict[str, str] | None = None, *, pool: int = 10
+) -> ServerProcess:
     port = free_port()
     data = work / "coffeechat-data"
     shutil.rmtree(data, ignore_errors=True)
@@ -267,6 +293,8 @@ def start_ours(work: Path, database_url: str, extra_env: dict[str, str] | None =
         COFFEECHAT_SECURITY_PASSWORD_SCRYPT_N="1024",
         COFFEECHAT_LOG_LEVEL="WARNING",
         COFFEECHAT_DATA_DIR=str(data),
+        COFFEECHAT_DATABASE_POOL_MIN_SIZE=str(pool_bounds(pool)[0]),
+        COFFEECHAT_DATABASE_POOL_MAX_SIZE=str(pool_bounds(pool)[1]),
     )
     env.update(extra_env or {})
     for k in list(env):
@@ -299,9 +327,10 @@ def _rc(per_second: float = 100000, burst: int = 100000) -> dict[str, float]:
     return {"per_second": per_second, "burst_count": burst}
 
 
-def synapse_config(work: Path, port: int, socket_dir: str, dbname: str) -> dict:
+def synapse_config(work: Path, port: int, socket_dir: str, dbname: str, pool: int) -> dict:
     hs = work / "synapse"
     rc = _rc()
+    cp_min, cp_max = pool_bounds(pool)
     return {
         "server_name": f"localhost:{port}",
         "pid_file": str(hs / "homeserver.pid"),
@@ -312,7 +341,7 @@ def synapse_config(work: Path, port: int, socket_dir: str, dbname: str) -> dict:
         }],
         "database": {
             "name": "psycopg2",
-            "args": {"user": "postgres", "dbname": dbname, "host": socket_dir, "cp_min": 5, "cp_max": 10},
+            "args": {"user": "postgres", "dbname": dbname, "host": socket_dir, "cp_min": cp_min, "cp_max": cp_max},
         },
         "log_config": str(hs / "log.yaml"),
         "media_store_path": str(hs / "media"),
@@ -352,14 +381,15 @@ def synapse_config(work: Path, port: int, socket_dir: str, dbname: str) -> dict:
 
 
 def start_synapse(
-    work: Path, python: Path, version: str, socket_dir: str, dbname: str, extra_config: dict | None = None
+    work: Path, python: Path, version: str, socket_dir: str, dbname: str, extra_config: dict | None = None,
+    *, pool: int = 10,
 ) -> ServerProcess:
     port = free_port()
     hs = work / "synapse"
     shutil.rmtree(hs, ignore_errors=True)
     (hs / "media").mkdir(parents=True)
     log = hs / "homeserver.log"
-    config = synapse_config(work, port, socket_dir, dbname)
+    config = synapse_config(work, port, socket_dir, dbname, pool)
     config.update(extra_config or {})
     # YAML is a superset of JSON: no YAML writer needed here.
     (hs / "homeserver.yaml").write_text(json.dumps(config, indent=1))

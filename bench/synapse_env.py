@@ -1,6 +1,9 @@
 """Synapse in its own virtualenv under bench/.work/, installed on first use.
 
 Kept apart from the project's environment so Synapse's pins never touch ours.
+The version is pinned: a venv holding another version is reinstalled, and a
+failed install stops the benchmark (no silent fallback to whatever pip finds,
+which would make runs incomparable).
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ import sys
 import venv
 from pathlib import Path
 
-SYNAPSE_SPEC = "matrix-synapse[postgres]==1.163.2"
-FALLBACK_SPEC = "matrix-synapse[postgres]"
+SYNAPSE_VERSION = "1.163.2"
+SYNAPSE_SPEC = f"matrix-synapse[postgres]=={SYNAPSE_VERSION}"
 
 
 def venv_python(venv_dir: Path) -> Path:
@@ -32,8 +35,10 @@ def ensure_synapse(venv_dir: Path, log=print) -> tuple[Path, str]:
     """Return (python of the venv, Synapse version), installing if needed."""
     python = venv_python(venv_dir)
     version = synapse_version(python)
-    if version:
+    if version == SYNAPSE_VERSION:
         return python, version
+    if version:
+        log(f"{venv_dir} holds Synapse {version}, not the pinned {SYNAPSE_VERSION}: reinstalling")
     log(f"installing {SYNAPSE_SPEC} into {venv_dir} (one time, about a minute) ...")
     if not python.exists():
         venv.EnvBuilder(with_pip=True, clear=True).create(venv_dir)
@@ -41,11 +46,10 @@ def ensure_synapse(venv_dir: Path, log=print) -> tuple[Path, str]:
     subprocess.run(pip + ["--upgrade", "pip", "wheel"], check=False, timeout=600)
     r = subprocess.run(pip + [SYNAPSE_SPEC], timeout=1200)
     if r.returncode != 0:
-        log(f"{SYNAPSE_SPEC} failed; trying {FALLBACK_SPEC}")
-        subprocess.run(pip + [FALLBACK_SPEC], check=True, timeout=1200)
+        raise RuntimeError(f"pip could not install {SYNAPSE_SPEC}; the benchmark compares with that version only")
     version = synapse_version(python)
-    if not version:
-        raise RuntimeError(f"Synapse not importable from {python} after install")
+    if version != SYNAPSE_VERSION:
+        raise RuntimeError(f"{python} has Synapse {version!r} after installing {SYNAPSE_SPEC}")
     return python, version
 
 

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from .events import Event, StateKey, auth_types_for_event, create_event_id_for_room
 from .power_levels import (
     CREATE, CREATE_KEY, JOIN_RULES_KEY, LEVEL_MAPS, MEMBER, NAMED_LEVELS, POWER_LEVELS, POWER_LEVELS_KEY,
-    THIRD_PARTY_INVITE, PowerLevel, creators, creators_of, get_named_level, get_power_level,
+    THIRD_PARTY_INVITE, PowerLevel, creators_of, get_named_level, get_power_level,
     is_valid_user_id, parse_level, required_power_level, server_name_of,
 )
 from .room_versions import KNOWN_ROOM_VERSIONS, RoomIdFormat

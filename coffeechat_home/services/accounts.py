@@ -313,8 +313,9 @@ class AccountService:
 def _auth_user(auth: Mapping[str, Any]) -> str | None:
     identifier = auth.get("identifier")
     if isinstance(identifier, Mapping):
-        if identifier.get("type") == "m.id.user" and isinstance(identifier.get("user"), str):
-            return identifier["user"]
+        user = identifier.get("user")
+        if identifier.get("type") == "m.id.user" and isinstance(user, str):
+            return user
         return None
     user = auth.get("user")
     return user if isinstance(user, str) else None

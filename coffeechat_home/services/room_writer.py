@@ -14,7 +14,7 @@ import collections
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 
 import orjson
 
@@ -43,6 +43,7 @@ MAX_PREV_EVENTS = 10
 # An extra check run on each built event against the state before it, after
 # the auth rules (e.g. "may this user redact that event").
 EventCheck = Callable[[Event, Mapping[StateKey, Event]], Awaitable[None]]
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -143,7 +144,7 @@ class RoomWriter:
         return None if head is None else head.state
 
     # -- locking ---------------------------------------------------------------
-    async def _with_room_lock(self, room_id: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+    async def _with_room_lock(self, room_id: str, fn: Callable[[], Awaitable[_T]]) -> _T:
         entry = self._locks.setdefault(room_id, _Lock())
         entry.users += 1
         try:

@@ -289,22 +289,25 @@ class EventStore:
         return (await self.get_rows([event_id])).get(event_id)
 
     async def event_state_group(self, event_id: str) -> int | None:
-        return await self.db.fetchval("SELECT state_group FROM events WHERE event_id = $1", event_id)
+        group: int | None = await self.db.fetchval("SELECT state_group FROM events WHERE event_id = $1", event_id)
+        return group
 
     async def state_group_at(self, room_id: str, upto_pos: int) -> int | None:
         """The state group after the room's last event at or before a position."""
-        return await self.db.fetchval(
+        group: int | None = await self.db.fetchval(
             """SELECT state_group FROM events WHERE room_id = $1 AND stream_pos <= $2
                ORDER BY stream_pos DESC LIMIT 1""",
             room_id, upto_pos,
         )
+        return group
 
     async def event_for_txn(self, user_id: str, device_id: str, txn_id: str, endpoint: str) -> str | None:
-        return await self.db.fetchval(
+        event_id: str | None = await self.db.fetchval(
             """SELECT event_id FROM event_txn_ids
                WHERE user_id = $1 AND device_id = $2 AND txn_id = $3 AND endpoint = $4""",
             user_id, device_id, txn_id, endpoint,
         )
+        return event_id
 
     async def timeline(
         self,

@@ -53,7 +53,7 @@ def split_statements(sql: str) -> list[str]:
                 out.append(stmt)
             buf = []
     rest = "\n".join(buf).strip()
-    if rest and not all(l.strip().startswith("--") or not l.strip() for l in buf):
+    if rest and not all(line.strip().startswith("--") or not line.strip() for line in buf):
         out.append(rest)
     return out
 

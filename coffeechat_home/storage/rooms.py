@@ -15,15 +15,17 @@ class RoomStore:
         self.db = db
 
     async def room_version(self, room_id: str) -> str | None:
-        return await self.db.fetchval("SELECT room_version FROM rooms WHERE room_id = $1", room_id)
+        version: str | None = await self.db.fetchval("SELECT room_version FROM rooms WHERE room_id = $1", room_id)
+        return version
 
     async def membership(self, room_id: str, user_id: str) -> str | None:
         """The user's current membership in the room, or None."""
-        return await self.db.fetchval(
+        membership: str | None = await self.db.fetchval(
             """SELECT membership FROM current_state
                WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2""",
             room_id, user_id,
         )
+        return membership
 
     async def is_joined(self, room_id: str, user_id: str) -> bool:
         return await self.membership(room_id, user_id) == "join"
@@ -66,10 +68,12 @@ class RoomStore:
 
     # -- aliases -----------------------------------------------------------------
     async def alias_room(self, alias: str) -> str | None:
-        return await self.db.fetchval("SELECT room_id FROM room_aliases WHERE alias = $1", alias)
+        room_id: str | None = await self.db.fetchval("SELECT room_id FROM room_aliases WHERE alias = $1", alias)
+        return room_id
 
     async def alias_creator(self, alias: str) -> str | None:
-        return await self.db.fetchval("SELECT creator FROM room_aliases WHERE alias = $1", alias)
+        creator: str | None = await self.db.fetchval("SELECT creator FROM room_aliases WHERE alias = $1", alias)
+        return creator
 
     async def create_alias(self, alias: str, room_id: str, creator: str, now_ms: int) -> bool:
         inserted = await self.db.fetchval(
@@ -93,7 +97,8 @@ class RoomStore:
         return status.endswith(" 1")
 
     async def is_public(self, room_id: str) -> bool | None:
-        return await self.db.fetchval("SELECT is_public FROM rooms WHERE room_id = $1", room_id)
+        public: bool | None = await self.db.fetchval("SELECT is_public FROM rooms WHERE room_id = $1", room_id)
+        return public
 
     async def public_room_ids(self) -> list[str]:
         rows = await self.db.fetch("SELECT room_id FROM rooms WHERE is_public ORDER BY room_id")

@@ -207,11 +207,12 @@ class StreamStore:
         maxes = " UNION ALL ".join(
             f"SELECT max(stream_pos) AS m FROM {t.table}" for t in {t.table: t for t in STREAM_TABLES}.values()
         )
-        return await self.db.fetchval(
+        position: int = await self.db.fetchval(
             f"""SELECT LEAST(
                     COALESCE((SELECT min(floor) FROM stream_inflight), 9223372036854775807),
                     COALESCE((SELECT max(m) FROM ({maxes}) AS x), 0))"""
         )
+        return position
 
     async def changes_between(self, after: int, upto: int) -> set[str]:
         """Room ids and user ids with anything at a position in (after, upto]."""

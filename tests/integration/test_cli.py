@@ -50,7 +50,7 @@ async def test_unreachable_database_is_one_line_error(tmp_path: Path) -> None:
                       "COFFEECHAT_DATA_DIR": str(tmp_path)}, timeout=60,
     )
     assert code == 2
-    lines = [l for l in err.splitlines() if l.strip()]
+    lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("coffeechat-home: error: cannot connect to database")
     assert "Traceback" not in err
 

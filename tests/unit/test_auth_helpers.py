@@ -4,9 +4,11 @@ third-party signatures and auth-event list rules."""
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import pytest
+from nacl.signing import SigningKey
 
 from coffeechat_home.protocol.auth import (
     AuthError,
@@ -24,9 +26,10 @@ from coffeechat_home.protocol.power_levels import (
     get_power_level,
     get_user_power_level,
     is_valid_user_id,
+    parse_level,
     required_power_level,
 )
-from .test_auth_rules_membership import _TPI_KEY, _TPI_PUBLIC, _signed
+from .test_auth_rules_membership import _OTHER_KEY, _TPI_KEY, _TPI_PUBLIC, _signed
 from .auth_cases import (
     ALICE,
     ALL,
@@ -201,3 +204,145 @@ def test_auth_events_list_rules(rv: RoomVersion) -> None:
         assert _auth_events_error(rv, [CREATE_ID[rv], pl, bob], store) == "auth_events.unexpected"
         del store[CREATE_ID[rv]]
         assert _auth_events_error(rv, [pl, bob], store) == "create.missing"
+
+
+# --- found by mutation testing (tools/mutation.py) ---------------------------------------------
+
+
+def _sign_with(key: SigningKey, body: dict[str, Any], key_id: str = "ed25519:0", server: str = "id.test") -> dict[str, Any]:
+    """``body`` signed over its canonical JSON (UTF-8, not \\u escapes)."""
+    message = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    sig = base64.b64encode(key.sign(message).signature).decode().rstrip("=")
+    return {**body, "signatures": {server: {key_id: sig}}}
+
+
+def _public(key: SigningKey, urlsafe: bool = False) -> str:
+    encode = base64.urlsafe_b64encode if urlsafe else base64.b64encode
+    return encode(bytes(key.verify_key)).decode().rstrip("=")
+
+
+def test_third_party_signature_over_non_ascii_is_canonical_utf8() -> None:
+    signed = _sign_with(_TPI_KEY, {"mxid": CAROL, "token": "tok", "sender": BOB, "display": "Zoë ☕"})
+    assert verify_third_party_signed(signed, _TPI_PUBLIC)
+
+
+def test_third_party_signature_ignores_unsigned_and_skips_unusable_entries() -> None:
+    body = {"mxid": CAROL, "token": "tok", "sender": BOB}
+    signed = _sign_with(_TPI_KEY, body)
+    signed["unsigned"] = {"added": "later"}
+    assert verify_third_party_signed(signed, _TPI_PUBLIC)
+    good = signed["signatures"]["id.test"]["ed25519:0"]
+    bad = base64.b64encode(_OTHER_KEY.sign(b"x").signature).decode().rstrip("=")
+    # unusable blocks and entries before the good one are skipped, not the end of the search
+    signed["signatures"] = {
+        "a.test": "not an object",
+        "b.test": {"curve25519:0": good, "ed25519:1": 5, "ed25519:2": bad, "ed25519:3": "!!!"},
+        "id.test": {"ed25519:0": good},
+    }
+    assert verify_third_party_signed(signed, _TPI_PUBLIC)
+    signed["signatures"] = {"b.test": {"curve25519:0": good}, "c.test": {"ed25519:2": bad}}
+    assert not verify_third_party_signed(signed, _TPI_PUBLIC)
+
+
+@pytest.mark.parametrize("seed", [3, 7], ids=["urlsafe-with-underscore", "urlsafe-with-dash"])
+def test_third_party_public_key_in_urlsafe_base64(seed: int) -> None:
+    key = SigningKey(bytes([seed]) * 32)
+    urlsafe = _public(key, urlsafe=True)
+    assert ("-" in urlsafe) != ("_" in urlsafe)  # exactly one url-safe character kind
+    signed = _sign_with(key, {"mxid": CAROL, "token": "tok", "sender": BOB})
+    assert verify_third_party_signed(signed, urlsafe)
+    assert verify_third_party_signed(signed, _public(key))
+
+
+def test_third_party_public_key_with_stray_characters_is_refused() -> None:
+    signed = _sign_with(_TPI_KEY, {"mxid": CAROL, "token": "tok", "sender": BOB})
+    # lenient base64 would drop the '!' and decode the right key
+    assert not verify_third_party_signed(signed, _TPI_PUBLIC[:10] + "!" + _TPI_PUBLIC[10:])
+
+
+@pytest.mark.parametrize("rv", ALL, ids=lambda rv: f"v{rv.identifier}")
+def test_auth_event_that_is_not_state(rv: RoomVersion) -> None:
+    state = room(rv)
+    store = _store(*state.values())
+    store["$msg"] = ev(rv, "m.room.message", ALICE, {"body": "x"}, event_id="$msg")
+    pl = state[("m.room.power_levels", "")].event_id
+    create = [CREATE_ID[rv]] if rv.create_event_in_auth_events else []
+    assert _auth_events_error(rv, create + [pl, "$msg"], store) == "auth_events.not_state"
+
+
+@pytest.mark.parametrize("rv", ALL, ids=lambda rv: f"v{rv.identifier}")
+def test_auth_events_of_an_invite_and_a_restricted_join(rv: RoomVersion) -> None:
+    """The selectable auth events depend on the event's type, state_key and
+    content: an invite lists its target's membership, a restricted join its
+    authoriser's."""
+    state = room(rv, join_rule="restricted", members={ALICE: "join", BOB: "join", CAROL: "leave"})
+    store = _store(*state.values())
+    create = [CREATE_ID[rv]] if rv.create_event_in_auth_events else []
+    ids = {k: e.event_id for k, e in state.items()}
+    pl, jr = ids[("m.room.power_levels", "")], ids[("m.room.join_rules", "")]
+    invite = ev(rv, "m.room.member", BOB, {"membership": "invite"}, CAROL,
+                auth_events=create + [pl, jr, ids[("m.room.member", BOB)], ids[("m.room.member", CAROL)]])
+    check_auth_rules(invite, auth_state_from_auth_events(invite, store.get))
+    join = ev(rv, "m.room.member", CAROL, {"membership": "join", "join_authorised_via_users_server": BOB}, CAROL,
+              auth_events=create + [pl, jr, ids[("m.room.member", CAROL)], ids[("m.room.member", BOB)]])
+    check_auth_rules(join, auth_state_from_auth_events(join, store.get))
+
+
+@pytest.mark.parametrize("rv", ALL, ids=lambda rv: f"v{rv.identifier}")
+def test_string_levels_are_not_levels_in_v10_and_later(rv: RoomVersion) -> None:
+    """v10+ accept JSON integers only: a string anywhere a level goes counts
+    as absent (the default applies), as if the key were not there."""
+    pl = power_levels(rv, {CAROL: "30"}, users_default="7", ban="20", events={"m.room.name": "5"})  # type: ignore[dict-item]
+    state = room(rv, pl=pl)
+    assert get_power_level(CAROL, state, rv) == 0
+    assert get_power_level(ERIN, state, rv) == 0
+    assert get_named_level("ban", state, rv) == 50
+    assert required_power_level("m.room.name", "", state, rv) == 50
+    assert parse_level(" 42 ", strict=False) == 42
+    assert parse_level("4x", strict=False) is None
+    assert parse_level("42", strict=True) is None
+    assert parse_level(True, strict=False) is None
+
+
+@pytest.mark.parametrize("rv", ALL, ids=lambda rv: f"v{rv.identifier}")
+def test_power_level_defaults_with_a_sparse_power_levels_event(rv: RoomVersion) -> None:
+    state = room(rv, pl=ev(rv, "m.room.power_levels", ALICE, {}, ""))
+    assert get_power_level(ERIN, state, rv) == 0
+    assert get_user_power_level(ERIN, state) == 0
+    assert get_named_level("kick", state) == 50  # room version from the state's events
+    assert required_power_level("m.room.topic", "", state) == 50
+
+
+def test_creator_field_that_is_not_a_user_id_names_no_creator() -> None:
+    assert creators(room(V10, create_extra={"creator": 5})) == frozenset()
+
+
+def test_can_send_third_party_invite_and_per_type_levels() -> None:
+    users = {ALICE: 100, BOB: 50}
+    state = room(V11, pl=power_levels(V11, users, invite=50, events={"m.room.topic": 40, "org.example.x": 60}))
+    assert can_send(BOB, "m.room.third_party_invite", "tok", state)  # exactly the invite level
+    state_high = room(V11, pl=power_levels(V11, users, invite=51))
+    assert not can_send(BOB, "m.room.third_party_invite", "tok", state_high)
+    assert can_send(BOB, "m.room.topic", "", state)  # events override below state_default 50
+    assert not can_send(BOB, "org.example.x", None, state)  # events override above events_default 0
+
+
+@pytest.mark.parametrize("rv", ALL, ids=lambda rv: f"v{rv.identifier}")
+def test_redaction_by_a_user_exactly_at_the_redact_level(rv: RoomVersion) -> None:
+    users = {BOB: 50} if rv is V12 else {ALICE: 100, BOB: 50}
+    state = room(rv, pl=power_levels(rv, users, redact=50), members={ALICE: "join", BOB: "join", CAROL: "join"})
+    content = {"redacts": "$orig"} if rv.redacts_in_content else {}
+    top = {} if rv.redacts_in_content else {"redacts": "$orig"}
+    redaction = ev(rv, "m.room.redaction", BOB, content, **top)
+    original = ev(rv, "m.room.message", CAROL, {"body": "x"}, event_id="$orig")
+    assert check_redaction_allowed(redaction, original, state)
+
+
+def test_redaction_server_comparison_uses_the_whole_server_name() -> None:
+    """Server names with the same port are different servers."""
+    state = room(V11, members={ALICE: "join", "@x:one.test:8448": "join"})
+    redaction = ev(V11, "m.room.redaction", "@x:one.test:8448", {"redacts": "$orig"})
+    original = ev(V11, "m.room.message", "@y:two.test:8448", {"body": "x"}, event_id="$orig")
+    assert not check_redaction_allowed(redaction, original, state)
+    same = ev(V11, "m.room.message", "@z:one.test:8448", {"body": "x"}, event_id="$orig")
+    assert check_redaction_allowed(redaction, same, state)

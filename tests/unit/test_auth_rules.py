@@ -349,6 +349,50 @@ def _(rv):
     return _pl_change(rv, users, sender=BOB, old=power_levels(rv, users))
 
 
+# --- boundaries found by mutation testing (tools/mutation.py) ---------------------------
+
+
+def _bob50(rv: RoomVersion) -> dict[str, int]:
+    return {BOB: 50} if rv is V12 else {ALICE: 100, BOB: 50}
+
+
+@table.case("power_levels: named level equal to the sender's changed", None)
+def _(rv):
+    old = power_levels(rv, _bob50(rv), state_default=50, kick=50)
+    return _pl_change(rv, _bob50(rv), sender=BOB, old=old, state_default=50, kick=40)
+
+
+@table.case("power_levels: events entry equal to the sender's level changed", None)
+def _(rv):
+    old = power_levels(rv, _bob50(rv), events={"m.room.name": 50})
+    return _pl_change(rv, _bob50(rv), sender=BOB, old=old, events={"m.room.name": 20})
+
+
+@table.case("power_levels: one of many events entries changed above sender", "power_levels.map_current_too_high")
+def _(rv):
+    # many unchanged entries: the check must look at every key, whatever the order
+    same = {f"org.example.e{i}": 10 for i in range(30)}
+    old = power_levels(rv, _bob50(rv), events={**same, "m.room.name": 100})
+    return _pl_change(rv, _bob50(rv), sender=BOB, old=old, events={**same, "m.room.name": 10})
+
+
+@table.case("power_levels: one of many named levels changed above sender", "power_levels.named_current_too_high")
+def _(rv):
+    old = power_levels(rv, _bob50(rv), state_default=50, invite=0, redact=50, kick=50, ban=100)
+    return _pl_change(rv, _bob50(rv), sender=BOB, old=old, state_default=50, invite=0, redact=50, kick=50, ban=10)
+
+
+@table.case("power_levels: users value a string of digits (v10+ integers only)", "power_levels.invalid_users")
+def _(rv):
+    users: dict[str, Any] = {**_bob50(rv), CAROL: "50"}
+    return _pl_change(rv, users)
+
+
+@table.case("power_levels: users removed entirely allowed for the creator", None)
+def _(rv):
+    return ev(rv, "m.room.power_levels", ALICE, {}, ""), room(rv)
+
+
 @pytest.mark.parametrize(("build", "rv", "rule"), table.params())
 def test_auth_rule_case(build: Callable[[RoomVersion], tuple[Any, ...]], rv: RoomVersion, rule: str | None) -> None:
     run_case(build, rv, rule)

@@ -490,6 +490,62 @@ def _(rv):
 def _(rv):
     return member(rv, CAROL, "knock"), room(rv, join_rule="knock", members={ALICE: "join", CAROL: "ban"})
 
+# --- boundaries found by mutation testing (tools/mutation.py) ---------------------------
+
+
+@table.case("kick by a user exactly at the kick level", None)
+def _(rv):
+    return member(rv, CAROL, "leave", sender=BOB), _peers(rv, 50, 0)
+
+
+@table.case("ban by a user exactly at the ban level", None)
+def _(rv):
+    return member(rv, CAROL, "ban", sender=BOB), _peers(rv, 50, 0)
+
+
+@table.case("unban by a user exactly at the ban level", None)
+def _(rv):
+    users = {BOB: 50} if rv.privileged_creators else {ALICE: 100, BOB: 50}
+    pl = power_levels(rv, users, ban=50, kick=50)
+    return member(rv, CAROL, "leave", sender=BOB), room(rv, pl=pl, members={ALICE: "join", BOB: "join", CAROL: "ban"})
+
+
+@table.case("join: a joined user's join again (profile change) in an invite-only room", None)
+def _(rv):
+    return member(rv, BOB, "join", displayname="Bob"), room(rv, join_rule="invite")
+
+
+@table.case("join: join_rules without join_rule means invite", "member.join.not_invited")
+def _(rv):
+    jr = ev(rv, "m.room.join_rules", ALICE, {}, "")
+    return member(rv, CAROL, "join"), room(rv, join_rule=None, extra=[jr])
+
+
+@table.case("join: a non-string join_rule allows nobody", "member.join.join_rule")
+def _(rv):
+    jr = ev(rv, "m.room.join_rules", ALICE, {"join_rule": 5}, "")
+    return member(rv, CAROL, "join"), room(rv, join_rule=None, extra=[jr])
+
+
+@table.case("knock: an invited user cannot knock", "member.knock.already")
+def _(rv):
+    return member(rv, CAROL, "knock"), room(rv, join_rule="knock", members={ALICE: "join", CAROL: "invite"})
+
+
+@table.case("invite by a user exactly at the invite level", None)
+def _(rv):
+    users = {BOB: 50} if rv.privileged_creators else {ALICE: 100, BOB: 50}
+    return member(rv, CAROL, "invite", sender=BOB), room(rv, pl=power_levels(rv, users, invite=50))
+
+
+@table.case("join restricted: authoriser exactly at the invite level", None)
+def _(rv):
+    users = {BOB: 50} if rv.privileged_creators else {ALICE: 100, BOB: 50}
+    return (
+        member(rv, CAROL, "join", join_authorised_via_users_server=BOB),
+        room(rv, join_rule="restricted", pl=power_levels(rv, users, invite=50)),
+    )
+
 
 @pytest.mark.parametrize(("build", "rv", "rule"), table.params())
 def test_auth_rule_case(build: Callable[[RoomVersion], tuple[Any, ...]], rv: RoomVersion, rule: str | None) -> None:

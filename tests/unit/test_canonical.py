@@ -193,3 +193,51 @@ def test_fast_path_matches_canonicaljson(value: Any) -> None:
     assert encode_canonical_json_trusted(value) == expected
     # And it round-trips through our parser.
     assert parse_json(expected) == value
+
+
+# --- found by mutation testing (tools/mutation.py) ---------------------------------------
+
+
+def test_error_paths_at_the_root_and_in_lists() -> None:
+    with pytest.raises(CanonicalJSONError, match=r"float value not allowed at \[1\]: 1\.5"):
+        check_canonical_json_values([1, 1.5])
+    with pytest.raises(CanonicalJSONError, match=r"float value not allowed at <root>: 2\.5"):
+        check_canonical_json_values(2.5)
+
+
+def test_int_subclasses_are_range_checked() -> None:
+    import enum
+
+    class Level(enum.IntEnum):
+        LOW = 1
+        HUGE = 2**60
+
+    check_canonical_json_values({"a": Level.LOW})
+    with pytest.raises(CanonicalJSONError, match="integer out of range at a"):
+        check_canonical_json_values({"a": Level.HUGE})
+
+
+def test_parse_json_normalises_numbers_inside_lists() -> None:
+    out = parse_json("[2.0, [3e0], {\"x\": [4.0]}]")
+    assert out == [2, [3], {"x": [4]}]
+    assert type(out[0]) is int and type(out[1][0]) is int and type(out[2]["x"][0]) is int
+
+
+def test_parse_json_integral_exponent_bound() -> None:
+    # up to 10**30 integral numbers become ints; beyond, they stay floats
+    # (outside the canonical range anyway) instead of building huge ints
+    assert parse_json("1e30") == 10**30 and type(parse_json("1e30")) is int
+    assert type(parse_json("1e31")) is float
+    assert type(parse_json("[1e31]")[0]) is float
+
+
+def test_base64_strips_only_padding() -> None:
+    assert encode_base64(bytes([0, 0, 23])) == "AAAX"
+    assert encode_base64(bytes([0, 0, 23]), urlsafe=True) == "AAAX"
+    assert encode_base64(b"\x00") == "AA"
+
+
+@pytest.mark.parametrize(("bad", "urlsafe"), [("YW+i", True), ("YW/i", True), ("YW*i", True), ("YW*i", False)])
+def test_base64_rejects_characters_outside_the_alphabet(bad: str, urlsafe: bool) -> None:
+    with pytest.raises(ValueError):
+        decode_base64(bad, urlsafe=urlsafe)

@@ -301,3 +301,29 @@ def test_iterative_auth_checks_skip_events_that_fail() -> None:
     out = iterative_auth_checks(ROOM_V11, ["$MB:example.com", "$PB:example.com"], start, events.get)
     assert out[("m.room.member", "@bob:example.com")] == "$MB:example.com"
     assert out[("m.room.power_levels", "")] == start[("m.room.power_levels", "")]
+
+
+# --- found by mutation testing (tools/mutation.py) ---------------------------------------
+
+
+@pytest.mark.parametrize("rv", [ROOM_V10, ROOM_V11, ROOM_V12], ids=lambda rv: f"v{rv.identifier}")
+def test_power_events_are_ordered_by_their_senders_power_before_time(rv: Any) -> None:
+    """Reverse topological power ordering: among unrelated power events the
+    more powerful sender's comes first, whatever the timestamps; the last one
+    applied wins. Alice (100, or creator) changes the join rule late, Bob (50)
+    early: Alice's is applied first, so Bob's is the resolved join rule. By
+    timestamp alone Alice's would win."""
+    room = _SyntheticRoom(rv)
+    alice, bob = "@alice:x.test", "@bob:x.test"
+    a = room._state_event(room.base_state, "$jr-alice", "m.room.join_rules", "", alice, {"join_rule": "invite"}, 9)
+    b = room._state_event(room.base_state, "$jr-bob", "m.room.join_rules", "", bob, {"join_rule": "knock"}, 1)
+    for sets in ([a, b], [b, a]):
+        assert resolve_state(rv, sets, room.events.get)[("m.room.join_rules", "")] == "$jr-bob"
+    # the same with the senders' powers swapped: Bob at 100, Alice (v10/v11) at 50
+    if rv is not ROOM_V12:
+        room2 = _SyntheticRoom(rv)
+        pl = room2._state_event(room2.base_state, "$pl-swap", "m.room.power_levels", "", alice,
+                                {"users": {alice: 50, bob: 100}}, 0)
+        a = room2._state_event(pl, "$jr-alice", "m.room.join_rules", "", alice, {"join_rule": "invite"}, 1)
+        b = room2._state_event(pl, "$jr-bob", "m.room.join_rules", "", bob, {"join_rule": "knock"}, 9)
+        assert resolve_state(rv, [a, b], room2.events.get)[("m.room.join_rules", "")] == "$jr-alice"

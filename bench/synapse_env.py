@@ -28,7 +28,9 @@ def synapse_version(python: Path) -> str | None:
         [str(python), "-c", "import synapse, psycopg2; print(synapse.__version__)"],
         capture_output=True, text=True, timeout=120,
     )
-    return r.stdout.strip() if r.returncode == 0 else None
+    # synapse.__version__ may carry git details ("1.163.2 (b=branch,rev)") when
+    # the current directory is a git checkout: the release is the first word
+    return r.stdout.split()[0] if r.returncode == 0 and r.stdout.strip() else None
 
 
 def ensure_synapse(venv_dir: Path, log=print) -> tuple[Path, str]:

@@ -12,8 +12,11 @@ module and the share of surviving mutants. mutmut keeps its state in
 ``./mutants``; unchanged mutants are not re-run. ``python -m mutmut show NAME``
 prints the diff of one mutant.
 
-Surviving mutants that are equivalent (they cannot change any result) are
-explained in tools/MUTATION.md rather than "killed" with a contrived test.
+Survivors are split in two: those that only change the wording of an error
+message (the text of a raised exception other than AuthError's tested rule
+id; clients get the errcode and tests check the rule ids, not prose), and
+the rest. The remaining ones are explained in tools/MUTATION.md rather than
+"killed" with a contrived test.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import re
 import subprocess
 import sys
 import time
@@ -41,6 +45,32 @@ def results() -> dict[str, str]:
         if sep and name.startswith("coffeechat_home."):
             status[name] = state
     return status
+
+
+def _diff(name: str) -> list[str]:
+    out = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=ROOT, capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines() if not line.startswith(("---", "+++", "#", "@@"))]
+
+
+_RULE_ID = re.compile(r"AuthError\(\s*(\"[^\"]*\"|None)")
+
+
+def wording_only(name: str) -> bool:
+    """True if the mutant only rewords an error message (see the docstring)."""
+    lines = _diff(name)
+    minus = [i for i, line in enumerate(lines) if line.startswith("-")]
+    plus = [i for i, line in enumerate(lines) if line.startswith("+")]
+    if len(minus) != 1 or len(plus) != 1:
+        return False
+    old, new = lines[minus[0]][1:].strip(), lines[plus[0]][1:].strip()
+    if old.startswith("raise "):
+        if "AuthError(" in old:
+            a, b = _RULE_ID.search(old), _RULE_ID.search(new)
+            return bool(a and b and a.group(1) == b.group(1))
+        return True
+    # a message on its own line inside a multi-line raise: prose has spaces, rule ids do not
+    before = [line for line in lines[max(0, minus[0] - 3):minus[0]]]
+    return old[:1] in "\"'f" and " " in old and any("raise " in line for line in before)
 
 
 def module_of(name: str) -> str:
@@ -72,10 +102,15 @@ def main() -> int:
 
     status = results()
     per_module: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    wording: set[str] = set()
     for name, state in status.items():
         if module_of(name) in args.modules:
             per_module[module_of(name)][state] += 1
-    print(f"\n{'module':<14}{'mutants':>9}{'killed':>8}{'timeout':>9}{'survived':>10}{'other':>7}{'survive %':>11}")
+            if state == "survived" and wording_only(name):
+                wording.add(name)
+                per_module[module_of(name)]["wording"] += 1
+    print(f"\n{'module':<14}{'mutants':>9}{'killed':>8}{'timeout':>9}{'survived':>10}{'other':>7}{'survive %':>11}"
+          f"{'wording':>9}{'rest %':>8}")
     total: collections.Counter[str] = collections.Counter()
     for module in args.modules:
         c = per_module[module]
@@ -84,21 +119,24 @@ def main() -> int:
     _row("total", total)
     if not args.report_only:
         print(f"\n{elapsed / 60:.1f} min")
+    print("\nsurvive %: all survivors / checked mutants; wording: survivors that only reword an error message;"
+          "\nrest %: the other survivors / checked mutants")
     if args.survivors:
-        print("\nsurviving mutants (python -m mutmut show NAME):")
+        print("\nsurviving mutants (python -m mutmut show NAME), wording-only ones marked (w):")
         for name, state in sorted(status.items()):
             if module_of(name) in args.modules and state == "survived":
-                print("  " + name)
+                print(("  (w) " if name in wording else "      ") + name)
     return 0
 
 
 def _row(label: str, c: collections.Counter[str]) -> None:
-    n = sum(c.values())
-    killed, timeout, survived = c["killed"], c["timeout"], c["survived"]
+    killed, timeout, survived, wording = c["killed"], c["timeout"], c["survived"], c["wording"]
+    n = sum(c.values()) - wording
     other = n - killed - timeout - survived
     checked = killed + timeout + survived
     share = f"{100 * survived / checked:.1f}" if checked else "-"
-    print(f"{label:<14}{n:>9}{killed:>8}{timeout:>9}{survived:>10}{other:>7}{share:>11}")
+    rest = f"{100 * (survived - wording) / checked:.1f}" if checked else "-"
+    print(f"{label:<14}{n:>9}{killed:>8}{timeout:>9}{survived:>10}{other:>7}{share:>11}{wording:>9}{rest:>8}")
 
 
 if __name__ == "__main__":

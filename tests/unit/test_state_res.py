@@ -327,3 +327,24 @@ def test_power_events_are_ordered_by_their_senders_power_before_time(rv: Any) ->
         a = room2._state_event(pl, "$jr-alice", "m.room.join_rules", "", alice, {"join_rule": "invite"}, 1)
         b = room2._state_event(pl, "$jr-bob", "m.room.join_rules", "", bob, {"join_rule": "knock"}, 9)
         assert resolve_state(rv, [a, b], room2.events.get)[("m.room.join_rules", "")] == "$jr-alice"
+
+
+@pytest.mark.parametrize("rv", [ROOM_V10, ROOM_V11, ROOM_V12], ids=lambda rv: f"v{rv.identifier}")
+def test_iterative_auth_checks_skip_unusable_events_and_go_on(rv: Any) -> None:
+    """Missing, non-state, rejected and unauthorised events are each skipped,
+    and the checks go on with the next event."""
+    room = _SyntheticRoom(rv)
+    alice, carol = "@alice:x.test", "@carol:y.test"
+    base = room.base_state
+    room._state_event(base, "$t-denied", "m.room.topic", "", carol, {"topic": "carol has no power"}, 1)
+    room._state_event(base, "$t-good", "m.room.topic", "", alice, {"topic": "good"}, 2)
+    room._state_event(base, "$t-rejected", "m.room.topic", "", alice, {"topic": "rejected on receipt"}, 3)
+    room._put("$message", "m.room.message", "", alice, {"body": "x"}, [room.create_id], 4)
+    room.events["$message"] = Event({k: v for k, v in room.events["$message"].pdu.items() if k != "state_key"},
+                                    "$message", rv)
+    order = ["$missing", "$message", "$t-denied", "$t-good", "$t-rejected"]
+    state = iterative_auth_checks(rv, order, base, room.events.get, is_rejected=lambda e: e == "$t-rejected")
+    assert state == {**base, ("m.room.topic", ""): "$t-good"}
+    # not rejected, the last topic wins
+    state = iterative_auth_checks(rv, order, base, room.events.get)
+    assert state[("m.room.topic", "")] == "$t-rejected"

@@ -49,6 +49,7 @@ from synapse_env import ensure_synapse  # noqa: E402
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
 N_CLIENTS = 20
+IDLE_S = 10.0  # the idle measurement after setup
 
 
 @dataclass
@@ -176,6 +177,7 @@ class Meter:
         t = self.t
         self._f = t.pg.serialization_failures(t.dbname)
         self._n0 = await t.pg.db_counters(t.dbname) if self.counters else {}
+        self._n0_at = time.perf_counter()
         self._d = cpu_seconds_of(await t.pg.backend_pids(t.dbname))
         self._w = time.perf_counter()
         self._s = t.server.cpu_seconds()
@@ -196,7 +198,11 @@ class Meter:
         if self.counters and exc[0] is None:
             await asyncio.sleep(STATS_SETTLE_S)
             n1 = await t.pg.db_counters(t.dbname)
-            self.db_work = {k: n1[k] - self._n0[k] for k in n1}
+            # less what the server does in its database when idle (polls,
+            # heartbeats, background jobs) over the same window, settle included
+            idle = t.common.get("idle_db_per_s", {})
+            span = time.perf_counter() - self._n0_at
+            self.db_work = {k: max(0, round(n1[k] - self._n0[k] - idle.get(k, 0.0) * span)) for k in n1}
 
 
 def db_work_per(work: dict[str, int], n: int) -> dict[str, float | None]:
@@ -434,14 +440,14 @@ def pyspy_stop(t: Target) -> None:
 def fmt(v: Any, unit: str) -> str:
     if v is None:
         return "-"
+    if isinstance(v, float) and v == float("inf"):
+        return "miss"
     if unit == "ms":
         return f"{v * 1000:.1f}"
     if unit == "MB":
         return f"{v / 1e6:.0f}"
     if unit == "KB":
         return f"{v / 1e3:.1f}"
-    if isinstance(v, float) and v == float("inf"):
-        return "miss"
     if isinstance(v, float):
         return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
     return str(v)
@@ -485,9 +491,9 @@ def rows(r: dict[str, dict[str, Any]], plan: Plan) -> list[tuple[str, str, str, 
                 g("ours", "sync_latency", "p50"), g("synapse", "sync_latency", "p50")))
     out.append(("send -> other user's /sync: p95", "ms", "lower", g("ours", "sync_latency", "p95"),
                 g("synapse", "sync_latency", "p95")))
-    out.append(("send -> other user's /sync: arrived / missed (10 s)", "n", "-",
-                f"{g('ours', 'sync_latency', 'samples')}/{g('ours', 'sync_latency', 'misses')}",
-                f"{g('synapse', 'sync_latency', 'samples')}/{g('synapse', 'sync_latency', 'misses')}"))
+    out.append(("send -> /sync: arrived/missed (10 s), all reps", "n", "-",
+                f"{g('ours', 'sync_latency_totals', 'samples')}/{g('ours', 'sync_latency_totals', 'misses')}",
+                f"{g('synapse', 'sync_latency_totals', 'samples')}/{g('synapse', 'sync_latency_totals', 'misses')}"))
     label = f"initial /sync, {plan.sync_rooms} rooms x {plan.sync_msgs} msgs"
     out.append((f"{label}: first", "ms", "lower", g("ours", "initial_sync", "first"),
                 g("synapse", "initial_sync", "first")))
@@ -510,8 +516,11 @@ def rows(r: dict[str, dict[str, Any]], plan: Plan) -> list[tuple[str, str, str, 
                     g("synapse", "messages", rd, "bytes_per_page")))
         if rd == "r1":
             db_rows("page", "messages", rd)
-    out.append(("server CPU while idle (after setup, 5 s)", "%", "lower", g("ours", "idle_cpu_pct"),
+    out.append((f"server CPU while idle (after setup, {IDLE_S:.0f} s)", "%", "lower", g("ours", "idle_cpu_pct"),
                 g("synapse", "idle_cpu_pct")))
+    out.append(("DB commits per second while idle (subtracted above)", "n", "lower",
+                (g("ours", "idle_db_per_s") or {}).get("xact_commit"),
+                (g("synapse", "idle_db_per_s") or {}).get("xact_commit")))
     out.append(("peak RSS of the server process", "MB", "lower", g("ours", "peak_rss"), g("synapse", "peak_rss")))
     return out
 
@@ -588,12 +597,24 @@ async def run(args: argparse.Namespace) -> int:
             log(f"{t.label}: setup (users, rooms, the initial-sync data set)")
             await setup(t)
             await fill_initial_sync(t, plan)
-        # background CPU of each server while nobody sends anything
+        # what each server does while nobody sends anything: its CPU, and its
+        # database work per second (subtracted from each phase's counters)
+        await asyncio.sleep(STATS_SETTLE_S)
+        n0 = {t.label: await t.pg.db_counters(t.dbname) for t in targets}
         c0 = {t.label: t.server.cpu_seconds() for t in targets}
-        await asyncio.sleep(5.0)
+        t0 = time.perf_counter()
+        await asyncio.sleep(IDLE_S)
+        idle_wall = time.perf_counter() - t0
         for t in targets:
-            t.common["idle_cpu_pct"] = 100 * (t.server.cpu_seconds() - c0[t.label]) / 5.0
-        log("idle CPU over 5 s: " + ", ".join(f"{t.label} {t.common['idle_cpu_pct']:.1f}%" for t in targets))
+            t.common["idle_cpu_pct"] = 100 * (t.server.cpu_seconds() - c0[t.label]) / idle_wall
+        await asyncio.sleep(STATS_SETTLE_S)
+        for t in targets:
+            n1 = await t.pg.db_counters(t.dbname)
+            span = time.perf_counter() - t0
+            t.common["idle_db_per_s"] = {k: (n1[k] - n0[t.label][k]) / span for k in n1}
+        log("idle over " + f"{IDLE_S:.0f} s: " + ", ".join(
+            f"{t.label} CPU {t.common['idle_cpu_pct']:.1f}%, "
+            f"{t.common['idle_db_per_s']['xact_commit']:.1f} commits/s in its database" for t in targets))
         phases: list[tuple[str, Callable[[Target, Plan], Awaitable[None]]]] = [
             ("send", phase_send),
             ("sync_latency", phase_sync_latency),
@@ -640,6 +661,9 @@ async def run(args: argparse.Namespace) -> int:
         pg.stop()
         log("stopped: " + ", ".join(f"{s.label} pid {s.pid}" for s in servers) + f", PostgreSQL pid {pg.postmaster_pid}")
 
+    for t in targets:  # misses are counted over every repetition, not as a median
+        lat = [r.get("sync_latency") or {} for r in t.runs]
+        t.common["sync_latency_totals"] = {k: sum(x.get(k, 0) for x in lat) for k in ("samples", "misses")}
     by = {("ours" if t.label == "coffeechat-home" else "synapse"): {**(median_of_runs(t.runs) or {}), **t.common}
           for t in targets}
     print()

@@ -184,18 +184,6 @@ class Postgres:
         return sum(1 for line in text.splitlines()
                    if f" db={dbname} " in line and "could not serialize access" in line)
 
-
-def cpu_seconds_of(pids: list[int]) -> dict[int, float]:
-    """CPU time so far of each process still alive."""
-    out: dict[int, float] = {}
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-        except psutil.Error:
-            continue
-        out[pid] = t.user + t.system
-    return out
-
     def stop(self) -> None:
         pid = self.postmaster_pid
         if self.server is not None:
@@ -210,6 +198,18 @@ def cpu_seconds_of(pids: list[int]) -> dict[int, float]:
             except psutil.Error:
                 pass
         shutil.rmtree(self.pgdata, ignore_errors=True)
+
+
+def cpu_seconds_of(pids: list[int]) -> dict[int, float]:
+    """CPU time so far of each process still alive."""
+    out: dict[int, float] = {}
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        out[pid] = t.user + t.system
+    return out
 
 
 # --------------------------------------------------------------------------- homeservers

@@ -150,3 +150,4 @@ def run_case(build: Callable[[RoomVersion], tuple[Any, ...]], rv: RoomVersion, r
             check_auth_rules(event, state, **kwargs)
         assert info.value.rule == rule, info.value.message
         assert info.value.message
+        assert str(info.value) == f"{rule}: {info.value.message}"

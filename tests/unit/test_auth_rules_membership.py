@@ -546,6 +546,33 @@ def _(rv):
         room(rv, join_rule="restricted", pl=power_levels(rv, users, invite=50)),
     )
 
+@table.case("join restricted: a joined user's join again needs no authoriser", None)
+def _(rv):
+    return member(rv, BOB, "join", displayname="Bob"), room(rv, join_rule="restricted")
+
+
+@table.case("join authoriser signature checked on the join event itself", None)
+def _(rv):
+    return (
+        member(rv, CAROL, "join", join_authorised_via_users_server=BOB),
+        room(rv, join_rule="restricted"),
+        {"is_signed_by_server": lambda event, server: event.state_key == CAROL and server == "a.test"},
+    )
+
+
+@table.case("3pid invite: third_party_invite not an object", "member.invite.3pid.no_signed")
+def _(rv):
+    return member(rv, CAROL, "invite", sender=BOB, third_party_invite="x"), _tpi_state(rv)
+
+
+@table.case("3pid invite: unusable public_keys entries are skipped", None)
+def _(rv):
+    state = _tpi_state(rv, key_field="public_keys")
+    tpi = state[("m.room.third_party_invite", "tok")]
+    content = {**tpi.content, "public_keys": ["junk", {"public_key": 5}, {"public_key": _TPI_PUBLIC}]}
+    state[("m.room.third_party_invite", "tok")] = ev(rv, "m.room.third_party_invite", BOB, content, "tok")
+    return _tpi_invite(rv, _signed(CAROL, "tok")), state
+
 
 @pytest.mark.parametrize(("build", "rv", "rule"), table.params())
 def test_auth_rule_case(build: Callable[[RoomVersion], tuple[Any, ...]], rv: RoomVersion, rule: str | None) -> None:

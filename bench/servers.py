@@ -172,9 +172,9 @@ class Postgres:
         finally:
             await conn.close()
 
-    def serialization_failures(self, dbname: str) -> int:
-        """'could not serialize' errors in PostgreSQL's log so far for one
-        database (SQLSTATE 40001, logged by default; lines name the database)."""
+    def serialization_failures(self, dbname: str | None = None) -> int:
+        """'could not serialize' errors in PostgreSQL's log so far, for one
+        database (lines name it) or for all (SQLSTATE 40001, logged by default)."""
         if self.server is None:
             return 0
         try:
@@ -182,7 +182,19 @@ class Postgres:
         except OSError:
             return 0
         return sum(1 for line in text.splitlines()
-                   if f" db={dbname} " in line and "could not serialize access" in line)
+                   if "could not serialize access" in line and (dbname is None or f" db={dbname} " in line))
+
+    def backend_cpu_seconds(self) -> float:
+        """CPU time of the postmaster and all its backends so far (the whole
+        cluster; bench_rooms counts each server's own backends instead)."""
+        if self.postmaster_pid is None:
+            return 0.0
+        try:
+            root = psutil.Process(self.postmaster_pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return 0.0
+        return sum(cpu_seconds_of([p.pid for p in procs]).values())
 
     def stop(self) -> None:
         pid = self.postmaster_pid

@@ -81,8 +81,9 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
 
 class Database:
     """Two pools on one database: ``pool`` runs multi-statement units of
-    work (``transaction``) at the database's default isolation, SERIALIZABLE
-    (always on CockroachDB; set so on PostgreSQL). ``single`` runs lone
+    work (``transaction``), each opened with ``BEGIN ISOLATION LEVEL
+    SERIALIZABLE`` whatever the server's default (CockroachDB v24.1 and later
+    let a role or database default to READ COMMITTED). ``single`` runs lone
     statements (``fetch``/``execute`` ...). On PostgreSQL its sessions use
     READ COMMITTED: one statement is atomic and sees one snapshot anyway,
     and PostgreSQL's SSI tracks reads by index page, so lone reads (sync,
@@ -182,7 +183,9 @@ class Database:
         server is gone would be a second operation on it) and reported as
         ``DatabaseUnavailable``, retryable unless COMMIT had been sent."""
         async with self._connection(self.pool) as conn:
-            tx = conn.transaction(readonly=readonly)
+            # SERIALIZABLE asked for, not assumed: since v24.1 a CockroachDB
+            # role or database may default to READ COMMITTED
+            tx = conn.transaction(isolation="serializable", readonly=readonly)
             await _guard(conn, tx.start(), committing=False)
             try:
                 result = await _guard(conn, fn(conn), committing=False)

@@ -462,6 +462,13 @@ class _Query:
             self.conds.append(f"stream_pos <= {self.arg(upto)}")
 
 
+def like_prefix(prefix: str) -> str:
+    """A LIKE pattern matching strings that start with ``prefix``: its
+    ``\\``, ``%`` and ``_`` escaped with the backslash, LIKE's default escape
+    character on both engines (``starts_with()`` is PostgreSQL-only)."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def _type_sender_filters(arg: Any, types: Any, not_types: Any, senders: Any, not_senders: Any) -> list[str]:
     conds: list[str] = []
     if types is not None:
@@ -471,7 +478,7 @@ def _type_sender_filters(arg: Any, types: Any, not_types: Any, senders: Any, not
         if exact:
             parts.append(f"type = ANY({arg(exact)}::TEXT[])")
         for p in prefixes:
-            parts.append(f"starts_with(type, {arg(p)})")
+            parts.append(f"type LIKE {arg(like_prefix(p))}")
         conds.append("(" + (" OR ".join(parts) or "FALSE") + ")")
     if not_types:
         exact = [t for t in not_types if not t.endswith("*")]
@@ -479,7 +486,7 @@ def _type_sender_filters(arg: Any, types: Any, not_types: Any, senders: Any, not
         if exact:
             conds.append(f"NOT (type = ANY({arg(exact)}::TEXT[]))")
         for p in prefixes:
-            conds.append(f"NOT starts_with(type, {arg(p)})")
+            conds.append(f"NOT (type LIKE {arg(like_prefix(p))})")
     if senders is not None:
         conds.append(f"sender = ANY({arg(list(senders))}::TEXT[])")
     if not_senders:

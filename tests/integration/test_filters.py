@@ -79,3 +79,54 @@ async def test_sync_uses_a_stored_filter(api: ApiClient) -> None:
     r = await api.get("sync", params={"filter": r["filter_id"]})
     assert r.status == 200
     assert [e["type"] for e in r["account_data"]["events"]] == ["org.example.a"]
+
+
+async def test_wildcard_type_filters_in_sync_and_messages(api: ApiClient) -> None:
+    """`m.room.*` and other trailing-`*` types select by prefix in the
+    database (no PostgreSQL-only starts_with); `_` and `%` in the prefix
+    match only themselves."""
+    import json
+
+    from .room_helpers import create_room
+
+    await api.register("wanda")
+    room = await create_room(api)
+    for event_type, n in (("org.x_y.a", 1), ("org.xZy.b", 2), ("org.x%y.c", 3), ("org.xy.d", 4)):
+        r = await api.put(f"rooms/{q(room)}/send/{q(event_type)}/w{n}", {"n": n})
+        assert r.status == 200, r
+
+    def timeline_filter(types: list[str] | None = None, not_types: list[str] | None = None) -> dict[str, object]:
+        f: dict[str, object] = {"limit": 50}
+        if types is not None:
+            f["types"] = types
+        if not_types is not None:
+            f["not_types"] = not_types
+        return f
+
+    cases = [
+        (timeline_filter(["org.x_y.*"]), ["org.x_y.a"]),
+        (timeline_filter(["org.x%y.*", "org.xy.d"]), ["org.x%y.c", "org.xy.d"]),
+        (timeline_filter(["org.*"], ["org.x_*", "org.x%*"]), ["org.xZy.b", "org.xy.d"]),
+    ]
+    for f, want in cases:
+        # /messages with a filter
+        r = await api.get(f"rooms/{q(room)}/messages", params={"dir": "f", "filter": json.dumps(f)})
+        assert r.status == 200, r
+        assert [e["type"] for e in r["chunk"]] == want, (f, r["chunk"])
+        # /sync with an inline filter and with a stored one
+        sync_filter = {"room": {"timeline": f, "state": {"types": []}}}
+        stored = (await api.post(f"user/{q(api.user_id)}/filter", sync_filter))["filter_id"]
+        for fid in (json.dumps(sync_filter), stored):
+            r = await api.get("sync", params={"filter": fid})
+            assert r.status == 200, r
+            got = [e["type"] for e in r["rooms"]["join"][room]["timeline"]["events"]]
+            assert got == want, (f, got)
+    # m.room.*: the room's state events, none of the custom ones
+    f = timeline_filter(["m.room.*"])
+    r = await api.get(f"rooms/{q(room)}/messages", params={"dir": "f", "filter": json.dumps(f)})
+    types = [e["type"] for e in r["chunk"]]
+    assert types and all(t.startswith("m.room.") for t in types), types
+    assert "m.room.create" in types and "m.room.member" in types
+    r = await api.get("sync", params={"filter": json.dumps({"room": {"timeline": f}})})
+    types = [e["type"] for e in r["rooms"]["join"][room]["timeline"]["events"]]
+    assert types and all(t.startswith("m.room.") for t in types), types

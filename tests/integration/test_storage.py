@@ -34,6 +34,29 @@ async def test_transactions_are_serializable(empty_db: Database) -> None:
     assert await empty_db.fetchval("SHOW transaction_isolation") == "read committed"
 
 
+async def test_units_of_work_ask_for_serializable(pg: PostgresForTests, pg_template: str) -> None:
+    """A database whose default is READ COMMITTED (as a CockroachDB role or
+    database may be since v24.1) still runs units of work SERIALIZABLE."""
+    name = "cch_read_committed_default"
+    url = await pg.create_database(name)
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"ALTER DATABASE {name} SET default_transaction_isolation = 'read committed'")
+    finally:
+        await conn.close()
+    db = await Database.connect(url, min_size=1, max_size=2)
+    try:
+        async with db.pool.acquire() as c:
+            assert await c.fetchval("SHOW default_transaction_isolation") == "read committed"
+        level = await db.transaction(lambda c: c.fetchval("SHOW transaction_isolation"))
+        assert level == "serializable"
+        level = await db.attempt_transaction(lambda c: c.fetchval("SHOW transaction_isolation"), readonly=True)
+        assert level == "serializable"
+    finally:
+        await db.close()
+        await pg.drop_database(name)
+
+
 async def test_migrations_apply_once_then_noop(empty_db: Database) -> None:
     wanted = {m.version for m in load_migrations(Engine.POSTGRES)}
     first = await run_migrations(empty_db)

@@ -2,16 +2,50 @@
 many concurrent writers on many instances (DESIGN.md section 4).
 
 A write that publishes something at a stream position goes through
-``StreamWriter.write``:
+``StreamStore.write``:
 
 1. commit a reservation row whose ``floor`` is a freshly allocated position
    (so the write's own position, allocated later, is above it);
-2. in the write transaction, allocate the position, delete the reservation
-   and run the caller's statements (retried whole on 40001).
+2. in the write transaction (SERIALIZABLE, retried whole on 40001): allocate
+   the position, run the caller's statements, and delete the reservation as
+   the last statement. Deleting it last keeps that row's write intent (on
+   CockroachDB readers of ``stream_inflight`` wait on it) as short-lived as
+   the commit; if the row is gone (reclaimed), the transaction rolls back.
 
-``current_position`` returns min(max committed position, min(floor)): every
-write at or below it has committed, so a reader that advanced to it never
-misses a late commit of a lower position.
+``current_position`` reads, in two statements and in this order,
+
+  M = the maximum committed position (all stream tables), then
+  F = min(floor) of the reservations,
+
+and returns min(M, F). Claim: every write at a position p <= min(M, F) has
+committed, and any read that starts after ``current_position`` returned
+sees it. Take such a write W with reservation R (floor f < p):
+
+* R's commit was acknowledged before the F statement began. Each statement
+  sees everything acknowledged before it began (PostgreSQL: a READ
+  COMMITTED statement's snapshot; CockroachDB: no stale reads, its
+  uncertainty interval covers clock offsets). So the F statement saw R,
+  unless R's deletion had committed: by W's transaction (then W is
+  committed and visible to every later read), or by a reclaim (then W's
+  transaction finds R gone and rolls back: nothing is ever at p). If it saw
+  R, F <= f < p, which contradicts p <= F.
+* Otherwise W allocated p after R was acknowledged, so after the F statement
+  began, so after the M statement returned. The write at M allocated M
+  before it committed, so before the M statement returned. ``stream_seq``
+  is a non-cached sequence, and nextval hands out increasing values in real
+  time on both engines (on CockroachDB an increment of one key, outside any
+  transaction), so M < p, which contradicts p <= M.
+
+What this does not rely on: commit order, or rows becoming visible in
+commit order. On CockroachDB rows become visible by transaction timestamp:
+a transaction that began early can commit at a timestamp below another's
+reservation while having taken a higher position. Reading M and F in one
+statement (one timestamp) could then see that write's row and miss a
+reservation committed just above the statement's timestamp, and advance
+past an uncommitted lower position. Two statements in order, with the
+maximum first, are what make the second case above hold. (``stream_seq``
+must keep CACHE 1: a per-session cache would hand out positions out of real
+time order.)
 
 A reservation lives for one try of the write: a try that fails (a
 serialization failure, a lost connection) releases it before backing off.
@@ -144,19 +178,23 @@ class StreamStore:
             try:
 
                 async def txn(conn: asyncpg.Connection) -> tuple[T, list[int]]:
-                    row = await conn.fetchrow(
-                        """WITH d AS (DELETE FROM stream_inflight WHERE token = $1 RETURNING 1)
-                           SELECT (SELECT array_agg(nextval('stream_seq')) FROM generate_series(1, $2)) AS pos,
-                                  (SELECT count(*) FROM d) AS held""",
-                        token,
-                        count,
+                    allocated = await conn.fetchval(
+                        "SELECT array_agg(nextval('stream_seq')) FROM generate_series(1, $1::INT)", count
                     )
-                    if not row["held"]:
+                    positions = sorted(allocated)
+                    result = await fn(conn, positions)
+                    # last, so that the row's intent is held only until commit
+                    held = await conn.fetchval(
+                        """WITH d AS (DELETE FROM stream_inflight WHERE token = $1 RETURNING 1)
+                           SELECT count(*) FROM d""",
+                        token,
+                    )
+                    if not held:
                         # reclaimed (our instance looked dead): a reader may
-                        # have passed our floor, so take a new reservation
+                        # have passed our floor, so roll back and start over
+                        # with a new reservation
                         raise ReservationExpired(token)
-                    positions = sorted(row["pos"])
-                    return await fn(conn, positions), positions
+                    return result, positions
 
                 result = await self.db.attempt_transaction(txn)
                 committed = True
@@ -204,15 +242,24 @@ class StreamStore:
         )
 
     async def current_position(self) -> int:
+        """The position below which every write has committed: the committed
+        maximum, then the reservations' floor, in that order (see the module
+        docstring for why two statements, and why this order)."""
+        committed = await self.committed_max()
+        floor = await self.reservation_floor()
+        return committed if floor is None else min(committed, floor)
+
+    async def committed_max(self) -> int:
+        """The highest position any stream table holds (0 when none)."""
         maxes = " UNION ALL ".join(
             f"SELECT max(stream_pos) AS m FROM {t.table}" for t in {t.table: t for t in STREAM_TABLES}.values()
         )
-        position: int = await self.db.fetchval(
-            f"""SELECT LEAST(
-                    COALESCE((SELECT min(floor) FROM stream_inflight), 9223372036854775807),
-                    COALESCE((SELECT max(m) FROM ({maxes}) AS x), 0))"""
-        )
-        return position
+        return int(await self.db.fetchval(f"SELECT COALESCE(max(m), 0) FROM ({maxes}) AS x"))
+
+    async def reservation_floor(self) -> int | None:
+        """The lowest floor of the open reservations (None when none)."""
+        value = await self.db.fetchval("SELECT min(floor) FROM stream_inflight")
+        return None if value is None else int(value)
 
     async def changes_between(self, after: int, upto: int) -> set[str]:
         """Room ids and user ids with anything at a position in (after, upto]."""

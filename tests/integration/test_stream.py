@@ -1,0 +1,143 @@
+"""Stream positions with writers that commit out of order, against the real
+database: a reader never advances past a position whose write has not
+committed (storage/stream.py's docstring gives the argument)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import AsyncIterator
+
+import asyncpg
+import pytest
+
+from coffeechat_home.storage.database import Database
+from coffeechat_home.storage.stream import StreamStore
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = await Database.connect(database_url, min_size=1, max_size=12)
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+async def _insert(conn: asyncpg.Connection, pos: int) -> None:
+    # a stream row (room_memberships is one of STREAM_TABLES)
+    await conn.execute(
+        """INSERT INTO room_memberships (event_id, user_id, room_id, sender, membership, stream_pos)
+           VALUES ($1, '@u:test', '!r:test', '@u:test', 'join', $2)""",
+        f"$e{pos}", pos,
+    )
+
+
+async def _visible(db: Database, upto: int) -> set[int]:
+    rows = await db.fetch("SELECT stream_pos FROM room_memberships WHERE stream_pos <= $1", upto)
+    return {r["stream_pos"] for r in rows}
+
+
+async def test_lower_position_committing_last_holds_readers_back(db: Database) -> None:
+    a = StreamStore(db, instance_id="a")
+    b = StreamStore(db, instance_id="b")
+    inside = asyncio.Event()
+    release = asyncio.Event()
+    a_pos: list[int] = []
+
+    async def slow(conn: asyncpg.Connection, pos: int) -> None:
+        a_pos.append(pos)
+        await _insert(conn, pos)
+        inside.set()
+        await release.wait()
+
+    async def fast(conn: asyncpg.Connection, pos: int) -> None:
+        await _insert(conn, pos)
+
+    start = await a.current_position()
+    writer_a = asyncio.create_task(a.write(slow))
+    await inside.wait()
+    _, pos_b = await b.write(fast)
+    assert pos_b > a_pos[0]  # B took a higher position and committed first
+    assert await b.committed_max() == pos_b
+    for _ in range(20):
+        seen = await b.current_position()
+        assert start <= seen < a_pos[0], (seen, a_pos)
+        assert await _visible(db, seen) == set()  # nothing of A or B yet
+    release.set()
+    _, pos_a = await writer_a
+    assert pos_a == a_pos[-1]
+    seen = await b.current_position()
+    assert seen >= pos_b
+    assert await _visible(db, seen) == {pos_a, pos_b}
+    assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
+
+
+async def test_reservation_is_deleted_last_and_a_reclaimed_one_restarts_the_write(db: Database) -> None:
+    store = StreamStore(db, instance_id="w")
+    inside = asyncio.Event()
+    release = asyncio.Event()
+    tries: list[int] = []
+
+    async def fn(conn: asyncpg.Connection, pos: int) -> None:
+        tries.append(pos)
+        await _insert(conn, pos)
+        if len(tries) == 1:
+            inside.set()
+            await release.wait()
+
+    writer = asyncio.create_task(store.write(fn))
+    await inside.wait()
+    token = await db.fetchval("SELECT token FROM stream_inflight WHERE instance_id = 'w'")
+    assert token is not None
+    # the write has run its statements but not yet touched its reservation:
+    # the row is not locked (a reader on CockroachDB would not wait on it)
+    async with db.single.acquire() as other:
+        assert await other.fetchval(
+            "SELECT count(*) FROM (SELECT 1 FROM stream_inflight WHERE token = $1 FOR UPDATE NOWAIT) x", token
+        ) == 1
+    # reclaim it (as a survivor does when our instance looks dead)
+    await db.execute("DELETE FROM stream_inflight WHERE token = $1", token)
+    release.set()
+    _, pos = await writer
+    # the first try rolled back; the write started over at a new position
+    assert len(tries) == 2 and pos == tries[1] > tries[0]
+    assert await _visible(db, pos) == {pos}
+    assert await store.current_position() == pos
+
+
+async def test_readers_never_pass_an_uncommitted_write(db: Database) -> None:
+    """Many writers whose transactions last random times, so they commit
+    out of order; every position a reader reports has all its writes
+    visible at that moment."""
+    stores = [StreamStore(db, instance_id=f"i{n}") for n in range(3)]
+    rng = random.Random(1234)
+    delays = [rng.random() * 0.02 for _ in range(60)]
+    done = asyncio.Event()
+    committed: set[int] = set()
+    reports: list[tuple[int, set[int]]] = []
+
+    async def writer(n: int) -> None:
+        async def fn(conn: asyncpg.Connection, pos: int) -> None:
+            await _insert(conn, pos)
+            await asyncio.sleep(delays[n])
+
+        _, pos = await stores[n % 3].write(fn)
+        committed.add(pos)
+
+    async def reader() -> None:
+        while not done.is_set():
+            seen = await stores[0].current_position()
+            reports.append((seen, await _visible(db, seen)))
+            await asyncio.sleep(0)
+
+    reading = asyncio.create_task(reader())
+    await asyncio.gather(*(writer(n) for n in range(60)))
+    done.set()
+    await reading
+    final = await _visible(db, 1 << 62)
+    assert final == committed and len(final) == 60
+    assert len(reports) > 5
+    for seen, visible in reports:
+        assert visible == {p for p in final if p <= seen}, seen
+    assert await stores[0].current_position() >= max(final)

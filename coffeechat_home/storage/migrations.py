@@ -8,8 +8,14 @@ migration's DDL and its version row re-runs it.
 
 Safe with several instances starting at once: one takes a lease row
 (``schema_migration_lease``) with an expiry and applies what is missing; the
-others wait until every version is recorded. No advisory locks (CockroachDB
-has none) and no DDL mixed with DML in one transaction.
+others wait until every version is recorded. The holder renews the lease
+in the background while it migrates (an index build on a large table can
+take longer than any fixed expiry), so another instance does not take over
+and repeat the DDL; if a renewal finds the lease taken, the holder stops
+before its next statement. A statement that fails on a transient error (a
+serialization failure, a lost connection) is run again: statements are
+idempotent. No advisory locks (CockroachDB has none) and no DDL mixed with
+DML in one transaction.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from pathlib import Path
 import asyncpg
 
 from ..resources import schema_dir
-from .database import Database, Engine
+from .database import Database, DatabaseUnavailable, Engine, is_connection_error
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +102,20 @@ async def _bootstrap(db: Database) -> None:
             try:
                 await db.execute(stmt)
                 break
-            except (asyncpg.UniqueViolationError, asyncpg.DuplicateTableError):
+            except (asyncpg.UniqueViolationError, asyncpg.DuplicateTableError, asyncpg.DuplicateObjectError):
                 # Two starters raced on CREATE TABLE IF NOT EXISTS (PostgreSQL
-                # can report the loser as a duplicate pg_type row); the table
-                # exists now.
+                # can report the loser as a duplicate pg_type row, or as
+                # "type ... already exists"); the table exists now.
                 await asyncio.sleep(0.05 * (attempt + 1))
 
 
 async def applied_versions(db: Database) -> set[int]:
     rows = await db.fetch("SELECT version FROM schema_version")
     return {r["version"] for r in rows}
+
+
+class MigrationLeaseLost(Exception):
+    """Another instance took the migration lease while we held it."""
 
 
 async def run_migrations(
@@ -143,6 +153,8 @@ async def run_migrations(
         if loop.time() > deadline:
             raise TimeoutError("timed out waiting for another instance to finish migrations")
         await asyncio.sleep(0.1)
+    lost = asyncio.Event()
+    renewing = asyncio.create_task(_renew_lease(db, holder, lease_seconds, lost))
     applied: list[int] = []
     try:
         done = await applied_versions(db)
@@ -150,9 +162,12 @@ async def run_migrations(
             if m.version in done:
                 continue
             log.info("applying migration %04d_%s", m.version, m.name)
-            async with db.pool.acquire() as conn:
-                for stmt in m.statements:
-                    await conn.execute(stmt)
+            for stmt in m.statements:
+                if lost.is_set():
+                    raise MigrationLeaseLost(f"lost the migration lease while applying {m.version:04d}_{m.name}")
+                await _execute_ddl(db, stmt)
+            if lost.is_set():
+                raise MigrationLeaseLost(f"lost the migration lease while applying {m.version:04d}_{m.name}")
             await db.execute(
                 "INSERT INTO schema_version (version, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 m.version,
@@ -160,5 +175,44 @@ async def run_migrations(
             )
             applied.append(m.version)
     finally:
+        renewing.cancel()
+        await asyncio.gather(renewing, return_exceptions=True)
         await db.execute("DELETE FROM schema_migration_lease WHERE id = 1 AND holder = $1", holder)
     return applied
+
+
+async def _renew_lease(db: Database, holder: str, lease_seconds: int, lost: asyncio.Event) -> None:
+    """Push the lease's expiry forward every quarter of its length until
+    cancelled; a failed renewal is tried again at the next tick (the lease
+    still has three quarters to run)."""
+    while True:
+        await asyncio.sleep(lease_seconds / 4)
+        try:
+            ours = await db.fetchval(
+                """UPDATE schema_migration_lease SET expires_at = now() + $2::INT * INTERVAL '1 second'
+                   WHERE id = 1 AND holder = $1 RETURNING 1""",
+                holder,
+                lease_seconds,
+            )
+        except (DatabaseUnavailable, asyncpg.PostgresError) as e:
+            log.warning("could not renew the migration lease (will try again): %s", e)
+            continue
+        if not ours:
+            lost.set()
+            return
+
+
+async def _execute_ddl(db: Database, stmt: str) -> None:
+    """Run one migration statement, again after a transient failure (our
+    statements are idempotent, so running one twice is safe)."""
+
+    async def attempt() -> None:
+        try:
+            async with db.pool.acquire() as conn:
+                await conn.execute(stmt)
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            if isinstance(e, asyncpg.PostgresError) and not is_connection_error(e):
+                raise  # retryable SQLSTATEs are handled by db.retrying
+            raise DatabaseUnavailable(f"migration statement: {e}", retryable=True) from e
+
+    await db.retrying(attempt, name="migration")

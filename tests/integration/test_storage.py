@@ -146,3 +146,89 @@ async def test_transaction_rolls_back_on_error(empty_db: Database) -> None:
     with pytest.raises(RuntimeError):
         await empty_db.transaction(txn)
     assert await empty_db.fetchval("SELECT count(*) FROM t") == 0
+
+
+async def test_stream_indexes(database_url: str) -> None:
+    """room_memberships has a stream-position index (the notifier polls its
+    maximum); the unused state_group_seq is gone."""
+    db = await Database.connect(database_url, min_size=1, max_size=2)
+    try:
+        indexes = {r["indexname"] for r in await db.fetch("SELECT indexname FROM pg_indexes")}
+        assert "room_memberships_by_stream" in indexes
+        assert await db.fetchval("SELECT count(*) FROM pg_class WHERE relname = 'state_group_seq'") == 0
+        plan = "\n".join(r[0] for r in await db.fetch("EXPLAIN SELECT max(stream_pos) FROM room_memberships"))
+        assert "room_memberships_by_stream" in plan, plan
+    finally:
+        await db.close()
+
+
+def test_cockroach_migrations_shard_global_stream_indexes_only() -> None:
+    statements = [s for m in load_migrations(Engine.COCKROACH) for s in m.statements]
+    text = "\n".join(statements)
+    assert "ON room_memberships (stream_pos) USING HASH" in text
+    assert "CREATE INDEX IF NOT EXISTS events_by_room_stream_plain ON events (room_id, stream_pos)" in statements
+    assert statements.index("DROP INDEX IF EXISTS events@events_by_room_stream") > statements.index(
+        "CREATE INDEX IF NOT EXISTS events_by_room_stream_plain ON events (room_id, stream_pos)"
+    )
+    # the PostgreSQL dialect files are not read for CockroachDB, and vice versa
+    assert "fillfactor" not in text
+    assert "USING HASH" not in "\n".join(s for m in load_migrations(Engine.POSTGRES) for s in m.statements)
+
+
+async def test_lease_is_renewed_during_a_slow_migration(pg: PostgresForTests, pg_template: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A migration that outlasts the lease: the holder renews it, so a second
+    runner waits instead of taking over and running the DDL again."""
+    (tmp_path / "0001_runs.sql").write_text("CREATE TABLE IF NOT EXISTS runs (n INT);\n")
+    # not idempotent on purpose: a second run would add a second row
+    (tmp_path / "0002_slow.sql").write_text("SELECT pg_sleep(4);\nINSERT INTO runs VALUES (1);\n")
+    name = "cch_slow_migration"
+    url = await pg.create_database(name)
+    first = await Database.connect(url, min_size=1, max_size=3)
+    second = await Database.connect(url, min_size=1, max_size=3)
+    try:
+        holder = asyncio.create_task(run_migrations(first, tmp_path, lease_seconds=1))
+        # the second runner starts once the first holds the lease
+        while not await first.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(4)%' AND state = 'active'"
+        ):
+            await asyncio.sleep(0.05)
+        waiter = asyncio.create_task(run_migrations(second, tmp_path, lease_seconds=1))
+        assert await holder == [1, 2]
+        assert await waiter == []
+        assert await first.fetchval("SELECT count(*) FROM runs") == 1
+        assert await applied_versions(second) == {1, 2}
+    finally:
+        await first.close()
+        await second.close()
+        await pg.drop_database(name)
+
+
+async def test_migration_statement_retried_after_a_lost_connection(
+    pg: PostgresForTests, pg_template: str, tmp_path  # type: ignore[no-untyped-def]
+) -> None:
+    """A DDL statement whose connection is killed under it runs again."""
+    (tmp_path / "0001_slow.sql").write_text(
+        "CREATE TABLE IF NOT EXISTS tries (n INT);\n"
+        "INSERT INTO tries VALUES (1);\n"
+        "SELECT CASE WHEN (SELECT count(*) FROM tries) < 2 THEN pg_sleep(30) END;\n"
+        "CREATE TABLE IF NOT EXISTS after_slow (n INT);\n"
+    )
+    name = "cch_ddl_retry"
+    url = await pg.create_database(name)
+    db = await Database.connect(url, min_size=1, max_size=3)
+    try:
+        running = asyncio.create_task(run_migrations(db, tmp_path))
+        active = "FROM pg_stat_activity WHERE query LIKE 'SELECT CASE WHEN%' AND state = 'active'"
+        while not await db.fetchval(f"SELECT count(*) {active}"):
+            await asyncio.sleep(0.05)
+        # it sleeps; once it runs again it will not
+        await db.execute("INSERT INTO tries VALUES (2)")
+        assert await db.fetchval(f"SELECT count(*) FROM (SELECT pg_terminate_backend(pid) {active}) x") == 1
+        # the killed statement ran again (and the insert before it did not:
+        # only the failed statement is retried), then the rest followed
+        assert await running == [1]
+        assert await db.fetchval("SELECT count(*) FROM tries") == 2
+        assert await db.fetchval("SELECT count(*) FROM pg_class WHERE relname = 'after_slow'") == 1
+    finally:
+        await db.close()
+        await pg.drop_database(name)

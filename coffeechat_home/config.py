@@ -230,53 +230,102 @@ def _apply_env(config: Config, env: Mapping[str, str]) -> None:
         setattr(target, key, _coerce(raw, getattr(target, key), name))
 
 
+COCKROACH_VARIABLES = (
+    "COCKROACH_USERNAME",
+    "COCKROACH_PASSWORD",
+    "COCKROACH_HOSTNAME",
+    "COCKROACH_DATABASE",
+    "COCKROACH_PORT",
+    "COCKROACH_CA_CERT_PATH",
+    "COCKROACH_CLIENT_CERT_PATH",
+    "COCKROACH_CLIENT_KEY_PATH",
+    "COCKROACH_CLUSTER",
+)
+
+
 def cockroach_url_from_env(env: Mapping[str, str]) -> tuple[str, str] | None:
     """Build a database URL from the CockroachDB seed variables.
 
+    ``COCKROACH_HOSTNAME`` may list several nodes, comma-separated, each
+    optionally with its own port (``crdb1,crdb2:26258,[::1]``); they are
+    tried in order when a connection is opened, so an instance survives the
+    loss of any node but the last it lists. ``COCKROACH_CLIENT_CERT_PATH``
+    and ``COCKROACH_CLIENT_KEY_PATH`` log in with a client certificate.
+
     Returns (url, ca_cert_path) or None when none of them is set.
     """
-    keys = (
-        "COCKROACH_USERNAME",
-        "COCKROACH_PASSWORD",
-        "COCKROACH_HOSTNAME",
-        "COCKROACH_DATABASE",
-        "COCKROACH_PORT",
-        "COCKROACH_CA_CERT_PATH",
-        "COCKROACH_CLUSTER",
-    )
-    if not any(env.get(k) for k in keys):
+    if not any(env.get(k) for k in COCKROACH_VARIABLES):
         return None
-    host = env.get("COCKROACH_HOSTNAME", "")
-    if not host:
-        raise ConfigError("COCKROACH_* variables are set but COCKROACH_HOSTNAME is missing")
     port_text = env.get("COCKROACH_PORT", "26257") or "26257"
-    try:
-        port = int(port_text)
-        if not 0 < port < 65536:
-            raise ValueError
-    except ValueError:
-        raise ConfigError(f"COCKROACH_PORT must be a port number, got {port_text!r}") from None
+    port = _port(port_text, "COCKROACH_PORT")
+    hosts = [h.strip() for h in env.get("COCKROACH_HOSTNAME", "").split(",") if h.strip()]
+    if not hosts:
+        raise ConfigError("COCKROACH_* variables are set but COCKROACH_HOSTNAME is missing")
+    netloc_hosts = ",".join(_host_port(h, port) for h in hosts)
     user = env.get("COCKROACH_USERNAME", "root") or "root"
     password = env.get("COCKROACH_PASSWORD", "")
     database = env.get("COCKROACH_DATABASE", "defaultdb") or "defaultdb"
     auth = urllib.parse.quote(user, safe="")
     if password:
         auth += ":" + urllib.parse.quote(password, safe="")
-    netloc_host = f"[{host}]" if ":" in host else host
     query: dict[str, str] = {}
     ca = env.get("COCKROACH_CA_CERT_PATH", "")
     if ca:
-        if not Path(ca).expanduser().is_file():
-            raise ConfigError(f"COCKROACH_CA_CERT_PATH: no such file {ca!r}")
+        _require_file(ca, "COCKROACH_CA_CERT_PATH")
         query["sslmode"] = "verify-full"
         query["sslrootcert"] = ca
+    cert = env.get("COCKROACH_CLIENT_CERT_PATH", "")
+    key = env.get("COCKROACH_CLIENT_KEY_PATH", "")
+    if bool(cert) != bool(key):
+        raise ConfigError("COCKROACH_CLIENT_CERT_PATH and COCKROACH_CLIENT_KEY_PATH go together: set both or neither")
+    if cert:
+        _require_file(cert, "COCKROACH_CLIENT_CERT_PATH")
+        _require_file(key, "COCKROACH_CLIENT_KEY_PATH")
+        query.setdefault("sslmode", "require")
+        query["sslcert"] = cert
+        query["sslkey"] = key
     cluster = env.get("COCKROACH_CLUSTER", "")
     if cluster:
         query["options"] = f"--cluster={cluster}"
-    url = f"postgresql://{auth}@{netloc_host}:{port}/{urllib.parse.quote(database, safe='')}"
+    url = f"postgresql://{auth}@{netloc_hosts}/{urllib.parse.quote(database, safe='')}"
     if query:
         url += "?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
     return url, ca
+
+
+def _port(text: str, name: str) -> int:
+    try:
+        port = int(text)
+        if not 0 < port < 65536:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{name} must be a port number, got {text!r}") from None
+    return port
+
+
+def _host_port(item: str, default_port: int) -> str:
+    """'host', 'host:port', '[v6]', '[v6]:port' or a bare IPv6 address."""
+    if item.startswith("["):
+        host, sep, rest = item[1:].partition("]")
+        if not sep or not host or (rest and not rest.startswith(":")):
+            raise ConfigError(f"COCKROACH_HOSTNAME: cannot read {item!r}")
+        port = _port(rest[1:], "COCKROACH_HOSTNAME port") if rest else default_port
+        return f"[{host}]:{port}"
+    if item.count(":") == 1:
+        host, _, port_text = item.partition(":")
+        if not host:
+            raise ConfigError(f"COCKROACH_HOSTNAME: cannot read {item!r}")
+        return f"{host}:{_port(port_text, 'COCKROACH_HOSTNAME port')}"
+    if ":" in item:  # a bare IPv6 address
+        return f"[{item}]:{default_port}"
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", item):
+        raise ConfigError(f"COCKROACH_HOSTNAME: {item!r} is not a host name")
+    return f"{item}:{default_port}"
+
+
+def _require_file(path: str, name: str) -> None:
+    if not Path(path).expanduser().is_file():
+        raise ConfigError(f"{name}: no such file {path!r}")
 
 
 def validate(config: Config) -> None:
@@ -403,8 +452,12 @@ mode = "{registration_mode}"
 # Any PostgreSQL-wire URL: PostgreSQL or CockroachDB, e.g.
 # url = "postgresql://user:pass@host:26257/coffeechat?sslmode=verify-full&sslrootcert=/ca.crt"
 # Empty: use COCKROACH_HOSTNAME, COCKROACH_PORT, COCKROACH_USERNAME,
-# COCKROACH_PASSWORD, COCKROACH_DATABASE, COCKROACH_CA_CERT_PATH and
+# COCKROACH_PASSWORD, COCKROACH_DATABASE, COCKROACH_CA_CERT_PATH,
+# COCKROACH_CLIENT_CERT_PATH, COCKROACH_CLIENT_KEY_PATH and
 # COCKROACH_CLUSTER if set, else an embedded PostgreSQL in data_dir.
+# Several hosts: postgresql://user@crdb1:26257,crdb2:26257,crdb3:26257/db
+# (tried in order), or COCKROACH_HOSTNAME=crdb1,crdb2,crdb3.
+# A client certificate: ...&sslcert=/client.crt&sslkey=/client.key
 url = ""
 pool_min_size = 2
 pool_max_size = 20

@@ -50,19 +50,38 @@ def detect_engine(version_string: str) -> Engine:
 
 
 def _connect_kwargs(url: str) -> dict[str, Any]:
-    """asyncpg connection arguments for a URL; verify-full TLS uses the CA file."""
+    """asyncpg connection arguments for a URL. TLS: ``sslmode`` verify-full
+    or verify-ca checks the server against ``sslrootcert`` (or the system's
+    CAs); ``sslcert`` and ``sslkey`` present a client certificate (how one
+    logs in to a secure CockroachDB cluster). Several hosts
+    (``postgresql://u@h1:26257,h2:26257/db``) are tried in order."""
     parts = urllib.parse.urlsplit(url)
     query = dict(urllib.parse.parse_qsl(parts.query))
     kwargs: dict[str, Any] = {}
     sslmode = query.pop("sslmode", None)
     rootcert = query.pop("sslrootcert", None)
+    clientcert = query.pop("sslcert", None)
+    clientkey = query.pop("sslkey", None)
     options = query.pop("options", None)
+    if clientkey and not clientcert:
+        raise ValueError("sslkey is set without sslcert")
+    ctx: ssl.SSLContext | None = None
     if sslmode in ("verify-full", "verify-ca"):
         ctx = ssl.create_default_context(cafile=rootcert) if rootcert else ssl.create_default_context()
         ctx.check_hostname = sslmode == "verify-full"
-        kwargs["ssl"] = ctx
+    elif clientcert:
+        if sslmode == "disable":
+            raise ValueError("sslcert needs TLS, but sslmode is disable")
+        # require (or prefer/allow/unset: a client certificate needs TLS)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
     elif sslmode in ("require", "prefer", "allow", "disable"):
         kwargs["ssl"] = sslmode
+    if ctx is not None:
+        if clientcert:
+            ctx.load_cert_chain(clientcert, keyfile=clientkey or None)
+        kwargs["ssl"] = ctx
     if options:
         # "--cluster=name" (CockroachDB Serverless routing) as a startup option.
         kwargs.setdefault("server_settings", {})["options"] = options
@@ -100,7 +119,10 @@ class Database:
 
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 20, timeout: float = 15.0) -> "Database":
-        kwargs = _connect_kwargs(url)
+        try:
+            kwargs = _connect_kwargs(url)
+        except (OSError, ValueError, ssl.SSLError) as e:
+            raise DatabaseError(f"database at {redact_url(url)}: {_one_line(e)}") from None
 
         async def make_pool(size_min: int, size_max: int, settings: dict[str, str]) -> asyncpg.Pool:
             args = dict(kwargs)

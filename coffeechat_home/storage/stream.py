@@ -177,7 +177,7 @@ class StreamStore:
             committed = False
             try:
 
-                async def txn(conn: asyncpg.Connection) -> tuple[T, list[int]]:
+                async def txn(conn: asyncpg.Connection, token: str = token) -> tuple[T, list[int]]:
                     allocated = await conn.fetchval(
                         "SELECT array_agg(nextval('stream_seq')) FROM generate_series(1, $1::INT)", count
                     )

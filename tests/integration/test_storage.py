@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from coffeechat_home.storage.database import Database, Engine, TooManyRetries
-from coffeechat_home.storage.migrations import applied_versions, load_migrations, run_migrations
+from coffeechat_home.storage.migrations import (
+    applied_versions,
+    load_migrations,
+    run_migrations,
+)
 
 from ..pg import PostgresForTests
 
@@ -175,7 +180,9 @@ def test_cockroach_migrations_shard_global_stream_indexes_only() -> None:
     assert "USING HASH" not in "\n".join(s for m in load_migrations(Engine.POSTGRES) for s in m.statements)
 
 
-async def test_lease_is_renewed_during_a_slow_migration(pg: PostgresForTests, pg_template: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_lease_is_renewed_during_a_slow_migration(
+    pg: PostgresForTests, pg_template: str, tmp_path: Path
+) -> None:
     """A migration that outlasts the lease: the holder renews it, so a second
     runner waits instead of taking over and running the DDL again."""
     (tmp_path / "0001_runs.sql").write_text("CREATE TABLE IF NOT EXISTS runs (n INT);\n")
@@ -204,7 +211,7 @@ async def test_lease_is_renewed_during_a_slow_migration(pg: PostgresForTests, pg
 
 
 async def test_migration_statement_retried_after_a_lost_connection(
-    pg: PostgresForTests, pg_template: str, tmp_path  # type: ignore[no-untyped-def]
+    pg: PostgresForTests, pg_template: str, tmp_path: Path
 ) -> None:
     """A DDL statement whose connection is killed under it runs again."""
     (tmp_path / "0001_slow.sql").write_text(

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from coffeechat_home.config import CONFIG_TEMPLATE, ConfigError, cockroach_url_from_env, load_config
+from coffeechat_home.config import (
+    CONFIG_TEMPLATE,
+    ConfigError,
+    cockroach_url_from_env,
+    load_config,
+)
 
 
 def test_defaults_without_file() -> None:
@@ -158,3 +163,47 @@ def test_media_settings(tmp_path: Path) -> None:
         f.write_text(f"[media]\n{bad}\n")
         with pytest.raises(ConfigError, match="media."):
             load_config(f, {})
+
+
+def test_cockroach_hostname_lists_several_nodes() -> None:
+    url, _ = cockroach_url_from_env(  # type: ignore[misc]
+        {"COCKROACH_HOSTNAME": "crdb1, crdb2:26258,[::1],fe80::1,[::2]:5", "COCKROACH_PORT": "26000"}
+    )
+    assert url == "postgresql://root@crdb1:26000,crdb2:26258,[::1]:26000,[fe80::1]:26000,[::2]:5/defaultdb"
+    for bad in ("crdb1:x", "a b", "[::1", ":26257", "[::1]x"):
+        with pytest.raises(ConfigError, match="COCKROACH_HOSTNAME"):
+            cockroach_url_from_env({"COCKROACH_HOSTNAME": bad})
+    with pytest.raises(ConfigError, match="COCKROACH_HOSTNAME is missing"):
+        cockroach_url_from_env({"COCKROACH_HOSTNAME": " , "})
+
+
+def test_cockroach_client_certificate_variables(tmp_path: Path) -> None:
+    cert, key, ca = tmp_path / "client.root.crt", tmp_path / "client.root.key", tmp_path / "ca.crt"
+    for f in (cert, key, ca):
+        f.write_text("x")
+    url, _ = cockroach_url_from_env(  # type: ignore[misc]
+        {"COCKROACH_HOSTNAME": "h", "COCKROACH_CLIENT_CERT_PATH": str(cert), "COCKROACH_CLIENT_KEY_PATH": str(key)}
+    )
+    assert "sslmode=require" in url
+    assert f"sslcert={cert}".replace("/", "%2F") in url and f"sslkey={key}".replace("/", "%2F") in url
+    url, _ = cockroach_url_from_env(  # type: ignore[misc]
+        {"COCKROACH_HOSTNAME": "h", "COCKROACH_CA_CERT_PATH": str(ca),
+         "COCKROACH_CLIENT_CERT_PATH": str(cert), "COCKROACH_CLIENT_KEY_PATH": str(key)}
+    )
+    assert "sslmode=verify-full" in url and "sslcert=" in url
+    with pytest.raises(ConfigError, match="set both or neither"):
+        load_config(None, {"COCKROACH_HOSTNAME": "h", "COCKROACH_CLIENT_CERT_PATH": str(cert)})
+    with pytest.raises(ConfigError, match="COCKROACH_CLIENT_KEY_PATH: no such file"):
+        load_config(None, {"COCKROACH_HOSTNAME": "h", "COCKROACH_CLIENT_CERT_PATH": str(cert),
+                           "COCKROACH_CLIENT_KEY_PATH": str(tmp_path / "none")})
+
+
+def test_sslkey_without_sslcert_is_a_clear_error() -> None:
+    import asyncio
+
+    from coffeechat_home.storage.database import Database, DatabaseError
+
+    with pytest.raises(DatabaseError, match="sslkey is set without sslcert"):
+        asyncio.run(Database.connect("postgresql://u@127.0.0.1:1/db?sslkey=/k"))
+    with pytest.raises(DatabaseError, match="No such file"):
+        asyncio.run(Database.connect("postgresql://u@127.0.0.1:1/db?sslmode=require&sslcert=/nonexistent/c"))

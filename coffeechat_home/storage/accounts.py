@@ -172,10 +172,12 @@ class AccountStore:
     async def list_devices(self, user_id: str) -> list[Device]:
         rows = await self.db.fetch(
             """SELECT user_id, device_id, display_name, last_seen_ip, last_seen_ts
-               FROM devices WHERE user_id = $1 ORDER BY device_id""",
+               FROM devices WHERE user_id = $1""",
             user_id,
         )
-        return [Device(*r) for r in rows]
+        # sorted here: ORDER BY on text is byte-wise on CockroachDB and
+        # follows the collation on PostgreSQL
+        return sorted((Device(*r) for r in rows), key=lambda d: d.device_id)
 
     async def get_device(self, user_id: str, device_id: str) -> Device | None:
         row = await self.db.fetchrow(

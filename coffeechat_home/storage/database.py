@@ -152,6 +152,14 @@ class Database:
             raise DatabaseError(f"cannot connect to database at {redact_url(url)}: {_one_line(e)}") from None
         return cls(pool, single, engine, url)
 
+    def text_order(self, expr: str) -> str:
+        """An ORDER BY term sorting text by code point (Python's order) on
+        both engines, for orders users see where SQL must sort (a LIMIT):
+        CockroachDB compares strings byte-wise (UTF-8, so by code point);
+        PostgreSQL follows the database's collation unless told "C".
+        Where all rows are read anyway, sort in Python instead."""
+        return f'{expr} COLLATE "C"' if self.engine is Engine.POSTGRES else expr
+
     async def close(self) -> None:
         await self.single.close()
         await self.pool.close()

@@ -30,10 +30,12 @@ class PushRuleNotFound(Exception):
 
 async def _load(ex: Executor, user_id: str) -> tuple[list[UserRule], dict[tuple[str, str], DefaultChange]]:
     rows = await ex.fetch(
-        """SELECT kind, rule_id, conditions, pattern, actions, enabled FROM push_rules
-           WHERE user_id = $1 ORDER BY kind, position, rule_id""",
+        """SELECT kind, rule_id, position, conditions, pattern, actions, enabled FROM push_rules
+           WHERE user_id = $1""",
         user_id,
     )
+    # sorted here, not by ORDER BY: text order differs between engines
+    rows = sorted(rows, key=lambda r: (r["kind"], r["position"], r["rule_id"]))
     rules = [
         UserRule(
             r["kind"], r["rule_id"],
@@ -79,10 +81,10 @@ class PushRuleStore:
 
         async def op(conn: asyncpg.Connection) -> None:
             rows = await conn.fetch(
-                "SELECT rule_id FROM push_rules WHERE user_id = $1 AND kind = $2 ORDER BY position, rule_id",
+                "SELECT rule_id, position FROM push_rules WHERE user_id = $1 AND kind = $2",
                 user_id, rule.kind,
             )
-            order = [r["rule_id"] for r in rows]
+            order = [r["rule_id"] for r in sorted(rows, key=lambda r: (r["position"], r["rule_id"]))]
             exists = rule.rule_id in order
             anchor = before if before is not None else after
             if anchor is not None:

@@ -88,8 +88,10 @@ class RoomStore:
         return status.endswith(" 1")
 
     async def aliases_for_room(self, room_id: str) -> list[str]:
-        rows = await self.db.fetch("SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias", room_id)
-        return [r["alias"] for r in rows]
+        # sorted here, not by ORDER BY: text order differs between engines
+        # (byte-wise on CockroachDB, the collation's on PostgreSQL)
+        rows = await self.db.fetch("SELECT alias FROM room_aliases WHERE room_id = $1", room_id)
+        return sorted(r["alias"] for r in rows)
 
     # -- directory -----------------------------------------------------------------
     async def set_public(self, room_id: str, public: bool) -> bool:
@@ -101,8 +103,8 @@ class RoomStore:
         return public
 
     async def public_room_ids(self) -> list[str]:
-        rows = await self.db.fetch("SELECT room_id FROM rooms WHERE is_public ORDER BY room_id")
-        return [r["room_id"] for r in rows]
+        rows = await self.db.fetch("SELECT room_id FROM rooms WHERE is_public")
+        return sorted(r["room_id"] for r in rows)  # code point order on both engines
 
     # -- forgetting --------------------------------------------------------------
     async def forget(self, user_id: str, room_id: str) -> None:

@@ -108,11 +108,11 @@ class TypingStore:
                 return {}
         rows = await self.db.fetch(
             """SELECT room_id, user_id FROM typing
-               WHERE room_id = ANY($1::TEXT[]) AND typing AND expires_ts > $2
-               ORDER BY room_id, user_id""",
+               WHERE room_id = ANY($1::TEXT[]) AND typing AND expires_ts > $2""",
             rooms, now_ms,
         )
         out: dict[str, list[str]] = {room_id: [] for room_id in rooms} if since is not None else {}
-        for r in rows:
+        # sorted here, not by ORDER BY, so both engines give one order
+        for r in sorted(rows, key=lambda r: (r["room_id"], r["user_id"])):
             out.setdefault(r["room_id"], []).append(r["user_id"])
         return out

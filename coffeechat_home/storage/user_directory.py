@@ -65,7 +65,7 @@ class UserDirectoryStore:
                 WHERE {' AND '.join(conditions) or 'TRUE'}
                 ORDER BY (strpos(lower(COALESCE(d.display_name, '')), {first}) = 1
                           OR strpos(lower(d.user_id), {first}) = 2) DESC,
-                         (d.display_name IS NULL) ASC, d.user_id
+                         (d.display_name IS NULL) ASC, {self.db.text_order("d.user_id")}
                 LIMIT $3""",
             *args,
         )

@@ -43,7 +43,7 @@ async def test_heroes_and_directory_in_code_point_order(
         await c.register(name)
         await invite_and_join(api, c, room)
         clients.append(c)
-    user_ids = sorted(c.user_id for c in clients)
+    user_ids = sorted(str(c.user_id) for c in clients)
     r = await api.get("sync")
     assert r["rooms"]["join"][room]["summary"]["m.heroes"] == user_ids[:5]
     # the directory: equal rank (all match "x" at the start), so the order

@@ -54,7 +54,7 @@ def _python_sql(path: Path) -> list[str]:
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.JoinedStr):
-            text = "".join(v.value if isinstance(v, ast.Constant) else " ? " for v in node.values)
+            text = "".join(v.value if isinstance(v, ast.Constant) and isinstance(v.value, str) else " ? " for v in node.values)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
             text = node.value
         else:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -81,13 +82,16 @@ async def main() -> None:
                 await conns[n // 10_000_000].fetchval("SELECT nextval('stream_seq')")
 
             store = StreamStore(db, instance_id="bench", max_concurrent_writes=16)
+            ids = itertools.count()
 
             async def write(n: int) -> None:
+                event_id = f"$e{next(ids)}"
+
                 async def fn(conn: asyncpg.Connection, pos: int) -> None:
                     await conn.execute(
                         """INSERT INTO room_memberships (event_id, user_id, room_id, sender, membership, stream_pos)
                            VALUES ($1, '@u:b', '!r:b', '@u:b', 'join', $2)""",
-                        f"$e{n}", pos,
+                        event_id, pos,
                     )
 
                 await store.write(fn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -10,7 +11,7 @@ from aiohttp import web
 from .api.auth import TokenAuth
 from .api.client.account import AccountRoutes
 from .api.client.discovery import DiscoveryRoutes
-from .api.middleware import matrix_middleware
+from .api.middleware import make_matrix_middleware
 from .api.ratelimit import RateLimiter
 from .config import Config
 from .services.accounts import AccountService
@@ -29,6 +30,9 @@ from .services.rooms import RoomService
 from .storage.events import EventStore
 from .protocol.signing import SigningKey
 from .keyfile import ensure_signing_key, load_signing_key
+from .listeners import bind_listener
+from .services.identity import check_server_identity
+from .storage.server_identity import ServerIdentityStore
 from .api.client.rooms import RoomRoutes
 from .api.client.sync import SyncRoutes
 from .api.client.directory import DirectoryRoutes
@@ -133,7 +137,7 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
 
 def build_client_app(config: Config, services: Services) -> web.Application:
     app = web.Application(
-        middlewares=[matrix_middleware],
+        middlewares=[make_matrix_middleware(config.slow_request_ms)],
         client_max_size=config.limits.max_request_body_bytes,
         handler_args=HTTP_HANDLER_ARGS,
     )
@@ -184,6 +188,7 @@ class HomeServer:
         self.runners: list[web.AppRunner] = []
         self.client_port: int | None = None
         self.database_description = ""
+        self._client_sockets: list[socket.socket] = []
 
     async def open_database(self) -> Database:
         cfg = self.config
@@ -203,11 +208,32 @@ class HomeServer:
         self.database_description += f" ({self.db.engine.value})"
         return self.db
 
-    async def start(self) -> None:
+    async def prepare(self) -> tuple[Database, SigningKey]:
+        """Database open and migrated, signing key loaded (generated on a
+        first start), and checked against the identity the database was set
+        up with (recorded on its first start). Every command that writes
+        homeserver data goes through here."""
         db = await self.open_database()
         await run_migrations(db)
         ensure_signing_key(self.config.signing_key_file)
         signing_key = load_signing_key(self.config.signing_key_file)
+        await check_server_identity(
+            ServerIdentityStore(db), self.config.server_name, f"{signing_key.alg}:{signing_key.version}"
+        )
+        return db, signing_key
+
+    async def start(self) -> None:
+        listener = self.config.client_listener
+        # first: a busy port must fail before anything is created
+        self._client_sockets = bind_listener(listener.host, listener.port, "client_listener")
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        db, signing_key = await self.prepare()
         self.services = build_services(self.config, db, signing_key)
         # first: releases what a crashed process of this name left behind
         await self.services.liveness.start()
@@ -216,18 +242,18 @@ class HomeServer:
         app = build_client_app(self.config, self.services)
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await runner.setup()
-        listener = self.config.client_listener
-        site = web.TCPSite(runner, listener.host, listener.port, reuse_address=True)
-        await site.start()
         self.runners.append(runner)
-        server = site._server  # aiohttp keeps the asyncio server here
-        sockets = getattr(server, "sockets", None) or []
-        self.client_port = sockets[0].getsockname()[1] if sockets else listener.port
+        for sock in self._client_sockets:
+            await web.SockSite(runner, sock).start()
+        self.client_port = self._client_sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()
+        for sock in self._client_sockets:
+            sock.close()
+        self._client_sockets = []
         if self.services is not None:
             await self.services.conversation.stop()
             await self.services.notifier.stop()

@@ -12,28 +12,32 @@ import sys
 from pathlib import Path
 from typing import Any, Coroutine, Sequence
 
-from .config import CONFIG_TEMPLATE, Config, ConfigError, load_config
+from . import __version__
+from .config import CONFIG_TEMPLATE, DEFAULT_DATA_DIR, Config, ConfigError, load_config
 from .errors import MatrixError
 from .keyfile import ensure_signing_key
 from .storage.database import DatabaseError
 
 
 def _add_config_arg(p: argparse.ArgumentParser) -> None:
+    """-c and --dev, the same on every command: given the same flags and
+    environment, every command finds the same data as `serve`."""
     p.add_argument(
         "-c", "--config", help="config file (TOML); default $COFFEECHAT_CONFIG, else built-in defaults"
+    )
+    p.add_argument(
+        "--dev", action="store_true",
+        help=f"development mode (open registration); data in {DEFAULT_DATA_DIR} unless configured, as without it",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coffeechat-home", description="A Matrix homeserver.")
+    parser.add_argument("--version", action="version", version=f"coffeechat-home {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the server", description="Run the homeserver until interrupted.")
     _add_config_arg(p)
-    p.add_argument(
-        "--dev", action="store_true",
-        help="development mode: open registration, data in ./coffeechat-data unless configured",
-    )
     p.add_argument(
         "--instance-name",
         help="this instance's name when several share one database (default: instance_name, 'main')",
@@ -45,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-c", "--config", default="coffeechat.toml", help="config file to write (default %(default)s)")
     p.add_argument("--server-name", default="localhost:8008", help="server_name for a new config")
-    p.add_argument("--data-dir", default="./coffeechat-data", help="data_dir for a new config")
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="data_dir for a new config")
     p.add_argument("--dev", action="store_true", help="write a config with dev_mode = true")
 
     p = sub.add_parser("migrate", help="apply database migrations", description="Apply pending migrations and exit.")
@@ -132,8 +136,6 @@ def _load(args: argparse.Namespace) -> Config:
     env = dict(os.environ)
     if getattr(args, "dev", False):
         env.setdefault("COFFEECHAT_DEV_MODE", "true")
-        if not args.config and not env.get("COFFEECHAT_CONFIG"):
-            env.setdefault("COFFEECHAT_DATA_DIR", "./coffeechat-data")
     if getattr(args, "instance_name", None):
         env["COFFEECHAT_INSTANCE_NAME"] = args.instance_name
     return load_config(args.config, env)
@@ -142,9 +144,13 @@ def _load(args: argparse.Namespace) -> Config:
 async def _serve(config: Config) -> int:
     from .app import HomeServer
 
-    ensure_signing_key(config.signing_key_file)
     server = HomeServer(config)
     await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # before saying we are up: a SIGTERM right after that line stops us cleanly
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     print(
         f"coffeechat-home {config.server_name} (instance {config.instance_name}) listening on "
         f"http://{config.client_listener.host}:{server.client_port}/ (client API); "
@@ -152,10 +158,6 @@ async def _serve(config: Config) -> int:
         f"registration: {config.registration.mode}",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:
@@ -179,19 +181,14 @@ async def _migrate(config: Config) -> int:
 
 async def _register_user(config: Config, username: str, password: str, admin: bool) -> int:
     from .app import HomeServer, build_services
-    from .storage.migrations import run_migrations
 
     server = HomeServer(config)
-    db = await server.open_database()
     try:
-        await run_migrations(db)
-        from .keyfile import load_signing_key
-
-        ensure_signing_key(config.signing_key_file)
+        db, signing_key = await server.prepare()
         # an instance name of its own: taking a running server's name would
         # take over what that server holds
         config = dataclasses.replace(config, instance_name=f"cli-{os.getpid()}")
-        services = build_services(config, db, load_signing_key(config.signing_key_file))
+        services = build_services(config, db, signing_key)
         await services.liveness.start()
         try:
             result = await services.accounts.register(
@@ -264,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _load(args)
         from .logs import setup_logging
 
-        setup_logging(config.log_level)
+        setup_logging(config.log_level, config.log_format)
         if args.command == "serve":
             return _run(_serve(config))
         if args.command == "migrate":

@@ -110,13 +110,35 @@ class MediaConfig:
 
 
 @dataclass
+class MetricsConfig:
+    # Prometheus metrics. Off by default. On the client listener at `path`
+    # unless `separate_listener`, then on host:port (loopback by default).
+    enabled: bool = False
+    path: str = "/metrics"
+    separate_listener: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9092
+
+
+# One default for every command (serve, register-user, migrate, init ...),
+# dev mode or not, so that they all find the same database and key.
+DEFAULT_DATA_DIR = "./coffeechat-data"
+
+
+@dataclass
 class Config:
     server_name: str = "localhost:8008"
-    data_dir: str = "./data"
+    data_dir: str = DEFAULT_DATA_DIR
     signing_key_path: str = ""  # default: <data_dir>/signing.key
     public_baseurl: str = ""  # default: http://<client host>:<port>/
     dev_mode: bool = False
     log_level: str = "INFO"
+    # "auto": readable lines on a terminal, JSON lines otherwise; or
+    # "text" / "json".
+    log_format: str = "auto"
+    # Requests slower than this are logged at WARNING whatever their kind
+    # (a long-poll /sync counts from the end of its timeout).
+    slow_request_ms: int = 1000
     # Several instances may serve one homeserver from one database; each
     # needs its own name (a restart under the same name reclaims at once
     # what the previous process of that name held).
@@ -132,6 +154,7 @@ class Config:
     presence: PresenceConfig = field(default_factory=PresenceConfig)
     user_directory: UserDirectoryConfig = field(default_factory=UserDirectoryConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # Where the config came from, for messages.
     source: str = ""
 
@@ -339,6 +362,14 @@ def validate(config: Config) -> None:
         )
     if config.registration.mode == "token" and not config.registration.tokens:
         raise ConfigError("registration.mode = 'token' needs at least one entry in registration.tokens")
+    if config.log_format not in ("auto", "text", "json"):
+        raise ConfigError(f"log_format must be 'auto', 'text' or 'json', got {config.log_format!r}")
+    if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}")
+    if not 0 <= config.metrics.port < 65536:
+        raise ConfigError(f"metrics.port must be a port number, got {config.metrics.port}")
+    if not config.metrics.path.startswith("/") or config.metrics.path.startswith("/_matrix/"):
+        raise ConfigError(f"metrics.path must start with '/' and not be under /_matrix/, got {config.metrics.path!r}")
     for name in ("client_listener", "federation_listener"):
         listener: ListenerConfig = getattr(config, name)
         if not 0 <= listener.port < 65536:
@@ -414,7 +445,8 @@ CONFIG_TEMPLATE = """\
 server_name = "{server_name}"
 
 # Where the embedded database, signing key and media live (relative paths
-# are relative to this file).
+# are relative to this file). Without a config file every command uses
+# ./coffeechat-data in the current folder.
 data_dir = "{data_dir}"
 
 # The server's ed25519 signing key; default <data_dir>/signing.key.
@@ -431,6 +463,10 @@ dev_mode = {dev_mode}
 instance_name = "main"
 
 log_level = "INFO"
+# "auto" (readable lines on a terminal, JSON lines otherwise), "text" or "json".
+log_format = "auto"
+# Requests slower than this (ms) are always logged, at WARNING.
+slow_request_ms = 1000
 
 [client_listener]
 host = "127.0.0.1"
@@ -501,4 +537,15 @@ max_pending_uploads = 10
 # Images larger than this many pixels are never decoded for thumbnails.
 max_image_pixels = 32000000
 thumbnail_concurrency = 2
+
+[metrics]
+# Prometheus metrics (requests by route and status, latency, events
+# persisted, sync wake-ups, database pool, password-hash queue). Off by
+# default. Served at `path` on the client listener (public there!), or
+# with separate_listener = true on host:port only.
+enabled = false
+path = "/metrics"
+separate_listener = false
+host = "127.0.0.1"
+port = 9092
 """

@@ -36,11 +36,63 @@ def _error_response(err: MatrixError) -> web.Response:
     return json_response(err.to_json(), status=err.status)
 
 
-@web.middleware
-async def matrix_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+# Called once per request with (request, status, seconds): metrics.
+Observer = Callable[[web.Request, int, float], None]
+
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def long_poll_ms(request: web.Request) -> int:
+    """The timeout a long-poll (/sync, /events) asked for; 0 otherwise."""
+    if not request.path.endswith(("/sync", "/events")):
+        return 0
+    raw = request.query.get("timeout", "")
+    return int(raw) if raw.isdigit() and len(raw) < 10 else 0
+
+
+def request_log_level(method: str, status: int, ms: float, poll_ms: int, slow_ms: int) -> int:
+    """Errors and slow requests always show (WARNING for server errors and
+    slow ones, INFO for client errors); successful writes at INFO;
+    successful reads and long-polls at DEBUG."""
+    if status >= 500 or ms >= poll_ms + slow_ms:
+        return logging.WARNING
+    if status >= 400 or (method not in _READS and poll_ms == 0):
+        return logging.INFO
+    return logging.DEBUG
+
+
+def make_matrix_middleware(slow_request_ms: int = 1000, observe: Observer | None = None) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def matrix_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        response = await _handle(request, handler)
+        elapsed = time.perf_counter() - start
+        if observe is not None:
+            observe(request, response.status, elapsed)
+        ms = round(elapsed * 1000, 1)
+        level = request_log_level(request.method, response.status, ms, long_poll_ms(request), slow_request_ms)
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "%s %s %d %.1fms%s", request.method, request.path, response.status, ms,
+                " (slow)" if level == logging.WARNING and response.status < 500 else "",
+                extra={
+                    "request_id": request[REQUEST_ID],
+                    "method": request.method,
+                    "path": request.path,
+                    "status": response.status,
+                    "ms": ms,
+                    "user": request.get(USER_ID),
+                },
+            )
+        return response
+
+    return matrix_middleware
+
+
+async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = f"{_prefix}-{next(_ids)}"
     request[REQUEST_ID] = request_id
-    start = time.perf_counter()
     if request.method == "OPTIONS":
         response: web.StreamResponse = web.Response(status=204)
     else:
@@ -71,16 +123,7 @@ async def matrix_middleware(request: web.Request, handler: Handler) -> web.Strea
             response = _error_response(MatrixError(500, "M_UNKNOWN", f"Internal server error (request {request_id})"))
     if not response.prepared:
         response.headers.update(CORS_HEADERS)
-    if log.isEnabledFor(logging.INFO):
-        log.info(
-            "request",
-            extra={
-                "request_id": request_id,
-                "method": request.method,
-                "path": request.path,
-                "status": response.status,
-                "ms": round((time.perf_counter() - start) * 1000, 1),
-                "user": request.get(USER_ID),
-            },
-        )
     return response
+
+
+matrix_middleware = make_matrix_middleware()

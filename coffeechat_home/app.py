@@ -31,6 +31,9 @@ from .storage.events import EventStore
 from .protocol.signing import SigningKey
 from .keyfile import ensure_signing_key, load_signing_key
 from .listeners import bind_listener
+from .api.health import HealthRoutes
+from .api.metrics import Metrics
+from .services.health import HealthService
 from .services.identity import check_server_identity
 from .storage.server_identity import ServerIdentityStore
 from .api.client.rooms import RoomRoutes
@@ -135,12 +138,16 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     )
 
 
-def build_client_app(config: Config, services: Services) -> web.Application:
+def build_client_app(config: Config, services: Services, metrics: Metrics | None = None) -> web.Application:
+    observe = metrics.observe if metrics is not None else None
     app = web.Application(
-        middlewares=[make_matrix_middleware(config.slow_request_ms)],
+        middlewares=[make_matrix_middleware(config.slow_request_ms, observe)],
         client_max_size=config.limits.max_request_body_bytes,
         handler_args=HTTP_HANDLER_ARGS,
     )
+    HealthRoutes(HealthService(services.db)).register_routes(app.router)
+    if metrics is not None and not config.metrics.separate_listener:
+        app.router.add_get(config.metrics.path, metrics.scrape)
     fed_port = config.federation_listener.port if config.federation_listener.enabled else None
     discovery = DiscoveryRoutes(config.server_name, config.client_base_url, fed_port)
     discovery.register_routes(app.router)
@@ -188,7 +195,9 @@ class HomeServer:
         self.runners: list[web.AppRunner] = []
         self.client_port: int | None = None
         self.database_description = ""
+        self.metrics_port: int | None = None
         self._client_sockets: list[socket.socket] = []
+        self._metrics_sockets: list[socket.socket] = []
 
     async def open_database(self) -> Database:
         cfg = self.config
@@ -226,7 +235,10 @@ class HomeServer:
         listener = self.config.client_listener
         # first: a busy port must fail before anything is created
         self._client_sockets = bind_listener(listener.host, listener.port, "client_listener")
+        m = self.config.metrics
         try:
+            if m.enabled and m.separate_listener:
+                self._metrics_sockets = bind_listener(m.host, m.port, "metrics")
             await self._start()
         except BaseException:
             await self.stop()
@@ -239,21 +251,31 @@ class HomeServer:
         await self.services.liveness.start()
         await self.services.notifier.start()
         await self.services.conversation.start()
-        app = build_client_app(self.config, self.services)
+        s = self.services
+        metrics = Metrics(db, s.notifier, s.writer, s.passwords) if self.config.metrics.enabled else None
+        app = build_client_app(self.config, s, metrics)
+        self.client_port = await self._serve_app(app, self._client_sockets)
+        if metrics is not None and self._metrics_sockets:
+            metrics_app = web.Application()
+            metrics_app.router.add_get(self.config.metrics.path, metrics.scrape)
+            self.metrics_port = await self._serve_app(metrics_app, self._metrics_sockets)
+
+    async def _serve_app(self, app: web.Application, sockets: list[socket.socket]) -> int:
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await runner.setup()
         self.runners.append(runner)
-        for sock in self._client_sockets:
+        for sock in sockets:
             await web.SockSite(runner, sock).start()
-        self.client_port = self._client_sockets[0].getsockname()[1]
+        return int(sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()
-        for sock in self._client_sockets:
+        for sock in self._client_sockets + self._metrics_sockets:
             sock.close()
         self._client_sockets = []
+        self._metrics_sockets = []
         if self.services is not None:
             await self.services.conversation.stop()
             await self.services.notifier.stop()

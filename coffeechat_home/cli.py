@@ -155,7 +155,8 @@ async def _serve(config: Config) -> int:
         f"coffeechat-home {config.server_name} (instance {config.instance_name}) listening on "
         f"http://{config.client_listener.host}:{server.client_port}/ (client API); "
         f"database: {server.database_description}; "
-        f"registration: {config.registration.mode}",
+        f"registration: {config.registration.mode}"
+        + _metrics_note(config, server.client_port, server.metrics_port),
         flush=True,
     )
     try:
@@ -163,6 +164,15 @@ async def _serve(config: Config) -> int:
     finally:
         await server.stop()
     return 0
+
+
+def _metrics_note(config: Config, client_port: int | None, metrics_port: int | None) -> str:
+    m = config.metrics
+    if not m.enabled:
+        return ""
+    if metrics_port is not None:
+        return f"; metrics: http://{m.host}:{metrics_port}{m.path}"
+    return f"; metrics: {m.path} on the client listener"
 
 
 async def _migrate(config: Config) -> int:

@@ -38,6 +38,7 @@ class Notifier:
         self._poked = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._advance_lock = asyncio.Lock()
+        self.wakeups = 0  # waiting requests woken by a change, for metrics
 
     async def start(self) -> None:
         self.position = await self.stream.current_position()
@@ -48,6 +49,11 @@ class Notifier:
         self._task = None
         for w in self._waiters:
             w.event.set()
+
+    @property
+    def waiting(self) -> int:
+        """Requests (long-poll /sync) waiting for a change now."""
+        return len(self._waiters)
 
     def poke(self) -> None:
         """Something was committed locally: look for a new position now."""
@@ -63,6 +69,7 @@ class Notifier:
                 for w in list(self._waiters):
                     if w.keys & keys:
                         w.event.set()
+                        self.wakeups += 1
             return self.position
 
     async def wait_for_change(self, after: int, keys: Iterable[str], timeout: float) -> int:

@@ -16,6 +16,9 @@ import concurrent.futures
 import hashlib
 import hmac
 import os
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
 
 _R = 8
 _P = 1
@@ -61,14 +64,29 @@ class PasswordHasher:
         self.concurrency = concurrency or os.cpu_count() or 1
         # Threads start on first use; the queue is the executor's own.
         self._pool = concurrent.futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="password")
+        # for metrics: hashes submitted and not finished (running + queued),
+        # and all ever finished
+        self.pending = 0
+        self.done = 0
+
+    @property
+    def queued(self) -> int:
+        return max(0, self.pending - self.concurrency)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        self.pending += 1
+        try:
+            return await loop.run_in_executor(self._pool, fn, *args)
+        finally:
+            self.pending -= 1
+            self.done += 1
 
     async def hash(self, password: str) -> str:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, hash_password_sync, password, self.scrypt_n)
+        return await self._run(hash_password_sync, password, self.scrypt_n)
 
     async def check(self, password: str, stored: str | None) -> bool:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, check_password_sync, password, stored)
+        return await self._run(check_password_sync, password, stored)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

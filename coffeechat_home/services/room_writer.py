@@ -109,6 +109,7 @@ class RoomWriter:
         self._locks: dict[str, _Lock] = {}
         self._heads: collections.OrderedDict[str, RoomHead] = collections.OrderedDict()
         self._cache_size = cache_size
+        self.events_persisted = 0  # events committed by this instance, for metrics
         # callbacks run after a batch commits (e.g. federation, push)
         self.after_persist: list[Callable[[str, list[Event]], Awaitable[None]]] = []
 
@@ -279,6 +280,7 @@ class RoomWriter:
             # a redacted state event counts with its redacted content: reload
             self._heads.pop(room_id, None)
         self.notifier.poke()
+        self.events_persisted += len(built)
         events = [b.event for b in built]
         for cb in self.after_persist:
             await cb(room_id, events)

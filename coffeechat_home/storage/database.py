@@ -164,6 +164,25 @@ class Database:
         await self.single.close()
         await self.pool.close()
 
+    async def ping(self, timeout: float = 5.0) -> None:
+        """Return when the database answers a trivial query within
+        ``timeout`` seconds; raise DatabaseUnavailable otherwise."""
+        try:
+            await asyncio.wait_for(self.fetchval("SELECT 1"), timeout)
+        except asyncio.TimeoutError:
+            raise DatabaseUnavailable(f"no answer within {timeout:g}s", retryable=False) from None
+        except DatabaseError:
+            raise
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            raise DatabaseUnavailable(_one_line(e), retryable=False) from None
+
+    def pool_usage(self) -> dict[str, tuple[int, int, int]]:
+        """Per pool ("transaction", "single"): (open, idle, max) connections."""
+        return {
+            name: (p.get_size(), p.get_idle_size(), p.get_max_size())
+            for name, p in (("transaction", self.pool), ("single", self.single))
+        }
+
     async def transaction(
         self,
         fn: Callable[[asyncpg.Connection], Awaitable[T]],

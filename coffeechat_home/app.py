@@ -34,6 +34,11 @@ from .listeners import bind_listener
 from .api.health import HealthRoutes
 from .api.metrics import Metrics
 from .services.health import HealthService
+from .api.admin.tokens import TokenAdminRoutes
+from .api.admin.users import UserAdminRoutes
+from .services.admin.tokens import RegistrationTokenService
+from .services.admin.users import UserAdminService
+from .storage.registration_tokens import RegistrationTokenStore
 from .services.identity import check_server_identity
 from .storage.server_identity import ServerIdentityStore
 from .api.client.rooms import RoomRoutes
@@ -88,6 +93,9 @@ class Services:
     media: MediaService
     # end-to-end encryption: keys, device lists, to-device, key backup
     e2e: E2E
+    # server administration (admin API and commands)
+    user_admin: UserAdminService
+    token_admin: RegistrationTokenService
 
 
 def build_services(config: Config, db: Database, signing_key: SigningKey) -> Services:
@@ -98,6 +106,7 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         config.server_name,
         registration_mode=config.registration.mode,
         registration_tokens=config.registration.tokens,
+        token_store=RegistrationTokenStore(db),
     )
     instance_id = new_instance_id(config.instance_name)
     stream = StreamStore(db, instance_id=instance_id)
@@ -135,6 +144,8 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         passwords=passwords,
         media=build_media(config, db),
         e2e=e2e,
+        user_admin=UserAdminService(accounts, conversation.profiles),
+        token_admin=RegistrationTokenService(RegistrationTokenStore(db)),
     )
 
 
@@ -181,6 +192,9 @@ def build_client_app(config: Config, services: Services, metrics: Metrics | None
     MediaAdminRoutes(services.media, services.auth).register_routes(app.router)
     # end-to-end encryption
     register_e2e_routes(app.router, services.e2e, services.accounts, services.auth)
+    # server administration
+    UserAdminRoutes(services.user_admin, services.auth).register_routes(app.router)
+    TokenAdminRoutes(services.token_admin, services.auth).register_routes(app.router)
     return app
 
 

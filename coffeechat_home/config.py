@@ -39,7 +39,9 @@ class ListenerConfig:
 class RegistrationConfig:
     # "open", "token" or "closed"
     mode: str = "closed"
-    # Tokens accepted for m.login.registration_token when mode = "token".
+    # Tokens accepted (any number of times) for m.login.registration_token
+    # when mode = "token"; admins may also make tokens with limited uses and
+    # an expiry through the admin API.
     tokens: list[str] = field(default_factory=list)
 
 
@@ -360,8 +362,6 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"registration.mode must be 'open', 'token' or 'closed', got {config.registration.mode!r}"
         )
-    if config.registration.mode == "token" and not config.registration.tokens:
-        raise ConfigError("registration.mode = 'token' needs at least one entry in registration.tokens")
     if config.log_format not in ("auto", "text", "json"):
         raise ConfigError(f"log_format must be 'auto', 'text' or 'json', got {config.log_format!r}")
     if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -480,7 +480,7 @@ port = 8448
 # tls_private_key_path = "/path/to/privkey.pem"
 
 [registration]
-# "open", "token" (needs one of `tokens`) or "closed".
+# "open", "token" (one of `tokens`, or one made with the admin API) or "closed".
 mode = "{registration_mode}"
 # tokens = ["a-long-random-string"]
 

@@ -12,6 +12,7 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 from ..errors import MatrixError, forbidden, invalid_param
 from ..protocol.identifiers import InvalidIdentifier, is_valid_localpart_for_registration, parse_user_id
 from ..storage.accounts import AccountStore, TokenOwner, UserExists
+from ..storage.registration_tokens import RegistrationTokenStore
 from .passwords import PasswordHasher
 
 
@@ -62,12 +63,16 @@ class AccountService:
         *,
         registration_mode: str,
         registration_tokens: Sequence[str] = (),
+        token_store: RegistrationTokenStore | None = None,
     ) -> None:
         self.store = store
         self.hasher = hasher
         self.server_name = server_name
         self.registration_mode = registration_mode
+        # tokens from the config (any number of uses), then those admins
+        # made (with their uses and expiry) in the database
         self.registration_tokens = tuple(registration_tokens)
+        self.token_store = token_store
         self.deactivation_hooks: list[DeactivationHook] = []
         self.device_added_hooks: list[DeviceAddedHook] = []
         self.devices_removed_hooks: list[DevicesRemovedHook] = []
@@ -291,6 +296,10 @@ class AccountService:
         if stage == "m.login.registration_token" and self.registration_mode == "token":
             token = auth.get("token")
             if isinstance(token, str) and any(secrets.compare_digest(token, t) for t in self.registration_tokens):
+                return
+            # a use counts when the stage passes (the user name was checked
+            # before UIA began)
+            if isinstance(token, str) and self.token_store is not None and await self.token_store.use(token, now_ms()):
                 return
             raise MatrixError(401, "M_FORBIDDEN", "Invalid registration token")
         raise MatrixError(401, "M_FORBIDDEN", f"Auth type {stage} is not accepted")

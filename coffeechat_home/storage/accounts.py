@@ -39,8 +39,24 @@ class Device:
     last_seen_ts: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class UserSummary:
+    """A user as the admin API shows it."""
+
+    user_id: str
+    is_admin: bool
+    deactivated: bool
+    created_ts: int
+    displayname: str | None
+    avatar_url: str | None
+
+
 class UserExists(Exception):
     pass
+
+
+_SUMMARY = """SELECT u.user_id, u.is_admin, u.deactivated, u.created_ts, p.displayname, p.avatar_url
+              FROM users u LEFT JOIN profiles p ON p.user_id = u.user_id"""
 
 
 class AccountStore:
@@ -81,6 +97,33 @@ class AccountStore:
         if row is None:
             return None
         return Account(row["user_id"], row["password_hash"], row["is_admin"], row["deactivated"])
+
+    # -- administration ------------------------------------------------------
+    async def list_users(
+        self, offset: int, limit: int, name: str | None, include_deactivated: bool
+    ) -> tuple[list[UserSummary], int]:
+        """A page of users ordered by user id, and how many match in all."""
+        where = """WHERE ($1::TEXT IS NULL OR strpos(lower(u.user_id), lower($1)) > 0
+                          OR strpos(lower(coalesce(p.displayname, '')), lower($1)) > 0)
+                     AND ($2::BOOL OR NOT u.deactivated)"""
+        rows = await self.db.fetch(
+            f"{_SUMMARY} {where} ORDER BY u.user_id OFFSET $3 LIMIT $4", name, include_deactivated, offset, limit
+        )
+        total = await self.db.fetchval(
+            f"""SELECT count(*) FROM users u LEFT JOIN profiles p ON p.user_id = u.user_id {where}""",
+            name, include_deactivated,
+        )
+        return [UserSummary(*r) for r in rows], int(total)
+
+    async def user_summary(self, user_id: str) -> UserSummary | None:
+        r = await self.db.fetchrow(f"{_SUMMARY} WHERE u.user_id = $1", user_id)
+        return UserSummary(*r) if r is not None else None
+
+    async def set_admin(self, user_id: str, is_admin: bool) -> None:
+        await self.db.execute("UPDATE users SET is_admin = $2 WHERE user_id = $1", user_id, is_admin)
+
+    async def reactivate(self, user_id: str) -> None:
+        await self.db.execute("UPDATE users SET deactivated = false WHERE user_id = $1", user_id)
 
     async def user_exists(self, user_id: str) -> bool:
         return bool(await self.db.fetchval("SELECT 1 FROM users WHERE user_id = $1", user_id))

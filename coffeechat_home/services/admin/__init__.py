@@ -1,0 +1,1 @@
+"""Server administration use cases (the admin API and the admin commands)."""

@@ -39,6 +39,12 @@ from .api.admin.users import UserAdminRoutes
 from .services.admin.tokens import RegistrationTokenService
 from .services.admin.users import UserAdminService
 from .storage.registration_tokens import RegistrationTokenStore
+from .api.admin.rooms import RoomAdminRoutes
+from .services.admin.jobs import JobRunner
+from .services.admin.rooms import RoomAdminService
+from .storage.admin_jobs import AdminJobStore
+from .storage.room_admin import RoomAdminStore
+from .storage.room_purge import RoomPurgeStore
 from .services.identity import check_server_identity
 from .storage.server_identity import ServerIdentityStore
 from .api.client.rooms import RoomRoutes
@@ -96,6 +102,8 @@ class Services:
     # server administration (admin API and commands)
     user_admin: UserAdminService
     token_admin: RegistrationTokenService
+    jobs: JobRunner
+    room_admin: RoomAdminService
 
 
 def build_services(config: Config, db: Database, signing_key: SigningKey) -> Services:
@@ -125,6 +133,10 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     sync_sources.extra_global.append(e2e.sync_part)
     sync_sources.limit_upto = e2e.sync_upto
     sync_sources.wake_on_room_peers = True
+    jobs = JobRunner(AdminJobStore(db), instance_id)
+    room_admin = RoomAdminService(
+        RoomAdminStore(db), RoomPurgeStore(db), AdminJobStore(db), jobs, membership, config.server_name
+    )
     return Services(
         config=config,
         db=db,
@@ -146,6 +158,8 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         e2e=e2e,
         user_admin=UserAdminService(accounts, conversation.profiles),
         token_admin=RegistrationTokenService(RegistrationTokenStore(db)),
+        jobs=jobs,
+        room_admin=room_admin,
     )
 
 
@@ -195,6 +209,7 @@ def build_client_app(config: Config, services: Services, metrics: Metrics | None
     # server administration
     UserAdminRoutes(services.user_admin, services.auth).register_routes(app.router)
     TokenAdminRoutes(services.token_admin, services.auth).register_routes(app.router)
+    RoomAdminRoutes(services.room_admin, services.auth).register_routes(app.router)
     return app
 
 
@@ -265,6 +280,8 @@ class HomeServer:
         await self.services.liveness.start()
         await self.services.notifier.start()
         await self.services.conversation.start()
+        # takes up admin jobs, also those an instance that died left unfinished
+        await self.services.jobs.start()
         s = self.services
         metrics = Metrics(db, s.notifier, s.writer, s.passwords) if self.config.metrics.enabled else None
         app = build_client_app(self.config, s, metrics)
@@ -291,6 +308,7 @@ class HomeServer:
         self._client_sockets = []
         self._metrics_sockets = []
         if self.services is not None:
+            await self.services.jobs.stop()
             await self.services.conversation.stop()
             await self.services.notifier.stop()
             await self.services.liveness.stop()

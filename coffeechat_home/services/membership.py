@@ -71,6 +71,7 @@ class MembershipService:
     # -- the operations ----------------------------------------------------------
     async def invite(self, requester: Requester, room_id: str, user_id: Any, reason: Any = None) -> None:
         target = await self._check_target(user_id)
+        await self._refuse_blocked(room_id)
         state = await self.rooms.require_state(room_id)
         self._require_member(state, requester.user_id)
         current = _membership(state, target)
@@ -80,8 +81,13 @@ class MembershipService:
             raise forbidden(f"{target} is already in the room")
         await self._change(requester, room_id, target, "invite", self._reason(reason))
 
+    async def _refuse_blocked(self, room_id: str) -> None:
+        if await self.store.is_blocked(room_id):
+            raise forbidden("This room has been blocked on this server")
+
     async def join(self, requester: Requester, room_id_or_alias: str, reason: Any = None) -> str:
         room_id = await self.resolve_room(room_id_or_alias)
+        await self._refuse_blocked(room_id)
         state = await self.rooms.require_state(room_id)
         me = requester.user_id
         current = state.get(("m.room.member", me))
@@ -121,6 +127,7 @@ class MembershipService:
 
     async def knock(self, requester: Requester, room_id_or_alias: str, reason: Any = None) -> str:
         room_id = await self.resolve_room(room_id_or_alias)
+        await self._refuse_blocked(room_id)
         state = await self.rooms.require_state(room_id)
         current = _membership(state, requester.user_id)
         if current == "join":

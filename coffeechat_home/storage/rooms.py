@@ -18,6 +18,10 @@ class RoomStore:
         version: str | None = await self.db.fetchval("SELECT room_version FROM rooms WHERE room_id = $1", room_id)
         return version
 
+    async def is_blocked(self, room_id: str) -> bool:
+        """An admin blocked the room: nobody local may join or be invited."""
+        return bool(await self.db.fetchval("SELECT 1 FROM blocked_rooms WHERE room_id = $1", room_id))
+
     async def membership(self, room_id: str, user_id: str) -> str | None:
         """The user's current membership in the room, or None."""
         membership: str | None = await self.db.fetchval(

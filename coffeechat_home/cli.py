@@ -1,4 +1,5 @@
-"""The ``coffeechat-home`` command: serve, init, migrate, register-user, media-*."""
+"""The ``coffeechat-home`` command: serve, init, migrate, register-user,
+media-* and the admin commands (cli_admin.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, Coroutine, Sequence
 
 from . import __version__
+from .cli_admin import ADMIN_COMMANDS, add_admin_parsers, run_admin_command
 from .config import CONFIG_TEMPLATE, DEFAULT_DATA_DIR, Config, ConfigError, load_config
 from .errors import MatrixError
 from .keyfile import ensure_signing_key
@@ -82,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_arg(p)
     p.add_argument("--before", required=True, help="ISO date/time (UTC unless it says) or ms since the epoch")
+
+    add_admin_parsers(sub, _add_config_arg)
     return parser
 
 
@@ -285,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_register_user(config, args.username, password, args.admin))
         if args.command.startswith("media-"):
             return asyncio.run(_media_admin(config, args))
+        if args.command in ADMIN_COMMANDS:
+            return asyncio.run(run_admin_command(config, args))
     except (ConfigError, DatabaseError) as e:
         print(f"coffeechat-home: error: {e}", file=sys.stderr)
         return 2

@@ -71,7 +71,9 @@ class RoomAdminService:
         if params.get("block"):
             # first: nobody joins again while everyone is made to leave
             await self.store.block(room_id, params["requester"], _now_ms())
-        for user_id in await self.store.members(room_id, ("join", "invite", "knock")):
+        members = await self.store.members(room_id, ("join", "invite", "knock"))
+        result["members"] = len(members)
+        for user_id in members:
             if not user_id.endswith(":" + self.server_name):
                 continue  # remote users: federation is not served yet
             await self.membership.leave(Requester(user_id, "", False, ""), room_id)
@@ -80,9 +82,11 @@ class RoomAdminService:
             await progress("shutting_down", result)
         result["local_aliases"] = sorted(set(result["local_aliases"]) | set(await self.store.remove_aliases(room_id)))
         if params.get("purge"):
+            result.setdefault("total_events", await self.purge.count_events(room_id))
             await progress("purging", result)
-            while await self.purge.delete_event_batch(room_id):
-                pass
+            while n := await self.purge.delete_event_batch(room_id):
+                result["deleted_events"] = result.get("deleted_events", 0) + n
+                await progress("purging", result)
             await self.purge.delete_room_rest(room_id)
         return result
 

@@ -60,7 +60,7 @@ from .storage.instances import InstanceStore
 from .api.client.conversation import register_conversation_routes
 from .services.conversation import Conversation, build_conversation
 # media repository
-from .api.admin_media import MediaAdminRoutes
+from .api.admin.media import MediaAdminRoutes
 from .api.client.media import MediaRoutes
 from .services.media import MediaService, build_media
 # end-to-end encryption

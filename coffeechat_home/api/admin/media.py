@@ -9,19 +9,14 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import forbidden, missing_param, not_found
-from ..services.accounts import Requester
-from ..services.media import MediaService
-from ..storage.media import MediaRecord
-from .auth import TokenAuth, authed
-from .http import json_response, query_int
-
-PREFIX = "/_synapse/admin/v1"
-
-
-def _require_admin(requester: Requester) -> None:
-    if not requester.is_admin:
-        raise forbidden("You are not a server admin")
+from ...errors import missing_param, not_found
+from ...services.accounts import Requester
+from ...services.media import MediaService
+from ...storage.media import MediaRecord
+from ..auth import TokenAuth
+from ..http import json_response, query_int
+from . import V1 as PREFIX
+from . import admin_only
 
 
 def _media_json(m: MediaRecord) -> dict[str, Any]:
@@ -43,32 +38,28 @@ class MediaAdminRoutes:
 
     def register_routes(self, router: web.UrlDispatcher) -> None:
         a = self.auth
-        router.add_route("POST", PREFIX + "/media/quarantine/{server_name}/{media_id}", authed(a, self.quarantine))
-        router.add_route("POST", PREFIX + "/media/unquarantine/{server_name}/{media_id}", authed(a, self.release))
-        router.add_route("DELETE", PREFIX + "/media/{server_name}/{media_id}", authed(a, self.delete))
-        router.add_get(PREFIX + "/users/{user_id}/media", authed(a, self.list_user))
-        router.add_route("POST", PREFIX + "/purge_media_cache", authed(a, self.purge_remote))
+        router.add_route("POST", PREFIX + "/media/quarantine/{server_name}/{media_id}", admin_only(a, self.quarantine))
+        router.add_route("POST", PREFIX + "/media/unquarantine/{server_name}/{media_id}", admin_only(a, self.release))
+        router.add_route("DELETE", PREFIX + "/media/{server_name}/{media_id}", admin_only(a, self.delete))
+        router.add_get(PREFIX + "/users/{user_id}/media", admin_only(a, self.list_user))
+        router.add_route("POST", PREFIX + "/purge_media_cache", admin_only(a, self.purge_remote))
 
     async def quarantine(self, request: web.Request, requester: Requester) -> web.StreamResponse:
-        _require_admin(requester)
         if not await self.media.quarantine(_mxc(request), requester.user_id):
             raise not_found("Media not found")
         return json_response({})
 
     async def release(self, request: web.Request, requester: Requester) -> web.StreamResponse:
-        _require_admin(requester)
         if not await self.media.quarantine(_mxc(request), None):
             raise not_found("Media not found")
         return json_response({})
 
     async def delete(self, request: web.Request, requester: Requester) -> web.StreamResponse:
-        _require_admin(requester)
         if not await self.media.delete(_mxc(request)):
             raise not_found("Media not found")
         return json_response({"deleted_media": [request.match_info["media_id"]], "total": 1})
 
     async def list_user(self, request: web.Request, requester: Requester) -> web.StreamResponse:
-        _require_admin(requester)
         start = query_int(request, "from", 0) or 0
         limit = query_int(request, "limit", 100, maximum=1000) or 100
         media = await self.media.list_user_media(request.match_info["user_id"])
@@ -79,7 +70,6 @@ class MediaAdminRoutes:
         return json_response(body)
 
     async def purge_remote(self, request: web.Request, requester: Requester) -> web.StreamResponse:
-        _require_admin(requester)
         before = query_int(request, "before_ts")
         if before is None:
             raise missing_param("before_ts is required")

@@ -237,10 +237,15 @@ def _apply_mapping(target: Any, values: Mapping[str, Any], where: str) -> None:
         setattr(target, key, value)
 
 
+# COFFEECHAT_ variables that are not settings: the config file's name, the
+# password for `register-user`, and where the test suite finds ../shared.
+NOT_SETTINGS = frozenset({"COFFEECHAT_CONFIG", "COFFEECHAT_NEW_PASSWORD", "COFFEECHAT_SHARED"})
+
+
 def _apply_env(config: Config, env: Mapping[str, str]) -> None:
     prefix = "COFFEECHAT_"
     for name, raw in env.items():
-        if not name.startswith(prefix) or name == "COFFEECHAT_CONFIG":
+        if not name.startswith(prefix) or name in NOT_SETTINGS:
             continue
         rest = name[len(prefix):].lower()
         target: Any = config

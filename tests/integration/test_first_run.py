@@ -154,6 +154,18 @@ async def test_logs_are_readable_lines_on_a_terminal(database_url: str, tmp_path
     assert not any(ln.lstrip().startswith("{") for ln in lines), lines
 
 
+async def test_register_user_takes_the_password_from_the_environment(database_url: str, tmp_path: Path) -> None:
+    """Was: the documented $COFFEECHAT_NEW_PASSWORD was refused as an unknown setting."""
+    env = server_env(database_url, tmp_path, COFFEECHAT_NEW_PASSWORD="from env")
+    code, out, err = await run("register-user", "envuser", env=env, cwd=tmp_path)
+    assert code == 0 and "@envuser:faults.test" in out, err
+    server = await ServerProcess(env, tmp_path).start()
+    try:
+        assert await _login(server.url, "envuser", "from env") == 200
+    finally:
+        assert await server.stop() == 0
+
+
 async def test_version() -> None:
     code, out, _ = await run("--version", env=CHECKOUT)
     assert code == 0 and out.strip() == f"coffeechat-home {__version__}"

@@ -341,6 +341,10 @@ async def _setup(alice: ApiClient, bob: ApiClient) -> dict[str, str]:
         "file_name": "a file.txt",
         "version": backup["version"],
         "session_id": "s",
+        # admin API (alice is no admin: refused, but walked all the same)
+        "token": "a-registration-token",
+        "delete_id": "a-delete-id",
+        "purge_id": "a-purge-id",
         "room_id": room_id,
         "room": room_id,
         "user_id": alice.user_id or "",

@@ -440,7 +440,8 @@ async def test_bad_input_never_500(
     routes = client_routes(server)
     assert len(routes) > 50, "the route walk found suspiciously few routes"
     cases = build_cases(routes, valid)
-    assert 300 < len(cases) < 2500
+    # an upper bound against a runaway case builder (the admin API added ~300)
+    assert 300 < len(cases) < 4000
     walker = Walker(base_url, http, alice, new_client)
     bob_before = await _bob_view(bob, valid["room_id"])
     stored_before = await snapshot(database_url)

@@ -102,7 +102,7 @@ class UserAdminService:
 
     async def delete_device(self, user_id: str, device_id: str) -> None:
         await self.get_user(user_id)
-        await self.store.delete_devices(user_id, [device_id])
+        await self.accounts.delete_devices(user_id, [device_id])
 
 
 def new_token_string(length: int) -> str:

@@ -68,14 +68,19 @@ class RoomPurgeStore:
                 """SELECT e.event_id FROM events e JOIN rooms r ON r.room_id = e.room_id
                    WHERE e.room_id = $1 AND e.stream_pos < $2 AND e.state_key IS NULL
                      AND NOT (e.event_id = ANY(r.forward_extremities))
-                     AND ($3::TEXT IS NULL OR right(e.sender, length($3)) <> $3)
+                     AND ($3::TEXT IS NULL OR e.sender NOT LIKE $3)
                    LIMIT $4""",
-                room_id, before_pos, local_suffix, BATCH)]
+                room_id, before_pos, None if local_suffix is None else "%" + _like_escape(local_suffix), BATCH)]
             if ids:
                 await _delete_events(conn, ids)
             return len(ids)
 
         return await self.db.transaction(txn, name="purge_history")
+
+
+def _like_escape(text: str) -> str:
+    """``text`` matched literally by LIKE (backslash is the escape on both engines)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 async def _delete_events(conn: asyncpg.Connection, ids: list[str]) -> None:

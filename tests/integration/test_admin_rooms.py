@@ -130,6 +130,8 @@ async def test_purge_history(server: HomeServer, http: aiohttp.ClientSession, al
     # without delete_local_events only remote users' events go (Synapse's rule): none here
     r = await admin.post(V1 + f"/purge_history/{quote(room)}", {"purge_up_to_event_id": ids[4]})
     assert (await _done(admin, V1 + f"/purge_history_status/{r['purge_id']}"))["status"] == "complete"
+    r = await alice.get(f"rooms/{quote(room)}/messages?dir=b&limit=50", validate=False)
+    assert len([e for e in r["chunk"] if e["type"] == "m.room.message"]) == 6
     r = await admin.post(V1 + f"/purge_history/{quote(room)}/{quote(ids[4])}", {"delete_local_events": True})
     assert r.status == 200
     assert (await _done(admin, V1 + f"/purge_history_status/{r['purge_id']}"))["status"] == "complete"

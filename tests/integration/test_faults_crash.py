@@ -114,7 +114,7 @@ async def test_kill9_under_load_then_restart_same_instance(database_url: str, tm
             alice, bob, room_id, since = await _two_in_a_room(s, server.url, server.url)
             all_acked: dict[str, str] = {}
             left_any = 0
-            for cycle in range(4):
+            for cycle in range(8):
                 acked, left = await _load_and_kill(server, alice, room_id, f"c{cycle}", database_url)
                 all_acked.update(acked)
                 left_any += left
@@ -154,7 +154,7 @@ async def test_survivor_keeps_serving_after_kill9_of_other_instance(database_url
             alice, bob, room_id, since = await _two_in_a_room(s, a.url, b.url)
             all_acked: dict[str, str] = {}
             left_any = 0
-            for cycle in range(4):
+            for cycle in range(8):
                 acked, left = await _load_and_kill(a, alice, room_id, f"c{cycle}", database_url)
                 all_acked.update(acked)
                 left_any += left

@@ -248,6 +248,33 @@ class Database:
             await _guard(conn, tx.commit(), committing=True)
             return result
 
+    async def attempt_bracketed(
+        self, prelude: str, fn: Callable[[asyncpg.Connection], Awaitable[T]], finale: str
+    ) -> T:
+        """One try of ``fn(conn)`` in a SERIALIZABLE transaction opened by
+        the simple-query string ``prelude`` (which must end with ``BEGIN
+        ISOLATION LEVEL SERIALIZABLE``; what comes before it runs first, in
+        the same round trip) and closed by ``finale`` (statements, then
+        ``COMMIT``, also one round trip). Saves the two round trips of a
+        separate BEGIN and COMMIT. Failures are reported as by
+        ``attempt_transaction``; a failed prelude or finale leaves the
+        connection rolled back."""
+        assert prelude.rstrip().rstrip(";").upper().endswith("BEGIN ISOLATION LEVEL SERIALIZABLE")
+        assert finale.rstrip().rstrip(";").upper().endswith("COMMIT")
+        async with self._connection(self.pool) as conn:
+            try:
+                await _guard(conn, conn.execute(prelude), committing=False)
+                result = await _guard(conn, fn(conn), committing=False)
+                await _guard(conn, conn.execute(finale), committing=True)
+            except BaseException:
+                if not _is_gone(conn) and conn.is_in_transaction():
+                    try:
+                        await conn.execute("ROLLBACK")
+                    except Exception:
+                        _drop(conn)
+                raise
+            return result
+
     @contextlib.asynccontextmanager
     async def _connection(self, pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
         try:

@@ -5,12 +5,15 @@ A write that publishes something at a stream position goes through
 ``StreamStore.write``:
 
 1. commit a reservation row whose ``floor`` is a freshly allocated position
-   (so the write's own position, allocated later, is above it);
+   (so the write's own position, allocated later, is above it), in the
+   same round trip as the write's BEGIN: the server commits it before it
+   reads the BEGIN;
 2. in the write transaction (SERIALIZABLE, retried whole on 40001): allocate
    the position, run the caller's statements, and delete the reservation as
    the last statement. Deleting it last keeps that row's write intent (on
    CockroachDB readers of ``stream_inflight`` wait on it) as short-lived as
-   the commit; if the row is gone (reclaimed), the transaction rolls back.
+   the commit, which follows in the same round trip; if the row is gone
+   (reclaimed), the transaction rolls back.
 
 ``current_position`` reads, in two statements and in this order,
 
@@ -104,10 +107,6 @@ def register_stream_table(table: StreamTable) -> None:
         STREAM_TABLES.append(table)
 
 
-class ReservationExpired(Exception):
-    pass
-
-
 class StreamStore:
     def __init__(self, db: Database, *, instance_id: str | None = None, max_concurrent_writes: int = 8) -> None:
         self.db = db
@@ -166,44 +165,78 @@ class StreamStore:
         """One try: a fresh reservation, then the write transaction. The
         reservation never outlives the try, so a write that backs off after
         a serialization failure, or fails because the database went away,
-        does not hold readers back meanwhile."""
+        does not hold readers back meanwhile.
+
+        Round trips: the reservation's own transaction and the write's
+        BEGIN go in one (``_prelude``); the reservation's deletion and the
+        COMMIT in another (``_finale``)."""
         while True:
             token = secrets.token_hex(12)
-            try:
-                await self._reserve(token)
-            except BaseException:
-                self.orphans.add(token)  # it may have committed: released by the heartbeat
-                raise
+            reserved = False
+            wrote = False
             committed = False
             try:
 
-                async def txn(conn: asyncpg.Connection, token: str = token) -> tuple[T, list[int]]:
+                async def txn(conn: asyncpg.Connection) -> tuple[T, list[int]]:
+                    nonlocal reserved, wrote
+                    reserved = True  # the prelude committed the reservation
                     allocated = await conn.fetchval(
                         "SELECT array_agg(nextval('stream_seq')) FROM generate_series(1, $1::INT)", count
                     )
                     positions = sorted(allocated)
                     result = await fn(conn, positions)
-                    # last, so that the row's intent is held only until commit
-                    held = await conn.fetchval(
-                        """WITH d AS (DELETE FROM stream_inflight WHERE token = $1 RETURNING 1)
-                           SELECT count(*) FROM d""",
-                        token,
-                    )
-                    if not held:
-                        # reclaimed (our instance looked dead): a reader may
-                        # have passed our floor, so roll back and start over
-                        # with a new reservation
-                        raise ReservationExpired(token)
+                    wrote = True
                     return result, positions
 
-                result = await self.db.attempt_transaction(txn)
+                result = await self.db.attempt_bracketed(self._prelude(token), txn, self._finale(token))
                 committed = True
                 return result
-            except ReservationExpired:
+            except asyncpg.DivisionByZeroError:
+                if not wrote:
+                    raise
+                # the finale found our reservation gone (reclaimed: our
+                # instance looked dead), so a reader may have passed our
+                # floor: rolled back; start over with a new reservation
+                reserved = False
                 continue
+            except BaseException:
+                if not reserved:
+                    # the prelude may or may not have committed it: the
+                    # heartbeat releases it (a no-op if it never existed)
+                    self.orphans.add(token)
+                raise
             finally:
-                if not committed:
+                if reserved and not committed:
                     await self._release(token)
+
+    def _prelude(self, token: str) -> str:
+        """The reservation, committed in a transaction of its own, then the
+        BEGIN of the write (one simple-query round trip). On PostgreSQL the
+        reservation needs to be visible before our write starts (it is, on
+        commit), not durable: after a crash neither it nor our write exists,
+        and our write's own commit flushes the log that holds it."""
+        assert all(c in "0123456789abcdef" for c in token)
+        instance = "NULL" if self.instance_id is None else _sql_literal(self.instance_id)
+        insert = (
+            "INSERT INTO stream_inflight (token, floor, expires_ts, instance_id) "
+            f"VALUES ('{token}', nextval('stream_seq'), {DB_NOW_MS} + {RESERVATION_TTL_MS}, {instance})"
+        )
+        if self.db.engine is Engine.POSTGRES:
+            reserve = f"BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit TO OFF; {insert}; COMMIT"
+        else:
+            reserve = insert  # an implicit transaction of its own
+        return f"{reserve}; BEGIN ISOLATION LEVEL SERIALIZABLE"
+
+    @staticmethod
+    def _finale(token: str) -> str:
+        """Delete the reservation as the write's last statement (so its write
+        intent, which CockroachDB readers of ``stream_inflight`` wait on, is
+        held only until the commit), failing with division by zero when it
+        is gone, then COMMIT: one round trip."""
+        return (
+            f"WITH d AS (DELETE FROM stream_inflight WHERE token = '{token}' RETURNING 1) "
+            "SELECT 1 / count(*) FROM d; COMMIT"
+        )
 
     async def _release(self, token: str) -> None:
         try:
@@ -220,26 +253,6 @@ class StreamStore:
         await self.db.execute("DELETE FROM stream_inflight WHERE token = ANY($1::TEXT[])", tokens)
         self.orphans.difference_update(tokens)
         return len(tokens)
-
-    async def _reserve(self, token: str) -> None:
-        if self.db.engine is Engine.POSTGRES:
-            # One round trip and no wait for the disk: the reservation must
-            # be visible before our write starts (it is, on commit), not
-            # durable: after a crash neither it nor our write exists, and
-            # our write's own commit flushes the log that holds it.
-            assert all(c in "0123456789abcdef" for c in token)
-            instance = "NULL" if self.instance_id is None else _sql_literal(self.instance_id)
-            await self.db.execute(
-                "BEGIN; SET LOCAL synchronous_commit TO OFF; "
-                f"INSERT INTO stream_inflight (token, floor, expires_ts, instance_id) "
-                f"VALUES ('{token}', nextval('stream_seq'), {DB_NOW_MS} + {RESERVATION_TTL_MS}, {instance}); COMMIT"
-            )
-            return
-        await self.db.execute(
-            f"""INSERT INTO stream_inflight (token, floor, expires_ts, instance_id)
-                VALUES ($1, nextval('stream_seq'), {DB_NOW_MS} + {RESERVATION_TTL_MS}, $2)""",
-            token, self.instance_id,
-        )
 
     async def current_position(self) -> int:
         """The position below which every write has committed: the committed

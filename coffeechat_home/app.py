@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -29,7 +30,7 @@ from .services.room_writer import RoomWriter
 from .services.rooms import RoomService
 from .storage.events import EventStore
 from .protocol.signing import SigningKey
-from .keyfile import ensure_signing_key, load_signing_key
+from .keyfile import ensure_signing_key, finish_pending_rotation, load_signing_key, pending_key_path
 from .listeners import bind_listener
 from .api.health import HealthRoutes
 from .api.metrics import Metrics
@@ -66,6 +67,15 @@ from .services.media import MediaService, build_media
 # end-to-end encryption
 from .api.client.e2e import register_e2e_routes
 from .services.e2e import E2E, build_e2e
+# federation: keys, outbound client, inbound authentication
+from .api.federation.auth import FederationAuth
+from .api.federation.keys import KeyRoutes
+from .api.federation.routes import FederationRoutes
+from .federation.client import FederationClient
+from .services.remote_queries import RemoteQueries
+from .services.server_keys import KeyStore, LocalKeys
+from .storage.server_keys import ServerKeyStore
+from .tls import delegated_server_name, federation_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +114,12 @@ class Services:
     token_admin: RegistrationTokenService
     jobs: JobRunner
     room_admin: RoomAdminService
+    # federation
+    local_keys: LocalKeys
+    key_store: KeyStore
+    federation_client: FederationClient
+    remote_queries: RemoteQueries
+    directory: DirectoryService
 
 
 def build_services(config: Config, db: Database, signing_key: SigningKey) -> Services:
@@ -137,6 +153,24 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     room_admin = RoomAdminService(
         RoomAdminStore(db), RoomPurgeStore(db), AdminJobStore(db), jobs, membership, config.server_name
     )
+    fed = config.federation
+    federation_client = FederationClient(
+        config.server_name, signing_key,
+        allow_private_addresses=fed.allow_private_addresses,
+        verify_certificates=fed.verify_peer_certificates,
+        timeout_s=fed.request_timeout_s,
+        max_response_bytes=fed.max_response_bytes,
+    )
+    local_keys = LocalKeys(config.server_name, signing_key)  # old keys: loaded at start
+    key_store = KeyStore(ServerKeyStore(db), local_keys, federation_client, fed.trusted_key_servers)
+    remote_queries = RemoteQueries(federation_client)
+    # with federation off, other servers could not check our signatures (no
+    # key server): their users and aliases are simply not found
+    federating = config.federation_listener.enabled
+    if federating:
+        conversation.profiles.remote_lookup = remote_queries.profile
+    directory = DirectoryService(rooms, writer, config.server_name,
+                                 remote_queries.room_alias if federating else None)
     return Services(
         config=config,
         db=db,
@@ -160,6 +194,11 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         token_admin=RegistrationTokenService(RegistrationTokenStore(db)),
         jobs=jobs,
         room_admin=room_admin,
+        local_keys=local_keys,
+        key_store=key_store,
+        federation_client=federation_client,
+        remote_queries=remote_queries,
+        directory=directory,
     )
 
 
@@ -173,8 +212,7 @@ def build_client_app(config: Config, services: Services, metrics: Metrics | None
     HealthRoutes(HealthService(services.db)).register_routes(app.router)
     if metrics is not None and not config.metrics.separate_listener:
         app.router.add_get(config.metrics.path, metrics.scrape)
-    fed_port = config.federation_listener.port if config.federation_listener.enabled else None
-    discovery = DiscoveryRoutes(config.server_name, config.client_base_url, fed_port)
+    discovery = DiscoveryRoutes(config.server_name, config.client_base_url, delegated_server_name(config))
     discovery.register_routes(app.router)
     AccountRoutes(
         services.accounts,
@@ -194,7 +232,7 @@ def build_client_app(config: Config, services: Services, metrics: Metrics | None
     ).register_routes(app.router)
     DirectoryRoutes(
         services.auth,
-        DirectoryService(services.rooms, services.writer, config.server_name),
+        services.directory,
         RelationsService(services.events, services.history),
         UpgradeService(services.room_service, services.rooms),
     ).register_routes(app.router)
@@ -213,6 +251,25 @@ def build_client_app(config: Config, services: Services, metrics: Metrics | None
     return app
 
 
+def build_federation_app(config: Config, services: Services, metrics: Metrics | None = None) -> web.Application:
+    """The federation listener: key routes, server-server routes, and the
+    .well-known delegation; anything else answers 404 M_UNRECOGNIZED."""
+    observe = metrics.observe if metrics is not None else None
+    app = web.Application(
+        middlewares=[make_matrix_middleware(config.slow_request_ms, observe)],
+        client_max_size=config.limits.max_request_body_bytes,
+        handler_args=HTTP_HANDLER_ARGS,
+    )
+    KeyRoutes(services.local_keys, services.key_store).register_routes(app.router)
+    auth = FederationAuth(services.key_store, config.server_name)
+    FederationRoutes(auth, services.conversation.profiles, services.rooms, config.server_name).register_routes(
+        app.router
+    )
+    discovery = DiscoveryRoutes(config.server_name, config.client_base_url, delegated_server_name(config))
+    app.router.add_get("/.well-known/matrix/server", discovery.well_known_server)
+    return app
+
+
 class HomeServer:
     """One running instance: database, services and listeners."""
 
@@ -225,7 +282,9 @@ class HomeServer:
         self.client_port: int | None = None
         self.database_description = ""
         self.metrics_port: int | None = None
+        self.federation_port: int | None = None
         self._client_sockets: list[socket.socket] = []
+        self._federation_sockets: list[socket.socket] = []
         self._metrics_sockets: list[socket.socket] = []
 
     async def open_database(self) -> Database:
@@ -255,6 +314,12 @@ class HomeServer:
         await run_migrations(db)
         ensure_signing_key(self.config.signing_key_file)
         signing_key = load_signing_key(self.config.signing_key_file)
+        if pending_key_path(self.config.signing_key_file).exists():  # a rotation that stopped half-way
+            _, recorded = await ServerIdentityStore(db).record_or_get(
+                self.config.server_name, f"{signing_key.alg}:{signing_key.version}", 0
+            )
+            finish_pending_rotation(self.config.signing_key_file, recorded)
+            signing_key = load_signing_key(self.config.signing_key_file)
         await check_server_identity(
             ServerIdentityStore(db), self.config.server_name, f"{signing_key.alg}:{signing_key.version}"
         )
@@ -265,7 +330,10 @@ class HomeServer:
         # first: a busy port must fail before anything is created
         self._client_sockets = bind_listener(listener.host, listener.port, "client_listener")
         m = self.config.metrics
+        fed = self.config.federation_listener
         try:
+            if fed.enabled:
+                self._federation_sockets = bind_listener(fed.host, fed.port, "federation_listener")
             if m.enabled and m.separate_listener:
                 self._metrics_sockets = bind_listener(m.host, m.port, "metrics")
             await self._start()
@@ -282,32 +350,42 @@ class HomeServer:
         await self.services.conversation.start()
         # takes up admin jobs, also those an instance that died left unfinished
         await self.services.jobs.start()
+        self.services.local_keys.old_keys = await ServerKeyStore(db).old_local_keys()
         s = self.services
         metrics = Metrics(db, s.notifier, s.writer, s.passwords) if self.config.metrics.enabled else None
         app = build_client_app(self.config, s, metrics)
         self.client_port = await self._serve_app(app, self._client_sockets)
+        if self._federation_sockets:
+            ssl_context = federation_ssl_context(self.config)
+            self.federation_port = await self._serve_app(
+                build_federation_app(self.config, s, metrics), self._federation_sockets, ssl_context
+            )
         if metrics is not None and self._metrics_sockets:
             metrics_app = web.Application()
             metrics_app.router.add_get(self.config.metrics.path, metrics.scrape)
             self.metrics_port = await self._serve_app(metrics_app, self._metrics_sockets)
 
-    async def _serve_app(self, app: web.Application, sockets: list[socket.socket]) -> int:
+    async def _serve_app(
+        self, app: web.Application, sockets: list[socket.socket], ssl_context: ssl.SSLContext | None = None
+    ) -> int:
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await runner.setup()
         self.runners.append(runner)
         for sock in sockets:
-            await web.SockSite(runner, sock).start()
+            await web.SockSite(runner, sock, ssl_context=ssl_context).start()
         return int(sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()
-        for sock in self._client_sockets + self._metrics_sockets:
+        for sock in self._client_sockets + self._metrics_sockets + self._federation_sockets:
             sock.close()
         self._client_sockets = []
         self._metrics_sockets = []
+        self._federation_sockets = []
         if self.services is not None:
+            await self.services.federation_client.close()
             await self.services.jobs.stop()
             await self.services.conversation.stop()
             await self.services.notifier.stop()

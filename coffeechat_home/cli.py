@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arg(p)
     p.add_argument("--before", required=True, help="ISO date/time (UTC unless it says) or ms since the epoch")
 
+    p = sub.add_parser(
+        "rotate-signing-key", help="replace the signing key (the old one stays published as old)",
+        description="Generate a new signing key; the current one is kept in the database and published as an "
+        "old verify key, expired now. Restart every instance afterwards.",
+    )
+    _add_config_arg(p)
+
     add_admin_parsers(sub, _add_config_arg)
     return parser
 
@@ -160,6 +167,8 @@ async def _serve(config: Config) -> int:
         f"http://{config.client_listener.host}:{server.client_port}/ (client API); "
         f"database: {server.database_description}; "
         f"registration: {config.registration.mode}"
+        + (f"; federation on https://{config.federation_listener.host}:{server.federation_port}/"
+           if server.federation_port is not None else "; federation off")
         + _metrics_note(config, server.client_port, server.metrics_port),
         flush=True,
     )
@@ -213,6 +222,22 @@ async def _register_user(config: Config, username: str, password: str, admin: bo
             await services.liveness.stop()
             services.passwords.close()
         print(f"created {result}{' (admin)' if admin else ''}")
+    finally:
+        await server.stop()
+    return 0
+
+
+async def _rotate_signing_key(config: Config) -> int:
+    from .app import HomeServer
+    from .keyfile import rotate_signing_key
+    from .storage.server_keys import ServerKeyStore
+
+    server = HomeServer(config)
+    try:
+        db, _ = await server.prepare()
+        old, new = await rotate_signing_key(config.signing_key_file, ServerKeyStore(db))
+        print(f"signing key is now {new}; {old} is published as an old key (expired now). "
+              "Restart every instance to sign with the new key.")
     finally:
         await server.stop()
     return 0
@@ -287,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise ConfigError("no password given: use --password or $COFFEECHAT_NEW_PASSWORD")
                 password = getpass.getpass("Password: ")
             return asyncio.run(_register_user(config, args.username, password, args.admin))
+        if args.command == "rotate-signing-key":
+            return asyncio.run(_rotate_signing_key(config))
         if args.command.startswith("media-"):
             return asyncio.run(_media_admin(config, args))
         if args.command in ADMIN_COMMANDS:

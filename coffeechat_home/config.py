@@ -11,6 +11,7 @@ URL when ``database.url`` is not set.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -122,6 +123,26 @@ class MetricsConfig:
     port: int = 9092
 
 
+@dataclass
+class FederationConfig:
+    # Outbound federation refuses private, loopback, link-local and other
+    # non-public addresses unless listed here (CIDR ranges, e.g.
+    # "127.0.0.0/8" for servers on one machine in tests).
+    allow_private_addresses: list[str] = field(default_factory=list)
+    # Verify other servers' TLS certificates (false only for tests with
+    # self-signed certificates).
+    verify_peer_certificates: bool = True
+    # Notary servers asked for a server's keys when that server cannot be
+    # reached itself (server names); empty: keys only from the server.
+    trusted_key_servers: list[str] = field(default_factory=list)
+    # What /.well-known/matrix/server delegates to ("host:port"); empty:
+    # the server name's host and the federation listener's port.
+    well_known_server: str = ""
+    # One outbound request: total seconds, and the largest JSON answer read.
+    request_timeout_s: float = 30.0
+    max_response_bytes: int = 10 * 1024 * 1024
+
+
 # One default for every command (serve, register-user, migrate, init ...),
 # dev mode or not, so that they all find the same database and key.
 DEFAULT_DATA_DIR = "./coffeechat-data"
@@ -157,6 +178,7 @@ class Config:
     user_directory: UserDirectoryConfig = field(default_factory=UserDirectoryConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
     # Where the config came from, for messages.
     source: str = ""
 
@@ -382,6 +404,23 @@ def validate(config: Config) -> None:
     fed = config.federation_listener
     if fed.enabled and bool(fed.tls_certificate_path) != bool(fed.tls_private_key_path):
         raise ConfigError("federation_listener needs both tls_certificate_path and tls_private_key_path")
+    if fed.enabled and not fed.tls_certificate_path and not config.dev_mode:
+        raise ConfigError(
+            "federation_listener needs tls_certificate_path and tls_private_key_path (other servers speak "
+            "only HTTPS to it); with --dev a self-signed certificate is made in data_dir"
+        )
+    for cidr in config.federation.allow_private_addresses:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"federation.allow_private_addresses: {cidr!r} is not a CIDR range") from None
+    for name in config.federation.trusted_key_servers:
+        try:
+            validate_server_name(name)
+        except InvalidIdentifier:
+            raise ConfigError(f"federation.trusted_key_servers: {name!r} is not a server name") from None
+    if config.federation.request_timeout_s <= 0 or config.federation.max_response_bytes < 1024:
+        raise ConfigError("federation.request_timeout_s must be positive and max_response_bytes at least 1024")
     if config.database.url and not config.database.url.startswith(("postgres://", "postgresql://")):
         raise ConfigError("database.url must be a postgresql:// URL")
     if config.limits.max_request_body_bytes < 1024:
@@ -481,8 +520,24 @@ port = 8008
 enabled = false
 host = "127.0.0.1"
 port = 8448
+# Required when enabled (other servers speak only HTTPS); with --dev and
+# none set, a self-signed certificate is made in data_dir once.
 # tls_certificate_path = "/path/to/fullchain.pem"
 # tls_private_key_path = "/path/to/privkey.pem"
+
+[federation]
+# Outbound federation never connects to private, loopback or link-local
+# addresses unless their range is listed (tests on one machine: "127.0.0.0/8").
+allow_private_addresses = []
+# Verify other servers' TLS certificates (false only for tests).
+verify_peer_certificates = true
+# Servers asked for another server's keys when it cannot be reached itself.
+trusted_key_servers = []
+# What /.well-known/matrix/server names ("host:port"); empty: the server
+# name's host with the federation listener's port.
+well_known_server = ""
+request_timeout_s = 30.0
+max_response_bytes = 10485760
 
 [registration]
 # "open", "token" (one of `tokens`, or one made with the admin API) or "closed".

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import orjson
 
@@ -21,11 +21,18 @@ SUMMARY_TYPES = (
 MAX_PUBLIC_ROOMS_PAGE = 500
 
 
+# Asks another server what room an alias of its names: (alias, server) ->
+# {"room_id", "servers"} (raises MatrixError on failure).
+RemoteAliasLookup = Callable[[str, str], Awaitable[dict[str, Any]]]
+
+
 class DirectoryService:
-    def __init__(self, store: RoomStore, writer: RoomWriter, server_name: str) -> None:
+    def __init__(self, store: RoomStore, writer: RoomWriter, server_name: str,
+                 remote_alias_lookup: RemoteAliasLookup | None = None) -> None:
         self.store = store
         self.writer = writer
         self.server_name = server_name
+        self.remote_alias_lookup = remote_alias_lookup
 
     def _local_alias(self, alias: str) -> str:
         try:
@@ -48,9 +55,11 @@ class DirectoryService:
 
     async def resolve_alias(self, alias: str) -> dict[str, Any]:
         try:
-            parse_room_alias(alias)
+            server = parse_room_alias(alias).server_name
         except InvalidIdentifier as e:
             raise MatrixError(400, "M_INVALID_PARAM", str(e)) from None
+        if server != self.server_name and self.remote_alias_lookup is not None:
+            return await self.remote_alias_lookup(alias, server)
         room_id = await self.store.alias_room(alias)
         if room_id is None:
             raise not_found(f"Room alias {alias} not found")

@@ -11,6 +11,7 @@ from typing import Any, Awaitable, Callable
 import orjson
 
 from ..errors import MatrixError, bad_json, invalid_param, not_found
+from ..protocol.identifiers import InvalidIdentifier, parse_user_id
 from ..storage.profiles import NoSuchUser, ProfileStore
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,26 @@ def check_value(key: str, value: Any) -> None:
         raise bad_json("m.tz must be a string")
 
 
+# Asks another server for a user's profile: (user_id, server, field or
+# None) -> the profile (raises MatrixError on failure); set when federation
+# is wired (services/remote_queries.py).
+RemoteProfileLookup = Callable[[str, str, str | None], Awaitable[dict[str, Any]]]
+
+
 class ProfileService:
     def __init__(self, store: ProfileStore, server_name: str) -> None:
         self.store = store
         self.server_name = server_name
         self.on_profile_change: list[ProfileChangeHook] = []
+        self.remote_lookup: RemoteProfileLookup | None = None
+
+    def _remote_server(self, user_id: str) -> str | None:
+        """The server of a valid user id that is not ours, else None."""
+        try:
+            server = parse_user_id(user_id).server_name
+        except InvalidIdentifier:
+            return None
+        return None if server == self.server_name else server
 
     async def get_profile(self, user_id: str) -> dict[str, Any] | None:
         """The full profile of a local user (``displayname`` and
@@ -67,6 +83,11 @@ class ProfileService:
         return profile.get("displayname"), profile.get("avatar_url")
 
     async def require_profile(self, user_id: str) -> dict[str, Any]:
+        """The profile a client reads: local users' from the database,
+        other servers' users' asked of their server."""
+        remote = self._remote_server(user_id)
+        if remote is not None and self.remote_lookup is not None:
+            return await self.remote_lookup(user_id, remote, None)
         profile = await self.get_profile(user_id)
         if profile is None:
             raise not_found("Profile not found")
@@ -74,7 +95,11 @@ class ProfileService:
 
     async def get_field(self, user_id: str, key: str) -> Any:
         check_key(key)
-        profile = await self.require_profile(user_id)
+        remote = self._remote_server(user_id)
+        if remote is not None and self.remote_lookup is not None:
+            profile = await self.remote_lookup(user_id, remote, key if key in MEMBER_FIELDS else None)
+        else:
+            profile = await self.require_profile(user_id)
         if key not in profile:
             raise not_found(f"The user has no {key}")
         return profile[key]

@@ -16,12 +16,13 @@ SUPPORTED_VERSIONS = ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", 
 
 
 class DiscoveryRoutes:
-    def __init__(self, server_name: str, client_base_url: str, federation_port: int | None) -> None:
+    def __init__(self, server_name: str, client_base_url: str, delegated_server: str | None) -> None:
         self.server_name = server_name
         self.client_base_url = client_base_url
-        # The configured federation listener port. No listener serves the
-        # server-server API yet, so nothing is advertised from it.
-        self.federation_port = federation_port
+        # What /.well-known/matrix/server names (federation.well_known_server,
+        # or the server name's host with the federation listener's port);
+        # None while federation is off.
+        self.delegated_server = delegated_server
 
     @property
     def client_well_known(self) -> dict[str, Any]:
@@ -47,9 +48,10 @@ class DiscoveryRoutes:
         return json_response(well_known)
 
     async def well_known_server(self, request: web.Request) -> web.StreamResponse:
-        """No delegation to advertise: this server does not serve the
-        server-server API yet. A 404 makes other servers' discovery fall back
-        to the server name itself (spec, server discovery step 3), rather than
-        sending them to a port where nothing answers. Once federation is
-        served, answer ``{"m.server": "<host>:<federation port>"}`` here."""
-        raise not_found("This server does not serve federation yet: no delegation")
+        """Where other servers reach our federation listener. With federation
+        off, a 404: other servers' discovery then falls back to the server
+        name itself (spec, server discovery) rather than being sent to a port
+        where nothing answers."""
+        if self.delegated_server is None:
+            raise not_found("This server does not federate: no delegation")
+        return json_response({"m.server": self.delegated_server})

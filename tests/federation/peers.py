@@ -1,0 +1,109 @@
+"""coffeechat-home servers that federate on loopback, as real processes:
+server name ``localhost:<federation port>``, TLS with a self-signed
+certificate, loopback allowed for outbound federation, peer certificates
+not verified (self-signed)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+from yarl import URL
+
+from coffeechat_home.keyfile import load_signing_key
+from coffeechat_home.protocol.request_auth import sign_request
+from coffeechat_home.protocol.signing import SigningKey
+
+from ..integration.processes import CMD, ServerProcess, server_env
+from .certs import make_certificate
+
+LOOPBACK = "127.0.0.0/8,::1/128"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class FederatingServer:
+    """One coffeechat-home process with its federation listener on."""
+
+    def __init__(self, database_url: str, workdir: Path, **extra_env: str) -> None:
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.fed_port = free_port()
+        self.server_name = f"localhost:{self.fed_port}"
+        self.database_url = database_url
+        cert, key = make_certificate(workdir)
+        env = {
+            "COFFEECHAT_SERVER_NAME": self.server_name,
+            "COFFEECHAT_FEDERATION_LISTENER_ENABLED": "true",
+            "COFFEECHAT_FEDERATION_LISTENER_PORT": str(self.fed_port),
+            "COFFEECHAT_FEDERATION_LISTENER_TLS_CERTIFICATE_PATH": str(cert),
+            "COFFEECHAT_FEDERATION_LISTENER_TLS_PRIVATE_KEY_PATH": str(key),
+            "COFFEECHAT_FEDERATION_ALLOW_PRIVATE_ADDRESSES": LOOPBACK,
+            "COFFEECHAT_FEDERATION_VERIFY_PEER_CERTIFICATES": "false",
+            "COFFEECHAT_FEDERATION_REQUEST_TIMEOUT_S": "20",
+            **extra_env,
+        }
+        self.env = server_env(database_url, self.data_dir, **env)
+        self.process = ServerProcess(self.env, workdir)
+
+    @property
+    def client_url(self) -> str:
+        return self.process.url
+
+    @property
+    def fed_url(self) -> str:
+        return f"https://127.0.0.1:{self.fed_port}"
+
+    def signing_key(self) -> SigningKey:
+        return load_signing_key(self.data_dir / "signing.key")
+
+    async def start(self) -> "FederatingServer":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        await self.process.start()
+        return self
+
+    async def stop(self) -> None:
+        await self.process.stop()
+
+    async def run_command(self, *args: str) -> tuple[int, str]:
+        import asyncio
+
+        proc = await asyncio.create_subprocess_exec(
+            *CMD, *args, env=self.env, cwd=self.workdir,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        return int(proc.returncode or 0), out.decode(errors="replace")
+
+    async def db_fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+
+
+async def signed_federation_get(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    path: str,
+    *,
+    origin: str,
+    destination: str,
+    key: SigningKey,
+    authorization: str | None = None,
+) -> tuple[int, Any]:
+    """GET a federation path with an X-Matrix header signed by ``key`` for
+    ``origin`` (or the ``authorization`` given, as it is)."""
+    header = authorization if authorization is not None else sign_request("GET", path, origin, destination, key)
+    headers = {"Authorization": header} if header else {}
+    async with http.get(URL(base_url + path, encoded=True), headers=headers, ssl=False,
+                        timeout=aiohttp.ClientTimeout(total=60)) as r:
+        return r.status, await r.json(content_type=None)

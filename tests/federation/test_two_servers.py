@@ -100,6 +100,10 @@ async def test_signed_requests_verified_and_keys_cached(
     assert (status, body["errcode"]) == (404, "M_UNRECOGNIZED")
     async with http.get(a.fed_url + "/_matrix/federation/v1/version", ssl=False) as r:
         assert r.status == 200 and (await r.json())["server"]["name"] == "coffeechat-home"
+    # delegation served (federation on), on both listeners
+    for url in (a.client_url, a.fed_url):
+        async with http.get(url + "/.well-known/matrix/server", ssl=False) as r:
+            assert (r.status, await r.json()) == (200, {"m.server": f"localhost:{a.fed_port}"})
 
 
 async def test_profile_and_alias_across_servers(

@@ -206,3 +206,24 @@ def test_sslkey_without_sslcert_is_a_clear_error() -> None:
         asyncio.run(Database.connect("postgresql://u@127.0.0.1:1/db?sslkey=/k"))
     with pytest.raises(DatabaseError, match="No such file"):
         asyncio.run(Database.connect("postgresql://u@127.0.0.1:1/db?sslmode=require&sslcert=/nonexistent/c"))
+
+
+def test_federation_settings() -> None:
+    c = load_config(None, {})
+    assert (c.federation.allow_private_addresses, c.federation.verify_peer_certificates,
+            c.federation.trusted_key_servers) == ([], True, [])
+    c = load_config(None, {
+        "COFFEECHAT_DEV_MODE": "true",
+        "COFFEECHAT_FEDERATION_LISTENER_ENABLED": "true",
+        "COFFEECHAT_FEDERATION_ALLOW_PRIVATE_ADDRESSES": "127.0.0.0/8,::1/128",
+        "COFFEECHAT_FEDERATION_VERIFY_PEER_CERTIFICATES": "false",
+        "COFFEECHAT_FEDERATION_TRUSTED_KEY_SERVERS": "matrix.org",
+    })
+    assert c.federation.allow_private_addresses == ["127.0.0.0/8", "::1/128"]
+    assert not c.federation.verify_peer_certificates and c.federation.trusted_key_servers == ["matrix.org"]
+    with pytest.raises(ConfigError, match="tls_certificate_path"):  # outside dev mode TLS files are required
+        load_config(None, {"COFFEECHAT_FEDERATION_LISTENER_ENABLED": "true"})
+    with pytest.raises(ConfigError, match="CIDR"):
+        load_config(None, {"COFFEECHAT_FEDERATION_ALLOW_PRIVATE_ADDRESSES": "localhost"})
+    with pytest.raises(ConfigError, match="trusted_key_servers"):
+        load_config(None, {"COFFEECHAT_FEDERATION_TRUSTED_KEY_SERVERS": "not a name!"})

@@ -1,0 +1,180 @@
+"""Synapse as a federation peer on loopback, configured as
+../shared/peers/README.md says: its own TLS federation listener (self-signed
+certificate made here), loopback allowed (ip_range_whitelist), peer
+certificates not verified, keys fetched straight from peers
+(trusted_key_servers: []), a short federation backoff, cheap bcrypt,
+open registration and no rate limits. SQLite, in the test's folder.
+
+Synapse (pinned in bench/synapse_env.py) lives in its own virtualenv,
+installed on first use (``pip install --dry-run`` showed that installing it
+into our environment would upgrade packages we use, e.g. cryptography);
+the same venv the benchmarks use, under bench/.work/ or
+$COFFEECHAT_SYNAPSE_VENV. When it cannot be installed the tests skip and
+say why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import fcntl
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from ..federation.certs import make_certificate
+from ..federation.peers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+from synapse_env import SYNAPSE_VERSION, ensure_synapse  # noqa: E402
+
+VENV = Path(os.environ.get("COFFEECHAT_SYNAPSE_VENV", ROOT / "bench" / ".work" / "synapse-venv"))
+
+_installed: tuple[Path, str] | None = None
+_install_error: str | None = None
+
+
+def synapse_python() -> Path:
+    """The venv's python, installing Synapse once per run (under a file lock,
+    so two runs never install at once); skips the test when impossible."""
+    global _installed, _install_error
+    if _installed is not None:
+        return _installed[0]
+    if _install_error is not None:
+        pytest.skip(_install_error)
+    VENV.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(VENV.parent / "synapse-venv.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _installed = ensure_synapse(VENV, log=lambda m: print(m, file=sys.stderr))
+    except Exception as e:  # no registry, no wheel for this platform, ...
+        _install_error = f"Synapse {SYNAPSE_VERSION} could not be installed into {VENV}: {e}"
+        pytest.skip(_install_error)
+    return _installed[0]
+
+
+def _rc() -> dict[str, float]:
+    return {"per_second": 10000, "burst_count": 10000}
+
+
+class SynapsePeer:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.client_port = free_port()
+        self.fed_port = free_port()
+        self.server_name = f"localhost:{self.fed_port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def client_url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    def config(self) -> dict[str, object]:
+        hs = self.workdir
+        cert, key = make_certificate(hs, "synapse-tls")
+        rc = _rc()
+        return {
+            "server_name": self.server_name,
+            "pid_file": str(hs / "homeserver.pid"),
+            "public_baseurl": f"{self.client_url}/",
+            "listeners": [
+                {"port": self.client_port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": False,
+                 "x_forwarded": False, "resources": [{"names": ["client"], "compress": False}]},
+                {"port": self.fed_port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": True,
+                 "x_forwarded": False, "resources": [{"names": ["federation", "keys"], "compress": False}]},
+            ],
+            "tls_certificate_path": str(cert),
+            "tls_private_key_path": str(key),
+            "database": {"name": "sqlite3", "args": {"database": str(hs / "homeserver.db")}},
+            "log_config": str(hs / "log.yaml"),
+            "media_store_path": str(hs / "media"),
+            "signing_key_path": str(hs / "signing.key"),
+            "report_stats": False,
+            "enable_metrics": False,
+            "enable_registration": True,
+            "enable_registration_without_verification": True,
+            "bcrypt_rounds": 4,
+            "macaroon_secret_key": secrets.token_hex(32),
+            "registration_shared_secret": secrets.token_hex(32),
+            "form_secret": secrets.token_hex(32),
+            "ip_range_whitelist": ["127.0.0.0/8", "::1/128"],
+            "federation_verify_certificates": False,
+            "trusted_key_servers": [],
+            "suppress_key_server_warning": True,
+            "federation": {"destination_min_retry_interval": "2s", "destination_retry_multiplier": 2,
+                           "destination_max_retry_interval": "30s"},
+            "allow_public_rooms_over_federation": True,
+            "room_list_publication_rules": [{"action": "allow"}],
+            "url_preview_enabled": False,
+            "rc_message": rc,
+            "rc_registration": rc,
+            "rc_login": {"address": rc, "account": rc, "failed_attempts": rc},
+            "rc_joins": {"local": rc, "remote": rc},
+            "rc_invites": {"per_room": rc, "per_user": rc, "per_issuer": rc},
+            "rc_federation": {"window_size": 1000, "sleep_limit": 100000, "sleep_delay": 0,
+                              "reject_limit": 100000, "concurrent": 1000},
+        }
+
+    async def start(self, timeout_s: float = 120) -> "SynapsePeer":
+        python = synapse_python()
+        hs = self.workdir
+        (hs / "media").mkdir(parents=True, exist_ok=True)
+        # YAML is a superset of JSON
+        (hs / "homeserver.yaml").write_text(json.dumps(self.config(), indent=1))
+        (hs / "log.yaml").write_text(json.dumps({
+            "version": 1,
+            "formatters": {"precise": {"format": "%(asctime)s - %(name)s - %(levelname)s - %(message)s"}},
+            "handlers": {"file": {"class": "logging.FileHandler", "formatter": "precise",
+                                  "filename": str(hs / "homeserver.log")}},
+            "root": {"level": "INFO", "handlers": ["file"]},
+            "disable_existing_loggers": False,
+        }))
+        seed = base64.b64encode(os.urandom(32)).decode().rstrip("=")
+        (hs / "signing.key").write_text(f"ed25519 a_syn {seed}\n")
+        with open(hs / "stdout.log", "wb") as out:
+            self.proc = subprocess.Popen(
+                [str(python), "-m", "synapse.app.homeserver", "-c", str(hs / "homeserver.yaml")],
+                cwd=hs, stdout=out, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession() as http:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"Synapse exited ({self.proc.returncode}): {self.log_tail()}")
+                try:
+                    async with http.get(self.client_url + "/_matrix/client/versions",
+                                        timeout=aiohttp.ClientTimeout(total=5)) as r:
+                        if r.status == 200:
+                            return self
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Synapse did not answer within {timeout_s} s: {self.log_tail()}")
+                await asyncio.sleep(0.3)
+
+    def log_tail(self, n: int = 4000) -> str:
+        parts = []
+        for name in ("stdout.log", "homeserver.log"):
+            p = self.workdir / name
+            if p.exists():
+                parts.append(p.read_text(errors="replace")[-n:])
+        return "\n".join(parts)
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.proc.wait), 30)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            await asyncio.to_thread(self.proc.wait)

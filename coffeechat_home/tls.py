@@ -45,12 +45,12 @@ def dev_certificate(data_dir: Path, host: str) -> tuple[Path, Path]:
         .sign(key, hashes.SHA256())
     )
     data_dir.mkdir(parents=True, exist_ok=True)
-    tmp_key = key_path.with_suffix(f".{os.getpid()}.tmp")
+    tmp_key = key_path.with_name(f".{key_path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption()))
-    tmp_cert = cert_path.with_suffix(f".{os.getpid()}.tmp")
+    tmp_cert = cert_path.with_name(f".{cert_path.name}.{os.getpid()}.tmp")
     tmp_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     os.replace(tmp_key, key_path)
     os.replace(tmp_cert, cert_path)

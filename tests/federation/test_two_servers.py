@@ -218,3 +218,18 @@ async def test_key_server_notary_and_rotation(
     status, body = await signed_federation_get(http, a.fed_url, path, origin=b.server_name,
                                                destination=a.server_name, key=new_key)
     assert status == 200, body
+
+
+async def test_dev_mode_makes_a_self_signed_certificate(
+    pg: PostgresForTests, pg_template: str, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    server = FederatingServer(await new_database(pg, pg_template), tmp_path / "dev", COFFEECHAT_DEV_MODE="true")
+    for name in ("COFFEECHAT_FEDERATION_LISTENER_TLS_CERTIFICATE_PATH", "COFFEECHAT_FEDERATION_LISTENER_TLS_PRIVATE_KEY_PATH"):
+        del server.env[name]
+    try:
+        await server.start()
+        async with http.get(server.fed_url + "/_matrix/key/v2/server", ssl=False) as r:
+            assert r.status == 200 and (await r.json())["server_name"] == server.server_name
+        assert (server.data_dir / "federation-selfsigned.crt").exists()
+    finally:
+        await server.stop()

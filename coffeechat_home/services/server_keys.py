@@ -30,9 +30,11 @@ from ..protocol.signing import (
     get_verify_key,
     key_id_of,
     sign_json,
+    verify_event_signature,
     verify_json_signature,
     verify_key_base64,
 )
+from ..protocol.room_versions import RoomVersion
 from ..storage.server_keys import FetchedKey, OldKey, ServerKeyStore, StoredKey
 
 log = logging.getLogger(__name__)
@@ -41,9 +43,9 @@ log = logging.getLogger(__name__)
 LOCAL_KEY_VALIDITY_MS = 24 * 3600 * 1000
 # Room versions 5+ cap a remote key's usable validity at 7 days from fetch.
 MAX_REMOTE_VALIDITY_MS = 7 * 24 * 3600 * 1000
-# A server whose keys could not be had is not asked again for this long
-# (per key id asked for), so one bad signature does not mean one fetch each.
-FAILED_FETCH_RETRY_S = 5.0
+# A server's keys are fetched at most once in this time, however many
+# requests name a key id we do not know (forged ones included).
+REFETCH_AFTER_S = 5.0
 
 
 class KeyUnavailable(Exception):
@@ -154,7 +156,11 @@ class KeyStore:
         self.client = client
         self.trusted_key_servers = [s for s in trusted_key_servers if s != local.server_name]
         self._inflight: dict[str, asyncio.Future[None]] = {}
-        self._failed: dict[tuple[str, str], float] = {}
+        self._last_fetch: dict[str, float] = {}
+
+    def _may_fetch(self, server_name: str) -> bool:
+        last = self._last_fetch.get(server_name)
+        return last is None or time.monotonic() - last > REFETCH_AFTER_S or server_name in self._inflight
 
     async def verify_json_signature(self, obj: Mapping[str, Any], server_name: str, key_id: str,
                                     valid_at_ts: int) -> None:
@@ -162,6 +168,27 @@ class KeyStore:
         and that key was valid at ``valid_at_ts``."""
         key = await self.get_verify_key(server_name, key_id, valid_at_ts)
         verify_json_signature(obj, server_name, key, key_id)
+
+    async def verify_event_signature(self, pdu: Mapping[str, Any], server_name: str, room_version: RoomVersion,
+                                     valid_at_ts: int) -> None:
+        """Raise unless ``server_name`` signed the (redacted) PDU with one
+        of its ed25519 keys valid at ``valid_at_ts`` (room v5+: the event's
+        ``origin_server_ts``). ``SignatureError`` for a bad or missing
+        signature, ``KeyUnavailable`` when no key could be had."""
+        sigs = pdu.get("signatures")
+        by_server = sigs.get(server_name) if isinstance(sigs, Mapping) else None
+        if not isinstance(by_server, Mapping) or not by_server:
+            raise SignatureError(f"event not signed by {server_name}")
+        errors: list[str] = []
+        for key_id in sorted(k for k in by_server if isinstance(k, str) and k.startswith("ed25519:")):
+            try:
+                key = await self.get_verify_key(server_name, key_id, valid_at_ts)
+            except (KeyUnavailable, InvalidSigningKey) as e:
+                errors.append(str(e))
+                continue
+            verify_event_signature(pdu, server_name, key, room_version, key_id)
+            return
+        raise KeyUnavailable("; ".join(errors) or f"no ed25519 signature by {server_name}")
 
     async def get_verify_key(self, server_name: str, key_id: str, valid_at_ts: int) -> VerifyKey:
         if server_name == self.local.server_name:
@@ -171,14 +198,11 @@ class KeyStore:
             return decode_verify_key(key_id, cached.verify_key)
         if cached is not None and cached.expired_ts is not None:
             raise KeyUnavailable(f"key {key_id} of {server_name} expired at {_ts(cached.expired_ts)}")
-        failed_at = self._failed.get((server_name, key_id))
-        if failed_at is None or time.monotonic() - failed_at > FAILED_FETCH_RETRY_S:
+        if self._may_fetch(server_name):
             await self._fetch_once(server_name, key_id, valid_at_ts)
             cached = await self.store.get_key(server_name, key_id)
         if cached is not None and _usable(cached, valid_at_ts):
-            self._failed.pop((server_name, key_id), None)
             return decode_verify_key(key_id, cached.verify_key)
-        self._failed[(server_name, key_id)] = time.monotonic()
         if cached is None:
             raise KeyUnavailable(f"no key {key_id} of {server_name} could be found")
         raise KeyUnavailable(f"key {key_id} of {server_name} is valid only until {_ts(cached.valid_until_ts)}")
@@ -194,6 +218,7 @@ class KeyStore:
         try:
             await self._fetch(server_name, key_id, valid_at_ts)
         finally:
+            self._last_fetch[server_name] = time.monotonic()
             fut.set_result(None)
             del self._inflight[server_name]
 
@@ -273,7 +298,9 @@ class KeyStore:
                 continue
             held = await self.store.get_server_keys(server_name)
             wanted = set(key_criteria) if key_criteria else None
-            if not any(_usable(k, min_valid) for k in held if wanted is None or k.key_id in wanted):
+            if not any(_usable(k, min_valid) for k in held if wanted is None or k.key_id in wanted) \
+                    and self._may_fetch(server_name):
+                self._last_fetch[server_name] = time.monotonic()
                 try:
                     await self.fetch_direct(server_name)
                     held = await self.store.get_server_keys(server_name)

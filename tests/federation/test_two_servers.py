@@ -16,7 +16,11 @@ import pytest
 
 from coffeechat_home.federation.client import FederationClient
 from coffeechat_home.protocol.request_auth import format_header, parse_header, sign_request
-from coffeechat_home.protocol.signing import decode_verify_key, generate_signing_key, verify_json_signature
+from coffeechat_home.protocol.errors import SignatureError
+from coffeechat_home.protocol.room_versions import get_room_version
+from coffeechat_home.protocol.signing import (
+    decode_verify_key, generate_signing_key, hash_and_sign_event, verify_json_signature,
+)
 from coffeechat_home.services.server_keys import KeyStore, KeyUnavailable, LocalKeys
 from coffeechat_home.storage.database import Database
 from coffeechat_home.storage.server_keys import ServerKeyStore
@@ -179,7 +183,8 @@ async def test_key_server_notary_and_rotation(
     before = {"what": "signed before rotation"}
     from coffeechat_home.protocol.signing import sign_json
 
-    signed_before = sign_json(before, b.server_name, b.signing_key())
+    old_key = b.signing_key()
+    signed_before = sign_json(before, b.server_name, old_key)
     t_before = int(time.time() * 1000)
 
     await b.stop()
@@ -208,6 +213,19 @@ async def test_key_server_notary_and_rotation(
             await store.verify_json_signature(signed_before, b.server_name, b_key_id, expired_ts + 1)
         signed_after = sign_json({"what": "after"}, b.server_name, new_key)
         await store.verify_json_signature(signed_after, b.server_name, new_key_id, int(time.time() * 1000))
+        # events: signed by the old key before the rotation, checked at their origin_server_ts
+        rv = get_room_version("11")
+        pdu = hash_and_sign_event({
+            "type": "m.room.message", "room_id": "!r:" + b.server_name, "sender": "@u:" + b.server_name,
+            "content": {"body": "hi"}, "origin_server_ts": t_before, "depth": 3, "prev_events": [],
+            "auth_events": [],
+        }, b.server_name, old_key, rv)
+        await store.verify_event_signature(pdu, b.server_name, rv, t_before)
+        with pytest.raises(KeyUnavailable):
+            await store.verify_event_signature(pdu, b.server_name, rv, expired_ts + 1)
+        tampered = dict(pdu, content={"body": "changed"}, origin_server_ts=t_before + 1)
+        with pytest.raises(SignatureError):
+            await store.verify_event_signature(tampered, b.server_name, rv, t_before)
     finally:
         await client.close()
         await db.close()

@@ -34,6 +34,7 @@ from ..protocol.signing import (
     verify_json_signature,
     verify_key_base64,
 )
+from ..protocol.pdu import KeyLookup, signing_requirements
 from ..protocol.room_versions import RoomVersion
 from ..storage.server_keys import FetchedKey, OldKey, ServerKeyStore, StoredKey
 
@@ -189,6 +190,21 @@ class KeyStore:
             verify_event_signature(pdu, server_name, key, room_version, key_id)
             return
         raise KeyUnavailable("; ".join(errors) or f"no ed25519 signature by {server_name}")
+
+    async def key_lookup_for_pdu(self, pdu: Mapping[str, Any], room_version: RoomVersion) -> KeyLookup:
+        """The keys ``protocol.pdu.check_received_pdu`` needs for ``pdu``
+        (those its required signatures name, valid at its
+        ``origin_server_ts``), fetched now, as its ``verify_keys`` lookup."""
+        ts = pdu.get("origin_server_ts")
+        valid_at = ts if isinstance(ts, int) and not isinstance(ts, bool) else now_ms()
+        found: dict[tuple[str, str], VerifyKey] = {}
+        for server, key_ids in signing_requirements(pdu, room_version).items():
+            for key_id in key_ids:
+                try:
+                    found[(server, key_id)] = await self.get_verify_key(server, key_id, valid_at)
+                except (KeyUnavailable, InvalidSigningKey) as e:
+                    log.info("PDU key %s of %s: %s", key_id, server, e)
+        return lambda server, key_id: found.get((server, key_id))
 
     async def get_verify_key(self, server_name: str, key_id: str, valid_at_ts: int) -> VerifyKey:
         if server_name == self.local.server_name:

@@ -17,6 +17,7 @@ import pytest
 from coffeechat_home.federation.client import FederationClient
 from coffeechat_home.protocol.request_auth import format_header, parse_header, sign_request
 from coffeechat_home.protocol.errors import SignatureError
+from coffeechat_home.protocol.pdu import check_received_pdu
 from coffeechat_home.protocol.room_versions import get_room_version
 from coffeechat_home.protocol.signing import (
     decode_verify_key, generate_signing_key, hash_and_sign_event, verify_json_signature,
@@ -223,6 +224,8 @@ async def test_key_server_notary_and_rotation(
         await store.verify_event_signature(pdu, b.server_name, rv, t_before)
         with pytest.raises(KeyUnavailable):
             await store.verify_event_signature(pdu, b.server_name, rv, expired_ts + 1)
+        received = check_received_pdu(pdu, rv, await store.key_lookup_for_pdu(pdu, rv))
+        assert not received.redacted
         tampered = dict(pdu, content={"body": "changed"}, origin_server_ts=t_before + 1)
         with pytest.raises(SignatureError):
             await store.verify_event_signature(tampered, b.server_name, rv, t_before)

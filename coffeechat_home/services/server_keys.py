@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -344,6 +343,3 @@ def _min_valid(criteria: Mapping[str, Any]) -> int:
             best = max(best, v)
     return best
 
-
-def quote_path(part: str) -> str:
-    return urllib.parse.quote(part, safe="")

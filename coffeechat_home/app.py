@@ -26,6 +26,7 @@ from .storage.stream import StreamStore
 from .services.notifier import Notifier
 from .services.history import HistoryService
 from .services.membership import MembershipService
+from .services.persister import Persister
 from .services.room_writer import RoomWriter
 from .services.rooms import RoomService
 from .storage.events import EventStore
@@ -96,6 +97,7 @@ class Services:
     auth: TokenAuth
     rooms: RoomStore
     events: EventStore
+    persister: Persister
     writer: RoomWriter
     room_service: RoomService
     membership: MembershipService
@@ -139,7 +141,8 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     # conversation features
     conversation = build_conversation(config, db, stream, notifier, rooms)
     events = EventStore(db)
-    writer = RoomWriter(stream, events, notifier, config.server_name, signing_key)
+    persister = Persister(stream, events, notifier)
+    writer = RoomWriter(persister, config.server_name, signing_key)
     room_service = RoomService(writer, events, rooms, config.server_name, conversation.profiles.member_fields)
     membership = MembershipService(room_service, rooms, accounts.store, config.server_name)
     accounts.deactivation_hooks.append(membership.leave_all)
@@ -180,6 +183,7 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         auth=TokenAuth(accounts),
         rooms=rooms,
         events=events,
+        persister=persister,
         writer=writer,
         room_service=room_service,
         membership=membership,

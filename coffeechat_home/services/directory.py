@@ -145,20 +145,8 @@ class DirectoryService:
         return out
 
     async def _public_room_chunks(self) -> list[dict[str, Any]]:
-        db = self.store.db
-        rows = await db.fetch(
-            """SELECT c.room_id, c.type, e.client FROM rooms r
-               JOIN current_state c ON c.room_id = r.room_id AND c.state_key = '' AND c.type = ANY($1::TEXT[])
-               JOIN events e ON e.event_id = c.event_id
-               WHERE r.is_public""",
-            list(SUMMARY_TYPES),
-        )
-        counts = await db.fetch(
-            """SELECT r.room_id, count(c.state_key) AS n FROM rooms r
-               LEFT JOIN current_state c ON c.room_id = r.room_id AND c.type = 'm.room.member'
-                    AND c.membership = 'join'
-               WHERE r.is_public GROUP BY r.room_id"""
-        )
+        rows = await self.store.public_room_state(SUMMARY_TYPES)
+        counts = await self.store.public_room_member_counts()
         chunks: dict[str, dict[str, Any]] = {
             r["room_id"]: {"room_id": r["room_id"], "num_joined_members": r["n"], "world_readable": False,
                            "guest_can_join": False}

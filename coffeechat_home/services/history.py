@@ -9,7 +9,7 @@ from typing import Any, Iterable, Mapping
 import orjson
 
 from ..errors import MatrixError, forbidden, invalid_param, not_found
-from ..storage.events import EventRow, EventStore
+from ..storage.events import EventRow, EventStore, HistoryKey
 from ..storage.rooms import RoomStore
 from ..storage.stream import StreamStore
 from .accounts import Requester
@@ -34,6 +34,29 @@ def parse_token(token: str | None, name: str = "from") -> int | None:
 
 def make_token(pos: int) -> str:
     return f"s{max(pos, 0)}"
+
+
+def parse_history_token(token: str | None, name: str = "from") -> HistoryKey | None:
+    """/messages tokens: ``t<depth>-<stream>`` (a point in DAG order, what
+    /messages hands out) or a stream token ``s<stream>`` (from /sync,
+    /context, older /messages answers)."""
+    if token is None or token == "":
+        return None
+    if not token.startswith("t"):
+        pos = parse_token(token, name)
+        return None if pos is None else (None, pos)
+    try:
+        depth_text, pos_text = token[1:].split("-")
+        depth, pos = int(depth_text), int(pos_text)
+    except ValueError:
+        raise invalid_param(f"Invalid {name} token") from None
+    if not (0 <= depth <= MAX_STREAM_POS and 0 <= pos <= MAX_STREAM_POS):
+        raise invalid_param(f"Invalid {name} token")
+    return depth, pos
+
+
+def make_history_token(row: EventRow) -> str:
+    return f"t{row.depth or 0}-{row.stream_pos or 0}"
 
 
 def serve_event(row: EventRow, requester: Requester | None) -> Any:
@@ -238,33 +261,24 @@ class HistoryService:
         room_filter: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
         window = await self.window(requester.user_id, room_id)
-        start = parse_token(from_token, "from")
-        to = parse_token(to_token, "to")
+        start = parse_history_token(from_token, "from")
+        to = parse_history_token(to_token, "to")
         f = room_filter or {}
-        upto: int | None
-        after: int | None
-        if backwards:
-            upto = start if start is not None else await self.stream.current_position()
-            after = to
-        else:
-            after = start if start is not None else 0
-            upto = to
+        if start is None:
+            start = (None, await self.stream.current_position()) if backwards else (None, 0)
         rows: list[EventRow] = []
-        if limit > 0 and (after is None or upto is None or upto > after):
-            rows = await self.visible_timeline(
-                room_id, window, after=after, upto=upto, limit=limit, backwards=backwards,
+        if limit > 0:
+            rows = await self.events.history(
+                room_id, from_key=start, to_key=to, backwards=backwards, limit=limit, visible=window.ranges,
                 types=f.get("types"), not_types=f.get("not_types"),
                 senders=f.get("senders"), not_senders=f.get("not_senders"),
             )
-        if start is None:
-            start = upto if backwards else (after or 0)
         body: dict[str, Any] = {
             "chunk": [serve_event(r, requester) for r in rows],
-            "start": make_token(start if start is not None else 0),
+            "start": from_token if from_token else make_token(start[1]),
         }
         if len(rows) == limit and rows:
-            last = rows[-1].stream_pos or 0
-            body["end"] = make_token(last - 1 if backwards else last)
+            body["end"] = make_history_token(rows[-1])
         if f.get("lazy_load_members") and rows:
             body["state"] = await self.member_events_for(room_id, {r.sender for r in rows}, requester)
         return body

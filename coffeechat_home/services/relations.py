@@ -63,23 +63,11 @@ class RelationsService:
         summary in unsigned["m.relations"]["m.thread"]."""
         window = await self.history.window(requester.user_id, room_id)
         before = parse_token(from_token, "from")
-        rows = await self.events.db.fetch(
-            """SELECT relates_to AS root, max(stream_pos) AS latest_pos, count(*) AS n,
-                      bool_or(sender = $2) AS mine
-               FROM events WHERE room_id = $1 AND rel_type = 'm.thread' AND stream_pos IS NOT NULL
-               GROUP BY relates_to
-               HAVING ($3::BIGINT IS NULL OR max(stream_pos) <= $3)
-               ORDER BY latest_pos DESC LIMIT $4""",
-            room_id, requester.user_id, before, limit + 1,
-        )
+        rows = await self.events.thread_roots(room_id, requester.user_id, before=before, limit=limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         roots = await self.events.get_rows(r["root"] for r in rows)
-        latest = {r["latest_pos"] for r in rows}
-        latest_rows = await self.events.db.fetch(
-            "SELECT event_id, stream_pos FROM events WHERE stream_pos = ANY($1::BIGINT[])", list(latest)
-        )
-        latest_ids = {r["stream_pos"]: r["event_id"] for r in latest_rows}
+        latest_ids = await self.events.event_ids_at({r["latest_pos"] for r in rows})
         latest_events = await self.events.get_rows(latest_ids.values())
         chunk = []
         for r in rows:

@@ -9,34 +9,33 @@ instance makes us reload and rebuild instead of forking (DESIGN.md 2, 4).
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 
-import orjson
-
 from ..errors import MatrixError, forbidden
 from ..protocol.auth import AuthError, check_auth_rules
 from ..protocol.builder import build_event
-from ..protocol.canonical import encode_canonical_json_trusted
-from ..protocol.client_events import client_event, redacted_forms
+from ..protocol.client_events import client_event
 from ..protocol.errors import ProtocolError
 from ..protocol.events import Event, StateKey, auth_types_for_event
 from ..protocol.room_versions import RoomIdFormat, RoomVersion, get_room_version
 from ..protocol.signing import SigningKey
-from ..storage.events import (
-    SNAPSHOT_EVERY,
-    EventStore,
-    NewStateGroup,
-    PersistItem,
-    StaleRoomState,
-    persist_events,
-)
+from ..storage.events import EventStore, StaleRoomState
 from ..storage.stream import StreamStore
-from .notifier import Notifier
+from .persister import (
+    EventContext,
+    NewEvent,
+    NewRoom,
+    Persister,
+    PersistResult,
+    RoomBase,
+    RoomIdCollision,
+)
+
+__all__ = ["NewRoom", "RoomHead", "RoomIdCollision", "RoomWriter", "SendResult"]
 
 MAX_PREV_EVENTS = 10
 
@@ -55,14 +54,11 @@ class RoomHead:
     state: dict[StateKey, Event]
     state_group: int
     chain_length: int
+    state_ids: dict[StateKey, str] = field(default_factory=dict)
 
-
-@dataclass
-class NewRoom:
-    """Given for the first batch of a room: its row in `rooms`."""
-
-    creator: str
-    is_public: bool
+    def __post_init__(self) -> None:
+        if not self.state_ids and self.state:
+            self.state_ids = {k: e.event_id for k, e in self.state.items()}
 
 
 @dataclass
@@ -71,49 +67,44 @@ class SendResult:
     positions: list[int]
 
 
-class RoomIdCollision(Exception):
-    pass
-
-
 @dataclass
 class _Built:
     event: Event
     client: dict[str, Any]
+    state_before: dict[StateKey, str]
     redaction_target: str | None = None
-    relation: tuple[str, str, str | None] | None = None
-    state_change: tuple[StateKey, Event] | None = None
-
-
-@dataclass
-class _Lock:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0
 
 
 class RoomWriter:
+    """The local sender: builds events on the room's head, signs and
+    auth-checks them (AuthError -> 403) and hands them to the persister
+    with a compare-and-set of the extremities it built on."""
+
     def __init__(
         self,
-        stream: StreamStore,
-        events: EventStore,
-        notifier: Notifier,
+        persister: Persister,
         server_name: str,
         signing_key: SigningKey,
         *,
         cache_size: int = 2000,
     ) -> None:
-        self.stream = stream
-        self.events = events
-        self.notifier = notifier
+        self.persister = persister
+        self.stream: StreamStore = persister.stream
+        self.events: EventStore = persister.events
         self.server_name = server_name
         self.signing_key = signing_key
-        self._locks: dict[str, _Lock] = {}
         self._heads: collections.OrderedDict[str, RoomHead] = collections.OrderedDict()
         self._cache_size = cache_size
-        self.events_persisted = 0  # events committed by this instance, for metrics
-        # callbacks run after a batch commits (e.g. federation, push)
-        self.after_persist: list[Callable[[str, list[Event]], Awaitable[None]]] = []
+        persister.room_changed.append(self.forget)
+
+    @property
+    def events_persisted(self) -> int:
+        return self.persister.events_persisted
 
     # -- room heads ------------------------------------------------------------
+    def forget(self, room_id: str) -> None:
+        self._heads.pop(room_id, None)
+
     async def head(self, room_id: str) -> RoomHead | None:
         head = self._heads.get(room_id)
         if head is not None:
@@ -144,18 +135,6 @@ class RoomWriter:
         head = await self.head(room_id)
         return None if head is None else head.state
 
-    # -- locking ---------------------------------------------------------------
-    async def _with_room_lock(self, room_id: str, fn: Callable[[], Awaitable[_T]]) -> _T:
-        entry = self._locks.setdefault(room_id, _Lock())
-        entry.users += 1
-        try:
-            async with entry.lock:
-                return await fn()
-        finally:
-            entry.users -= 1
-            if entry.users == 0:
-                self._locks.pop(room_id, None)
-
     # -- sending -----------------------------------------------------------------
     async def send(
         self,
@@ -175,7 +154,7 @@ class RoomWriter:
             return await self._create(room_id, templates, room_version, new_room, check)
         assert room_id is not None
 
-        async def locked() -> SendResult:
+        async with self.persister.room_lock(room_id):
             # Optimistic first: build on the cached head. When another
             # instance wrote to the room since (stale extremities), or our
             # cached state refuses the event (it may lag such a write),
@@ -186,21 +165,17 @@ class RoomWriter:
                 raise MatrixError(404, "M_NOT_FOUND", "Room not found")
             try:
                 built, new_head = await self._build(head, templates, check, int(time.time() * 1000))
-                positions = await self._persist(head, built, new_head, txn, None)
+                result, positions = await self._persist(head, built, txn, None)
             except StaleRoomState:
                 pass
             except MatrixError as e:
                 if e.status != 403 or not from_cache:
                     raise
             else:
-                self._remember(new_head)
-                return await self._committed(room_id, built, positions)
+                return await self._committed(new_head, built, result, positions)
             self._heads.pop(room_id, None)
-            built, new_head, positions = await self._persist_exclusive(room_id, templates, txn, check)
-            self._remember(new_head)
-            return await self._committed(room_id, built, positions)
-
-        return await self._with_room_lock(room_id, locked)
+            built, new_head, result, positions = await self._persist_exclusive(room_id, templates, txn, check)
+            return await self._committed(new_head, built, result, positions)
 
     async def _persist_exclusive(
         self,
@@ -208,42 +183,39 @@ class RoomWriter:
         templates: Sequence[Mapping[str, Any]],
         txn: tuple[str, str, str, str] | None,
         check: EventCheck | None,
-    ) -> tuple[list[_Built], RoomHead, list[int]]:
+    ) -> tuple[list[_Built], RoomHead, PersistResult, list[int]]:
         """Read the head, build and persist in one transaction that holds
-        the room's forward extremity rows ``FOR UPDATE``: writers on other
-        instances wait (or restart on 40001) instead of winning the race
-        again, so a cold-cache instance is not starved (DESIGN.md 4)."""
+        the room's row ``FOR UPDATE``: writers on other instances wait (or
+        restart on 40001) instead of winning the race again, so a
+        cold-cache instance is not starved (DESIGN.md 4)."""
         ts = int(time.time() * 1000)
-        targets, target_rows = await self._redaction_targets(
+        targets = await self._redaction_targets(
             [t["redacts"] for t in templates if isinstance(t.get("redacts"), str)]
         )
 
-        async def fn(conn: Any, positions: list[int]) -> tuple[list[_Built], RoomHead, list[PersistItem]]:
-            await conn.execute(
-                "SELECT forward_extremities FROM rooms WHERE room_id = $1 FOR UPDATE", room_id
-            )
-            head = await _read_head(EventStore(conn), room_id)
+        async def fn(conn: Any, positions: list[int]) -> tuple[list[_Built], RoomHead, PersistResult]:
+            store = EventStore(conn)
+            await store.room_version(room_id, for_update=True)
+            head = await _read_head(store, room_id)
             if head is None:
                 raise MatrixError(404, "M_NOT_FOUND", "Room not found")
             built, new_head = await self._build(head, templates, check, ts)
-            items = self._items(head, built, positions, txn, targets, target_rows)
-            await persist_events(
-                conn, room_id, items,
-                expected_extremities=head.extremities, new_extremities=[built[-1].event.event_id],
+            result = await self.persister.write_on_base(
+                conn, positions, room_id, self._batch(head, built, txn), _base(head),
+                room_version=head.room_version, redaction_targets=targets,
             )
-            return built, new_head, items
+            return built, new_head, result
 
-        (built, new_head, items), positions = await self.stream.write_many(
+        (built, new_head, result), positions = await self.stream.write_many(
             fn, len(templates), name="persist_events_exclusive"
         )
-        _advance_state_group(new_head, items)
-        return built, new_head, positions
+        return built, new_head, result, positions
 
-    async def _redaction_targets(self, event_ids: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def _redaction_targets(self, event_ids: list[str]) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """PDUs and rows of the events a batch redacts (read before the
         transaction, which then writes their redacted forms)."""
         if not event_ids:
-            return {}, {}
+            return None
         return await self.events.get_pdus(event_ids), await self.events.get_rows(event_ids)
 
     async def _create(
@@ -261,29 +233,36 @@ class RoomWriter:
                 rid = f"!{secrets.token_urlsafe(18)}:{self.server_name}"
             empty = RoomHead(rid or "", rv, [], 0, {}, 0, 0)
             built, new_head = await self._build(empty, templates, check, ts)
-            rid = new_head.room_id
             try:
-                positions = await self._persist(empty, built, new_head, None, new_room)
+                async with self.persister.room_lock(new_head.room_id):
+                    result, positions = await self._persist(empty, built, None, new_room, new_head.room_id)
             except RoomIdCollision:
                 # v12: same creator, content and millisecond -> same room id
                 ts += 1
                 room_id = None if rv.room_id_format is RoomIdFormat.CREATE_EVENT_HASH else room_id
                 continue
-            self._remember(new_head)
-            return await self._committed(rid, built, positions)
+            return await self._committed(new_head, built, result, positions)
         raise MatrixError(500, "M_UNKNOWN", "Could not allocate a room id")
 
-    async def _committed(self, room_id: str, built: list[_Built], positions: list[int]) -> SendResult:
+    async def _committed(
+        self, new_head: RoomHead, built: list[_Built], result: PersistResult, positions: list[int]
+    ) -> SendResult:
+        room_id = new_head.room_id
+        new_head.extremities = result.forward_extremities
+        new_head.state_group = result.state_group
+        new_head.chain_length = result.chain_length
         redacted = {b.redaction_target for b in built if b.redaction_target}
-        head = self._heads.get(room_id)
-        if redacted and head is not None and any(e.event_id in redacted for e in head.state.values()):
-            # a redacted state event counts with its redacted content: reload
+        if len(result.forward_extremities) != 1 or (
+            redacted and any(e.event_id in redacted for e in new_head.state.values())
+        ):
+            # a fork we did not merge (its state was resolved by the
+            # persister), or a redacted state event (it counts with its
+            # redacted content): read the head again next time
             self._heads.pop(room_id, None)
-        self.notifier.poke()
-        self.events_persisted += len(built)
+        else:
+            self._remember(new_head)
         events = [b.event for b in built]
-        for cb in self.after_persist:
-            await cb(room_id, events)
+        await self.persister.committed(room_id, events)
         return SendResult(events, positions)
 
     async def _build(
@@ -295,6 +274,7 @@ class RoomWriter:
     ) -> tuple[list[_Built], RoomHead]:
         rv = head.room_version
         state = dict(head.state)
+        state_ids = head.state_ids
         prev = head.extremities[-MAX_PREV_EVENTS:]
         depth = head.depth
         room_id = head.room_id
@@ -327,128 +307,71 @@ class RoomWriter:
                 raise forbidden(e.message) from None
             if check is not None:
                 await check(event, state)
-            b = _Built(event, client_event(event, state.get(event.state_tuple) if event.is_state else None))
+            b = _Built(
+                event, client_event(event, state.get(event.state_tuple) if event.is_state else None), state_ids
+            )
             if event.is_state:
-                b.state_change = (event.state_tuple, event)
                 state[event.state_tuple] = event
+                state_ids = dict(state_ids)
+                state_ids[event.state_tuple] = event.event_id
             if event.redacts is not None:
                 b.redaction_target = event.redacts
-            relates = content.get("m.relates_to") if isinstance(content, Mapping) else None
-            if isinstance(relates, Mapping) and isinstance(relates.get("event_id"), str):
-                rel_type = relates.get("rel_type")
-                if isinstance(rel_type, str):
-                    thread = relates["event_id"] if rel_type == "m.thread" else None
-                    b.relation = (relates["event_id"], rel_type, thread)
             built.append(b)
             prev = [event.event_id]
             depth += 1
-        new_head = RoomHead(room_id, rv, prev, depth, state, head.state_group, head.chain_length)
+        new_head = RoomHead(room_id, rv, prev, depth, state, head.state_group, head.chain_length, state_ids)
         return built, new_head
+
+    def _batch(
+        self, head: RoomHead, built: list[_Built], txn: tuple[str, str, str, str] | None
+    ) -> list[NewEvent]:
+        first = True
+        out = []
+        for i, b in enumerate(built):
+            ctx = EventContext(state_before=b.state_before, state_group_before=head.state_group if first else None)
+            if head.state_group == 0:
+                ctx.state_group_before = None  # a new room: nothing stored yet
+            first = False
+            out.append(NewEvent(b.event, ctx, client=b.client, txn=txn if i == len(built) - 1 else None,
+                                redaction_checked=True))
+        return out
 
     async def _persist(
         self,
         head: RoomHead,
         built: list[_Built],
-        new_head: RoomHead,
         txn: tuple[str, str, str, str] | None,
         new_room: NewRoom | None,
-    ) -> list[int]:
-        room_id = new_head.room_id
-        targets, target_rows = await self._redaction_targets(
-            [b.redaction_target for b in built if b.redaction_target]
-        )
+        room_id: str | None = None,
+    ) -> tuple[PersistResult, list[int]]:
+        rid = room_id or head.room_id
+        targets = await self._redaction_targets([b.redaction_target for b in built if b.redaction_target])
+        batch = self._batch(head, built, txn)
 
-        async def fn(conn: Any, positions: list[int]) -> list[PersistItem]:
-            if new_room is not None:
-                created = await self.events.create_room_row(
-                    conn, room_id, head.room_version.identifier, new_room.creator,
-                    built[0].event.origin_server_ts, new_room.is_public,
-                )
-                if not created:
-                    raise RoomIdCollision(room_id)
-            items = self._items(head, built, positions, txn, targets, target_rows)
-            await persist_events(
-                conn, room_id, items,
-                expected_extremities=head.extremities, new_extremities=[built[-1].event.event_id],
+        async def fn(conn: Any, positions: list[int]) -> PersistResult:
+            return await self.persister.write_on_base(
+                conn, positions, rid, batch, _base(head),
+                room_version=head.room_version, new_room=new_room, redaction_targets=targets,
             )
-            return items
 
-        items, positions = await self.stream.write_many(fn, len(built), name="persist_events")
-        _advance_state_group(new_head, items)
-        return positions
-
-    def _items(
-        self,
-        head: RoomHead,
-        built: list[_Built],
-        positions: list[int],
-        txn: tuple[str, str, str, str] | None,
-        targets: dict[str, dict[str, Any]],
-        target_rows: dict[str, Any],
-    ) -> list[PersistItem]:
-        items: list[PersistItem] = []
-        group, chain = head.state_group, head.chain_length
-        state_ids = {k: e.event_id for k, e in head.state.items()}
-        for i, (b, pos) in enumerate(zip(built, positions)):
-            new_group = None
-            if b.state_change is not None:
-                key, ev = b.state_change
-                state_ids[key] = ev.event_id
-                if group == 0 or chain + 1 >= SNAPSHOT_EVERY:
-                    new_group = NewStateGroup(pos, None, 0, dict(state_ids))
-                else:
-                    new_group = NewStateGroup(pos, group, chain + 1, {key: ev.event_id})
-                group, chain = new_group.id, new_group.chain_length
-            redaction = None
-            if b.redaction_target is not None:
-                pdu = targets.get(b.redaction_target)
-                row = target_rows.get(b.redaction_target)
-                if pdu is not None and row is not None and row.room_id == b.event.room_id:
-                    target_event = Event(pdu, b.redaction_target, b.event.room_version)
-                    rpdu, rclient = redacted_forms(pdu, orjson.loads(row.client), b.client, target_event)
-                    redaction = (
-                        b.redaction_target,
-                        encode_canonical_json_trusted(rpdu).decode(),
-                        orjson.dumps(rclient).decode(),
-                    )
-            items.append(
-                PersistItem(
-                    event=b.event,
-                    stream_pos=pos,
-                    pdu_json=encode_canonical_json_trusted(b.event.pdu).decode(),
-                    client_json=orjson.dumps(b.client).decode(),
-                    state_group=group,
-                    new_state_group=new_group,
-                    txn=txn if i == len(built) - 1 else None,
-                    relation=b.relation,
-                    redaction=redaction,
-                )
-            )
-        return items
+        return await self.stream.write_many(fn, len(built), name="persist_events")
 
 
-def _advance_state_group(new_head: RoomHead, items: list[PersistItem]) -> None:
-    """The head's state group is the one after the last persisted event."""
-    new_head.state_group = items[-1].state_group
-    groups = [it.new_state_group for it in items if it.new_state_group is not None]
-    if groups:
-        new_head.chain_length = groups[-1].chain_length
+def _base(head: RoomHead) -> RoomBase:
+    return RoomBase(head.extremities, head.state_ids, head.state_group, head.chain_length)
 
 
 async def _read_head(events: EventStore, room_id: str) -> RoomHead | None:
     """The room's head as stored; ``events`` may be bound to a connection
-    inside a transaction (asyncpg connections have fetch/fetchrow/fetchval)."""
-    version = await events.db.fetchval("SELECT room_version FROM rooms WHERE room_id = $1", room_id)
+    inside a transaction."""
+    version = await events.room_version(room_id)
     if version is None:
         return None
     rv = get_room_version(version)
     extremities = await events.forward_extremities(room_id)
-    head_info = await events.room_head(room_id)
+    head_info = await events.state.room_head(room_id)
     if head_info is None:
         return None
-    depth, group = head_info
-    return RoomHead(
-        room_id, rv, extremities, depth,
-        await events.current_state_events(room_id, rv),
-        group, await events.state_group_chain_length(group),
-    )
+    depth, group, chain_length = head_info
+    return RoomHead(room_id, rv, extremities, depth, await events.state.current_state_events(room_id, rv),
+                    group, chain_length)

@@ -1,11 +1,11 @@
-"""Events and the room DAG: persisting a batch of new events (with edges,
-forward extremities, state groups, current state, memberships, transaction
-ids and redactions) in one transaction, and reading events back.
+"""Events and the room DAG: the events themselves (stored once, as the PDU
+and the client-format JSON), their prev and auth edges, the room's forward
+extremities, transaction ids and relations; reading events back and
+listing them (timelines by stream position, history in DAG order).
 
-State groups: the state after each event is a *state group*. A state event
-starts a new group whose id is that event's stream position, holding one
-delta entry on top of its ``prev_group``; after ``SNAPSHOT_EVERY`` deltas a
-full snapshot is written instead, so a lookup walks a bounded chain.
+State (state groups, current state, memberships) lives in room_state.py.
+Inserts go through ``insert_events``, called by the persister only
+(services/persister.py): the one door into a room.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import orjson
 from ..protocol.events import Event, StateKey
 from ..protocol.room_versions import RoomVersion
 from .database import Database
+from .room_state import StateStore
 
-SNAPSHOT_EVERY = 64
 _MAX_POS = 2**63 - 1
 
 
@@ -33,25 +33,34 @@ class DuplicateTransaction(Exception):
 
 
 @dataclass
-class NewStateGroup:
-    id: int
-    prev_group: int | None
-    chain_length: int
-    entries: dict[StateKey, str]  # the delta, or the full state for a snapshot
+class StoredEvent:
+    """One row of ``events`` as the persister writes it."""
+
+    event: Event
+    stream_pos: int | None  # None: outliers, rejected and soft-failed events
+    pdu_json: str
+    client_json: str
+    state_group: int | None  # state after the event (None for outliers)
+    current_state_group: int | None  # the room's resolved state after it
+    outlier: bool = False
+    rejected_reason: str | None = None
+    soft_failed: bool = False
+    txn: tuple[str, str, str, str] | None = None  # user, device, txn id, endpoint
+    relation: tuple[str, str, str | None] | None = None  # relates_to, rel_type, thread_id
 
 
 @dataclass
-class PersistItem:
-    event: Event
-    stream_pos: int
-    pdu_json: str
-    client_json: str
-    state_group: int  # state after the event
-    new_state_group: NewStateGroup | None = None
-    txn: tuple[str, str, str, str] | None = None  # user, device, txn id, endpoint
-    relation: tuple[str, str, str | None] | None = None  # relates_to, rel_type, thread_id
-    redaction: tuple[str, str, str] | None = None  # target id, redacted pdu, redacted client
+class StoredEventInfo:
+    """What the persister needs to know of an event already stored."""
 
+    event_id: str
+    room_id: str
+    depth: int
+    stream_pos: int | None
+    state_group: int | None
+    outlier: bool
+    rejected: bool
+    soft_failed: bool
 
 @dataclass
 class EventRow:
@@ -66,53 +75,71 @@ class EventRow:
     txn_id: str | None = None
     membership: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    depth: int | None = None  # read by history listings only
 
 
 _ROW_COLUMNS = "event_id, room_id, stream_pos, type, state_key, sender, client, sender_device, txn_id, membership"
 
 
+# a point in a room's history: (depth, stream position), depth None for a
+# stream token
+HistoryKey = tuple[int | None, int]
+
+
 def _row(r: asyncpg.Record) -> EventRow:
     return EventRow(
         r["event_id"], r["room_id"], r["stream_pos"], r["type"], r["state_key"], r["sender"], r["client"],
-        r["sender_device"], r["txn_id"], r["membership"],
+        r["sender_device"], r["txn_id"], r["membership"], depth=r.get("depth"),
     )
 
 
-async def persist_events(
+async def insert_events(
     conn: asyncpg.Connection,
     room_id: str,
-    items: Sequence[PersistItem],
+    items: Sequence[StoredEvent],
     *,
-    expected_extremities: Iterable[str],
-    new_extremities: Iterable[str],
+    expected_extremities: Sequence[str] | None,
+    new_extremities: Sequence[str] | None,
 ) -> None:
-    """Write ``items`` (in order) inside the caller's transaction.
+    """Write ``items`` inside the caller's transaction, with their DAG edges
+    and transaction ids, and set the room's forward extremities to
+    ``new_extremities`` (None: unchanged).
 
-    The compare-and-set of the forward extremities, the events, their DAG
-    edges and the transaction ids go in one statement (one round trip on
-    the send path): every insert is gated on the compare-and-set, so a
-    stale head writes nothing."""
+    With ``expected_extremities`` the update is a compare-and-set and every
+    insert is gated on it, all in one statement (one round trip on the send
+    path): a stale head writes nothing and raises StaleRoomState."""
     evs = [it.event for it in items]
     edges = [(e.event_id, p) for e in evs for p in e.prev_event_ids]
     auth_edges = [(e.event_id, a) for e in evs for a in e.auth_event_ids]
     txns = [(it.txn, it.event) for it in items if it.txn is not None]
+    # ($2 and $3 are NULL when unused: every variant names them, for their types)
+    if new_extremities is None:
+        moved_sql = "SELECT 1 WHERE $2::TEXT[] IS NULL AND $3::TEXT[] IS NULL"
+    elif expected_extremities is None:
+        moved_sql = """UPDATE rooms SET forward_extremities = $3::TEXT[]
+                       WHERE room_id = $1 AND $2::TEXT[] IS NULL RETURNING 1"""
+    else:
+        moved_sql = """UPDATE rooms SET forward_extremities = $3::TEXT[]
+                       WHERE room_id = $1 AND forward_extremities = $2::TEXT[] RETURNING 1"""
     try:
         moved = await conn.fetchval(
-            """WITH moved AS (
-                   UPDATE rooms SET forward_extremities = $3::TEXT[]
-                   WHERE room_id = $1 AND forward_extremities = $2::TEXT[] RETURNING 1),
+            f"""WITH moved AS ({moved_sql}),
                ev AS (
                    INSERT INTO events (event_id, room_id, stream_pos, depth, type, state_key, sender,
                                        origin_server_ts, membership, pdu, client, state_group, relates_to,
-                                       rel_type, thread_id, sender_device, txn_id)
+                                       rel_type, thread_id, sender_device, txn_id, current_state_group,
+                                       outlier, rejected_reason, soft_failed)
                    SELECT u.event_id, $1, u.stream_pos, u.depth, u.type, u.state_key, u.sender,
                           u.origin_server_ts, u.membership, u.pdu, u.client, u.state_group, u.relates_to,
-                          u.rel_type, u.thread_id, u.sender_device, u.txn_id
+                          u.rel_type, u.thread_id, u.sender_device, u.txn_id, u.csg, u.outlier, u.rejected,
+                          u.soft_failed
                    FROM unnest($4::TEXT[], $5::BIGINT[], $6::BIGINT[], $7::TEXT[], $8::TEXT[],
                                $9::TEXT[], $10::BIGINT[], $11::TEXT[], $12::TEXT[], $13::TEXT[],
-                               $14::BIGINT[], $15::TEXT[], $16::TEXT[], $17::TEXT[], $18::TEXT[], $19::TEXT[])
+                               $14::BIGINT[], $15::TEXT[], $16::TEXT[], $17::TEXT[], $18::TEXT[], $19::TEXT[],
+                               $30::BIGINT[], $31::BOOLEAN[], $32::TEXT[], $33::BOOLEAN[])
                         AS u(event_id, stream_pos, depth, type, state_key, sender, origin_server_ts, membership,
-                             pdu, client, state_group, relates_to, rel_type, thread_id, sender_device, txn_id)
+                             pdu, client, state_group, relates_to, rel_type, thread_id, sender_device, txn_id,
+                             csg, outlier, rejected, soft_failed)
                    WHERE EXISTS (SELECT 1 FROM moved) RETURNING 1),
                prev AS (
                    INSERT INTO event_edges (event_id, prev_event_id)
@@ -126,7 +153,9 @@ async def persist_events(
                                         $29::BIGINT[])
                    WHERE EXISTS (SELECT 1 FROM moved) RETURNING 1)
                SELECT count(*) FROM moved""",
-            room_id, list(expected_extremities), list(new_extremities),
+            room_id,
+            None if expected_extremities is None else list(expected_extremities),
+            None if new_extremities is None else list(new_extremities),
             [e.event_id for e in evs],
             [it.stream_pos for it in items],
             [e.depth for e in evs],
@@ -147,6 +176,10 @@ async def persist_events(
             [a for a, _ in auth_edges], [b for _, b in auth_edges],
             [t[0] for t, _ in txns], [t[1] for t, _ in txns], [t[2] for t, _ in txns], [t[3] for t, _ in txns],
             [e.event_id for _, e in txns], [e.origin_server_ts for _, e in txns],
+            [it.current_state_group for it in items],
+            [it.outlier for it in items],
+            [it.rejected_reason for it in items],
+            [it.soft_failed for it in items],
         )
     except asyncpg.UniqueViolationError as e:
         where = f"{getattr(e, 'constraint_name', '')} {getattr(e, 'table_name', '')} {e}"
@@ -158,66 +191,35 @@ async def persist_events(
     if not moved:
         raise StaleRoomState(room_id)
 
-    groups = [it.new_state_group for it in items if it.new_state_group is not None]
-    if groups:
-        await _insert_state_groups(conn, room_id, groups)
-    state_items = [it for it in items if it.event.state_key is not None]
-    if state_items:
-        # Later items win for the same key: apply in order, keep the last.
-        latest: dict[StateKey, Event] = {}
-        for it in state_items:
-            latest[it.event.state_tuple] = it.event
-        await conn.execute(
-            """INSERT INTO current_state (room_id, type, state_key, event_id, membership)
-               SELECT $1, * FROM unnest($2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[])
-               ON CONFLICT (room_id, type, state_key)
-               DO UPDATE SET event_id = excluded.event_id, membership = excluded.membership""",
-            room_id,
-            [k[0] for k in latest], [k[1] for k in latest], [e.event_id for e in latest.values()],
-            [e.membership if e.type == "m.room.member" else None for e in latest.values()],
-        )
-    members = [it for it in items if it.event.type == "m.room.member" and it.event.membership]
-    if members:
-        await conn.execute(
-            """INSERT INTO room_memberships (event_id, user_id, room_id, sender, membership, stream_pos)
-               SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[])""",
-            [it.event.event_id for it in members], [it.event.state_key for it in members],
-            [room_id] * len(members), [it.event.sender for it in members],
-            [it.event.membership for it in members], [it.stream_pos for it in members],
-        )
-        left = [(it.event.state_key, room_id) for it in members if it.event.membership == "join"]
-        if left:  # re-joining un-forgets the room
-            await conn.execute(
-                "DELETE FROM forgotten_rooms WHERE room_id = $1 AND user_id = ANY($2::TEXT[])",
-                room_id, [u for u, _ in left],
-            )
-    for it in items:
-        if it.redaction is not None:
-            target, pdu, client = it.redaction
-            await conn.execute(
-                """UPDATE events SET pdu = $2, client = $3, redacted_by = $4
-                   WHERE event_id = $1 AND room_id = $5""",
-                target, pdu, client, it.event.event_id, room_id,
-            )
+
+async def delete_outliers(conn: asyncpg.Connection, event_ids: Sequence[str]) -> None:
+    """Forget the outlier rows of events that are persisted again as part
+    of the room's DAG (the persister writes them anew)."""
+    await conn.execute(
+        """WITH gone AS (DELETE FROM events WHERE event_id = ANY($1::TEXT[]) AND outlier RETURNING event_id),
+                p AS (DELETE FROM event_edges WHERE event_id IN (SELECT event_id FROM gone) RETURNING 1)
+           DELETE FROM event_auth_edges WHERE event_id IN (SELECT event_id FROM gone)""",
+        list(event_ids),
+    )
 
 
-async def _insert_state_groups(conn: asyncpg.Connection, room_id: str, groups: list[NewStateGroup]) -> None:
-    await conn.execute(
-        """INSERT INTO state_groups (id, room_id, prev_group, chain_length)
-           SELECT g, $1, p, c FROM unnest($2::BIGINT[], $3::BIGINT[], $4::INT[]) AS t(g, p, c)""",
-        room_id, [g.id for g in groups], [g.prev_group for g in groups], [g.chain_length for g in groups],
-    )
-    rows = [(g.id, k[0], k[1], eid) for g in groups for k, eid in g.entries.items()]
-    await conn.execute(
-        """INSERT INTO state_group_entries (state_group, type, state_key, event_id)
-           SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[])""",
-        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
-    )
+async def apply_redactions(conn: asyncpg.Connection, room_id: str, redactions: Sequence[tuple[str, str, str, str]]) -> None:
+    """(target id, redacted PDU, redacted client JSON, redaction event id)."""
+    for target, pdu, client, by in redactions:
+        await conn.execute(
+            """UPDATE events SET pdu = $2, client = $3, redacted_by = $4
+               WHERE event_id = $1 AND room_id = $5""",
+            target, pdu, client, by, room_id,
+        )
 
 
 class EventStore:
-    def __init__(self, db: Database) -> None:
+    """Reads of events and the DAG. ``db`` is a Database, or a connection
+    inside a transaction (both have fetch/fetchrow/fetchval)."""
+
+    def __init__(self, db: Database | Any) -> None:
         self.db = db
+        self.state = StateStore(db)
 
     async def create_room_row(
         self, conn: asyncpg.Connection, room_id: str, room_version: str, creator: str, ts: int, is_public: bool
@@ -230,46 +232,88 @@ class EventStore:
         )
         return bool(inserted)
 
+    async def room_version(self, room_id: str, *, for_update: bool = False) -> str | None:
+        """``for_update`` (inside a transaction): lock the room's row, so
+        writers of the room on other instances wait for us."""
+        lock = " FOR UPDATE" if for_update else ""
+        version: str | None = await self.db.fetchval(
+            f"SELECT room_version FROM rooms WHERE room_id = $1{lock}", room_id
+        )
+        return version
+
     async def forward_extremities(self, room_id: str) -> list[str]:
         value = await self.db.fetchval("SELECT forward_extremities FROM rooms WHERE room_id = $1", room_id)
         return list(value or [])
 
-    async def current_state_events(self, room_id: str, room_version: RoomVersion) -> dict[StateKey, Event]:
+    async def stored_info(self, event_ids: Iterable[str]) -> dict[str, StoredEventInfo]:
+        ids = list(set(event_ids))
+        if not ids:
+            return {}
         rows = await self.db.fetch(
-            """SELECT c.type, c.state_key, e.event_id, e.pdu FROM current_state c
-               JOIN events e ON e.event_id = c.event_id WHERE c.room_id = $1""",
-            room_id,
+            """SELECT event_id, room_id, depth, stream_pos, state_group, outlier,
+                      rejected_reason IS NOT NULL AS rejected, soft_failed
+               FROM events WHERE event_id = ANY($1::TEXT[])""",
+            ids,
         )
-        return {(r["type"], r["state_key"]): Event(orjson.loads(r["pdu"]), r["event_id"], room_version) for r in rows}
+        return {
+            r["event_id"]: StoredEventInfo(
+                r["event_id"], r["room_id"], r["depth"], r["stream_pos"], r["state_group"], r["outlier"],
+                r["rejected"], r["soft_failed"],
+            )
+            for r in rows
+        }
 
-    async def room_head(self, room_id: str) -> tuple[int, int] | None:
-        """(max depth, state group after the newest event) of the room."""
-        row = await self.db.fetchrow(
-            """SELECT depth, state_group FROM events WHERE room_id = $1 AND stream_pos IS NOT NULL
-               ORDER BY stream_pos DESC LIMIT 1""",
-            room_id,
-        )
-        if row is None:
-            return None
-        max_depth = await self.db.fetchval("SELECT max(depth) FROM events WHERE room_id = $1", room_id)
-        return max_depth, row["state_group"]
-
-    async def state_group_chain_length(self, group: int) -> int:
-        return await self.db.fetchval("SELECT chain_length FROM state_groups WHERE id = $1", group) or 0
-
-    async def state_ids_for_group(self, group: int) -> dict[StateKey, str]:
+    async def with_successors(self, event_ids: Iterable[str]) -> set[str]:
+        """Those of ``event_ids`` that are a prev_event of a stored event
+        that is part of the room's DAG (not an outlier, rejected or
+        soft-failed): they can no longer be forward extremities."""
+        ids = list(set(event_ids))
+        if not ids:
+            return set()
         rows = await self.db.fetch(
-            """WITH RECURSIVE chain (id, prev_group, n) AS (
-                   SELECT id, prev_group, 0 FROM state_groups WHERE id = $1
-                   UNION ALL
-                   SELECT s.id, s.prev_group, c.n + 1 FROM state_groups s JOIN chain c ON s.id = c.prev_group
+            """SELECT DISTINCT g.prev_event_id FROM event_edges g JOIN events e ON e.event_id = g.event_id
+               WHERE g.prev_event_id = ANY($1::TEXT[])
+                 AND NOT e.outlier AND e.rejected_reason IS NULL AND NOT e.soft_failed""",
+            ids,
+        )
+        return {r["prev_event_id"] for r in rows}
+
+    async def auth_chain_events(
+        self, event_ids: Iterable[str], room_version: RoomVersion
+    ) -> tuple[dict[str, Event], set[str]]:
+        """The events and their whole auth chains (through stored auth
+        edges), and which of them were rejected."""
+        ids = list(set(event_ids))
+        if not ids:
+            return {}, set()
+        rows = await self.db.fetch(
+            """WITH RECURSIVE chain (event_id) AS (
+                   SELECT unnest($1::TEXT[])
+                   UNION
+                   SELECT a.auth_event_id FROM event_auth_edges a JOIN chain c ON a.event_id = c.event_id
                )
-               SELECT DISTINCT ON (e.type, e.state_key) e.type, e.state_key, e.event_id
-               FROM state_group_entries e JOIN chain c ON e.state_group = c.id
-               ORDER BY e.type, e.state_key, c.n""",
-            group,
+               SELECT e.event_id, e.pdu, e.rejected_reason IS NOT NULL AS rejected
+               FROM events e JOIN chain c ON e.event_id = c.event_id""",
+            ids,
         )
-        return {(r["type"], r["state_key"]): r["event_id"] for r in rows}
+        events = {r["event_id"]: Event(orjson.loads(r["pdu"]), r["event_id"], room_version) for r in rows}
+        return events, {r["event_id"] for r in rows if r["rejected"]}
+
+    # -- state, kept here for the callers that read it through EventStore --
+    async def state_ids_for_group(self, group: int) -> dict[StateKey, str]:
+        return await self.state.state_ids_for_group(group)
+
+    async def state_ids_for_groups(self, groups: Iterable[int]) -> dict[int, dict[StateKey, str]]:
+        return await self.state.state_ids_for_groups(groups)
+
+    async def event_state_group(self, event_id: str) -> int | None:
+        return await self.state.event_state_group(event_id)
+
+    async def state_group_at(self, room_id: str, upto_pos: int) -> int | None:
+        return await self.state.state_group_at(room_id, upto_pos)
+
+    async def state_groups_at(self, points: Sequence[tuple[str, int]]) -> dict[str, int]:
+        return await self.state.state_groups_at(points)
 
     async def get_pdus(self, event_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         ids = list(set(event_ids))
@@ -287,19 +331,6 @@ class EventStore:
 
     async def get_row(self, event_id: str) -> EventRow | None:
         return (await self.get_rows([event_id])).get(event_id)
-
-    async def event_state_group(self, event_id: str) -> int | None:
-        group: int | None = await self.db.fetchval("SELECT state_group FROM events WHERE event_id = $1", event_id)
-        return group
-
-    async def state_group_at(self, room_id: str, upto_pos: int) -> int | None:
-        """The state group after the room's last event at or before a position."""
-        group: int | None = await self.db.fetchval(
-            """SELECT state_group FROM events WHERE room_id = $1 AND stream_pos <= $2
-               ORDER BY stream_pos DESC LIMIT 1""",
-            room_id, upto_pos,
-        )
-        return group
 
     async def event_for_txn(self, user_id: str, device_id: str, txn_id: str, endpoint: str) -> str | None:
         event_id: str | None = await self.db.fetchval(
@@ -387,39 +418,58 @@ class EventStore:
             out[r["room_id"]].append((r["stream_pos"], content.get("history_visibility")))
         return out
 
-    async def state_groups_at(self, points: Sequence[tuple[str, int]]) -> dict[str, int]:
-        """``state_group_at`` for many rooms in one query."""
-        if not points:
-            return {}
-        rows = await self.db.fetch(
-            """SELECT r.rid, g.state_group FROM unnest($1::TEXT[], $2::BIGINT[]) AS r(rid, pos)
-               CROSS JOIN LATERAL (
-                   SELECT state_group FROM events WHERE room_id = r.rid AND stream_pos <= r.pos
-                   ORDER BY stream_pos DESC LIMIT 1) AS g""",
-            [r for r, _ in points], [p for _, p in points],
-        )
-        return {r["rid"]: r["state_group"] for r in rows if r["state_group"] is not None}
+    async def history(
+        self,
+        room_id: str,
+        *,
+        from_key: HistoryKey | None,
+        to_key: HistoryKey | None,
+        backwards: bool,
+        limit: int,
+        visible: Sequence[tuple[int | None, int | None]] | None = None,
+        types: Sequence[str] | None = None,
+        not_types: Sequence[str] | None = None,
+        senders: Sequence[str] | None = None,
+        not_senders: Sequence[str] | None = None,
+    ) -> list[EventRow]:
+        """A page of the room's history in DAG order: topological order
+        (depth), then stream position; newest first when ``backwards``.
 
-    async def state_ids_for_groups(self, groups: Iterable[int]) -> dict[int, dict[StateKey, str]]:
-        """``state_ids_for_group`` for many groups in one query."""
-        wanted = sorted(set(groups))
-        if not wanted:
-            return {}
+        Keys are (depth, stream position), or (None, stream position) for a
+        stream token (e.g. /sync's prev_batch). Backwards: events before
+        ``from_key`` (a stream key: at or before the position) and after
+        ``to_key``; forwards: after ``from_key``, up to ``to_key``.
+        ``visible``: stream ranges (lower, upper] the reader may see."""
+        q = _Query("room_id", room_id)
+        older, newer = ("<", ">") if backwards else (">", "<")
+        if from_key is not None:
+            depth, pos = from_key
+            if depth is None:
+                q.conds.append(f"stream_pos {'<=' if backwards else '>'} {q.arg(pos)}")
+            else:
+                q.conds.append(f"(depth, stream_pos) {older} ({q.arg(depth)}, {q.arg(pos)})")
+        if to_key is not None:
+            depth, pos = to_key
+            if depth is None:
+                q.conds.append(f"stream_pos {'>' if backwards else '<='} {q.arg(pos)}")
+            else:
+                q.conds.append(f"(depth, stream_pos) {newer}{'' if backwards else '='} ({q.arg(depth)}, {q.arg(pos)})")
+        if visible is not None:
+            parts = []
+            for lo, hi in visible:
+                bounds = [f"stream_pos > {q.arg(lo)}"] if lo is not None else []
+                if hi is not None:
+                    bounds.append(f"stream_pos <= {q.arg(hi)}")
+                parts.append("(" + (" AND ".join(bounds) or "TRUE") + ")")
+            q.conds.append("(" + (" OR ".join(parts) or "FALSE") + ")")
+        q.conds.extend(_type_sender_filters(q.arg, types, not_types, senders, not_senders))
+        order = "DESC" if backwards else "ASC"
         rows = await self.db.fetch(
-            """WITH RECURSIVE chain (root, id, prev_group, n) AS (
-                   SELECT id, id, prev_group, 0 FROM state_groups WHERE id = ANY($1::BIGINT[])
-                   UNION ALL
-                   SELECT c.root, s.id, s.prev_group, c.n + 1 FROM state_groups s JOIN chain c ON s.id = c.prev_group
-               )
-               SELECT DISTINCT ON (c.root, e.type, e.state_key) c.root, e.type, e.state_key, e.event_id
-               FROM state_group_entries e JOIN chain c ON e.state_group = c.id
-               ORDER BY c.root, e.type, e.state_key, c.n""",
-            wanted,
+            f"SELECT {_ROW_COLUMNS}, depth FROM events WHERE {' AND '.join(q.conds)} "
+            f"ORDER BY depth {order}, stream_pos {order} LIMIT {q.arg(limit)}",
+            *q.args,
         )
-        out: dict[int, dict[StateKey, str]] = {g: {} for g in wanted}
-        for r in rows:
-            out[r["root"]][(r["type"], r["state_key"])] = r["event_id"]
-        return out
+        return [_row(r) for r in rows]
 
     async def relations(
         self, event_id: str, rel_type: str | None, event_type: str | None, *, before: int | None,
@@ -433,6 +483,27 @@ class EventStore:
             q.conds.append(f"type = {q.arg(event_type)}")
         q.range(after, before)
         return await self._select(q, limit, backwards)
+
+    async def thread_roots(self, room_id: str, user_id: str, *, before: int | None, limit: int) -> list[Any]:
+        """Thread roots of a room with their latest reply at or before
+        ``before``, most recent first: rows of (root, latest_pos, n, mine)."""
+        rows: list[Any] = await self.db.fetch(
+            """SELECT relates_to AS root, max(stream_pos) AS latest_pos, count(*) AS n,
+                      bool_or(sender = $2) AS mine
+               FROM events WHERE room_id = $1 AND rel_type = 'm.thread' AND stream_pos IS NOT NULL
+               GROUP BY relates_to
+               HAVING ($3::BIGINT IS NULL OR max(stream_pos) <= $3)
+               ORDER BY latest_pos DESC LIMIT $4""",
+            room_id, user_id, before, limit,
+        )
+        return rows
+
+    async def event_ids_at(self, positions: Iterable[int]) -> dict[int, str]:
+        """Stream position -> the event at it."""
+        rows = await self.db.fetch(
+            "SELECT event_id, stream_pos FROM events WHERE stream_pos = ANY($1::BIGINT[])", list(positions)
+        )
+        return {r["stream_pos"]: r["event_id"] for r in rows}
 
     async def _select(self, q: "_Query", limit: int, backwards: bool) -> list[EventRow]:
         order = "DESC" if backwards else "ASC"

@@ -111,6 +111,28 @@ class RoomStore:
         return sorted(r["room_id"] for r in rows)  # code point order on both engines
 
     # -- forgetting --------------------------------------------------------------
+    async def public_room_state(self, types: Sequence[str]) -> list[Any]:
+        """Rows (room_id, type, client) of the given state (state key '')
+        of the published rooms."""
+        rows: list[Any] = await self.db.fetch(
+            """SELECT c.room_id, c.type, e.client FROM rooms r
+               JOIN current_state c ON c.room_id = r.room_id AND c.state_key = '' AND c.type = ANY($1::TEXT[])
+               JOIN events e ON e.event_id = c.event_id
+               WHERE r.is_public""",
+            list(types),
+        )
+        return rows
+
+    async def public_room_member_counts(self) -> list[Any]:
+        """Rows (room_id, n): joined members of each published room."""
+        rows: list[Any] = await self.db.fetch(
+            """SELECT r.room_id, count(c.state_key) AS n FROM rooms r
+               LEFT JOIN current_state c ON c.room_id = r.room_id AND c.type = 'm.room.member'
+                    AND c.membership = 'join'
+               WHERE r.is_public GROUP BY r.room_id"""
+        )
+        return rows
+
     async def forget(self, user_id: str, room_id: str) -> None:
         await self.db.execute(
             "INSERT INTO forgotten_rooms (user_id, room_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",

@@ -85,3 +85,23 @@ def assert_events_intact(before: Snapshot, after: Snapshot) -> None:
         orjson.loads(ev["client"])
         rv = get_room_version(versions[ev["room_id"]])
         assert compute_event_id(pdu, rv) == ev["event_id"], f"stored PDU of {ev['event_id']} no longer matches its id"
+
+
+async def assert_forward_extremities(database_url: str, room_id: str) -> None:
+    """The room's stored forward extremities are the tips of its DAG: the
+    events that are part of it (not outliers, rejected or soft-failed) that
+    no such event names as a prev_event. Holds for forked rooms too."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            """SELECT event_id, pdu FROM events WHERE room_id = $1
+               AND NOT outlier AND rejected_reason IS NULL AND NOT soft_failed""",
+            room_id,
+        )
+        stored = await conn.fetchval("SELECT forward_extremities FROM rooms WHERE room_id = $1", room_id)
+    finally:
+        await conn.close()
+    referenced = {p for r in rows for p in orjson.loads(r["pdu"])["prev_events"]}
+    tips = {r["event_id"] for r in rows} - referenced
+    assert sorted(stored) == sorted(tips), (stored, tips)
+    assert len(stored) == len(set(stored)), stored

@@ -24,7 +24,8 @@ async def assert_linear_history(database_url: str, room_id: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
         rows = await conn.fetch(
-            "SELECT event_id, depth, pdu FROM events WHERE room_id = $1 AND NOT outlier ORDER BY depth, event_id",
+            """SELECT event_id, depth, pdu FROM events WHERE room_id = $1
+               AND NOT outlier AND rejected_reason IS NULL AND NOT soft_failed ORDER BY depth, event_id""",
             room_id,
         )
         stored_extremities = await conn.fetchval("SELECT forward_extremities FROM rooms WHERE room_id = $1", room_id)

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import asyncpg
 import orjson
+import pytest
 
 from coffeechat_home.app import HomeServer
 from coffeechat_home.protocol.auth import check_auth_rules
@@ -102,9 +103,12 @@ class Remote:
 
 
 async def _public_room_with_remote(
-    alice: ApiClient, server: HomeServer, database_url: str, level: int = 50
+    alice: ApiClient, server: HomeServer, database_url: str, level: int = 50, version: str | None = None
 ) -> tuple[str, Remote]:
-    room_id = await create_room(alice, {"preset": "public_chat", "name": "fed"})
+    body: dict[str, Any] = {"preset": "public_chat", "name": "fed"}
+    if version is not None:
+        body["room_version"] = version
+    room_id = await create_room(alice, body)
     remote = Remote(server, database_url, room_id)
     (tip,) = await remote.extremities()
     join = await remote.build(
@@ -145,10 +149,12 @@ async def _messages_ids(api: ApiClient, room_id: str, **params: Any) -> tuple[li
     return [e["event_id"] for e in r["chunk"]], r.body
 
 
+@pytest.mark.parametrize("version", ["10", "11", "12"])
 async def test_fork_resolves_state_and_merges(
-    alice: ApiClient, server: HomeServer, database_url: str
+    alice: ApiClient, server: HomeServer, database_url: str, version: str
 ) -> None:
-    room_id, remote = await _public_room_with_remote(alice, server, database_url)
+    room_id, remote = await _public_room_with_remote(alice, server, database_url, version=version)
+    assert (await remote.rv()).identifier == version
     (parent,) = await remote.extremities()
     before = await remote.current_state()
     # two topic changes on the same parent: A is later (origin_server_ts),
@@ -261,6 +267,11 @@ async def test_rejected_soft_failed_and_outliers_stay_hidden(
     assert set(await server.services.events.get_pdus([rejected.event_id, outlier.event_id])) == {  # type: ignore[union-attr]
         rejected.event_id, outlier.event_id,
     }
+    chain, rejected_ids = await server.services.events.auth_chain_events(  # type: ignore[union-attr]
+        [rejected.event_id], await remote.rv()
+    )
+    assert rejected.event_id in chain and rejected_ids == {rejected.event_id}
+    assert set(rejected.auth_event_ids) <= set(chain)  # with its auth chain
     # neither state nor extremities changed
     assert await remote.extremities() == [tip]
     assert (await remote.current_state()).get(("m.room.topic", "")) == topic_before

@@ -21,7 +21,7 @@ inside its transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import asyncpg
 import orjson
@@ -207,6 +207,3 @@ async def insert_memberships(conn: asyncpg.Connection, room_id: str, members: Se
             "DELETE FROM forgotten_rooms WHERE room_id = $1 AND user_id = ANY($2::TEXT[])", room_id, joined
         )
 
-
-def state_map(events: Mapping[StateKey, Event]) -> dict[StateKey, str]:
-    return {k: e.event_id for k, e in events.items()}

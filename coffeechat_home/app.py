@@ -143,7 +143,9 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     events = EventStore(db)
     persister = Persister(stream, events, notifier)
     writer = RoomWriter(persister, config.server_name, signing_key)
-    room_service = RoomService(writer, events, rooms, config.server_name, conversation.profiles.member_fields)
+    room_service = RoomService(
+        writer, events, rooms, config.server_name, conversation.profiles.member_fields, accounts.store.user_exists
+    )
     membership = MembershipService(room_service, rooms, accounts.store, config.server_name)
     accounts.deactivation_hooks.append(membership.leave_all)
     conversation.profiles.on_profile_change.append(membership.profile_changed)

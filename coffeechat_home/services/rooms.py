@@ -22,6 +22,7 @@ from .accounts import Requester
 from .room_writer import NewRoom, RoomWriter
 
 ProfileLookup = Callable[[str], Awaitable[tuple[str | None, str | None]]]
+UserLookup = Callable[[str], Awaitable[bool]]
 
 PRESETS: dict[str, dict[str, str]] = {
     "private_chat": {"join_rule": "invite", "history_visibility": "shared", "guest_access": "can_join"},
@@ -70,12 +71,14 @@ class RoomService:
         rooms: RoomStore,
         server_name: str,
         profile_for: ProfileLookup,
+        user_exists: UserLookup,
     ) -> None:
         self.writer = writer
         self.events = events
         self.rooms = rooms
         self.server_name = server_name
         self.profile_for = profile_for
+        self.user_exists = user_exists
 
     # -- helpers ---------------------------------------------------------------
     async def member_content(self, user_id: str, membership: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -116,6 +119,9 @@ class RoomService:
             if u.split(":", 1)[1] != self.server_name:
                 raise MatrixError(400, "M_UNRECOGNIZED", "Inviting users on other servers needs federation, "
                                   "which this server does not support yet")
+            # as /invite answers: checked before anything is created
+            if not await self.user_exists(u):
+                raise not_found(f"invite: user {u} not found")
         alias = None
         if body.get("room_alias_name") is not None:
             alias = f"#{body['room_alias_name']}:{self.server_name}"

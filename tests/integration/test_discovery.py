@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import aiohttp
+
 from ..helpers import ApiClient
+from .conftest import StartServer
 
 
 async def test_versions_lists_spec_versions(api: ApiClient) -> None:
@@ -16,6 +19,32 @@ async def test_well_known_client_names_our_base_url(api: ApiClient, base_url: st
     r = await api.get("/.well-known/matrix/client", validate=False)
     assert r.status == 200
     assert r.body == {"m.homeserver": {"base_url": base_url.rstrip("/") + "/"}}, (r.body, base_url)
+
+
+async def test_login_well_known_names_the_bound_port(api: ApiClient, base_url: str) -> None:
+    """The server listens on a port the system picked (port 0 in the
+    config): the login answer's well_known names the port it is bound to,
+    the same document /.well-known/matrix/client serves."""
+    await api.register("wk", "a password of wk")
+    r = await api.post("login", {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "wk"},
+                                 "password": "a password of wk"})
+    assert r.status == 200, r
+    assert r["well_known"] == {"m.homeserver": {"base_url": base_url.rstrip("/") + "/"}}, (r.body, base_url)
+    assert ":0/" not in r["well_known"]["m.homeserver"]["base_url"]
+    served = await api.get("/.well-known/matrix/client", validate=False)
+    assert served.body == r["well_known"]
+
+
+async def test_login_well_known_names_the_public_base_url(
+    start_server: StartServer, http: aiohttp.ClientSession,
+) -> None:
+    hs = await start_server(COFFEECHAT_PUBLIC_BASEURL="https://matrix.example.org")
+    api = ApiClient(f"http://127.0.0.1:{hs.client_port}", http)
+    await api.register("wk", "a password of wk")
+    r = await api.post("login", {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "wk"},
+                                 "password": "a password of wk"})
+    assert r.status == 200, r
+    assert r["well_known"] == {"m.homeserver": {"base_url": "https://matrix.example.org/"}}
 
 
 async def test_well_known_server_advertises_no_federation(api: ApiClient) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -26,7 +26,7 @@ class AccountRoutes:
         *,
         login_limiter: RateLimiter,
         register_limiter: RateLimiter,
-        well_known: dict[str, Any],
+        well_known: Callable[[web.Request], dict[str, Any]],
     ) -> None:
         self.accounts = accounts
         self.auth = auth
@@ -93,7 +93,7 @@ class AccountRoutes:
         )
         if isinstance(result, str):
             return json_response({"user_id": result, "home_server": self.accounts.server_name})
-        return json_response(self._login_body(result))
+        return json_response(self._login_body(request, result))
 
     async def register_available(self, request: web.Request) -> web.StreamResponse:
         username = request.query.get("username")
@@ -128,15 +128,15 @@ class AccountRoutes:
         result = await self.accounts.login(
             user_id, body.get("device_id"), body.get("initial_device_display_name"), _client_ip(request)
         )
-        return json_response(self._login_body(result))
+        return json_response(self._login_body(request, result))
 
-    def _login_body(self, result: LoginResult) -> dict[str, Any]:
+    def _login_body(self, request: web.Request, result: LoginResult) -> dict[str, Any]:
         return {
             "user_id": result.user_id,
             "access_token": result.access_token,
             "device_id": result.device_id,
             "home_server": self.accounts.server_name,
-            "well_known": self.well_known,
+            "well_known": self.well_known(request),
         }
 
     async def logout(self, request: web.Request, requester: Requester) -> web.StreamResponse:

@@ -24,9 +24,17 @@ class DiscoveryRoutes:
         # None while federation is off.
         self.delegated_server = delegated_server
 
-    @property
-    def client_well_known(self) -> dict[str, Any]:
-        return {"m.homeserver": {"base_url": self.client_base_url}}
+    def client_well_known(self, request: web.Request) -> dict[str, Any]:
+        """The client discovery document, as served and as put in login
+        answers. Listening on a port the system picked (port = 0), it names
+        the port this request actually reached, not 0; a configured
+        ``public_baseurl`` is named as it is."""
+        base_url = self.client_base_url
+        if base_url.endswith(":0/"):
+            sockname = request.transport.get_extra_info("sockname") if request.transport else None
+            if sockname:
+                base_url = f"{base_url[:-3]}:{sockname[1]}/"
+        return {"m.homeserver": {"base_url": base_url}}
 
     def register_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/_matrix/client/versions", self.versions)
@@ -37,15 +45,7 @@ class DiscoveryRoutes:
         return json_response({"versions": SUPPORTED_VERSIONS, "unstable_features": {}})
 
     async def well_known_client(self, request: web.Request) -> web.StreamResponse:
-        well_known = self.client_well_known
-        if self.client_base_url.endswith(":0/"):
-            # Listening on a port the system picked (port = 0): name the
-            # port this request actually reached, not 0.
-            sockname = request.transport.get_extra_info("sockname") if request.transport else None
-            if sockname:
-                base_url = f"{self.client_base_url[:-3]}:{sockname[1]}/"
-                well_known = {"m.homeserver": {"base_url": base_url}}
-        return json_response(well_known)
+        return json_response(self.client_well_known(request))
 
     async def well_known_server(self, request: web.Request) -> web.StreamResponse:
         """Where other servers reach our federation listener. With federation

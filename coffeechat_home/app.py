@@ -12,6 +12,7 @@ from aiohttp import web
 from .api.auth import TokenAuth
 from .api.client.account import AccountRoutes
 from .api.client.discovery import DiscoveryRoutes
+from .api.protocol_errors import MatrixAppRunner
 from .api.middleware import make_matrix_middleware
 from .api.ratelimit import RateLimiter
 from .config import Config
@@ -374,7 +375,7 @@ class HomeServer:
     async def _serve_app(
         self, app: web.Application, sockets: list[socket.socket], ssl_context: ssl.SSLContext | None = None
     ) -> int:
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        runner = MatrixAppRunner(app, access_log=None, handler_cancellation=True)
         await runner.setup()
         self.runners.append(runner)
         for sock in sockets:

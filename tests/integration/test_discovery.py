@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import aiohttp
+import pytest
+
+from coffeechat_home.app import HomeServer
 
 from ..helpers import ApiClient
 from .conftest import StartServer
@@ -92,3 +98,50 @@ async def test_cache_buster_query_is_ignored(api: ApiClient) -> None:
     assert r.status == 200 and "m.homeserver" in r.body, r
     r = await api.get("/_matrix/client/v3/account/whoami?_cacheBuster=1", validate=False)
     assert (r.status, r["errcode"]) == (401, "M_MISSING_TOKEN"), r
+
+
+MALFORMED_HEADERS = [
+    "Content-Length: abc",
+    "Content-Length: -1",
+    "Content-Length: 1, 2",
+    "Content-Length: 99999999999999999999999999",
+    "Content-Length: 5\r\nContent-Length: 6",
+    "Bad Header Name: x",
+]
+
+
+async def _raw_request(port: int, head: str, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """Send one hand-written request; read the whole answer (the server
+    closes the connection after a malformed one)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head.encode() + b"\r\n\r\n" + body)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    header_block, _, body = raw.partition(b"\r\n\r\n")
+    lines = header_block.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return status, headers, body
+
+
+@pytest.mark.parametrize("bad", MALFORMED_HEADERS)
+async def test_malformed_http_gets_a_matrix_error(server: HomeServer, bad: str) -> None:
+    """aiohttp's parser refuses these before any handler or middleware
+    runs; the answer is still a Matrix error body (and readable by a
+    browser client: CORS headers)."""
+    assert server.client_port is not None
+    status, headers, body = await _raw_request(
+        server.client_port, f"POST /_matrix/client/v3/login HTTP/1.1\r\nHost: localhost\r\n{bad}", b"{}"
+    )
+    assert status == 400, (status, body)
+    assert headers["content-type"].startswith("application/json"), headers
+    assert headers.get("access-control-allow-origin") == "*"
+    err = json.loads(body)
+    assert err["errcode"] == "M_UNKNOWN" and err["error"].startswith("Bad Request"), err
+    # the server goes on answering
+    status, _, body = await _raw_request(server.client_port, "GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n"
+                                         "Connection: close")
+    assert status == 200 and b"versions" in body

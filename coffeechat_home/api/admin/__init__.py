@@ -4,13 +4,14 @@ admins only: everyone else gets 403 M_FORBIDDEN."""
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from aiohttp import web
 
 from ...errors import bad_json, forbidden
 from ...services.accounts import Requester
 from ..auth import AuthedHandler, TokenAuth
+from ..http import query_int
 
 V1 = "/_synapse/admin/v1"
 V2 = "/_synapse/admin/v2"
@@ -43,3 +44,33 @@ def optional(body: Mapping[str, Any], key: str, kind: type | tuple[type, ...], w
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise bad_json(f"{key} must be {what}")
     return value
+
+
+def paging(request: web.Request, *, min_limit: int = 1) -> tuple[int, int]:
+    """``(from, limit)`` of a paged admin list: from 0 and 100 a page by
+    default, at most 1000 a page."""
+    offset = query_int(request, "from", 0) or 0
+    limit = query_int(request, "limit", 100, minimum=min_limit, maximum=1000) or 100
+    return offset, limit
+
+
+Route = tuple[str, str, AuthedHandler]
+
+
+class AdminRoutes:
+    """A group of admin routes: ``routes()`` lists them as (method, path,
+    handler) and every one is registered behind ``admin_only``."""
+
+    def __init__(self, auth: TokenAuth) -> None:
+        self.auth = auth
+
+    def routes(self) -> Sequence[Route]:
+        raise NotImplementedError
+
+    def register_routes(self, router: web.UrlDispatcher) -> None:
+        for method, path, handler in self.routes():
+            wrapped = admin_only(self.auth, handler)
+            if method == "GET":
+                router.add_get(path, wrapped)  # with HEAD, as aiohttp adds it
+            else:
+                router.add_route(method, path, wrapped)

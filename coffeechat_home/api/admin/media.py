@@ -5,7 +5,7 @@ media, purge cached remote media. The same actions exist as commands
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from aiohttp import web
 
@@ -16,7 +16,7 @@ from ...storage.media import MediaRecord
 from ..auth import TokenAuth
 from ..http import json_response, query_int
 from . import V1 as PREFIX
-from . import admin_only
+from . import AdminRoutes, Route, paging
 
 
 def _media_json(m: MediaRecord) -> dict[str, Any]:
@@ -31,37 +31,34 @@ def _media_json(m: MediaRecord) -> dict[str, Any]:
     }
 
 
-class MediaAdminRoutes:
+class MediaAdminRoutes(AdminRoutes):
     def __init__(self, media: MediaService, auth: TokenAuth) -> None:
+        super().__init__(auth)
         self.media = media
-        self.auth = auth
 
-    def register_routes(self, router: web.UrlDispatcher) -> None:
-        a = self.auth
-        router.add_route("POST", PREFIX + "/media/quarantine/{server_name}/{media_id}", admin_only(a, self.quarantine))
-        router.add_route("POST", PREFIX + "/media/unquarantine/{server_name}/{media_id}", admin_only(a, self.release))
-        router.add_route("DELETE", PREFIX + "/media/{server_name}/{media_id}", admin_only(a, self.delete))
-        router.add_get(PREFIX + "/users/{user_id}/media", admin_only(a, self.list_user))
-        router.add_route("POST", PREFIX + "/purge_media_cache", admin_only(a, self.purge_remote))
+    def routes(self) -> Sequence[Route]:
+        return [
+            ("POST", PREFIX + "/media/quarantine/{server_name}/{media_id}", self.quarantine),
+            ("POST", PREFIX + "/media/unquarantine/{server_name}/{media_id}", self.release),
+            ("DELETE", PREFIX + "/media/{server_name}/{media_id}", self.delete),
+            ("GET", PREFIX + "/users/{user_id}/media", self.list_user),
+            ("POST", PREFIX + "/purge_media_cache", self.purge_remote),
+        ]
 
     async def quarantine(self, request: web.Request, requester: Requester) -> web.StreamResponse:
-        if not await self.media.quarantine(_mxc(request), requester.user_id):
-            raise not_found("Media not found")
+        _found(await self.media.quarantine(_mxc(request), requester.user_id))
         return json_response({})
 
     async def release(self, request: web.Request, requester: Requester) -> web.StreamResponse:
-        if not await self.media.quarantine(_mxc(request), None):
-            raise not_found("Media not found")
+        _found(await self.media.quarantine(_mxc(request), None))
         return json_response({})
 
     async def delete(self, request: web.Request, requester: Requester) -> web.StreamResponse:
-        if not await self.media.delete(_mxc(request)):
-            raise not_found("Media not found")
+        _found(await self.media.delete(_mxc(request)))
         return json_response({"deleted_media": [request.match_info["media_id"]], "total": 1})
 
     async def list_user(self, request: web.Request, requester: Requester) -> web.StreamResponse:
-        start = query_int(request, "from", 0) or 0
-        limit = query_int(request, "limit", 100, maximum=1000) or 100
+        start, limit = paging(request, min_limit=0)
         media = await self.media.list_user_media(request.match_info["user_id"])
         page = media[start:start + limit]
         body: dict[str, Any] = {"media": [_media_json(m) for m in page], "total": len(media)}
@@ -74,6 +71,11 @@ class MediaAdminRoutes:
         if before is None:
             raise missing_param("before_ts is required")
         return json_response({"deleted": await self.media.purge_remote_before(before)})
+
+
+def _found(found: bool) -> None:
+    if not found:
+        raise not_found("Media not found")
 
 
 def _mxc(request: web.Request) -> str:

@@ -3,7 +3,7 @@ job with a status) and purge history (likewise)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from aiohttp import web
 
@@ -13,8 +13,8 @@ from ...services.admin.rooms import RoomAdminService
 from ...storage.admin_jobs import Job
 from ...storage.room_admin import RoomRow
 from ..auth import TokenAuth
-from ..http import json_response, query_int, read_json_object
-from . import V1, V2, admin_only, optional
+from ..http import json_response, read_json_object
+from . import V1, V2, AdminRoutes, Route, optional, paging
 
 
 def room_json(r: RoomRow) -> dict[str, Any]:
@@ -55,26 +55,26 @@ def delete_json(job: Job) -> dict[str, Any]:
     return body
 
 
-class RoomAdminRoutes:
+class RoomAdminRoutes(AdminRoutes):
     def __init__(self, rooms: RoomAdminService, auth: TokenAuth) -> None:
+        super().__init__(auth)
         self.rooms = rooms
-        self.auth = auth
 
-    def register_routes(self, router: web.UrlDispatcher) -> None:
-        a = self.auth
-        router.add_get(V1 + "/rooms", admin_only(a, self.list_rooms))
-        router.add_get(V1 + "/rooms/{room_id}", admin_only(a, self.room))
-        router.add_get(V1 + "/rooms/{room_id}/members", admin_only(a, self.members))
-        router.add_delete(V2 + "/rooms/{room_id}", admin_only(a, self.delete))
-        router.add_get(V2 + "/rooms/{room_id}/delete_status", admin_only(a, self.delete_statuses))
-        router.add_get(V2 + "/rooms/delete_status/{delete_id}", admin_only(a, self.delete_status))
-        router.add_post(V1 + "/purge_history/{room_id}", admin_only(a, self.purge_history))
-        router.add_post(V1 + "/purge_history/{room_id}/{event_id}", admin_only(a, self.purge_history))
-        router.add_get(V1 + "/purge_history_status/{purge_id}", admin_only(a, self.purge_status))
+    def routes(self) -> Sequence[Route]:
+        return [
+            ("GET", V1 + "/rooms", self.list_rooms),
+            ("GET", V1 + "/rooms/{room_id}", self.room),
+            ("GET", V1 + "/rooms/{room_id}/members", self.members),
+            ("DELETE", V2 + "/rooms/{room_id}", self.delete),
+            ("GET", V2 + "/rooms/{room_id}/delete_status", self.delete_statuses),
+            ("GET", V2 + "/rooms/delete_status/{delete_id}", self.delete_status),
+            ("POST", V1 + "/purge_history/{room_id}", self.purge_history),
+            ("POST", V1 + "/purge_history/{room_id}/{event_id}", self.purge_history),
+            ("GET", V1 + "/purge_history_status/{purge_id}", self.purge_status),
+        ]
 
     async def list_rooms(self, request: web.Request, requester: Requester) -> web.StreamResponse:
-        offset = query_int(request, "from", 0) or 0
-        limit = query_int(request, "limit", 100, minimum=1, maximum=1000) or 100
+        offset, limit = paging(request)
         rows, total = await self.rooms.list_rooms(offset, limit, request.query.get("search_term") or None)
         body: dict[str, Any] = {"rooms": [room_json(r) for r in rows], "offset": offset, "total_rooms": total}
         if offset + len(rows) < total:

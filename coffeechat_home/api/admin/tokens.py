@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from aiohttp import web
 
 from ...errors import invalid_param
@@ -10,23 +12,24 @@ from ...services.accounts import Requester
 from ...services.admin.tokens import RegistrationTokenService
 from ..auth import TokenAuth
 from ..http import json_response, read_json_object
-from . import V1, admin_only, optional
+from . import V1, AdminRoutes, Route, optional
 
 PATH = V1 + "/registration_tokens"
 
 
-class TokenAdminRoutes:
+class TokenAdminRoutes(AdminRoutes):
     def __init__(self, tokens: RegistrationTokenService, auth: TokenAuth) -> None:
+        super().__init__(auth)
         self.tokens = tokens
-        self.auth = auth
 
-    def register_routes(self, router: web.UrlDispatcher) -> None:
-        a = self.auth
-        router.add_get(PATH, admin_only(a, self.list))
-        router.add_post(PATH + "/new", admin_only(a, self.create))
-        router.add_get(PATH + "/{token}", admin_only(a, self.get))
-        router.add_put(PATH + "/{token}", admin_only(a, self.update))
-        router.add_delete(PATH + "/{token}", admin_only(a, self.delete))
+    def routes(self) -> Sequence[Route]:
+        return [
+            ("GET", PATH, self.list),
+            ("POST", PATH + "/new", self.create),
+            ("GET", PATH + "/{token}", self.get),
+            ("PUT", PATH + "/{token}", self.update),
+            ("DELETE", PATH + "/{token}", self.delete),
+        ]
 
     async def list(self, request: web.Request, requester: Requester) -> web.StreamResponse:
         raw = request.query.get("valid")

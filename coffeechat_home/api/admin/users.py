@@ -3,7 +3,7 @@ password, whois and devices; and the server version."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from aiohttp import web
 
@@ -13,8 +13,8 @@ from ...services.accounts import Requester
 from ...services.admin.users import UserAdminService, UserChange, user_json
 from ...storage.accounts import Device
 from ..auth import TokenAuth
-from ..http import json_response, query_bool, query_int, read_json_object
-from . import V1, V2, admin_only, optional
+from ..http import json_response, query_bool, read_json_object
+from . import V1, V2, AdminRoutes, Route, optional, paging
 
 
 def _device_json(d: Device) -> dict[str, Any]:
@@ -22,31 +22,34 @@ def _device_json(d: Device) -> dict[str, Any]:
             "last_seen_ts": d.last_seen_ts, "last_seen_user_agent": None, "user_id": d.user_id}
 
 
-class UserAdminRoutes:
+class UserAdminRoutes(AdminRoutes):
     def __init__(self, users: UserAdminService, auth: TokenAuth) -> None:
+        super().__init__(auth)
         self.users = users
-        self.auth = auth
 
     def register_routes(self, router: web.UrlDispatcher) -> None:
-        a = self.auth
         router.add_get(V1 + "/server_version", self.server_version)
-        router.add_get(V2 + "/users", admin_only(a, self.list_users))
-        router.add_get(V2 + "/users/{user_id}", admin_only(a, self.get_user))
-        router.add_put(V2 + "/users/{user_id}", admin_only(a, self.put_user))
-        router.add_get(V2 + "/users/{user_id}/devices", admin_only(a, self.devices))
-        router.add_delete(V2 + "/users/{user_id}/devices/{device_id}", admin_only(a, self.delete_device))
-        router.add_post(V1 + "/deactivate/{user_id}", admin_only(a, self.deactivate))
-        router.add_post(V1 + "/reset_password/{user_id}", admin_only(a, self.reset_password))
-        router.add_get(V1 + "/whois/{user_id}", admin_only(a, self.whois))
-        router.add_get(V1 + "/users/{user_id}/admin", admin_only(a, self.get_admin))
+        super().register_routes(router)
+
+    def routes(self) -> Sequence[Route]:
+        return [
+            ("GET", V2 + "/users", self.list_users),
+            ("GET", V2 + "/users/{user_id}", self.get_user),
+            ("PUT", V2 + "/users/{user_id}", self.put_user),
+            ("GET", V2 + "/users/{user_id}/devices", self.devices),
+            ("DELETE", V2 + "/users/{user_id}/devices/{device_id}", self.delete_device),
+            ("POST", V1 + "/deactivate/{user_id}", self.deactivate),
+            ("POST", V1 + "/reset_password/{user_id}", self.reset_password),
+            ("GET", V1 + "/whois/{user_id}", self.whois),
+            ("GET", V1 + "/users/{user_id}/admin", self.get_admin),
+        ]
 
     async def server_version(self, request: web.Request) -> web.StreamResponse:
         # no token needed, as in Synapse
         return json_response({"server_version": f"coffeechat-home {__version__}"})
 
     async def list_users(self, request: web.Request, requester: Requester) -> web.StreamResponse:
-        offset = query_int(request, "from", 0) or 0
-        limit = query_int(request, "limit", 100, minimum=1, maximum=1000) or 100
+        offset, limit = paging(request)
         name = request.query.get("name") or request.query.get("user_id") or None
         users, total = await self.users.list_users(offset, limit, name, query_bool(request, "deactivated", False))
         body: dict[str, Any] = {"users": [user_json(u) for u in users], "total": total}

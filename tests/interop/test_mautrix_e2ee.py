@@ -207,38 +207,32 @@ async def _conversation(alice: Mautrix, bob: Mautrix) -> None:
     assert alice.texts[room_id][:2] == ["a secret from alice", "a secret reply from bob"]
 
 
-async def test_two_mautrix_clients_exchange_megolm_messages(base_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    alice = await mautrix_user(base_url, tmp_path, "alice")
-    bob = await mautrix_user(base_url, tmp_path, "bob")
-    try:
-        await _conversation(alice, bob)
-    finally:
-        for m in (alice, bob):
-            await m.close()
-    _no_client_errors(caplog)
-
-
 LEGACY_CALLS = {
     "login", "keys/upload", "keys/query", "keys/claim", "sync", "createRoom", "join", "joined_members",
     "sendToDevice", "send",
 }
 
 
-async def test_mautrix_conversation_on_legacy_r0_paths(base_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """The same encrypted conversation with every v3 call on its r0 alias."""
-    alice = await mautrix_user(base_url, tmp_path, "alice", legacy=True)
-    bob = await mautrix_user(base_url, tmp_path, "bob", legacy=True)
+@pytest.mark.parametrize("legacy", [False, True], ids=["v3", "r0"])
+async def test_two_mautrix_clients_exchange_megolm_messages(
+    base_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, legacy: bool,
+) -> None:
+    """r0: the same encrypted conversation with every v3 call on its legacy
+    r0 alias (what older clients call)."""
+    alice = await mautrix_user(base_url, tmp_path, "alice", legacy=legacy)
+    bob = await mautrix_user(base_url, tmp_path, "bob", legacy=legacy)
     try:
         await _conversation(alice, bob)
     finally:
         for m in (alice, bob):
             await m.close()
     _no_client_errors(caplog)
-    paths = alice.client.api.paths + bob.client.api.paths
-    assert not [p for p in paths if "/_matrix/client/v3/" in p]
-    called = {name for name in LEGACY_CALLS for p in paths
-              if p.startswith("/_matrix/client/r0/") and (f"/{name}/" in p + "/" or p.endswith(f"/{name}"))}
-    assert called == LEGACY_CALLS, LEGACY_CALLS - called
+    if legacy:
+        paths = alice.client.api.paths + bob.client.api.paths
+        assert not [p for p in paths if "/_matrix/client/v3/" in p]
+        called = {name for name in LEGACY_CALLS for p in paths
+                  if p.startswith("/_matrix/client/r0/") and (f"/{name}/" in p + "/" or p.endswith(f"/{name}"))}
+        assert called == LEGACY_CALLS, LEGACY_CALLS - called
 
 
 async def test_mautrix_cross_signing_and_recovery_key(base_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

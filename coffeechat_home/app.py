@@ -43,6 +43,10 @@ from .services.admin.tokens import RegistrationTokenService
 from .services.admin.users import UserAdminService
 from .storage.registration_tokens import RegistrationTokenStore
 from .api.admin.rooms import RoomAdminRoutes
+from .api.admin.room_dag import RoomDagAdminRoutes
+from .api.web import WebRoutes
+from .services.admin.room_dag import RoomDagService
+from .storage.room_dag import RoomDagStore
 from .services.admin.jobs import JobRunner
 from .services.admin.rooms import RoomAdminService
 from .storage.admin_jobs import AdminJobStore
@@ -123,6 +127,7 @@ class Services:
     federation_client: FederationClient
     remote_queries: RemoteQueries
     directory: DirectoryService
+    room_dag: RoomDagService
 
 
 def build_services(config: Config, db: Database, signing_key: SigningKey) -> Services:
@@ -206,6 +211,7 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         federation_client=federation_client,
         remote_queries=remote_queries,
         directory=directory,
+        room_dag=RoomDagService(RoomDagStore(db)),
     )
 
 
@@ -255,6 +261,10 @@ def build_client_app(config: Config, services: Services, metrics: Metrics | None
     UserAdminRoutes(services.user_admin, services.auth).register_routes(app.router)
     TokenAdminRoutes(services.token_admin, services.auth).register_routes(app.router)
     RoomAdminRoutes(services.room_admin, services.auth).register_routes(app.router)
+    RoomDagAdminRoutes(services.room_dag, services.auth).register_routes(app.router)
+    # the built-in web chat page and DAG viewer
+    if config.web.enabled:
+        WebRoutes().register_routes(app.router)
     return app
 
 

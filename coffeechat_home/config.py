@@ -143,6 +143,14 @@ class FederationConfig:
     max_response_bytes: int = 10 * 1024 * 1024
 
 
+@dataclass
+class WebConfig:
+    # The built-in web chat page at / (and /_coffeechat/) and the admins'
+    # room DAG viewer, on the client listener. Off unless set; on by
+    # default in dev mode (dev_mode = true or `--dev`).
+    enabled: bool = False
+
+
 # One default for every command (serve, register-user, migrate, init ...),
 # dev mode or not, so that they all find the same database and key.
 DEFAULT_DATA_DIR = "./coffeechat-data"
@@ -179,6 +187,7 @@ class Config:
     media: MediaConfig = field(default_factory=MediaConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     # Where the config came from, for messages.
     source: str = ""
 
@@ -450,6 +459,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     """Read the config file (if any), apply environment overrides, validate."""
     env = os.environ if env is None else env
     config = Config()
+    web_enabled_in_file = False
     if path is None and env.get("COFFEECHAT_CONFIG"):
         path = env["COFFEECHAT_CONFIG"]
     if path is not None:
@@ -461,6 +471,8 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
         _apply_mapping(config, data, str(p))
+        web_section = data.get("web")
+        web_enabled_in_file = isinstance(web_section, Mapping) and "enabled" in web_section
         config.source = str(p)
         # Relative data_dir is relative to the config file's folder.
         if not Path(config.data_dir).expanduser().is_absolute():
@@ -475,6 +487,8 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
             config.database.url, config.database.ca_cert_path = built
     if config.dev_mode and config.registration.mode == "closed" and "COFFEECHAT_REGISTRATION_MODE" not in env:
         config.registration.mode = "open"
+    if config.dev_mode and not web_enabled_in_file and "COFFEECHAT_WEB_ENABLED" not in env:
+        config.web.enabled = True
     validate(config)
     return config
 
@@ -608,4 +622,10 @@ path = "/metrics"
 separate_listener = false
 host = "127.0.0.1"
 port = 9092
+
+[web]
+# The built-in web chat page at / and the admins' room DAG viewer at
+# /_coffeechat/admin/rooms/<room id>/dag. Unset: on in dev mode, off
+# otherwise.
+# enabled = true
 """

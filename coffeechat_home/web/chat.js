@@ -279,12 +279,12 @@ function renderEvent(r, ev) {
   return li;
 }
 
-function receiptLine(r, ev) {
+function readersOf(r, ev) {
   const readers = [];
   for (const [userId, eventId] of r.receipts) {
     if (eventId === ev.event_id && userId !== client.userId && userId !== ev.sender) readers.push(displayName(r, userId));
   }
-  return readers.length ? el("p", { class: "receipts", text: `Seen by ${readers.join(", ")}` }) : null;
+  return readers;
 }
 
 function renderRoom() {
@@ -318,14 +318,21 @@ function renderRoom() {
   }
   const scroller = $("timeline-scroll");
   const fromBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight;
+  // a receipt on an event not drawn (an edit, a reaction) shows on the
+  // nearest drawn event before it
   const items = [];
+  let readers = [];
+  const flush = () => {
+    const last = items[items.length - 1];
+    if (last && readers.length) last.append(el("p", { class: "receipts", text: `Seen by ${readers.join(", ")}` }));
+    readers = [];
+  };
   for (const ev of r.timeline) {
     const li = renderEvent(r, ev);
-    if (!li) continue;
-    const seen = receiptLine(r, ev);
-    if (seen) li.append(seen);
-    items.push(li);
+    if (li) { flush(); items.push(li); }
+    readers = readers.concat(readersOf(r, ev));
   }
+  flush();
   $("timeline").replaceChildren(...items);
   scroller.scrollTop = fromBottom < 80 ? scroller.scrollHeight : scroller.scrollHeight - scroller.clientHeight - fromBottom;
   $("older-button").hidden = !inRoom || r.atStart || !r.prevBatch;
@@ -460,6 +467,7 @@ function wire() {
       if (alias) body.room_alias_name = alias;
       const r = await client.createRoom(body);
       $("create-form").reset();
+      $("create-form").closest("details").open = false;
       room(r.room_id);
       selectRoom(r.room_id);
     });
@@ -469,6 +477,7 @@ function wire() {
     guarded("sidebar-error", async () => {
       const r = await client.join($("join-target").value.trim());
       $("join-form").reset();
+      $("join-form").closest("details").open = false;
       room(r.room_id).membership = "join";
       selectRoom(r.room_id);
     });

@@ -9,8 +9,8 @@ const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
 const LIMIT = 200;
 const MAX_NODES = 3000;
-const ROW = 70;
-const COL = 150;
+const ROW = 50;
+const COL = 170;
 
 const roomId = decodeURIComponent(location.pathname.split("/rooms/")[1].replace(/\/dag\/?$/, ""));
 let client = null;
@@ -171,10 +171,11 @@ function fit() {
   if (!positions.size) return;
   const box = $("dag-svg").getBoundingClientRect();
   const xs = [...positions.values()].map((p) => p.x), ys = [...positions.values()].map((p) => p.y);
-  const w = Math.max(...xs) - Math.min(...xs) + 300, h = Math.max(...ys) - Math.min(...ys) + 80;
-  view.k = Math.max(0.05, Math.min(2, box.width / w, box.height / h));
+  const pad = 40;
+  const w = Math.max(...xs) - Math.min(...xs) + 250, h = Math.max(...ys) - Math.min(...ys) + 30;
+  view.k = Math.max(0.05, Math.min(2, (box.width - 2 * pad) / w, (box.height - 2 * pad) / h));
   view.x = box.width / 2 - ((Math.max(...xs) + Math.min(...xs)) / 2 + 100) * view.k;
-  view.y = 40 - Math.min(...ys) * view.k;
+  view.y = pad + 15 * view.k - Math.min(...ys) * view.k;
   applyView();
 }
 

@@ -33,8 +33,8 @@ def chromium_path() -> str | None:
     return None
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
+@pytest.fixture(name="browser")
+async def browser_fixture() -> AsyncIterator[Any]:
     if async_playwright is None:
         pytest.skip("Python playwright is not installed (pip install playwright; no browser download needed)")
     path = chromium_path()

@@ -11,6 +11,7 @@ from coffeechat_home.app import HomeServer
 
 from ..helpers import ApiClient
 from .admin_helpers import make_admin
+from .dag_fork import make_forked_room
 from .room_helpers import assert_error, create_room, invite_and_join, q, send_text
 
 DAG = "/_coffeechat/admin/v1/rooms/{}/dag"
@@ -126,3 +127,29 @@ async def test_window_bounds(server: HomeServer, http: aiohttp.ClientSession, al
     empty = (await get_dag(admin, room_id, from_depth=10_000, to_depth=20_000)).body
     assert empty["nodes"] == [] and empty["edges"] == [] and empty["window"]["count"] == 0
     assert empty["total_events"] == total
+
+
+async def test_fork_and_merge(server: HomeServer, http: aiohttp.ClientSession, alice: ApiClient) -> None:
+    admin = await make_admin(server, http)
+    room = await make_forked_room(server, alice)
+    body = (await get_dag(admin, room.room_id)).body
+    nodes = {n["event_id"]: n for n in body["nodes"]}
+    # two branches from the fork point, at the same depth, and a merge of both
+    assert nodes[room.main]["prev_events"] == [room.fork_point] == nodes[room.fork]["prev_events"]
+    assert nodes[room.main]["depth"] == nodes[room.fork]["depth"]
+    assert sorted(nodes[room.merge]["prev_events"]) == sorted([room.main, room.fork])
+    assert {(e["from"], e["to"]) for e in body["edges"] if e["from"] == room.merge} == {
+        (room.merge, room.main), (room.merge, room.fork)}
+    assert body["forward_extremities"] == [room.merge] and nodes[room.merge]["forward_extremity"]
+    assert isinstance(nodes[room.fork]["stream_pos"], int)
+    # the state at the merge: the topic was in conflict, each branch's value and the resolved one
+    st = (await admin.get(dag_path(room.room_id) + "/state/" + q(room.merge), validate=False)).body
+    assert st["conflicts"] == [{"type": "m.room.topic", "state_key": "", "resolved": room.resolved_topic,
+                                "branches": {room.main: room.main, room.fork: room.fork}}]
+    assert room.resolved_topic in (room.main, room.fork)
+    topic = [s for s in st["state"] if s["type"] == "m.room.topic"]
+    assert [t["event_id"] for t in topic] == [room.resolved_topic]
+    # at a plain event there is no conflict
+    st = (await admin.get(dag_path(room.room_id) + "/state/" + q(room.fork), validate=False)).body
+    assert st["conflicts"] == [] and {s["content"].get("topic") for s in st["state"]
+                                      if s["type"] == "m.room.topic"} == {"fork topic"}

@@ -13,7 +13,7 @@ import pytest
 from coffeechat_home.app import HomeServer
 
 from ..helpers import ApiClient
-from .browser import WAIT_MS, browser, screenshot  # noqa: F401 (fixture)
+from .browser import WAIT_MS, browser_fixture, screenshot  # noqa: F401 (the browser fixture)
 from .conftest import StartServer
 from .room_helpers import create_room, send_text
 

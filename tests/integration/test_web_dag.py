@@ -14,7 +14,8 @@ from coffeechat_home.app import HomeServer
 
 from ..helpers import ApiClient
 from .admin_helpers import make_admin
-from .browser import WAIT_MS, browser, screenshot  # noqa: F401 (fixture)
+from .dag_fork import make_forked_room
+from .browser import WAIT_MS, browser_fixture, screenshot  # noqa: F401 (the browser fixture)
 from .conftest import StartServer
 from .room_helpers import create_room, invite_and_join, q, send_text
 
@@ -121,6 +122,39 @@ async def test_viewer_windows_a_long_room(browser: Any, web_server: HomeServer, 
     await expect(page.locator("#dag-details")).to_contain_text(sent[100], timeout=WAIT_MS)
     await expect(page.locator(f'#dag-nodes .node.selected[data-event-id="{sent[100]}"]')).to_have_count(1)
     await screenshot(page, "dag-window")
+    assert page.js_errors == []
+
+
+async def test_viewer_draws_fork_and_merge(browser: Any, web_server: HomeServer, http: aiohttp.ClientSession) -> None:
+    alice = ApiClient(f"http://127.0.0.1:{web_server.client_port}", http)
+    await alice.register("alice")
+    room = await make_forked_room(web_server, alice)
+    page = await admin_page(browser, web_server, http)
+    await page.goto(f"{alice.base_url}/_coffeechat/admin/rooms/{q(room.room_id)}/dag")
+
+    def node(event_id: str) -> Any:
+        return page.locator(f'#dag-nodes .node[data-event-id="{event_id}"]')
+
+    await expect(node(room.merge)).to_have_class(re.compile(r"\bmerge\b"), timeout=WAIT_MS)
+    await expect(node(room.merge)).to_have_class(re.compile(r"\bextremity\b"))
+    await expect(page.locator("#dag-summary")).to_contain_text("1 merge, 1 depth with parallel events")
+    # both branches drawn side by side (same row, different columns), both joined to the fork point and the merge
+    main_at = await node(room.main).get_attribute("transform")
+    fork_at = await node(room.fork).get_attribute("transform")
+    assert main_at and fork_at and main_at != fork_at
+    assert main_at.split(",")[1] == fork_at.split(",")[1]  # same y: same depth
+    for child, parent in ((room.main, room.fork_point), (room.fork, room.fork_point),
+                          (room.merge, room.main), (room.merge, room.fork)):
+        await expect(page.locator(f'#dag-edges .edge[data-from="{child}"][data-to="{parent}"]')).to_have_count(1)
+    # select the merge: the topic was in conflict between the branches
+    await node(room.merge).click()
+    conflicts = page.locator("#dag-details .conflict-table")
+    await expect(conflicts).to_contain_text("m.room.topic", timeout=WAIT_MS)
+    await expect(conflicts).to_contain_text(room.resolved_topic)
+    await expect(page.locator("#dag-details")).to_contain_text("Merge: 1 state key in conflict")
+    await expect(node(room.main)).to_have_class(re.compile(r"\bconflict\b"))
+    await expect(node(room.fork)).to_have_class(re.compile(r"\bconflict\b"))
+    await screenshot(page, "dag-fork-merge")
     assert page.js_errors == []
 
 

@@ -127,7 +127,8 @@ async def _serve(config: Config) -> int:
         f"registration: {config.registration.mode}"
         + (f"; federation on https://{config.federation_listener.host}:{server.federation_port}/"
            if server.federation_port is not None else "; federation off")
-        + _metrics_note(config, server.client_port, server.metrics_port),
+        + _metrics_note(config, server.client_port, server.metrics_port)
+        + (f"; web chat page: http://{config.client_listener.host}:{server.client_port}/" if config.web.enabled else ""),
         flush=True,
     )
     try:

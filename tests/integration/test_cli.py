@@ -109,7 +109,10 @@ async def test_serve_with_database_url_then_login(database_url: str, tmp_path: P
 @pytest.mark.slow
 async def test_serve_dev_with_embedded_postgres(tmp_path: Path) -> None:
     """The README's first command: embedded PostgreSQL, open registration."""
-    env = {**os.environ, "COFFEECHAT_CLIENT_LISTENER_PORT": "0"}
+    # run from another folder: this checkout's code, not whatever is installed
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "COFFEECHAT_CLIENT_LISTENER_PORT": "0",
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
     env.pop("COFFEECHAT_DATABASE_URL", None)
     started = time.monotonic()
     errfile = tmp_path / "stderr.log"
@@ -124,6 +127,11 @@ async def test_serve_dev_with_embedded_postgres(tmp_path: Path) -> None:
             async with s.post(f"http://127.0.0.1:{port}/_matrix/client/v3/register",
                               json={"username": "first", "password": "p", "auth": {"type": "m.login.dummy"}}) as r:
                 assert r.status == 200
+            # the web chat page is on in dev mode
+            assert "web chat page: http://" in line
+            async with s.get(f"http://127.0.0.1:{port}/") as r:
+                assert r.status == 200 and r.headers["Content-Type"].startswith("text/html")
+                assert "/_coffeechat/static/chat.js" in await r.text()
         print(f"serve --dev ready in {time.monotonic() - started:.1f}s")
     finally:
         proc.send_signal(signal.SIGTERM)

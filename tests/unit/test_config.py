@@ -29,6 +29,18 @@ def test_dev_mode_opens_registration_unless_set() -> None:
     assert c.registration.mode == "closed"
 
 
+def test_web_pages_on_in_dev_mode_unless_set(tmp_path: Path) -> None:
+    assert load_config(None, {}).web.enabled is False
+    assert load_config(None, {"COFFEECHAT_DEV_MODE": "true"}).web.enabled is True
+    assert load_config(None, {"COFFEECHAT_DEV_MODE": "true", "COFFEECHAT_WEB_ENABLED": "false"}).web.enabled is False
+    assert load_config(None, {"COFFEECHAT_WEB_ENABLED": "true"}).web.enabled is True
+    f = tmp_path / "c.toml"
+    f.write_text("dev_mode = true\n[web]\nenabled = false\n")
+    assert load_config(f, {}).web.enabled is False
+    f.write_text("dev_mode = true\n")
+    assert load_config(f, {}).web.enabled is True
+
+
 def test_file_then_env_override(tmp_path: Path) -> None:
     f = tmp_path / "c.toml"
     f.write_text(
@@ -48,6 +60,7 @@ def test_template_is_valid_config(tmp_path: Path) -> None:
     f.write_text(CONFIG_TEMPLATE.format(server_name="a.b", data_dir="x", dev_mode="true", registration_mode="open"))
     c = load_config(f, {})
     assert c.server_name == "a.b" and c.dev_mode and c.registration.mode == "open"
+    assert c.web.enabled  # the template leaves it unset: on in dev mode
 
 
 @pytest.mark.parametrize(

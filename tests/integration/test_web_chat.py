@@ -40,6 +40,8 @@ async def open_page(browser: Any, server: HomeServer, viewport: dict[str, int] |
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    # anything the Content-Security-Policy blocked (inline code, outside fetches)
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
     page.js_errors = errors
     await page.goto(url(server) + "/")
     return page

@@ -35,6 +35,8 @@ async def admin_page(browser: Any, server: HomeServer, http: aiohttp.ClientSessi
     page = await (await browser.new_context()).new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    # anything the Content-Security-Policy blocked (inline code, outside fetches)
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
     page.js_errors = errors
     # log in on the chat page: the viewer uses the same session
     await page.goto(f"http://127.0.0.1:{server.client_port}/")

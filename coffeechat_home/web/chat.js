@@ -92,6 +92,7 @@ function addEvents(r, events, { prepend = false } = {}) {
     fresh.push(ev);
   }
   r.timeline = prepend ? fresh.concat(r.timeline) : r.timeline.concat(fresh);
+  return fresh;
 }
 
 function handleSync(data, initial) {
@@ -105,8 +106,9 @@ function handleSync(data, initial) {
       r.timeline = []; r.ids = new Set(); r.atStart = false;
     }
     if (r.timeline.length === 0) r.prevBatch = tl.prev_batch || null;
-    addEvents(r, tl.events || []);
+    const fresh = addEvents(r, tl.events || []);
     applyState(r, tl.events);
+    if (!initial && id === currentRoomId) announce(r, fresh);
     for (const ev of (j.ephemeral && j.ephemeral.events) || []) {
       if (ev.type === "m.typing") r.typing = ev.content.user_ids || [];
       if (ev.type === "m.receipt") {
@@ -126,6 +128,14 @@ function handleSync(data, initial) {
     rooms.delete(id);
     if (currentRoomId === id) selectRoom(null);
   }
+}
+
+// New messages from others in the open room, read out by screen readers
+// (the timeline itself is redrawn, so it is not a live region).
+function announce(r, events) {
+  const said = events.filter((ev) => ev.type === "m.room.message" && ev.sender !== client.userId
+    && relation(ev).rel_type !== "m.replace");
+  if (said.length) $("announce").textContent = said.map((ev) => `${displayName(r, ev.sender)}: ${bodyOf(ev)}`).join(". ");
 }
 
 async function syncLoop() {

@@ -97,6 +97,7 @@ async def test_two_people_chat_live(browser: Any, web_server: HomeServer) -> Non
     await expect(message(bob, "hello bob")).to_be_visible(timeout=WAIT_MS)
     await say(bob, "hi alice")
     await expect(message(alice, "hi alice")).to_be_visible(timeout=WAIT_MS)
+    await expect(alice.locator("#announce")).to_have_text("bob: hi alice")  # for screen readers
     await expect(alice.locator("#member-list")).to_contain_text("bob", timeout=WAIT_MS)
 
     # typing notifications and read receipts

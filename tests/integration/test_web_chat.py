@@ -161,9 +161,13 @@ async def test_back_pagination_and_join_by_alias(
     for _ in range(10):  # bounded: 45 messages come in pages of 30
         if await page.locator("#room-start").is_visible():
             break
+        before = await page.locator("#timeline .event").count()
         if await page.locator("#older-button").is_visible():
             await page.click("#older-button")
-        await page.wait_for_timeout(300)
+        # a page loaded (more events), or the start of the room reached
+        await page.wait_for_function(
+            "n => document.querySelectorAll('#timeline .event').length !== n"
+            " || !document.getElementById('room-start').hidden", arg=before, timeout=WAIT_MS)
     await expect(message(page, "old message 0")).to_have_count(1, timeout=WAIT_MS)
     await expect(page.locator("#room-start")).to_be_visible(timeout=WAIT_MS)
     bodies = await page.locator("#timeline .body").all_inner_texts()

@@ -162,8 +162,10 @@ async def test_back_pagination_and_join_by_alias(
         if await page.locator("#room-start").is_visible():
             break
         before = await page.locator("#timeline .event").count()
-        if await page.locator("#older-button").is_visible():
-            await page.click("#older-button")
+        try:
+            await page.locator("#older-button").click(timeout=2000)
+        except pw.TimeoutError:
+            pass  # scrolling to the button already reached the top, which loads the page by itself
         # a page loaded (more events), or the start of the room reached
         await page.wait_for_function(
             "n => document.querySelectorAll('#timeline .event').length !== n"

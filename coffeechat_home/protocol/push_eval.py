@@ -13,6 +13,7 @@ applies (as the spec asks).
 from __future__ import annotations
 
 import re
+from collections import abc
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Mapping
@@ -59,11 +60,16 @@ def split_key(key: str) -> list[str]:
 _MISSING = object()
 
 
+@lru_cache(maxsize=4096)
+def _key_parts(key: str) -> tuple[str, ...]:
+    return tuple(split_key(key))
+
+
 def lookup(event: Mapping[str, Any], key: str) -> Any:
     """The value at a dotted key, or ``_MISSING``."""
     value: Any = event
-    for part in split_key(key):
-        if not isinstance(value, Mapping) or part not in value:
+    for part in _key_parts(key):
+        if not isinstance(value, abc.Mapping) or part not in value:
             return _MISSING
         value = value[part]
     return value
@@ -83,7 +89,7 @@ def _glob_body(pattern: str) -> str:
     return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=16384)
 def _glob_re(pattern: str, words: bool) -> re.Pattern[str]:
     body = _glob_body(pattern)
     if words:
@@ -91,6 +97,11 @@ def _glob_re(pattern: str, words: bool) -> re.Pattern[str]:
         # rules and display names, as Synapse matches them)
         return re.compile(rf"(?:^|\W){body}(?:\W|$)", re.IGNORECASE | re.DOTALL)
     return re.compile(rf"{body}\Z", re.IGNORECASE | re.DOTALL)
+
+
+@lru_cache(maxsize=16384)
+def _display_name_re(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(?:^|\W){re.escape(name)}(?:\W|$)", re.IGNORECASE)
 
 
 def glob_matches(pattern: str, value: str, *, words: bool = False) -> bool:
@@ -136,7 +147,7 @@ def condition_matches(cond: Mapping[str, Any], event: Mapping[str, Any], ctx: Pu
         name = ctx.display_name
         if not isinstance(body, str) or not name:
             return False
-        return re.search(rf"(?:^|\W){re.escape(name)}(?:\W|$)", body, re.IGNORECASE) is not None
+        return _display_name_re(name).search(body) is not None
     if kind == "room_member_count":
         return _member_count_matches(cond.get("is"), ctx.member_count)
     if kind == "sender_notification_permission":
@@ -173,7 +184,7 @@ def matching_rule(
             conditions = _conditions(kind, rule)
             if conditions is None:
                 continue
-            if all(isinstance(c, Mapping) and condition_matches(c, event, ctx) for c in conditions):
+            if all(isinstance(c, abc.Mapping) and condition_matches(c, event, ctx) for c in conditions):
                 return rule
     return None
 
@@ -194,7 +205,7 @@ def evaluate(
 
 def _tweak(actions: list[Any], name: str) -> Any:
     for a in actions:
-        if isinstance(a, Mapping) and a.get("set_tweak") == name:
+        if isinstance(a, abc.Mapping) and a.get("set_tweak") == name:
             return a.get("value", True if name == "highlight" else None)
     return None
 

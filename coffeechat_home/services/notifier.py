@@ -16,9 +16,15 @@ from typing import Iterable
 
 from ..storage.stream import StreamStore
 from ..storage.database import DatabaseError
+from .fanout import SharedReads
 from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
+
+# A range of at most this many stream positions is read as "which keys
+# changed" (one indexed range query) before anything else; a longer gap (a
+# client back after a long time) is built without that shortcut.
+CHANGED_KEYS_SPAN = 20_000
 
 
 class _Waiter:
@@ -39,6 +45,9 @@ class Notifier:
         self._task: asyncio.Task[None] | None = None
         self._advance_lock = asyncio.Lock()
         self.wakeups = 0  # waiting requests woken by a change, for metrics
+        # What changed in a range of positions, per stream table: the
+        # range a poll found is what the syncs it wakes ask about.
+        self._changes: SharedReads[tuple[int, int], dict[str, set[str]]] = SharedReads(ttl=10.0, size=128)
 
     async def start(self) -> None:
         self.position = await self.stream.current_position()
@@ -64,13 +73,22 @@ class Notifier:
         async with self._advance_lock:
             new = await self.stream.current_position()
             if new > self.position:
-                keys = await self.stream.changes_between(self.position, new)
+                by_table = await self.changes(self.position, new)
+                keys: set[str] = set().union(*by_table.values()) if by_table else set()
                 self.position = new
                 for w in list(self._waiters):
                     if w.keys & keys:
                         w.event.set()
                         self.wakeups += 1
             return self.position
+
+    async def changes(self, after: int, upto: int) -> dict[str, set[str]]:
+        """``StreamStore.changes_by_table(after, upto)``, read once for all
+        who ask (``upto`` must be at or below a safe position, so the
+        answer cannot change). Callers must not modify it."""
+        if upto <= after:
+            return {}
+        return await self._changes.get((after, upto), lambda: self.stream.changes_by_table(after, upto))
 
     async def wait_for_change(self, after: int, keys: Iterable[str], timeout: float) -> int:
         """Return once a change to one of ``keys`` beyond ``after`` is
@@ -80,8 +98,8 @@ class Notifier:
         try:
             if self.position > after:
                 # something landed between the caller's read and now
-                changed = await self.stream.changes_between(after, self.position)
-                if waiter.keys & changed:
+                by_table = await self.changes(after, self.position)
+                if any(waiter.keys & v for v in by_table.values()):
                     return self.position
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(waiter.event.wait(), timeout)

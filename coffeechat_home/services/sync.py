@@ -10,6 +10,8 @@ rooms or to the user.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -20,15 +22,15 @@ from ..storage.events import EventRow, EventStore
 from ..storage.rooms import RoomStore
 from .accounts import Requester
 from .history import HistoryService, Window, make_token, parse_token, serve_event
-from .notifier import Notifier
+from .fanout import SharedReads
+from .notifier import CHANGED_KEYS_SPAN, Notifier
 
 DEFAULT_TIMELINE_LIMIT = 10
 SYNC_ROOM_CONCURRENCY = 6
 UNREAD_EARLY_ROOMS = 50
-# An incremental sync over at most this many stream positions first asks
-# which keys changed (one indexed range query) and builds only those; a
-# longer gap (a client back after a long time) builds every room.
-CHANGED_KEYS_SPAN = 20_000
+# Latest memberships kept per user between syncs (see _latest_memberships).
+MEMBERSHIPS_CACHED = 20_000
+MEMBERSHIPS_TTL_S = 30.0
 STRIPPED_STATE_TYPES = (
     "m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias",
     "m.room.encryption", "m.room.topic",
@@ -44,8 +46,11 @@ class SyncSources:
     account_data_global: Callable[[str, int | None, int], Awaitable[list[dict[str, Any]]]] | None = None
     account_data_rooms: Callable[[str, list[str], int | None, int], Awaitable[dict[str, list[dict[str, Any]]]]] | None = None
     presence: Callable[[str, int | None, int], Awaitable[list[dict[str, Any]]]] | None = None
-    # unread_notifications per joined room in the response (user, room ids, upto)
-    unread: Callable[[str, list[str], int], Awaitable[dict[str, dict[str, int]]]] | None = None
+    # unread_notifications per joined room in the response (user, room ids,
+    # since, upto, and what changed in (since, upto] when known)
+    unread: Callable[
+        [str, list[str], int | None, int, Mapping[str, set[str]] | None], Awaitable[dict[str, dict[str, int]]]
+    ] | None = None
     # Top-level sections from other features (E2EE: to_device, device_lists,
     # key counts): each returns its fields and whether they carry news.
     extra_global: list[Callable[[Requester, int | None, int], Awaitable[tuple[dict[str, Any], bool]]]] = field(
@@ -137,6 +142,11 @@ class SyncService:
         self.notifier = notifier
         self.sources = sources
         self.history = HistoryService(events, rooms, notifier.stream)
+        # user -> (position, expiry, latest memberships as of that position)
+        self._memberships: OrderedDict[str, tuple[int, float, dict[str, tuple[str, str, int]]]] = OrderedDict()
+        # the new events of a room in (since, upto]: the same for every
+        # member woken by them
+        self._timelines: SharedReads[tuple[Any, ...], list[EventRow]] = SharedReads(ttl=2.0, size=512)
 
     async def sync(
         self, requester: Requester, *, since_token: str | None, timeout_ms: int, sync_filter: SyncFilter,
@@ -177,6 +187,26 @@ class SyncService:
             if not empty:
                 return body
 
+    async def _latest_memberships(
+        self, user_id: str, since: int | None, upto: int, changes: Mapping[str, set[str]] | None
+    ) -> dict[str, tuple[str, str, int]]:
+        """The user's latest membership per room as of ``upto``; reused from
+        the user's previous sync when none of theirs changed in between."""
+        hit = self._memberships.get(user_id)
+        now = time.monotonic()
+        if (
+            hit is not None and changes is not None and since is not None and since <= hit[0] <= upto
+            and hit[1] > now and user_id not in changes.get("room_memberships", ())
+        ):
+            self._memberships.move_to_end(user_id)
+            return hit[2]
+        latest = await self.rooms.latest_memberships(user_id, upto)
+        self._memberships[user_id] = (upto, now + MEMBERSHIPS_TTL_S, latest)
+        self._memberships.move_to_end(user_id)
+        while len(self._memberships) > MEMBERSHIPS_CACHED:
+            self._memberships.popitem(last=False)
+        return latest
+
     async def _limit(self, requester: Requester, since: int | None, upto: int) -> int:
         if self.sources.limit_upto is None:
             return upto
@@ -191,16 +221,9 @@ class SyncService:
         # which rooms need building and which streams can have something
         # for this user (each stream is a table in storage/stream.py's
         # STREAM_TABLES, keyed as registered there).
-        async def no_changes() -> dict[str, set[str]] | None:
-            return None
-
         incremental = since is not None and not full_state and upto - since <= CHANGED_KEYS_SPAN
-        changes, latest, forgotten = await asyncio.gather(
-            self.notifier.stream.changes_by_table(since, upto) if incremental and since is not None
-            else no_changes(),
-            self.rooms.latest_memberships(user_id, upto),
-            self.rooms.forgotten(user_id),
-        )
+        changes = await self.notifier.changes(since, upto) if incremental and since is not None else None
+        latest = await self._latest_memberships(user_id, since, upto, changes)
 
         def touched(table: str, key: str) -> bool:
             return changes is None or key in changes.get(table, ())
@@ -218,8 +241,11 @@ class SyncService:
         account_data = touched("account_data", user_id)
         presence_changed = changes is None or bool(changes.get("presence"))
 
-        async def nothing() -> Any:
-            return None
+        def nothing() -> "asyncio.Future[Any]":
+            # a finished future: gather wraps no task around it
+            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
 
         # Joined rooms are built concurrently (a few queries each, on several
         # pooled connections), and so are the other streams' parts: a sync
@@ -261,7 +287,7 @@ class SyncService:
             src.account_data_global(user_id, since, upto)
             if src.account_data_global and account_data else nothing(),
             src.presence(user_id, since, upto) if src.presence and presence_changed else nothing(),
-            src.unread(user_id, joined_ids, upto) if src.unread and unread_early else nothing(),
+            src.unread(user_id, joined_ids, since, upto, changes) if src.unread and unread_early else nothing(),
         )
         built = dict(zip(whole_ids + part_ids, built_list))
         for room_id in joined_ids:
@@ -271,6 +297,7 @@ class SyncService:
                     "state": {"events": []},
                 }
         typing, receipts, room_account_data = typing or {}, receipts or {}, room_account_data or {}
+        forgotten: set[str] | None = None  # read only when a left room may be in the response
         for room_id, (membership, event_id, pos) in latest.items():
             if not f.wants_room(room_id):
                 continue
@@ -292,12 +319,15 @@ class SyncService:
                 invite[room_id] = {"invite_state": {"events": await self._stripped_state(event_id, requester)}}
             elif membership == "knock" and (changed or full_state):
                 knock[room_id] = {"knock_state": {"events": await self._stripped_state(event_id, requester)}}
-            elif membership in ("leave", "ban") and room_id not in forgotten:
+            elif membership in ("leave", "ban"):
                 if (since is not None and changed) or (since is None and f.include_leave) or (full_state and f.include_leave):
-                    leave[room_id] = await self._left_room(requester, room_id, since, pos, f)
+                    if forgotten is None:
+                        forgotten = await self.rooms.forgotten(user_id)
+                    if room_id not in forgotten:
+                        leave[room_id] = await self._left_room(requester, room_id, since, pos, f)
         if src.unread and join:
             if unread is None:  # only the rooms in this response
-                unread = await src.unread(user_id, list(join), upto)
+                unread = await src.unread(user_id, list(join), since, upto, changes)
             for room_id in join:
                 if room_id in unread:
                     join[room_id]["unread_notifications"] = unread[room_id]
@@ -339,9 +369,10 @@ class SyncService:
                 room_id, window, after=after, upto=upto, limit=f.timeline_limit + 1, backwards=True, **kw
             )
         else:
-            rows = await self.events.timeline(
+            key = (room_id, after, upto, f.timeline_limit, *(None if v is None else tuple(v) for v in kw.values()))
+            rows = list(await self._timelines.get(key, lambda: self.events.timeline(
                 room_id, after=after, upto=upto, limit=f.timeline_limit + 1, backwards=True, **kw
-            )
+            )))
         limited = len(rows) > f.timeline_limit
         rows = rows[: f.timeline_limit]
         rows.reverse()

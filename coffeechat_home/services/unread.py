@@ -12,6 +12,9 @@ room's current ones (not those at each event).
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import orjson
@@ -21,11 +24,39 @@ from ..errors import invalid_param
 from ..storage.rooms import RoomStore
 from ..storage.stream import StreamStore
 from ..storage.unread import RoomPushState, UnreadEvent, UnreadStore
+from .fanout import SharedReads
 from .push_rules import PushRuleService
 
 UNREAD_SCAN_LIMIT = 100  # newest events evaluated per room for unread counts
 NOTIFICATIONS_BATCH = 100
 NOTIFICATIONS_SCAN_LIMIT = 1000  # events examined per GET /notifications page
+
+
+NOTIFY = 1
+HIGHLIGHT = 2
+CARRY_TTL_S = 60.0  # a carried count is recomputed from the database at least this often
+COUNTED_CACHED = 100_000  # (user, room) counts kept for carrying forward
+
+
+@dataclass(frozen=True, slots=True)
+class _Counted:
+    pos: int  # counted as of this position
+    expires: float
+    state: RoomPushState  # what the events were evaluated with
+    flags: bytes  # NOTIFY | HIGHLIGHT per unread event by others, oldest first (at most UNREAD_SCAN_LIMIT)
+
+
+@dataclass(frozen=True, slots=True)
+class _NewEvent:
+    sender: str
+    is_state: bool
+    event: dict[str, Any]
+
+
+def _flags(actions: list[Any]) -> int:
+    if not notifies(actions):
+        return 0
+    return NOTIFY | (HIGHLIGHT if highlights(actions) else 0)
 
 
 def _sender_level(power_levels: Mapping[str, Any], sender: str) -> int:
@@ -49,40 +80,129 @@ class UnreadService:
         self.push_rules = push_rules
         self.rooms = rooms
         self.stream = stream
+        # (user, room) -> what the user's last sync counted, to carry forward
+        self._counted: OrderedDict[tuple[str, str], _Counted] = OrderedDict()
+        # user -> (position, expiry, push rules as of that position)
+        self._rulesets: dict[str, tuple[int, float, Mapping[str, Any]]] = {}
+        # a room's new events, shared by the members woken by them
+        self._new: SharedReads[tuple[str, int, int], list[_NewEvent] | None] = SharedReads(ttl=5.0, size=256)
 
     def _actions(
         self, user_id: str, ruleset: Mapping[str, Any], state: RoomPushState, ev: UnreadEvent
     ) -> tuple[list[Any], dict[str, Any]]:
         event = orjson.loads(ev.client)
-        ctx = PushContext(
-            user_id=user_id,
-            display_name=state.display_name,
-            member_count=state.member_count,
-            sender_power_level=_sender_level(state.power_levels, ev.sender),
-            notification_levels=_notification_levels(state.power_levels),
-        )
-        return evaluate(ruleset, event, ctx), event
+        return evaluate(ruleset, event, self._context(user_id, state, ev.sender)), event
 
-    async def counts_for_sync(self, user_id: str, room_ids: list[str], upto: int) -> dict[str, dict[str, int]]:
+    async def counts_for_sync(
+        self, user_id: str, room_ids: list[str], since: int | None, upto: int,
+        changes: Mapping[str, set[str]] | None = None,
+    ) -> dict[str, dict[str, int]]:
         """``unread_notifications`` for each room: notifying and highlighting
-        events after the user's read receipt."""
+        events after the user's read receipt.
+
+        A room counted for the user's previous sync (at ``since``) is carried
+        forward by evaluating only the room's new events, when nothing the
+        counts depend on changed in (since, upto] (``changes``): no state
+        event in the room (member count, display name, power levels), no
+        receipt of the room or the user, no membership or account data
+        (push rules) of the user. Otherwise the room is counted afresh."""
         out = {r: {"notification_count": 0, "highlight_count": 0} for r in room_ids}
         if not room_ids:
             return out
-        unread = await self.store.unread_events(user_id, room_ids, upto, UNREAD_SCAN_LIMIT)
-        if not unread:
-            return out
-        ruleset, states = await asyncio.gather(
-            self.push_rules.get_ruleset(user_id), self.store.push_state(user_id, {e.room_id for e in unread})
+        fresh: list[str] = []
+        carried: dict[str, _Counted] = {}
+        user_unchanged = changes is not None and not any(
+            user_id in changes.get(t, ()) for t in ("room_memberships", "account_data", "receipts")
         )
-        for ev in unread:
-            actions, _ = self._actions(user_id, ruleset, states[ev.room_id], ev)
-            if notifies(actions):
-                counts = out[ev.room_id]
-                counts["notification_count"] += 1
-                if highlights(actions):
-                    counts["highlight_count"] += 1
+        for room_id in room_ids:
+            hit = self._counted.get((user_id, room_id))
+            if (
+                user_unchanged and hit is not None and since is not None and since <= hit.pos <= upto
+                and hit.expires > time.monotonic() and changes is not None
+                and room_id not in changes.get("receipts", ())
+            ):
+                carried[room_id] = hit
+            else:
+                fresh.append(room_id)
+        counted: dict[str, bytes] = {}
+        if carried:
+            ruleset = await self._ruleset(user_id, since, upto, changes)
+            for room_id, hit in carried.items():
+                new = await self._new_events(room_id, hit.pos, upto)
+                if new is None or any(e.is_state for e in new):
+                    fresh.append(room_id)
+                    continue
+                flags = list(hit.flags)
+                for e in new:
+                    if e.sender != user_id:
+                        flags.append(_flags(evaluate(ruleset, e.event, self._context(user_id, hit.state, e.sender))))
+                counted[room_id] = bytes(flags[-UNREAD_SCAN_LIMIT:])
+                self._remember(user_id, room_id, upto, hit.state, counted[room_id])
+        if fresh:
+            counted.update(await self._count_fresh(user_id, fresh, upto))
+        for room_id, flags_of in counted.items():
+            out[room_id] = {
+                "notification_count": sum(1 for f in flags_of if f & NOTIFY),
+                "highlight_count": sum(1 for f in flags_of if f & HIGHLIGHT),
+            }
         return out
+
+    async def _count_fresh(self, user_id: str, room_ids: list[str], upto: int) -> dict[str, bytes]:
+        unread = await self.store.unread_events(user_id, room_ids, upto, UNREAD_SCAN_LIMIT)
+        ruleset, states = await asyncio.gather(
+            self.push_rules.get_ruleset(user_id), self.store.push_state(user_id, room_ids)
+        )
+        self._rulesets[user_id] = (upto, time.monotonic() + CARRY_TTL_S, ruleset)
+        flags: dict[str, list[int]] = {r: [] for r in room_ids}
+        for ev in unread:  # newest first per room
+            actions, _ = self._actions(user_id, ruleset, states[ev.room_id], ev)
+            flags[ev.room_id].append(_flags(actions))
+        out: dict[str, bytes] = {}
+        for room_id in room_ids:
+            flags[room_id].reverse()
+            out[room_id] = bytes(flags[room_id])
+            self._remember(user_id, room_id, upto, states[room_id], out[room_id])
+        return out
+
+    def _remember(self, user_id: str, room_id: str, pos: int, state: RoomPushState, flags: bytes) -> None:
+        key = (user_id, room_id)
+        self._counted[key] = _Counted(pos, time.monotonic() + CARRY_TTL_S, state, flags)
+        self._counted.move_to_end(key)
+        while len(self._counted) > COUNTED_CACHED:
+            self._counted.popitem(last=False)
+
+    async def _ruleset(
+        self, user_id: str, since: int | None, upto: int, changes: Mapping[str, set[str]] | None
+    ) -> Mapping[str, Any]:
+        hit = self._rulesets.get(user_id)
+        if (
+            hit is not None and since is not None and since <= hit[0] <= upto and hit[1] > time.monotonic()
+            and changes is not None and user_id not in changes.get("account_data", ())
+        ):
+            return hit[2]
+        ruleset = await self.push_rules.get_ruleset(user_id)
+        self._rulesets[user_id] = (upto, time.monotonic() + CARRY_TTL_S, ruleset)
+        return ruleset
+
+    async def _new_events(self, room_id: str, after: int, upto: int) -> list[_NewEvent] | None:
+        """The room's events in (after, upto], parsed once for every member
+        who asks; None when there are more than a scan's worth."""
+        async def read() -> list[_NewEvent] | None:
+            rows = await self.store.room_events_between(room_id, after, upto, UNREAD_SCAN_LIMIT + 1)
+            if len(rows) > UNREAD_SCAN_LIMIT:
+                return None
+            return [_NewEvent(r.sender, r.is_state, orjson.loads(r.client)) for r in rows]
+
+        return await self._new.get((room_id, after, upto), read)
+
+    def _context(self, user_id: str, state: RoomPushState, sender: str) -> PushContext:
+        return PushContext(
+            user_id=user_id,
+            display_name=state.display_name,
+            member_count=state.member_count,
+            sender_power_level=_sender_level(state.power_levels, sender),
+            notification_levels=_notification_levels(state.power_levels),
+        )
 
     async def notifications(
         self, user_id: str, room_ids: Iterable[str], upto: int, before: int | None, limit: int,

@@ -160,6 +160,35 @@ class E2EKeyStore:
         )
         return {r["algorithm"]: int(r["n"]) for r in rows}
 
+    async def key_counts_many(
+        self, devices: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[dict[str, int], list[str]]]:
+        """For each (user, device): its one-time key counts per algorithm
+        and its unused fallback key types, in one statement."""
+        users = sorted({u for u, _ in devices})
+        ids = sorted({d for _, d in devices})
+        rows = await self.db.fetch(
+            """SELECT user_id, device_id, algorithm, count(*) AS n, TRUE AS otk FROM e2e_one_time_keys
+               WHERE user_id = ANY($1::TEXT[]) AND device_id = ANY($2::TEXT[])
+               GROUP BY user_id, device_id, algorithm
+               UNION ALL
+               SELECT user_id, device_id, algorithm, 0 AS n, FALSE AS otk FROM e2e_fallback_keys
+               WHERE user_id = ANY($1::TEXT[]) AND device_id = ANY($2::TEXT[]) AND NOT used""",
+            users, ids,
+        )
+        out: dict[tuple[str, str], tuple[dict[str, int], list[str]]] = {d: ({}, []) for d in devices}
+        for r in rows:
+            entry = out.get((r["user_id"], r["device_id"]))
+            if entry is None:  # a pair nobody asked about
+                continue
+            if r["otk"]:
+                entry[0][r["algorithm"]] = int(r["n"])
+            else:
+                entry[1].append(r["algorithm"])
+        for _, fallback in out.values():
+            fallback.sort()
+        return out
+
     async def unused_fallback_key_types(self, user_id: str, device_id: str) -> list[str]:
         rows = await self.db.fetch(
             """SELECT algorithm FROM e2e_fallback_keys

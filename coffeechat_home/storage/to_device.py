@@ -89,6 +89,15 @@ class ToDeviceStore:
         )
         return [ToDeviceMessage(r["stream_pos"], r["sender"], r["type"], r["content"]) for r in rows]
 
+    async def acknowledge_many(self, acks: list[tuple[str, str, int]]) -> None:
+        """``acknowledge`` for several devices in one statement."""
+        await self.db.execute(
+            """DELETE FROM to_device_messages AS m
+               USING unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[]) AS a(user_id, device_id, upto)
+               WHERE m.user_id = a.user_id AND m.device_id = a.device_id AND m.stream_pos <= a.upto""",
+            [a[0] for a in acks], [a[1] for a in acks], [a[2] for a in acks],
+        )
+
     async def acknowledge(self, user_id: str, device_id: str, upto: int) -> None:
         """The device has seen everything up to ``upto``: delete it."""
         await self.db.execute(

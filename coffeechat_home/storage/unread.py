@@ -36,6 +36,13 @@ class RoomPushState:
     power_levels: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class RoomEvent:
+    sender: str
+    is_state: bool
+    client: str
+
+
 class UnreadStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -66,6 +73,17 @@ class UnreadStore:
             list(room_ids), user_id, upto, READ_TYPES, MAIN_TIMELINE_THREADS, per_room_limit,
         )
         return [UnreadEvent(r["room_id"], r["event_id"], r["stream_pos"], r["sender"], r["client"]) for r in rows]
+
+    async def room_events_between(self, room_id: str, after: int, upto: int, limit: int) -> list[RoomEvent]:
+        """The room's events (not rejected) in (after, upto], oldest first,
+        at most ``limit``."""
+        rows = await self.db.fetch(
+            """SELECT sender, state_key IS NOT NULL AS is_state, client FROM events
+               WHERE room_id = $1 AND stream_pos > $2 AND stream_pos <= $3 AND rejected_reason IS NULL
+               ORDER BY stream_pos LIMIT $4""",
+            room_id, after, upto, limit,
+        )
+        return [RoomEvent(r["sender"], r["is_state"], r["client"]) for r in rows]
 
     async def recent_events(
         self, user_id: str, room_ids: Iterable[str], before: int | None, upto: int, limit: int

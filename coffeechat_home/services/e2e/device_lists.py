@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ...storage.e2e_keys import E2EKeyStore
 from ...storage.rooms import RoomStore
-from ..notifier import Notifier
+from ..notifier import CHANGED_KEYS_SPAN, Notifier
 
 
 class DeviceListService:
@@ -24,6 +24,11 @@ class DeviceListService:
         """(changed, left) user ids for the stream range (since, upto]."""
         if upto <= since:
             return [], []
+        if upto - since <= CHANGED_KEYS_SPAN:
+            # no device changed and nobody's membership changed: nothing to say
+            changes = await self.notifier.changes(since, upto)
+            if not changes.get("device_list_changes") and not changes.get("room_memberships"):
+                return [], []
         sharing_now = await self.rooms.users_sharing_a_room_at(user_id, upto)
         changed = await self.keys.users_with_changes(sharing_now, since, upto)
         left: set[str] = set()

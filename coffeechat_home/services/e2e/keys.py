@@ -13,6 +13,7 @@ from ...protocol.e2e_keys import KeyObjectError, check_device_keys, check_one_ti
 from ...protocol.errors import SignatureError
 from ...storage.e2e_keys import E2EKeyStore, KeyUpload, OneTimeKeyConflict
 from ..accounts import Requester
+from ..fanout import Batcher
 from .cross_signing import CrossSigningService
 from .device_lists import DeviceListService
 
@@ -36,6 +37,7 @@ class KeyService:
     ) -> None:
         self.store = store
         self.device_lists = device_lists
+        self._counts = Batcher(store.key_counts_many)
         self.cross_signing = cross_signing
         self.server_name = server_name
 
@@ -111,14 +113,9 @@ class KeyService:
 
     # -- /sync ------------------------------------------------------------------
     async def counts_for_sync(self, requester: Requester) -> dict[str, Any]:
-        return {
-            "device_one_time_keys_count": await self.store.one_time_key_counts(
-                requester.user_id, requester.device_id
-            ),
-            "device_unused_fallback_key_types": await self.store.unused_fallback_key_types(
-                requester.user_id, requester.device_id
-            ),
-        }
+        # exact at every sync: read together for the syncs woken together
+        counts, fallback = await self._counts.get((requester.user_id, requester.device_id))
+        return {"device_one_time_keys_count": dict(counts), "device_unused_fallback_key_types": list(fallback)}
 
 
 def _check_size(wanted: Mapping[str, Any]) -> None:

@@ -12,7 +12,8 @@ from ...protocol.canonical import check_canonical_json_values
 from ...protocol.errors import CanonicalJSONError
 from ...storage.to_device import ToDeviceStore
 from ..accounts import Requester, now_ms
-from ..notifier import Notifier
+from ..fanout import Batcher
+from ..notifier import CHANGED_KEYS_SPAN, Notifier
 
 SYNC_BATCH = 100  # messages per /sync response, about
 MAX_RECIPIENTS = 10_000  # (user, device) entries in one send
@@ -24,6 +25,12 @@ class ToDeviceService:
         self.store = store
         self.notifier = notifier
         self.server_name = server_name
+        # the acknowledgements of syncs woken together go in one statement
+        self._acks: Batcher[tuple[str, str, int], None] = Batcher(self._acknowledge_many)
+
+    async def _acknowledge_many(self, acks: list[tuple[str, str, int]]) -> dict[tuple[str, str, int], None]:
+        await self.store.acknowledge_many(acks)
+        return dict.fromkeys(acks)
 
     async def send(
         self, requester: Requester, event_type: str, txn_id: str, messages: Mapping[str, Mapping[str, Any]]
@@ -53,10 +60,22 @@ class ToDeviceService:
         SYNC_BATCH messages; the rest come in the next one."""
         user_id, device_id = requester.user_id, requester.device_id
         if since is not None:
-            await self.store.acknowledge(user_id, device_id, since)
+            await self._acks.get((user_id, device_id, since))
+            changes = await self._changes(since, upto)
+            if changes is not None and user_id not in changes.get("to_device_messages", ()):
+                return upto  # nothing for the user's devices in (since, upto]
         return await self.store.batch_end(user_id, device_id, since if since is not None else -1, upto, SYNC_BATCH)
 
+    async def _changes(self, since: int, upto: int) -> Mapping[str, set[str]] | None:
+        if upto - since > CHANGED_KEYS_SPAN:
+            return None
+        return await self.notifier.changes(since, upto)
+
     async def events_for_sync(self, requester: Requester, since: int | None, upto: int) -> list[Any]:
+        if since is not None:
+            changes = await self._changes(since, upto)
+            if changes is not None and requester.user_id not in changes.get("to_device_messages", ()):
+                return []
         pending = await self.store.pending(
             requester.user_id, requester.device_id, since if since is not None else -1, upto
         )

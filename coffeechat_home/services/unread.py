@@ -7,6 +7,12 @@ most ``UNREAD_SCAN_LIMIT`` (the newest) events per room are evaluated, so a
 room with more unread events than that reports the count among those. The
 room's member count, the user's display name and the power levels are the
 room's current ones (not those at each event).
+
+For /sync, what each user's last sync counted is kept in the process and
+carried forward when nothing it depends on changed (``counts_for_sync``):
+then only the room's new events are evaluated, and they are read and parsed
+once for all the members woken by them. A cache safe to lose: any instance
+counts afresh when it has nothing to carry.
 """
 
 from __future__ import annotations
@@ -132,18 +138,19 @@ class UnreadService:
                 if new is None or any(e.is_state for e in new):
                     fresh.append(room_id)
                     continue
-                flags = list(hit.flags)
-                for e in new:
-                    if e.sender != user_id:
-                        flags.append(_flags(evaluate(ruleset, e.event, self._context(user_id, hit.state, e.sender))))
-                counted[room_id] = bytes(flags[-UNREAD_SCAN_LIMIT:])
+                added = bytes(
+                    _flags(evaluate(ruleset, e.event, self._context(user_id, hit.state, e.sender)))
+                    for e in new if e.sender != user_id
+                )
+                counted[room_id] = (hit.flags + added)[-UNREAD_SCAN_LIMIT:] if added else hit.flags
                 self._remember(user_id, room_id, upto, hit.state, counted[room_id])
         if fresh:
             counted.update(await self._count_fresh(user_id, fresh, upto))
         for room_id, flags_of in counted.items():
+            # a highlight always notifies: each flag is 0, NOTIFY or NOTIFY | HIGHLIGHT
+            highlighted = flags_of.count(NOTIFY | HIGHLIGHT)
             out[room_id] = {
-                "notification_count": sum(1 for f in flags_of if f & NOTIFY),
-                "highlight_count": sum(1 for f in flags_of if f & HIGHLIGHT),
+                "notification_count": flags_of.count(NOTIFY) + highlighted, "highlight_count": highlighted,
             }
         return out
 
@@ -152,7 +159,7 @@ class UnreadService:
         ruleset, states = await asyncio.gather(
             self.push_rules.get_ruleset(user_id), self.store.push_state(user_id, room_ids)
         )
-        self._rulesets[user_id] = (upto, time.monotonic() + CARRY_TTL_S, ruleset)
+        self._remember_ruleset(user_id, upto, ruleset)
         flags: dict[str, list[int]] = {r: [] for r in room_ids}
         for ev in unread:  # newest first per room
             actions, _ = self._actions(user_id, ruleset, states[ev.room_id], ev)
@@ -181,8 +188,13 @@ class UnreadService:
         ):
             return hit[2]
         ruleset = await self.push_rules.get_ruleset(user_id)
-        self._rulesets[user_id] = (upto, time.monotonic() + CARRY_TTL_S, ruleset)
+        self._remember_ruleset(user_id, upto, ruleset)
         return ruleset
+
+    def _remember_ruleset(self, user_id: str, pos: int, ruleset: Mapping[str, Any]) -> None:
+        if len(self._rulesets) >= COUNTED_CACHED:
+            self._rulesets.clear()
+        self._rulesets[user_id] = (pos, time.monotonic() + CARRY_TTL_S, ruleset)
 
     async def _new_events(self, room_id: str, after: int, upto: int) -> list[_NewEvent] | None:
         """The room's events in (after, upto], parsed once for every member

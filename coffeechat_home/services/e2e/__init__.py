@@ -4,7 +4,6 @@ to-device messages and key backup. ``build_e2e`` wires them for app.py."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,13 +37,12 @@ class E2E:
     async def sync_part(self, requester: Requester, since: int | None, upto: int) -> tuple[dict[str, Any], bool]:
         """The top-level E2EE fields of a /sync response, and whether they
         carry news (key counts alone do not end a long-poll)."""
-        async def no_changes() -> tuple[list[str], list[str]]:
-            return [], []
-
-        body, events, (changed, left) = await asyncio.gather(
-            self.keys.counts_for_sync(requester),
-            self.to_device.events_for_sync(requester, since, upto),
-            self.device_lists.changes(requester.user_id, since, upto) if since is not None else no_changes(),
+        # one after the other: the last two usually return at once (nothing
+        # of their kind changed), and the first is read with other syncs'
+        body = await self.keys.counts_for_sync(requester)
+        events = await self.to_device.events_for_sync(requester, since, upto)
+        changed, left = (
+            await self.device_lists.changes(requester.user_id, since, upto) if since is not None else ([], [])
         )
         body["to_device"] = {"events": events}
         if since is not None:

@@ -70,12 +70,14 @@ from .services.conversation import Conversation, build_conversation
 from .api.admin.media import MediaAdminRoutes
 from .api.client.media import MediaRoutes
 from .services.media import MediaService, build_media
+from .services.media.remote import RemoteMedia
 # end-to-end encryption
 from .api.client.e2e import register_e2e_routes
 from .services.e2e import E2E, build_e2e
 # federation: keys, outbound client, inbound authentication
 from .api.federation.auth import FederationAuth
 from .api.federation.keys import KeyRoutes
+from .api.federation.media import FederationMediaRoutes
 from .api.federation.routes import FederationRoutes
 from .federation.client import FederationClient
 from .services.remote_queries import RemoteQueries
@@ -183,6 +185,9 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         conversation.profiles.remote_lookup = remote_queries.profile
     directory = DirectoryService(rooms, writer, config.server_name,
                                  remote_queries.room_alias if federating else None)
+    media = build_media(config, db)
+    if federating:  # other servers' media, fetched on first use and cached
+        media.remote = RemoteMedia(federation_client, media.store, media.files, config.media, media.release_bodies)
     return Services(
         config=config,
         db=db,
@@ -201,7 +206,7 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         conversation=conversation,
         liveness=InstanceLiveness(InstanceStore(db), stream, notifier, config.instance_name, instance_id),
         passwords=passwords,
-        media=build_media(config, db),
+        media=media,
         e2e=e2e,
         user_admin=UserAdminService(accounts, conversation.profiles),
         token_admin=RegistrationTokenService(RegistrationTokenStore(db)),
@@ -283,6 +288,7 @@ def build_federation_app(config: Config, services: Services, metrics: Metrics | 
     FederationRoutes(auth, services.conversation.profiles, services.rooms, config.server_name).register_routes(
         app.router
     )
+    FederationMediaRoutes(auth, services.media).register_routes(app.router)
     discovery = DiscoveryRoutes(config.server_name, config.client_base_url, delegated_server_name(config))
     app.router.add_get("/.well-known/matrix/server", discovery.well_known_server)
     return app

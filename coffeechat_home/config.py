@@ -110,6 +110,10 @@ class MediaConfig:
     max_image_pixels: int = 32_000_000
     # Thumbnails generated at once (CPU-bound work off the event loop).
     thumbnail_concurrency: int = 2
+    # Largest file fetched from another server; 0: max_upload_bytes.
+    max_remote_bytes: int = 0
+    # Longest one fetch of another server's file may take, in seconds.
+    remote_fetch_timeout_s: float = 300.0
 
 
 @dataclass
@@ -443,10 +447,10 @@ def validate(config: Config) -> None:
     media = config.media
     if media.max_upload_bytes < 1:
         raise ConfigError("media.max_upload_bytes must be at least 1")
-    for name in ("user_quota_bytes", "unauthenticated_cutoff_ts", "max_pending_uploads"):
+    for name in ("user_quota_bytes", "unauthenticated_cutoff_ts", "max_pending_uploads", "max_remote_bytes"):
         if getattr(media, name) < 0:
             raise ConfigError(f"media.{name} must be 0 or more")
-    for name in ("unused_expiry_ms", "max_image_pixels", "thumbnail_concurrency"):
+    for name in ("unused_expiry_ms", "max_image_pixels", "thumbnail_concurrency", "remote_fetch_timeout_s"):
         if getattr(media, name) < 1:
             raise ConfigError(f"media.{name} must be at least 1")
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", config.instance_name):
@@ -611,6 +615,10 @@ max_pending_uploads = 10
 # Images larger than this many pixels are never decoded for thumbnails.
 max_image_pixels = 32000000
 thumbnail_concurrency = 2
+# Other servers' files (fetched over federation, cached): largest size
+# (bytes; 0 = max_upload_bytes) and the longest one fetch may take (s).
+max_remote_bytes = 0
+remote_fetch_timeout_s = 300.0
 
 [metrics]
 # Prometheus metrics (requests by route and status, latency, events

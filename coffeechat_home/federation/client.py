@@ -21,6 +21,8 @@ import logging
 import ssl
 import time
 import urllib.parse
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -180,6 +182,81 @@ class FederationClient:
         if status >= 300:
             raise BadResponse(f"{destination} answered {method} {path} with a redirect ({status})")
         return decoded
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        destination: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        read_timeout_s: float | None = None,
+        total_timeout_s: float | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A signed GET whose answer is read by the caller, a chunk at a
+        time (media downloads): yields the response once its status is a
+        success (an error status raises RemoteError with its Matrix error,
+        read within the JSON limit). Reading the body may raise
+        ``aiohttp.ClientError`` or ``asyncio.TimeoutError``: the caller maps
+        them (``Unreachable`` is raised for failures before the answer)."""
+        self._check_backoff(destination)
+        uri = path + ("?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote) if query else "")
+        headers = {"Authorization": sign_request("GET", uri, self.server_name, destination, self.signing_key)}
+        read_s = read_timeout_s or self.timeout_s
+        timeout = aiohttp.ClientTimeout(total=total_timeout_s, sock_connect=min(10.0, read_s), sock_read=read_s)
+        try:
+            route = await self.resolver.resolve(destination)
+            url = self._url(route, uri)
+            headers["Host"] = route.host_header
+            resp = await self._get_session().request(
+                "GET", url, headers=headers, timeout=timeout, allow_redirects=False,
+            )
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError, aiohttp.ClientPayloadError) as e:
+            self._failed(destination)
+            raise Unreachable(f"{destination}: {_describe(e)}") from None
+        try:
+            self._succeeded(destination)
+            if resp.status >= 300:
+                try:
+                    raw = await self._read_limited(resp)
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                    raise Unreachable(f"{destination}: {_describe(e)}") from None
+                try:
+                    decoded = orjson.loads(raw) if raw else None
+                except orjson.JSONDecodeError:
+                    decoded = None
+                if resp.status >= 400:
+                    raise RemoteError(destination, resp.status, decoded)
+                raise BadResponse(f"{destination} answered GET {path} with a redirect ({resp.status})")
+            yield resp
+        finally:
+            resp.release()
+
+    @asynccontextmanager
+    async def stream_url(self, url: str, *, read_timeout_s: float | None = None,
+                         total_timeout_s: float | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
+        """An unsigned GET of an https URL another server named (a media
+        download's ``Location``), through the same address guard."""
+        target = URL(url)
+        if target.scheme != "https" or not target.host:
+            raise BadResponse(f"refusing to follow {url!r}: not an https URL")
+        if is_ip_literal(target.host):
+            try:
+                self.guard.check(target.host, target.host)
+            except ForbiddenAddress as e:
+                raise Unreachable(str(e)) from None
+        read_s = read_timeout_s or self.timeout_s
+        timeout = aiohttp.ClientTimeout(total=total_timeout_s, sock_connect=min(10.0, read_s), sock_read=read_s)
+        try:
+            resp = await self._get_session().get(target, timeout=timeout, allow_redirects=False)
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError, aiohttp.ClientPayloadError) as e:
+            raise Unreachable(f"{target.host}: {_describe(e)}") from None
+        try:
+            if resp.status >= 300:
+                raise RemoteError(str(target.host), resp.status, None)
+            yield resp
+        finally:
+            resp.release()
 
     # -- internals --------------------------------------------------------------------
     def _url(self, route: Route, uri: str) -> URL:

@@ -112,6 +112,24 @@ class MediaStore:
 
         await self.db.transaction(txn, name="media_upload")
 
+    async def insert_remote(
+        self, server_name: str, media_id: str, content_type: str, upload_name: str | None,
+        size: int, sha256: str, now_ms: int,
+    ) -> MediaRecord:
+        """Record a fetched copy of another server's media; when another
+        instance recorded it first, that row wins and is returned."""
+        await self.db.execute(
+            """INSERT INTO media (server_name, media_id, user_id, content_type, upload_name,
+                                  size_bytes, sha256, created_ts, uploaded_ts)
+               VALUES ($1, $2, NULL, $3, $4, $5, $6, $7, $7) ON CONFLICT DO NOTHING""",
+            server_name, media_id, content_type, upload_name, size, sha256, now_ms,
+        )
+        stored = await self.get(server_name, media_id)
+        if stored is None:  # purged at once (a purge "before" a future time)
+            return MediaRecord(server_name, media_id, None, content_type, upload_name, size, sha256, now_ms,
+                               None, False)
+        return stored
+
     async def create_pending(
         self, server_name: str, media_id: str, user_id: str, now_ms: int, expires_ts: int, max_pending: int
     ) -> None:

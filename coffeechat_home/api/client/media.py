@@ -97,7 +97,7 @@ class MediaRoutes:
         info = request.match_info
         servable = await self.media.download(
             info["server_name"], info["media_id"], timeout_ms=_timeout_ms(request),
-            filename=info.get("file_name"), legacy=legacy,
+            filename=info.get("file_name"), legacy=legacy, allow_remote=_allow_remote(request),
         )
         return _file_response(servable)
 
@@ -107,6 +107,7 @@ class MediaRoutes:
             info["server_name"], info["media_id"],
             width=_required_int(request, "width"), height=_required_int(request, "height"),
             method=request.query.get("method", "scale"), timeout_ms=_timeout_ms(request), legacy=legacy,
+            allow_remote=_allow_remote(request),
         )
         return _file_response(servable)
 
@@ -137,6 +138,12 @@ async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
 
 def _file_response(servable: Servable) -> web.StreamResponse:
     return web.FileResponse(servable.path, headers=download_headers(servable.content_type, servable.filename))
+
+
+def _allow_remote(request: web.Request) -> bool:
+    """The legacy paths' ``allow_remote`` (another server asking us sets it
+    false, so that we never fetch on its behalf: no request loops)."""
+    return request.query.get("allow_remote", "true").lower() not in ("false", "0")
 
 
 def _timeout_ms(request: web.Request) -> int:

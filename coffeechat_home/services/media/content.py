@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import urllib.parse
 
-from ...errors import invalid_param, not_found
+from ...errors import MatrixError, invalid_param, not_found
 
 MEDIA_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
 MAX_FILENAME_BYTES = 255
@@ -134,3 +134,54 @@ def download_headers(content_type: str, filename: str | None) -> dict[str, str]:
         "Cache-Control": "private, max-age=86400",
         **SECURITY_HEADERS,
     }
+
+
+# -- federation answers: multipart/mixed with a JSON part and the file ----------
+
+CRLF = b"\r\n"
+
+
+def multipart_parts(boundary: str, content_type: str, filename: str | None) -> tuple[bytes, bytes]:
+    """What goes before and after a file's bytes in a federation media
+    answer (``multipart/mixed; boundary=...``): the metadata part (an empty
+    JSON object, its only header ``Content-Type: application/json``, as
+    Synapse's parser expects), then the file part's headers; and the
+    closing delimiter."""
+    b = boundary.encode("ascii")
+    head = (
+        CRLF + b"--" + b + CRLF + b"Content-Type: application/json" + CRLF + CRLF + b"{}"
+        + CRLF + b"--" + b + CRLF
+        + b"Content-Type: " + content_type.encode("ascii", "replace") + CRLF
+        + b"Content-Disposition: " + content_disposition(content_type, filename).encode("ascii", "replace")
+        + CRLF + CRLF
+    )
+    return head, CRLF + b"--" + b + b"--" + CRLF
+
+
+_DISPOSITION_NAME_RE = re.compile(r"""filename\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))""", re.IGNORECASE)
+_DISPOSITION_NAME_STAR_RE = re.compile(r"filename\*\s*=\s*([A-Za-z0-9_-]+)''([^;\s]+)", re.IGNORECASE)
+
+
+def filename_from_disposition(header: str | None) -> str | None:
+    """The file name a ``Content-Disposition`` header gives (``filename*``
+    first), if it is an acceptable one (else None: a remote server's bad
+    name is dropped, not an error)."""
+    if not header:
+        return None
+    name: str | None = None
+    star = _DISPOSITION_NAME_STAR_RE.search(header)
+    if star and star.group(1).lower() in ("utf-8", "utf8"):
+        try:
+            name = urllib.parse.unquote(star.group(2), encoding="utf-8", errors="strict")
+        except UnicodeDecodeError:
+            name = None
+    if name is None:
+        plain = _DISPOSITION_NAME_RE.search(header)
+        if plain:
+            name = re.sub(r"\\(.)", r"\1", plain.group(1)) if plain.group(1) is not None else plain.group(2)
+    if not name:
+        return None
+    try:
+        return check_filename(name)
+    except MatrixError:
+        return None

@@ -26,8 +26,10 @@ from ...storage.media import (
     TooManyPending,
     UploadConflict,
 )
+from ...protocol.identifiers import InvalidIdentifier, validate_server_name
 from .content import check_filename, check_media_id, effective_content_type
 from .files import BodyIncomplete, BodyTooLarge, FileStore, StoredBody
+from .remote import RemoteMedia
 from .thumbnails import (
     THUMBNAILABLE,
     CannotThumbnail,
@@ -88,6 +90,8 @@ class MediaService:
         self.config = config
         self._thumbnailing = asyncio.Semaphore(config.thumbnail_concurrency)
         set_pixel_limit(config.max_image_pixels)
+        # other servers' media, fetched over federation (None: not federating)
+        self.remote: RemoteMedia | None = None
 
     def client_config(self) -> dict[str, Any]:
         return {"m.upload.size": self.config.max_upload_bytes}
@@ -109,7 +113,7 @@ class MediaService:
                     now_ms(), self.config.user_quota_bytes,
                 )
             except QuotaExceeded:
-                await self._release_bodies([body.sha256])
+                await self.release_bodies([body.sha256])
                 raise self._quota_error() from None
 
         await _run_to_end(commit())
@@ -148,10 +152,10 @@ class MediaService:
                     now_ms(), self.config.user_quota_bytes,
                 )
             except QuotaExceeded:
-                await self._release_bodies([body.sha256])
+                await self.release_bodies([body.sha256])
                 raise self._quota_error() from None
             except UploadConflict as e:
-                await self._release_bodies([body.sha256])
+                await self.release_bodies([body.sha256])
                 raise _conflict_error(e.reason) from None
 
         await _run_to_end(commit())
@@ -199,9 +203,11 @@ class MediaService:
 
     async def download(
         self, server_name: str, media_id: str, *, timeout_ms: int, filename: str | None = None,
-        legacy: bool = False,
+        legacy: bool = False, allow_remote: bool = True,
     ) -> Servable:
-        record = await self._servable_record(server_name, media_id, timeout_ms, legacy)
+        """A file to serve: local, cached remote, or (``allow_remote``)
+        fetched from its server now."""
+        record = await self._servable_record(server_name, media_id, timeout_ms, legacy, allow_remote)
         if filename is not None:
             check_filename(filename)
         assert record.sha256 is not None
@@ -213,13 +219,15 @@ class MediaService:
 
     async def thumbnail(
         self, server_name: str, media_id: str, *, width: int, height: int, method: str, timeout_ms: int,
-        legacy: bool = False,
+        legacy: bool = False, allow_remote: bool = True,
     ) -> Servable:
+        """A thumbnail, generated here (for remote media too, from the
+        fetched original, as Synapse does)."""
         if width < 1 or height < 1:
             raise invalid_param("width and height must be positive integers")
         if method not in ("crop", "scale"):
             raise invalid_param("method must be 'crop' or 'scale'")
-        record = await self._servable_record(server_name, media_id, timeout_ms, legacy)
+        record = await self._servable_record(server_name, media_id, timeout_ms, legacy, allow_remote)
         if record.content_type not in THUMBNAILABLE:
             raise MatrixError(400, "M_UNKNOWN", "Cannot generate thumbnails for the requested content")
         size = choose_size(width, height, method)
@@ -247,15 +255,17 @@ class MediaService:
         mine = ThumbnailRecord(width, height, method, ctype, len(data), sha)
         stored = await self.store.insert_thumbnail(record.server_name, record.media_id, mine, now_ms())
         if stored.sha256 != sha:  # another instance stored its own first
-            await self._release_bodies([sha])
+            await self.release_bodies([sha])
         return stored
 
-    async def _servable_record(self, server_name: str, media_id: str, timeout_ms: int, legacy: bool) -> MediaRecord:
+    async def _servable_record(
+        self, server_name: str, media_id: str, timeout_ms: int, legacy: bool, allow_remote: bool = True
+    ) -> MediaRecord:
         """The record of uploaded media, waiting up to ``timeout_ms`` for a
         pending upload (M_NOT_YET_UPLOADED); M_NOT_FOUND otherwise."""
         check_media_id(media_id)
         if server_name != self.server_name:
-            raise not_found("Remote media is not available: this server does not federate yet")
+            return await self._remote_record(server_name, media_id, timeout_ms, legacy, allow_remote)
         deadline = time.monotonic() + min(max(timeout_ms, 0), MAX_WAIT_MS) / 1000
         while True:
             record = await self.store.get(server_name, media_id)
@@ -270,6 +280,30 @@ class MediaService:
             if time.monotonic() >= deadline:
                 raise MatrixError(504, "M_NOT_YET_UPLOADED", "Content has not yet been uploaded")
             await asyncio.sleep(min(WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
+
+    async def _remote_record(
+        self, server_name: str, media_id: str, timeout_ms: int, legacy: bool, allow_remote: bool
+    ) -> MediaRecord:
+        """Cached remote media, or fetched now. The legacy paths follow the
+        same cut-off (a copy made now counts as created now) and never fetch
+        for a server that asked ``allow_remote=false``."""
+        try:
+            validate_server_name(server_name)
+        except InvalidIdentifier:
+            raise not_found("Media not found") from None
+        record = await self.store.get(server_name, media_id)
+        if record is not None and record.quarantined:
+            raise not_found("Media not found")
+        cutoff = self.config.unauthenticated_cutoff_ts
+        if record is not None and record.uploaded and self.files.exists(record.sha256 or ""):
+            if legacy and record.created_ts >= cutoff:
+                raise not_found("Media not found (use the authenticated /_matrix/client/v1/media endpoints)")
+            return record
+        if legacy and (now_ms() >= cutoff or not allow_remote):
+            raise not_found("Media not found (use the authenticated /_matrix/client/v1/media endpoints)")
+        if self.remote is None or not allow_remote:
+            raise not_found("Remote media is not available: this server does not federate")
+        return await self.remote.fetch(server_name, media_id, min(max(timeout_ms, 0), MAX_WAIT_MS))
 
     # -- admin --------------------------------------------------------------
 
@@ -296,11 +330,11 @@ class MediaService:
         hashes = await self.store.delete(server_name, media_id)
         if hashes is None:
             return False
-        await self._release_bodies(hashes)
+        await self.release_bodies(hashes)
         return True
 
-    async def _release_bodies(self, hashes: list[str]) -> None:
-        """Delete bodies no row names any more."""
+    async def release_bodies(self, hashes: list[str]) -> None:
+        """Delete bodies no row names any more (also the remote fetcher's)."""
         for sha in set(hashes):
             if not await self.store.hash_in_use(sha):
                 self.files.delete(sha)

@@ -274,7 +274,11 @@ def _apply_mapping(target: Any, values: Mapping[str, Any], where: str) -> None:
 
 # COFFEECHAT_ variables that are not settings: the config file's name, the
 # password for `register-user`, and where the test suite finds ../shared.
-NOT_SETTINGS = frozenset({"COFFEECHAT_CONFIG", "COFFEECHAT_NEW_PASSWORD", "COFFEECHAT_SHARED"})
+# the test suite's and benchmarks' variables (README) are not settings either
+NOT_SETTINGS = frozenset({
+    "COFFEECHAT_CONFIG", "COFFEECHAT_NEW_PASSWORD", "COFFEECHAT_SHARED",
+    "COFFEECHAT_SYNAPSE_VENV", "COFFEECHAT_TEST_DATABASE_URL",
+})
 
 
 def _apply_env(config: Config, env: Mapping[str, str]) -> None:

@@ -23,6 +23,12 @@ def test_defaults_without_file() -> None:
     assert c.uses_embedded_database
 
 
+def test_test_suite_variables_are_not_settings() -> None:
+    # exported for the Synapse tests or the suite's database, they reach the servers tests start
+    c = load_config(None, {"COFFEECHAT_SYNAPSE_VENV": "/x/venv", "COFFEECHAT_TEST_DATABASE_URL": "postgresql://x/y"})
+    assert c.uses_embedded_database
+
+
 def test_dev_mode_opens_registration_unless_set() -> None:
     assert load_config(None, {"COFFEECHAT_DEV_MODE": "true"}).registration.mode == "open"
     c = load_config(None, {"COFFEECHAT_DEV_MODE": "1", "COFFEECHAT_REGISTRATION_MODE": "closed"})

@@ -289,6 +289,7 @@ def build_federation_app(config: Config, services: Services, metrics: Metrics | 
         app.router
     )
     FederationMediaRoutes(auth, services.media).register_routes(app.router)
+    MediaRoutes(services.media, services.auth).register_legacy_downloads(app.router)
     discovery = DiscoveryRoutes(config.server_name, config.client_base_url, delegated_server_name(config))
     app.router.add_get("/.well-known/matrix/server", discovery.well_known_server)
     return app

@@ -54,6 +54,15 @@ class MediaRoutes:
         router.add_get(f"{AUTHED}/config", authed(a, self.config))
         router.add_get(f"{AUTHED}/preview_url", authed(a, self.preview_url))
 
+    def register_legacy_downloads(self, router: web.UrlDispatcher) -> None:
+        """The unauthenticated legacy download and thumbnail paths alone: on
+        the federation listener, where servers older than Matrix 1.11 fetch
+        media (under the same cut-off; they send ``allow_remote=false``)."""
+        for prefix in LEGACY:
+            router.add_get(f"{prefix}/download/{{server_name}}/{{media_id}}", self.legacy_download)
+            router.add_get(f"{prefix}/download/{{server_name}}/{{media_id}}/{{file_name}}", self.legacy_download)
+            router.add_get(f"{prefix}/thumbnail/{{server_name}}/{{media_id}}", self.legacy_thumbnail)
+
     # -- uploads ------------------------------------------------------------
 
     async def expect_upload(self, request: web.Request) -> web.StreamResponse | None:

@@ -112,7 +112,7 @@ class RemoteMedia:
                     raise
                 log.info("%s does not serve federation media downloads; using the legacy path", server)
                 async with self.client.stream(
-                    server, f"/_matrix/media/v3/download/{quote(server, safe='')}/{quote(media_id, safe='')}",
+                    server, f"/_matrix/media/v3/download/{quote(server, safe=':[]')}/{quote(media_id, safe='')}",
                     query={"allow_remote": "false", "timeout_ms": str(timeout_ms)},
                     read_timeout_s=read_s, total_timeout_s=total_s,
                 ) as resp:

@@ -12,11 +12,13 @@ import hashlib
 import itertools
 import os
 import re
+import threading
 import time
 from pathlib import Path
 from typing import AsyncIterator
 
 import aiohttp
+import psutil
 import pytest
 from yarl import URL
 
@@ -248,3 +250,77 @@ async def test_federation_media_endpoints(
     # and through B's client API, the quarantined file is not found either
     bob = await User(http, b.client_url).register("bob")
     assert_error(await _get(bob, f"{AUTHED}/download/{path}"), 404, "M_NOT_FOUND")
+
+
+@pytest.mark.slow
+async def test_large_remote_file_streams_through_two_instances(
+    pg: PostgresForTests, pg_template: str, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """40 MB uploaded on A, fetched at the same moment by two instances of
+    B (one database, one media folder): both serve it, one row and one body
+    stay, and no process's resident memory grows by anything like the
+    file's size (sampled every 10 ms)."""
+    a = FederatingServer(await new_database(pg, pg_template), tmp_path / "a")
+    b = FederatingServer(await new_database(pg, pg_template), tmp_path / "b")
+    b2 = ServerProcess(dict(b.env, COFFEECHAT_INSTANCE_NAME="b2",
+                            COFFEECHAT_FEDERATION_LISTENER_PORT=str(free_port())), b.workdir)
+    try:
+        await a.start()
+        await b.start()
+        await b2.start()
+        alice = await User(http, a.client_url).register("alice")
+        bob = await User(http, b.client_url).register("bob")
+        size = 40 * 1024 * 1024
+        src = tmp_path / "big.bin"
+        await asyncio.to_thread(_write_random, src, size)
+        with open(src, "rb") as f:
+            path = await _upload(alice, f.read(), "video/mp4", "film.mp4")
+        digest = await asyncio.to_thread(lambda: hashlib.sha256(src.read_bytes()).hexdigest())
+
+        procs = {name: psutil.Process(p.process.pid if isinstance(p, FederatingServer) else p.pid)
+                 for name, p in (("a", a), ("b", b), ("b2", b2))}
+        base = {name: p.memory_info().rss for name, p in procs.items()}
+        peak = dict(base)
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                for name, p in procs.items():
+                    peak[name] = max(peak[name], p.memory_info().rss)
+                stop.wait(0.01)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            async def fetch(base_url: str) -> tuple[int, str, int]:
+                h = hashlib.sha256()
+                got = 0
+                async with http.get(f"{base_url}{AUTHED}/download/{path}",
+                                    headers={"Authorization": f"Bearer {bob.token}"},
+                                    timeout=aiohttp.ClientTimeout(total=300)) as r:
+                    async for chunk in r.content.iter_chunked(1 << 20):
+                        h.update(chunk)
+                        got += len(chunk)
+                    return r.status, h.hexdigest(), got
+
+            answers = await asyncio.gather(fetch(b.client_url), fetch(b2.url))
+        finally:
+            stop.set()
+            sampler.join()
+        assert answers == [(200, digest, size)] * 2, answers
+        rows = await b.db_fetch("SELECT sha256, size_bytes FROM media WHERE server_name = $1", a.server_name)
+        assert [tuple(r) for r in rows] == [(digest, size)]
+        bodies = [p for p in _files_under(b.data_dir / "media") if p.stat().st_size == size]
+        assert [p.name for p in bodies] == [digest]  # the loser's copy was the same body: one file
+        growth = {name: (peak[name] - base[name]) / 2**20 for name in procs}
+        assert all(g < 16 for g in growth.values()), growth  # MB, for a 40 MB file
+    finally:
+        await b2.stop()
+        await b.stop()
+        await a.stop()
+
+
+def _write_random(path: Path, size: int) -> None:
+    block = os.urandom(1024 * 1024)
+    with open(path, "wb") as f:
+        f.writelines(block for _ in range(size // len(block)))

@@ -11,6 +11,8 @@ from coffeechat_home.services.media.content import (
     check_media_id,
     content_disposition,
     effective_content_type,
+    filename_from_disposition,
+    multipart_parts,
     normalize_content_type,
     sniff_image,
 )
@@ -101,3 +103,32 @@ def test_parse_mxc() -> None:
     for bad in ("http://a/b", "mxc://a", "mxc:///b", "mxc://a/"):
         with pytest.raises(MatrixError):
             parse_mxc(bad)
+
+
+@pytest.mark.parametrize(
+    "header,name",
+    [
+        ('attachment; filename="report.pdf"', "report.pdf"),
+        ("inline; filename=report.pdf", "report.pdf"),
+        ('attachment; filename="say \\"hi\\".txt"', 'say "hi".txt'),
+        ("attachment; filename*=utf-8''r%C3%A9sum%C3%A9.pdf", "résumé.pdf"),
+        ("attachment; filename=\"fallback.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf", "résumé.pdf"),
+        # a remote server's unacceptable names are dropped, never used as paths
+        ('attachment; filename="../../etc/passwd"', None),
+        ('attachment; filename=".."', None),
+        ("attachment; filename*=utf-8''a%2Fb", None),
+        ("attachment; filename*=utf-8''%FF%FE", None),
+        ("attachment", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_filename_from_disposition(header: str | None, name: str | None) -> None:
+    assert filename_from_disposition(header) == name
+
+
+def test_multipart_parts_frame_a_file() -> None:
+    head, tail = multipart_parts("b0und", "image/png", "cat.png")
+    assert head == (b'\r\n--b0und\r\nContent-Type: application/json\r\n\r\n{}\r\n--b0und\r\n'
+                    b'Content-Type: image/png\r\nContent-Disposition: inline; filename="cat.png"\r\n\r\n')
+    assert tail == b"\r\n--b0und--\r\n"

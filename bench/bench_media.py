@@ -9,6 +9,12 @@ its baseline before the transfer and its peak during it (sampled every
 20 ms). Streaming means the peak must not grow by anything like the
 file's size.
 
+Remote media (ours only, ``--remote N``, default 2): a second
+coffeechat-home process (the origin, federating over TLS on loopback)
+holds N 50 MB uploads; our server's first download of each fetches it over
+federation and streams it on (MB/s and our peak RSS), the second is served
+from the cache.
+
 Starts one PostgreSQL (in bench/.work/media/), our server and Synapse
 (installed on first use into bench/.work/synapse-venv, as bench_rooms.py
 does), and stops everything by PID at the end.
@@ -32,7 +38,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from matrix_client import Client, User
-from servers import Postgres, RssMonitor, ServerProcess, start_ours, start_synapse
+from servers import Postgres, RssMonitor, ServerProcess, free_port, start_ours, start_synapse
 from synapse_env import ensure_synapse
 
 HERE = Path(__file__).resolve().parent
@@ -149,6 +155,48 @@ async def phase(http: aiohttp.ClientSession, t: Target, name: str, body: Body, c
     log(f"{t.label}: {name}: " + ", ".join(f"{k}={v:.1f}" for k, v in t.results[name].items()))
 
 
+def federating_env(fed_port: int) -> dict[str, str]:
+    """A coffeechat-home process federating on loopback: dev mode makes its
+    self-signed certificate; peers' certificates are not checked."""
+    return {
+        "COFFEECHAT_SERVER_NAME": f"localhost:{fed_port}",
+        "COFFEECHAT_DEV_MODE": "true",
+        "COFFEECHAT_FEDERATION_LISTENER_ENABLED": "true",
+        "COFFEECHAT_FEDERATION_LISTENER_PORT": str(fed_port),
+        "COFFEECHAT_FEDERATION_ALLOW_PRIVATE_ADDRESSES": "127.0.0.0/8,::1/128",
+        "COFFEECHAT_FEDERATION_VERIFY_PEER_CERTIFICATES": "false",
+        "COFFEECHAT_MEDIA_MAX_UPLOAD_BYTES": str(LIMIT),
+    }
+
+
+async def remote_phase(http: aiohttp.ClientSession, t: Target, origin: Target, body: Body, count: int,
+                       rss: RssMonitor) -> None:
+    uris = [await upload(http, origin, body.next(), body.size) for _ in range(count)]
+    rss.sample()
+    base = rss.last.get(t.label, 0)
+    rss.peak[t.label] = base
+    t0 = time.perf_counter()
+    for uri in uris:
+        if await download(http, t, uri) != body.size:
+            raise RuntimeError(f"{t.label}: short remote download")
+    first_s = time.perf_counter() - t0
+    rss.sample()
+    peak = rss.peak.get(t.label, 0)
+    t0 = time.perf_counter()
+    for uri in uris:
+        await download(http, t, uri)
+    cached_s = time.perf_counter() - t0
+    total = body.size * count / MB
+    t.results["remote"] = {
+        "count": count,
+        "first_MBps": total / first_s,
+        "cached_MBps": total / cached_s,
+        "rss_before_MB": base / 2**20,
+        "rss_peak_fetch_MB": peak / 2**20,
+    }
+    log(f"{t.label}: remote: " + ", ".join(f"{k}={v:.1f}" for k, v in t.results["remote"].items()))
+
+
 def print_table(targets: list[Target]) -> None:
     rows = [
         ("1 MB upload throughput", "small", "upload_MBps", "MB/s", "higher"),
@@ -174,6 +222,12 @@ def print_table(targets: list[Target]) -> None:
         if r:
             growth = max(r["rss_peak_upload_MB"], r["rss_peak_download_MB"]) - r["rss_before_MB"]
             print(f"{t.label}: RSS growth while streaming 50 MB: {growth:.1f} MB")
+        r = t.results.get("remote")
+        if r:
+            print(f"{t.label}: 50 MB remote media, first download (fetched over federation): "
+                  f"{r['first_MBps']:.1f} MB/s; cached: {r['cached_MBps']:.1f} MB/s; "
+                  f"RSS growth while fetching: {r['rss_peak_fetch_MB'] - r['rss_before_MB']:.1f} MB "
+                  "(Synapse not measured: its bench config has no federation listener)")
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -189,13 +243,19 @@ async def run(args: argparse.Namespace) -> int:
     servers: list[ServerProcess] = []
     targets: list[Target] = []
     bodies: list[Body] = []
+    origin: ServerProcess | None = None
     try:
         log("starting PostgreSQL ...")
         pg.start()
         await pg.configure(fsync=True)
         if want_ours:
             url = await pg.create_database("coffeechat")
-            servers.append(start_ours(WORK, url, {"COFFEECHAT_MEDIA_MAX_UPLOAD_BYTES": str(LIMIT)}))
+            if args.remote:
+                servers.append(start_ours(WORK, url, federating_env(free_port())))
+                origin = start_ours(WORK / "origin", await pg.create_database("origin"), federating_env(free_port()))
+                origin.label = "origin"
+            else:
+                servers.append(start_ours(WORK, url, {"COFFEECHAT_MEDIA_MAX_UPLOAD_BYTES": str(LIMIT)}))
         if want_syn:
             assert syn_python is not None and syn_version is not None
             await pg.create_database("synapse")
@@ -205,6 +265,8 @@ async def run(args: argparse.Namespace) -> int:
             s.wait_ready(120)
             rss.watch(s.label, s.pid)
             log(f"{s.label} {s.version} ready at {s.base_url} (pid {s.pid})")
+        if origin is not None:
+            origin.wait_ready(120)
         rss.start()
         small, large = Body(MB), Body(50 * MB)
         bodies += [small, large]
@@ -217,11 +279,15 @@ async def run(args: argparse.Namespace) -> int:
                 await upload(http, t, small.next(), small.size)  # warm-up
                 await phase(http, t, "small", small, args.small, rss)
                 await phase(http, t, "large", large, args.large, rss)
+            if origin is not None:
+                o = Target(origin)
+                o.user = await Client(http, origin.base_url).register("origin")
+                await remote_phase(http, targets[0], o, large, args.remote, rss)
     finally:
         rss.stop()
         for b in bodies:
             b.remove()
-        for s in servers:
+        for s in servers + ([origin] if origin is not None else []):
             s.stop()
         pg.stop()
         log("stopped: " + ", ".join(f"{s.label} pid {s.pid}" for s in servers if s.proc))
@@ -241,6 +307,8 @@ def main() -> int:
     p.add_argument("--only", choices=("ours", "synapse"), help="run one server only (no ratios)")
     p.add_argument("--small", type=int, default=20, help="1 MB files per direction (default %(default)s)")
     p.add_argument("--large", type=int, default=3, help="50 MB files per direction (default %(default)s)")
+    p.add_argument("--remote", type=int, default=2,
+                   help="50 MB remote files fetched through our server (0: none; default %(default)s)")
     return asyncio.run(run(p.parse_args()))
 
 

@@ -1,13 +1,12 @@
 """A room whose DAG forks and merges, for the DAG viewer's tests.
 
 Our own server never forks a room by itself (the forward-extremity
-compare-and-set serializes its writes), and federation does not persist
-remote events yet. So this writes a fork the way a persister would, with
-nothing faked that the viewer reads: real events (built, hashed and signed
-with the server's key by the protocol builder, auth-checked), a real stream
-position (through the stream store's write), state groups holding the real
-state after each event, and the merge's state computed by the real state
-resolver (protocol/state_res.py).
+compare-and-set serializes its writes), so the fork is built here as a
+second writer on an older head would have built it: real events (built,
+hashed and signed with the server's key by the protocol builder,
+auth-checked), handed to the persister (the one door into a room, which the
+federation receiver uses too) with the state before each, the merge's
+computed by the real state resolver (protocol/state_res.py).
 
 The room: ... -> X -> T1 (topic "main topic", sent through the client API)
                   \\-> F (topic "fork topic", built on X, the older head)
@@ -24,10 +23,10 @@ import orjson
 from coffeechat_home.app import HomeServer
 from coffeechat_home.protocol.auth import check_auth_rules
 from coffeechat_home.protocol.builder import build_event
-from coffeechat_home.protocol.client_events import client_event
 from coffeechat_home.protocol.events import Event, StateKey, auth_types_for_event
 from coffeechat_home.protocol.room_versions import get_room_version
 from coffeechat_home.protocol.state_res import resolve_state
+from coffeechat_home.services.persister import EventContext, NewEvent
 
 from ..helpers import ApiClient
 from .room_helpers import create_room, q, send_text
@@ -83,35 +82,9 @@ async def make_forked_room(server: HomeServer, alice: ApiClient) -> ForkedRoom:
                    "content": {"msgtype": "m.text", "body": "after the merge"}},
                   [t1, fork.event_id], depth_x + 2, resolved)
 
-    async def write(conn: Any, positions: list[int]) -> None:
-        # a state group takes its id from the stream position of the event that starts it
-        for ev, pos, group, state in ((fork, positions[0], positions[0], state_f),
-                                      (merge, positions[1], positions[1], resolved)):
-            prev_state = events[state_x[("m.room.topic", "")]] if ev is fork and ("m.room.topic", "") in state_x else None
-            await conn.execute(
-                """INSERT INTO events (event_id, room_id, stream_pos, depth, type, state_key, sender,
-                                       origin_server_ts, pdu, client, state_group)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
-                ev.event_id, room_id, pos, ev.depth, ev.type, ev.state_key, ev.sender, ev.origin_server_ts,
-                orjson.dumps(ev.pdu).decode(), orjson.dumps(client_event(ev, prev_state)).decode(), group,
-            )
-            await conn.executemany("INSERT INTO event_edges (event_id, prev_event_id) VALUES ($1, $2)",
-                                   [(ev.event_id, p) for p in ev.prev_event_ids])
-            await conn.executemany("INSERT INTO event_auth_edges (event_id, auth_event_id) VALUES ($1, $2)",
-                                   [(ev.event_id, a) for a in ev.auth_event_ids])
-            # a full snapshot (no prev_group): the state after the event
-            await conn.execute("INSERT INTO state_groups (id, room_id, prev_group, chain_length) VALUES ($1, $2, NULL, 0)",
-                               group, room_id)
-            await conn.executemany(
-                "INSERT INTO state_group_entries (state_group, type, state_key, event_id) VALUES ($1, $2, $3, $4)",
-                [(group, k[0], k[1], v) for k, v in state.items()],
-            )
-        await conn.execute(
-            "UPDATE current_state SET event_id = $2 WHERE room_id = $1 AND type = 'm.room.topic' AND state_key = ''",
-            room_id, resolved[("m.room.topic", "")],
-        )
-        await conn.execute("UPDATE rooms SET forward_extremities = $2::TEXT[] WHERE room_id = $1", room_id,
-                           [merge.event_id])
-
-    await s.stream.write_many(write, 2, name="test_fork")
+    # through the one door into a room, as the federation receiver does
+    await s.persister.persist(room_id, [
+        NewEvent(fork, EventContext(state_before=state_x)),
+        NewEvent(merge, EventContext(state_before=resolved)),
+    ])
     return ForkedRoom(room_id, x, t1, fork.event_id, merge.event_id, resolved[("m.room.topic", "")])

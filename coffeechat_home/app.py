@@ -79,7 +79,10 @@ from .api.federation.auth import FederationAuth
 from .api.federation.keys import KeyRoutes
 from .api.federation.media import FederationMediaRoutes
 from .api.federation.routes import FederationRoutes
+from .api.federation.transactions import TransactionRoutes
 from .federation.client import FederationClient
+from .services.federation.receiver import FederationReceiver
+from .storage.federation_inbound import FederationInboundStore
 from .services.remote_queries import RemoteQueries
 from .services.server_keys import KeyStore, LocalKeys
 from .storage.server_keys import ServerKeyStore
@@ -130,6 +133,7 @@ class Services:
     remote_queries: RemoteQueries
     directory: DirectoryService
     room_dag: RoomDagService
+    receiver: FederationReceiver
 
 
 def build_services(config: Config, db: Database, signing_key: SigningKey) -> Services:
@@ -218,6 +222,10 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         remote_queries=remote_queries,
         directory=directory,
         room_dag=RoomDagService(RoomDagStore(db)),
+        receiver=FederationReceiver(
+            config.server_name, events, persister, key_store, federation_client, FederationInboundStore(db),
+            conversation.typing, conversation.receipts,
+        ),
     )
 
 
@@ -290,6 +298,7 @@ def build_federation_app(config: Config, services: Services, metrics: Metrics | 
     )
     FederationMediaRoutes(auth, services.media).register_routes(app.router)
     MediaRoutes(services.media, services.auth).register_legacy_downloads(app.router)
+    TransactionRoutes(auth, services.receiver).register_routes(app.router)
     discovery = DiscoveryRoutes(config.server_name, config.client_base_url, delegated_server_name(config))
     app.router.add_get("/.well-known/matrix/server", discovery.well_known_server)
     return app

@@ -1,0 +1,1 @@
+"""Federation services: the receiver (inbound transactions)."""

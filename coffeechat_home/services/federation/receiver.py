@@ -1,0 +1,363 @@
+"""The federation receiver: PDUs and EDUs that other servers push to us with
+``PUT /_matrix/federation/v1/send/{txnId}`` (DESIGN.md section 2, "Inbound
+PDU").
+
+For each PDU, in the spec's order of "checks performed on receipt of a PDU":
+the room must be known and have one of our users joined (else it is
+ignored); format, signatures and content hash (``check_received_pdu``, keys
+through the key store); missing ``prev_events`` are fetched from the origin
+with ``get_missing_events`` (bounded in depth and count) and processed first;
+then the auth checks against the event's auth events (rejected), the state
+before it (rejected) and the room's current state (soft-failed); the event
+goes to the persister with that context.
+
+Processing is serialized per room (a lock per room in this process; the
+persister's compare-and-set covers other instances) and runs for different
+rooms in parallel. A transaction's answer is stored per (origin, txn id), so
+a retried transaction gets the same answer from any instance.
+
+EDUs go through a small registry (``edu_handlers``): typing and receipts are
+handled here; other types are ignored until a handler is registered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+
+from ...errors import MatrixError
+from ...federation.client import FederationClient, FederationError
+from ...protocol.auth import AuthError, auth_state_from_auth_events, check_auth_rules
+from ...protocol.errors import EventFormatError, ProtocolError
+from ...protocol.events import Event, StateKey, auth_types_for_event, create_event_id_for_room
+from ...protocol.hashing import compute_event_id
+from ...protocol.identifiers import InvalidIdentifier, parse_user_id
+from ...protocol.pdu import check_pdu_format, check_received_pdu
+from ...protocol.room_versions import RoomVersion, UnsupportedRoomVersion, get_room_version
+from ...protocol.state_res import resolve_state
+from ...storage.events import EventStore
+from ...storage.federation_inbound import FederationInboundStore
+from ..persister import EventContext, NewEvent, Persister, UnknownRoom
+from ..receipts import ReceiptService
+from ..server_keys import KeyStore, KeyUnavailable
+from ..typing import TypingService
+
+log = logging.getLogger(__name__)
+
+MAX_PDUS = 50
+MAX_EDUS = 100
+# get_missing_events: how many events we ask for, and how far below the
+# room's current depth we look (the spec leaves both to the server).
+MISSING_EVENTS_LIMIT = 20
+MISSING_EVENTS_MIN_DEPTH_WINDOW = 100
+
+EduHandler = Callable[[str, Any], Awaitable[None]]
+
+
+class BadTransaction(Exception):
+    """The transaction as a whole is malformed (400)."""
+
+
+@dataclass
+class _Outcome:
+    error: str | None = None
+
+
+@dataclass
+class _RoomLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+class FederationReceiver:
+    def __init__(
+        self,
+        server_name: str,
+        events: EventStore,
+        persister: Persister,
+        key_store: KeyStore,
+        client: FederationClient,
+        store: FederationInboundStore,
+        typing: TypingService,
+        receipts: ReceiptService,
+    ) -> None:
+        self.server_name = server_name
+        self.events = events
+        self.persister = persister
+        self.key_store = key_store
+        self.client = client
+        self.store = store
+        self.typing = typing
+        self.receipts = receipts
+        self._locks: dict[str, _RoomLock] = {}
+        self._txn_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.edu_handlers: dict[str, EduHandler] = {
+            "m.typing": self._typing_edu,
+            "m.receipt": self._receipt_edu,
+        }
+        self.pdus_processed = 0
+
+    # -- the transaction -----------------------------------------------------------
+    async def on_transaction(self, origin: str, txn_id: str, body: Any) -> dict[str, Any]:
+        if not isinstance(body, Mapping):
+            raise BadTransaction("The transaction must be a JSON object")
+        pdus = body.get("pdus", [])
+        edus = body.get("edus", [])
+        if not isinstance(pdus, list) or not isinstance(edus, list):
+            raise BadTransaction("pdus and edus must be arrays")
+        if len(pdus) > MAX_PDUS or len(edus) > MAX_EDUS:
+            raise BadTransaction(f"A transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs")
+        key = (origin, txn_id)
+        lock = self._txn_locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                done = await self.store.txn_response(origin, txn_id)
+                if done is not None:
+                    return done
+                response = {"pdus": await self._process_pdus(origin, pdus)}
+                await self._process_edus(origin, edus)
+                await self.store.save_txn_response(origin, txn_id, response, int(time.time() * 1000))
+                return response
+        finally:
+            if not lock.locked():
+                self._txn_locks.pop(key, None)
+
+    async def _process_pdus(self, origin: str, pdus: list[Any]) -> dict[str, Any]:
+        by_room: dict[str, list[Any]] = {}
+        results: dict[str, Any] = {}
+        for pdu in pdus:
+            room_id = pdu.get("room_id") if isinstance(pdu, Mapping) else None
+            if not isinstance(room_id, str):
+                continue  # no room, no event id we could answer for
+            by_room.setdefault(room_id, []).append(pdu)
+
+        async def room(room_id: str, items: list[Any]) -> None:
+            async with self._room_lock(room_id):
+                for pdu in items:
+                    event_id, outcome = await self._one_pdu(origin, room_id, pdu)
+                    if event_id is not None:
+                        results[event_id] = {} if outcome.error is None else {"error": outcome.error}
+
+        await asyncio.gather(*(room(r, items) for r, items in by_room.items()))
+        return results
+
+    @contextlib.asynccontextmanager
+    async def _room_lock(self, room_id: str) -> AsyncIterator[None]:
+        entry = self._locks.setdefault(room_id, _RoomLock())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                self._locks.pop(room_id, None)
+
+    # -- one PDU -----------------------------------------------------------------
+    async def _one_pdu(self, origin: str, room_id: str, pdu: Mapping[str, Any]) -> tuple[str | None, _Outcome]:
+        version = await self.events.room_version(room_id)
+        if version is None:
+            return None, _Outcome("unknown room")
+        try:
+            rv = get_room_version(version)
+            event_id = compute_event_id(pdu, rv)
+        except (UnsupportedRoomVersion, ProtocolError, KeyError, TypeError, ValueError):
+            return None, _Outcome("malformed PDU")
+        if not await self.store.has_joined_member_of(room_id, self.server_name):
+            return event_id, _Outcome("this server is not in the room")
+        try:
+            ev = await self._check_pdu(pdu, rv)
+        except (EventFormatError, ProtocolError, KeyUnavailable) as e:
+            return event_id, _Outcome(f"refused: {e}")
+        known = await self.events.stored_info([ev.event_id])
+        info = known.get(ev.event_id)
+        if info is not None and not info.outlier:
+            return event_id, _Outcome(None)
+        await self._fetch_missing_prevs(origin, room_id, rv, ev)
+        return event_id, await self._check_and_persist(room_id, rv, ev)
+
+    async def _check_pdu(self, pdu: Mapping[str, Any], rv: RoomVersion) -> Event:
+        check_pdu_format(pdu, rv)  # before anything reads its fields
+        lookup = await self.key_store.key_lookup_for_pdu(pdu, rv)
+        received = check_received_pdu(pdu, rv, lookup)
+        if received.redacted:
+            log.info("PDU %s failed its content hash: stored redacted", received.event.event_id)
+        return received.event
+
+    async def _fetch_missing_prevs(self, origin: str, room_id: str, rv: RoomVersion, ev: Event) -> None:
+        """Fetch prev_events we never saw with get_missing_events (one
+        bounded request) and process them oldest first."""
+        known = await self.events.stored_info(ev.prev_event_ids)
+        missing = [p for p in ev.prev_event_ids if p not in known or known[p].outlier]
+        if not missing:
+            return
+        extremities = await self.events.forward_extremities(room_id)
+        ext_info = await self.events.stored_info(extremities)
+        min_depth = max(0, max((i.depth for i in ext_info.values()), default=0) - MISSING_EVENTS_MIN_DEPTH_WINDOW)
+        path = f"/_matrix/federation/v1/get_missing_events/{_quote(room_id)}"
+        body = {
+            "earliest_events": extremities,
+            "latest_events": [ev.event_id],
+            "limit": MISSING_EVENTS_LIMIT,
+            "min_depth": min_depth,
+        }
+        try:
+            answer = await self.client.post_json(origin, path, body)
+        except FederationError as e:
+            log.info("get_missing_events for %s from %s failed: %s", ev.event_id, origin, e)
+            return
+        got = answer.get("events") if isinstance(answer, Mapping) else None
+        if not isinstance(got, list):
+            return
+        fetched: list[Event] = []
+        for pdu in got[:MISSING_EVENTS_LIMIT]:
+            if not isinstance(pdu, Mapping) or pdu.get("room_id") != room_id:
+                continue
+            try:
+                fetched.append(await self._check_pdu(pdu, rv))
+            except (ProtocolError, KeyUnavailable) as e:
+                log.info("a missing event from %s was refused: %s", origin, e)
+        for missing_ev in sorted(fetched, key=lambda e: (e.depth, e.event_id)):
+            info = (await self.events.stored_info([missing_ev.event_id])).get(missing_ev.event_id)
+            if info is not None and not info.outlier:
+                continue
+            outcome = await self._check_and_persist(room_id, rv, missing_ev)
+            if outcome.error is not None:
+                log.info("missing event %s: %s", missing_ev.event_id, outcome.error)
+
+    async def _check_and_persist(self, room_id: str, rv: RoomVersion, ev: Event) -> _Outcome:
+        if ev.room_id != room_id:
+            return _Outcome("the event is in another room")
+        prevs = await self.events.stored_info(ev.prev_event_ids)
+        if any(p not in prevs or prevs[p].outlier or prevs[p].state_group is None for p in ev.prev_event_ids):
+            # TODO: fill the gap with /state_ids and /event (not built yet)
+            return _Outcome("missing prev_events: not processed")
+        # 1. against its own auth events
+        wanted = list(ev.auth_event_ids)
+        create_id = create_event_id_for_room(room_id, rv)  # v12: implied by the room id
+        if create_id is not None:
+            wanted.append(create_id)
+        auth_events, auth_rejected = await self.events.auth_chain_events(wanted, rv)
+        rejected_reason: str | None = None
+        try:
+            auth_state = auth_state_from_auth_events(ev, auth_events.get, is_rejected=auth_rejected.__contains__)
+            check_auth_rules(ev, auth_state)
+        except AuthError as e:
+            rejected_reason = f"auth events: {e}"
+        # 2. against the state before it
+        state_before = await self._state_before(rv, ev, prevs)
+        if rejected_reason is None:
+            try:
+                check_auth_rules(ev, await self._auth_state(rv, ev, state_before))
+            except AuthError as e:
+                rejected_reason = f"state before the event: {e}"
+        # 3. against the current state (soft fail)
+        soft_failed = False
+        if rejected_reason is None:
+            current = await self.events.state.current_state_ids(room_id)
+            if current != state_before:
+                try:
+                    check_auth_rules(ev, await self._auth_state(rv, ev, current))
+                except AuthError as e:
+                    log.info("event %s soft-failed: %s", ev.event_id, e)
+                    soft_failed = True
+        context = EventContext(state_before=state_before, rejected_reason=rejected_reason, soft_failed=soft_failed)
+        try:
+            await self.persister.persist(room_id, [NewEvent(ev, context)])
+        except UnknownRoom:
+            return _Outcome("unknown room")
+        self.pdus_processed += 1
+        if rejected_reason is not None:
+            return _Outcome(f"rejected: {rejected_reason}")
+        return _Outcome(None)
+
+    async def _state_before(self, rv: RoomVersion, ev: Event, prevs: Mapping[str, Any]) -> dict[StateKey, str]:
+        groups = {prevs[p].state_group for p in ev.prev_event_ids}
+        sets = await self.events.state_ids_for_groups(g for g in groups if g is not None)
+        states = list(sets.values())
+        if len(states) == 1:
+            return dict(states[0])
+        ids = {eid for s in states for eid in s.values()}
+        loaded, rejected = await self.events.auth_chain_events(ids, rv)
+        return resolve_state(rv, states, loaded.get, is_rejected=rejected.__contains__)
+
+    async def _auth_state(self, rv: RoomVersion, ev: Event, state: Mapping[StateKey, str]) -> dict[StateKey, Event]:
+        keys = set(auth_types_for_event(rv, ev.type, ev.sender, ev.state_key, ev.content))
+        keys.add(("m.room.create", ""))
+        wanted = {k: state[k] for k in keys if k in state}
+        rows = await self.events.get_pdus(wanted.values())
+        return {k: Event(rows[eid], eid, rv) for k, eid in wanted.items() if eid in rows}
+
+    # -- EDUs ------------------------------------------------------------------
+    async def _process_edus(self, origin: str, edus: list[Any]) -> None:
+        for edu in edus:
+            if not isinstance(edu, Mapping):
+                continue
+            handler = self.edu_handlers.get(edu.get("edu_type"))  # type: ignore[arg-type]
+            if handler is None:
+                continue
+            try:
+                await handler(origin, edu.get("content"))
+            except MatrixError as e:
+                log.info("EDU %s from %s ignored: %s", edu.get("edu_type"), origin, e)
+            except Exception:
+                log.exception("EDU %s from %s failed", edu.get("edu_type"), origin)
+
+    def _from_origin(self, origin: str, user_id: Any) -> bool:
+        if not isinstance(user_id, str):
+            return False
+        try:
+            return parse_user_id(user_id).server_name == origin
+        except InvalidIdentifier:
+            return False
+
+    async def _typing_edu(self, origin: str, content: Any) -> None:
+        if not isinstance(content, Mapping):
+            return
+        room_id, user_id, typing = content.get("room_id"), content.get("user_id"), content.get("typing")
+        if not isinstance(room_id, str) or not isinstance(typing, bool) or not isinstance(user_id, str):
+            return
+        if not self._from_origin(origin, user_id):
+            return
+        timeout = content.get("timeout")
+        await self.typing.set_typing(
+            user_id, room_id, typing, timeout if isinstance(timeout, int) and not isinstance(timeout, bool) else None
+        )
+
+    async def _receipt_edu(self, origin: str, content: Any) -> None:
+        if not isinstance(content, Mapping):
+            return
+        for room_id, by_type in content.items():
+            if not isinstance(by_type, Mapping):
+                continue
+            for receipt_type, by_user in by_type.items():
+                if receipt_type != "m.read" or not isinstance(by_user, Mapping):
+                    continue
+                for user_id, receipt in by_user.items():
+                    if not self._from_origin(origin, user_id) or not isinstance(receipt, Mapping):
+                        continue
+                    event_ids = receipt.get("event_ids")
+                    data = receipt.get("data")
+                    thread_id = data.get("thread_id") if isinstance(data, Mapping) else None
+                    if not isinstance(event_ids, list) or not event_ids or not isinstance(event_ids[0], str):
+                        continue
+                    try:
+                        await self.receipts.send_receipt(
+                            user_id, room_id, receipt_type, event_ids[0],
+                            thread_id if isinstance(thread_id, str) else None,
+                        )
+                    except MatrixError as e:
+                        log.info("receipt from %s ignored: %s", origin, e)
+
+
+def _quote(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+__all__ = ["BadTransaction", "FederationReceiver", "MAX_EDUS", "MAX_PDUS", "get_room_version"]

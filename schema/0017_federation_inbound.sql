@@ -1,0 +1,11 @@
+-- Inbound federation transactions (issue 9): the answer to each
+-- `PUT /_matrix/federation/v1/send/{txnId}` we processed, per origin, so a
+-- repeated transaction gets the same answer from any instance and its PDUs
+-- and EDUs are not processed twice.
+CREATE TABLE IF NOT EXISTS federation_inbound_txns (
+    origin TEXT NOT NULL,
+    txn_id TEXT NOT NULL,
+    response_json TEXT NOT NULL,
+    received_ts BIGINT NOT NULL,
+    PRIMARY KEY (origin, txn_id)
+);

@@ -1,0 +1,329 @@
+"""Inbound federation transactions (``PUT /send/{txnId}``) received by a
+coffeechat-home process over TLS, from a second server run by the test: its
+own signing key, served by its own key server (the receiver fetches it over
+HTTPS), its events built and signed with the protocol library, its requests
+signed by the outbound client, and a ``get_missing_events`` route answered
+from the events it built (authenticated with X-Matrix like any server).
+
+Good PDUs show in our users' /sync; a bad signature, a wrong content hash
+(stored redacted), an event the auth rules refuse, an unknown room, repeated
+and oversized transactions are answered per spec, never with a 500."""
+
+from __future__ import annotations
+
+import itertools
+import ssl
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from coffeechat_home.api.federation.auth import FEDERATION_BODY, FederationAuth
+from coffeechat_home.api.federation.keys import KeyRoutes
+from coffeechat_home.api.http import json_response
+from coffeechat_home.api.middleware import make_matrix_middleware
+from coffeechat_home.federation.client import FederationClient, RemoteError
+from coffeechat_home.protocol.builder import build_event, select_auth_event_ids
+from coffeechat_home.protocol.events import Event, StateKey
+from coffeechat_home.protocol.room_versions import get_room_version
+from coffeechat_home.protocol.signing import generate_signing_key
+from coffeechat_home.services.server_keys import KeyStore, LocalKeys
+from coffeechat_home.storage.database import Database
+from coffeechat_home.storage.server_keys import ServerKeyStore
+
+from ..integration.processes import User
+from .certs import make_certificate
+from .peers import FederatingServer, free_port
+
+pytestmark = pytest.mark.federation
+
+_txn = itertools.count()
+
+
+class Origin:
+    """The other server: key server + get_missing_events over TLS, and an
+    outbound client signing as it."""
+
+    def __init__(self, db: Database, workdir: Path) -> None:
+        self.port = free_port()
+        self.name = f"localhost:{self.port}"
+        self.key = generate_signing_key("o1")
+        self.local = LocalKeys(self.name, self.key)
+        self.client = FederationClient(self.name, self.key, allow_private_addresses=["127.0.0.0/8"],
+                                       verify_certificates=False)
+        self.key_store = KeyStore(ServerKeyStore(db), self.local, self.client, [])
+        self.workdir = workdir
+        self.runner: web.AppRunner | None = None
+        self.built: dict[str, Event] = {}  # what get_missing_events can answer from
+        self.missing_requests: list[Any] = []
+        self.ts = int(time.time() * 1000)
+
+    async def start(self) -> None:
+        cert, key = make_certificate(self.workdir)
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(str(cert), str(key))
+        app = web.Application(middlewares=[make_matrix_middleware()])
+        KeyRoutes(self.local, self.key_store).register_routes(app.router)
+        auth = FederationAuth(self.key_store, self.name)
+        app.router.add_post("/_matrix/federation/v1/get_missing_events/{room_id}", auth(self.get_missing_events))
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port, ssl_context=tls).start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+        await self.client.close()
+
+    async def get_missing_events(self, request: web.Request, origin: str) -> web.StreamResponse:
+        body = request[FEDERATION_BODY]
+        self.missing_requests.append(body)
+        earliest = set(body["earliest_events"])
+        # walk back from latest_events through what we built, stop at earliest
+        out: list[Event] = []
+        todo = [p for eid in body["latest_events"] for p in self.built[eid].prev_event_ids]
+        seen: set[str] = set()
+        while todo and len(out) < body.get("limit", 10):
+            eid = todo.pop()
+            if eid in seen or eid in earliest or eid not in self.built:
+                continue
+            seen.add(eid)
+            out.append(self.built[eid])
+            todo.extend(self.built[eid].prev_event_ids)
+        out.sort(key=lambda e: e.depth)
+        return json_response({"events": [dict(e.pdu) for e in out]})
+
+    def build(self, room_version: str, room_id: str, sender: str, template: dict[str, Any],
+              prev: list[tuple[str, int]], state: dict[StateKey, str]) -> Event:
+        rv = get_room_version(room_version)
+        tpl = {"room_id": room_id, "sender": sender, **template}
+        self.ts += 1
+        ev = build_event(
+            rv, template=tpl, prev_events=[p for p, _ in prev], auth_events=select_auth_event_ids(rv, tpl, state),
+            depth=max(d for _, d in prev) + 1, origin_server_ts=self.ts, server_name=self.name, signing_key=self.key,
+        )
+        self.built[ev.event_id] = ev
+        return ev
+
+    async def send(self, dest: str, pdus: list[dict[str, Any]], edus: list[dict[str, Any]] | None = None,
+                   txn: str | None = None) -> Any:
+        txn = txn or f"txn{next(_txn)}"
+        return await self.client.put_json(dest, f"/_matrix/federation/v1/send/{txn}",
+                                          {"origin": self.name, "origin_server_ts": self.ts,
+                                           "pdus": pdus, "edus": edus or []})
+
+
+class Room:
+    """The room as stored on our server (what the origin would know of it
+    after joining)."""
+
+    def __init__(self, server: FederatingServer, room_id: str, version: str) -> None:
+        self.server = server
+        self.room_id = room_id
+        self.version = version
+
+    async def state(self) -> dict[StateKey, str]:
+        rows = await self.server.db_fetch(
+            "SELECT type, state_key, event_id FROM current_state WHERE room_id = $1", self.room_id)
+        return {(r["type"], r["state_key"]): r["event_id"] for r in rows}
+
+    async def head(self) -> list[tuple[str, int]]:
+        rows = await self.server.db_fetch(
+            """SELECT e.event_id, e.depth FROM events e
+               JOIN rooms r ON e.event_id = ANY(r.forward_extremities) WHERE r.room_id = $1""", self.room_id)
+        return [(r["event_id"], r["depth"]) for r in rows]
+
+    async def stored(self, event_id: str) -> Any:
+        rows = await self.server.db_fetch(
+            "SELECT pdu, stream_pos, rejected_reason, soft_failed FROM events WHERE event_id = $1", event_id)
+        return rows[0] if rows else None
+
+
+@pytest.fixture
+async def setup(database_url: str, pg: Any, pg_template: str, tmp_path: Path
+                ) -> AsyncIterator[tuple[FederatingServer, Origin, aiohttp.ClientSession]]:
+    from .test_two_servers import new_database
+
+    db = await Database.connect(database_url, min_size=1, max_size=2)
+    ours = FederatingServer(await new_database(pg, pg_template), tmp_path / "ours")
+    origin = Origin(db, tmp_path / "origin")
+    http = aiohttp.ClientSession()
+    try:
+        await origin.start()
+        await ours.start()
+        yield ours, origin, http
+    finally:
+        await ours.stop()
+        await origin.stop()
+        await http.close()
+        await db.close()
+
+
+def _timeline(sync: dict[str, Any], room_id: str) -> list[dict[str, Any]]:
+    return list(sync.get("rooms", {}).get("join", {}).get(room_id, {}).get("timeline", {}).get("events", []))
+
+
+async def _sync_until(alice: User, since: str, room_id: str, want: set[str]) -> tuple[str, list[dict[str, Any]]]:
+    """Long-poll /sync until the room's timeline has shown every event id in
+    ``want`` (bounded: 10 polls)."""
+    seen: list[dict[str, Any]] = []
+    for _ in range(10):
+        body = await alice.sync(since, timeout_ms=3000)
+        since = body["next_batch"]
+        seen.extend(_timeline(body, room_id))
+        if want <= {e["event_id"] for e in seen}:
+            break
+    return since, seen
+
+
+@pytest.mark.parametrize("version", ["10", "11", "12"])
+async def test_pdus_and_edus_from_another_server(
+    setup: tuple[FederatingServer, Origin, aiohttp.ClientSession], version: str
+) -> None:
+    ours, origin, http = setup
+    alice = await User(http, ours.client_url).register("alice")
+    status, body = await alice.call("POST", "createRoom", {"preset": "public_chat", "room_version": version})
+    assert status == 200, body
+    room = Room(ours, body["room_id"], version)
+    remy = f"@remy:{origin.name}"
+    since = (await alice.sync())["next_batch"]
+
+    # remy joins (a public room: the join is allowed by the state before it)
+    join = origin.build(version, room.room_id, remy,
+                        {"type": "m.room.member", "state_key": remy, "content": {"membership": "join"}},
+                        await room.head(), await room.state())
+    answer = await origin.send(ours.server_name, [dict(join.pdu)])
+    assert answer == {"pdus": {join.event_id: {}}}, answer
+    msg = origin.build(version, room.room_id, remy,
+                       {"type": "m.room.message", "content": {"msgtype": "m.text", "body": "hello from afar"}},
+                       [(join.event_id, join.depth)], await room.state())
+    txn = f"msg{next(_txn)}"
+    assert await origin.send(ours.server_name, [dict(msg.pdu)], txn=txn) == {"pdus": {msg.event_id: {}}}
+    since, seen = await _sync_until(alice, since, room.room_id, {join.event_id, msg.event_id})
+    assert [e["event_id"] for e in seen] == [join.event_id, msg.event_id]
+    assert seen[1]["content"]["body"] == "hello from afar"
+    assert (await room.state())[("m.room.member", remy)] == join.event_id
+
+    # the same txn id again, with another body: the first answer, nothing processed
+    other = origin.build(version, room.room_id, remy,
+                         {"type": "m.room.message", "content": {"msgtype": "m.text", "body": "replayed"}},
+                         [(msg.event_id, msg.depth)], await room.state())
+    assert await origin.send(ours.server_name, [dict(other.pdu)], txn=txn) == {"pdus": {msg.event_id: {}}}
+    assert await room.stored(other.event_id) is None
+
+    # typing and a read receipt from remy show in alice's /sync
+    edus = [
+        {"edu_type": "m.typing", "content": {"room_id": room.room_id, "user_id": remy, "typing": True}},
+        {"edu_type": "m.receipt", "content": {room.room_id: {"m.read": {
+            remy: {"event_ids": [msg.event_id], "data": {"ts": origin.ts}}}}}},
+        {"edu_type": "m.unknown.thing", "content": {}},
+        # a user of another server: not the origin's to report
+        {"edu_type": "m.typing", "content": {"room_id": room.room_id, "user_id": "@x:elsewhere", "typing": True}},
+    ]
+    assert await origin.send(ours.server_name, [], edus) == {"pdus": {}}
+    ephemeral: list[dict[str, Any]] = []
+    for _ in range(10):
+        body = await alice.sync(since, timeout_ms=3000)
+        since = body["next_batch"]
+        ephemeral += body.get("rooms", {}).get("join", {}).get(room.room_id, {}).get("ephemeral", {}).get("events", [])
+        types = {e["type"] for e in ephemeral}
+        if {"m.typing", "m.receipt"} <= types:
+            break
+    typing = [e for e in ephemeral if e["type"] == "m.typing"]
+    assert typing and typing[-1]["content"]["user_ids"] == [remy]
+    receipts = [e for e in ephemeral if e["type"] == "m.receipt"]
+    assert receipts and remy in receipts[-1]["content"][msg.event_id]["m.read"]
+
+    # a message whose parent we never saw: fetched from the origin
+    hidden = origin.build(version, room.room_id, remy,
+                          {"type": "m.room.message", "content": {"msgtype": "m.text", "body": "gap"}},
+                          [(msg.event_id, msg.depth)], await room.state())
+    after = origin.build(version, room.room_id, remy,
+                         {"type": "m.room.message", "content": {"msgtype": "m.text", "body": "after the gap"}},
+                         [(hidden.event_id, hidden.depth)], await room.state())
+    assert await origin.send(ours.server_name, [dict(after.pdu)]) == {"pdus": {after.event_id: {}}}
+    assert origin.missing_requests and origin.missing_requests[-1]["latest_events"] == [after.event_id]
+    since, seen = await _sync_until(alice, since, room.room_id, {hidden.event_id, after.event_id})
+    assert [e["content"]["body"] for e in seen] == ["gap", "after the gap"]
+    assert await room.head() == [(after.event_id, after.depth)]
+
+
+async def test_bad_pdus_refused(setup: tuple[FederatingServer, Origin, aiohttp.ClientSession]) -> None:
+    ours, origin, http = setup
+    version = "11"
+    alice = await User(http, ours.client_url).register("alice")
+    status, body = await alice.call("POST", "createRoom", {"preset": "public_chat", "room_version": version})
+    assert status == 200, body
+    room = Room(ours, body["room_id"], version)
+    remy = f"@remy:{origin.name}"
+    join = origin.build(version, room.room_id, remy,
+                        {"type": "m.room.member", "state_key": remy, "content": {"membership": "join"}},
+                        await room.head(), await room.state())
+    assert await origin.send(ours.server_name, [dict(join.pdu)]) == {"pdus": {join.event_id: {}}}
+    since = (await alice.sync())["next_batch"]
+    state = await room.state()
+    head = [(join.event_id, join.depth)]
+
+    # 1. signed by a key the origin does not publish (same key id)
+    impostor = generate_signing_key("o1")
+    good_key, origin.key = origin.key, impostor
+    forged = origin.build(version, room.room_id, remy,
+                          {"type": "m.room.message", "content": {"msgtype": "m.text", "body": "forged"}}, head, state)
+    origin.key = good_key
+    # 2. content changed after signing: the hash fails, kept redacted
+    tampered_ev = origin.build(version, room.room_id, remy,
+                               {"type": "m.room.message", "content": {"msgtype": "m.text", "body": "original"}},
+                               head, state)
+    tampered = orjson.loads(orjson.dumps(tampered_ev.pdu))
+    tampered["content"]["body"] = "tampered"
+    # 3. remy (power 0) changes the power levels: refused by the auth rules
+    power = await _state_content(room, ("m.room.power_levels", ""))
+    power["users"][remy] = 100
+    coup = origin.build(version, room.room_id, remy,
+                        {"type": "m.room.power_levels", "state_key": "", "content": power}, head, state)
+    # 4. a room we do not know
+    unknown = dict(coup.pdu, room_id=f"!nosuchroom:{origin.name}")
+
+    answer = await origin.send(ours.server_name, [dict(forged.pdu), tampered, dict(coup.pdu), unknown])
+    results = answer["pdus"]
+    assert "error" in results[forged.event_id], answer
+    assert results[tampered_ev.event_id] == {}, answer
+    assert "error" in results[coup.event_id], answer
+    assert set(results) == {forged.event_id, tampered_ev.event_id, coup.event_id}, answer
+
+    assert await room.stored(forged.event_id) is None
+    row = await room.stored(tampered_ev.event_id)
+    assert row is not None and orjson.loads(row["pdu"])["content"] == {}
+    row = await room.stored(coup.event_id)
+    assert row is not None and row["rejected_reason"] and row["stream_pos"] is None
+    assert (await room.state())[("m.room.power_levels", "")] == state[("m.room.power_levels", "")]
+
+    since, seen = await _sync_until(alice, since, room.room_id, {tampered_ev.event_id})
+    ids = [e["event_id"] for e in seen]
+    assert tampered_ev.event_id in ids and coup.event_id not in ids and forged.event_id not in ids
+    assert next(e for e in seen if e["event_id"] == tampered_ev.event_id)["content"] == {}
+
+    # an oversized transaction: 400, nothing processed
+    many = [dict(join.pdu)] * 51
+    with pytest.raises(RemoteError) as e:
+        await origin.send(ours.server_name, many)
+    assert (e.value.status, e.value.errcode) == (400, "M_BAD_JSON")
+    # malformed PDUs inside a transaction: answered, no 500
+    answer = await origin.send(ours.server_name, [{"room_id": room.room_id}, "x", {"room_id": 5},
+                                                  dict(coup.pdu, sender=5)])
+    assert answer["pdus"] and all("error" in r for r in answer["pdus"].values()), answer
+    with pytest.raises(RemoteError) as e:
+        await origin.client.put_json(ours.server_name, "/_matrix/federation/v1/send/bad", {"pdus": "x"})
+    assert e.value.status == 400
+
+
+async def _state_content(room: Room, key: StateKey) -> dict[str, Any]:
+    event_id = (await room.state())[key]
+    row = await room.stored(event_id)
+    return dict(orjson.loads(row["pdu"])["content"])
+
+

@@ -82,6 +82,7 @@ from .api.federation.routes import FederationRoutes
 from .api.federation.transactions import TransactionRoutes
 from .federation.client import FederationClient
 from .services.federation.receiver import FederationReceiver
+from .services.federation.remote_rooms import RemoteRooms
 from .storage.federation_inbound import FederationInboundStore
 from .services.remote_queries import RemoteQueries
 from .services.server_keys import KeyStore, LocalKeys
@@ -182,6 +183,12 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     local_keys = LocalKeys(config.server_name, signing_key)  # old keys: loaded at start
     key_store = KeyStore(ServerKeyStore(db), local_keys, federation_client, fed.trusted_key_servers)
     remote_queries = RemoteQueries(federation_client)
+    if config.federation_listener.enabled:
+        remote_rooms = RemoteRooms(config.server_name, signing_key, events, persister, key_store, federation_client)
+        membership.remote_join = remote_rooms.join
+        membership.remote_alias = remote_queries.room_alias
+        membership.remote_servers = lambda room_id, via: RemoteRooms.candidate_servers(
+            room_id, via, config.server_name)
     # with federation off, other servers could not check our signatures (no
     # key server): their users and aliases are simply not found
     federating = config.federation_listener.enabled

@@ -5,7 +5,7 @@ be invited or knock (bans included), the service only picks the event."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from ..errors import MatrixError, forbidden, not_found
 from ..protocol.power_levels import get_named_level, get_power_level
@@ -23,6 +23,11 @@ class MembershipService:
         self.store = store
         self.accounts = accounts
         self.server_name = server_name
+        # federation (services/federation/remote_rooms.py): join a room we do
+        # not have through other servers; resolve another server's alias
+        self.remote_join: Callable[[str, str, Sequence[str], Mapping[str, Any]], Awaitable[str]] | None = None
+        self.remote_alias: Callable[[str, str], Awaitable[dict[str, Any]]] | None = None
+        self.remote_servers: Callable[[str, Sequence[str]], list[str]] | None = None
 
     async def resolve_room(self, room_id_or_alias: str) -> str:
         if room_id_or_alias.startswith("#"):
@@ -85,7 +90,36 @@ class MembershipService:
         if await self.store.is_blocked(room_id):
             raise forbidden("This room has been blocked on this server")
 
-    async def join(self, requester: Requester, room_id_or_alias: str, reason: Any = None) -> str:
+    async def _remote_target(self, room_id_or_alias: str, via: Sequence[str]) -> tuple[str, list[str]] | None:
+        """(room id, servers to ask) when the room is not on this server."""
+        if self.remote_join is None or self.remote_servers is None:
+            return None
+        if room_id_or_alias.startswith("#"):
+            try:
+                alias = parse_room_alias(room_id_or_alias)
+            except InvalidIdentifier as e:
+                raise MatrixError(400, "M_INVALID_PARAM", str(e)) from None
+            if alias.server_name == self.server_name or self.remote_alias is None:
+                return None
+            if await self.store.alias_room(room_id_or_alias) is not None:
+                return None
+            answer = await self.remote_alias(room_id_or_alias, alias.server_name)
+            room_id = str(answer["room_id"])
+            if await self.store.room_version(room_id) is not None:
+                return None
+            return room_id, self.remote_servers(room_id, [*via, *answer.get("servers", [])])
+        if room_id_or_alias.startswith("!") and await self.store.room_version(room_id_or_alias) is None:
+            return room_id_or_alias, self.remote_servers(room_id_or_alias, via)
+        return None
+
+    async def join(
+        self, requester: Requester, room_id_or_alias: str, reason: Any = None, via: Sequence[str] = ()
+    ) -> str:
+        remote = await self._remote_target(room_id_or_alias, via)
+        if remote is not None and self.remote_join is not None:
+            room_id, servers = remote
+            content = await self.rooms.member_content(requester.user_id, "join", self._reason(reason))
+            return str(await self.remote_join(requester.user_id, room_id, servers, content))
         room_id = await self.resolve_room(room_id_or_alias)
         await self._refuse_blocked(room_id)
         state = await self.rooms.require_state(room_id)

@@ -1,0 +1,168 @@
+"""Our users in rooms that live on other servers: joining a remote room
+through a resident server (``make_join`` then ``send_join/v2``).
+
+The answer of ``send_join`` is checked before anything counts: every PDU
+with ``check_received_pdu`` (keys through the key store), the state and auth
+chain with ``check_auth_chain``, and the join against that state. The state
+and auth chain are persisted as outliers and the join on top of the state
+through the persister, so the room shows in /sync with its state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Mapping, Sequence
+from urllib.parse import quote
+
+from ...errors import MatrixError, forbidden
+from ...federation.client import FederationClient, FederationError, RemoteError
+from ...protocol.auth import AuthError, auth_state_from_events, check_auth_rules
+from ...protocol.auth_chain import check_auth_chain
+from ...protocol.builder import build_event
+from ...protocol.errors import ProtocolError
+from ...protocol.events import Event, StateKey
+from ...protocol.identifiers import InvalidIdentifier, parse_room_id
+from ...protocol.pdu import check_pdu_format, check_received_pdu
+from ...protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, UnsupportedRoomVersion, get_room_version
+from ...protocol.signing import SigningKey
+from ...storage.events import EventStore
+from ..persister import EventContext, NewEvent, NewRoom, Persister
+from ..server_keys import KeyStore, KeyUnavailable
+
+log = logging.getLogger(__name__)
+
+MAX_SERVERS_TRIED = 5
+
+
+class RemoteRooms:
+    def __init__(
+        self,
+        server_name: str,
+        signing_key: SigningKey,
+        events: EventStore,
+        persister: Persister,
+        key_store: KeyStore,
+        client: FederationClient,
+    ) -> None:
+        self.server_name = server_name
+        self.signing_key = signing_key
+        self.events = events
+        self.persister = persister
+        self.key_store = key_store
+        self.client = client
+
+    @staticmethod
+    def candidate_servers(room_id: str, via: Sequence[str], own: str) -> list[str]:
+        """The servers to ask: ``via`` first, then the room id's server (room
+        ids before v12 name one)."""
+        out = [s for s in via if s != own]
+        try:
+            domain = parse_room_id(room_id).server_name
+        except (InvalidIdentifier, AttributeError):
+            domain = None
+        if isinstance(domain, str) and domain and domain != own and domain not in out:
+            out.append(domain)
+        return out[:MAX_SERVERS_TRIED]
+
+    async def join(self, user_id: str, room_id: str, servers: Sequence[str], content: Mapping[str, Any]) -> str:
+        if not servers:
+            raise MatrixError(404, "M_NOT_FOUND", "No known servers for this room")
+        errors: list[str] = []
+        for server in servers:
+            try:
+                await self._join_via(server, user_id, room_id, content)
+                return room_id
+            except RemoteError as e:
+                if e.status == 403:
+                    raise forbidden(f"{server} refused the join: {e.error}") from None
+                errors.append(f"{server}: {e}")
+            except (FederationError, _BadAnswer) as e:
+                errors.append(f"{server}: {e}")
+        raise MatrixError(502, "M_UNKNOWN", "Could not join through any server: " + "; ".join(errors)[:500])
+
+    async def _join_via(self, server: str, user_id: str, room_id: str, content: Mapping[str, Any]) -> None:
+        vers = "&".join(f"ver={v}" for v in KNOWN_ROOM_VERSIONS)
+        path = f"/_matrix/federation/v1/make_join/{quote(room_id, safe='')}/{quote(user_id, safe='')}?{vers}"
+        answer = await self.client.get_json(server, path)
+        if not isinstance(answer, Mapping) or not isinstance(answer.get("event"), Mapping):
+            raise _BadAnswer("make_join answer without an event")
+        try:
+            rv = get_room_version(str(answer.get("room_version", "1")))
+        except UnsupportedRoomVersion:
+            raise MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", "The room's version is not supported") from None
+        tpl = answer["event"]
+        prev, auth, depth = tpl.get("prev_events"), tpl.get("auth_events"), tpl.get("depth")
+        if not isinstance(prev, list) or not isinstance(auth, list) or not isinstance(depth, int):
+            raise _BadAnswer("make_join template without prev_events, auth_events or depth")
+        if tpl.get("room_id") != room_id or tpl.get("state_key") != user_id or tpl.get("sender") != user_id:
+            raise _BadAnswer("make_join template for another room or user")
+        template = {
+            "type": "m.room.member", "room_id": room_id, "sender": user_id, "state_key": user_id,
+            "content": {**(tpl.get("content") if isinstance(tpl.get("content"), Mapping) else {}), **content,
+                        "membership": "join"},
+        }
+        try:
+            join = build_event(rv, template=template, prev_events=prev, auth_events=auth, depth=depth,
+                               origin_server_ts=int(time.time() * 1000), server_name=self.server_name,
+                               signing_key=self.signing_key)
+        except ProtocolError as e:
+            raise _BadAnswer(f"cannot build the join: {e}") from None
+        path = f"/_matrix/federation/v2/send_join/{quote(room_id, safe='')}/{quote(join.event_id, safe='')}"
+        sent = await self.client.put_json(server, path, dict(join.pdu))
+        if not isinstance(sent, Mapping):
+            raise _BadAnswer("send_join answer is not an object")
+        signed = sent.get("event")
+        if isinstance(signed, Mapping):  # restricted join: countersigned by the resident
+            join = await self._check_pdu(signed, rv)
+        state = await self._check_all(sent.get("state"), rv, "state")
+        chain = await self._check_all(sent.get("auth_chain"), rv, "auth_chain")
+        await self._persist(room_id, rv, join, state, chain)
+
+    async def _check_pdu(self, pdu: Any, rv: RoomVersion) -> Event:
+        try:
+            check_pdu_format(pdu, rv)
+            lookup = await self.key_store.key_lookup_for_pdu(pdu, rv)
+            return check_received_pdu(pdu, rv, lookup).event
+        except (ProtocolError, KeyUnavailable) as e:
+            raise _BadAnswer(f"a PDU of the answer was refused: {e}") from None
+
+    async def _check_all(self, pdus: Any, rv: RoomVersion, what: str) -> list[Event]:
+        if not isinstance(pdus, list):
+            raise _BadAnswer(f"send_join answer without {what}")
+        out: list[Event] = []
+        for pdu in pdus:
+            try:
+                out.append(await self._check_pdu(pdu, rv))
+            except _BadAnswer as e:
+                log.info("send_join %s: %s", what, e)  # dropped; auth may still hold
+        return out
+
+    async def _persist(self, room_id: str, rv: RoomVersion, join: Event, state: list[Event],
+                       chain: list[Event]) -> None:
+        checked = check_auth_chain([*chain, *state])
+        good_state = [ev for ev in state if ev.event_id in checked.accepted and ev.room_id == room_id]
+        state_map: dict[StateKey, Event] = auth_state_from_events(good_state)
+        create = state_map.get(("m.room.create", ""))
+        if create is None:
+            raise _BadAnswer("the room's state has no create event")
+        try:
+            check_auth_rules(join, state_map)
+        except AuthError as e:
+            raise _BadAnswer(f"the state does not allow the join: {e}") from None
+        outliers = [ev for ev in [*chain, *state] if ev.event_id in checked.accepted and ev.room_id == room_id]
+        seen: set[str] = set()
+        batch: list[NewEvent] = []
+        for ev in sorted(outliers, key=lambda e: (e.depth, e.event_id)):
+            if ev.event_id not in seen:
+                seen.add(ev.event_id)
+                batch.append(NewEvent(ev, EventContext(outlier=True)))
+        known = await self.events.room_version(room_id)
+        new_room = None if known is not None else NewRoom(creator=create.sender, is_public=False)
+        await self.persister.persist(room_id, batch, room_version=rv, new_room=new_room)
+        state_ids = {k: ev.event_id for k, ev in state_map.items()}
+        await self.persister.persist(room_id, [NewEvent(join, EventContext(state_before=state_ids))], room_version=rv)
+
+
+class _BadAnswer(Exception):
+    pass

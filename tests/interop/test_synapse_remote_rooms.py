@@ -1,0 +1,85 @@
+"""Our users in rooms that live on Synapse: our user joins a public Synapse
+room (by room id with ``via``, and by alias) through make_join/send_join,
+sees its state in /sync, then receives the Synapse user's new messages and
+state changes live (Synapse pushes them to our /send). Room versions 10, 11
+and 12, one Synapse for all of them."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from ..federation.peers import FederatingServer
+from ..integration.processes import User
+from .synapse_peer import SynapsePeer
+from .test_synapse_federation import peers, pytestmark, register_on_synapse
+
+__all__ = ["peers", "pytestmark"]
+
+
+def _joined(sync: dict[str, Any], room_id: str) -> dict[str, Any]:
+    return dict(sync.get("rooms", {}).get("join", {}).get(room_id, {}))
+
+
+async def _sync_until(user: User, since: str | None, room_id: str, pred: Any) -> tuple[str, list[dict[str, Any]]]:
+    """Long-poll /sync (at most 20 polls) collecting the room's timeline
+    until ``pred(events)`` holds."""
+    seen: list[dict[str, Any]] = []
+    for _ in range(20):
+        body = await user.sync(since, timeout_ms=5000)
+        since = body["next_batch"]
+        seen += _joined(body, room_id).get("timeline", {}).get("events", [])
+        if pred(seen):
+            break
+    assert since is not None
+    return since, seen
+
+
+async def test_join_synapse_rooms_and_receive_live(peers: tuple[FederatingServer, SynapsePeer]) -> None:
+    ours, syn = peers
+    async with aiohttp.ClientSession() as http:
+        alice = await User(http, ours.client_url).register("alice")
+        bob = await register_on_synapse(http, syn, "bob")
+        for version, how in (("10", "via"), ("11", "alias"), ("12", "server_name")):
+            body: dict[str, Any] = {"preset": "public_chat", "room_version": version, "name": f"syn v{version}"}
+            if how == "alias":
+                body["room_alias_name"] = f"syn{version}"
+            status, room = await bob.call("POST", "createRoom", body)
+            assert status == 200, room
+            room_id = room["room_id"]
+            status, _ = await bob.send(room_id, f"before alice v{version}")
+            assert status == 200
+
+            since = (await alice.sync())["next_batch"]
+            if how == "alias":
+                target = quote(f"#syn{version}:{syn.server_name}")
+            else:
+                target = quote(room_id) + f"?{how}={quote(syn.server_name)}"
+            status, answer = await alice.call("POST", f"join/{target}", {})
+            assert status == 200, (answer, ours.process.stderr()[-3000:])
+            assert answer == {"room_id": room_id}
+
+            # the room's state is ours now: its name, bob and alice joined
+            status, name = await alice.call("GET", f"rooms/{quote(room_id)}/state/m.room.name")
+            assert (status, name) == (200, {"name": f"syn v{version}"}), name
+            status, members = await alice.call("GET", f"rooms/{quote(room_id)}/joined_members")
+            assert status == 200 and set(members["joined"]) == {alice.user_id, bob.user_id}, members
+            since, seen = await _sync_until(
+                alice, since, room_id,
+                lambda evs: any(e["type"] == "m.room.member" and e["state_key"] == alice.user_id for e in evs))
+            assert any(e["type"] == "m.room.member" and e.get("state_key") == alice.user_id for e in seen), seen
+
+            # live from Synapse: a message, then a topic change
+            status, sent = await bob.send(room_id, f"live v{version}")
+            assert status == 200, sent
+            status, topic = await bob.call("PUT", f"rooms/{quote(room_id)}/state/m.room.topic",
+                                           {"topic": f"topic v{version}"})
+            assert status == 200, topic
+            since, seen = await _sync_until(
+                alice, since, room_id, lambda evs: {sent["event_id"], topic["event_id"]} <= {e["event_id"] for e in evs})
+            ids = [e["event_id"] for e in seen]
+            assert sent["event_id"] in ids and topic["event_id"] in ids, (seen, syn.log_tail())
+            status, got = await alice.call("GET", f"rooms/{quote(room_id)}/state/m.room.topic")
+            assert (status, got) == (200, {"topic": f"topic v{version}"})

@@ -77,8 +77,9 @@ async def test_join_synapse_rooms_and_receive_live(peers: tuple[FederatingServer
             status, topic = await bob.call("PUT", f"rooms/{quote(room_id)}/state/m.room.topic",
                                            {"topic": f"topic v{version}"})
             assert status == 200, topic
+            want = {sent["event_id"], topic["event_id"]}
             since, seen = await _sync_until(
-                alice, since, room_id, lambda evs: {sent["event_id"], topic["event_id"]} <= {e["event_id"] for e in evs})
+                alice, since, room_id, lambda evs, want=want: want <= {e["event_id"] for e in evs})
             ids = [e["event_id"] for e in seen]
             assert sent["event_id"] in ids and topic["event_id"] in ids, (seen, syn.log_tail())
             status, got = await alice.call("GET", f"rooms/{quote(room_id)}/state/m.room.topic")

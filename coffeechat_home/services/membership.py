@@ -28,6 +28,7 @@ class MembershipService:
         self.remote_join: Callable[[str, str, Sequence[str], Mapping[str, Any]], Awaitable[str]] | None = None
         self.remote_alias: Callable[[str, str], Awaitable[dict[str, Any]]] | None = None
         self.remote_servers: Callable[[str, Sequence[str]], list[str]] | None = None
+        self.remote_leave: Callable[[str, str, Sequence[str], Mapping[str, Any]], Awaitable[None]] | None = None
 
     async def resolve_room(self, room_id_or_alias: str) -> str:
         if room_id_or_alias.startswith("#"):
@@ -176,6 +177,11 @@ class MembershipService:
             raise forbidden("You are not in this room")
         if current in ("leave", "ban"):
             return  # already out: nothing to do
+        others = _other_servers(state or {}, self.server_name)
+        if self.remote_leave is not None and others and not _created_here(state or {}, self.server_name):
+            # a room that lives elsewhere: leave through a resident server
+            await self.remote_leave(requester.user_id, room_id, others, self._reason(reason) or {})
+            return
         await self._change(requester, room_id, requester.user_id, "leave", self._reason(reason))
 
     async def kick(self, requester: Requester, room_id: str, user_id: Any, reason: Any = None) -> None:
@@ -252,3 +258,21 @@ class MembershipService:
 def _membership(state: Mapping[StateKey, Event], user_id: str) -> str | None:
     ev = state.get(("m.room.member", user_id))
     return ev.membership if ev is not None else None
+
+
+def _other_servers(state: Mapping[StateKey, Event], own: str) -> list[str]:
+    """Servers (other than ours) with joined members, the creator's first."""
+    servers: list[str] = []
+    create = state.get(("m.room.create", ""))
+    if create is not None:
+        servers.append(create.sender.split(":", 1)[1])
+    for (etype, skey), ev in state.items():
+        if etype == "m.room.member" and ev.membership == "join":
+            servers.append(skey.split(":", 1)[1])
+    joined = {skey.split(":", 1)[1] for (t, skey), ev in state.items() if t == "m.room.member" and ev.membership == "join"}
+    return [s for s in dict.fromkeys(servers) if s != own and s in joined]
+
+
+def _created_here(state: Mapping[StateKey, Event], own: str) -> bool:
+    create = state.get(("m.room.create", ""))
+    return create is not None and create.sender.split(":", 1)[1] == own

@@ -1,8 +1,9 @@
 """Our users in rooms that live on Synapse: our user joins a public Synapse
 room (by room id with ``via``, and by alias) through make_join/send_join,
 sees its state in /sync, then receives the Synapse user's new messages and
-state changes live (Synapse pushes them to our /send). Room versions 10, 11
-and 12, one Synapse for all of them."""
+state changes live (Synapse pushes them to our /send), and leaves through
+Synapse (make_leave/send_leave). Room versions 10, 11 and 12, one Synapse
+for all of them."""
 
 from __future__ import annotations
 
@@ -84,3 +85,11 @@ async def test_join_synapse_rooms_and_receive_live(peers: tuple[FederatingServer
             assert sent["event_id"] in ids and topic["event_id"] in ids, (seen, syn.log_tail())
             status, got = await alice.call("GET", f"rooms/{quote(room_id)}/state/m.room.topic")
             assert (status, got) == (200, {"topic": f"topic v{version}"})
+
+            # alice leaves through Synapse (make_leave / send_leave): Synapse sees it at once
+            status, body = await alice.call("POST", f"rooms/{quote(room_id)}/leave", {})
+            assert status == 200, (body, ours.process.stderr()[-3000:])
+            status, members = await bob.call("GET", f"rooms/{quote(room_id)}/joined_members")
+            assert status == 200 and set(members["joined"]) == {bob.user_id}, members
+            status, mine = await alice.call("GET", "joined_rooms")
+            assert status == 200 and room_id not in mine["joined_rooms"], mine

@@ -164,5 +164,47 @@ class RemoteRooms:
         await self.persister.persist(room_id, [NewEvent(join, EventContext(state_before=state_ids))], room_version=rv)
 
 
+    async def leave(self, user_id: str, room_id: str, servers: Sequence[str], content: Mapping[str, Any]) -> None:
+        """Leave through a resident server (make_leave, send_leave/v2), then
+        persist the leave on our side. Raises FederationError or _BadAnswer
+        when no server took it."""
+        errors: list[str] = []
+        for server in list(servers)[:MAX_SERVERS_TRIED]:
+            try:
+                await self._leave_via(server, user_id, room_id, content)
+                return
+            except (FederationError, _BadAnswer) as e:
+                errors.append(f"{server}: {e}")
+        raise MatrixError(502, "M_UNKNOWN", "Could not leave through any server: " + "; ".join(errors)[:500])
+
+    async def _leave_via(self, server: str, user_id: str, room_id: str, content: Mapping[str, Any]) -> None:
+        path = f"/_matrix/federation/v1/make_leave/{quote(room_id, safe='')}/{quote(user_id, safe='')}"
+        answer = await self.client.get_json(server, path)
+        if not isinstance(answer, Mapping) or not isinstance(answer.get("event"), Mapping):
+            raise _BadAnswer("make_leave answer without an event")
+        try:
+            rv = get_room_version(str(answer.get("room_version", "1")))
+        except UnsupportedRoomVersion:
+            raise _BadAnswer("make_leave for a room version we do not support") from None
+        tpl = answer["event"]
+        prev, auth, depth = tpl.get("prev_events"), tpl.get("auth_events"), tpl.get("depth")
+        if not isinstance(prev, list) or not isinstance(auth, list) or not isinstance(depth, int):
+            raise _BadAnswer("make_leave template without prev_events, auth_events or depth")
+        if tpl.get("room_id") != room_id or tpl.get("state_key") != user_id:
+            raise _BadAnswer("make_leave template for another room or user")
+        template = {"type": "m.room.member", "room_id": room_id, "sender": user_id, "state_key": user_id,
+                    "content": {**content, "membership": "leave"}}
+        try:
+            leave = build_event(rv, template=template, prev_events=prev, auth_events=auth, depth=depth,
+                                origin_server_ts=int(time.time() * 1000), server_name=self.server_name,
+                                signing_key=self.signing_key)
+        except ProtocolError as e:
+            raise _BadAnswer(f"cannot build the leave: {e}") from None
+        path = f"/_matrix/federation/v2/send_leave/{quote(room_id, safe='')}/{quote(leave.event_id, safe='')}"
+        await self.client.put_json(server, path, dict(leave.pdu))
+        state = await self.events.state.current_state_ids(room_id)
+        await self.persister.persist(room_id, [NewEvent(leave, EventContext(state_before=state))], room_version=rv)
+
+
 class _BadAnswer(Exception):
     pass

@@ -79,8 +79,10 @@ from .api.federation.auth import FederationAuth
 from .api.federation.keys import KeyRoutes
 from .api.federation.media import FederationMediaRoutes
 from .api.federation.routes import FederationRoutes
+from .api.federation.invites import InviteRoutes
 from .api.federation.transactions import TransactionRoutes
 from .federation.client import FederationClient
+from .services.federation.invites import InviteReceiver
 from .services.federation.receiver import FederationReceiver
 from .services.federation.remote_rooms import RemoteRooms
 from .storage.federation_inbound import FederationInboundStore
@@ -135,6 +137,7 @@ class Services:
     directory: DirectoryService
     room_dag: RoomDagService
     receiver: FederationReceiver
+    invites: InviteReceiver
 
 
 def build_services(config: Config, db: Database, signing_key: SigningKey) -> Services:
@@ -183,8 +186,13 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     local_keys = LocalKeys(config.server_name, signing_key)  # old keys: loaded at start
     key_store = KeyStore(ServerKeyStore(db), local_keys, federation_client, fed.trusted_key_servers)
     remote_queries = RemoteQueries(federation_client)
+    inbound = FederationInboundStore(db, stream)
     if config.federation_listener.enabled:
-        remote_rooms = RemoteRooms(config.server_name, signing_key, events, persister, key_store, federation_client)
+        remote_rooms = RemoteRooms(config.server_name, signing_key, events, persister, key_store, federation_client,
+                                   inbound)
+        membership.reject_remote_invite = remote_rooms.reject_invite
+        membership.pending_invite = inbound.pending_invite
+        membership.local_joined = lambda room_id: inbound.has_joined_member_of(room_id, config.server_name)
         membership.remote_join = remote_rooms.join
         membership.remote_alias = remote_queries.room_alias
         membership.remote_leave = remote_rooms.leave
@@ -200,7 +208,7 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     media = build_media(config, db)
     if federating:  # other servers' media, fetched on first use and cached
         media.remote = RemoteMedia(federation_client, media.store, media.files, config.media, media.release_bodies)
-    return Services(
+    services = Services(
         config=config,
         db=db,
         stream=stream,
@@ -231,10 +239,16 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         directory=directory,
         room_dag=RoomDagService(RoomDagStore(db)),
         receiver=FederationReceiver(
-            config.server_name, events, persister, key_store, federation_client, FederationInboundStore(db),
+            config.server_name, events, persister, key_store, federation_client, inbound,
             conversation.typing, conversation.receipts,
         ),
+        invites=InviteReceiver(
+            config.server_name, signing_key, events, persister, key_store, inbound, notifier,
+            accounts.store.user_exists,
+        ),
     )
+    services.sync.remote_invite_state = inbound.invite_state
+    return services
 
 
 def build_client_app(config: Config, services: Services, metrics: Metrics | None = None) -> web.Application:
@@ -307,6 +321,7 @@ def build_federation_app(config: Config, services: Services, metrics: Metrics | 
     FederationMediaRoutes(auth, services.media).register_routes(app.router)
     MediaRoutes(services.media, services.auth).register_legacy_downloads(app.router)
     TransactionRoutes(auth, services.receiver).register_routes(app.router)
+    InviteRoutes(auth, services.invites).register_routes(app.router)
     discovery = DiscoveryRoutes(config.server_name, config.client_base_url, delegated_server_name(config))
     app.router.add_get("/.well-known/matrix/server", discovery.well_known_server)
     return app

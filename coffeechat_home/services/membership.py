@@ -29,6 +29,11 @@ class MembershipService:
         self.remote_alias: Callable[[str, str], Awaitable[dict[str, Any]]] | None = None
         self.remote_servers: Callable[[str, Sequence[str]], list[str]] | None = None
         self.remote_leave: Callable[[str, str, Sequence[str], Mapping[str, Any]], Awaitable[None]] | None = None
+        # invites from other servers: (event id, sender) of a pending one;
+        # whether one of our users is joined; rejecting through the inviter
+        self.pending_invite: Callable[[str, str], Awaitable[tuple[str, str] | None]] | None = None
+        self.local_joined: Callable[[str], Awaitable[bool]] | None = None
+        self.reject_remote_invite: Callable[[str, str, Sequence[str], Mapping[str, Any]], Awaitable[None]] | None = None
 
     async def resolve_room(self, room_id_or_alias: str) -> str:
         if room_id_or_alias.startswith("#"):
@@ -91,7 +96,20 @@ class MembershipService:
         if await self.store.is_blocked(room_id):
             raise forbidden("This room has been blocked on this server")
 
-    async def _remote_target(self, room_id_or_alias: str, via: Sequence[str]) -> tuple[str, list[str]] | None:
+    async def _invite_from_elsewhere(self, room_id: str, user_id: str) -> str | None:
+        """The inviting server of a pending invite to a room none of our
+        users is in."""
+        if self.pending_invite is None or self.local_joined is None:
+            return None
+        invite = await self.pending_invite(room_id, user_id)
+        if invite is None or await self.local_joined(room_id):
+            return None
+        server = invite[1].split(":", 1)[1]
+        return server if server != self.server_name else None
+
+    async def _remote_target(
+        self, room_id_or_alias: str, via: Sequence[str], user_id: str
+    ) -> tuple[str, list[str]] | None:
         """(room id, servers to ask) when the room is not on this server."""
         if self.remote_join is None or self.remote_servers is None:
             return None
@@ -109,14 +127,18 @@ class MembershipService:
             if await self.store.room_version(room_id) is not None:
                 return None
             return room_id, self.remote_servers(room_id, [*via, *answer.get("servers", [])])
-        if room_id_or_alias.startswith("!") and await self.store.room_version(room_id_or_alias) is None:
-            return room_id_or_alias, self.remote_servers(room_id_or_alias, via)
+        if room_id_or_alias.startswith("!"):
+            if await self.store.room_version(room_id_or_alias) is None:
+                return room_id_or_alias, self.remote_servers(room_id_or_alias, via)
+            inviter = await self._invite_from_elsewhere(room_id_or_alias, user_id)
+            if inviter is not None:
+                return room_id_or_alias, self.remote_servers(room_id_or_alias, [*via, inviter])
         return None
 
     async def join(
         self, requester: Requester, room_id_or_alias: str, reason: Any = None, via: Sequence[str] = ()
     ) -> str:
-        remote = await self._remote_target(room_id_or_alias, via)
+        remote = await self._remote_target(room_id_or_alias, via, requester.user_id)
         if remote is not None and self.remote_join is not None:
             room_id, servers = remote
             content = await self.rooms.member_content(requester.user_id, "join", self._reason(reason))
@@ -173,6 +195,11 @@ class MembershipService:
     async def leave(self, requester: Requester, room_id: str, reason: Any = None) -> None:
         state = await self.rooms.writer.current_state(room_id)
         current = _membership(state or {}, requester.user_id)
+        if current is None and self.reject_remote_invite is not None:
+            inviter = await self._invite_from_elsewhere(room_id, requester.user_id)
+            if inviter is not None:  # reject an invite from another server through it
+                await self.reject_remote_invite(requester.user_id, room_id, [inviter], self._reason(reason) or {})
+                return
         if state is None or current is None:
             raise forbidden("You are not in this room")
         if current in ("leave", "ban"):

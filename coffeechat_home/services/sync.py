@@ -148,6 +148,8 @@ class SyncService:
         # the new events of a room in (since, upto]: the same for every
         # member woken by them
         self._timelines: SharedReads[tuple[Any, ...], list[EventRow]] = SharedReads(ttl=2.0, size=512)
+        # invites from other servers: their stripped state (set when federating)
+        self.remote_invite_state: Callable[[str], Awaitable[list[Any] | None]] | None = None
 
     async def sync(
         self, requester: Requester, *, since_token: str | None, timeout_ms: int, sync_filter: SyncFilter,
@@ -540,6 +542,15 @@ class SyncService:
 
     async def _stripped_state(self, member_event_id: str, requester: Requester) -> list[dict[str, Any]]:
         group = await self.events.event_state_group(member_event_id)
+        if group is None and self.remote_invite_state is not None:
+            # an invite from another server: the stripped state it sent along
+            given = await self.remote_invite_state(member_event_id)
+            if given is not None:
+                member_row = await self.events.get_row(member_event_id)
+                events = [e for e in given if isinstance(e, dict)]
+                if member_row is not None:
+                    events.append(orjson.loads(member_row.client))
+                return [{k: e[k] for k in ("content", "sender", "state_key", "type") if k in e} for e in events]
         ids = await self.events.state_ids_for_group(group) if group is not None else {}
         member = await self.events.get_row(member_event_id)
         wanted = [v for k, v in ids.items() if k[0] in STRIPPED_STATE_TYPES]

@@ -5,14 +5,53 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import orjson
 
+from ..protocol.events import Event
 from .database import Database
+from .room_state import insert_memberships
+from .stream import StreamStore
 
 
 class FederationInboundStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, stream: StreamStore) -> None:
         self.db = db
+        self.stream = stream
+
+    async def record_outlier_membership(self, event: Event, stripped_state: list[Any] | None) -> int:
+        """A membership row (with a stream position, so /sync shows it) for
+        an outlier membership event of one of our users in a room we are
+        not in (an invite, its rejection); the invite's stripped state."""
+
+        async def write(conn: asyncpg.Connection, pos: int) -> None:
+            await insert_memberships(conn, event.room_id, [(event, pos)])
+            if stripped_state is not None:
+                await conn.execute(
+                    """INSERT INTO remote_invite_state (event_id, room_id, state_json) VALUES ($1, $2, $3)
+                       ON CONFLICT (event_id) DO NOTHING""",
+                    event.event_id, event.room_id, orjson.dumps(stripped_state).decode(),
+                )
+
+        _, pos = await self.stream.write(write, name="remote_membership")
+        return pos
+
+    async def invite_state(self, event_id: str) -> list[Any] | None:
+        raw = await self.db.fetchval("SELECT state_json FROM remote_invite_state WHERE event_id = $1", event_id)
+        value = orjson.loads(raw) if raw is not None else None
+        return value if isinstance(value, list) else None
+
+    async def pending_invite(self, room_id: str, user_id: str) -> tuple[str, str] | None:
+        """(event id, sender) of the user's latest membership in the room
+        when it is an invite."""
+        row = await self.db.fetchrow(
+            """SELECT event_id, sender, membership FROM room_memberships
+               WHERE room_id = $1 AND user_id = $2 ORDER BY stream_pos DESC LIMIT 1""",
+            room_id, user_id,
+        )
+        if row is None or row["membership"] != "invite":
+            return None
+        return str(row["event_id"]), str(row["sender"])
 
     async def txn_response(self, origin: str, txn_id: str) -> dict[str, Any] | None:
         raw = await self.db.fetchval(

@@ -2,8 +2,10 @@
 room (by room id with ``via``, and by alias) through make_join/send_join,
 sees its state in /sync, then receives the Synapse user's new messages and
 state changes live (Synapse pushes them to our /send), and leaves through
-Synapse (make_leave/send_leave). Room versions 10, 11 and 12, one Synapse
-for all of them."""
+Synapse (make_leave/send_leave); invites from Synapse show in /sync with
+their stripped state, one is accepted (joined through the inviting server),
+one rejected (Synapse sees the leave). Room versions 10, 11 and 12, one
+Synapse for all of them."""
 
 from __future__ import annotations
 
@@ -93,3 +95,41 @@ async def test_join_synapse_rooms_and_receive_live(peers: tuple[FederatingServer
             assert status == 200 and set(members["joined"]) == {bob.user_id}, members
             status, mine = await alice.call("GET", "joined_rooms")
             assert status == 200 and room_id not in mine["joined_rooms"], mine
+
+        # invites from Synapse: one accepted, one rejected, in each version
+        for version in ("10", "11", "12"):
+            rooms = []
+            for purpose in ("accept", "reject"):
+                status, room = await bob.call("POST", "createRoom", {
+                    "preset": "private_chat", "room_version": version, "name": f"{purpose} v{version}"})
+                assert status == 200, room
+                since = (await alice.sync())["next_batch"]
+                status, body = await bob.call("POST", f"rooms/{quote(room['room_id'])}/invite",
+                                              {"user_id": alice.user_id})
+                assert status == 200, (body, syn.log_tail(), ours.process.stderr()[-3000:])
+                invite: dict[str, Any] = {}
+                for _ in range(10):
+                    sync = await alice.sync(since, timeout_ms=5000)
+                    since = sync["next_batch"]
+                    invite = sync.get("rooms", {}).get("invite", {}).get(room["room_id"], {})
+                    if invite:
+                        break
+                stripped = invite["invite_state"]["events"]
+                assert {"type": "m.room.name", "sender": bob.user_id, "state_key": "",
+                        "content": {"name": f"{purpose} v{version}"}} in stripped, stripped
+                assert any(e["type"] == "m.room.member" and e["state_key"] == alice.user_id
+                           and e["content"]["membership"] == "invite" for e in stripped), stripped
+                rooms.append(room["room_id"])
+            accept, reject = rooms
+            # accepting joins through the inviting server
+            status, body = await alice.call("POST", f"rooms/{quote(accept)}/join", {})
+            assert status == 200, (body, ours.process.stderr()[-3000:])
+            status, members = await bob.call("GET", f"rooms/{quote(accept)}/joined_members")
+            assert status == 200 and set(members["joined"]) == {alice.user_id, bob.user_id}, members
+            # rejecting leaves through it: Synapse sees alice's leave
+            status, body = await alice.call("POST", f"rooms/{quote(reject)}/leave", {})
+            assert status == 200, (body, ours.process.stderr()[-3000:])
+            status, member = await bob.call("GET", f"rooms/{quote(reject)}/state/m.room.member/{quote(alice.user_id)}")
+            assert (status, member.get("membership")) == (200, "leave"), member
+            sync = await alice.sync()
+            assert accept in sync["rooms"]["join"] and reject not in sync["rooms"].get("invite", {}), sync["rooms"]

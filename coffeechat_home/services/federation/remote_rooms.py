@@ -27,6 +27,7 @@ from ...protocol.pdu import check_pdu_format, check_received_pdu
 from ...protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, UnsupportedRoomVersion, get_room_version
 from ...protocol.signing import SigningKey
 from ...storage.events import EventStore
+from ...storage.federation_inbound import FederationInboundStore
 from ..persister import EventContext, NewEvent, NewRoom, Persister
 from ..server_keys import KeyStore, KeyUnavailable
 
@@ -44,7 +45,9 @@ class RemoteRooms:
         persister: Persister,
         key_store: KeyStore,
         client: FederationClient,
+        inbound: FederationInboundStore,
     ) -> None:
+        self.inbound = inbound
         self.server_name = server_name
         self.signing_key = signing_key
         self.events = events
@@ -164,20 +167,28 @@ class RemoteRooms:
         await self.persister.persist(room_id, [NewEvent(join, EventContext(state_before=state_ids))], room_version=rv)
 
 
-    async def leave(self, user_id: str, room_id: str, servers: Sequence[str], content: Mapping[str, Any]) -> None:
+    async def reject_invite(self, user_id: str, room_id: str, servers: Sequence[str],
+                            content: Mapping[str, Any]) -> None:
+        """Reject an invite to a room we are not in: the leave goes through
+        the inviting server and is kept as an outlier with a membership row."""
+        await self.leave(user_id, room_id, servers, content, outlier=True)
+
+    async def leave(self, user_id: str, room_id: str, servers: Sequence[str], content: Mapping[str, Any],
+                    *, outlier: bool = False) -> None:
         """Leave through a resident server (make_leave, send_leave/v2), then
         persist the leave on our side. Raises FederationError or _BadAnswer
         when no server took it."""
         errors: list[str] = []
         for server in list(servers)[:MAX_SERVERS_TRIED]:
             try:
-                await self._leave_via(server, user_id, room_id, content)
+                await self._leave_via(server, user_id, room_id, content, outlier)
                 return
             except (FederationError, _BadAnswer) as e:
                 errors.append(f"{server}: {e}")
         raise MatrixError(502, "M_UNKNOWN", "Could not leave through any server: " + "; ".join(errors)[:500])
 
-    async def _leave_via(self, server: str, user_id: str, room_id: str, content: Mapping[str, Any]) -> None:
+    async def _leave_via(self, server: str, user_id: str, room_id: str, content: Mapping[str, Any],
+                         outlier: bool) -> None:
         path = f"/_matrix/federation/v1/make_leave/{quote(room_id, safe='')}/{quote(user_id, safe='')}"
         answer = await self.client.get_json(server, path)
         if not isinstance(answer, Mapping) or not isinstance(answer.get("event"), Mapping):
@@ -202,6 +213,13 @@ class RemoteRooms:
             raise _BadAnswer(f"cannot build the leave: {e}") from None
         path = f"/_matrix/federation/v2/send_leave/{quote(room_id, safe='')}/{quote(leave.event_id, safe='')}"
         await self.client.put_json(server, path, dict(leave.pdu))
+        if outlier:
+            result = await self.persister.persist(room_id, [NewEvent(leave, EventContext(outlier=True))],
+                                                  room_version=rv)
+            if result.stored[0]:
+                await self.inbound.record_outlier_membership(leave, None)
+                self.persister.notifier.poke()
+            return
         state = await self.events.state.current_state_ids(room_id)
         await self.persister.persist(room_id, [NewEvent(leave, EventContext(state_before=state))], room_version=rv)
 

@@ -16,6 +16,7 @@ import ssl
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -136,6 +137,16 @@ class Room:
             """SELECT e.event_id, e.depth FROM events e
                JOIN rooms r ON e.event_id = ANY(r.forward_extremities) WHERE r.room_id = $1""", self.room_id)
         return [(r["event_id"], r["depth"]) for r in rows]
+
+    async def state_before_ban(self, user_id: str) -> dict[StateKey, str]:
+        """The current state with the user's membership before their ban."""
+        state = await self.state()
+        rows = await self.server.db_fetch(
+            """SELECT event_id FROM events WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2
+               AND pdu::jsonb -> 'content' ->> 'membership' = 'join' ORDER BY depth DESC LIMIT 1""",
+            self.room_id, user_id)
+        state[("m.room.member", user_id)] = rows[0]["event_id"]
+        return state
 
     async def stored(self, event_id: str) -> Any:
         rows = await self.server.db_fetch(
@@ -306,6 +317,20 @@ async def test_bad_pdus_refused(setup: tuple[FederatingServer, Origin, aiohttp.C
     ids = [e["event_id"] for e in seen]
     assert tampered_ev.event_id in ids and coup.event_id not in ids and forged.event_id not in ids
     assert next(e for e in seen if e["event_id"] == tampered_ev.event_id)["content"] == {}
+
+    # soft fail: alice bans remy; remy then sends a message on the DAG before
+    # the ban (allowed by its auth events and the state before it, refused by
+    # the current state): stored soft-failed, never shown
+    status, _ = await alice.call("POST", f"rooms/{quote(room.room_id)}/ban", {"user_id": remy})
+    assert status == 200
+    late = origin.build(version, room.room_id, remy,
+                        {"type": "m.room.message", "content": {"msgtype": "m.text", "body": "after my ban"}},
+                        [(tampered_ev.event_id, tampered_ev.depth)], await room.state_before_ban(remy))
+    assert (await origin.send(ours.server_name, [dict(late.pdu)]))["pdus"] == {late.event_id: {}}
+    row = await room.stored(late.event_id)
+    assert row is not None and row["soft_failed"] and row["stream_pos"] is None and not row["rejected_reason"]
+    since, seen = await _sync_until(alice, since, room.room_id, {late.event_id})
+    assert late.event_id not in [e["event_id"] for e in seen]
 
     # an oversized transaction: 400, nothing processed
     many = [dict(join.pdu)] * 51

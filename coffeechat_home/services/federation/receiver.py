@@ -118,17 +118,23 @@ class FederationReceiver:
                 done = await self.store.txn_response(origin, txn_id)
                 if done is not None:
                     return done
-                response = {"pdus": await self._process_pdus(origin, pdus)}
+                results, failed = await self._process_pdus(origin, pdus)
+                response = {"pdus": results}
                 await self._process_edus(origin, edus)
-                await self.store.save_txn_response(origin, txn_id, response, int(time.time() * 1000))
+                if not failed:  # else a retry processes the failed PDUs again
+                    await self.store.save_txn_response(origin, txn_id, response, int(time.time() * 1000))
                 return response
         finally:
             if not lock.locked():
                 self._txn_locks.pop(key, None)
 
-    async def _process_pdus(self, origin: str, pdus: list[Any]) -> dict[str, Any]:
+    async def _process_pdus(self, origin: str, pdus: list[Any]) -> tuple[dict[str, Any], bool]:
+        """Per-PDU results, and whether one failed for a reason of ours
+        (database, bug): such a PDU answers an error and the transaction's
+        answer is not kept."""
         by_room: dict[str, list[Any]] = {}
         results: dict[str, Any] = {}
+        failed = False
         for pdu in pdus:
             room_id = pdu.get("room_id") if isinstance(pdu, Mapping) else None
             if not isinstance(room_id, str):
@@ -138,12 +144,18 @@ class FederationReceiver:
         async def room(room_id: str, items: list[Any]) -> None:
             async with self._room_lock(room_id):
                 for pdu in items:
-                    event_id, outcome = await self._one_pdu(origin, room_id, pdu)
+                    try:
+                        event_id, outcome = await self._one_pdu(origin, room_id, pdu)
+                    except Exception:
+                        nonlocal failed
+                        failed = True
+                        log.exception("PDU from %s in %s failed", origin, room_id)
+                        continue
                     if event_id is not None:
                         results[event_id] = {} if outcome.error is None else {"error": outcome.error}
 
         await asyncio.gather(*(room(r, items) for r, items in by_room.items()))
-        return results
+        return results, failed
 
     @contextlib.asynccontextmanager
     async def _room_lock(self, room_id: str) -> AsyncIterator[None]:

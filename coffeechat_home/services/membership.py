@@ -206,9 +206,15 @@ class MembershipService:
             return  # already out: nothing to do
         others = _other_servers(state or {}, self.server_name)
         if self.remote_leave is not None and others and not _created_here(state or {}, self.server_name):
-            # a room that lives elsewhere: leave through a resident server
-            await self.remote_leave(requester.user_id, room_id, others, self._reason(reason) or {})
-            return
+            # a room that lives elsewhere: leave through a resident server;
+            # none answering, the leave is made here (the outbound sender
+            # delivers it when they are back)
+            try:
+                await self.remote_leave(requester.user_id, room_id, others, self._reason(reason) or {})
+                return
+            except MatrixError as e:
+                if e.status != 502:
+                    raise
         await self._change(requester, room_id, requester.user_id, "leave", self._reason(reason))
 
     async def kick(self, requester: Requester, room_id: str, user_id: Any, reason: Any = None) -> None:

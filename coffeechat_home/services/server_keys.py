@@ -43,9 +43,12 @@ log = logging.getLogger(__name__)
 LOCAL_KEY_VALIDITY_MS = 24 * 3600 * 1000
 # Room versions 5+ cap a remote key's usable validity at 7 days from fetch.
 MAX_REMOTE_VALIDITY_MS = 7 * 24 * 3600 * 1000
-# A server's keys are fetched at most once in this time, however many
-# requests name a key id we do not know (forged ones included).
+# A key id we do not know makes us fetch the server's keys at most once in
+# this time, and a server's keys are fetched at most FETCHES_PER_WINDOW
+# times in it however many key ids requests name (forged ones included).
+# Per key id, so a key the server has just rotated to is fetched at once.
 REFETCH_AFTER_S = 5.0
+FETCHES_PER_WINDOW = 3
 
 
 class KeyUnavailable(Exception):
@@ -156,11 +159,25 @@ class KeyStore:
         self.client = client
         self.trusted_key_servers = [s for s in trusted_key_servers if s != local.server_name]
         self._inflight: dict[str, asyncio.Future[None]] = {}
-        self._last_fetch: dict[str, float] = {}
+        # (server, key id or "" for "any") -> when last fetched for it
+        self._last_fetch: dict[tuple[str, str], float] = {}
+        self._fetch_times: dict[str, list[float]] = {}
 
-    def _may_fetch(self, server_name: str) -> bool:
-        last = self._last_fetch.get(server_name)
-        return last is None or time.monotonic() - last > REFETCH_AFTER_S or server_name in self._inflight
+    def _may_fetch(self, server_name: str, key_id: str = "") -> bool:
+        if server_name in self._inflight:
+            return True  # share the fetch under way
+        now = time.monotonic()
+        last = self._last_fetch.get((server_name, key_id))
+        if last is not None and now - last <= REFETCH_AFTER_S:
+            return False
+        recent = [t for t in self._fetch_times.get(server_name, ()) if now - t <= REFETCH_AFTER_S]
+        self._fetch_times[server_name] = recent
+        return len(recent) < FETCHES_PER_WINDOW
+
+    def _fetched(self, server_name: str, key_id: str = "") -> None:
+        now = time.monotonic()
+        self._last_fetch[(server_name, key_id)] = now
+        self._fetch_times.setdefault(server_name, []).append(now)
 
     async def verify_json_signature(self, obj: Mapping[str, Any], server_name: str, key_id: str,
                                     valid_at_ts: int) -> None:
@@ -213,7 +230,7 @@ class KeyStore:
             return decode_verify_key(key_id, cached.verify_key)
         if cached is not None and cached.expired_ts is not None:
             raise KeyUnavailable(f"key {key_id} of {server_name} expired at {_ts(cached.expired_ts)}")
-        if self._may_fetch(server_name):
+        if self._may_fetch(server_name, key_id):
             await self._fetch_once(server_name, key_id, valid_at_ts)
             cached = await self.store.get_key(server_name, key_id)
         if cached is not None and _usable(cached, valid_at_ts):
@@ -233,7 +250,7 @@ class KeyStore:
         try:
             await self._fetch(server_name, key_id, valid_at_ts)
         finally:
-            self._last_fetch[server_name] = time.monotonic()
+            self._fetched(server_name, key_id)
             fut.set_result(None)
             del self._inflight[server_name]
 
@@ -315,7 +332,7 @@ class KeyStore:
             wanted = set(key_criteria) if key_criteria else None
             if not any(_usable(k, min_valid) for k in held if wanted is None or k.key_id in wanted) \
                     and self._may_fetch(server_name):
-                self._last_fetch[server_name] = time.monotonic()
+                self._fetched(server_name)
                 try:
                     await self.fetch_direct(server_name)
                     held = await self.store.get_server_keys(server_name)

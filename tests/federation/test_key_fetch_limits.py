@@ -1,0 +1,82 @@
+"""When we fetch a remote server's keys: a key id we have never seen (the
+server has just rotated its key) is fetched at once even right after an
+earlier fetch; key ids a flood of requests names (forged or not) cost at
+most a few fetches of that server's keys per window."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from coffeechat_home.federation.client import FederationClient
+from coffeechat_home.protocol.signing import generate_signing_key, key_id_of, sign_json
+from coffeechat_home.services.server_keys import FETCHES_PER_WINDOW, KeyStore, KeyUnavailable, LocalKeys
+from coffeechat_home.storage.database import Database
+from coffeechat_home.storage.server_keys import ServerKeyStore
+
+from .certs import make_certificate
+from .peers import free_port
+from .test_signed_bodies import serve
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    d = await Database.connect(database_url, min_size=1, max_size=4)
+    yield d
+    await d.close()
+
+
+async def test_a_rotated_key_is_fetched_at_once_and_floods_are_bounded(db: Database, tmp_path: Path) -> None:
+    cert, key = make_certificate(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(str(cert), str(key))
+    port = free_port()
+    remote = f"localhost:{port}"
+    keys = {"current": generate_signing_key("k1")}
+    hits: list[str] = []
+
+    # the remote server's key server, publishing whichever key is current
+    async def server_keys(request: web.Request) -> web.StreamResponse:
+        hits.append(request.path)
+        local = LocalKeys(remote, keys["current"])
+        return web.json_response(local.server_keys_response())
+
+    app = web.Application()
+    app.router.add_get("/_matrix/key/v2/server", server_keys)
+    app.router.add_get("/_matrix/key/v2/server/{key_id}", server_keys)
+    runner = await serve(app, port, tls)
+    client = FederationClient("verifier.test", generate_signing_key("v"), allow_private_addresses=["127.0.0.0/8"],
+                              verify_certificates=False)
+    store = KeyStore(ServerKeyStore(db), LocalKeys("verifier.test", generate_signing_key("v")), client, [])
+    try:
+        first = sign_json({"n": 1}, remote, keys["current"])
+        await store.verify_json_signature(first, remote, key_id_of(keys["current"]), _now())
+        assert len(hits) == 1
+        # the remote rotates; a request signed with the new key arrives at once
+        keys["current"] = generate_signing_key("k2")
+        second = sign_json({"n": 2}, remote, keys["current"])
+        await store.verify_json_signature(second, remote, key_id_of(keys["current"]), _now())
+        assert len(hits) == 2
+        # a flood of key ids the remote never had: a bounded number of fetches
+        for i in range(20):
+            with pytest.raises(KeyUnavailable):
+                await store.get_verify_key(remote, f"ed25519:forged{i}", _now())
+        assert len(hits) <= FETCHES_PER_WINDOW, hits
+        # and the same unknown key id again is not fetched again
+        before = len(hits)
+        with pytest.raises(KeyUnavailable):
+            await store.get_verify_key(remote, "ed25519:forged0", _now())
+        assert len(hits) == before
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
+def _now() -> int:
+    import time
+
+    return int(time.time() * 1000)

@@ -8,8 +8,8 @@ open registration and no rate limits. SQLite, in the test's folder.
 Synapse (pinned in bench/synapse_env.py) lives in its own virtualenv,
 installed on first use (``pip install --dry-run`` showed that installing it
 into our environment would upgrade packages we use, e.g. cryptography);
-the same venv the benchmarks use, under bench/.work/ or
-$COFFEECHAT_SYNAPSE_VENV. When it cannot be installed the tests skip and
+under ~/.cache/coffeechat-home/ (shared by every checkout on the machine)
+or $COFFEECHAT_SYNAPSE_VENV. When it cannot be installed the tests skip and
 say why.
 """
 
@@ -37,7 +37,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 from synapse_env import SYNAPSE_VERSION, ensure_synapse  # noqa: E402
 
-VENV = Path(os.environ.get("COFFEECHAT_SYNAPSE_VENV", ROOT / "bench" / ".work" / "synapse-venv"))
+# outside the checkout, so every clone and worktree on a machine shares one
+# install (as the matrix-js-sdk tests share theirs)
+VENV = Path(os.environ.get(
+    "COFFEECHAT_SYNAPSE_VENV", Path.home() / ".cache" / "coffeechat-home" / f"synapse-{SYNAPSE_VERSION}"
+))
 
 _installed: tuple[Path, str] | None = None
 _install_error: str | None = None

@@ -76,6 +76,8 @@ from .api.client.e2e import register_e2e_routes
 from .services.e2e import E2E, build_e2e
 # federation: keys, outbound client, inbound authentication
 from .api.federation.auth import FederationAuth
+from .api.federation.e2e import E2EFederationRoutes
+from .services.e2e.federation import RemoteKeys
 from .api.federation.keys import KeyRoutes
 from .api.federation.media import FederationMediaRoutes
 from .api.federation.routes import FederationRoutes
@@ -203,6 +205,7 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     federating = config.federation_listener.enabled
     if federating:
         conversation.profiles.remote_lookup = remote_queries.profile
+        e2e.keys.remote = e2e.federation.remote = RemoteKeys(federation_client)
     directory = DirectoryService(rooms, writer, config.server_name,
                                  remote_queries.room_alias if federating else None)
     media = build_media(config, db)
@@ -322,6 +325,7 @@ def build_federation_app(config: Config, services: Services, metrics: Metrics | 
     MediaRoutes(services.media, services.auth).register_legacy_downloads(app.router)
     TransactionRoutes(auth, services.receiver).register_routes(app.router)
     InviteRoutes(auth, services.invites).register_routes(app.router)
+    E2EFederationRoutes(auth, services.e2e.federation).register_routes(app.router)
     discovery = DiscoveryRoutes(config.server_name, config.client_base_url, delegated_server_name(config))
     app.router.add_get("/.well-known/matrix/server", discovery.well_known_server)
     return app

@@ -373,3 +373,13 @@ async def _claim_one(conn: asyncpg.Connection, user_id: str, device_id: str, alg
     if row is None:
         return None
     return ClaimedKey(user_id, device_id, f"{algorithm}:{row['key_id']}", orjson.loads(row["key_json"]))
+
+
+async def device_list_positions(db: Database, user_id: str, limit: int = 2) -> list[int]:
+    """The newest positions of a user's device-list changes, newest first
+    (``stream_id`` and ``prev_id`` of their device-list updates)."""
+    rows = await db.fetch(
+        "SELECT stream_pos FROM device_list_changes WHERE user_id = $1 ORDER BY stream_pos DESC LIMIT $2",
+        user_id, limit,
+    )
+    return [int(r["stream_pos"]) for r in rows]

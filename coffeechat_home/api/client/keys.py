@@ -8,6 +8,7 @@ from aiohttp import web
 from ...errors import MatrixError
 from ...services.accounts import AccountService, Requester
 from ...services.e2e.cross_signing import CrossSigningService
+from ...services.e2e.federation import request_timeout_s
 from ...services.e2e.keys import KeyService
 from ...services.history import parse_token
 from ..auth import TokenAuth, authed
@@ -44,11 +45,11 @@ class KeyRoutes:
 
     async def query(self, request: web.Request, requester: Requester) -> web.StreamResponse:
         body = await read_json_object(request, "keys_query")
-        return json_response(await self.keys.query(requester, body["device_keys"]))
+        return json_response(await self.keys.query(requester, body["device_keys"], request_timeout_s(body)))
 
     async def claim(self, request: web.Request, requester: Requester) -> web.StreamResponse:
         body = await read_json_object(request, "keys_claim")
-        return json_response(await self.keys.claim(body["one_time_keys"]))
+        return json_response(await self.keys.claim(body["one_time_keys"], request_timeout_s(body)))
 
     async def changes(self, request: web.Request, requester: Requester) -> web.StreamResponse:
         since = parse_token(request.query.get("from"), "from")

@@ -10,6 +10,7 @@ from typing import Any
 from ...storage.database import Database
 from ...storage.e2e_keys import E2EKeyStore
 from ...storage.key_backup import KeyBackupStore
+from ...storage.remote_device_lists import RemoteDeviceListStore
 from ...storage.rooms import RoomStore
 from ...storage.stream import StreamStore
 from ...storage.to_device import ToDeviceStore
@@ -17,6 +18,7 @@ from ..accounts import AccountService, Requester
 from ..notifier import Notifier
 from .cross_signing import CrossSigningService
 from .device_lists import DeviceListService
+from .federation import E2EFederation
 from .key_backup import KeyBackupService
 from .keys import KeyService
 from .to_device import ToDeviceService
@@ -29,6 +31,7 @@ class E2E:
     cross_signing: CrossSigningService
     to_device: ToDeviceService
     backup: KeyBackupService
+    federation: E2EFederation
 
     async def sync_upto(self, requester: Requester, since: int | None, upto: int) -> int:
         """How far a /sync response may go (to-device batches)."""
@@ -59,10 +62,13 @@ def build_e2e(
     cross_signing = CrossSigningService(store, notifier)
     accounts.device_added_hooks.append(device_lists.device_added)
     accounts.devices_removed_hooks.append(device_lists.devices_removed)
+    to_device_store = ToDeviceStore(db, stream)
     return E2E(
         keys=KeyService(store, device_lists, cross_signing, server_name),
         device_lists=device_lists,
         cross_signing=cross_signing,
-        to_device=ToDeviceService(ToDeviceStore(db, stream), notifier, server_name),
+        to_device=ToDeviceService(to_device_store, notifier, server_name),
         backup=KeyBackupService(KeyBackupStore(db)),
+        federation=E2EFederation(db, store, to_device_store, RemoteDeviceListStore(db, stream), notifier,
+                                 server_name, accounts.store.user_exists),
     )

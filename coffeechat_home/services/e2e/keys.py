@@ -1,10 +1,12 @@
 """Device keys and one-time keys: /keys/upload, /keys/query, /keys/claim
-and /keys/changes (local users; users on other servers are reported in
-``failures`` until federation exists)."""
+and /keys/changes. Users on other servers are asked through federation
+(``remote``, set when the federation listener is on; without it their
+servers are reported in ``failures``)."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import asyncio
+from typing import TYPE_CHECKING, Any, Mapping
 
 import orjson
 
@@ -16,6 +18,9 @@ from ..accounts import Requester
 from ..fanout import Batcher
 from .cross_signing import CrossSigningService
 from .device_lists import DeviceListService
+
+if TYPE_CHECKING:
+    from .federation import RemoteKeys
 
 MAX_KEYS_PER_UPLOAD = 1000  # one-time keys in one request
 MAX_QUERIED_DEVICES = 10_000  # (user, device) pairs in one query or claim
@@ -40,6 +45,10 @@ class KeyService:
         self._counts = Batcher(store.key_counts_many)
         self.cross_signing = cross_signing
         self.server_name = server_name
+        self.remote: RemoteKeys | None = None
+
+    def _remote_unsupported(self, user_ids: Any) -> dict[str, Any]:
+        return {s: FEDERATION_FAILURE for s in {server_of(u) for u in user_ids} if s != self.server_name}
 
     # -- upload ------------------------------------------------------------
     async def upload(self, requester: Requester, body: Mapping[str, Any]) -> dict[str, int]:
@@ -71,11 +80,22 @@ class KeyService:
         return counts
 
     # -- query -------------------------------------------------------------
-    async def query(self, requester: Requester, wanted: Mapping[str, list[str]]) -> dict[str, Any]:
+    async def query(
+        self, requester: Requester, wanted: Mapping[str, list[str]], timeout_s: float = 10.0
+    ) -> dict[str, Any]:
         _check_size(wanted)
         local = {u: list(d) for u, d in wanted.items() if server_of(u) == self.server_name}
-        failures = {s: FEDERATION_FAILURE for s in {server_of(u) for u in wanted} if s != self.server_name}
-        found = await self.store.device_keys_for(local)
+        remote = {u: list(d) for u, d in wanted.items() if server_of(u) != self.server_name}
+        remote_answer: dict[str, dict[str, Any]] = {}
+        if remote and self.remote is not None:
+            remote_task = asyncio.ensure_future(self.remote.query(remote, timeout_s))
+            try:
+                found = await self.store.device_keys_for(local)
+            finally:
+                remote_answer, failures = await remote_task
+        else:
+            failures = self._remote_unsupported(remote)
+            found = await self.store.device_keys_for(local)
         extra = await self.store.signatures_on(
             (u, d) for u, devices in found.items() for d in devices
         )
@@ -90,19 +110,31 @@ class KeyService:
                 out[device_id] = key
         result: dict[str, Any] = {"device_keys": device_keys, "failures": failures}
         result.update(await self.cross_signing.keys_for_query(requester, list(local)))
+        for section, keys in remote_answer.items():
+            result.setdefault(section, {}).update(keys)
         return result
 
     # -- claim -------------------------------------------------------------
-    async def claim(self, wanted: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+    async def claim(self, wanted: Mapping[str, Mapping[str, str]], timeout_s: float = 10.0) -> dict[str, Any]:
         _check_size(wanted)
         requests = [
             (user_id, device_id, algorithm)
             for user_id, devices in wanted.items() if server_of(user_id) == self.server_name
             for device_id, algorithm in devices.items()
         ]
-        failures = {s: FEDERATION_FAILURE for s in {server_of(u) for u in wanted} if s != self.server_name}
+        remote = {u: d for u, d in wanted.items() if server_of(u) != self.server_name}
         one_time_keys: dict[str, dict[str, dict[str, Any]]] = {}
-        for key in await self.store.claim(requests):
+        failures: dict[str, Any] = {}
+        if remote and self.remote is not None:
+            remote_task = asyncio.ensure_future(self.remote.claim(remote, timeout_s))
+            try:
+                claimed = await self.store.claim(requests)
+            finally:
+                one_time_keys, failures = await remote_task
+        else:
+            failures = self._remote_unsupported(remote)
+            claimed = await self.store.claim(requests)
+        for key in claimed:
             one_time_keys.setdefault(key.user_id, {}).setdefault(key.device_id, {})[key.key_id] = key.key
         return {"one_time_keys": one_time_keys, "failures": failures}
 

@@ -1,0 +1,531 @@
+"""End-to-end encryption over federation.
+
+- Serving other servers (our users only): ``POST /user/keys/query``,
+  ``POST /user/keys/claim`` and ``GET /user/devices/{userId}``
+  (``E2EFederation.serve_*``).
+- Asking other servers for their users' keys on behalf of our clients'
+  ``/keys/query`` and ``/keys/claim`` (``RemoteKeys``): one request per
+  server, all in parallel within the client's ``timeout``; servers that
+  fail are listed in ``failures``. Remote device keys whose self-signature
+  does not verify, and cross-signing keys not signed as they must be, are
+  dropped. Nothing is cached: every query asks the server again (a cache
+  kept fresh by device-list updates comes with room federation).
+- Inbound EDUs (the origin already verified by the caller):
+  ``on_device_list_update``, ``on_direct_to_device``,
+  ``on_signing_key_update``.
+- Outbound EDUs of our users, returned for a sender to send:
+  ``to_device_edus``, ``device_list_edus``, ``signing_key_edus``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterable, Mapping
+from urllib.parse import quote
+
+import orjson
+
+from ...errors import MatrixError, bad_json, invalid_param, not_found
+from ...federation.client import FederationClient, FederationError, RemoteError
+from ...protocol.e2e_keys import (
+    KeyObjectError,
+    check_cross_signing_key,
+    check_device_keys,
+    cross_signing_public_key,
+    verify_signed_by,
+)
+from ...protocol.errors import ProtocolError, SignatureError
+from ...storage.database import Database
+from ...storage.e2e_keys import E2EKeyStore, device_list_positions
+from ...storage.remote_device_lists import RemoteDeviceListStore
+from ...storage.to_device import ToDeviceStore
+from ..accounts import now_ms
+from ..notifier import Notifier
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_MS = 10_000
+MAX_TIMEOUT_MS = 60_000
+MAX_EDU_RECIPIENTS = 10_000
+
+QUERY_PATH = "/_matrix/federation/v1/user/keys/query"
+CLAIM_PATH = "/_matrix/federation/v1/user/keys/claim"
+DEVICES_PATH = "/_matrix/federation/v1/user/devices/"
+
+
+def server_of(user_id: str) -> str:
+    return user_id.split(":", 1)[1] if ":" in user_id else ""
+
+
+@dataclass(frozen=True)
+class OutboundEdu:
+    """An EDU for one destination, as it goes into a transaction's ``edus``."""
+
+    destination: str
+    edu_type: str
+    content: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"edu_type": self.edu_type, "content": self.content}
+
+
+# ---------------------------------------------------------------------------
+# checks on keys received from another server
+# ---------------------------------------------------------------------------
+
+def checked_device_keys(user_id: str, devices: Any) -> dict[str, dict[str, Any]]:
+    """The device keys of one remote user that are well formed, for that
+    user and device, and self-signed by the device's ed25519 key."""
+    out: dict[str, dict[str, Any]] = {}
+    if not isinstance(devices, Mapping):
+        return out
+    for device_id, key in devices.items():
+        try:
+            check_device_keys(key, user_id, device_id)
+        except (ProtocolError, SignatureError) as e:
+            log.info("Dropping device keys of %s %s: %s", user_id, device_id, e)
+            continue
+        out[device_id] = dict(key)
+    return out
+
+
+def checked_cross_signing(user_id: str, master: Any, self_signing: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(master, self-signing) keys of a remote user that pass: shapes, the
+    user, and the self-signing key signed by the master key."""
+    good_master: dict[str, Any] | None = None
+    if master is not None:
+        try:
+            check_cross_signing_key(master, user_id, "master")
+            good_master = dict(master)
+        except ProtocolError as e:
+            log.info("Dropping master key of %s: %s", user_id, e)
+    good_ssk: dict[str, Any] | None = None
+    if self_signing is not None and good_master is not None:
+        try:
+            check_cross_signing_key(self_signing, user_id, "self_signing")
+            key_id, public = cross_signing_public_key(good_master)
+            verify_signed_by(self_signing, user_id, key_id, public)
+            good_ssk = dict(self_signing)
+        except (ProtocolError, SignatureError) as e:
+            log.info("Dropping self-signing key of %s: %s", user_id, e)
+    return good_master, good_ssk
+
+
+def _failure(e: BaseException) -> dict[str, Any]:
+    if isinstance(e, RemoteError):
+        return {"status": e.status, "errcode": e.errcode or "M_UNKNOWN", "message": str(e)}
+    if isinstance(e, asyncio.TimeoutError):
+        return {"status": 503, "message": "Timed out"}
+    return {"status": 503, "message": str(e) or type(e).__name__}
+
+
+def request_timeout_s(body: Mapping[str, Any]) -> float:
+    timeout = body.get("timeout", DEFAULT_TIMEOUT_MS)
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
+        raise invalid_param("timeout must be a non-negative integer (milliseconds)")
+    return max(1, min(timeout, MAX_TIMEOUT_MS)) / 1000
+
+
+# ---------------------------------------------------------------------------
+# our clients asking other servers
+# ---------------------------------------------------------------------------
+
+class RemoteKeys:
+    def __init__(self, client: FederationClient) -> None:
+        self.client = client
+
+    async def _each_server(
+        self,
+        by_server: Mapping[str, Any],
+        ask: Callable[[str, Any], Awaitable[dict[str, Any]]],
+        timeout_s: float,
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        servers = sorted(by_server)
+
+        async def one(server: str) -> dict[str, Any]:
+            return await asyncio.wait_for(ask(server, by_server[server]), timeout_s)
+
+        results = await asyncio.gather(*(one(s) for s in servers), return_exceptions=True)
+        answers: dict[str, dict[str, Any]] = {}
+        failures: dict[str, dict[str, Any]] = {}
+        for server, result in zip(servers, results):
+            if isinstance(result, (FederationError, asyncio.TimeoutError, ValueError)):
+                failures[server] = _failure(result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                answers[server] = result
+        return answers, failures
+
+    async def query(
+        self, wanted: Mapping[str, list[str]], timeout_s: float
+    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """Remote users' keys: ({device_keys, master_keys, self_signing_keys}, failures)."""
+        by_server: dict[str, dict[str, list[str]]] = {}
+        for user_id, devices in wanted.items():
+            by_server.setdefault(server_of(user_id), {})[user_id] = list(devices)
+
+        async def ask(server: str, users: dict[str, list[str]]) -> dict[str, Any]:
+            answer = await self.client.post_json(server, QUERY_PATH, {"device_keys": users}, timeout_s=timeout_s)
+            if not isinstance(answer, Mapping):
+                raise ValueError(f"{server} answered the key query with something that is not an object")
+            return dict(answer)
+
+        answers, failures = await self._each_server(by_server, ask, timeout_s)
+        out: dict[str, dict[str, Any]] = {"device_keys": {}, "master_keys": {}, "self_signing_keys": {}}
+        for server, answer in answers.items():
+            device_keys = answer.get("device_keys")
+            device_keys = device_keys if isinstance(device_keys, Mapping) else {}
+            masters = answer.get("master_keys")
+            masters = masters if isinstance(masters, Mapping) else {}
+            ssks = answer.get("self_signing_keys")
+            ssks = ssks if isinstance(ssks, Mapping) else {}
+            for user_id, devices in by_server[server].items():
+                keys = checked_device_keys(user_id, device_keys.get(user_id))
+                if devices:
+                    keys = {d: k for d, k in keys.items() if d in devices}
+                out["device_keys"][user_id] = keys
+                master, ssk = checked_cross_signing(user_id, masters.get(user_id), ssks.get(user_id))
+                if master is not None:
+                    out["master_keys"][user_id] = master
+                if ssk is not None:
+                    out["self_signing_keys"][user_id] = ssk
+        return out, failures
+
+    async def claim(
+        self, wanted: Mapping[str, Mapping[str, str]], timeout_s: float
+    ) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]:
+        """Claim remote users' one-time keys: (one_time_keys, failures)."""
+        by_server: dict[str, dict[str, dict[str, str]]] = {}
+        for user_id, devices in wanted.items():
+            by_server.setdefault(server_of(user_id), {})[user_id] = dict(devices)
+
+        async def ask(server: str, users: dict[str, dict[str, str]]) -> dict[str, Any]:
+            answer = await self.client.post_json(server, CLAIM_PATH, {"one_time_keys": users}, timeout_s=timeout_s)
+            if not isinstance(answer, Mapping):
+                raise ValueError(f"{server} answered the key claim with something that is not an object")
+            return dict(answer)
+
+        answers, failures = await self._each_server(by_server, ask, timeout_s)
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for server, answer in answers.items():
+            keys = answer.get("one_time_keys")
+            keys = keys if isinstance(keys, Mapping) else {}
+            for user_id, devices in by_server[server].items():
+                got = keys.get(user_id)
+                if not isinstance(got, Mapping):
+                    continue
+                for device_id, algorithm in devices.items():
+                    claimed = got.get(device_id)
+                    if not isinstance(claimed, Mapping):
+                        continue
+                    # one key of the algorithm asked for, as our own claim answers
+                    picked = {k: v for k, v in claimed.items()
+                              if isinstance(k, str) and k.startswith(algorithm + ":")
+                              and (isinstance(v, str) or isinstance(v, Mapping))}
+                    if picked:
+                        key_id = sorted(picked)[0]
+                        out.setdefault(user_id, {}).setdefault(device_id, {})[key_id] = picked[key_id]
+        return out, failures
+
+    async def user_devices(self, user_id: str, timeout_s: float | None = None) -> dict[str, Any]:
+        answer = await self.client.get_json(server_of(user_id), DEVICES_PATH + quote(user_id, safe=""),
+                                            timeout_s=timeout_s)
+        if not isinstance(answer, Mapping) or answer.get("user_id") != user_id:
+            raise ValueError(f"Bad user/devices answer for {user_id}")
+        stream_id = answer.get("stream_id")
+        if isinstance(stream_id, bool) or not isinstance(stream_id, int):
+            raise ValueError(f"user/devices answer for {user_id} without an integer stream_id")
+        return dict(answer)
+
+
+# ---------------------------------------------------------------------------
+# serving other servers, inbound and outbound EDUs
+# ---------------------------------------------------------------------------
+
+class E2EFederation:
+    def __init__(
+        self,
+        db: Database,
+        keys: E2EKeyStore,
+        to_device: ToDeviceStore,
+        remote_lists: RemoteDeviceListStore,
+        notifier: Notifier,
+        server_name: str,
+        user_exists: Callable[[str], Awaitable[bool]],
+        remote: RemoteKeys | None = None,
+    ) -> None:
+        self.db = db
+        self.keys = keys
+        self.to_device = to_device
+        self.remote_lists = remote_lists
+        self.notifier = notifier
+        self.server_name = server_name
+        self.user_exists = user_exists
+        self.remote = remote
+
+    def _is_mine(self, user_id: str) -> bool:
+        return server_of(user_id) == self.server_name
+
+    # -- serving: /user/keys/query, /user/keys/claim, /user/devices ----------
+    async def _local_device_keys(self, wanted: Mapping[str, list[str]]) -> dict[str, dict[str, Any]]:
+        """Device keys of our users, with the owner's own signatures (a
+        signature by another user's user-signing key is never shown to
+        other servers)."""
+        found = await self.keys.device_keys_for({u: list(d) for u, d in wanted.items()})
+        extra = await self.keys.signatures_on((u, d) for u, devices in found.items() for d in devices)
+        out: dict[str, dict[str, Any]] = {}
+        for user_id, devices in found.items():
+            mine = out[user_id] = {}
+            for device_id, (key_json, display_name) in devices.items():
+                key = orjson.loads(key_json)
+                _merge_own(key, extra.get((user_id, device_id), []), user_id)
+                if display_name is not None:
+                    key.setdefault("unsigned", {})["device_display_name"] = display_name
+                mine[device_id] = key
+        return out
+
+    async def _cross_signing(self, user_ids: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(master keys, self-signing keys) of our users; never user-signing keys."""
+        stored = await self.keys.cross_signing_keys(user_ids)
+        masters = {u: cross_signing_public_key(k["master"])[1] for u, k in stored.items() if "master" in k}
+        extra = await self.keys.signatures_on(masters.items())
+        master_keys: dict[str, Any] = {}
+        ssks: dict[str, Any] = {}
+        for user_id, keys in stored.items():
+            if "master" in keys:
+                master = dict(keys["master"])
+                _merge_own(master, extra.get((user_id, masters[user_id]), []), user_id)
+                master_keys[user_id] = master
+            if "self_signing" in keys:
+                ssks[user_id] = keys["self_signing"]
+        return master_keys, ssks
+
+    def _only_mine(self, user_ids: Iterable[str]) -> None:
+        for user_id in user_ids:
+            if not self._is_mine(user_id):
+                raise invalid_param(f"{user_id} is not a user of this server")
+
+    async def serve_query(self, origin: str, body: Any) -> dict[str, Any]:
+        wanted = body.get("device_keys") if isinstance(body, Mapping) else None
+        if not isinstance(wanted, Mapping) or not all(
+            isinstance(d, list) and all(isinstance(x, str) for x in d) for d in wanted.values()
+        ):
+            raise bad_json("device_keys must map user ids to lists of device ids")
+        self._only_mine(wanted)
+        _check_size(sum(max(1, len(d)) for d in wanted.values()))
+        master_keys, ssks = await self._cross_signing(list(wanted))
+        return {
+            "device_keys": await self._local_device_keys(wanted),
+            "master_keys": master_keys,
+            "self_signing_keys": ssks,
+        }
+
+    async def serve_claim(self, origin: str, body: Any) -> dict[str, Any]:
+        wanted = body.get("one_time_keys") if isinstance(body, Mapping) else None
+        if not isinstance(wanted, Mapping) or not all(
+            isinstance(d, Mapping) and all(isinstance(a, str) for a in d.values()) for d in wanted.values()
+        ):
+            raise bad_json("one_time_keys must map user ids to objects of device id -> algorithm")
+        self._only_mine(wanted)
+        _check_size(sum(len(d) for d in wanted.values()))
+        requests = [(u, d, alg) for u, devices in wanted.items() for d, alg in devices.items()]
+        one_time_keys: dict[str, dict[str, dict[str, Any]]] = {}
+        for key in await self.keys.claim(requests):
+            one_time_keys.setdefault(key.user_id, {}).setdefault(key.device_id, {})[key.key_id] = key.key
+        return {"one_time_keys": one_time_keys}
+
+    async def serve_user_devices(self, origin: str, user_id: str) -> dict[str, Any]:
+        self._only_mine([user_id])
+        if not await self.user_exists(user_id):
+            raise not_found(f"{user_id} does not exist")
+        positions = await device_list_positions(self.db, user_id, 1)
+        keys = (await self._local_device_keys({user_id: []})).get(user_id, {})
+        devices = []
+        for device_id, key in sorted(keys.items()):
+            entry: dict[str, Any] = {"device_id": device_id, "keys": key}
+            display_name = key.get("unsigned", {}).get("device_display_name")
+            if display_name is not None:
+                entry["device_display_name"] = display_name
+            devices.append(entry)
+        out: dict[str, Any] = {"user_id": user_id, "stream_id": positions[0] if positions else 0,
+                               "devices": devices}
+        master_keys, ssks = await self._cross_signing([user_id])
+        if user_id in master_keys:
+            out["master_key"] = master_keys[user_id]
+        if user_id in ssks:
+            out["self_signing_key"] = ssks[user_id]
+        return out
+
+    # -- inbound EDUs (origin verified by the caller) -------------------------------
+    async def on_direct_to_device(self, origin: str, content: Any) -> int:
+        """Store an ``m.direct_to_device`` EDU's messages for our users'
+        devices, once per (sender, message_id); returns how many device
+        messages were stored (0 for a repeat or nothing of ours)."""
+        if not isinstance(content, Mapping):
+            raise bad_json("m.direct_to_device content must be an object")
+        sender, event_type, message_id = content.get("sender"), content.get("type"), content.get("message_id")
+        messages = content.get("messages")
+        if not all(isinstance(v, str) and v for v in (sender, event_type, message_id)):
+            raise bad_json("m.direct_to_device needs sender, type and message_id strings")
+        assert isinstance(sender, str) and isinstance(event_type, str) and isinstance(message_id, str)
+        if server_of(sender) != origin:
+            raise bad_json(f"The sender {sender} is not a user of {origin}")
+        if not isinstance(messages, Mapping):
+            raise bad_json("m.direct_to_device messages must be an object")
+        flat: list[tuple[str, str, dict[str, Any]]] = []
+        for user_id, devices in messages.items():
+            if not self._is_mine(user_id) or not isinstance(devices, Mapping):
+                continue
+            for device_id, message in devices.items():
+                if isinstance(device_id, str) and isinstance(message, Mapping):
+                    flat.append((user_id, device_id, dict(message)))
+        if not flat:
+            return 0
+        if len(flat) > MAX_EDU_RECIPIENTS:
+            raise bad_json(f"At most {MAX_EDU_RECIPIENTS} recipient devices per EDU")
+        # remote senders have no device of ours: the transaction id is
+        # the message id, kept per sending user under an empty device id
+        if await self.to_device.send((sender, ""), message_id, event_type, flat, now_ms()):
+            self.notifier.poke()
+            return len(flat)
+        return 0
+
+    async def on_device_list_update(self, origin: str, content: Any) -> str:
+        """Apply an ``m.device_list_update`` EDU: in order by ``prev_id``
+        ("applied"), a repeat ("duplicate"), or a gap that triggers a resync
+        through ``GET /user/devices`` ("resynced", or "resync_failed"); in
+        each case but a repeat the user is marked changed for our users."""
+        if not isinstance(content, Mapping):
+            raise bad_json("m.device_list_update content must be an object")
+        user_id, stream_id = content.get("user_id"), content.get("stream_id")
+        prev_ids = content.get("prev_id") or []
+        if not isinstance(user_id, str) or server_of(user_id) != origin:
+            raise bad_json(f"m.device_list_update user_id must be a user of {origin}")
+        if isinstance(stream_id, bool) or not isinstance(stream_id, int):
+            raise bad_json("m.device_list_update stream_id must be an integer")
+        if not isinstance(prev_ids, list) or not all(isinstance(p, int) and not isinstance(p, bool)
+                                                     for p in prev_ids):
+            raise bad_json("m.device_list_update prev_id must be a list of integers")
+        seen = await self.remote_lists.seen_ids(user_id)
+        if stream_id in seen:
+            return "duplicate"
+        if all(p in seen for p in prev_ids):
+            await self.remote_lists.record(user_id, [stream_id])
+            self.notifier.poke()
+            return "applied"
+        return await self.resync(user_id, also_seen=stream_id)
+
+    async def resync(self, user_id: str, also_seen: int | None = None) -> str:
+        """Fetch a remote user's whole device list; its ``stream_id`` (and
+        the update that revealed the gap) become the ids we have seen."""
+        if self.remote is None:
+            await self.remote_lists.mark_changed(user_id)
+            self.notifier.poke()
+            return "resync_failed"
+        try:
+            answer = await self.remote.user_devices(user_id)
+        except (FederationError, ValueError, asyncio.TimeoutError) as e:
+            log.info("Device-list resync of %s failed: %s", user_id, e)
+            await self.remote_lists.mark_changed(user_id)
+            self.notifier.poke()
+            return "resync_failed"
+        ids = [int(answer["stream_id"])]
+        if also_seen is not None and also_seen <= ids[0]:
+            ids.append(also_seen)
+        await self.remote_lists.record(user_id, ids, replace=True)
+        self.notifier.poke()
+        return "resynced"
+
+    async def on_signing_key_update(self, origin: str, content: Any) -> bool:
+        """An ``m.signing_key_update`` EDU: checked keys of a user of the
+        origin mark that user changed; True when the keys passed."""
+        if not isinstance(content, Mapping):
+            raise bad_json("m.signing_key_update content must be an object")
+        user_id = content.get("user_id")
+        if not isinstance(user_id, str) or server_of(user_id) != origin:
+            raise bad_json(f"m.signing_key_update user_id must be a user of {origin}")
+        master, ssk = content.get("master_key"), content.get("self_signing_key")
+        good_master, good_ssk = checked_cross_signing(user_id, master, ssk)
+        if (master is not None and good_master is None) or (ssk is not None and master is not None
+                                                             and good_ssk is None):
+            raise bad_json("m.signing_key_update keys are malformed or not signed by the master key")
+        if master is None and ssk is not None:
+            try:
+                check_cross_signing_key(ssk, user_id, "self_signing")
+            except KeyObjectError as e:
+                raise bad_json(str(e)) from None
+        await self.remote_lists.mark_changed(user_id)
+        self.notifier.poke()
+        return True
+
+    # -- outbound EDUs of our users ---------------------------------------------------
+    def to_device_edus(
+        self, sender: str, event_type: str, message_id: str, messages: Mapping[str, Mapping[str, Any]]
+    ) -> list[OutboundEdu]:
+        """One ``m.direct_to_device`` EDU per server of the remote
+        recipients (our own users' messages are stored locally instead)."""
+        by_server: dict[str, dict[str, Any]] = {}
+        for user_id, devices in messages.items():
+            server = server_of(user_id)
+            if server and server != self.server_name:
+                by_server.setdefault(server, {})[user_id] = dict(devices)
+        return [
+            OutboundEdu(server, "m.direct_to_device", {
+                "sender": sender, "type": event_type, "message_id": message_id, "messages": msgs,
+            })
+            for server, msgs in sorted(by_server.items())
+        ]
+
+    async def device_list_edus(
+        self, user_id: str, device_ids: Iterable[str], destinations: Iterable[str], *, deleted: bool = False
+    ) -> list[OutboundEdu]:
+        """``m.device_list_update`` EDUs for a change of our user's devices:
+        ``stream_id`` is the user's newest device-list position and
+        ``prev_id`` the one before (what a receiver must have seen)."""
+        positions = await device_list_positions(self.db, user_id, 2)
+        if not positions:
+            return []
+        keys = {} if deleted else (await self._local_device_keys({user_id: list(device_ids)})).get(user_id, {})
+        edus: list[OutboundEdu] = []
+        for device_id in sorted(set(device_ids)):
+            content: dict[str, Any] = {
+                "user_id": user_id, "device_id": device_id, "stream_id": positions[0],
+                "prev_id": positions[1:],
+            }
+            if deleted:
+                content["deleted"] = True
+            elif device_id in keys:  # a new device has no keys until it uploads them
+                key = keys[device_id]
+                content["keys"] = key
+                display_name = key.get("unsigned", {}).get("device_display_name")
+                if display_name is not None:
+                    content["device_display_name"] = display_name
+            edus.extend(OutboundEdu(d, "m.device_list_update", content) for d in sorted(set(destinations))
+                        if d != self.server_name)
+        return edus
+
+    async def signing_key_edus(self, user_id: str, destinations: Iterable[str]) -> list[OutboundEdu]:
+        master_keys, ssks = await self._cross_signing([user_id])
+        content: dict[str, Any] = {"user_id": user_id}
+        if user_id in master_keys:
+            content["master_key"] = master_keys[user_id]
+        if user_id in ssks:
+            content["self_signing_key"] = ssks[user_id]
+        return [OutboundEdu(d, "m.signing_key_update", content) for d in sorted(set(destinations))
+                if d != self.server_name]
+
+
+def _merge_own(key: dict[str, Any], extra: list[tuple[str, str, str]], owner: str) -> None:
+    for signer, sig_key_id, signature in extra:
+        if signer == owner:
+            key.setdefault("signatures", {}).setdefault(signer, {})[sig_key_id] = signature
+
+
+def _check_size(n: int) -> None:
+    from .keys import MAX_QUERIED_DEVICES
+
+    if n > MAX_QUERIED_DEVICES:
+        raise MatrixError(400, "M_TOO_LARGE", f"At most {MAX_QUERIED_DEVICES} devices per request")

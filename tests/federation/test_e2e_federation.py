@@ -29,7 +29,9 @@ from coffeechat_home.storage.remote_device_lists import RemoteDeviceListStore
 from coffeechat_home.storage.stream import StreamStore
 from coffeechat_home.storage.to_device import ToDeviceStore
 
+from ..conftest import HAVE_SPEC
 from ..helpers import ApiClient
+from ..spec_validation import validate_response
 from ..integration.e2e_helpers import CrossSigningKey, DeviceKeys
 from ..pg import PostgresForTests
 from .peers import FederatingServer
@@ -153,11 +155,24 @@ async def test_federation_routes_only_for_our_users(
         assert answer["master_key"]["keys"] == alice_cs["master"].unsigned()["keys"]
         assert answer["self_signing_key"]["keys"] == alice_cs["self_signing"].unsigned()["keys"]
         assert "user_signing_key" not in answer
+        if HAVE_SPEC:
+            validate_response("GET", path, 200, answer, api="server-server")
 
-        answer = await client.post_json(a.server_name, "/_matrix/federation/v1/user/keys/query",
-                                        {"device_keys": {alice.user_id: []}})
+        query_path = "/_matrix/federation/v1/user/keys/query"
+        answer = await client.post_json(a.server_name, query_path, {"device_keys": {alice.user_id: []}})
         assert set(answer) == {"device_keys", "master_keys", "self_signing_keys"}
         assert list(answer["device_keys"][alice.user_id]) == [alice.device_id]
+        if HAVE_SPEC:
+            validate_response("POST", query_path, 200, answer, api="server-server")
+        claim_path = "/_matrix/federation/v1/user/keys/claim"
+        want = {"one_time_keys": {alice.user_id: {alice.device_id: "signed_curve25519"}}}
+        first = await client.post_json(a.server_name, claim_path, want)
+        second = await client.post_json(a.server_name, claim_path, want)
+        (k1, v1), = first["one_time_keys"][alice.user_id][alice.device_id].items()
+        (k2, v2), = second["one_time_keys"][alice.user_id][alice.device_id].items()
+        assert k1 != k2 and "fallback" not in v1 and v2["fallback"] is True
+        if HAVE_SPEC:
+            validate_response("POST", claim_path, 200, first, api="server-server")
 
         # users of other servers, and local users that do not exist
         stranger = f"@stranger:{b.server_name}"

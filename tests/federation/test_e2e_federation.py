@@ -12,7 +12,7 @@ import copy
 import itertools
 import os
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 from urllib.parse import quote
 
 import aiohttp
@@ -20,7 +20,9 @@ import pytest
 
 from coffeechat_home.errors import MatrixError
 from coffeechat_home.federation.client import FederationClient, RemoteError
-from coffeechat_home.services.e2e.federation import E2EFederation, RemoteKeys, checked_device_keys
+from coffeechat_home.services.accounts import Requester
+from coffeechat_home.services.e2e.federation import E2EFederation, OutboundEdu, RemoteKeys, checked_device_keys
+from coffeechat_home.services.e2e.to_device import ToDeviceService
 from coffeechat_home.services.notifier import Notifier
 from coffeechat_home.storage.accounts import AccountStore
 from coffeechat_home.storage.database import Database
@@ -282,9 +284,26 @@ async def test_edus_built_on_one_server_applied_on_the_other(
 
         # -- m.direct_to_device: bob's message to alice, stored once by message_id
         payload = {"algorithm": "m.olm.v1.curve25519-aes-sha2", "ciphertext": {"x": {"type": 0, "body": "opaque"}}}
-        edus = on_b.to_device_edus(bob.user_id, "m.room.encrypted", "msg-1",
-                                   {alice.user_id: {alice.device_id: payload}, bob.user_id: {"X": {}}})
+        # bob's /sendToDevice on B (its service run here on B's database):
+        # remote recipients go to the sink a federation sender plugs in
+        sending = ToDeviceService(ToDeviceStore(db_b, StreamStore(db_b)), Notifier(StreamStore(db_b)), b.server_name)
+        bob_req = Requester(bob.user_id, bob.device_id, False, "")
+        messages = {alice.user_id: {alice.device_id: payload}, bob.user_id: {bob.device_id: {"note": "to self"}}}
+        with pytest.raises(MatrixError) as refused:  # no sender plugged in: refused as before
+            await sending.send(bob_req, "m.room.encrypted", "txn-0", messages)
+        assert refused.value.errcode == "M_UNRECOGNIZED"
+        edus: list[OutboundEdu] = []
+
+        async def sink(sender: str, event_type: str, message_id: str, remote: dict[str, Any]) -> None:
+            edus.extend(on_b.to_device_edus(sender, event_type, message_id, remote))
+
+        sending.remote_sink = sink
+        for _ in range(2):  # a retried request (same txn id) hands nothing over again
+            await sending.send(bob_req, "m.room.encrypted", "txn-1", messages)
         assert [(e.destination, e.edu_type) for e in edus] == [(a.server_name, "m.direct_to_device")]
+        assert edus[0].content["messages"] == {alice.user_id: {alice.device_id: payload}}
+        bob_sync = await bob.get("sync", params={"timeout": "0"})
+        assert [e["content"] for e in bob_sync["to_device"]["events"]] == [{"note": "to self"}]
         assert await on_a.on_direct_to_device(b.server_name, edus[0].content) == 1
         assert await on_a.on_direct_to_device(b.server_name, edus[0].content) == 0  # same message_id
         with pytest.raises(MatrixError):  # the sender is not a user of the origin

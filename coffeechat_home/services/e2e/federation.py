@@ -362,8 +362,9 @@ class E2EFederation:
     # -- inbound EDUs (origin verified by the caller) -------------------------------
     async def on_direct_to_device(self, origin: str, content: Any) -> int:
         """Store an ``m.direct_to_device`` EDU's messages for our users'
-        devices, once per (sender, message_id); returns how many device
-        messages were stored (0 for a repeat or nothing of ours)."""
+        devices, once per (sender, message_id); returns how many messages
+        were addressed to our users (0 for a repeat or nothing of ours;
+        devices that do not exist get nothing)."""
         if not isinstance(content, Mapping):
             raise bad_json("m.direct_to_device content must be an object")
         sender, event_type, message_id = content.get("sender"), content.get("type"), content.get("message_id")

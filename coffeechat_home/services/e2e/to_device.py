@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import base64
+import hashlib
+from typing import Any, Awaitable, Callable, Mapping
 
 import orjson
 
@@ -20,6 +22,16 @@ MAX_RECIPIENTS = 10_000  # (user, device) entries in one send
 FEDERATION_ERROR = "Sending to-device messages to other servers is not supported yet"
 
 
+RemoteSink = Callable[[str, str, str, dict[str, dict[str, Any]]], Awaitable[None]]
+
+
+def message_id_for(user_id: str, device_id: str, txn_id: str) -> str:
+    """The ``message_id`` of the m.direct_to_device EDUs of one send: the
+    same for a retried request, so receivers store it once."""
+    digest = hashlib.sha256(f"{user_id}\0{device_id}\0{txn_id}".encode()).digest()
+    return base64.urlsafe_b64encode(digest[:18]).decode()
+
+
 class ToDeviceService:
     def __init__(self, store: ToDeviceStore, notifier: Notifier, server_name: str) -> None:
         self.store = store
@@ -27,6 +39,11 @@ class ToDeviceService:
         self.server_name = server_name
         # the acknowledgements of syncs woken together go in one statement
         self._acks: Batcher[tuple[str, str, int], None] = Batcher(self._acknowledge_many)
+        # Messages to other servers' users: remote_sink(sender, type,
+        # message_id, {user: {device: content}}) hands them to the
+        # federation sender (E2EFederation.to_device_edus builds the EDUs).
+        # Unset, they are refused with M_UNRECOGNIZED.
+        self.remote_sink: RemoteSink | None = None
 
     async def _acknowledge_many(self, acks: list[tuple[str, str, int]]) -> dict[tuple[str, str, int], None]:
         await self.store.acknowledge_many(acks)
@@ -38,12 +55,16 @@ class ToDeviceService:
         """Queue the messages once per (device, txn id); a repeated txn id
         is accepted and stores nothing."""
         flat: list[tuple[str, str, dict[str, Any]]] = []
+        remote: dict[str, dict[str, Any]] = {}
         for user_id, devices in messages.items():
             if user_id.split(":", 1)[-1] != self.server_name:
-                raise MatrixError(400, "M_UNRECOGNIZED", FEDERATION_ERROR)
+                if self.remote_sink is None:
+                    raise MatrixError(400, "M_UNRECOGNIZED", FEDERATION_ERROR)
+                remote[user_id] = dict(devices)
+                continue
             for device_id, content in devices.items():
                 flat.append((user_id, device_id, content))
-        if len(flat) > MAX_RECIPIENTS:
+        if len(flat) + sum(len(d) for d in remote.values()) > MAX_RECIPIENTS:
             raise MatrixError(413, "M_TOO_LARGE", f"At most {MAX_RECIPIENTS} recipient devices per request")
         try:
             check_canonical_json_values(messages)
@@ -52,6 +73,12 @@ class ToDeviceService:
         sender = (requester.user_id, requester.device_id)
         if await self.store.send(sender, txn_id, event_type, flat, now_ms()):
             self.notifier.poke()
+            if remote and self.remote_sink is not None:
+                # after the transaction id is recorded: a repeated request
+                # hands nothing over again (at most once for remote users
+                # until the sender keeps an outbox)
+                await self.remote_sink(requester.user_id, event_type,
+                                       message_id_for(*sender, txn_id), remote)
 
     # -- /sync ---------------------------------------------------------------
     async def sync_upto(self, requester: Requester, since: int | None, upto: int) -> int:

@@ -37,6 +37,7 @@ from ...protocol.e2e_keys import (
     verify_signed_by,
 )
 from ...protocol.errors import ProtocolError, SignatureError
+from ...protocol.identifiers import InvalidIdentifier, parse_user_id
 from ...storage.database import Database
 from ...storage.e2e_keys import E2EKeyStore, device_list_positions
 from ...storage.remote_device_lists import RemoteDeviceListStore
@@ -57,6 +58,14 @@ DEVICES_PATH = "/_matrix/federation/v1/user/devices/"
 
 def server_of(user_id: str) -> str:
     return user_id.split(":", 1)[1] if ":" in user_id else ""
+
+
+def _valid_user_id(user_id: str) -> bool:
+    try:
+        parse_user_id(user_id)
+    except InvalidIdentifier:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -165,7 +174,8 @@ class RemoteKeys:
         """Remote users' keys: ({device_keys, master_keys, self_signing_keys}, failures)."""
         by_server: dict[str, dict[str, list[str]]] = {}
         for user_id, devices in wanted.items():
-            by_server.setdefault(server_of(user_id), {})[user_id] = list(devices)
+            if _valid_user_id(user_id):  # nobody has keys for a malformed id
+                by_server.setdefault(server_of(user_id), {})[user_id] = list(devices)
 
         async def ask(server: str, users: dict[str, list[str]]) -> dict[str, Any]:
             answer = await self.client.post_json(server, QUERY_PATH, {"device_keys": users}, timeout_s=timeout_s)
@@ -200,7 +210,8 @@ class RemoteKeys:
         """Claim remote users' one-time keys: (one_time_keys, failures)."""
         by_server: dict[str, dict[str, dict[str, str]]] = {}
         for user_id, devices in wanted.items():
-            by_server.setdefault(server_of(user_id), {})[user_id] = dict(devices)
+            if _valid_user_id(user_id):
+                by_server.setdefault(server_of(user_id), {})[user_id] = dict(devices)
 
         async def ask(server: str, users: dict[str, dict[str, str]]) -> dict[str, Any]:
             answer = await self.client.post_json(server, CLAIM_PATH, {"one_time_keys": users}, timeout_s=timeout_s)

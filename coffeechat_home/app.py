@@ -6,6 +6,7 @@ import logging
 import socket
 import ssl
 from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -251,7 +252,21 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         ),
     )
     services.sync.remote_invite_state = inbound.invite_state
+    if federating:  # E2EE EDUs from other servers: to-device messages, device lists, cross-signing keys
+        e2e_fed = e2e.federation
+        handlers = {"m.direct_to_device": e2e_fed.on_direct_to_device,
+                    "m.device_list_update": e2e_fed.on_device_list_update,
+                    "m.signing_key_update": e2e_fed.on_signing_key_update}
+        for edu_type, handler in handlers.items():
+            services.receiver.edu_handlers[edu_type] = _ignoring_result(handler)
     return services
+
+
+def _ignoring_result(handler: Callable[[str, Any], Awaitable[object]]) -> Callable[[str, Any], Awaitable[None]]:
+    async def run(origin: str, content: Any) -> None:
+        await handler(origin, content)
+
+    return run
 
 
 def build_client_app(config: Config, services: Services, metrics: Metrics | None = None) -> web.Application:

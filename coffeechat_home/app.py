@@ -81,9 +81,13 @@ from .api.federation.e2e import E2EFederationRoutes
 from .services.e2e.federation import RemoteKeys
 from .api.federation.keys import KeyRoutes
 from .api.federation.media import FederationMediaRoutes
+from .api.federation.rooms import ResidentRoutes
 from .api.federation.routes import FederationRoutes
 from .api.federation.invites import InviteRoutes
 from .api.federation.transactions import TransactionRoutes
+from .services.federation.resident import ResidentService
+from .services.federation.sender import FederationSender
+from .storage.federation_queue import FederationQueueStore
 from .federation.client import FederationClient
 from .services.federation.invites import InviteReceiver
 from .services.federation.receiver import FederationReceiver
@@ -136,6 +140,8 @@ class Services:
     local_keys: LocalKeys
     key_store: KeyStore
     federation_client: FederationClient
+    resident: ResidentService
+    federation_sender: FederationSender | None
     remote_queries: RemoteQueries
     directory: DirectoryService
     room_dag: RoomDagService
@@ -212,6 +218,12 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     media = build_media(config, db)
     if federating:  # other servers' media, fetched on first use and cached
         media.remote = RemoteMedia(federation_client, media.store, media.files, config.media, media.release_bodies)
+    queue = FederationQueueStore(db, config.server_name)
+    resident = ResidentService(events, persister, writer, queue, key_store, config.server_name)
+    sender = FederationSender(
+        queue, federation_client, notifier, InstanceStore(db), instance_id,
+        retry_min_ms=fed.destination_min_retry_ms, retry_max_ms=fed.destination_max_retry_ms,
+    ) if federating else None
     services = Services(
         config=config,
         db=db,
@@ -239,6 +251,8 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         local_keys=local_keys,
         key_store=key_store,
         federation_client=federation_client,
+        resident=resident,
+        federation_sender=sender,
         remote_queries=remote_queries,
         directory=directory,
         room_dag=RoomDagService(RoomDagStore(db)),
@@ -341,6 +355,7 @@ def build_federation_app(config: Config, services: Services, metrics: Metrics | 
     TransactionRoutes(auth, services.receiver).register_routes(app.router)
     InviteRoutes(auth, services.invites).register_routes(app.router)
     E2EFederationRoutes(auth, services.e2e.federation).register_routes(app.router)
+    ResidentRoutes(auth, services.resident, services.federation_sender).register_routes(app.router)
     discovery = DiscoveryRoutes(config.server_name, config.client_base_url, delegated_server_name(config))
     app.router.add_get("/.well-known/matrix/server", discovery.well_known_server)
     return app
@@ -436,6 +451,8 @@ class HomeServer:
             self.federation_port = await self._serve_app(
                 build_federation_app(self.config, s, metrics), self._federation_sockets, ssl_context
             )
+        if s.federation_sender is not None:
+            await s.federation_sender.start()
         if metrics is not None and self._metrics_sockets:
             metrics_app = web.Application()
             metrics_app.router.add_get(self.config.metrics.path, metrics.scrape)
@@ -461,6 +478,8 @@ class HomeServer:
         self._metrics_sockets = []
         self._federation_sockets = []
         if self.services is not None:
+            if self.services.federation_sender is not None:
+                await self.services.federation_sender.stop()
             await self.services.federation_client.close()
             await self.services.jobs.stop()
             await self.services.conversation.stop()

@@ -145,6 +145,10 @@ class FederationConfig:
     # One outbound request: total seconds, and the largest JSON answer read.
     request_timeout_s: float = 30.0
     max_response_bytes: int = 10 * 1024 * 1024
+    # Outbound sender: after a failed send to a server, wait this long
+    # (milliseconds), doubling on each failure up to the maximum.
+    destination_min_retry_ms: int = 10_000
+    destination_max_retry_ms: int = 3_600_000
 
 
 @dataclass
@@ -438,6 +442,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"federation.trusted_key_servers: {name!r} is not a server name") from None
     if config.federation.request_timeout_s <= 0 or config.federation.max_response_bytes < 1024:
         raise ConfigError("federation.request_timeout_s must be positive and max_response_bytes at least 1024")
+    if not 0 < config.federation.destination_min_retry_ms <= config.federation.destination_max_retry_ms:
+        raise ConfigError("federation.destination_min_retry_ms must be positive and at most destination_max_retry_ms")
     if config.database.url and not config.database.url.startswith(("postgres://", "postgresql://")):
         raise ConfigError("database.url must be a postgresql:// URL")
     if config.limits.max_request_body_bytes < 1024:
@@ -560,6 +566,9 @@ trusted_key_servers = []
 well_known_server = ""
 request_timeout_s = 30.0
 max_response_bytes = 10485760
+# Outbound sender: wait after a failed send (ms), doubling up to the maximum.
+destination_min_retry_ms = 10000
+destination_max_retry_ms = 3600000
 
 [registration]
 # "open", "token" (one of `tokens`, or one made with the admin API) or "closed".

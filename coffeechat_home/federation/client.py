@@ -146,10 +146,14 @@ class FederationClient:
         body: Any = None,
         signed: bool = True,
         timeout_s: float | None = None,
+        ignore_backoff: bool = False,
     ) -> Any:
         """One request to ``destination``; ``path`` is already URL-encoded
-        (quote each path parameter). Returns the decoded JSON answer."""
-        self._check_backoff(destination)
+        (quote each path parameter). Returns the decoded JSON answer.
+        ``ignore_backoff``: for callers that keep a backoff of their own
+        (the outbound sender's, persisted)."""
+        if not ignore_backoff:
+            self._check_backoff(destination)
         uri = path + ("?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote) if query else "")
         data = orjson.dumps(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else {}

@@ -1,0 +1,91 @@
+"""Checks of a single event that another server hands us through the
+resident server's routes (send_join, send_leave) or as an answer (an
+invite signed by the invitee's server): format, signatures, content hash
+(protocol/pdu.py), then the auth rules against the state before it.
+
+The general inbound pipeline (/send, missing events, soft failure) lives
+elsewhere; this module stays minimal.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ...errors import MatrixError, forbidden
+from ...protocol.auth import AuthError, check_auth_rules
+from ...protocol.errors import EventFormatError, ProtocolError, SignatureError
+from ...protocol.events import Event, StateKey, auth_types_for_event
+from ...protocol.pdu import check_received_pdu
+from ...protocol.room_versions import RoomVersion
+from ...protocol.state_res import resolve_state
+from ...storage.events import EventStore
+from ..server_keys import KeyStore
+
+
+def bad_json(msg: str) -> MatrixError:
+    return MatrixError(400, "M_BAD_JSON", msg)
+
+
+async def check_pdu(key_store: KeyStore, pdu: Any, room_version: RoomVersion) -> Event:
+    """Format, signatures and content hash; a hash mismatch is refused here
+    (the event is handed to us directly, so it must be intact)."""
+    if not isinstance(pdu, Mapping):
+        raise bad_json("The event must be a JSON object")
+    try:
+        lookup = await key_store.key_lookup_for_pdu(pdu, room_version)
+        received = check_received_pdu(pdu, room_version, lookup)
+    except SignatureError as e:
+        raise forbidden(f"Bad signature: {e}") from None
+    except (EventFormatError, ProtocolError, KeyError, TypeError) as e:
+        raise bad_json(f"Invalid event: {e}") from None
+    if received.redacted:
+        raise bad_json("The event's content hash does not match")
+    return received.event
+
+
+async def state_before(events: EventStore, event: Event) -> dict[StateKey, str]:
+    """The room state before ``event``: the state after its prev_events
+    (resolved when there are several). Raises 400 when one is unknown."""
+    if not event.prev_event_ids:
+        return {}
+    info = await events.stored_info(event.prev_event_ids)
+    groups: list[int] = []
+    for eid in event.prev_event_ids:
+        i = info.get(eid)
+        if i is None or i.room_id != event.room_id or i.state_group is None or i.rejected:
+            raise bad_json(f"prev_event {eid} is not known here")
+        groups.append(i.state_group)
+    by_group = await events.state_ids_for_groups(set(groups))
+    sets = [by_group.get(g, {}) for g in dict.fromkeys(groups)]
+    if len(sets) == 1:
+        return dict(sets[0])
+    rv = event.room_version
+    wanted: set[str] = set()
+    for s in sets:
+        wanted.update(s.values())
+    chain, rejected = await events.auth_chain_events(wanted, rv)
+    return resolve_state(rv, sets, chain.get, is_rejected=lambda e: e in rejected)
+
+
+async def load_events(events: EventStore, ids: list[str], rv: RoomVersion) -> dict[str, Event]:
+    pdus = await events.get_pdus(ids)
+    return {eid: Event(p, eid, rv) for eid, p in pdus.items()}
+
+
+async def check_auth_against(events: EventStore, event: Event, state: Mapping[StateKey, str]) -> None:
+    """The auth rules against ``state`` (the state before the event), and
+    every auth event the event names must be known. AuthError -> 403."""
+    rv = event.room_version
+    keys = auth_types_for_event(rv, event.type, event.sender, event.state_key, event.content)
+    if ("m.room.create", "") not in keys:
+        keys = [("m.room.create", ""), *keys]
+    wanted = [state[k] for k in keys if k in state]
+    loaded = await load_events(events, wanted, rv)
+    auth_state = {k: loaded[state[k]] for k in keys if k in state and state[k] in loaded}
+    known = await events.stored_info(event.auth_event_ids)
+    if any(a not in known for a in event.auth_event_ids):
+        raise forbidden("The event names auth events that are not known here")
+    try:
+        check_auth_rules(event, auth_state)
+    except AuthError as e:
+        raise forbidden(e.message) from None

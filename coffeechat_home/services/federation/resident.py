@@ -1,0 +1,232 @@
+"""The resident server's side of a room: remote servers join and leave our
+rooms (make_join / send_join, make_leave / send_leave) and read its events
+(event, state, state_ids, event_auth, backfill, get_missing_events).
+
+Reads are answered only to servers with a joined member in the room now,
+or for rooms whose history is ``world_readable`` (per-event history
+visibility is not applied yet).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, Mapping
+
+from ...errors import MatrixError, forbidden, not_found
+from ...protocol.events import Event, StateKey, auth_types_for_event
+from ...protocol.identifiers import InvalidIdentifier, parse_user_id
+from ...protocol.room_versions import RoomVersion, get_room_version
+from ...storage.events import EventStore
+from ...storage.federation_queue import FederationQueueStore
+from ..persister import EventContext, NewEvent, Persister
+from ..room_writer import RoomWriter
+from ..server_keys import KeyStore
+from .events_in import bad_json, check_auth_against, check_pdu, state_before
+
+MAX_BACKFILL = 100
+MAX_MISSING = 50
+
+
+def server_of(user_id: str) -> str:
+    try:
+        return parse_user_id(user_id).server_name
+    except InvalidIdentifier as e:
+        raise MatrixError(400, "M_INVALID_PARAM", f"Invalid user id: {e}") from None
+
+
+class ResidentService:
+    def __init__(
+        self,
+        events: EventStore,
+        persister: Persister,
+        writer: RoomWriter,
+        queue: FederationQueueStore,
+        key_store: KeyStore,
+        server_name: str,
+    ) -> None:
+        self.events = events
+        self.persister = persister
+        self.writer = writer
+        self.queue = queue
+        self.key_store = key_store
+        self.server_name = server_name
+
+    async def room_version(self, room_id: str) -> RoomVersion:
+        version = await self.events.room_version(room_id)
+        if version is None:
+            raise not_found(f"Unknown room {room_id}")
+        return get_room_version(version)
+
+    # -- joins and leaves ---------------------------------------------------------------
+    async def make_membership(
+        self, origin: str, room_id: str, user_id: str, membership: str, versions: list[str]
+    ) -> dict[str, Any]:
+        if server_of(user_id) != origin:
+            raise forbidden("The user is not on the requesting server")
+        rv = await self.room_version(room_id)
+        if membership == "join" and rv.identifier not in versions:
+            raise MatrixError(
+                400, "M_INCOMPATIBLE_ROOM_VERSION",
+                f"The room has version {rv.identifier}, which the server does not support",
+                room_version=rv.identifier,
+            )
+        head = await self.writer.head(room_id)
+        if head is None:
+            raise not_found(f"Unknown room {room_id}")
+        state = await self.writer.current_state(room_id) or {}
+        member = state.get(("m.room.member", user_id))
+        current = member.membership if member is not None else None
+        if current == "ban":
+            raise forbidden("The user is banned from the room")
+        if membership == "join":
+            rules = state.get(("m.room.join_rules", ""))
+            rule = rules.content.get("join_rule") if rules is not None else "invite"
+            if rule != "public" and current not in ("invite", "join"):
+                raise forbidden(f"The room's join rule is {rule!r} and the user is not invited")
+        elif current not in ("invite", "join", "knock"):
+            raise forbidden("The user is not in the room")
+        head = await self.writer.head(room_id)
+        assert head is not None
+        content = {"membership": membership}
+        keys = auth_types_for_event(rv, "m.room.member", user_id, user_id, content)
+        ids = {k: e.event_id for k, e in state.items()}
+        event = {
+            "type": "m.room.member",
+            "room_id": room_id,
+            "sender": user_id,
+            "state_key": user_id,
+            "content": content,
+            "origin": origin,
+            "origin_server_ts": int(time.time() * 1000),
+            "depth": head.depth + 1,
+            "prev_events": head.extremities[-10:],
+            "auth_events": [ids[k] for k in keys if k in ids],
+        }
+        return {"event": event, "room_version": rv.identifier}
+
+    async def send_membership(
+        self, origin: str, room_id: str, event_id: str, pdu: Any, membership: str
+    ) -> tuple[Event, dict[StateKey, str]]:
+        """Check a join or leave signed by ``origin``, persist it and mark
+        it for relay to the other servers in the room."""
+        rv = await self.room_version(room_id)
+        event = await check_pdu(self.key_store, pdu, rv)
+        if event.event_id != event_id:
+            raise bad_json("The event id in the path is not the event's")
+        if event.room_id != room_id:
+            raise bad_json("The event is for another room")
+        if event.type != "m.room.member" or event.membership != membership or event.state_key != event.sender:
+            raise bad_json(f"Expected an m.room.member {membership} event of its sender")
+        if server_of(event.sender) != origin:
+            raise forbidden("The event's sender is not on the requesting server")
+        before = await state_before(self.events, event)
+        await check_auth_against(self.events, event, before)
+        known = await self.events.stored_info([event.event_id])
+        if event.event_id not in known or known[event.event_id].outlier:
+            await self.queue.add_relay(event.event_id, room_id, int(time.time() * 1000))
+            await self.persister.persist(room_id, [NewEvent(event, EventContext(state_before=before))])
+        return event, before
+
+    async def join_answer(self, event: Event, before: Mapping[StateKey, str]) -> dict[str, Any]:
+        rv = event.room_version
+        state_ids = list(before.values())
+        chain, _ = await self.events.auth_chain_events([*state_ids, *event.auth_event_ids], rv)
+        state_pdus = await self.events.get_pdus(state_ids)
+        return {
+            "origin": self.server_name,
+            "state": [_out(state_pdus[i]) for i in state_ids if i in state_pdus],
+            "auth_chain": [_out(e.pdu) for e in chain.values()],
+            "event": _out(event.pdu),
+            "members_omitted": False,
+            "servers_in_room": await self.queue.servers_in_room(event.room_id),
+        }
+
+    # -- reads ---------------------------------------------------------------------
+    async def check_may_read(self, origin: str, room_id: str) -> RoomVersion:
+        rv = await self.room_version(room_id)
+        if await self.queue.server_in_room(room_id, origin):
+            return rv
+        state = await self.writer.current_state(room_id) or {}
+        vis = state.get(("m.room.history_visibility", ""))
+        if vis is not None and vis.content.get("history_visibility") == "world_readable":
+            return rv
+        raise forbidden(f"{origin} has no member in the room")
+
+    async def event_of_room(self, origin: str, event_id: str, room_id: str | None = None) -> Event:
+        info = (await self.events.stored_info([event_id])).get(event_id)
+        if info is None or (room_id is not None and info.room_id != room_id):
+            raise not_found(f"Unknown event {event_id}")
+        rv = await self.check_may_read(origin, info.room_id)
+        pdus = await self.events.get_pdus([event_id])
+        if event_id not in pdus:
+            raise not_found(f"Unknown event {event_id}")
+        return Event(pdus[event_id], event_id, rv)
+
+    async def state_at(self, origin: str, room_id: str, event_id: str) -> tuple[list[str], list[str]]:
+        """State ids before the event and the ids of their auth chain."""
+        event = await self.event_of_room(origin, event_id, room_id)
+        before = await state_before(self.events, event)
+        ids = list(before.values())
+        chain, _ = await self.events.auth_chain_events(ids, event.room_version)
+        return ids, list(chain)
+
+    async def pdus(self, ids: Iterable[str]) -> list[dict[str, Any]]:
+        found = await self.events.get_pdus(list(ids))
+        return [_out(p) for p in found.values()]
+
+    async def event_auth(self, origin: str, room_id: str, event_id: str) -> list[dict[str, Any]]:
+        event = await self.event_of_room(origin, event_id, room_id)
+        chain, _ = await self.events.auth_chain_events(event.auth_event_ids, event.room_version)
+        return [_out(e.pdu) for e in chain.values()]
+
+    async def backfill(self, origin: str, room_id: str, starts: list[str], limit: int) -> list[dict[str, Any]]:
+        """Events from ``starts`` backwards through prev_events, deepest
+        first (DAG order), at most ``limit``."""
+        rv = await self.check_may_read(origin, room_id)
+        limit = max(0, min(limit, MAX_BACKFILL))
+        return await self._walk(room_id, rv, starts, set(), limit, include_starts=True)
+
+    async def missing_events(
+        self, origin: str, room_id: str, earliest: list[str], latest: list[str], limit: int, min_depth: int
+    ) -> list[dict[str, Any]]:
+        rv = await self.check_may_read(origin, room_id)
+        limit = max(0, min(limit, MAX_MISSING))
+        found = await self._walk(room_id, rv, latest, set(earliest), limit, include_starts=False,
+                                 min_depth=min_depth)
+        found.reverse()  # oldest first
+        return found
+
+    async def _walk(
+        self, room_id: str, rv: RoomVersion, starts: list[str], stop: set[str], limit: int, *,
+        include_starts: bool, min_depth: int = 0,
+    ) -> list[dict[str, Any]]:
+        seen: set[str] = set(stop)
+        out: list[Event] = []
+        if include_starts:
+            ids = [s for s in starts if s not in seen]
+        else:
+            seen.update(starts)
+            ids = []
+            for eid, p in (await self.events.get_pdus(starts)).items():
+                ids.extend(x for x in Event(p, eid, rv).prev_event_ids if x not in seen and x not in ids)
+        seen.update(ids)
+        frontier = {k: Event(p, k, rv) for k, p in (await self.events.get_pdus(ids)).items()}
+        for _ in range(4 * limit + 10):
+            if not frontier or len(out) >= limit:
+                break
+            # deepest first
+            best = max(frontier.values(), key=lambda e: (e.depth, e.event_id))
+            del frontier[best.event_id]
+            if best.room_id != room_id or best.depth < min_depth:
+                continue
+            out.append(best)
+            new = [p for p in best.prev_event_ids if p not in seen]
+            seen.update(new)
+            if new:
+                for k, p in (await self.events.get_pdus(new)).items():
+                    frontier[k] = Event(p, k, rv)
+        return [_out(e.pdu) for e in out]
+
+
+def _out(pdu: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in pdu.items() if k not in ("unsigned", "event_id")}

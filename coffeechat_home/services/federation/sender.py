@@ -1,0 +1,211 @@
+"""The outbound federation sender (DESIGN.md 2 and 4).
+
+It reads the events stream, never a post-commit hook: each destination has
+a persisted position (``federation_destinations.stream_pos``) below which
+everything it should get was acknowledged. When the notifier's position
+advances, the destinations touched by the new events get a row (at the old
+position) and a worker; a periodic sweep picks up destinations that are
+behind (after a restart or a takeover) and those whose backoff ended.
+
+Only the instance holding the work lease ``fed-dest:<destination>`` sends
+to a destination. Batches of up to 50 PDUs go out as
+``PUT /_matrix/federation/v1/send/{txnId}`` with a txn id derived from the
+batch (range and event ids), so a resend after a crash is deduplicated by
+the receiver; then the position moves with a compare-and-set. Failures set
+a persisted backoff (``retry_min_ms`` doubling up to ``retry_max_ms``).
+
+EDUs: ``edus_for(destination)`` is the place to add typing and receipts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from typing import Any
+
+from ...federation.client import FederationClient, FederationError
+from ...protocol.canonical import encode_base64
+from ...storage.federation_queue import FederationQueueStore, OutgoingEvent
+from ...storage.instances import InstanceStore
+from ..notifier import Notifier
+
+log = logging.getLogger(__name__)
+
+MAX_PDUS = 50
+MAX_BATCHES_PER_RUN = 1000  # a worker's loop bound; the sweep resumes it
+
+
+def transaction_id(destination: str, after: int, upto: int, events: list[OutgoingEvent]) -> str:
+    h = hashlib.sha256(f"{destination}\n{after}\n{upto}\n".encode())
+    for e in events:
+        h.update(e.event_id.encode() + b"\n")
+    return encode_base64(h.digest()[:18], urlsafe=True)
+
+
+class FederationSender:
+    def __init__(
+        self,
+        store: FederationQueueStore,
+        client: FederationClient,
+        notifier: Notifier,
+        instances: InstanceStore,
+        instance_id: str,
+        *,
+        retry_min_ms: int = 10_000,
+        retry_max_ms: int = 3_600_000,
+        sweep_interval_s: float = 2.0,
+        lease_ttl_ms: int = 30_000,
+        poll_interval_s: float = 0.05,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.notifier = notifier
+        self.instances = instances
+        self.instance_id = instance_id
+        self.server_name = store.server_name
+        self.retry_min_ms = retry_min_ms
+        self.retry_max_ms = retry_max_ms
+        self.sweep_interval_s = sweep_interval_s
+        self.lease_ttl_ms = lease_ttl_ms
+        self.poll_interval_s = poll_interval_s
+        self._seen = 0
+        self._task: asyncio.Task[None] | None = None
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+        self.pdus_sent = 0
+        self.transactions_sent = 0
+
+    async def start(self) -> None:
+        scanned = await self.store.scanned_position()
+        self._seen = self.notifier.position if scanned is None else min(scanned, self.notifier.position)
+        self._task = asyncio.create_task(self._run(), name="federation-sender")
+
+    async def stop(self) -> None:
+        tasks = [t for t in [self._task, *self._workers.values()] if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._task = None
+        for d in list(self._workers):
+            await self._release(d)
+        self._workers.clear()
+
+    def wake(self, destination: str) -> None:
+        """Send to ``destination`` now (e.g. it talked to us)."""
+        self._kick(destination)
+
+    async def destination_talked(self, destination: str) -> None:
+        """An inbound request from ``destination``: end its backoff."""
+        try:
+            if await self.store.reset_backoff(destination):
+                self._kick(destination)
+        except Exception:  # never fail the inbound request for this
+            log.exception("resetting the backoff of %s", destination)
+
+    # -- the loop --------------------------------------------------------------------
+    async def _run(self) -> None:
+        last_sweep = 0.0
+        while True:
+            try:
+                pos = self.notifier.position
+                if pos > self._seen:
+                    touched = await self.store.destinations_touched(self._seen, pos)
+                    await self.store.ensure_destinations(touched, self._seen)
+                    await self.store.set_scanned_position(pos)
+                    self._seen = pos
+                    for d in touched:
+                        self._kick(d)
+                now = time.monotonic()
+                if now - last_sweep >= self.sweep_interval_s:
+                    last_sweep = now
+                    for d in await self.store.due(pos):
+                        self._kick(d)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("federation sender loop")
+                await asyncio.sleep(1.0)
+            await asyncio.sleep(self.poll_interval_s)
+
+    def _kick(self, destination: str) -> None:
+        if destination == self.server_name:
+            return
+        if destination in self._workers:
+            self._again.add(destination)
+            return
+        self._workers[destination] = asyncio.create_task(
+            self._worker(destination), name=f"federation-sender:{destination}"
+        )
+
+    async def _worker(self, destination: str) -> None:
+        try:
+            while True:
+                self._again.discard(destination)
+                await self._send_all(destination)
+                if destination not in self._again:
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("sending to %s", destination)
+        finally:
+            self._workers.pop(destination, None)
+            await self._release(destination)
+
+    async def _release(self, destination: str) -> None:
+        try:
+            await self.instances.release_work_lease(f"fed-dest:{destination}", self.instance_id)
+        except Exception:
+            log.warning("could not release the lease of %s", destination)
+
+    async def _send_all(self, destination: str) -> None:
+        lease = f"fed-dest:{destination}"
+        for _ in range(MAX_BATCHES_PER_RUN):
+            if not await self.instances.acquire_work_lease(lease, self.instance_id, self.lease_ttl_ms):
+                return  # another instance sends to it
+            row = await self.store.get(destination)
+            if row is None or await self.store.backing_off(destination):
+                return
+            upto = self.notifier.position
+            if row.stream_pos >= upto:
+                return
+            events = await self.store.pending(destination, row.stream_pos, upto, MAX_PDUS)
+            if not events:
+                await self.store.advance(destination, row.stream_pos, upto)
+                return
+            new_pos = events[-1].stream_pos if len(events) == MAX_PDUS else upto
+            txn_id = transaction_id(destination, row.stream_pos, new_pos, events)
+            body: dict[str, Any] = {
+                "origin": self.server_name,
+                "origin_server_ts": int(time.time() * 1000),
+                "pdus": [_outgoing_pdu(e.pdu) for e in events],
+            }
+            edus = self.edus_for(destination)
+            if edus:
+                body["edus"] = edus
+            try:
+                await self.client.request_json(
+                    "PUT", destination, f"/_matrix/federation/v1/send/{txn_id}", body=body, ignore_backoff=True
+                )
+            except FederationError as e:
+                count = await self.store.failed(destination, self.retry_min_ms, self.retry_max_ms, str(e))
+                log.info("sending to %s failed (%d in a row): %s", destination, count, e)
+                return
+            self.transactions_sent += 1
+            self.pdus_sent += len(events)
+            await self.store.advance(destination, row.stream_pos, new_pos)
+
+    def edus_for(self, destination: str) -> list[dict[str, Any]]:
+        """EDUs to send with the next transaction (none yet)."""
+        return []
+
+
+def _outgoing_pdu(pdu: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in pdu.items() if k not in ("unsigned", "event_id")}
+    return out

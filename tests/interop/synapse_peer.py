@@ -129,7 +129,7 @@ class SynapsePeer:
         }
 
     async def start(self, timeout_s: float = 120) -> "SynapsePeer":
-        python = synapse_python()
+        synapse_python()
         hs = self.workdir
         (hs / "media").mkdir(parents=True, exist_ok=True)
         # YAML is a superset of JSON
@@ -144,7 +144,14 @@ class SynapsePeer:
         }))
         seed = base64.b64encode(os.urandom(32)).decode().rstrip("=")
         (hs / "signing.key").write_text(f"ed25519 a_syn {seed}\n")
-        with open(hs / "stdout.log", "wb") as out:
+        return await self.resume(timeout_s)
+
+    async def resume(self, timeout_s: float = 120) -> "SynapsePeer":
+        """Start again after ``stop`` with the same configuration, keys and
+        database (a peer that was down comes back)."""
+        python = synapse_python()
+        hs = self.workdir
+        with open(hs / "stdout.log", "ab") as out:
             self.proc = subprocess.Popen(
                 [str(python), "-m", "synapse.app.homeserver", "-c", str(hs / "homeserver.yaml")],
                 cwd=hs, stdout=out, stderr=subprocess.STDOUT,
@@ -164,6 +171,11 @@ class SynapsePeer:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"Synapse did not answer within {timeout_s} s: {self.log_tail()}")
                 await asyncio.sleep(0.3)
+
+    def signing_key_seed(self) -> tuple[str, str]:
+        """(key version, base64 seed) of Synapse's signing key."""
+        _, version, seed = (self.workdir / "signing.key").read_text().split()
+        return version, seed
 
     def log_tail(self, n: int = 4000) -> str:
         parts = []

@@ -8,14 +8,15 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from pathlib import Path
 from typing import Any, AsyncIterator
 from urllib.parse import quote
 
 import aiohttp
 import pytest
 
-from ..federation.peers import FederatingServer
+from coffeechat_home.protocol.signing import signing_key_from_seed
+
+from ..federation.peers import FederatingServer, signed_federation_get
 from ..integration.processes import User
 from ..pg import PostgresForTests
 from .synapse_peer import SynapsePeer, synapse_python
@@ -144,3 +145,73 @@ async def test_synapse_user_joins_our_room_talks_and_leaves(
         await wait_destination_past(ours, syn.server_name, rows[0]["stream_pos"])
         status, body = await bob.call("GET", f"rooms/{quote(room_id)}/event/{quote(sent['event_id'])}")
         assert status in (403, 404), body
+
+
+async def test_serving_routes_refuse_and_answer(peers: tuple[FederatingServer, SynapsePeer]) -> None:
+    """Reads signed with Synapse's own key: refused while Synapse has no
+    member in the room, answered once it has one; bad ids and unknown
+    events get Matrix errors."""
+    ours, syn = peers
+    version, seed = syn.signing_key_seed()
+    key = signing_key_from_seed(seed, version)
+
+    async def get(path: str) -> tuple[int, Any]:
+        return await signed_federation_get(
+            http, ours.fed_url, path, origin=syn.server_name, destination=ours.server_name, key=key
+        )
+
+    async with aiohttp.ClientSession() as http:
+        alice = await User(http, ours.client_url).register("alice_reads")
+        bob = await register_on_synapse(http, syn, "bob_reads")
+        status, room = await alice.call("POST", "createRoom", {"preset": "public_chat", "room_version": "11"})
+        assert status == 200, room
+        room_id = room["room_id"]
+        status, sent = await alice.send(room_id, "first")
+        assert status == 200, sent
+        eid = sent["event_id"]
+        r = quote(room_id)
+
+        for path in (f"/_matrix/federation/v1/event/{quote(eid)}",
+                     f"/_matrix/federation/v1/state_ids/{r}?event_id={quote(eid)}",
+                     f"/_matrix/federation/v1/state/{r}?event_id={quote(eid)}",
+                     f"/_matrix/federation/v1/event_auth/{r}/{quote(eid)}",
+                     f"/_matrix/federation/v1/backfill/{r}?v={quote(eid)}&limit=5"):
+            status, body = await get(path)
+            assert (status, body.get("errcode")) == (403, "M_FORBIDDEN"), (path, body)
+        status, body = await get(f"/_matrix/federation/v1/event/{quote('$' + 'A' * 43)}")
+        assert (status, body.get("errcode")) == (404, "M_NOT_FOUND"), body
+        status, body = await get("/_matrix/federation/v1/event/not-an-id")
+        assert (status, body.get("errcode")) == (400, "M_INVALID_PARAM"), body
+        status, body = await get(f"/_matrix/federation/v1/state_ids/{r}")
+        assert (status, body.get("errcode")) == (400, "M_MISSING_PARAM"), body
+        uid = quote(f"@someone:{syn.server_name}")
+        status, body = await get(f"/_matrix/federation/v1/make_join/{r}/{uid}?ver=10")
+        assert (status, body.get("errcode")) == (400, "M_INCOMPATIBLE_ROOM_VERSION"), body
+        assert body.get("room_version") == "11"
+        status, body = await get(f"/_matrix/federation/v1/make_join/{r}/{quote('@x:' + ours.server_name)}?ver=11")
+        assert (status, body.get("errcode")) == (403, "M_FORBIDDEN"), body
+        status, private = await alice.call("POST", "createRoom", {"preset": "private_chat", "room_version": "11"})
+        assert status == 200
+        status, body = await get(f"/_matrix/federation/v1/make_join/{quote(private['room_id'])}/{uid}?ver=11")
+        assert (status, body.get("errcode")) == (403, "M_FORBIDDEN"), body
+        status, body = await get(f"/_matrix/federation/v1/make_join/{quote('!nope:' + ours.server_name)}/{uid}?ver=11")
+        assert (status, body.get("errcode")) == (404, "M_NOT_FOUND"), body
+
+        # once a Synapse user is in the room, the same reads are answered
+        status, body = await bob.call("POST", f"join/{r}?server_name={quote(ours.server_name)}", {})
+        assert status == 200, body
+        status, sent2 = await alice.send(room_id, "second")
+        assert status == 200
+        status, body = await get(f"/_matrix/federation/v1/event/{quote(eid)}")
+        assert status == 200, body
+        assert body["pdus"][0]["content"]["body"] == "first"
+        status, ids = await get(f"/_matrix/federation/v1/state_ids/{r}?event_id={quote(sent2['event_id'])}")
+        assert status == 200, ids
+        ours_state = await room_state(alice, room_id)
+        assert set(ids["pdu_ids"]) == {e for _, _, e in ours_state}
+        assert set(ids["auth_chain_ids"]) <= set(ids["pdu_ids"])
+        status, body = await get(f"/_matrix/federation/v1/backfill/{r}?v={quote(sent2['event_id'])}&limit=4")
+        assert status == 200, body
+        depths = [p["depth"] for p in body["pdus"]]
+        assert len(depths) == 4 and depths == sorted(depths, reverse=True), depths
+        assert body["pdus"][0]["content"].get("body") == "second"

@@ -32,7 +32,8 @@ async def peers(
     synapse_python()  # installs on first use, or skips with the reason
     tmp = tmp_path_factory.mktemp("resident")
     url = await pg.create_database(f"cch_res{os.getpid()}", template=pg_template)
-    ours = FederatingServer(url, tmp / "ours", COFFEECHAT_FEDERATION_DESTINATION_MIN_RETRY_MS="300")
+    ours = FederatingServer(url, tmp / "ours", COFFEECHAT_FEDERATION_DESTINATION_MIN_RETRY_MS="300",
+                           COFFEECHAT_FEDERATION_DESTINATION_MAX_RETRY_MS="3000")
     syn = SynapsePeer(tmp / "synapse")
     try:
         await asyncio.gather(ours.start(), syn.start())
@@ -215,3 +216,51 @@ async def test_serving_routes_refuse_and_answer(peers: tuple[FederatingServer, S
         depths = [p["depth"] for p in body["pdus"]]
         assert len(depths) == 4 and depths == sorted(depths, reverse=True), depths
         assert body["pdus"][0]["content"].get("body") == "second"
+
+
+async def test_sender_survives_kill9_and_a_peer_outage(peers: tuple[FederatingServer, SynapsePeer]) -> None:
+    """Synapse is down while our user sends; our server is killed -9 right
+    after the sends commit; after both come back every acknowledged message
+    reaches Synapse exactly once (the backlog, with a short backoff)."""
+    ours, syn = peers
+    async with aiohttp.ClientSession() as http:
+        alice = await User(http, ours.client_url).register("alice_crash")
+        bob = await register_on_synapse(http, syn, "bob_crash")
+        status, room = await alice.call("POST", "createRoom", {"preset": "public_chat", "room_version": "12"})
+        assert status == 200, room
+        room_id = room["room_id"]
+        status, body = await bob.call("POST", f"join/{quote(room_id)}?server_name={quote(ours.server_name)}", {})
+        assert status == 200, body
+        assert (await alice.send(room_id, "warm-up"))[0] == 200
+        await sync_until(bob, lambda b: "warm-up" in timeline_bodies(b, room_id), "the warm-up message")
+
+        await syn.stop()
+        for i in range(5):
+            assert (await alice.send(room_id, f"while down {i}"))[0] == 200
+        # the sender tried and failed at least once (the backoff is stored)
+        for _ in range(100):
+            rows = await ours.db_fetch(
+                "SELECT retry_count FROM federation_destinations WHERE destination = $1", syn.server_name
+            )
+            if rows and rows[0]["retry_count"] > 0:
+                break
+            await asyncio.sleep(0.1)
+        assert rows and rows[0]["retry_count"] > 0
+        await ours.process.kill9()
+        await ours.process.start()
+        alice = alice.on(ours.client_url)
+        for i in range(2):  # and two more after the restart
+            assert (await alice.send(room_id, f"after restart {i}"))[0] == 200
+        await syn.resume()
+
+        wanted = [f"while down {i}" for i in range(5)] + [f"after restart {i}" for i in range(2)]
+        bodies: list[str] = []
+        for _ in range(150):
+            status, body = await bob.call("GET", f"rooms/{quote(room_id)}/messages?dir=b&limit=100")
+            assert status == 200, body
+            bodies = [e.get("content", {}).get("body") for e in body.get("chunk", [])]
+            if all(w in bodies for w in wanted):
+                break
+            await asyncio.sleep(0.2)
+        for w in wanted:
+            assert bodies.count(w) == 1, (w, bodies, syn.log_tail())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 from typing import Any, AsyncIterator
 from urllib.parse import quote
 
@@ -264,3 +265,68 @@ async def test_sender_survives_kill9_and_a_peer_outage(peers: tuple[FederatingSe
             await asyncio.sleep(0.2)
         for w in wanted:
             assert bodies.count(w) == 1, (w, bodies, syn.log_tail())
+
+
+async def test_two_instances_one_destination_survivor_takes_over(
+    peers: tuple[FederatingServer, SynapsePeer], tmp_path: Path
+) -> None:
+    """Two instances of our server on one database: both write to the room,
+    each message reaches Synapse once; the instance that was sending is
+    killed -9 while Synapse is down, and the survivor delivers the backlog."""
+    ours, syn = peers
+    second = FederatingServer(ours.database_url, tmp_path / "second")
+    second.env.update({
+        "COFFEECHAT_SERVER_NAME": ours.server_name,
+        "COFFEECHAT_SIGNING_KEY_PATH": str(ours.data_dir / "signing.key"),
+        "COFFEECHAT_INSTANCE_NAME": "second",
+        "COFFEECHAT_FEDERATION_DESTINATION_MIN_RETRY_MS": "300",
+        "COFFEECHAT_FEDERATION_DESTINATION_MAX_RETRY_MS": "3000",
+    })
+    async with aiohttp.ClientSession() as http:
+        alice = await User(http, ours.client_url).register("alice_two")
+        bob = await register_on_synapse(http, syn, "bob_two")
+        status, room = await alice.call("POST", "createRoom", {"preset": "public_chat", "room_version": "10"})
+        assert status == 200, room
+        room_id = room["room_id"]
+        status, body = await bob.call("POST", f"join/{quote(room_id)}?server_name={quote(ours.server_name)}", {})
+        assert status == 200, body
+        await second.start()
+        try:
+            alice_b = alice.on(second.client_url)
+            for i in range(4):
+                assert (await (alice if i % 2 else alice_b).send(room_id, f"both {i}"))[0] == 200
+
+            await syn.stop()
+            for i in range(3):
+                assert (await alice.send(room_id, f"down {i}"))[0] == 200
+            rows: list[Any] = []
+            for _ in range(100):
+                rows = await ours.db_fetch(
+                    "SELECT retry_count FROM federation_destinations WHERE destination = $1", syn.server_name
+                )
+                if rows and rows[0]["retry_count"] > 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert rows and rows[0]["retry_count"] > 0
+            await ours.process.kill9()
+            assert (await alice_b.send(room_id, "survivor"))[0] == 200
+            await syn.resume()
+            wanted = [f"both {i}" for i in range(4)] + [f"down {i}" for i in range(3)] + ["survivor"]
+            bodies: list[str] = []
+            for _ in range(200):
+                status, body = await bob.call("GET", f"rooms/{quote(room_id)}/messages?dir=b&limit=100")
+                assert status == 200, body
+                bodies = [e.get("content", {}).get("body") for e in body.get("chunk", [])]
+                if all(w in bodies for w in wanted):
+                    break
+                await asyncio.sleep(0.2)
+            for w in wanted:
+                assert bodies.count(w) == 1, (w, bodies, second.process.stderr()[-3000:])
+            holders = await second.db_fetch(
+                "SELECT instance_id FROM work_leases WHERE name = $1", f"fed-dest:{syn.server_name}"
+            )
+            assert all(not h["instance_id"].startswith("main") for h in holders), holders
+        finally:
+            await second.stop()
+            if ours.process.proc is not None and ours.process.proc.returncode is not None:
+                await ours.process.start()

@@ -85,6 +85,7 @@ from .api.federation.rooms import ResidentRoutes
 from .api.federation.routes import FederationRoutes
 from .api.federation.invites import InviteRoutes
 from .api.federation.transactions import TransactionRoutes
+from .services.federation.invites_out import OutboundInvites
 from .services.federation.resident import ResidentService
 from .services.federation.sender import FederationSender
 from .storage.federation_queue import FederationQueueStore
@@ -219,6 +220,8 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     if federating:  # other servers' media, fetched on first use and cached
         media.remote = RemoteMedia(federation_client, media.store, media.files, config.media, media.release_bodies)
     queue = FederationQueueStore(db, config.server_name)
+    if federating:
+        membership.remote_invites = OutboundInvites(federation_client, key_store, config.server_name)
     resident = ResidentService(events, persister, writer, queue, key_store, config.server_name)
     sender = FederationSender(
         queue, federation_client, notifier, InstanceStore(db), instance_id,

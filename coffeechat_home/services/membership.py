@@ -14,6 +14,7 @@ from ..protocol.identifiers import InvalidIdentifier, parse_room_alias, parse_us
 from ..storage.accounts import AccountStore
 from ..storage.rooms import RoomStore
 from .accounts import Requester
+from .room_writer import EventCheck
 from .rooms import RoomService
 
 
@@ -34,6 +35,9 @@ class MembershipService:
         self.pending_invite: Callable[[str, str], Awaitable[tuple[str, str] | None]] | None = None
         self.local_joined: Callable[[str], Awaitable[bool]] | None = None
         self.reject_remote_invite: Callable[[str, str, Sequence[str], Mapping[str, Any]], Awaitable[None]] | None = None
+        # with federation on: sends an invite of a remote user to its
+        # server before the event is persisted (services/federation/invites_out.py)
+        self.remote_invites: EventCheck | None = None
 
     async def resolve_room(self, room_id_or_alias: str) -> str:
         if room_id_or_alias.startswith("#"):
@@ -57,7 +61,8 @@ class MembershipService:
         self, requester: Requester, room_id: str, target: str, membership: str, extra: Mapping[str, Any] | None = None
     ) -> str:
         content = await self.rooms.member_content(target, membership, extra)
-        return await self.rooms.send(requester, room_id, "m.room.member", content, state_key=target)
+        check = self.remote_invites if membership == "invite" else None
+        return await self.rooms.send(requester, room_id, "m.room.member", content, state_key=target, check=check)
 
     def _reason(self, reason: Any) -> dict[str, Any] | None:
         if reason is None:
@@ -74,7 +79,9 @@ class MembershipService:
         except InvalidIdentifier as e:
             raise MatrixError(400, "M_INVALID_PARAM", str(e)) from None
         if uid.server_name != self.server_name:
-            raise MatrixError(400, "M_UNRECOGNIZED", "Users on other servers need federation, not supported yet")
+            if self.remote_invites is None:
+                raise MatrixError(400, "M_UNRECOGNIZED", "Users on other servers need federation, which is off")
+            return user_id
         if not await self.accounts.user_exists(user_id):
             raise not_found("User not found")
         return user_id

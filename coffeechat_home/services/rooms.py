@@ -19,7 +19,7 @@ from ..protocol.room_versions import (
 from ..storage.events import DuplicateTransaction, EventStore
 from ..storage.rooms import RoomStore
 from .accounts import Requester
-from .room_writer import NewRoom, RoomWriter
+from .room_writer import EventCheck, NewRoom, RoomWriter
 
 ProfileLookup = Callable[[str], Awaitable[tuple[str | None, str | None]]]
 UserLookup = Callable[[str], Awaitable[bool]]
@@ -200,13 +200,13 @@ class RoomService:
         txn_id: str | None = None,
         redacts: str | None = None,
         endpoint: str = "send",
+        check: EventCheck | None = None,
     ) -> str:
         # A repeated transaction id is caught by the persist transaction
         # (unique key), which saves a lookup on every send.
         template: dict[str, Any] = {"type": event_type, "sender": requester.user_id, "content": dict(content)}
         if state_key is not None:
             template["state_key"] = state_key
-        check = None
         if redacts is not None:
             template["redacts"] = redacts
             check = self._redaction_check

@@ -6,6 +6,7 @@ Synapse and one server of ours for the module (Synapse is slow to start)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from pathlib import Path
@@ -330,3 +331,32 @@ async def test_two_instances_one_destination_survivor_takes_over(
             await second.stop()
             if ours.process.proc is not None and ours.process.proc.returncode is not None:
                 await ours.process.start()
+
+
+async def test_synapse_user_invited_from_our_side_joins(peers: tuple[FederatingServer, SynapsePeer]) -> None:
+    ours, syn = peers
+    async with aiohttp.ClientSession() as http:
+        alice = await User(http, ours.client_url).register("alice_inv")
+        carol = await register_on_synapse(http, syn, "carol_inv")
+        status, room = await alice.call("POST", "createRoom", {"preset": "private_chat", "room_version": "11",
+                                                               "name": "invite only"})
+        assert status == 200, room
+        room_id = room["room_id"]
+        status, body = await alice.call("POST", f"rooms/{quote(room_id)}/invite", {"user_id": carol.user_id})
+        assert status == 200, (body, ours.process.stderr()[-3000:])
+        rows = await ours.db_fetch("SELECT pdu FROM events WHERE room_id = $1 AND type = 'm.room.member' "
+                                   "AND state_key = $2", room_id, carol.user_id)
+        assert len(rows) == 1 and syn.server_name in json.loads(rows[0]["pdu"])["signatures"]
+        body = await sync_until(carol, lambda b: room_id in b.get("rooms", {}).get("invite", {}), "the invite")
+        invite_state = body["rooms"]["invite"][room_id]["invite_state"]["events"]
+        assert any(e["type"] == "m.room.name" and e["content"]["name"] == "invite only" for e in invite_state)
+        status, body = await carol.call("POST", f"join/{quote(room_id)}", {})
+        assert status == 200, (body, syn.log_tail())
+        assert (await alice.send(room_id, "welcome carol"))[0] == 200
+        await sync_until(carol, lambda b: "welcome carol" in timeline_bodies(b, room_id), "the message after the join")
+        # a server that cannot be reached: no invite is persisted
+        status, body = await alice.call("POST", f"rooms/{quote(room_id)}/invite", {"user_id": "@dan:127.0.0.1:1"})
+        assert (status, body.get("errcode")) == (502, "M_UNKNOWN"), body
+        rows = await ours.db_fetch("SELECT 1 FROM events WHERE room_id = $1 AND state_key = '@dan:127.0.0.1:1'",
+                                   room_id)
+        assert rows == []

@@ -221,7 +221,7 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         media.remote = RemoteMedia(federation_client, media.store, media.files, config.media, media.release_bodies)
     queue = FederationQueueStore(db, config.server_name)
     if federating:
-        membership.remote_invites = OutboundInvites(federation_client, key_store, config.server_name)
+        room_service.remote_invites = OutboundInvites(federation_client, key_store, config.server_name)
     resident = ResidentService(events, persister, writer, queue, key_store, config.server_name)
     sender = FederationSender(
         queue, federation_client, notifier, InstanceStore(db), instance_id,

@@ -14,7 +14,6 @@ from ..protocol.identifiers import InvalidIdentifier, parse_room_alias, parse_us
 from ..storage.accounts import AccountStore
 from ..storage.rooms import RoomStore
 from .accounts import Requester
-from .room_writer import EventCheck
 from .rooms import RoomService
 
 
@@ -35,9 +34,6 @@ class MembershipService:
         self.pending_invite: Callable[[str, str], Awaitable[tuple[str, str] | None]] | None = None
         self.local_joined: Callable[[str], Awaitable[bool]] | None = None
         self.reject_remote_invite: Callable[[str, str, Sequence[str], Mapping[str, Any]], Awaitable[None]] | None = None
-        # with federation on: sends an invite of a remote user to its
-        # server before the event is persisted (services/federation/invites_out.py)
-        self.remote_invites: EventCheck | None = None
 
     async def resolve_room(self, room_id_or_alias: str) -> str:
         if room_id_or_alias.startswith("#"):
@@ -61,7 +57,7 @@ class MembershipService:
         self, requester: Requester, room_id: str, target: str, membership: str, extra: Mapping[str, Any] | None = None
     ) -> str:
         content = await self.rooms.member_content(target, membership, extra)
-        check = self.remote_invites if membership == "invite" else None
+        check = self.rooms.remote_invites if membership == "invite" else None
         return await self.rooms.send(requester, room_id, "m.room.member", content, state_key=target, check=check)
 
     def _reason(self, reason: Any) -> dict[str, Any] | None:
@@ -79,7 +75,7 @@ class MembershipService:
         except InvalidIdentifier as e:
             raise MatrixError(400, "M_INVALID_PARAM", str(e)) from None
         if uid.server_name != self.server_name:
-            if self.remote_invites is None:
+            if self.rooms.remote_invites is None:
                 raise MatrixError(400, "M_UNRECOGNIZED", "Users on other servers need federation, which is off")
             return user_id
         if not await self.accounts.user_exists(user_id):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -20,6 +21,8 @@ from ..storage.events import DuplicateTransaction, EventStore
 from ..storage.rooms import RoomStore
 from .accounts import Requester
 from .room_writer import EventCheck, NewRoom, RoomWriter
+
+log = logging.getLogger(__name__)
 
 ProfileLookup = Callable[[str], Awaitable[tuple[str | None, str | None]]]
 UserLookup = Callable[[str], Awaitable[bool]]
@@ -75,6 +78,9 @@ class RoomService:
     ) -> None:
         self.writer = writer
         self.events = events
+        # with federation on: sends an invite of a remote user to its
+        # server before the event is persisted (services/federation/invites_out.py)
+        self.remote_invites: EventCheck | None = None
         self.rooms = rooms
         self.server_name = server_name
         self.profile_for = profile_for
@@ -117,8 +123,10 @@ class RoomService:
             except InvalidIdentifier as e:
                 raise MatrixError(400, "M_INVALID_PARAM", f"invite: {e}") from None
             if u.split(":", 1)[1] != self.server_name:
-                raise MatrixError(400, "M_UNRECOGNIZED", "Inviting users on other servers needs federation, "
-                                  "which this server does not support yet")
+                if self.remote_invites is None:
+                    raise MatrixError(400, "M_UNRECOGNIZED", "Inviting users on other servers needs federation, "
+                                      "which is off on this server")
+                continue
             # as /invite answers: checked before anything is created
             if not await self.user_exists(u):
                 raise not_found(f"invite: user {u} not found")
@@ -178,12 +186,20 @@ class RoomService:
             )
         is_direct = bool(body.get("is_direct"))
         direct: dict[str, Any] | None = {"is_direct": True} if is_direct else None
+        remote = [u for u in invitees if u.split(":", 1)[1] != self.server_name]
         for u in invitees:
-            templates.append(state("m.room.member", await self.member_content(u, "invite", direct), u))
+            if u not in remote:
+                templates.append(state("m.room.member", await self.member_content(u, "invite", direct), u))
         result = await self.writer.send(
             None, templates, room_version=rv, new_room=NewRoom(creator, visibility == "public")
         )
         room_id = result.events[0].room_id
+        for u in remote:  # each through the invitee's server; a refusal does not undo the room
+            try:
+                await self.send(requester, room_id, "m.room.member", await self.member_content(u, "invite", direct),
+                                state_key=u, check=self.remote_invites)
+            except MatrixError as e:
+                log.info("createRoom %s: the invite of %s failed: %s", room_id, u, e)
         if alias:
             await self.rooms.create_alias(alias, room_id, creator, now_ms())
         return room_id, alias

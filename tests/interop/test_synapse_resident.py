@@ -354,6 +354,12 @@ async def test_synapse_user_invited_from_our_side_joins(peers: tuple[FederatingS
         assert status == 200, (body, syn.log_tail())
         assert (await alice.send(room_id, "welcome carol"))[0] == 200
         await sync_until(carol, lambda b: "welcome carol" in timeline_bodies(b, room_id), "the message after the join")
+        # createRoom's invite list with a user of Synapse
+        erin = await register_on_synapse(http, syn, "erin_inv")
+        status, room2 = await alice.call("POST", "createRoom", {"preset": "private_chat", "room_version": "12",
+                                                                "invite": [erin.user_id]})
+        assert status == 200, room2
+        await sync_until(erin, lambda b: room2["room_id"] in b.get("rooms", {}).get("invite", {}), "createRoom's invite")
         # a server that cannot be reached: no invite is persisted
         status, body = await alice.call("POST", f"rooms/{quote(room_id)}/invite", {"user_id": "@dan:127.0.0.1:1"})
         assert (status, body.get("errcode")) == (502, "M_UNKNOWN"), body

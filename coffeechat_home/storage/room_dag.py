@@ -12,6 +12,7 @@ from typing import Any, Iterable
 import orjson
 
 from .database import Database
+from .room_state import StateStore
 
 StateKey = tuple[str, str]
 
@@ -69,6 +70,7 @@ class StateEntry:
 class RoomDagStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._state = StateStore(db)
         self._flag_columns: list[str] | None = None
 
     async def flag_columns(self) -> list[str]:
@@ -191,24 +193,7 @@ class RoomDagStore:
 
     async def state_ids(self, groups: Iterable[int]) -> dict[int, dict[StateKey, str]]:
         """The full state of each group (snapshot plus its deltas)."""
-        wanted = sorted(set(groups))
-        if not wanted:
-            return {}
-        rows = await self.db.fetch(
-            """WITH RECURSIVE chain (root, id, prev_group, n) AS (
-                   SELECT id, id, prev_group, 0 FROM state_groups WHERE id = ANY($1::BIGINT[])
-                   UNION ALL
-                   SELECT c.root, s.id, s.prev_group, c.n + 1 FROM state_groups s JOIN chain c ON s.id = c.prev_group
-               )
-               SELECT DISTINCT ON (c.root, e.type, e.state_key) c.root, e.type, e.state_key, e.event_id
-               FROM state_group_entries e JOIN chain c ON e.state_group = c.id
-               ORDER BY c.root, e.type, e.state_key, c.n""",
-            wanted,
-        )
-        out: dict[int, dict[StateKey, str]] = {g: {} for g in wanted}
-        for r in rows:
-            out[r["root"]][(r["type"], r["state_key"])] = r["event_id"]
-        return out
+        return await self._state.state_ids_for_groups(groups)
 
     async def state_entries(self, state: dict[StateKey, str]) -> list[StateEntry]:
         """The state events of a state map, with sender and content, sorted

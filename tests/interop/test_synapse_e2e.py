@@ -9,9 +9,7 @@ transaction sender (m.direct_to_device EDUs are built but not sent yet)."""
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
-from typing import AsyncIterator
 
 import aiohttp
 import nio
@@ -19,29 +17,13 @@ from nio.crypto import InboundSession, OutboundSession
 import pytest
 
 from ..federation.peers import FederatingServer
-from ..pg import PostgresForTests
-from .synapse_peer import SynapsePeer, synapse_python
-from .test_synapse_federation import register_on_synapse
+from .synapse_peer import SynapsePeer
+from .test_synapse_federation import peers, register_on_synapse  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.synapse, pytest.mark.slow]
 
 _n = itertools.count()
 PASSWORD = "a password"
-
-
-@pytest.fixture
-async def peers(pg: PostgresForTests, pg_template: str, tmp_path: Path) -> AsyncIterator[tuple[FederatingServer, SynapsePeer]]:
-    synapse_python()  # installs on first use, or skips with the reason
-    url = await pg.create_database(f"cch_syne2e{os.getpid()}_{next(_n)}", template=pg_template)
-    ours = FederatingServer(url, tmp_path / "ours")
-    syn = SynapsePeer(tmp_path / "synapse")
-    try:
-        await ours.start()
-        await syn.start()
-        yield ours, syn
-    finally:
-        await ours.stop()
-        await syn.stop()
 
 
 async def nio_client(base_url: str, user_id: str, store: Path) -> nio.AsyncClient:
@@ -87,7 +69,7 @@ async def olm_session_with(client: nio.AsyncClient, other: nio.AsyncClient) -> N
 
 
 async def test_keys_query_claim_and_olm_session_with_synapse(
-    peers: tuple[FederatingServer, SynapsePeer], tmp_path: Path
+    peers: tuple[FederatingServer, SynapsePeer], tmp_path: Path,  # noqa: F811
 ) -> None:
     ours, syn = peers
     async with aiohttp.ClientSession() as http:

@@ -11,7 +11,6 @@ import io
 import itertools
 import os
 from pathlib import Path
-from typing import AsyncIterator
 from urllib.parse import quote
 
 import aiohttp
@@ -22,32 +21,16 @@ from PIL import Image
 from ..federation.peers import FederatingServer
 from ..integration.media_helpers import AUTHED, assert_error, image_bytes, media_path, raw, upload
 from ..integration.processes import User
-from ..pg import PostgresForTests
-from .synapse_peer import SynapsePeer, synapse_python
-from .test_synapse_federation import register_on_synapse
+from .synapse_peer import SynapsePeer
+from .test_synapse_federation import peers, register_on_synapse  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.synapse, pytest.mark.slow]
 
 _n = itertools.count()
 
 
-@pytest.fixture
-async def servers(pg: PostgresForTests, pg_template: str, tmp_path: Path) -> AsyncIterator[tuple[FederatingServer, SynapsePeer]]:
-    synapse_python()  # installs on first use, or skips with the reason
-    url = await pg.create_database(f"cch_synm{os.getpid()}_{next(_n)}", template=pg_template)
-    ours = FederatingServer(url, tmp_path / "ours")
-    syn = SynapsePeer(tmp_path / "synapse")
-    try:
-        await ours.start()
-        await syn.start()
-        yield ours, syn
-    finally:
-        await ours.stop()
-        await syn.stop()
-
-
-async def test_media_both_ways_with_synapse(servers: tuple[FederatingServer, SynapsePeer], tmp_path: Path) -> None:
-    ours, syn = servers
+async def test_media_both_ways_with_synapse(peers: tuple[FederatingServer, SynapsePeer], tmp_path: Path) -> None:  # noqa: F811
+    ours, syn = peers
     async with aiohttp.ClientSession() as http:
         alice = await User(http, ours.client_url).register("alice")
         bob = await register_on_synapse(http, syn, "bob")

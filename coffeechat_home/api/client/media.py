@@ -105,7 +105,7 @@ class MediaRoutes:
     async def _download(self, request: web.Request, *, legacy: bool) -> web.StreamResponse:
         info = request.match_info
         servable = await self.media.download(
-            info["server_name"], info["media_id"], timeout_ms=_timeout_ms(request),
+            info["server_name"], info["media_id"], timeout_ms=timeout_ms_param(request),
             filename=info.get("file_name"), legacy=legacy, allow_remote=_allow_remote(request),
         )
         return _file_response(servable)
@@ -114,8 +114,8 @@ class MediaRoutes:
         info = request.match_info
         servable = await self.media.thumbnail(
             info["server_name"], info["media_id"],
-            width=_required_int(request, "width"), height=_required_int(request, "height"),
-            method=request.query.get("method", "scale"), timeout_ms=_timeout_ms(request), legacy=legacy,
+            width=required_positive_int(request, "width"), height=required_positive_int(request, "height"),
+            method=request.query.get("method", "scale"), timeout_ms=timeout_ms_param(request), legacy=legacy,
             allow_remote=_allow_remote(request),
         )
         return _file_response(servable)
@@ -155,12 +155,13 @@ def _allow_remote(request: web.Request) -> bool:
     return request.query.get("allow_remote", "true").lower() not in ("false", "0")
 
 
-def _timeout_ms(request: web.Request) -> int:
+def timeout_ms_param(request: web.Request) -> int:
+    """The media routes' ``timeout_ms`` (also on the federation media routes)."""
     value = query_int(request, "timeout_ms", DEFAULT_TIMEOUT_MS)
     return DEFAULT_TIMEOUT_MS if value is None else value
 
 
-def _required_int(request: web.Request, name: str) -> int:
+def required_positive_int(request: web.Request, name: str) -> int:
     if not request.query.get(name):
         raise missing_param(f"Missing query parameter {name!r}")
     value = query_int(request, name, minimum=1)

@@ -14,15 +14,14 @@ from typing import BinaryIO
 
 from aiohttp import web
 
-from ...errors import missing_param, not_found
+from ...errors import not_found
 from ...services.media import MediaService, Servable
 from ...services.media.content import multipart_parts
-from ..http import query_int
+from ..client.media import required_positive_int, timeout_ms_param
 from .auth import FederationAuth
 
 PREFIX = "/_matrix/federation/v1/media"
 READ_CHUNK = 256 * 1024
-DEFAULT_TIMEOUT_MS = 20_000
 
 
 class FederationMediaRoutes:
@@ -36,7 +35,7 @@ class FederationMediaRoutes:
 
     async def download(self, request: web.Request, origin: str) -> web.StreamResponse:
         servable = await self.media.download(
-            self.media.server_name, request.match_info["media_id"], timeout_ms=_timeout_ms(request),
+            self.media.server_name, request.match_info["media_id"], timeout_ms=timeout_ms_param(request),
             allow_remote=False,
         )
         return await _multipart(request, servable)
@@ -44,8 +43,8 @@ class FederationMediaRoutes:
     async def thumbnail(self, request: web.Request, origin: str) -> web.StreamResponse:
         servable = await self.media.thumbnail(
             self.media.server_name, request.match_info["media_id"],
-            width=_required_int(request, "width"), height=_required_int(request, "height"),
-            method=request.query.get("method", "scale"), timeout_ms=_timeout_ms(request), allow_remote=False,
+            width=required_positive_int(request, "width"), height=required_positive_int(request, "height"),
+            method=request.query.get("method", "scale"), timeout_ms=timeout_ms_param(request), allow_remote=False,
         )
         return await _multipart(request, servable)
 
@@ -79,16 +78,3 @@ async def _multipart(request: web.Request, servable: Servable) -> web.StreamResp
         return resp
     finally:
         await loop.run_in_executor(None, f.close)
-
-
-def _timeout_ms(request: web.Request) -> int:
-    value = query_int(request, "timeout_ms", DEFAULT_TIMEOUT_MS)
-    return DEFAULT_TIMEOUT_MS if value is None else value
-
-
-def _required_int(request: web.Request, name: str) -> int:
-    if not request.query.get(name):
-        raise missing_param(f"Missing query parameter {name!r}")
-    value = query_int(request, name, minimum=1)
-    assert value is not None
-    return value

@@ -240,14 +240,7 @@ async def test_sender_survives_kill9_and_a_peer_outage(peers: tuple[FederatingSe
         for i in range(5):
             assert (await alice.send(room_id, f"while down {i}"))[0] == 200
         # the sender tried and failed at least once (the backoff is stored)
-        for _ in range(100):
-            rows = await ours.db_fetch(
-                "SELECT retry_count FROM federation_destinations WHERE destination = $1", syn.server_name
-            )
-            if rows and rows[0]["retry_count"] > 0:
-                break
-            await asyncio.sleep(0.1)
-        assert rows and rows[0]["retry_count"] > 0
+        await until_send_failed(ours, syn)
         await ours.process.kill9()
         await ours.process.start()
         alice = alice.on(ours.client_url)
@@ -300,15 +293,7 @@ async def test_two_instances_one_destination_survivor_takes_over(
             await syn.stop()
             for i in range(3):
                 assert (await alice.send(room_id, f"down {i}"))[0] == 200
-            rows: list[Any] = []
-            for _ in range(100):
-                rows = await ours.db_fetch(
-                    "SELECT retry_count FROM federation_destinations WHERE destination = $1", syn.server_name
-                )
-                if rows and rows[0]["retry_count"] > 0:
-                    break
-                await asyncio.sleep(0.1)
-            assert rows and rows[0]["retry_count"] > 0
+            await until_send_failed(ours, syn)
             await ours.process.kill9()
             assert (await alice_b.send(room_id, "survivor"))[0] == 200
             await syn.resume()
@@ -366,3 +351,17 @@ async def test_synapse_user_invited_from_our_side_joins(peers: tuple[FederatingS
         rows = await ours.db_fetch("SELECT 1 FROM events WHERE room_id = $1 AND state_key = '@dan:127.0.0.1:1'",
                                    room_id)
         assert rows == []
+
+
+async def until_send_failed(ours: FederatingServer, syn: SynapsePeer) -> None:
+    """Wait (bounded) until the sender has tried ``syn`` and failed at least
+    once: its stored backoff counts a retry."""
+    rows: list[Any] = []
+    for _ in range(100):
+        rows = await ours.db_fetch(
+            "SELECT retry_count FROM federation_destinations WHERE destination = $1", syn.server_name
+        )
+        if rows and rows[0]["retry_count"] > 0:
+            return
+        await asyncio.sleep(0.1)
+    assert rows and rows[0]["retry_count"] > 0

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 from aiohttp import web
@@ -20,17 +19,10 @@ from coffeechat_home.storage.server_keys import ServerKeyStore
 
 from .certs import make_certificate
 from .peers import free_port
-from .test_signed_bodies import serve
+from .test_signed_bodies import db, serve  # noqa: F401  (the fixture)
 
 
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    d = await Database.connect(database_url, min_size=1, max_size=4)
-    yield d
-    await d.close()
-
-
-async def test_a_rotated_key_is_fetched_at_once_and_floods_are_bounded(db: Database, tmp_path: Path) -> None:
+async def test_a_rotated_key_is_fetched_at_once_and_floods_are_bounded(db: Database, tmp_path: Path) -> None:  # noqa: F811
     cert, key = make_certificate(tmp_path)
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(str(cert), str(key))

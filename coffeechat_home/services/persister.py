@@ -29,7 +29,6 @@ elsewhere (``persist``), written in a transaction that locks the room's row.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -47,6 +46,7 @@ from ..storage.room_state import (
 )
 from ..storage.stream import StreamStore
 from .notifier import Notifier
+from .tasks import KeyedLocks
 from .persist_plan import WritePlan
 
 @dataclass
@@ -126,17 +126,12 @@ class _Changed(Exception):
 
 
 @dataclass
-class _Lock:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0
-
-
 class Persister:
     def __init__(self, stream: StreamStore, events: EventStore, notifier: Notifier) -> None:
         self.stream = stream
         self.events = events
         self.notifier = notifier
-        self._locks: dict[str, _Lock] = {}
+        self._locks: KeyedLocks[str] = KeyedLocks()
         self.events_persisted = 0  # events committed by this instance, for metrics
         # run after a batch commits: (room id, events with stream positions)
         self.after_persist: list[Callable[[str, list[Event]], Awaitable[None]]] = []
@@ -150,15 +145,8 @@ class Persister:
         """Serializes this process's writes to a room (writes from other
         instances are stopped by the extremity compare-and-set or the room
         row's lock)."""
-        entry = self._locks.setdefault(room_id, _Lock())
-        entry.users += 1
-        try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.users -= 1
-            if entry.users == 0:
-                self._locks.pop(room_id, None)
+        async with self._locks.hold(room_id):
+            yield
 
     # -- events built elsewhere ------------------------------------------------------
     async def persist(

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 from ...errors import MatrixError
@@ -45,6 +45,7 @@ from ..persister import EventContext, NewEvent, Persister, UnknownRoom
 from ..receipts import ReceiptService
 from ..server_keys import KeyStore, KeyUnavailable
 from ..typing import TypingService
+from ..tasks import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,6 @@ class _Outcome:
 
 
 @dataclass
-class _RoomLock:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0
-
-
 class FederationReceiver:
     def __init__(
         self,
@@ -93,8 +89,8 @@ class FederationReceiver:
         self.store = store
         self.typing = typing
         self.receipts = receipts
-        self._locks: dict[str, _RoomLock] = {}
-        self._txn_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._locks: KeyedLocks[str] = KeyedLocks()
+        self._txn_locks: KeyedLocks[tuple[str, str]] = KeyedLocks()
         self.edu_handlers: dict[str, EduHandler] = {
             "m.typing": self._typing_edu,
             "m.receipt": self._receipt_edu,
@@ -111,22 +107,16 @@ class FederationReceiver:
             raise BadTransaction("pdus and edus must be arrays")
         if len(pdus) > MAX_PDUS or len(edus) > MAX_EDUS:
             raise BadTransaction(f"A transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs")
-        key = (origin, txn_id)
-        lock = self._txn_locks.setdefault(key, asyncio.Lock())
-        try:
-            async with lock:
-                done = await self.store.txn_response(origin, txn_id)
-                if done is not None:
-                    return done
-                results, failed = await self._process_pdus(origin, pdus)
-                response = {"pdus": results}
-                await self._process_edus(origin, edus)
-                if not failed:  # else a retry processes the failed PDUs again
-                    await self.store.save_txn_response(origin, txn_id, response, int(time.time() * 1000))
-                return response
-        finally:
-            if not lock.locked():
-                self._txn_locks.pop(key, None)
+        async with self._txn_locks.hold((origin, txn_id)):
+            done = await self.store.txn_response(origin, txn_id)
+            if done is not None:
+                return done
+            results, failed = await self._process_pdus(origin, pdus)
+            response = {"pdus": results}
+            await self._process_edus(origin, edus)
+            if not failed:  # else a retry processes the failed PDUs again
+                await self.store.save_txn_response(origin, txn_id, response, int(time.time() * 1000))
+            return response
 
     async def _process_pdus(self, origin: str, pdus: list[Any]) -> tuple[dict[str, Any], bool]:
         """Per-PDU results, and whether one failed for a reason of ours
@@ -159,15 +149,8 @@ class FederationReceiver:
 
     @contextlib.asynccontextmanager
     async def _room_lock(self, room_id: str) -> AsyncIterator[None]:
-        entry = self._locks.setdefault(room_id, _RoomLock())
-        entry.users += 1
-        try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.users -= 1
-            if entry.users == 0:
-                self._locks.pop(room_id, None)
+        async with self._locks.hold(room_id):
+            yield
 
     # -- one PDU -----------------------------------------------------------------
     async def _one_pdu(self, origin: str, room_id: str, pdu: Mapping[str, Any]) -> tuple[str | None, _Outcome]:

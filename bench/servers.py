@@ -5,10 +5,7 @@ Everything started here is stopped by its own PID (``stop()``), never by name.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -23,6 +20,7 @@ from pathlib import Path
 
 import asyncpg
 import psutil
+from synapse_env import base_config, write_synapse_files
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -335,17 +333,11 @@ def start_ours(
     return s
 
 
-def _rc(per_second: float = 100000, burst: int = 100000) -> dict[str, float]:
-    return {"per_second": per_second, "burst_count": burst}
-
-
 def synapse_config(work: Path, port: int, socket_dir: str, dbname: str, pool: int) -> dict:
-    hs = work / "synapse"
-    rc = _rc()
     cp_min, cp_max = pool_bounds(pool)
-    return {
+    config = base_config(work / "synapse")
+    config.update({
         "server_name": f"localhost:{port}",
-        "pid_file": str(hs / "homeserver.pid"),
         "public_baseurl": f"http://127.0.0.1:{port}/",
         "listeners": [{
             "port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": False,
@@ -355,41 +347,10 @@ def synapse_config(work: Path, port: int, socket_dir: str, dbname: str, pool: in
             "name": "psycopg2",
             "args": {"user": "postgres", "dbname": dbname, "host": socket_dir, "cp_min": cp_min, "cp_max": cp_max},
         },
-        "log_config": str(hs / "log.yaml"),
-        "media_store_path": str(hs / "media"),
-        "signing_key_path": str(hs / "signing.key"),
-        "report_stats": False,
-        "enable_metrics": False,
-        "enable_registration": True,
-        "enable_registration_without_verification": True,
-        "bcrypt_rounds": 4,
-        "macaroon_secret_key": secrets.token_hex(32),
-        "registration_shared_secret": secrets.token_hex(32),
-        "form_secret": secrets.token_hex(32),
-        "trusted_key_servers": [],
-        "suppress_key_server_warning": True,
-        "url_preview_enabled": False,
         # no stale answers when the same initial /sync is asked again
         "caches": {"sync_response_cache_duration": 0},
-        "rc_message": rc,
-        "rc_registration": rc,
-        "rc_registration_token_validity": rc,
-        "rc_login": {"address": rc, "account": rc, "failed_attempts": rc},
-        "rc_admin_redaction": rc,
-        "rc_joins": {"local": rc, "remote": rc},
-        "rc_joins_per_room": rc,
-        "rc_3pid_validation": rc,
-        "rc_invites": {"per_room": rc, "per_user": rc, "per_issuer": rc},
-        "rc_third_party_invite": rc,
-        "rc_media_create": rc,
-        "rc_presence": {"per_user": rc},
-        "rc_delayed_event_mgmt": rc,
-        "rc_reports": rc,
-        "rc_room_creation": rc,
-        "rc_key_requests": rc,
-        "rc_federation": {"window_size": 1000, "sleep_limit": 100000, "sleep_delay": 0,
-                          "reject_limit": 100000, "concurrent": 1000},
-    }
+    })
+    return config
 
 
 def start_synapse(
@@ -399,21 +360,10 @@ def start_synapse(
     port = free_port()
     hs = work / "synapse"
     shutil.rmtree(hs, ignore_errors=True)
-    (hs / "media").mkdir(parents=True)
     log = hs / "homeserver.log"
     config = synapse_config(work, port, socket_dir, dbname, pool)
     config.update(extra_config or {})
-    # YAML is a superset of JSON: no YAML writer needed here.
-    (hs / "homeserver.yaml").write_text(json.dumps(config, indent=1))
-    (hs / "log.yaml").write_text(json.dumps({
-        "version": 1,
-        "formatters": {"precise": {"format": "%(asctime)s - %(name)s - %(levelname)s - %(message)s"}},
-        "handlers": {"file": {"class": "logging.FileHandler", "formatter": "precise", "filename": str(log)}},
-        "root": {"level": "WARNING", "handlers": ["file"]},
-        "disable_existing_loggers": False,
-    }))
-    seed = base64.b64encode(os.urandom(32)).decode().rstrip("=")
-    (hs / "signing.key").write_text(f"ed25519 a_bnch {seed}\n")
+    write_synapse_files(hs, config, log_level="WARNING", key_id="a_bnch")
     s = ServerProcess("Synapse", f"http://127.0.0.1:{port}", f"localhost:{port}", log_path=log, version=version)
     with open(hs / "stdout.log", "wb") as out:
         s.proc = subprocess.Popen(

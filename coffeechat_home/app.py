@@ -472,6 +472,9 @@ class HomeServer:
         return int(sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        if self.services is not None:
+            # open long-polls answer now rather than hold the shutdown up
+            self.services.notifier.release_waiters()
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()

@@ -52,6 +52,7 @@ class Notifier:
         self._poked = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._advance_lock = asyncio.Lock()
+        self._closing = False
         self.wakeups = 0  # waiting requests woken by a change, for metrics
         # the rooms the given users are joined to (set by app.py's wiring)
         self.peer_rooms: Callable[[set[str]], Awaitable[set[str]]] | None = None
@@ -63,7 +64,17 @@ class Notifier:
         self.position = await self.stream.current_position()
         self._task = asyncio.create_task(self._run(), name="notifier")
 
+    def release_waiters(self) -> None:
+        """The server is stopping: every waiting request returns now with
+        what it has (a long-poll answers as at its timeout), and new ones do
+        not wait, so the HTTP server's shutdown does not sit out their
+        timeouts."""
+        self._closing = True
+        for w in self._waiters:
+            w.event.set()
+
     async def stop(self) -> None:
+        self.release_waiters()
         await cancel_and_wait(self._task)
         self._task = None
         for w in self._waiters:
@@ -114,6 +125,8 @@ class Notifier:
         visible, or after ``timeout`` seconds; returns the position then.
         With ``peers``, a change in ``PEER_TABLES`` by a user joined to one
         of the rooms in ``keys`` counts too."""
+        if self._closing:
+            return self.position
         waiter = _Waiter(frozenset(keys), peers)
         self._waiters.add(waiter)
         try:

@@ -16,11 +16,8 @@ say why.
 from __future__ import annotations
 
 import asyncio
-import base64
 import fcntl
-import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -35,7 +32,7 @@ from ..federation.peers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
-from synapse_env import SYNAPSE_VERSION, ensure_synapse  # noqa: E402
+from synapse_env import SYNAPSE_VERSION, base_config, ensure_synapse, write_synapse_files  # noqa: E402
 
 # outside the checkout, so every clone and worktree on a machine shares one
 # install (as the matrix-js-sdk tests share theirs)
@@ -66,10 +63,6 @@ def synapse_python() -> Path:
     return _installed[0]
 
 
-def _rc() -> dict[str, float]:
-    return {"per_second": 10000, "burst_count": 10000}
-
-
 class SynapsePeer:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -85,10 +78,9 @@ class SynapsePeer:
     def config(self) -> dict[str, object]:
         hs = self.workdir
         cert, key = make_certificate(hs, "synapse-tls")
-        rc = _rc()
-        return {
+        config = base_config(hs)
+        config.update({
             "server_name": self.server_name,
-            "pid_file": str(hs / "homeserver.pid"),
             "public_baseurl": f"{self.client_url}/",
             "listeners": [
                 {"port": self.client_port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": False,
@@ -99,51 +91,18 @@ class SynapsePeer:
             "tls_certificate_path": str(cert),
             "tls_private_key_path": str(key),
             "database": {"name": "sqlite3", "args": {"database": str(hs / "homeserver.db")}},
-            "log_config": str(hs / "log.yaml"),
-            "media_store_path": str(hs / "media"),
-            "signing_key_path": str(hs / "signing.key"),
-            "report_stats": False,
-            "enable_metrics": False,
-            "enable_registration": True,
-            "enable_registration_without_verification": True,
-            "bcrypt_rounds": 4,
-            "macaroon_secret_key": secrets.token_hex(32),
-            "registration_shared_secret": secrets.token_hex(32),
-            "form_secret": secrets.token_hex(32),
             "ip_range_whitelist": ["127.0.0.0/8", "::1/128"],
             "federation_verify_certificates": False,
-            "trusted_key_servers": [],
-            "suppress_key_server_warning": True,
             "federation": {"destination_min_retry_interval": "2s", "destination_retry_multiplier": 2,
                            "destination_max_retry_interval": "30s"},
             "allow_public_rooms_over_federation": True,
             "room_list_publication_rules": [{"action": "allow"}],
-            "url_preview_enabled": False,
-            "rc_message": rc,
-            "rc_registration": rc,
-            "rc_login": {"address": rc, "account": rc, "failed_attempts": rc},
-            "rc_joins": {"local": rc, "remote": rc},
-            "rc_invites": {"per_room": rc, "per_user": rc, "per_issuer": rc},
-            "rc_federation": {"window_size": 1000, "sleep_limit": 100000, "sleep_delay": 0,
-                              "reject_limit": 100000, "concurrent": 1000},
-        }
+        })
+        return config
 
     async def start(self, timeout_s: float = 120) -> "SynapsePeer":
         synapse_python()
-        hs = self.workdir
-        (hs / "media").mkdir(parents=True, exist_ok=True)
-        # YAML is a superset of JSON
-        (hs / "homeserver.yaml").write_text(json.dumps(self.config(), indent=1))
-        (hs / "log.yaml").write_text(json.dumps({
-            "version": 1,
-            "formatters": {"precise": {"format": "%(asctime)s - %(name)s - %(levelname)s - %(message)s"}},
-            "handlers": {"file": {"class": "logging.FileHandler", "formatter": "precise",
-                                  "filename": str(hs / "homeserver.log")}},
-            "root": {"level": "INFO", "handlers": ["file"]},
-            "disable_existing_loggers": False,
-        }))
-        seed = base64.b64encode(os.urandom(32)).decode().rstrip("=")
-        (hs / "signing.key").write_text(f"ed25519 a_syn {seed}\n")
+        write_synapse_files(self.workdir, self.config(), log_level="INFO", key_id="a_syn")
         return await self.resume(timeout_s)
 
     async def resume(self, timeout_s: float = 120) -> "SynapsePeer":

@@ -306,6 +306,9 @@ class EventStore:
     async def state_ids_for_groups(self, groups: Iterable[int]) -> dict[int, dict[StateKey, str]]:
         return await self.state.state_ids_for_groups(groups)
 
+    async def server_view_for_groups(self, groups: Iterable[int], server_name: str) -> dict[int, dict[StateKey, str]]:
+        return await self.state.server_view_for_groups(groups, server_name)
+
     async def event_state_group(self, event_id: str) -> int | None:
         return await self.state.event_state_group(event_id)
 

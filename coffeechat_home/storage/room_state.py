@@ -119,6 +119,32 @@ class StateStore:
             out[r["root"]][(r["type"], r["state_key"])] = r["event_id"]
         return out
 
+    async def server_view_for_groups(self, groups: Iterable[int], server_name: str) -> dict[int, dict[StateKey, str]]:
+        """Of each group's full state, only what decides what a server may
+        see: ``m.room.history_visibility`` and the membership events of
+        ``server_name``'s users (a user id's server is all after its
+        first ``:``)."""
+        wanted = sorted(set(groups))
+        if not wanted:
+            return {}
+        rows = await self.db.fetch(
+            """WITH RECURSIVE chain (root, id, prev_group, n) AS (
+                   SELECT id, id, prev_group, 0 FROM state_groups WHERE id = ANY($1::BIGINT[])
+                   UNION ALL
+                   SELECT c.root, s.id, s.prev_group, c.n + 1 FROM state_groups s JOIN chain c ON s.id = c.prev_group
+               )
+               SELECT DISTINCT ON (c.root, e.type, e.state_key) c.root, e.type, e.state_key, e.event_id
+               FROM state_group_entries e JOIN chain c ON e.state_group = c.id
+               WHERE (e.type = 'm.room.history_visibility' AND e.state_key = '')
+                  OR (e.type = 'm.room.member' AND substr(e.state_key, strpos(e.state_key, ':') + 1) = $2)
+               ORDER BY c.root, e.type, e.state_key, c.n""",
+            wanted, server_name,
+        )
+        out: dict[int, dict[StateKey, str]] = {g: {} for g in wanted}
+        for r in rows:
+            out[r["root"]][(r["type"], r["state_key"])] = r["event_id"]
+        return out
+
     async def event_state_group(self, event_id: str) -> int | None:
         """The state group after the event (in its branch of the DAG)."""
         group: int | None = await self.db.fetchval("SELECT state_group FROM events WHERE event_id = $1", event_id)

@@ -97,7 +97,7 @@ class ResidentRoutes:
 
     async def get_event(self, request: web.Request, origin: str) -> web.StreamResponse:
         event = await self.resident.event_of_room(origin, _event_id(request.match_info["event_id"]))
-        return json_response(self._pdus(await self.resident.pdus([event.event_id])))
+        return json_response(self._pdus(await self.resident.visible_pdus(origin, [event])))
 
     def _state_event_id(self, request: web.Request) -> str:
         event_id = request.query.get("event_id")

@@ -3,8 +3,9 @@ rooms (make_join / send_join, make_leave / send_leave) and read its events
 (event, state, state_ids, event_auth, backfill, get_missing_events).
 
 Reads are answered only to servers with a joined member in the room now,
-or for rooms whose history is ``world_readable`` (per-event history
-visibility is not applied yet).
+or for rooms whose history is ``world_readable``; the events a server could
+not see by the room's history visibility (visibility.py) are served in their
+redacted form.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..persister import EventContext, NewEvent, Persister
 from ..room_writer import RoomWriter
 from ..server_keys import KeyStore
 from .events_in import bad_json, check_auth_against, check_pdu, state_before
+from .visibility import filter_for_server
 
 MAX_BACKFILL = 100
 MAX_MISSING = 50
@@ -170,6 +172,10 @@ class ResidentService:
         chain, _ = await self.events.auth_chain_events(ids, event.room_version)
         return ids, list(chain)
 
+    async def visible_pdus(self, origin: str, events: list[Event]) -> list[dict[str, Any]]:
+        """``events`` as ``origin`` may see them (history visibility)."""
+        return [_out(p) for p in await filter_for_server(self.events, origin, events)]
+
     async def pdus(self, ids: Iterable[str]) -> list[dict[str, Any]]:
         found = await self.events.get_pdus(list(ids))
         return [_out(p) for p in found.values()]
@@ -184,7 +190,8 @@ class ResidentService:
         first (DAG order), at most ``limit``."""
         rv = await self.check_may_read(origin, room_id)
         limit = max(0, min(limit, MAX_BACKFILL))
-        return await self._walk(room_id, rv, starts, set(), limit, include_starts=True)
+        found = await self._walk(room_id, rv, starts, set(), limit, include_starts=True)
+        return await self.visible_pdus(origin, found)
 
     async def missing_events(
         self, origin: str, room_id: str, earliest: list[str], latest: list[str], limit: int, min_depth: int
@@ -194,12 +201,12 @@ class ResidentService:
         found = await self._walk(room_id, rv, latest, set(earliest), limit, include_starts=False,
                                  min_depth=min_depth)
         found.reverse()  # oldest first
-        return found
+        return await self.visible_pdus(origin, found)
 
     async def _walk(
         self, room_id: str, rv: RoomVersion, starts: list[str], stop: set[str], limit: int, *,
         include_starts: bool, min_depth: int = 0,
-    ) -> list[dict[str, Any]]:
+    ) -> list[Event]:
         seen: set[str] = set(stop)
         out: list[Event] = []
         if include_starts:
@@ -225,7 +232,7 @@ class ResidentService:
             if new:
                 for k, p in (await self.events.get_pdus(new)).items():
                     frontier[k] = Event(p, k, rv)
-        return [_out(e.pdu) for e in out]
+        return out
 
 
 def _out(pdu: Mapping[str, Any]) -> dict[str, Any]:

@@ -46,8 +46,9 @@ _txn = itertools.count()
 
 
 class Origin:
-    """The other server: key server + get_missing_events over TLS, and an
-    outbound client signing as it."""
+    """The other server: key server, get_missing_events and the event reads
+    (event, event_auth, state_ids) over TLS, and an outbound client signing
+    as it."""
 
     def __init__(self, db: Database, workdir: Path) -> None:
         self.port = free_port()
@@ -60,7 +61,9 @@ class Origin:
         self.workdir = workdir
         self.runner: web.AppRunner | None = None
         self.built: dict[str, Event] = {}  # what get_missing_events can answer from
+        self.state_before: dict[str, dict[StateKey, str]] = {}  # per built event
         self.missing_requests: list[Any] = []
+        self.reads: list[str] = []  # paths of event reads served
         self.ts = int(time.time() * 1000)
 
     async def start(self) -> None:
@@ -71,6 +74,9 @@ class Origin:
         KeyRoutes(self.local, self.key_store).register_routes(app.router)
         auth = FederationAuth(self.key_store, self.name)
         app.router.add_post("/_matrix/federation/v1/get_missing_events/{room_id}", auth(self.get_missing_events))
+        app.router.add_get("/_matrix/federation/v1/event/{event_id}", auth(self.get_event))
+        app.router.add_get("/_matrix/federation/v1/event_auth/{room_id}/{event_id}", auth(self.get_event_auth))
+        app.router.add_get("/_matrix/federation/v1/state_ids/{room_id}", auth(self.get_state_ids))
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port, ssl_context=tls).start()
@@ -98,6 +104,41 @@ class Origin:
         out.sort(key=lambda e: e.depth)
         return json_response({"events": [dict(e.pdu) for e in out]})
 
+    def _auth_chain(self, ids: list[str]) -> list[str]:
+        """The auth chain of ``ids`` through the events built here (ids of
+        events built elsewhere end the walk)."""
+        out: dict[str, None] = {}
+        todo = list(ids)
+        while todo:
+            eid = todo.pop()
+            if eid in out:
+                continue
+            out[eid] = None
+            if eid in self.built:
+                todo.extend(self.built[eid].auth_event_ids)
+        return list(out)
+
+    def _read(self, request: web.Request) -> None:
+        self.reads.append(request.path)
+
+    async def get_event(self, request: web.Request, origin: str) -> web.StreamResponse:
+        self._read(request)
+        ev = self.built.get(request.match_info["event_id"])
+        if ev is None:
+            return json_response({"errcode": "M_NOT_FOUND", "error": "unknown event"}, status=404)
+        return json_response({"origin": self.name, "origin_server_ts": self.ts, "pdus": [dict(ev.pdu)]})
+
+    async def get_event_auth(self, request: web.Request, origin: str) -> web.StreamResponse:
+        self._read(request)
+        ev = self.built[request.match_info["event_id"]]
+        chain = self._auth_chain(list(ev.auth_event_ids))
+        return json_response({"auth_chain": [dict(self.built[a].pdu) for a in chain if a in self.built]})
+
+    async def get_state_ids(self, request: web.Request, origin: str) -> web.StreamResponse:
+        self._read(request)
+        state = list(self.state_before[request.query["event_id"]].values())
+        return json_response({"pdu_ids": state, "auth_chain_ids": self._auth_chain(state)})
+
     def build(self, room_version: str, room_id: str, sender: str, template: dict[str, Any],
               prev: list[tuple[str, int]], state: dict[StateKey, str]) -> Event:
         rv = get_room_version(room_version)
@@ -108,6 +149,7 @@ class Origin:
             depth=max(d for _, d in prev) + 1, origin_server_ts=self.ts, server_name=self.name, signing_key=self.key,
         )
         self.built[ev.event_id] = ev
+        self.state_before[ev.event_id] = dict(state)
         return ev
 
     async def send(self, dest: str, pdus: list[dict[str, Any]], edus: list[dict[str, Any]] | None = None,

@@ -7,9 +7,12 @@ the room must be known and have one of our users joined (else it is
 ignored); format, signatures and content hash (``check_received_pdu``, keys
 through the key store); missing ``prev_events`` are fetched from the origin
 with ``get_missing_events`` (bounded in depth and count) and processed first;
-then the auth checks against the event's auth events (rejected), the state
-before it (rejected) and the room's current state (soft-failed); the event
-goes to the persister with that context.
+a gap that remains is filled with the state at it (``gaps.EventFetcher``:
+``state_ids`` and the events we lack, checked, stored as outliers), and auth
+events we lack are fetched with ``event_auth``; then the auth checks against
+the event's auth events (rejected), the state before it (rejected) and the
+room's current state (soft-failed); the event goes to the persister with
+that context.
 
 Processing is serialized per room (a lock per room in this process; the
 persister's compare-and-set covers other instances) and runs for different
@@ -46,6 +49,7 @@ from ..receipts import ReceiptService
 from ..server_keys import KeyStore, KeyUnavailable
 from ..typing import TypingService
 from ..tasks import KeyedLocks
+from .gaps import EventFetcher, FetchBudget, GapFetchError
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,7 @@ class FederationReceiver:
             "m.receipt": self._receipt_edu,
         }
         self.pdus_processed = 0
+        self.fetcher = EventFetcher(events, persister, key_store, client)
 
     # -- the transaction -----------------------------------------------------------
     async def on_transaction(self, origin: str, txn_id: str, body: Any) -> dict[str, Any]:
@@ -172,8 +177,9 @@ class FederationReceiver:
         info = known.get(ev.event_id)
         if info is not None and not info.outlier:
             return event_id, _Outcome(None)
-        await self._fetch_missing_prevs(origin, room_id, rv, ev)
-        return event_id, await self._check_and_persist(room_id, rv, ev)
+        budget = FetchBudget()
+        await self._fetch_missing_prevs(origin, room_id, rv, ev, budget)
+        return event_id, await self._check_and_persist(room_id, rv, ev, origin, budget)
 
     async def _check_pdu(self, pdu: Mapping[str, Any], rv: RoomVersion) -> Event:
         check_pdu_format(pdu, rv)  # before anything reads its fields
@@ -183,7 +189,9 @@ class FederationReceiver:
             log.info("PDU %s failed its content hash: stored redacted", received.event.event_id)
         return received.event
 
-    async def _fetch_missing_prevs(self, origin: str, room_id: str, rv: RoomVersion, ev: Event) -> None:
+    async def _fetch_missing_prevs(
+        self, origin: str, room_id: str, rv: RoomVersion, ev: Event, budget: FetchBudget
+    ) -> None:
         """Fetch prev_events we never saw with get_missing_events (one
         bounded request) and process them oldest first."""
         known = await self.events.stored_info(ev.prev_event_ids)
@@ -220,17 +228,29 @@ class FederationReceiver:
             info = (await self.events.stored_info([missing_ev.event_id])).get(missing_ev.event_id)
             if info is not None and not info.outlier:
                 continue
-            outcome = await self._check_and_persist(room_id, rv, missing_ev)
+            outcome = await self._check_and_persist(room_id, rv, missing_ev, origin, budget)
             if outcome.error is not None:
                 log.info("missing event %s: %s", missing_ev.event_id, outcome.error)
 
-    async def _check_and_persist(self, room_id: str, rv: RoomVersion, ev: Event) -> _Outcome:
+    async def _check_and_persist(
+        self, room_id: str, rv: RoomVersion, ev: Event, origin: str, budget: FetchBudget
+    ) -> _Outcome:
         if ev.room_id != room_id:
             return _Outcome("the event is in another room")
-        prevs = await self.events.stored_info(ev.prev_event_ids)
-        if any(p not in prevs or prevs[p].outlier or prevs[p].state_group is None for p in ev.prev_event_ids):
-            # TODO: fill the gap with /state_ids and /event (not built yet)
-            return _Outcome("missing prev_events: not processed")
+        try:
+            # auth events we lack, from the sender's server (checked, stored as outliers)
+            if await self.fetcher.missing_auth_events(room_id, rv, ev):
+                await self.fetcher.fetch_auth_events(origin, room_id, rv, ev, budget)
+                still = await self.fetcher.missing_auth_events(room_id, rv, ev)
+                if still:
+                    return _Outcome(f"auth events not available: {', '.join(still[:3])}")
+            # prev events still missing after get_missing_events: the state at the gap
+            prevs = await self.events.stored_info(ev.prev_event_ids)
+            gap = [p for p in ev.prev_event_ids if p not in prevs or prevs[p].outlier or prevs[p].state_group is None]
+            filled = await self.fetcher.states_after(origin, room_id, rv, gap, budget) if gap else {}
+        except GapFetchError as e:
+            log.info("event %s from %s not processed: %s", ev.event_id, origin, e)
+            return _Outcome(f"missing events could not be fetched: {e}")
         # 1. against its own auth events
         wanted = list(ev.auth_event_ids)
         create_id = create_event_id_for_room(room_id, rv)  # v12: implied by the room id
@@ -244,7 +264,7 @@ class FederationReceiver:
         except AuthError as e:
             rejected_reason = f"auth events: {e}"
         # 2. against the state before it
-        state_before = await self._state_before(rv, ev, prevs)
+        state_before = await self._state_before(rv, ev, prevs, filled)
         if rejected_reason is None:
             try:
                 check_auth_rules(ev, await self._auth_state(rv, ev, state_before))
@@ -270,10 +290,17 @@ class FederationReceiver:
             return _Outcome(f"rejected: {rejected_reason}")
         return _Outcome(None)
 
-    async def _state_before(self, rv: RoomVersion, ev: Event, prevs: Mapping[str, Any]) -> dict[StateKey, str]:
-        groups = {prevs[p].state_group for p in ev.prev_event_ids}
+    async def _state_before(
+        self, rv: RoomVersion, ev: Event, prevs: Mapping[str, Any], filled: Mapping[str, dict[StateKey, str]]
+    ) -> dict[StateKey, str]:
+        """The resolved state after the prev events: their state groups,
+        and for prev events at a gap the state fetched for them."""
+        groups = {prevs[p].state_group for p in ev.prev_event_ids if p not in filled}
         sets = await self.events.state_ids_for_groups(g for g in groups if g is not None)
         states = list(sets.values())
+        for state in filled.values():
+            if state not in states:
+                states.append(state)
         if len(states) == 1:
             return dict(states[0])
         ids = {eid for s in states for eid in s.values()}

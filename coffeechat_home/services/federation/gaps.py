@@ -88,14 +88,6 @@ class EventFetcher:
         self.events_fetched = 0  # accepted and stored as outliers, for metrics
 
     # -- auth events -----------------------------------------------------------------
-    async def missing_auth_events(self, room_id: str, rv: RoomVersion, ev: Event) -> list[str]:
-        wanted = list(ev.auth_event_ids)
-        create_id = create_event_id_for_room(room_id, rv)  # v12: implied by the room id
-        if create_id is not None and create_id not in wanted:
-            wanted.append(create_id)
-        known = await self.events.stored_info(wanted)
-        return [a for a in wanted if a not in known]
-
     async def fetch_auth_events(self, origin: str, room_id: str, rv: RoomVersion, ev: Event,
                                 budget: FetchBudget) -> None:
         """Fetch the auth chain of ``ev`` from ``origin`` and store the

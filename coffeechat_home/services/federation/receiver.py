@@ -237,26 +237,29 @@ class FederationReceiver:
     ) -> _Outcome:
         if ev.room_id != room_id:
             return _Outcome("the event is in another room")
-        try:
-            # auth events we lack, from the sender's server (checked, stored as outliers)
-            if await self.fetcher.missing_auth_events(room_id, rv, ev):
-                await self.fetcher.fetch_auth_events(origin, room_id, rv, ev, budget)
-                still = await self.fetcher.missing_auth_events(room_id, rv, ev)
-                if still:
-                    return _Outcome(f"auth events not available: {', '.join(still[:3])}")
-            # prev events still missing after get_missing_events: the state at the gap
-            prevs = await self.events.stored_info(ev.prev_event_ids)
-            gap = [p for p in ev.prev_event_ids if p not in prevs or prevs[p].outlier or prevs[p].state_group is None]
-            filled = await self.fetcher.states_after(origin, room_id, rv, gap, budget) if gap else {}
-        except GapFetchError as e:
-            log.info("event %s from %s not processed: %s", ev.event_id, origin, e)
-            return _Outcome(f"missing events could not be fetched: {e}")
-        # 1. against its own auth events
         wanted = list(ev.auth_event_ids)
         create_id = create_event_id_for_room(room_id, rv)  # v12: implied by the room id
         if create_id is not None:
             wanted.append(create_id)
         auth_events, auth_rejected = await self.events.auth_chain_events(wanted, rv)
+        prevs = await self.events.stored_info(ev.prev_event_ids)
+        gap = [p for p in ev.prev_event_ids if p not in prevs or prevs[p].outlier or prevs[p].state_group is None]
+        filled: dict[str, dict[StateKey, str]] = {}
+        try:
+            if any(a not in auth_events for a in wanted):
+                # auth events we lack, from the sender's server (checked, stored as outliers)
+                await self.fetcher.fetch_auth_events(origin, room_id, rv, ev, budget)
+                auth_events, auth_rejected = await self.events.auth_chain_events(wanted, rv)
+                still = [a for a in wanted if a not in auth_events]
+                if still:
+                    return _Outcome(f"auth events not available: {', '.join(still[:3])}")
+            if gap:
+                # prev events still missing after get_missing_events: the state at the gap
+                filled = await self.fetcher.states_after(origin, room_id, rv, gap, budget)
+        except GapFetchError as e:
+            log.info("event %s from %s not processed: %s", ev.event_id, origin, e)
+            return _Outcome(f"missing events could not be fetched: {e}")
+        # 1. against its own auth events
         rejected_reason: str | None = None
         try:
             auth_state = auth_state_from_auth_events(ev, auth_events.get, is_rejected=auth_rejected.__contains__)

@@ -110,16 +110,26 @@ async def test_missing_auth_events_and_gaps_fetched(
         chain.append(ev)
         prev = [(ev.event_id, ev.depth)]
     last = origin.build(version, room.room_id, remy, _message("after the gap"), prev, gap_state)
+    # the origin also lists a forged membership in the state at the gap
+    mallory = f"@mallory:{origin.name}"
+    good_key, origin.key = origin.key, generate_signing_key(origin.key.version)
+    forged_join = origin.build(version, room.room_id, mallory, {"type": "m.room.member", "state_key": mallory,
+                               "content": {"membership": "join"}}, head, state)
+    origin.key = good_key
+    edge = chain[-MISSING_EVENTS_LIMIT - 1]  # the missing prev of the oldest event get_missing_events gives
+    origin.state_before[edge.event_id][("m.room.member", mallory)] = forged_join.event_id
     reads_before = len(origin.reads)
     assert await origin.send(ours.server_name, [dict(last.pdu)]) == {"pdus": {last.event_id: {}}}
     reads = origin.reads[reads_before:]
     # the first event after the gap names the new membership as an auth
-    # event (event_auth), then the state at its missing prev (state_ids) and
-    # that prev itself (event): three reads for the whole gap
-    assert sorted(p.split("/")[4] for p in reads) == ["event", "event_auth", "state_ids"], reads
+    # event (event_auth), then the state at its missing prev (state_ids),
+    # that prev and the forged membership (event): four reads for the gap
+    assert sorted(p.split("/")[4] for p in reads) == ["event", "event", "event_auth", "state_ids"], reads
     returned = chain[-MISSING_EVENTS_LIMIT:]  # what get_missing_events gave
-    edge = chain[-MISSING_EVENTS_LIMIT - 1]  # the missing prev of the oldest returned event
-    assert (await room.state())[member_key] == chain[1].event_id  # the state inside the gap counts
+    current = await room.state()
+    assert current[member_key] == chain[1].event_id  # the state inside the gap counts
+    assert ("m.room.member", mallory) not in current  # the forged one does not
+    assert await room.stored(forged_join.event_id) is None
     for ev in [*returned, last]:
         row = await room.stored(ev.event_id)
         assert row is not None and row["stream_pos"] is not None and not row["rejected_reason"], ev.event_id

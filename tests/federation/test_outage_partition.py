@@ -30,7 +30,7 @@ import pytest
 
 from ..integration.processes import User, wait_until
 from ..pg import PostgresForTests
-from .peers import FederatingServer
+from .peers import FederatingServer, signed_federation_get
 
 pytestmark = pytest.mark.federation
 
@@ -157,6 +157,16 @@ async def test_outage_and_partition_converge(three: list[FederatingServer]) -> N
         rows = await c.db_fetch("SELECT outlier FROM events WHERE event_id = $1", sent[GAP - 21])
         assert [r["outlier"] for r in rows] == [True]
         assert await in_dag(c, sent[:GAP - 20]) == 0
+        # C serves the state at the first event after the gap (its prev is an
+        # outlier there) as A does
+        path = f"/_matrix/federation/v1/state_ids/{quote(room_id)}?event_id={quote(sent[GAP - 20])}"
+        answers = [
+            await signed_federation_get(http, s.fed_url, path, origin=other.server_name,
+                                        destination=s.server_name, key=other.signing_key())
+            for s, other in ((a, c), (c, a))
+        ]
+        assert answers[0][0] == answers[1][0] == 200, answers
+        assert sorted(answers[0][1]["pdu_ids"]) == sorted(answers[1][1]["pdu_ids"])
         await b.start()
         assert await wait_until(lambda: converged(three, room_id), 60, interval=0.3), "no convergence after the outage"
         for s in three:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from typing import Any, Iterable, Mapping
 
+import orjson
+
 from ...errors import MatrixError, forbidden, not_found
 from ...protocol.events import Event, StateKey, auth_types_for_event
 from ...protocol.identifiers import InvalidIdentifier, parse_user_id
@@ -167,7 +169,10 @@ class ResidentService:
     async def state_at(self, origin: str, room_id: str, event_id: str) -> tuple[list[str], list[str]]:
         """State ids before the event and the ids of their auth chain."""
         event = await self.event_of_room(origin, event_id, room_id)
-        before = await state_before(self.events, event)
+        try:
+            before = await state_before(self.events, event)
+        except MatrixError:  # a prev event we only hold as an outlier (a gap we filled)
+            before = await self._state_before_from_group(event)
         ids = list(before.values())
         chain, _ = await self.events.auth_chain_events(ids, event.room_version)
         return ids, list(chain)
@@ -175,6 +180,24 @@ class ResidentService:
     async def visible_pdus(self, origin: str, events: list[Event]) -> list[dict[str, Any]]:
         """``events`` as ``origin`` may see them (history visibility)."""
         return [_out(p) for p in await filter_for_server(self.events, origin, events)]
+
+    async def _state_before_from_group(self, event: Event) -> dict[StateKey, str]:
+        """The state before an event of the DAG from the state after it (its
+        state group): the same, except for the event's own key, which held
+        the state it replaced (``unsigned.replaces_state``) or nothing."""
+        info = (await self.events.stored_info([event.event_id])).get(event.event_id)
+        if info is None or info.outlier or info.state_group is None:
+            raise not_found(f"No state is known at {event.event_id}")
+        state = await self.events.state_ids_for_group(info.state_group)
+        if event.is_state and not info.rejected:
+            row = await self.events.get_row(event.event_id)
+            unsigned = orjson.loads(row.client).get("unsigned") if row is not None else None
+            replaced = unsigned.get("replaces_state") if isinstance(unsigned, dict) else None
+            if isinstance(replaced, str):
+                state[event.state_tuple] = replaced
+            else:
+                state.pop(event.state_tuple, None)
+        return state
 
     async def pdus(self, ids: Iterable[str]) -> list[dict[str, Any]]:
         found = await self.events.get_pdus(list(ids))

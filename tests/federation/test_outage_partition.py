@@ -191,13 +191,29 @@ async def test_outage_and_partition_converge(three: list[FederatingServer]) -> N
         assert power["users"][bob.user_id] == 50
         power["users"][carol.user_id] = 25
         b_power = await put_state(bob, room_id, "m.room.power_levels", power)
-        assert await wait_until(lambda: has_events(c, [b_topic, b_power]), 60, interval=0.2)
+        b_sent = []
+        for i in range(GAP):
+            status, body = await bob.send(room_id, f"bob apart {i}")
+            assert status == 200, body
+            b_sent.append(body["event_id"])
+        assert await wait_until(lambda: has_events(c, [b_topic, b_power, *b_sent]), 60, interval=0.2)
+        # carol's message on C names both sides; B goes down before A is back,
+        # so A gets it from C alone, on a gap longer than get_missing_events
+        status, body = await carol.send(room_id, "carol saw both sides")
+        assert status == 200, body
+        bridge = body["event_id"]
+        await b.stop()
         await a.start()
+        assert await wait_until(lambda: has_events(a, [bridge]), 60, interval=0.3), (
+            "A did not get C's message", a.process.stderr()[-3000:])
+        assert await in_dag(a, b_sent[:GAP - 20]) == 0  # the gap A filled with the state from C
+        await b.start()
         assert await wait_until(lambda: converged(three, room_id), 60, interval=0.3), "no convergence after healing"
-        alice = alice.on(a.client_url)
+        alice, bob = alice.on(a.client_url), bob.on(b.client_url)
         for s, user in ((a, alice), (b, bob), (c, carol)):
             state = await current_state(s, room_id)
             assert state[("m.room.topic", "")] == a_topic, s.server_name
             assert state[("m.room.power_levels", "")] == a_power, s.server_name
             assert (await get_state(user, room_id, "m.room.topic"))["topic"] == "A side"
             assert await rejected(s, room_id) == []
+            assert await in_dag(s, [*b_sent, bridge]) == GAP + 1, s.server_name

@@ -9,7 +9,11 @@ built):
 * a gap that get_missing_events does not close (more missing events than
   its limit) is filled with the state at the gap (state_ids, then the
   events we lack with /event): the state event inside the gap counts, the
-  events after the gap are accepted, the messages inside it are not stored.
+  events after the gap are accepted, the messages inside it are not stored;
+  a forged event listed in the state at the gap is dropped;
+* when many events are missing at a gap, one /state request brings them;
+* answers that list a message as state fill no gap, and the tries are
+  bounded.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import pytest
 
 from coffeechat_home.protocol.events import StateKey
 from coffeechat_home.protocol.signing import generate_signing_key
+from coffeechat_home.services.federation.gaps import MAX_STATE_FILLS
 from coffeechat_home.services.federation.receiver import MISSING_EVENTS_LIMIT
 
 from ..integration.processes import User
@@ -145,3 +150,44 @@ async def test_missing_auth_events_and_gaps_fetched(
     assert {eid for eid, _ in await room.head()} == {msg.event_id, last.event_id}
     since, seen = await _sync_until(alice, since, room.room_id, {last.event_id})
     assert [e["content"]["body"] for e in seen if e["type"] == "m.room.message"][-1] == "after the gap"
+
+    # 5. a gap in which 21 users of the origin joined: more events missing at
+    # the gap than are worth fetching one by one, so one /state request
+    newcomers = [f"@u{i}:{origin.name}" for i in range(21)]
+    prev, state5 = [(last.event_id, last.depth)], dict(gap_state)
+    for user in newcomers:
+        ev = origin.build(version, room.room_id, user, {"type": "m.room.member", "state_key": user,
+                          "content": {"membership": "join"}}, prev, state5)
+        state5 = {**state5, ("m.room.member", user): ev.event_id}
+        prev = [(ev.event_id, ev.depth)]
+    for i in range(MISSING_EVENTS_LIMIT + 1):
+        ev = origin.build(version, room.room_id, remy, _message(f"crowd {i}"), prev, state5)
+        prev = [(ev.event_id, ev.depth)]
+    crowd_last = origin.build(version, room.room_id, remy, _message("after the crowd"), prev, state5)
+    reads_before = len(origin.reads)
+    assert await origin.send(ours.server_name, [dict(crowd_last.pdu)]) == {"pdus": {crowd_last.event_id: {}}}
+    reads = origin.reads[reads_before:]
+    assert sorted(p.split("/")[4] for p in reads) == ["event", "state", "state_ids"], reads
+    current = await room.state()
+    assert all(current.get(("m.room.member", u)) == state5[("m.room.member", u)] for u in newcomers)
+
+    # 6. state_ids answers that list a message as state: the gap is not
+    # filled (three tries for the events get_missing_events gave, no more),
+    # the event after it is not stored
+    prev = [(crowd_last.event_id, crowd_last.depth)]
+    odd = []
+    for i in range(MISSING_EVENTS_LIMIT + 2):
+        ev = origin.build(version, room.room_id, remy, _message(f"odd {i}"), prev, state5)
+        odd.append(ev)
+        prev = [(ev.event_id, ev.depth)]
+    odd_last = origin.build(version, room.room_id, remy, _message("after a bad answer"), prev, state5)
+    for ev in odd[1:]:
+        origin.state_before[ev.event_id][("m.room.name", "")] = odd[0].event_id
+    reads_before = len(origin.reads)
+    answer = (await origin.send(ours.server_name, [dict(odd_last.pdu)]))["pdus"]
+    assert "error" in answer[odd_last.event_id], answer
+    reads = [p.split("/")[4] for p in origin.reads[reads_before:]]
+    assert reads.count("state_ids") == MAX_STATE_FILLS, reads
+    assert await room.stored(odd_last.event_id) is None
+    assert await room.state() == current
+

@@ -77,6 +77,7 @@ class Origin:
         app.router.add_get("/_matrix/federation/v1/event/{event_id}", auth(self.get_event))
         app.router.add_get("/_matrix/federation/v1/event_auth/{room_id}/{event_id}", auth(self.get_event_auth))
         app.router.add_get("/_matrix/federation/v1/state_ids/{room_id}", auth(self.get_state_ids))
+        app.router.add_get("/_matrix/federation/v1/state/{room_id}", auth(self.get_state))
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port, ssl_context=tls).start()
@@ -138,6 +139,14 @@ class Origin:
         self._read(request)
         state = list(self.state_before[request.query["event_id"]].values())
         return json_response({"pdu_ids": state, "auth_chain_ids": self._auth_chain(state)})
+
+    async def get_state(self, request: web.Request, origin: str) -> web.StreamResponse:
+        self._read(request)
+        state = list(self.state_before[request.query["event_id"]].values())
+        return json_response({
+            "pdus": [dict(self.built[e].pdu) for e in state if e in self.built],
+            "auth_chain": [dict(self.built[e].pdu) for e in self._auth_chain(state) if e in self.built],
+        })
 
     def build(self, room_version: str, room_id: str, sender: str, template: dict[str, Any],
               prev: list[tuple[str, int]], state: dict[StateKey, str]) -> Event:

@@ -156,7 +156,8 @@ class EventFetcher:
     async def _get(self, origin: str, path: str, budget: FetchBudget,
                    query: Mapping[str, str] | None = None) -> Any:
         try:
-            return await self.client.get_json(origin, path, query, timeout_s=budget.remaining_s())
+            timeout = min(budget.remaining_s(), self.client.timeout_s)
+            return await self.client.get_json(origin, path, query, timeout_s=timeout)
         except FederationError as e:
             raise GapFetchError(f"{origin}: {e}") from None
 

@@ -36,6 +36,7 @@ from ...federation.client import FederationClient, FederationError
 from ...protocol.auth_chain import check_auth_chain
 from ...protocol.errors import ProtocolError
 from ...protocol.events import Event, StateKey, create_event_id_for_room
+from ...protocol.hashing import compute_event_id
 from ...protocol.pdu import check_pdu_format, check_received_pdu
 from ...protocol.room_versions import RoomVersion
 from ...storage.events import EventStore
@@ -127,9 +128,9 @@ class EventFetcher:
             answer = await self._get(origin, f"{V1}/state/{_q(room_id)}", budget, {"event_id": prev_id})
             pdus = _pdu_list(answer, "pdus") + _pdu_list(answer, "auth_chain")
             if prev_id not in known:
-                pdus += await self._fetch_each(origin, [prev_id], budget)
+                pdus += await self._fetch_each(origin, [prev_id], rv, budget)
         else:
-            pdus = await self._fetch_each(origin, lacking, budget)
+            pdus = await self._fetch_each(origin, lacking, rv, budget)
         await self._check_and_store(room_id, rv, pdus)
         # the state: the listed events that are stored now and not rejected
         # (a refused or missing event is left out), then the prev event itself
@@ -161,7 +162,7 @@ class EventFetcher:
         except FederationError as e:
             raise GapFetchError(f"{origin}: {e}") from None
 
-    async def _fetch_each(self, origin: str, ids: list[str], budget: FetchBudget) -> list[Any]:
+    async def _fetch_each(self, origin: str, ids: list[str], rv: RoomVersion, budget: FetchBudget) -> list[Any]:
         if len(ids) > MAX_SINGLE_FETCHES:
             raise GapFetchError(f"{len(ids)} events to fetch (at most {MAX_SINGLE_FETCHES})")
         sem = asyncio.Semaphore(FETCH_CONCURRENCY)
@@ -174,7 +175,13 @@ class EventFetcher:
                     log.info("event %s: %s", eid, e)
                     return None
             pdus = _pdu_list(answer, "pdus")
-            return pdus[0] if len(pdus) == 1 else None
+            if len(pdus) != 1 or not isinstance(pdus[0], Mapping):
+                return None
+            try:
+                same = compute_event_id(pdus[0], rv) == eid  # not another event than the one asked for
+            except (ProtocolError, KeyError, TypeError, ValueError):
+                same = False
+            return pdus[0] if same else None
 
         found = await asyncio.gather(*(one(eid) for eid in ids))
         return [p for p in found if p is not None]
@@ -184,9 +191,19 @@ class EventFetcher:
         and store the accepted ones we lack as outliers."""
         if len(pdus) > MAX_ANSWER_EVENTS:
             raise GapFetchError(f"an answer of {len(pdus)} events (at most {MAX_ANSWER_EVENTS})")
-        checked: dict[str, Event] = {}
+        by_id: dict[str, Mapping[str, Any]] = {}
         for pdu in pdus:
             if not isinstance(pdu, Mapping) or pdu.get("room_id", room_id) != room_id:
+                continue
+            try:
+                by_id.setdefault(compute_event_id(pdu, rv), pdu)
+            except (ProtocolError, KeyError, TypeError, ValueError):
+                continue
+        # only the events we lack are checked (a /state answer repeats many we hold)
+        held = await self.events.stored_info(by_id)
+        checked: dict[str, Event] = {}
+        for eid, pdu in by_id.items():
+            if eid in held:
                 continue
             try:
                 check_pdu_format(pdu, rv)
@@ -196,9 +213,8 @@ class EventFetcher:
                 log.info("a fetched event was refused: %s", e)
                 continue
             if ev.room_id == room_id:
-                checked.setdefault(ev.event_id, ev)
-        known_info = await self.events.stored_info(checked)
-        fresh = {eid: ev for eid, ev in checked.items() if eid not in known_info}
+                checked[eid] = ev
+        fresh = checked
         if not fresh:
             return
         outside = {a for ev in fresh.values() for a in _auth_refs(ev, room_id, rv) if a not in fresh}

@@ -88,6 +88,7 @@ from .api.federation.transactions import TransactionRoutes
 from .services.federation.invites_out import OutboundInvites
 from .services.federation.resident import ResidentService
 from .services.federation.sender import FederationSender
+from .storage.edu_outbox import EduOutboxStore
 from .storage.federation_queue import FederationQueueStore
 from .federation.client import FederationClient
 from .services.federation.invites import InviteReceiver
@@ -224,9 +225,13 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         room_service.remote_invites = OutboundInvites(federation_client, key_store, config.server_name)
     resident = ResidentService(events, persister, writer, queue, key_store, config.server_name)
     sender = FederationSender(
-        queue, federation_client, notifier, InstanceStore(db), instance_id,
+        queue, federation_client, notifier, InstanceStore(db), instance_id, outbox=EduOutboxStore(db),
         retry_min_ms=fed.destination_min_retry_ms, retry_max_ms=fed.destination_max_retry_ms,
     ) if federating else None
+    if sender is not None:  # E2EE EDUs to other servers go through the sender's outbox
+        e2e.federation.attach_sender(sender.outbox, sender.wake_all)
+        e2e.to_device.remote_edus = e2e.federation.to_device_edus
+        e2e.to_device.wake = sender.wake_all
     services = Services(
         config=config,
         db=db,

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import asyncpg
 import orjson
 
 from .database import Database
+from .edu_outbox import OutboundEdu, enqueue_edus
 from .stream import StreamStore, StreamTable, register_stream_table
 
 register_stream_table(StreamTable("to_device_messages", "user_id"))
@@ -44,9 +45,12 @@ class ToDeviceStore:
         event_type: str,
         messages: list[tuple[str, str, dict[str, Any]]],
         now_ms: int,
+        edus: Sequence[OutboundEdu] = (),
     ) -> bool:
         """Queue (user id, device id or '*', content) messages from the
-        (user, device) ``sender``; False when the transaction id was seen."""
+        (user, device) ``sender``, and ``edus`` (the messages to other
+        servers' users) in the federation outbox, in one transaction; False
+        when the transaction id was seen (nothing queued)."""
 
         async def write(conn: asyncpg.Connection, pos: int) -> bool:
             fresh = await conn.fetchval(
@@ -63,6 +67,7 @@ class ToDeviceStore:
                    VALUES ($1, $2, $3, $4, $5, $6, $7)""",
                 [(u, d, pos, next(seq), sender[0], event_type, c) for u, d, c in rows],
             )
+            await enqueue_edus(conn, edus, now_ms)
             return True
 
         sent, _ = await self.stream.write(write, name="send_to_device")

@@ -12,7 +12,7 @@ import copy
 import itertools
 import os
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 from urllib.parse import quote
 
 import aiohttp
@@ -21,11 +21,12 @@ import pytest
 from coffeechat_home.errors import MatrixError
 from coffeechat_home.federation.client import FederationClient, RemoteError
 from coffeechat_home.services.accounts import Requester
-from coffeechat_home.services.e2e.federation import E2EFederation, OutboundEdu, RemoteKeys, checked_device_keys
+from coffeechat_home.services.e2e.federation import E2EFederation, RemoteKeys, checked_device_keys
 from coffeechat_home.services.e2e.to_device import ToDeviceService
 from coffeechat_home.services.notifier import Notifier
 from coffeechat_home.storage.accounts import AccountStore
 from coffeechat_home.storage.database import Database
+from coffeechat_home.storage.edu_outbox import OutboundEdu
 from coffeechat_home.storage.e2e_keys import E2EKeyStore
 from coffeechat_home.storage.remote_device_lists import RemoteDeviceListStore
 from coffeechat_home.storage.stream import StreamStore
@@ -287,7 +288,7 @@ async def test_edus_built_on_one_server_applied_on_the_other(
         # -- m.direct_to_device: bob's message to alice, stored once by message_id
         payload = {"algorithm": "m.olm.v1.curve25519-aes-sha2", "ciphertext": {"x": {"type": 0, "body": "opaque"}}}
         # bob's /sendToDevice on B (its service run here on B's database):
-        # remote recipients go to the sink a federation sender plugs in
+        # remote recipients go to the EDU builder a federation sender plugs in
         sending = ToDeviceService(ToDeviceStore(db_b, StreamStore(db_b)), Notifier(StreamStore(db_b)), b.server_name)
         bob_req = Requester(bob.user_id, bob.device_id, False, "")
         messages = {alice.user_id: {alice.device_id: payload}, bob.user_id: {bob.device_id: {"note": "to self"}}}
@@ -296,13 +297,16 @@ async def test_edus_built_on_one_server_applied_on_the_other(
         assert refused.value.errcode == "M_UNRECOGNIZED"
         edus: list[OutboundEdu] = []
 
-        async def sink(sender: str, event_type: str, message_id: str, remote: dict[str, Any]) -> None:
+        def build(sender: str, event_type: str, message_id: str, remote: Mapping[str, Any]) -> list[OutboundEdu]:
+            # kept here rather than queued in B's outbox (B's own sender would deliver them)
             edus.extend(on_b.to_device_edus(sender, event_type, message_id, remote))
+            return []
 
-        sending.remote_sink = sink
-        for _ in range(2):  # a retried request (same txn id) hands nothing over again
+        sending.remote_edus = build
+        for _ in range(2):  # a retried request (same txn id) builds the same EDU (same message_id)
             await sending.send(bob_req, "m.room.encrypted", "txn-1", messages)
-        assert [(e.destination, e.edu_type) for e in edus] == [(a.server_name, "m.direct_to_device")]
+        assert [(e.destination, e.edu_type) for e in edus] == [(a.server_name, "m.direct_to_device")] * 2
+        assert edus[0] == edus[1]
         assert edus[0].content["messages"] == {alice.user_id: {alice.device_id: payload}}
         bob_sync = await bob.get("sync", params={"timeout": "0"})
         assert [e["content"] for e in bob_sync["to_device"]["events"]] == [{"note": "to self"}]

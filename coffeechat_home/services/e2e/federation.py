@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 from urllib.parse import quote
 
@@ -39,6 +38,7 @@ from ...protocol.e2e_keys import (
 from ...protocol.errors import ProtocolError, SignatureError
 from ...protocol.identifiers import InvalidIdentifier, parse_user_id
 from ...storage.database import Database
+from ...storage.edu_outbox import EduOutboxStore, OutboundEdu
 from ...storage.e2e_keys import E2EKeyStore, device_list_positions
 from ...storage.remote_device_lists import RemoteDeviceListStore
 from ...storage.to_device import ToDeviceStore
@@ -66,18 +66,6 @@ def _valid_user_id(user_id: str) -> bool:
     except InvalidIdentifier:
         return False
     return True
-
-
-@dataclass(frozen=True)
-class OutboundEdu:
-    """An EDU for one destination, as it goes into a transaction's ``edus``."""
-
-    destination: str
-    edu_type: str
-    content: dict[str, Any] = field(default_factory=dict)
-
-    def as_json(self) -> dict[str, Any]:
-        return {"edu_type": self.edu_type, "content": self.content}
 
 
 # ---------------------------------------------------------------------------
@@ -276,6 +264,13 @@ class E2EFederation:
         self.server_name = server_name
         self.user_exists = user_exists
         self.remote = remote
+        # the federation sender's outbox and wake-up (set when federating)
+        self.outbox: EduOutboxStore | None = None
+        self.wake: Callable[[Iterable[str]], None] = lambda destinations: None
+
+    def attach_sender(self, outbox: EduOutboxStore | None, wake: Callable[[Iterable[str]], None]) -> None:
+        self.outbox = outbox
+        self.wake = wake
 
     def _is_mine(self, user_id: str) -> bool:
         return server_of(user_id) == self.server_name

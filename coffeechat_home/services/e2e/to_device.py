@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import orjson
 
 from ...errors import MatrixError, bad_json
 from ...protocol.canonical import check_canonical_json_values
 from ...protocol.errors import CanonicalJSONError
+from ...storage.edu_outbox import OutboundEdu
 from ...storage.to_device import ToDeviceStore
 from ..accounts import Requester, now_ms
 from ..fanout import Batcher
@@ -22,7 +23,8 @@ MAX_RECIPIENTS = 10_000  # (user, device) entries in one send
 FEDERATION_ERROR = "Sending to-device messages to other servers is not supported yet"
 
 
-RemoteSink = Callable[[str, str, str, dict[str, dict[str, Any]]], Awaitable[None]]
+# (sender, type, message_id, {user: {device: content}}) -> the EDUs to queue
+RemoteEdus = Callable[[str, str, str, Mapping[str, Mapping[str, Any]]], list[OutboundEdu]]
 
 
 def message_id_for(user_id: str, device_id: str, txn_id: str) -> str:
@@ -39,11 +41,13 @@ class ToDeviceService:
         self.server_name = server_name
         # the acknowledgements of syncs woken together go in one statement
         self._acks: Batcher[tuple[str, str, int], None] = Batcher(self._acknowledge_many)
-        # Messages to other servers' users: remote_sink(sender, type,
-        # message_id, {user: {device: content}}) hands them to the
-        # federation sender (E2EFederation.to_device_edus builds the EDUs).
-        # Unset, they are refused with M_UNRECOGNIZED.
-        self.remote_sink: RemoteSink | None = None
+        # Messages to other servers' users: remote_edus (set with the
+        # federation sender: E2EFederation.to_device_edus) builds the
+        # m.direct_to_device EDUs, queued in the federation outbox in the
+        # same transaction as the send; then wake(destinations). Unset,
+        # they are refused with M_UNRECOGNIZED.
+        self.remote_edus: RemoteEdus | None = None
+        self.wake: Callable[[Iterable[str]], None] = lambda destinations: None
 
     async def _acknowledge_many(self, acks: list[tuple[str, str, int]]) -> dict[tuple[str, str, int], None]:
         await self.store.acknowledge_many(acks)
@@ -58,7 +62,7 @@ class ToDeviceService:
         remote: dict[str, dict[str, Any]] = {}
         for user_id, devices in messages.items():
             if user_id.split(":", 1)[-1] != self.server_name:
-                if self.remote_sink is None:
+                if self.remote_edus is None:
                     raise MatrixError(400, "M_UNRECOGNIZED", FEDERATION_ERROR)
                 remote[user_id] = dict(devices)
                 continue
@@ -71,14 +75,13 @@ class ToDeviceService:
         except CanonicalJSONError as e:
             raise bad_json(f"messages: {e}") from None
         sender = (requester.user_id, requester.device_id)
-        if await self.store.send(sender, txn_id, event_type, flat, now_ms()):
+        edus = (self.remote_edus(requester.user_id, event_type, message_id_for(*sender, txn_id), remote)
+                if remote and self.remote_edus is not None else [])
+        # queued with the transaction id: a repeated request queues nothing
+        if await self.store.send(sender, txn_id, event_type, flat, now_ms(), edus):
             self.notifier.poke()
-            if remote and self.remote_sink is not None:
-                # after the transaction id is recorded: a repeated request
-                # hands nothing over again (at most once for remote users
-                # until the sender keeps an outbox)
-                await self.remote_sink(requester.user_id, event_type,
-                                       message_id_for(*sender, txn_id), remote)
+            if edus:
+                self.wake({e.destination for e in edus})
 
     # -- /sync ---------------------------------------------------------------
     async def sync_upto(self, requester: Requester, since: int | None, upto: int) -> int:

@@ -14,7 +14,12 @@ batch (range and event ids), so a resend after a crash is deduplicated by
 the receiver; then the position moves with a compare-and-set. Failures set
 a persisted backoff (``retry_min_ms`` doubling up to ``retry_max_ms``).
 
-EDUs: ``edus_for(destination)`` is the place to add typing and receipts.
+EDUs come from the persisted outbox (storage/edu_outbox.py): up to 100
+ride along with each transaction (or go alone when no PDU is due), and are
+deleted once the destination acknowledged it. ``wake(destination)`` after
+enqueueing; the sweep also finds destinations with queued EDUs, so an
+instance that does not hold the destination's lease leaves them to the one
+that does (or to a survivor).
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ import asyncio
 import hashlib
 import logging
 import time
-from typing import Any
+from typing import Any, Iterable
 
 from ...federation.client import FederationClient, FederationError
 from ...protocol.canonical import encode_base64
+from ...storage.edu_outbox import MAX_EDUS, EduOutboxStore, QueuedEdu
 from ...storage.federation_queue import FederationQueueStore, OutgoingEvent
 from ...storage.instances import InstanceStore
 from ..notifier import Notifier
@@ -37,10 +43,13 @@ MAX_PDUS = 50
 MAX_BATCHES_PER_RUN = 1000  # a worker's loop bound; the sweep resumes it
 
 
-def transaction_id(destination: str, after: int, upto: int, events: list[OutgoingEvent]) -> str:
+def transaction_id(destination: str, after: int, upto: int, events: list[OutgoingEvent],
+                   edus: list[QueuedEdu] | None = None) -> str:
     h = hashlib.sha256(f"{destination}\n{after}\n{upto}\n".encode())
     for e in events:
         h.update(e.event_id.encode() + b"\n")
+    for q in edus or ():
+        h.update(b"edu %d\n" % q.id)
     return encode_base64(h.digest()[:18], urlsafe=True)
 
 
@@ -53,6 +62,7 @@ class FederationSender:
         instances: InstanceStore,
         instance_id: str,
         *,
+        outbox: EduOutboxStore | None = None,
         retry_min_ms: int = 10_000,
         retry_max_ms: int = 3_600_000,
         sweep_interval_s: float = 2.0,
@@ -60,6 +70,7 @@ class FederationSender:
         poll_interval_s: float = 0.05,
     ) -> None:
         self.store = store
+        self.outbox = outbox
         self.client = client
         self.notifier = notifier
         self.instances = instances
@@ -75,6 +86,7 @@ class FederationSender:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self.pdus_sent = 0
+        self.edus_sent = 0
         self.transactions_sent = 0
 
     async def start(self) -> None:
@@ -99,6 +111,10 @@ class FederationSender:
     def wake(self, destination: str) -> None:
         """Send to ``destination`` now (e.g. it talked to us)."""
         self._kick(destination)
+
+    def wake_all(self, destinations: Iterable[str]) -> None:
+        for d in destinations:
+            self._kick(d)
 
     async def destination_talked(self, destination: str) -> None:
         """An inbound request from ``destination``: end its backoff."""
@@ -126,6 +142,10 @@ class FederationSender:
                     last_sweep = now
                     for d in await self.store.due(pos):
                         self._kick(d)
+                    if self.outbox is not None:
+                        await self.outbox.delete_expired()
+                        for d in await self.outbox.destinations_due():
+                            self._kick(d)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -170,25 +190,31 @@ class FederationSender:
             if not await self.instances.acquire_work_lease(lease, self.instance_id, self.lease_ttl_ms):
                 return  # another instance sends to it
             row = await self.store.get(destination)
+            if row is None and self.outbox is not None:
+                # only EDUs so far: a row (for the backoff) at the scanned
+                # position, below which the destination was given nothing
+                await self.store.ensure_destinations([destination], self._seen)
+                row = await self.store.get(destination)
             if row is None or await self.store.backing_off(destination):
                 return
             upto = self.notifier.position
-            if row.stream_pos >= upto:
+            events: list[OutgoingEvent] = []
+            if row.stream_pos < upto:
+                events = await self.store.pending(destination, row.stream_pos, upto, MAX_PDUS)
+            edus = await self.outbox.pending(destination, MAX_EDUS) if self.outbox is not None else []
+            if not events and not edus:
+                if row.stream_pos < upto:
+                    await self.store.advance(destination, row.stream_pos, upto)
                 return
-            events = await self.store.pending(destination, row.stream_pos, upto, MAX_PDUS)
-            if not events:
-                await self.store.advance(destination, row.stream_pos, upto)
-                return
-            new_pos = events[-1].stream_pos if len(events) == MAX_PDUS else upto
-            txn_id = transaction_id(destination, row.stream_pos, new_pos, events)
+            new_pos = events[-1].stream_pos if len(events) == MAX_PDUS else max(upto, row.stream_pos)
+            txn_id = transaction_id(destination, row.stream_pos, new_pos, events, edus)
             body: dict[str, Any] = {
                 "origin": self.server_name,
                 "origin_server_ts": int(time.time() * 1000),
                 "pdus": [_outgoing_pdu(e.pdu) for e in events],
             }
-            edus = self.edus_for(destination)
             if edus:
-                body["edus"] = edus
+                body["edus"] = [q.as_json() for q in edus]
             try:
                 await self.client.request_json(
                     "PUT", destination, f"/_matrix/federation/v1/send/{txn_id}", body=body, ignore_backoff=True
@@ -199,11 +225,13 @@ class FederationSender:
                 return
             self.transactions_sent += 1
             self.pdus_sent += len(events)
-            await self.store.advance(destination, row.stream_pos, new_pos)
-
-    def edus_for(self, destination: str) -> list[dict[str, Any]]:
-        """EDUs to send with the next transaction (none yet)."""
-        return []
+            self.edus_sent += len(edus)
+            if edus and self.outbox is not None:
+                await self.outbox.delete(destination, [q.id for q in edus])
+            if new_pos != row.stream_pos:
+                await self.store.advance(destination, row.stream_pos, new_pos)
+            elif row.retry_count:
+                await self.store.reset_backoff(destination)
 
 
 def _outgoing_pdu(pdu: dict[str, Any]) -> dict[str, Any]:

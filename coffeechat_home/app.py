@@ -214,7 +214,8 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     federating = config.federation_listener.enabled
     if federating:
         conversation.profiles.remote_lookup = remote_queries.profile
-        e2e.keys.remote = e2e.federation.remote = RemoteKeys(federation_client)
+        e2e.keys.remote = e2e.federation.remote = RemoteKeys(
+            federation_client, e2e.federation.remote_lists, config.server_name, lambda: notifier.position)
     directory = DirectoryService(rooms, writer, config.server_name,
                                  remote_queries.room_alias if federating else None)
     media = build_media(config, db)
@@ -229,7 +230,8 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         retry_min_ms=fed.destination_min_retry_ms, retry_max_ms=fed.destination_max_retry_ms,
     ) if federating else None
     if sender is not None:  # E2EE EDUs to other servers go through the sender's outbox
-        e2e.federation.attach_sender(sender.outbox, sender.wake_all)
+        e2e.federation.attach_sender(sender.outbox, sender.wake_all, queue.servers_sharing_a_room)
+        e2e.device_lists.local_change_hooks.append(e2e.federation.local_change)
         e2e.to_device.remote_edus = e2e.federation.to_device_edus
         e2e.to_device.wake = sender.wake_all
     services = Services(

@@ -429,6 +429,10 @@ class SyncService:
             start = (rows[0].stream_pos or 1) - 1 if rows else upto
             timelines[room_id] = (rows, limited, start)
         groups = await self.events.state_groups_at([(r, t[2]) for r, t in timelines.items()])
+        # nothing in the stream before the timeline (a room joined over
+        # federation starts at the join): the state after its first event
+        groups.update(await self.events.state_groups_at(
+            [(r, t[0][0].stream_pos or 0) for r, t in timelines.items() if r not in groups and t[0]]))
         states, summaries = await asyncio.gather(
             self.events.state_ids_for_groups(groups.values()), self._summaries(room_ids, user_id)
         )
@@ -490,6 +494,8 @@ class SyncService:
         what changed since then. Lazy loading keeps the members the timeline
         needs (and the user's own)."""
         group = await self.events.state_group_at(room_id, pos)
+        if group is None and rows:  # see _whole_rooms: a room joined over federation
+            group = await self.events.state_group_at(room_id, rows[0].stream_pos or 0)
         state = await self.events.state_ids_for_group(group) if group is not None else {}
         if since is not None:
             before_group = await self.events.state_group_at(room_id, since)

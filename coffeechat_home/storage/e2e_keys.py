@@ -64,9 +64,10 @@ class E2EKeyStore:
         self.stream = stream
 
     # -- upload ------------------------------------------------------------
-    async def upload(self, user_id: str, device_id: str, upload: KeyUpload) -> dict[str, int]:
+    async def upload(self, user_id: str, device_id: str, upload: KeyUpload) -> tuple[dict[str, int], bool]:
         """Store keys for a device in one transaction; returns the unclaimed
-        one-time key counts. Raises OneTimeKeyConflict (nothing stored)."""
+        one-time key counts and whether the device keys changed. Raises
+        OneTimeKeyConflict (nothing stored)."""
 
         async def put_keys(conn: asyncpg.Connection) -> dict[str, int]:
             await self._put_one_time_keys(conn, user_id, device_id, upload.one_time_keys)
@@ -74,17 +75,18 @@ class E2EKeyStore:
                 await self._put_fallback_keys(conn, user_id, device_id, upload.fallback_keys)
             return await _one_time_key_counts(conn, user_id, device_id)
 
-        async def write(conn: asyncpg.Connection, pos: int) -> dict[str, int]:
+        async def write(conn: asyncpg.Connection, pos: int) -> tuple[dict[str, int], bool]:
             assert upload.device_keys is not None
-            if await self._put_device_keys(conn, user_id, device_id, upload.device_keys):
+            changed = await self._put_device_keys(conn, user_id, device_id, upload.device_keys)
+            if changed:
                 await add_device_list_change(conn, user_id, pos)
-            return await put_keys(conn)
+            return await put_keys(conn), changed
 
         if upload.device_keys is None:
             # one-time and fallback keys only: nothing other users sync
-            return await self.db.transaction(put_keys, name="keys_upload")
-        counts, _ = await self.stream.write(write, name="keys_upload")
-        return counts
+            return await self.db.transaction(put_keys, name="keys_upload"), False
+        (counts, changed), _ = await self.stream.write(write, name="keys_upload")
+        return counts, changed
 
     async def _put_device_keys(
         self, conn: asyncpg.Connection, user_id: str, device_id: str, keys: dict[str, Any]

@@ -153,6 +153,16 @@ class FederationQueueStore:
         )
         return sorted(r[0] for r in rows)
 
+    async def servers_sharing_a_room(self, user_id: str) -> list[str]:
+        """Other servers with a user joined to a room the user is joined to."""
+        rows = await self.db.fetch(
+            f"""SELECT DISTINCT {_server('o.state_key')} FROM current_state me JOIN current_state o
+                  ON o.room_id = me.room_id AND o.type = 'm.room.member' AND o.membership = 'join'
+                WHERE me.type = 'm.room.member' AND me.state_key = $1 AND me.membership = 'join'""",
+            user_id,
+        )
+        return sorted(r[0] for r in rows if r[0] and r[0] != self.server_name)
+
     async def server_in_room(self, room_id: str, server: str) -> bool:
         found = await self.db.fetchval(
             f"""SELECT 1 FROM current_state WHERE room_id = $1 AND type = 'm.room.member'

@@ -1,19 +1,26 @@
 """End-to-end encryption between two coffeechat-home servers (real
 processes on loopback, TLS), through the federation sender's persisted EDU
 outbox: to-device messages reach the other server's user exactly once,
-also when the sending server is killed -9 before it could deliver them."""
+also when the sending server is killed -9 before it could deliver them;
+matrix-nio[e2e] users on the two servers hold a Megolm conversation both
+ways, and a second device logging in later (device-list update over
+federation) gets the room key and decrypts new messages."""
 
 from __future__ import annotations
 
 import itertools
 import os
 import time
+from pathlib import Path
 from typing import Any, AsyncIterator
+from urllib.parse import quote
 
 import aiohttp
+import nio
 import pytest
 
 from ..integration.processes import User, wait_until
+from ..interop.test_nio_e2ee import ENCRYPTION, Inbox, _send, _tick, _until
 from ..pg import PostgresForTests
 from .peers import FederatingServer
 
@@ -113,3 +120,142 @@ async def test_to_device_across_servers_and_outbox_survives_kill9(
         assert await wait_until(outbox_empty, 30)
         events, since = await to_device_events(bob, since)
         assert events == []
+
+
+async def test_sync_of_a_room_joined_over_federation_carries_its_state(
+    pair: tuple[FederatingServer, FederatingServer],
+) -> None:
+    """The join is the room's first event in the joiner's stream: the
+    state before it (from send_join) still comes in /sync (it did not,
+    so clients never saw m.room.encryption or the other members)."""
+    a, b = pair
+    async with aiohttp.ClientSession() as http:
+        alice = await User(http, a.client_url).register("alice_st")
+        bob = await User(http, b.client_url).register("bob_st")
+        since = (await bob.sync())["next_batch"]
+        status, room = await alice.call("POST", "createRoom", {"invite": [bob.user_id], "initial_state": [ENCRYPTION]})
+        assert status == 200, room
+        room_id = room["room_id"]
+
+        async def invited() -> bool:
+            return room_id in (await bob.sync(since)).get("rooms", {}).get("invite", {})
+
+        assert await wait_until(invited, 30)
+        status, body = await bob.call("POST", f"join/{quote(room_id, safe='')}", {})
+        assert status == 200, body
+        for sync in (await bob.sync(since), await bob.sync()):  # incremental and initial
+            joined = sync["rooms"]["join"][room_id]
+            state = {(e["type"], e["state_key"]): e for e in joined["state"]["events"]}
+            timeline = [(e["type"], e.get("state_key")) for e in joined["timeline"]["events"]]
+            assert ("m.room.member", bob.user_id) in timeline
+            assert state[("m.room.encryption", "")]["content"] == ENCRYPTION["content"]
+            assert state[("m.room.member", alice.user_id)]["content"]["membership"] == "join"
+            assert ("m.room.create", "") in state and ("m.room.member", bob.user_id) not in state
+
+
+# -- real E2EE clients (matrix-nio[e2e]: Olm and Megolm through vodozemac) ----------
+
+async def _nio_user(base_url: str, store: Path, name: str) -> nio.AsyncClient:
+    store.mkdir()
+    client = nio.AsyncClient(base_url, "", store_path=str(store))
+    resp = await client.register(name, f"password of {name}", device_name=f"{name}'s laptop")
+    assert isinstance(resp, nio.RegisterResponse), resp
+    return client
+
+
+async def _encrypted_room_across(alice: nio.AsyncClient, bob: nio.AsyncClient) -> str:
+    """An m.room.encryption room of alice's that bob (another server) joins."""
+    created = await alice.room_create(name="Secret beans", invite=[bob.user_id], initial_state=[ENCRYPTION])
+    assert isinstance(created, nio.RoomCreateResponse), created
+    room_id = str(created.room_id)
+    await _until([alice, bob], lambda: room_id in bob.invited_rooms, "the invite")
+    joined = await bob.join(room_id)
+    assert isinstance(joined, nio.JoinResponse), joined
+    await _until(
+        [bob, alice],
+        lambda: all(room_id in c.rooms and c.rooms[room_id].encrypted
+                    and {alice.user_id, bob.user_id} <= set(c.rooms[room_id].users) for c in (alice, bob)),
+        "an encrypted room with both members on both servers",
+    )
+    return room_id
+
+
+async def _keys_changes(base_url: str, client: nio.AsyncClient, since: str, upto: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base_url}/_matrix/client/v3/keys/changes", params={"from": since, "to": upto},
+                            headers={"Authorization": f"Bearer {client.access_token}"}) as r:
+            assert r.status == 200
+            return dict(await r.json())
+
+
+@pytest.mark.slow
+async def test_megolm_conversation_across_two_servers(
+    pair: tuple[FederatingServer, FederatingServer], tmp_path: Path,
+) -> None:
+    a, b = pair
+    alice = await _nio_user(a.client_url, tmp_path / "alice", "alice_x")
+    bob = await _nio_user(b.client_url, tmp_path / "bob", "bob_x")
+    clients = [alice, bob]
+    try:
+        for c in clients:
+            await _tick(c)
+        room_id = await _encrypted_room_across(alice, bob)
+        alice_inbox, bob_inbox = Inbox(alice, room_id), Inbox(bob, room_id)
+
+        # both ways: keys queried and one-time keys claimed over federation,
+        # the room keys sent as Olm to-device messages through the outbox
+        early = [await _send(alice, room_id, "a secret from alice on A")]
+        await _until([alice, bob], lambda: "a secret from alice on A" in bob_inbox.texts(), "alice's message at bob")
+        early.append(await _send(bob, room_id, "a secret reply from bob on B"))
+        await _until([bob, alice], lambda: "a secret reply from bob on B" in alice_inbox.texts(), "bob's reply")
+        assert not bob_inbox.undecrypted() and not alice_inbox.undecrypted()
+        for server in (a, b):  # ciphertext only on both servers
+            rows = await server.db_fetch("SELECT type, pdu FROM events WHERE room_id = $1 AND type LIKE 'm.room.%'",
+                                         room_id)
+            assert not any("secret" in r["pdu"] for r in rows)
+            assert sum(r["type"] == "m.room.encrypted" for r in rows) == 2
+
+        # bob's second device logs in later on B: A hears of it (m.device_list_update),
+        # alice's client re-queries, shares the room key with it, the phone decrypts
+        before = alice.next_batch
+        phone_store = tmp_path / "bob-phone"
+        phone_store.mkdir()
+        phone = nio.AsyncClient(b.client_url, bob.user_id, store_path=str(phone_store))
+        clients.append(phone)
+        assert isinstance(await phone.login("password of bob_x", device_name="phone"), nio.LoginResponse)
+        phone_inbox = Inbox(phone, room_id)
+        await _tick(phone)
+        assert not phone.should_upload_keys
+        await _until([phone, alice],
+                     lambda: phone.device_id in alice.device_store[bob.user_id]
+                     and bool(alice.device_store[bob.user_id][phone.device_id].curve25519),
+                     "bob's phone and its keys at alice")
+        changes = await _keys_changes(a.client_url, alice, before, alice.next_batch)
+        assert bob.user_id in changes["changed"], changes
+        await _send(alice, room_id, "after the phone")
+        await _until([alice, bob, phone], lambda: "after the phone" in phone_inbox.texts(), "the message on the phone")
+        await _until([alice, bob], lambda: "after the phone" in bob_inbox.texts(), "the message on the laptop")
+        # only what was sent before it logged in stays closed to the phone
+        assert {e.event_id for e in phone_inbox.undecrypted()} <= set(early)
+        # A answers bob's keys from its cache now (no request to B), and it is current
+        cached = await a.db_fetch("SELECT keys FROM e2e_remote_device_cache WHERE user_id = $1", bob.user_id)
+        assert len(cached) == 1 and phone.device_id in cached[0]["keys"]
+        alice.olm.users_for_key_query.add(bob.user_id)
+        q = await alice.keys_query()
+        assert isinstance(q, nio.KeysQueryResponse) and q.failures == {}, q
+        assert set(q.device_keys[bob.user_id]) == {bob.device_id, phone.device_id}
+        # the phone logs out: A hears of it, the cache is dropped, the device is gone from queries
+        assert isinstance(await phone.logout(), nio.LogoutResponse)
+        clients.remove(phone)
+        await phone.close()
+
+        async def phone_gone() -> bool:
+            return await a.db_fetch("SELECT 1 FROM e2e_remote_device_cache WHERE user_id = $1", bob.user_id) == []
+
+        assert await wait_until(phone_gone, 30)
+        alice.olm.users_for_key_query.add(bob.user_id)
+        q = await alice.keys_query()
+        assert isinstance(q, nio.KeysQueryResponse) and set(q.device_keys[bob.user_id]) == {bob.device_id}, q
+    finally:
+        for c in clients:
+            await c.close()

@@ -60,6 +60,7 @@ def build_e2e(
     store = E2EKeyStore(db, stream)
     device_lists = DeviceListService(store, rooms, notifier)
     cross_signing = CrossSigningService(store, notifier)
+    cross_signing.local_change = device_lists.local_change
     accounts.device_added_hooks.append(device_lists.device_added)
     accounts.devices_removed_hooks.append(device_lists.devices_removed)
     to_device_store = ToDeviceStore(db, stream)

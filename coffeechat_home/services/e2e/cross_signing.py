@@ -26,6 +26,7 @@ from ...protocol.errors import SignatureError
 from ...storage.e2e_keys import E2EKeyStore
 from ..accounts import Requester
 from ..notifier import Notifier
+from .device_lists import LocalChangeHook
 
 KEY_TYPES = (("master_key", "master"), ("self_signing_key", "self_signing"), ("user_signing_key", "user_signing"))
 _STRIPPED = ("signatures", "unsigned")
@@ -43,6 +44,8 @@ class CrossSigningService:
     def __init__(self, store: E2EKeyStore, notifier: Notifier) -> None:
         self.store = store
         self.notifier = notifier
+        # DeviceListService.local_change (set by build_e2e): other servers learn of the change
+        self.local_change: LocalChangeHook | None = None
 
     # -- /keys/device_signing/upload ------------------------------------------
     def parse_upload(self, user_id: str, body: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -87,6 +90,8 @@ class CrossSigningService:
         if changed:
             await self.store.put_cross_signing_keys(user_id, changed)
             self.notifier.poke()
+            if self.local_change is not None and ("master" in changed or "self_signing" in changed):
+                await self.local_change(user_id, [], "cross_signing")
 
     # -- /keys/signatures/upload -----------------------------------------------
     async def upload_signatures(
@@ -108,6 +113,14 @@ class CrossSigningService:
         await self.store.add_signatures(rows)
         if rows:
             self.notifier.poke()
+            if self.local_change is not None:  # the signer's own keys, as other servers show them
+                own = [r for r in rows if r[0] == signer and r[2] == signer]
+                master_id = cross_signing_public_key(mine["master"])[1] if "master" in mine else None
+                devices = sorted({r[1] for r in own if r[1] != master_id})
+                if devices:
+                    await self.local_change(signer, devices, "changed")
+                if any(r[1] == master_id for r in own):
+                    await self.local_change(signer, [], "cross_signing")
         return failures
 
     async def _targets(self, user_id: str) -> dict[str, tuple[str, dict[str, Any]]]:

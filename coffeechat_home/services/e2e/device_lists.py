@@ -9,9 +9,19 @@ tracked their devices so far).
 
 from __future__ import annotations
 
+import logging
+from typing import Awaitable, Callable, Literal
+
 from ...storage.e2e_keys import E2EKeyStore
 from ...storage.rooms import RoomStore
 from ..notifier import CHANGED_KEYS_SPAN, Notifier
+
+
+log = logging.getLogger(__name__)
+
+# "changed": new devices or new keys/signatures of them; "deleted"; "cross_signing": new master/self-signing keys
+ChangeKind = Literal["changed", "deleted", "cross_signing"]
+LocalChangeHook = Callable[[str, list[str], ChangeKind], Awaitable[None]]
 
 
 class DeviceListService:
@@ -19,6 +29,16 @@ class DeviceListService:
         self.keys = keys
         self.rooms = rooms
         self.notifier = notifier
+        # after a change of our user's devices committed (e.g. the EDUs to
+        # the other servers sharing a room with them)
+        self.local_change_hooks: list[LocalChangeHook] = []
+
+    async def local_change(self, user_id: str, device_ids: list[str], kind: ChangeKind) -> None:
+        for hook in self.local_change_hooks:
+            try:
+                await hook(user_id, device_ids, kind)
+            except Exception:  # the change is committed: never fail the request for this
+                log.exception("device-list change hook for %s", user_id)
 
     async def changes(self, user_id: str, since: int, upto: int) -> tuple[list[str], list[str]]:
         """(changed, left) user ids for the stream range (since, upto]."""
@@ -43,6 +63,7 @@ class DeviceListService:
     async def device_added(self, user_id: str, device_id: str) -> None:
         await self.keys.device_added(user_id)
         self.notifier.poke()
+        await self.local_change(user_id, [device_id], "changed")
 
     async def devices_removed(self, user_id: str, device_ids: list[str]) -> None:
         """Keys, signatures and pending to-device messages of the removed
@@ -51,3 +72,4 @@ class DeviceListService:
             return
         await self.keys.devices_removed(user_id, device_ids)
         self.notifier.poke()
+        await self.local_change(user_id, device_ids, "deleted")

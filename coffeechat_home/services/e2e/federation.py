@@ -130,8 +130,24 @@ def request_timeout_s(body: Mapping[str, Any]) -> float:
 # ---------------------------------------------------------------------------
 
 class RemoteKeys:
-    def __init__(self, client: FederationClient) -> None:
+    """Other servers' users' keys. With a ``cache`` (``server_name`` and
+    ``position``: the notifier's), the keys of users we share a room with
+    (so their device-list updates reach us and drop the cache) are
+    answered from the last fetch until a change is recorded."""
+
+    def __init__(
+        self,
+        client: FederationClient,
+        cache: RemoteDeviceListStore | None = None,
+        server_name: str = "",
+        position: Callable[[], int] | None = None,
+    ) -> None:
         self.client = client
+        self.cache = cache
+        self.server_name = server_name
+        self.position = position
+        self.cache_hits = 0
+        self.fetched = 0
 
     async def _each_server(
         self,
@@ -160,10 +176,35 @@ class RemoteKeys:
         self, wanted: Mapping[str, list[str]], timeout_s: float
     ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         """Remote users' keys: ({device_keys, master_keys, self_signing_keys}, failures)."""
+        wanted = {u: list(d) for u, d in wanted.items() if _valid_user_id(u)}  # nobody has keys for a malformed id
+        out: dict[str, dict[str, Any]] = {"device_keys": {}, "master_keys": {}, "self_signing_keys": {}}
+        if self.cache is None or self.position is None or not wanted:
+            fetched, failures = await self._fetch(wanted, timeout_s)
+            _add_user_keys(out, wanted, fetched)
+            return out, failures
+        before = self.position()
+        tracked = await self.cache.tracked(wanted, self.server_name)
+        untracked = [u for u in wanted if u not in tracked]
+        if untracked:  # no update would tell us of their changes: never trust an old copy
+            await self.cache.drop_cached(untracked)
+        cached = await self.cache.cached(tracked) if tracked else {}
+        self.cache_hits += len(cached)
+        # users we track are fetched whole (all devices) to be cached whole
+        to_fetch = {u: ([] if u in tracked else d) for u, d in wanted.items() if u not in cached}
+        fetched, failures = await self._fetch(to_fetch, timeout_s) if to_fetch else ({}, {})
+        await self.cache.put_cached({u: k for u, k in fetched.items() if u in tracked}, before, now_ms())
+        _add_user_keys(out, wanted, {**cached, **fetched})
+        return out, failures
+
+    async def _fetch(
+        self, wanted: Mapping[str, list[str]], timeout_s: float
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """Ask the users' servers: ({user: {device_keys, master_key?,
+        self_signing_key?}} for the users of servers that answered, failures)."""
         by_server: dict[str, dict[str, list[str]]] = {}
         for user_id, devices in wanted.items():
-            if _valid_user_id(user_id):  # nobody has keys for a malformed id
-                by_server.setdefault(server_of(user_id), {})[user_id] = list(devices)
+            by_server.setdefault(server_of(user_id), {})[user_id] = list(devices)
+        self.fetched += len(wanted)
 
         async def ask(server: str, users: dict[str, list[str]]) -> dict[str, Any]:
             answer = await self.client.post_json(server, QUERY_PATH, {"device_keys": users}, timeout_s=timeout_s)
@@ -172,7 +213,7 @@ class RemoteKeys:
             return dict(answer)
 
         answers, failures = await self._each_server(by_server, ask, timeout_s)
-        out: dict[str, dict[str, Any]] = {"device_keys": {}, "master_keys": {}, "self_signing_keys": {}}
+        out: dict[str, dict[str, Any]] = {}
         for server, answer in answers.items():
             device_keys = answer.get("device_keys")
             device_keys = device_keys if isinstance(device_keys, Mapping) else {}
@@ -180,16 +221,14 @@ class RemoteKeys:
             masters = masters if isinstance(masters, Mapping) else {}
             ssks = answer.get("self_signing_keys")
             ssks = ssks if isinstance(ssks, Mapping) else {}
-            for user_id, devices in by_server[server].items():
-                keys = checked_device_keys(user_id, device_keys.get(user_id))
-                if devices:
-                    keys = {d: k for d, k in keys.items() if d in devices}
-                out["device_keys"][user_id] = keys
+            for user_id in by_server[server]:
+                user: dict[str, Any] = {"device_keys": checked_device_keys(user_id, device_keys.get(user_id))}
                 master, ssk = checked_cross_signing(user_id, masters.get(user_id), ssks.get(user_id))
                 if master is not None:
-                    out["master_keys"][user_id] = master
+                    user["master_key"] = master
                 if ssk is not None:
-                    out["self_signing_keys"][user_id] = ssk
+                    user["self_signing_key"] = ssk
+                out[user_id] = user
         return out, failures
 
     async def claim(
@@ -240,6 +279,21 @@ class RemoteKeys:
         return dict(answer)
 
 
+def _add_user_keys(out: dict[str, dict[str, Any]], wanted: Mapping[str, list[str]],
+                   users: Mapping[str, Mapping[str, Any]]) -> None:
+    for user_id, user in users.items():
+        if user_id not in wanted:
+            continue
+        keys = dict(user.get("device_keys") or {})
+        if wanted[user_id]:
+            keys = {d: k for d, k in keys.items() if d in wanted[user_id]}
+        out["device_keys"][user_id] = keys
+        if "master_key" in user:
+            out["master_keys"][user_id] = user["master_key"]
+        if "self_signing_key" in user:
+            out["self_signing_keys"][user_id] = user["self_signing_key"]
+
+
 # ---------------------------------------------------------------------------
 # serving other servers, inbound and outbound EDUs
 # ---------------------------------------------------------------------------
@@ -264,13 +318,37 @@ class E2EFederation:
         self.server_name = server_name
         self.user_exists = user_exists
         self.remote = remote
-        # the federation sender's outbox and wake-up (set when federating)
+        # the federation sender's outbox and wake-up, and the servers that
+        # share a room with a user (set when federating)
         self.outbox: EduOutboxStore | None = None
         self.wake: Callable[[Iterable[str]], None] = lambda destinations: None
+        self.servers_sharing: Callable[[str], Awaitable[list[str]]] | None = None
+        self.edus_queued = 0
 
-    def attach_sender(self, outbox: EduOutboxStore | None, wake: Callable[[Iterable[str]], None]) -> None:
+    def attach_sender(self, outbox: EduOutboxStore | None, wake: Callable[[Iterable[str]], None],
+                      servers_sharing: Callable[[str], Awaitable[list[str]]]) -> None:
         self.outbox = outbox
         self.wake = wake
+        self.servers_sharing = servers_sharing
+
+    async def local_change(self, user_id: str, device_ids: list[str], kind: str) -> None:
+        """A committed change of our user's devices ("changed", "deleted")
+        or cross-signing keys ("cross_signing"): queue the EDUs for every
+        other server sharing a room with them. (A change lost by a crash
+        before this runs shows as a gap in ``prev_id`` at the next update,
+        and the receiver resyncs.)"""
+        if self.outbox is None or self.servers_sharing is None or not self._is_mine(user_id):
+            return
+        destinations = await self.servers_sharing(user_id)
+        if not destinations:
+            return
+        if kind == "cross_signing":
+            edus = await self.signing_key_edus(user_id, destinations)
+        else:
+            edus = await self.device_list_edus(user_id, device_ids, destinations, deleted=kind == "deleted")
+        if edus:
+            self.wake(await self.outbox.enqueue(edus, now_ms()))
+            self.edus_queued += len(edus)
 
     def _is_mine(self, user_id: str) -> bool:
         return server_of(user_id) == self.server_name

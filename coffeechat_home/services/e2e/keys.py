@@ -70,13 +70,14 @@ class KeyService:
             raise bad_json("fallback_keys: at most one key per algorithm")
         upload = KeyUpload(dict(device_keys) if device_keys is not None else None, one_time, fallback)
         try:
-            counts = await self.store.upload(user_id, device_id, upload)
+            counts, changed = await self.store.upload(user_id, device_id, upload)
         except OneTimeKeyConflict as e:
             raise MatrixError(
                 400, "M_INVALID_PARAM", f"Key {e.key_id} already exists with different content"
             ) from None
-        if upload.device_keys is not None:
+        if changed:
             self.device_lists.notifier.poke()
+            await self.device_lists.local_change(user_id, [device_id], "changed")
         return counts
 
     # -- query -------------------------------------------------------------

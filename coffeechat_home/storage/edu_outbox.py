@@ -28,6 +28,7 @@ from .database import Database
 from .stream import DB_NOW_MS
 
 MAX_EDUS = 100  # per transaction (the spec's limit)
+MAX_EDU_BYTES = 256 * 1024  # EDU content per transaction (receivers limit bodies; at least one EDU goes)
 
 
 @dataclass(frozen=True)
@@ -100,15 +101,23 @@ class EduOutboxStore:
             await self.db.transaction(txn, name="edu_outbox_enqueue")
         return sorted({e.destination for e in edus})
 
-    async def pending(self, destination: str, limit: int = MAX_EDUS) -> list[QueuedEdu]:
-        """The oldest EDUs queued for ``destination`` that have not expired."""
+    async def pending(self, destination: str, limit: int = MAX_EDUS, max_bytes: int = MAX_EDU_BYTES) -> list[QueuedEdu]:
+        """The oldest EDUs queued for ``destination`` that have not expired,
+        at most ``limit`` and about ``max_bytes`` of content (at least one)."""
         rows = await self.db.fetch(
             f"""SELECT id, edu_type, content::TEXT FROM federation_edu_outbox
                 WHERE destination = $1 AND (expires_ts IS NULL OR expires_ts > {DB_NOW_MS})
                 ORDER BY id LIMIT $2""",
             destination, limit,
         )
-        return [QueuedEdu(r[0], r[1], orjson.loads(r[2])) for r in rows]
+        out: list[QueuedEdu] = []
+        size = 0
+        for r in rows:
+            size += len(r[2])
+            if out and size > max_bytes:
+                break
+            out.append(QueuedEdu(r[0], r[1], orjson.loads(r[2])))
+        return out
 
     async def delete(self, destination: str, ids: Sequence[int]) -> None:
         """Acknowledged by ``destination``: forget them."""

@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator, Mapping
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 import pytest
 
 from coffeechat_home.errors import MatrixError
@@ -307,6 +308,12 @@ async def test_edus_built_on_one_server_applied_on_the_other(
             await sending.send(bob_req, "m.room.encrypted", "txn-1", messages)
         assert [(e.destination, e.edu_type) for e in edus] == [(a.server_name, "m.direct_to_device")] * 2
         assert edus[0] == edus[1]
+        # a big send is split into EDUs of about 64 KiB, each with its own message_id
+        big = {alice.user_id: {f"D{i}": {"ciphertext": "x" * 1000} for i in range(150)}}
+        parts = on_b.to_device_edus(bob.user_id, "m.room.encrypted", "mid", big)
+        assert [p.content["message_id"] for p in parts] == ["mid", "mid.1", "mid.2"]
+        assert sorted(d for p in parts for d in p.content["messages"][alice.user_id]) == sorted(big[alice.user_id])
+        assert all(len(orjson.dumps(p.content)) < 70_000 for p in parts)
         assert edus[0].content["messages"] == {alice.user_id: {alice.device_id: payload}}
         bob_sync = await bob.get("sync", params={"timeout": "0"})
         assert [e["content"] for e in bob_sync["to_device"]["events"]] == [{"note": "to self"}]

@@ -67,3 +67,7 @@ async def test_outbox_order_replacement_expiry_and_sweep(db: Database) -> None:
     assert await queue.reset_backoff(d1)
     assert await outbox.destinations_due() == [d1, d2]
     assert len(await outbox.pending(d1, limit=1)) == 1
+    # a byte budget per transaction, but never less than one EDU
+    await outbox.enqueue([OutboundEdu(d2, "m.direct_to_device", {"blob": "x" * 1000}) for _ in range(3)], now)
+    assert len(await outbox.pending(d2, max_bytes=2500)) == 3  # the presence EDU and two blobs
+    assert len(await outbox.pending(d2, max_bytes=10)) == 1

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_MS = 10_000
 MAX_TIMEOUT_MS = 60_000
 MAX_EDU_RECIPIENTS = 10_000
+MAX_TO_DEVICE_EDU_BYTES = 64 * 1024  # an outbound m.direct_to_device EDU's messages, about
 
 QUERY_PATH = "/_matrix/federation/v1/user/keys/query"
 CLAIM_PATH = "/_matrix/federation/v1/user/keys/claim"
@@ -550,19 +551,34 @@ class E2EFederation:
     def to_device_edus(
         self, sender: str, event_type: str, message_id: str, messages: Mapping[str, Mapping[str, Any]]
     ) -> list[OutboundEdu]:
-        """One ``m.direct_to_device`` EDU per server of the remote
-        recipients (our own users' messages are stored locally instead)."""
-        by_server: dict[str, dict[str, Any]] = {}
+        """``m.direct_to_device`` EDUs for each server of the remote
+        recipients (our own users' messages are stored locally instead):
+        one per server, split into parts of about ``MAX_TO_DEVICE_EDU_BYTES``
+        (a receiver's body limit must never block the queue); a part's
+        ``message_id`` is ``message_id`` then ``message_id.1``, ``.2``...
+        (receivers dedupe by it; a retried request gives the same ids)."""
+        by_server: dict[str, list[tuple[str, str, Any]]] = {}
         for user_id, devices in messages.items():
             server = server_of(user_id)
             if server and server != self.server_name:
-                by_server.setdefault(server, {})[user_id] = dict(devices)
-        return [
-            OutboundEdu(server, "m.direct_to_device", {
-                "sender": sender, "type": event_type, "message_id": message_id, "messages": msgs,
-            })
-            for server, msgs in sorted(by_server.items())
-        ]
+                by_server.setdefault(server, []).extend((user_id, d, c) for d, c in devices.items())
+        edus: list[OutboundEdu] = []
+        for server, entries in sorted(by_server.items()):
+            parts: list[dict[str, dict[str, Any]]] = [{}]
+            size = 0
+            for user_id, device_id, content in entries:
+                n = len(orjson.dumps(content)) + len(user_id) + len(device_id)
+                if size and size + n > MAX_TO_DEVICE_EDU_BYTES:
+                    parts.append({})
+                    size = 0
+                parts[-1].setdefault(user_id, {})[device_id] = content
+                size += n
+            for i, msgs in enumerate(parts):
+                edus.append(OutboundEdu(server, "m.direct_to_device", {
+                    "sender": sender, "type": event_type, "message_id": message_id if i == 0 else f"{message_id}.{i}",
+                    "messages": msgs,
+                }))
+        return edus
 
     async def device_list_edus(
         self, user_id: str, device_ids: Iterable[str], destinations: Iterable[str], *, deleted: bool = False

@@ -314,6 +314,7 @@ async def test_edus_built_on_one_server_applied_on_the_other(
         assert [p.content["message_id"] for p in parts] == ["mid", "mid.1", "mid.2"]
         assert sorted(d for p in parts for d in p.content["messages"][alice.user_id]) == sorted(big[alice.user_id])
         assert all(len(orjson.dumps(p.content)) < 70_000 for p in parts)
+        assert on_b.to_device_edus(bob.user_id, "m.x", "m2", {"@no:bad server": {"D": {}}, "@x": {"D": {}}}) == []
         assert edus[0].content["messages"] == {alice.user_id: {alice.device_id: payload}}
         bob_sync = await bob.get("sync", params={"timeout": "0"})
         assert [e["content"] for e in bob_sync["to_device"]["events"]] == [{"note": "to self"}]

@@ -560,7 +560,7 @@ class E2EFederation:
         by_server: dict[str, list[tuple[str, str, Any]]] = {}
         for user_id, devices in messages.items():
             server = server_of(user_id)
-            if server and server != self.server_name:
+            if server and server != self.server_name and _valid_user_id(user_id):  # no queue for a junk name
                 by_server.setdefault(server, []).extend((user_id, d, c) for d, c in devices.items())
         edus: list[OutboundEdu] = []
         for server, entries in sorted(by_server.items()):

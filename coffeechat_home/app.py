@@ -78,7 +78,7 @@ from .services.e2e import E2E, build_e2e
 # federation: keys, outbound client, inbound authentication
 from .api.federation.auth import FederationAuth
 from .api.federation.e2e import E2EFederationRoutes
-from .services.e2e.federation import RemoteKeys
+from .services.e2e.remote_keys import RemoteKeys
 from .api.federation.keys import KeyRoutes
 from .api.federation.media import FederationMediaRoutes
 from .api.federation.rooms import ResidentRoutes

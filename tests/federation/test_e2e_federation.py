@@ -22,7 +22,8 @@ import pytest
 from coffeechat_home.errors import MatrixError
 from coffeechat_home.federation.client import FederationClient, RemoteError
 from coffeechat_home.services.accounts import Requester
-from coffeechat_home.services.e2e.federation import E2EFederation, RemoteKeys, checked_device_keys
+from coffeechat_home.services.e2e.federation import E2EFederation
+from coffeechat_home.services.e2e.remote_keys import RemoteKeys, checked_device_keys
 from coffeechat_home.services.e2e.to_device import ToDeviceService
 from coffeechat_home.services.notifier import Notifier
 from coffeechat_home.storage.accounts import AccountStore

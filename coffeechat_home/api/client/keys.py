@@ -8,7 +8,7 @@ from aiohttp import web
 from ...errors import MatrixError
 from ...services.accounts import AccountService, Requester
 from ...services.e2e.cross_signing import CrossSigningService
-from ...services.e2e.federation import request_timeout_s
+from ...services.e2e.remote_keys import request_timeout_s
 from ...services.e2e.keys import KeyService
 from ...services.history import parse_token
 from ..auth import TokenAuth, authed

@@ -20,7 +20,7 @@ from .cross_signing import CrossSigningService
 from .device_lists import DeviceListService
 
 if TYPE_CHECKING:
-    from .federation import RemoteKeys
+    from .remote_keys import RemoteKeys
 
 MAX_KEYS_PER_UPLOAD = 1000  # one-time keys in one request
 MAX_QUERIED_DEVICES = 10_000  # (user, device) pairs in one query or claim

@@ -22,13 +22,16 @@ CREATE TABLE IF NOT EXISTS federation_edu_outbox (
 CREATE UNIQUE INDEX IF NOT EXISTS federation_edu_outbox_key
     ON federation_edu_outbox (destination, edu_type, edu_key);
 
--- Device keys of users on other servers (storage/remote_device_cache.py), as
+-- Device keys of users on other servers (storage/remote_device_lists.py), as
 -- the last /user/keys/query answer gave them: the checked device keys, master
--- and self-signing keys of one user. Deleted when an m.device_list_update or
--- m.signing_key_update says they changed; used only while we share a room
--- with the user (otherwise no update would tell us).
+-- and self-signing keys of one user, fetched after stream position
+-- `fetched_pos`. Deleted when an m.device_list_update or m.signing_key_update
+-- says they changed; used only while we share a room with the user and no
+-- membership changed there since `fetched_pos` (otherwise an update may
+-- not have reached us).
 CREATE TABLE IF NOT EXISTS e2e_remote_device_cache (
     user_id TEXT PRIMARY KEY,
     keys JSONB NOT NULL,
+    fetched_pos BIGINT NOT NULL,
     fetched_ts BIGINT NOT NULL
 );

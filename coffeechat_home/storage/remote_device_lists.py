@@ -16,6 +16,7 @@ from .e2e_keys import add_device_list_change
 from .stream import StreamStore
 
 KEEP_IDS = 50  # newest update ids kept per remote user
+_SERVER_OF_MEMBER = "substr(m.user_id, strpos(m.user_id, ':') + 1)"  # functions on schema/FUNCTIONS.md
 
 
 class RemoteDeviceListStore:
@@ -75,10 +76,21 @@ class RemoteDeviceListStore:
         )
         return {r[0] for r in rows}
 
-    async def cached(self, user_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    async def cached(self, user_ids: Iterable[str], server_name: str) -> dict[str, dict[str, Any]]:
+        """Cached keys still current: no membership of the user, or of a
+        user of ``server_name``, changed since the fetch in a room the user
+        is in (we may have stopped sharing a room with them meanwhile, and
+        then their server told us nothing)."""
         rows = await self.db.fetch(
-            "SELECT user_id, keys::TEXT FROM e2e_remote_device_cache WHERE user_id = ANY($1::TEXT[])",
-            list(user_ids),
+            f"""SELECT c.user_id, c.keys::TEXT FROM e2e_remote_device_cache c
+                WHERE c.user_id = ANY($1::TEXT[]) AND NOT EXISTS (
+                    SELECT 1 FROM room_memberships m
+                    WHERE m.stream_pos > c.fetched_pos
+                      AND m.room_id IN (SELECT s.room_id FROM current_state s
+                                        WHERE s.type = 'm.room.member' AND s.state_key = c.user_id
+                                          AND s.membership = 'join')
+                      AND (m.user_id = c.user_id OR {_SERVER_OF_MEMBER} = $2))""",
+            list(user_ids), server_name,
         )
         return {r[0]: orjson.loads(r[1]) for r in rows}
 
@@ -92,11 +104,12 @@ class RemoteDeviceListStore:
 
         async def txn(conn: asyncpg.Connection) -> None:
             await conn.execute(
-                """INSERT INTO e2e_remote_device_cache (user_id, keys, fetched_ts)
-                   SELECT k.user_id, k.keys::JSONB, $4 FROM unnest($1::TEXT[], $2::TEXT[]) AS k(user_id, keys)
+                """INSERT INTO e2e_remote_device_cache (user_id, keys, fetched_pos, fetched_ts)
+                   SELECT k.user_id, k.keys::JSONB, $3, $4 FROM unnest($1::TEXT[], $2::TEXT[]) AS k(user_id, keys)
                    WHERE NOT EXISTS (SELECT 1 FROM device_list_changes c
                                      WHERE c.user_id = k.user_id AND c.stream_pos > $3)
-                   ON CONFLICT (user_id) DO UPDATE SET keys = excluded.keys, fetched_ts = excluded.fetched_ts""",
+                   ON CONFLICT (user_id) DO UPDATE SET keys = excluded.keys, fetched_pos = excluded.fetched_pos,
+                                                       fetched_ts = excluded.fetched_ts""",
                 users, [orjson.dumps(keys[u]).decode() for u in users], before, now_ms,
             )
 

@@ -252,6 +252,25 @@ async def test_megolm_conversation_across_two_servers(
         alice.olm.users_for_key_query.add(bob.user_id)
         q = await alice.keys_query()
         assert isinstance(q, nio.KeysQueryResponse) and set(q.device_keys[bob.user_id]) == {bob.device_id}, q
+
+        # bob leaves, logs in a tablet while no room is shared (B tells A nothing), comes back:
+        # A's cached copy from before must not be served (it was, missing the tablet)
+        assert isinstance(await bob.room_leave(room_id), nio.RoomLeaveResponse)
+        await _until([bob, alice], lambda: bob.user_id not in alice.rooms[room_id].users, "bob's leave at A")
+        tablet_store = tmp_path / "bob-tablet"
+        tablet_store.mkdir()
+        tablet = nio.AsyncClient(b.client_url, bob.user_id, store_path=str(tablet_store))
+        clients.append(tablet)
+        assert isinstance(await tablet.login("password of bob_x", device_name="tablet"), nio.LoginResponse)
+        await _tick(tablet)
+        assert isinstance(await alice.room_invite(room_id, bob.user_id), nio.RoomInviteResponse)
+        await _until([alice, bob], lambda: room_id in bob.invited_rooms, "the second invite")
+        assert isinstance(await bob.join(room_id), nio.JoinResponse)
+        await _until([bob, alice], lambda: bob.user_id in alice.rooms[room_id].users, "bob back at A")
+        alice.olm.users_for_key_query.add(bob.user_id)
+        q = await alice.keys_query()
+        assert isinstance(q, nio.KeysQueryResponse) and q.failures == {}, q
+        assert set(q.device_keys[bob.user_id]) == {bob.device_id, tablet.device_id}
     finally:
         for c in clients:
             await c.close()

@@ -163,7 +163,7 @@ class RemoteKeys:
         untracked = [u for u in wanted if u not in tracked]
         if untracked:  # no update would tell us of their changes: never trust an old copy
             await self.cache.drop_cached(untracked)
-        cached = await self.cache.cached(tracked) if tracked else {}
+        cached = await self.cache.cached(tracked, self.server_name) if tracked else {}
         self.cache_hits += len(cached)
         # users we track are fetched whole (all devices) to be cached whole
         to_fetch = {u: ([] if u in tracked else d) for u, d in wanted.items() if u not in cached}

@@ -90,8 +90,9 @@ class CrossSigningService:
         if changed:
             await self.store.put_cross_signing_keys(user_id, changed)
             self.notifier.poke()
-            if self.local_change is not None and ("master" in changed or "self_signing" in changed):
-                await self.local_change(user_id, [], "cross_signing")
+        # also when unchanged (a retried upload announces what a crash lost)
+        if self.local_change is not None and ("master" in keys or "self_signing" in keys):
+            await self.local_change(user_id, [], "cross_signing")
 
     # -- /keys/signatures/upload -----------------------------------------------
     async def upload_signatures(

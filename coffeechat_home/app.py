@@ -88,6 +88,7 @@ from .api.federation.transactions import TransactionRoutes
 from .services.federation.invites_out import OutboundInvites
 from .services.federation.resident import ResidentService
 from .services.federation.sender import FederationSender
+from .services.federation.ephemeral import EphemeralFederation
 from .storage.edu_outbox import EduOutboxStore
 from .storage.federation_queue import FederationQueueStore
 from .federation.client import FederationClient
@@ -276,6 +277,11 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         ),
     )
     services.sync.remote_invite_state = inbound.invite_state
+    if sender is not None:  # typing, receipts and presence across servers
+        EphemeralFederation(
+            config.server_name, EduOutboxStore(db), sender.wake, queue.servers_in_room, rooms,
+            conversation.presence.store, notifier, presence_enabled=config.presence.enabled,
+        ).connect(conversation.typing, conversation.receipts, conversation.presence, services.receiver)
     if federating:  # E2EE EDUs from other servers: to-device messages, device lists, cross-signing keys
         e2e_fed = e2e.federation
         handlers = {"m.direct_to_device": e2e_fed.on_direct_to_device,

@@ -4,8 +4,9 @@ updates no-ops and everyone read as offline."""
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from ..errors import forbidden
 from ..storage.presence import PresenceState, PresenceStore
@@ -17,6 +18,8 @@ STATES = ("online", "unavailable", "offline")
 CURRENTLY_ACTIVE_MS = 5 * 60_000
 # Activity bumps closer together than this are not written.
 LAST_ACTIVE_GRANULARITY_MS = 60_000
+
+log = logging.getLogger(__name__)
 
 
 def _now_ms() -> int:
@@ -42,6 +45,16 @@ class PresenceService:
         self.rooms = rooms
         self.notifier = notifier
         self.enabled = enabled
+        # set by app.py when federating: a local user's change goes to the servers sharing a room
+        self.remote: Callable[[str], Awaitable[None]] | None = None
+
+    async def _changed(self, user_id: str) -> None:
+        self.notifier.poke()
+        if self.remote is not None:
+            try:
+                await self.remote(user_id)
+            except Exception:  # never fail the local request for this
+                log.exception("queueing the presence of %s for other servers", user_id)
 
     async def set_presence(self, user_id: str, state: str, status_msg: str | None) -> None:
         """From PUT /presence: sets state and status message (an omitted
@@ -54,7 +67,7 @@ class PresenceService:
             await self._touch(current, now)
             return
         await self.store.set(user_id, state, status_msg, now)
-        self.notifier.poke()
+        await self._changed(user_id)
 
     async def set_presence_from_sync(self, user_id: str, state: str) -> None:
         """/sync's ``set_presence`` (pass "online" when it is omitted):
@@ -68,7 +81,7 @@ class PresenceService:
             await self._touch(current, now)
             return
         await self.store.set(user_id, state, current.status_msg if current else None, now)
-        self.notifier.poke()
+        await self._changed(user_id)
 
     async def _touch(self, current: PresenceState, now: int) -> None:
         if now - current.last_active_ts >= LAST_ACTIVE_GRANULARITY_MS:

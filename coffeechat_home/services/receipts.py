@@ -4,9 +4,10 @@ m.receipt ephemeral events of /sync."""
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol
 
 from ..errors import forbidden, invalid_param, not_found
+from ..storage.edu_outbox import OutboundEdu
 from ..storage.receipts import UNTHREADED, EventPlace, Receipt, ReceiptStore
 from ..storage.rooms import RoomStore
 from .account_data import AccountDataService
@@ -17,6 +18,16 @@ READ_PRIVATE = "m.read.private"
 FULLY_READ = "m.fully_read"
 RECEIPT_TYPES = (READ, READ_PRIVATE, FULLY_READ)
 MAIN_THREAD = "main"
+
+
+class RemoteReceipts(Protocol):
+    """Other servers in the room (services/federation/ephemeral.py)."""
+
+    async def receipt_edus(
+        self, user_id: str, room_id: str, receipt_type: str, event_id: str, ts: int, thread_id: str | None
+    ) -> list[OutboundEdu]: ...
+
+    def woken(self, edus: list[OutboundEdu]) -> None: ...
 
 
 def _now_ms() -> int:
@@ -31,6 +42,8 @@ class ReceiptService:
         self.rooms = rooms
         self.account_data = account_data
         self.notifier = notifier
+        # set by app.py when federating: public receipts of local users go to other servers
+        self.remote: RemoteReceipts | None = None
 
     async def _require_joined(self, user_id: str, room_id: str) -> None:
         if not await self.rooms.is_joined(room_id, user_id):
@@ -70,8 +83,14 @@ class ReceiptService:
 
     async def _put(self, user_id: str, room_id: str, receipt_type: str, event_id: str, thread_id: str | None) -> None:
         receipt = Receipt(room_id, receipt_type, user_id, thread_id or UNTHREADED, event_id, _now_ms())
-        if await self.store.put(receipt) is not None:
-            self.notifier.poke()
+        outbound: list[OutboundEdu] = []
+        if self.remote is not None:  # queued in the receipt's own transaction
+            outbound = await self.remote.receipt_edus(user_id, room_id, receipt_type, event_id, receipt.ts, thread_id)
+        if await self.store.put(receipt, outbound) is None:
+            return
+        self.notifier.poke()
+        if outbound and self.remote is not None:
+            self.remote.woken(outbound)
 
     async def _set_fully_read(self, user_id: str, room_id: str, event_id: str, place: EventPlace) -> None:
         """Move the read marker, never backwards (as Synapse does)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Iterable
+from typing import Awaitable, Callable, Iterable
 
 from ..errors import forbidden
 from ..storage.rooms import RoomStore
@@ -24,7 +24,16 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_MS = 30_000
 MAX_TIMEOUT_MS = 30_000
+# Typing from another server: the spec's EDU has no timeout; Synapse
+# re-announces a user still typing every 40 s and times out after 60 s.
+FEDERATION_TIMEOUT_MS = 60_000
 MAX_SWEEP_ROUNDS = 20  # bound on back-to-back batches per tick
+# A user who keeps typing is announced to other servers again this often
+# (they time typing out on their own, after 30 s here and 60 s in Synapse).
+REMOTE_REFRESH_MS = 20_000
+
+# (user id, room id, typing, expires_ts): a change other servers should hear of
+TypingHook = Callable[[str, str, bool, int | None], Awaitable[None]]
 
 
 def _now_ms() -> int:
@@ -41,22 +50,45 @@ class TypingService:
         # Read on every tick, so tests may shorten it while running.
         self.sweep_interval = sweep_interval
         self._task: asyncio.Task[None] | None = None
+        # set by app.py when federating: tells other servers in the room
+        self.remote: TypingHook | None = None
+        self._announced: dict[tuple[str, str], int] = {}  # (room, user) -> when, for REMOTE_REFRESH_MS
 
     @property
     def running(self) -> bool:
         return self._task is not None
 
-    async def set_typing(self, user_id: str, room_id: str, typing: bool, timeout_ms: int | None) -> None:
+    async def set_typing(
+        self, user_id: str, room_id: str, typing: bool, timeout_ms: int | None, *, max_timeout_ms: int = MAX_TIMEOUT_MS
+    ) -> None:
         if not await self.rooms.is_joined(room_id, user_id):
             raise forbidden("You are not joined to this room")
         if typing:
-            timeout = min(max(timeout_ms if timeout_ms is not None else DEFAULT_TIMEOUT_MS, 0), MAX_TIMEOUT_MS)
+            timeout = min(max(timeout_ms if timeout_ms is not None else DEFAULT_TIMEOUT_MS, 0), max_timeout_ms)
             now = _now_ms()
             pos = await self.store.start(room_id, user_id, now + timeout, now)
+            if pos is not None or now - self._announced.get((room_id, user_id), 0) >= REMOTE_REFRESH_MS:
+                await self._tell_remote(user_id, room_id, True, now + timeout)
         else:
             pos = await self.store.stop(room_id, user_id)
+            if pos is not None:
+                await self._tell_remote(user_id, room_id, False, None)
         if pos is not None:
             self.notifier.poke()
+
+    async def _tell_remote(self, user_id: str, room_id: str, typing: bool, expires_ts: int | None) -> None:
+        if self.remote is None:
+            return
+        if typing:
+            if len(self._announced) > 10_000:  # a cache: losing it costs one early refresh
+                self._announced.clear()
+            self._announced[(room_id, user_id)] = _now_ms()
+        else:
+            self._announced.pop((room_id, user_id), None)
+        try:
+            await self.remote(user_id, room_id, typing, expires_ts)
+        except Exception:  # typing is best effort: never fail the local request
+            log.exception("queueing typing of %s in %s for other servers", user_id, room_id)
 
     async def typing_for_sync(self, room_ids: Iterable[str], since: int | None, upto: int) -> dict[str, list[str]]:
         """{room_id: [user ids typing now]} for the rooms whose typing set
@@ -67,15 +99,17 @@ class TypingService:
 
     async def sweep(self) -> int:
         """Expire typing notifications whose timeout passed; returns how many."""
-        total = 0
+        expired: list[tuple[str, str]] = []
         for _ in range(MAX_SWEEP_ROUNDS):
-            count = await self.store.expire(_now_ms())
-            total += count
-            if count < EXPIRE_BATCH:
+            batch = await self.store.expire(_now_ms())
+            expired += batch
+            if len(batch) < EXPIRE_BATCH:
                 break
-        if total:
+        if expired:
             self.notifier.poke()
-        return total
+        for room_id, user_id in expired:
+            await self._tell_remote(user_id, room_id, False, None)
+        return len(expired)
 
     async def start(self) -> None:
         if self._task is None:

@@ -6,11 +6,12 @@ only their owner (so they are keyed by user id in the stream)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import asyncpg
 
 from .database import Database
+from .edu_outbox import OutboundEdu, enqueue_edus
 from .stream import StreamStore, StreamTable, register_stream_table
 
 PRIVATE = "m.read.private"
@@ -51,10 +52,11 @@ class ReceiptStore:
         )
         return EventPlace(row["room_id"], row["stream_pos"], row["thread_id"]) if row else None
 
-    async def put(self, receipt: Receipt) -> int | None:
+    async def put(self, receipt: Receipt, outbound: Sequence[OutboundEdu] = ()) -> int | None:
         """Store a receipt unless the user's current receipt of that type and
-        thread points at a later event. Returns the stream position, or None
-        when it was ignored."""
+        thread points at a later event; if stored, queue ``outbound`` (its
+        EDUs for other servers) in the same transaction. Returns the stream
+        position, or None when it was ignored."""
 
         async def write(conn: asyncpg.Connection, pos: int) -> bool:
             row = await conn.fetchrow(
@@ -75,6 +77,7 @@ class ReceiptStore:
                 receipt.room_id, receipt.receipt_type, receipt.user_id, receipt.thread_id,
                 receipt.event_id, receipt.ts, pos,
             )
+            await enqueue_edus(conn, outbound, receipt.ts)
             return True
 
         stored, pos = await self.stream.write(write, name="put_receipt")

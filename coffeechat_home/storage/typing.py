@@ -68,28 +68,29 @@ class TypingStore:
         changed, pos = await self.stream.write(write, name="stop_typing")
         return pos if changed else None
 
-    async def expire(self, now_ms: int) -> int:
+    async def expire(self, now_ms: int) -> list[tuple[str, str]]:
         """Turn off up to EXPIRE_BATCH expired typing rows at one new stream
-        position; returns how many. Cheap when nothing expired (one read)."""
+        position; returns their (room id, user id). Cheap when nothing
+        expired (one read)."""
         due = await self.db.fetchval(
             "SELECT 1 FROM typing WHERE typing AND expires_ts <= $1 LIMIT 1", now_ms
         )
         if not due:
-            return 0
+            return []
 
-        async def write(conn: asyncpg.Connection, pos: int) -> int:
+        async def write(conn: asyncpg.Connection, pos: int) -> list[tuple[str, str]]:
             rows = await conn.fetch(
                 """UPDATE typing SET typing = false, stream_pos = $2
                    WHERE (room_id, user_id) IN (
                        SELECT room_id, user_id FROM typing
                        WHERE typing AND expires_ts <= $1 LIMIT $3)
-                   RETURNING 1""",
+                   RETURNING room_id, user_id""",
                 now_ms, pos, EXPIRE_BATCH,
             )
-            return len(rows)
+            return [(r["room_id"], r["user_id"]) for r in rows]
 
-        count, _ = await self.stream.write(write, name="expire_typing")
-        return count
+        expired, _ = await self.stream.write(write, name="expire_typing")
+        return expired
 
     async def typing_users(
         self, room_ids: Iterable[str], since: int | None, upto: int, now_ms: int

@@ -36,7 +36,7 @@ from coffeechat_home.services.server_keys import KeyStore, LocalKeys
 from coffeechat_home.storage.database import Database
 from coffeechat_home.storage.server_keys import ServerKeyStore
 
-from ..integration.processes import User
+from ..integration.processes import User, wait_until
 from .certs import make_certificate
 from .peers import FederatingServer, free_port
 
@@ -64,6 +64,7 @@ class Origin:
         self.state_before: dict[str, dict[StateKey, str]] = {}  # per built event
         self.missing_requests: list[Any] = []
         self.reads: list[str] = []  # paths of event reads served
+        self.received: list[tuple[str, Any]] = []  # (origin, body) of the transactions sent to us
         self.ts = int(time.time() * 1000)
 
     async def start(self) -> None:
@@ -78,6 +79,7 @@ class Origin:
         app.router.add_get("/_matrix/federation/v1/event_auth/{room_id}/{event_id}", auth(self.get_event_auth))
         app.router.add_get("/_matrix/federation/v1/state_ids/{room_id}", auth(self.get_state_ids))
         app.router.add_get("/_matrix/federation/v1/state/{room_id}", auth(self.get_state))
+        app.router.add_put("/_matrix/federation/v1/send/{txn_id}", auth(self.on_send))
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port, ssl_context=tls).start()
@@ -86,6 +88,14 @@ class Origin:
         if self.runner is not None:
             await self.runner.cleanup()
         await self.client.close()
+
+    async def on_send(self, request: web.Request, origin: str) -> web.StreamResponse:
+        body = request[FEDERATION_BODY]
+        self.received.append((origin, body))
+        return json_response({"pdus": {}})
+
+    def edus(self, edu_type: str) -> list[Any]:
+        return [e["content"] for _, body in self.received for e in body.get("edus", []) if e["edu_type"] == edu_type]
 
     async def get_missing_events(self, request: web.Request, origin: str) -> web.StreamResponse:
         body = request[FEDERATION_BODY]
@@ -300,6 +310,8 @@ async def test_pdus_and_edus_from_another_server(
     receipts = [e for e in ephemeral if e["type"] == "m.receipt"]
     assert receipts and remy in receipts[-1]["content"][msg.event_id]["m.read"]
 
+    await _ephemeral_both_ways(ours, origin, alice, room.room_id, msg.event_id, since)
+
     # a message whose parent we never saw: fetched from the origin
     hidden = origin.build(version, room.room_id, remy,
                           {"type": "m.room.message", "content": {"msgtype": "m.text", "body": "gap"}},
@@ -312,6 +324,63 @@ async def test_pdus_and_edus_from_another_server(
     since, seen = await _sync_until(alice, since, room.room_id, {hidden.event_id, after.event_id})
     assert [e["content"]["body"] for e in seen] == ["gap", "after the gap"]
     assert await room.head() == [(after.event_id, after.depth)]
+
+
+async def _ephemeral_both_ways(ours: FederatingServer, origin: Origin, alice: User, room_id: str,
+                               event_id: str, since: str) -> None:
+    """Our user's typing, public receipt and presence reach the origin (remy
+    is in the room), her private receipt never does; the origin's presence
+    of its own user who shares the room shows in her /sync, presence of
+    anyone else's user or of a user sharing no room with ours is dropped."""
+    rid, me = quote(room_id), quote(alice.user_id)
+
+    def typing() -> list[Any]:
+        return [c for c in origin.edus("m.typing") if c["user_id"] == alice.user_id]
+
+    async def until(pred: Any) -> None:
+        assert await wait_until(pred, 30, interval=0.05), (origin.received, ours.process.stderr()[-3000:])
+
+    assert (await alice.call("PUT", f"rooms/{rid}/typing/{me}", {"typing": True, "timeout": 20000}))[0] == 200
+    await until(lambda: _true(typing()))
+    assert (await alice.call("POST", f"rooms/{rid}/receipt/m.read.private/{quote(event_id)}", {}))[0] == 200
+    assert (await alice.call("PUT", f"rooms/{rid}/typing/{me}", {"typing": False}))[0] == 200
+    assert (await alice.call("POST", f"rooms/{rid}/receipt/m.read/{quote(event_id)}", {}))[0] == 200
+    await until(lambda: _true([r for r in origin.edus("m.receipt") if "m.read" in r.get(room_id, {})]))
+    assert typing() == [{"room_id": room_id, "user_id": alice.user_id, "typing": True},
+                        {"room_id": room_id, "user_id": alice.user_id, "typing": False}]
+    [receipt] = origin.edus("m.receipt")  # queued after the private one: that one never left
+    assert list(receipt) == [room_id] and list(receipt[room_id]) == ["m.read"], receipt
+    assert receipt[room_id]["m.read"][alice.user_id]["event_ids"] == [event_id], receipt
+    assert isinstance(receipt[room_id]["m.read"][alice.user_id]["data"]["ts"], int)
+    assert b"m.read.private" not in orjson.dumps(origin.received)
+    assert all(o == ours.server_name for o, _ in origin.received)
+    status, _ = await alice.call("PUT", f"presence/{me}/status", {"presence": "unavailable", "status_msg": "brb"})
+    assert status == 200
+    await until(lambda: _true(origin.edus("m.presence")))
+    [presence] = origin.edus("m.presence")
+    assert presence["push"][0]["user_id"] == alice.user_id, presence
+    assert (presence["push"][0]["presence"], presence["push"][0]["status_msg"]) == ("unavailable", "brb")
+
+    remy, loner = f"@remy:{origin.name}", f"@loner:{origin.name}"
+    push = [{"user_id": u, "presence": "online", "status_msg": "afar", "last_active_ago": 1000}
+            for u in ("@x:elsewhere", loner, remy)]
+    assert await origin.send(ours.server_name, [], [{"edu_type": "m.presence", "content": {"push": push}}]) == {
+        "pdus": {}}
+    seen: list[Any] = []
+    for _ in range(10):
+        body = await alice.sync(since, timeout_ms=3000)
+        since = body["next_batch"]
+        seen += [e for e in body.get("presence", {}).get("events", []) if e["sender"] == remy]
+        if seen:
+            break
+    assert seen and seen[-1]["content"]["presence"] == "online" and seen[-1]["content"]["status_msg"] == "afar"
+    assert seen[-1]["content"]["last_active_ago"] >= 1000, seen
+    rows = await ours.db_fetch("SELECT user_id FROM presence WHERE user_id <> $1", alice.user_id)
+    assert [r["user_id"] for r in rows] == [remy]
+
+
+async def _true(value: Any) -> bool:
+    return bool(value)
 
 
 async def test_bad_pdus_refused(setup: tuple[FederatingServer, Origin, aiohttp.ClientSession]) -> None:

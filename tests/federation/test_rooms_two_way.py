@@ -1,7 +1,8 @@
 """A room shared between two coffeechat-home servers, both ways: a user of
 the second server joins a room of the first (make_join/send_join), both
 talk, every message reaches both servers exactly once (the outbound sender
-and inbound /send on each side), both report the same room state, a state
+and inbound /send on each side), both report the same room state, typing,
+read receipts and presence reach the other side's /sync both ways, a state
 change and a leave reach the other side."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 
 from ..integration.processes import User, wait_until
 from ..pg import PostgresForTests
+from .ephemeral_checks import presence_reaches, typing_and_receipts_both_ways
 from .peers import FederatingServer
 
 pytestmark = pytest.mark.federation
@@ -90,6 +92,11 @@ async def test_two_servers_share_a_room_both_ways(
         # history from before the join is not backfilled yet (README: not yet)
         assert sorted(seen_b) == sorted(expected[1:]), seen_b
         assert await state_ids(alice, room_id) == await state_ids(bob.on(b.client_url), room_id)
+        if version == "12":  # typing, receipts and presence do not depend on the room version
+            last = {e["sender"]: e["event_id"] for e in await alice.history(room_id) if e["type"] == "m.room.message"}
+            await typing_and_receipts_both_ways(alice, bob, room_id, last[alice.user_id], last[bob.user_id])
+            await presence_reaches(alice, bob, "away from a")
+            await presence_reaches(bob, alice, "away from b")
 
         # a state change on the joining side reaches the resident side
         status, _ = await bob.call("PUT", f"rooms/{quote(room_id)}/state/m.room.topic/", {"topic": "from b"})

@@ -1,7 +1,8 @@
 """Our users in rooms that live on Synapse: our user joins a public Synapse
 room (by room id with ``via``, and by alias) through make_join/send_join,
 sees its state in /sync, then receives the Synapse user's new messages and
-state changes live (Synapse pushes them to our /send), and leaves through
+state changes live (Synapse pushes them to our /send), typing and read
+receipts go both ways (v10), and it leaves through
 Synapse (make_leave/send_leave); invites from Synapse show in /sync with
 their stripped state, one is accepted (joined through the inviting server),
 one rejected (Synapse sees the leave). Room versions 10, 11 and 12, one
@@ -14,8 +15,9 @@ from urllib.parse import quote
 
 import aiohttp
 
+from ..federation.ephemeral_checks import typing_and_receipts_both_ways
 from ..federation.peers import FederatingServer
-from ..integration.processes import User
+from ..integration.processes import User, wait_until
 from .synapse_peer import SynapsePeer
 from .test_synapse_federation import peers, pytestmark, register_on_synapse
 
@@ -87,6 +89,17 @@ async def test_join_synapse_rooms_and_receive_live(peers: tuple[FederatingServer
             assert sent["event_id"] in ids and topic["event_id"] in ids, (seen, syn.log_tail())
             status, got = await alice.call("GET", f"rooms/{quote(room_id)}/state/m.room.topic")
             assert (status, got) == (200, {"topic": f"topic v{version}"})
+            if version == "10":  # typing and read receipts, both ways (not room-version specific)
+                status, mine = await alice.send(room_id, "alice was here")
+                assert status == 200, mine
+
+                path = f"rooms/{quote(room_id)}/event/{quote(mine['event_id'])}"
+
+                async def on_synapse(path: str = path) -> bool:
+                    return (await bob.call("GET", path))[0] == 200
+
+                assert await wait_until(on_synapse, 30, interval=0.1), syn.log_tail()
+                await typing_and_receipts_both_ways(alice, bob, room_id, mine["event_id"], sent["event_id"])
 
             # alice leaves through Synapse (make_leave / send_leave): Synapse sees it at once
             status, body = await alice.call("POST", f"rooms/{quote(room_id)}/leave", {})

@@ -47,7 +47,7 @@ from ...storage.federation_inbound import FederationInboundStore
 from ..persister import EventContext, NewEvent, Persister, UnknownRoom
 from ..receipts import ReceiptService
 from ..server_keys import KeyStore, KeyUnavailable
-from ..typing import TypingService
+from ..typing import FEDERATION_TIMEOUT_MS, TypingService
 from ..tasks import KeyedLocks
 from .gaps import EventFetcher, FetchBudget, GapFetchError
 
@@ -348,10 +348,7 @@ class FederationReceiver:
             return
         if not self._from_origin(origin, user_id):
             return
-        timeout = content.get("timeout")
-        await self.typing.set_typing(
-            user_id, room_id, typing, timeout if isinstance(timeout, int) and not isinstance(timeout, bool) else None
-        )
+        await self.typing.set_typing(user_id, room_id, typing, FEDERATION_TIMEOUT_MS, max_timeout_ms=FEDERATION_TIMEOUT_MS)
 
     async def _receipt_edu(self, origin: str, content: Any) -> None:
         if not isinstance(content, Mapping):

@@ -288,6 +288,7 @@ async def test_pdus_and_edus_from_another_server(
     assert await room.stored(other.event_id) is None
 
     # typing and a read receipt from remy show in alice's /sync
+    loner = f"@loner:{origin.name}"
     edus = [
         {"edu_type": "m.typing", "content": {"room_id": room.room_id, "user_id": remy, "typing": True}},
         {"edu_type": "m.receipt", "content": {room.room_id: {"m.read": {
@@ -295,6 +296,10 @@ async def test_pdus_and_edus_from_another_server(
         {"edu_type": "m.unknown.thing", "content": {}},
         # a user of another server: not the origin's to report
         {"edu_type": "m.typing", "content": {"room_id": room.room_id, "user_id": "@x:elsewhere", "typing": True}},
+        # the origin's user who is not in the room
+        {"edu_type": "m.typing", "content": {"room_id": room.room_id, "user_id": loner, "typing": True}},
+        {"edu_type": "m.receipt", "content": {room.room_id: {"m.read": {
+            loner: {"event_ids": [msg.event_id], "data": {"ts": origin.ts}}}}}},
     ]
     assert await origin.send(ours.server_name, [], edus) == {"pdus": {}}
     ephemeral: list[dict[str, Any]] = []
@@ -308,7 +313,7 @@ async def test_pdus_and_edus_from_another_server(
     typing = [e for e in ephemeral if e["type"] == "m.typing"]
     assert typing and typing[-1]["content"]["user_ids"] == [remy]
     receipts = [e for e in ephemeral if e["type"] == "m.receipt"]
-    assert receipts and remy in receipts[-1]["content"][msg.event_id]["m.read"]
+    assert receipts and set(receipts[-1]["content"][msg.event_id]["m.read"]) == {remy}, receipts
 
     await _ephemeral_both_ways(ours, origin, alice, room.room_id, msg.event_id, since)
 

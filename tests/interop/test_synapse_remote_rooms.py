@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from ..federation.ephemeral_checks import typing_and_receipts_both_ways
+from ..federation.ephemeral_checks import presence_reaches, typing_and_receipts_both_ways
 from ..federation.peers import FederatingServer
 from ..integration.processes import User, wait_until
 from .synapse_peer import SynapsePeer
@@ -100,6 +100,8 @@ async def test_join_synapse_rooms_and_receive_live(peers: tuple[FederatingServer
 
                 assert await wait_until(on_synapse, 30, interval=0.1), syn.log_tail()
                 await typing_and_receipts_both_ways(alice, bob, room_id, mine["event_id"], sent["event_id"])
+                await presence_reaches(alice, bob, "from coffeechat")
+                await presence_reaches(bob, alice, "from synapse")
 
             # alice leaves through Synapse (make_leave / send_leave): Synapse sees it at once
             status, body = await alice.call("POST", f"rooms/{quote(room_id)}/leave", {})

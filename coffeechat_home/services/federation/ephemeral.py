@@ -4,9 +4,11 @@ Outbound: when a local user starts or stops typing, sends a public read
 receipt (``m.read``; ``m.read.private`` never leaves the server) or
 changes presence, the EDU is built once and queued for every other server
 with a joined member in the room (presence: every server sharing a room
-with the user) in the sender's persisted EDU outbox. Typing EDUs expire
-with the typing they announce, so a destination that comes back after a
-long backoff does not get stale typing.
+with the user) in the sender's persisted EDU outbox. A newer EDU of the
+same kind replaces a queued one (typing per room and user, receipts per
+room, type, user and thread, presence per user). Typing EDUs expire with
+the typing they announce, so a destination that comes back after a long
+backoff does not get stale typing.
 
 Inbound: ``m.presence`` EDUs (``m.typing`` and ``m.receipt`` are handled in
 receiver.py) for users of the origin server who share a room with one of
@@ -19,6 +21,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable, Mapping
 
+from ...protocol.edus import presence_edu, receipt_edu, typing_edu
 from ...protocol.identifiers import InvalidIdentifier, parse_user_id
 from ...storage.edu_outbox import EduOutboxStore, OutboundEdu
 from ...storage.presence import PresenceStore
@@ -32,7 +35,7 @@ from .receiver import FederationReceiver
 log = logging.getLogger(__name__)
 
 # How long a stop-typing EDU is worth delivering: receivers time typing out
-# on their own (Synapse after 60 s, we after 30 s).
+# on their own (Synapse and we after 60 s).
 STOP_TYPING_TTL_MS = 60_000
 MAX_PRESENCE_PUSH = 100  # entries of one inbound m.presence EDU we look at
 
@@ -46,23 +49,6 @@ def _server_of(user_id: str) -> str | None:
         return parse_user_id(user_id).server_name
     except InvalidIdentifier:
         return None
-
-
-def typing_edu(room_id: str, user_id: str, typing: bool) -> dict[str, Any]:
-    return {"room_id": room_id, "user_id": user_id, "typing": typing}
-
-
-def receipt_edu(
-    room_id: str, receipt_type: str, user_id: str, event_id: str, ts: int, thread_id: str | None
-) -> dict[str, Any]:
-    data: dict[str, Any] = {"ts": ts}
-    if thread_id:
-        data["thread_id"] = thread_id
-    return {room_id: {receipt_type: {user_id: {"event_ids": [event_id], "data": data}}}}
-
-
-def presence_edu(user_id: str, content: Mapping[str, Any]) -> dict[str, Any]:
-    return {"push": [{"user_id": user_id, **content}]}
 
 
 class EphemeralFederation:

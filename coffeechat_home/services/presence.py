@@ -18,6 +18,10 @@ STATES = ("online", "unavailable", "offline")
 CURRENTLY_ACTIVE_MS = 5 * 60_000
 # Activity bumps closer together than this are not written.
 LAST_ACTIVE_GRANULARITY_MS = 60_000
+# A user still active (syncing, setting presence) is announced to other
+# servers again this often: Synapse takes a remote user it has heard
+# nothing of for 30 min to be offline (and re-announces its own every 25).
+REMOTE_REFRESH_MS = 25 * 60_000
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +51,23 @@ class PresenceService:
         self.enabled = enabled
         # set by app.py when federating: a local user's change goes to the servers sharing a room
         self.remote: Callable[[str], Awaitable[None]] | None = None
+        self.remote_refresh_ms = REMOTE_REFRESH_MS
+        self._announced: dict[str, int] = {}  # user -> when last announced (a cache, per instance)
 
     async def _changed(self, user_id: str) -> None:
         self.notifier.poke()
-        if self.remote is not None:
-            try:
-                await self.remote(user_id)
-            except Exception:  # never fail the local request for this
-                log.exception("queueing the presence of %s for other servers", user_id)
+        await self._tell_remote(user_id, _now_ms())
+
+    async def _tell_remote(self, user_id: str, now: int) -> None:
+        if self.remote is None:
+            return
+        if len(self._announced) > 100_000:  # losing it costs one early announcement each
+            self._announced.clear()
+        self._announced[user_id] = now
+        try:
+            await self.remote(user_id)
+        except Exception:  # never fail the local request for this
+            log.exception("queueing the presence of %s for other servers", user_id)
 
     async def set_presence(self, user_id: str, state: str, status_msg: str | None) -> None:
         """From PUT /presence: sets state and status message (an omitted
@@ -84,8 +97,12 @@ class PresenceService:
         await self._changed(user_id)
 
     async def _touch(self, current: PresenceState, now: int) -> None:
+        """Activity without a change: recorded (coarsely), and announced to
+        other servers again once in a while so they keep the user's state."""
         if now - current.last_active_ts >= LAST_ACTIVE_GRANULARITY_MS:
             await self.store.touch(current.user_id, now)
+        if self.remote is not None and now - self._announced.get(current.user_id, 0) >= self.remote_refresh_ms:
+            await self._tell_remote(current.user_id, now)
 
     async def get_presence(self, requester_id: str, user_id: str) -> dict[str, Any]:
         if requester_id != user_id and user_id not in await self.rooms.users_sharing_a_room(requester_id):

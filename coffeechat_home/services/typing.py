@@ -52,6 +52,7 @@ class TypingService:
         self._task: asyncio.Task[None] | None = None
         # set by app.py when federating: tells other servers in the room
         self.remote: TypingHook | None = None
+        self.remote_refresh_ms = REMOTE_REFRESH_MS
         self._announced: dict[tuple[str, str], int] = {}  # (room, user) -> when, for REMOTE_REFRESH_MS
 
     @property
@@ -67,7 +68,7 @@ class TypingService:
             timeout = min(max(timeout_ms if timeout_ms is not None else DEFAULT_TIMEOUT_MS, 0), max_timeout_ms)
             now = _now_ms()
             pos = await self.store.start(room_id, user_id, now + timeout, now)
-            if pos is not None or now - self._announced.get((room_id, user_id), 0) >= REMOTE_REFRESH_MS:
+            if pos is not None or now - self._announced.get((room_id, user_id), 0) >= self.remote_refresh_ms:
                 await self._tell_remote(user_id, room_id, True, now + timeout)
         else:
             pos = await self.store.stop(room_id, user_id)

@@ -270,3 +270,15 @@ class RoomStore:
             user_id, after, upto,
         )
         return bool(found)
+
+    async def servers_sharing_a_room(self, user_id: str) -> set[str]:
+        """The servers of everyone joined to a room the user is joined to
+        (incl. the user's own server)."""
+        rows = await self.db.fetch(
+            """SELECT DISTINCT substr(o.state_key, strpos(o.state_key, ':') + 1) AS server
+               FROM current_state me JOIN current_state o
+                 ON o.room_id = me.room_id AND o.type = 'm.room.member' AND o.membership = 'join'
+               WHERE me.type = 'm.room.member' AND me.state_key = $1 AND me.membership = 'join'""",
+            user_id,
+        )
+        return {r["server"] for r in rows}

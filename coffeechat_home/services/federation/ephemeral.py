@@ -117,8 +117,7 @@ class EphemeralFederation:
         """A local user's presence state or status message changed."""
         if not self.presence_enabled or not self._local(user_id):
             return
-        sharing = await self.rooms.users_sharing_a_room(user_id)
-        destinations = sorted({s for u in sharing if (s := _server_of(u)) and s != self.server_name})
+        destinations = sorted(await self.rooms.servers_sharing_a_room(user_id) - {self.server_name})
         state = await self.presence.get(user_id) if destinations else None
         if state is None:
             return
@@ -147,7 +146,7 @@ class EphemeralFederation:
                 status_msg = None
             ago = item.get("last_active_ago")
             ago = ago if isinstance(ago, int) and not isinstance(ago, bool) and 0 <= ago <= now else 0
-            if not any(self._local(u) for u in await self.rooms.users_sharing_a_room(user_id)):
+            if self.server_name not in await self.rooms.servers_sharing_a_room(user_id):
                 continue  # nobody here may see it
             current = await self.presence.get(user_id)
             if current is not None and (current.state, current.status_msg) == (state, status_msg):

@@ -34,8 +34,9 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench.servers import Postgres  # noqa: E402
+from servers import Postgres  # noqa: E402
 from tests.federation.ephemeral_checks import read_by, room_ephemeral, typing_now  # noqa: E402
 from tests.federation.peers import FederatingServer  # noqa: E402
 from tests.integration.processes import User  # noqa: E402

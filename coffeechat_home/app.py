@@ -362,7 +362,10 @@ def build_federation_app(config: Config, services: Services, metrics: Metrics | 
         handler_args=HTTP_HANDLER_ARGS,
     )
     KeyRoutes(services.local_keys, services.key_store).register_routes(app.router)
-    auth = FederationAuth(services.key_store, config.server_name)
+    sender = services.federation_sender
+    auth = FederationAuth(
+        services.key_store, config.server_name, sender.destination_talked if sender is not None else None
+    )
     FederationRoutes(auth, services.conversation.profiles, services.rooms, config.server_name).register_routes(
         app.router
     )
@@ -371,7 +374,7 @@ def build_federation_app(config: Config, services: Services, metrics: Metrics | 
     TransactionRoutes(auth, services.receiver).register_routes(app.router)
     InviteRoutes(auth, services.invites).register_routes(app.router)
     E2EFederationRoutes(auth, services.e2e.federation).register_routes(app.router)
-    ResidentRoutes(auth, services.resident, services.federation_sender).register_routes(app.router)
+    ResidentRoutes(auth, services.resident).register_routes(app.router)
     discovery = DiscoveryRoutes(config.server_name, config.client_base_url, delegated_server_name(config))
     app.router.add_get("/.well-known/matrix/server", discovery.well_known_server)
     return app

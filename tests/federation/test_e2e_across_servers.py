@@ -117,6 +117,28 @@ async def test_to_device_across_servers_and_outbox_survives_kill9(
         events, since = await to_device_events(bob, since)
         assert events == []
 
+        # -- a server that talks to us ends its backoff: B down, A's send
+        # fails and A backs off for an hour; B back, bob sends A something:
+        # A sends what waited at once instead of an hour later
+        await b.stop()
+        status, body = await alice.call("PUT", "sendToDevice/m.test.secret/txn-4",
+                                        {"messages": {bob.user_id: {"*": {"n": 4}}}})
+        assert status == 200, body
+        assert await wait_until(failed_once, 30)
+        hour_ms = 3_600_000
+        await a.db_fetch(
+            "UPDATE federation_destinations SET retry_until_ts = retry_until_ts + $2 WHERE destination = $1",
+            b.server_name, hour_ms,
+        )
+        await b.start()
+        bob = bob.on(b.client_url)
+        status, body = await bob.call("PUT", "sendToDevice/m.test.reply/txn-b1",
+                                      {"messages": {alice.user_id: {"*": {"hello": "a"}}}})
+        assert status == 200, body
+        got.clear()
+        assert await wait_until(arrived, 30), "A kept backing off although B talked to it"
+        assert got == [{"sender": alice.user_id, "type": "m.test.secret", "content": {"n": 4}}]
+
 
 async def test_sync_of_a_room_joined_over_federation_carries_its_state(
     pair: tuple[FederatingServer, FederatingServer],

@@ -37,13 +37,21 @@ def unauthorized(msg: str) -> MatrixError:
 
 
 class FederationAuth:
-    def __init__(self, key_store: KeyStore, server_name: str) -> None:
+    """``on_origin``, if given, hears of every authenticated request's origin
+    (the outbound sender ends that server's backoff: it is up)."""
+
+    def __init__(
+        self, key_store: KeyStore, server_name: str, on_origin: Callable[[str], Awaitable[None]] | None = None
+    ) -> None:
         self.key_store = key_store
         self.server_name = server_name
+        self.on_origin = on_origin
 
     def __call__(self, handler: FederationHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def wrapper(request: web.Request) -> web.StreamResponse:
             origin = await self.authenticate(request)
+            if self.on_origin is not None:
+                await self.on_origin(origin)
             return await handler(request, origin)
 
         return wrapper

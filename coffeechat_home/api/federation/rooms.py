@@ -11,7 +11,6 @@ from aiohttp import web
 from ...errors import MatrixError, invalid_param, missing_param
 from ...protocol.identifiers import is_valid_event_id
 from ...services.federation.resident import ResidentService
-from ...services.federation.sender import FederationSender
 from ..http import json_response
 from .auth import FEDERATION_BODY, FederationAuth
 
@@ -41,10 +40,9 @@ def _limit(request: web.Request, default: int) -> int:
 
 
 class ResidentRoutes:
-    def __init__(self, auth: FederationAuth, resident: ResidentService, sender: FederationSender | None) -> None:
+    def __init__(self, auth: FederationAuth, resident: ResidentService) -> None:
         self.auth = auth
         self.resident = resident
-        self.sender = sender
 
     def register_routes(self, router: web.UrlDispatcher) -> None:
         a = self.auth
@@ -59,15 +57,10 @@ class ResidentRoutes:
         router.add_get(V1 + "/backfill/{room_id}", a(self.backfill))
         router.add_post(V1 + "/get_missing_events/{room_id}", a(self.get_missing_events))
 
-    async def _talked(self, origin: str) -> None:
-        if self.sender is not None:
-            await self.sender.destination_talked(origin)
-
     def _pdus(self, pdus: list[dict[str, Any]]) -> dict[str, Any]:
         return {"origin": self.resident.server_name, "origin_server_ts": int(time.time() * 1000), "pdus": pdus}
 
     async def make_join(self, request: web.Request, origin: str) -> web.StreamResponse:
-        await self._talked(origin)
         versions = request.query.getall("ver", []) or ["1"]
         answer = await self.resident.make_membership(
             origin, _room_id(request), request.match_info["user_id"], "join", versions
@@ -75,7 +68,6 @@ class ResidentRoutes:
         return json_response(answer)
 
     async def make_leave(self, request: web.Request, origin: str) -> web.StreamResponse:
-        await self._talked(origin)
         answer = await self.resident.make_membership(
             origin, _room_id(request), request.match_info["user_id"], "leave", []
         )

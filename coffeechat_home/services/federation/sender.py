@@ -40,6 +40,7 @@ from ..notifier import Notifier
 log = logging.getLogger(__name__)
 
 MAX_PDUS = 50
+TALKED_EVERY_S = 5.0  # how often an inbound request may end a destination's backoff
 MAX_BATCHES_PER_RUN = 1000  # a worker's loop bound; the sweep resumes it
 
 
@@ -85,6 +86,7 @@ class FederationSender:
         self._task: asyncio.Task[None] | None = None
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
+        self._talked: dict[str, float] = {}
         self.pdus_sent = 0
         self.edus_sent = 0
         self.transactions_sent = 0
@@ -117,7 +119,14 @@ class FederationSender:
             self._kick(d)
 
     async def destination_talked(self, destination: str) -> None:
-        """An inbound request from ``destination``: end its backoff."""
+        """An inbound request from ``destination``: end its backoff (looked
+        at once per ``TALKED_EVERY_S`` per destination, not per request)."""
+        now = time.monotonic()
+        if now - self._talked.get(destination, -TALKED_EVERY_S) < TALKED_EVERY_S:
+            return
+        if len(self._talked) > 10_000:
+            self._talked.clear()
+        self._talked[destination] = now
         try:
             if await self.store.reset_backoff(destination):
                 self._kick(destination)

@@ -98,11 +98,37 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
+# The sessions of the transaction pool on PostgreSQL. Its SSI takes a
+# predicate lock on the whole table for a sequential scan, and the planner
+# picks one for a point lookup in a table it knows to be small (a few rooms,
+# the handful of rows of ``stream_inflight``) once autovacuum has analyzed
+# it: every other transaction writing that table (a send to any other room)
+# then forms a read-write conflict with it, and under concurrent writes most
+# of them fail to serialize (2,271 failures for 2,000 sends into 20 separate
+# rooms, bench/bench_send_conflicts.py). PostgreSQL's documentation advises
+# steering SERIALIZABLE transactions towards index scans; with sequential
+# scans off the planner uses an index wherever one fits (a table with none
+# is still scanned). Not SERIALIZABLE weakened: only its lock granularity.
+SERIALIZABLE_SESSION_SETTINGS = {"enable_seqscan": "off"}
+
+
+async def _detect_engine(kwargs: dict[str, Any], timeout: float) -> Engine:
+    """The engine behind the URL, from one short-lived connection (the
+    pools' session settings depend on it)."""
+    conn = await asyncio.wait_for(asyncpg.connect(**kwargs), timeout)
+    try:
+        return detect_engine(await conn.fetchval("SELECT version()"))
+    finally:
+        await conn.close()
+
+
 class Database:
     """Two pools on one database: ``pool`` runs multi-statement units of
     work (``transaction``), each opened with ``BEGIN ISOLATION LEVEL
     SERIALIZABLE`` whatever the server's default (CockroachDB v24.1 and later
-    let a role or database default to READ COMMITTED). ``single`` runs lone
+    let a role or database default to READ COMMITTED); on PostgreSQL its
+    sessions plan without sequential scans (SERIALIZABLE_SESSION_SETTINGS).
+    ``single`` runs lone
     statements (``fetch``/``execute`` ...). On PostgreSQL its sessions use
     READ COMMITTED: one statement is atomic and sees one snapshot anyway,
     and PostgreSQL's SSI tracks reads by index page, so lone reads (sync,
@@ -138,9 +164,10 @@ class Database:
             return pool
 
         try:
-            pool = await make_pool(min_size, max_size, {})
-            engine = detect_engine(await pool.fetchval("SELECT version()"))
-            settings = {"default_transaction_isolation": "read committed"} if engine is Engine.POSTGRES else {}
+            engine = await _detect_engine(kwargs, timeout)
+            postgres = engine is Engine.POSTGRES
+            pool = await make_pool(min_size, max_size, SERIALIZABLE_SESSION_SETTINGS if postgres else {})
+            settings = {"default_transaction_isolation": "read committed"} if postgres else {}
             try:
                 single = await make_pool(min(min_size, 2), max(2, max_size // 2), settings)
             except BaseException:

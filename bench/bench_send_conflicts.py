@@ -4,15 +4,17 @@ loaded machine (no throughput figures):
     python bench/bench_send_conflicts.py [--clients 20] [--sends 2000] [--seq 300]
 
 Starts one PostgreSQL (as bench_rooms.py, SERIALIZABLE for our database)
-and our server, registers ``--clients`` users, each in a room of its own,
-each with a long-polling ``/sync`` kept open on its own socket. Then:
+and our server, registers ``--clients`` users, each in a room of its own.
+Then:
 
-* seq: one client sends ``--seq`` messages one at a time; printed: the
+* seq: one client sends ``--seq`` messages one at a time (no other
+  request meanwhile, as bench_rooms.py's send phase); printed: the
   server's CPU (utime+stime of its process) per message and its PostgreSQL
   backends' CPU per message;
-* rooms: after a ``VACUUM ANALYZE`` (what autovacuum does to a live
-  database within minutes; ``--no-analyze`` skips it), every client sends into its own room, one at a time, ``--sends``
-  in all; printed: serialization failures in PostgreSQL's log and
+* rooms: with every client holding a long-poll ``/sync`` open, after a
+  ``VACUUM ANALYZE`` (what autovacuum does to a live database within
+  minutes; ``--no-analyze`` skips it), every client sends into its own
+  room, one at a time, ``--sends`` in all; printed: serialization failures in PostgreSQL's log and
   ``xact_rollback`` of our database over the phase, with the failing
   statements and PostgreSQL's reason codes grouped by text (writes to
   different rooms should not conflict: every one of these is a cost).
@@ -27,6 +29,8 @@ import argparse
 import asyncio
 import collections
 import re
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -109,8 +113,6 @@ async def run(args: argparse.Namespace) -> int:
                     return
                 since = (await c.sync(u, since=since, timeout_ms=5000, http_timeout=30))["next_batch"]
 
-        pollers = [asyncio.create_task(poller(u)) for u in users]
-        await asyncio.sleep(1.0)
 
         async def sends(u: User, room: str, n: int, label: str, deadline: float) -> int:
             done = 0
@@ -125,18 +127,24 @@ async def run(args: argparse.Namespace) -> int:
         await sends(users[0], rooms[0], 30, "warm", time.monotonic() + 60)
 
         # seq: one client, one at a time
+        spy = pyspy_record(server.pid, WORK / "pyspy-send-seq.txt") if args.pyspy else None
         backends0 = cpu_seconds_of(await pg.backend_pids(DB))
         cpu0 = server.cpu_seconds()
         t0 = time.monotonic()
         n_seq = await sends(users[0], rooms[0], args.seq, "seq", time.monotonic() + 120)
         wall = time.monotonic() - t0
         cpu = server.cpu_seconds() - cpu0
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
         backends1 = cpu_seconds_of(await pg.backend_pids(DB))
         db_cpu = sum(v - backends0.get(p, 0.0) for p, v in backends1.items())
         log(f"seq: {n_seq} sends, server CPU {1000 * cpu / max(1, n_seq):.2f} ms/msg, "
             f"its PostgreSQL backends {1000 * db_cpu / max(1, n_seq):.2f} ms/msg ({wall:.1f} s wall, loaded machine)")
 
-        # rooms: every client in its own room
+        # rooms: every client in its own room, each with a long-poll open
+        pollers = [asyncio.create_task(poller(u)) for u in users]
+        await asyncio.sleep(1.0)
         if not args.no_analyze:
             # what autovacuum does to a live database within minutes (the
             # planner then sees small tables as small): our tables analyzed
@@ -174,6 +182,18 @@ async def run(args: argparse.Namespace) -> int:
         pg.stop()
 
 
+def pyspy_record(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy (GIL holder only, i.e. CPU) on our server until SIGINT; read
+    the file with bench/pyspy_summary.py. Its sampling costs the server a
+    little CPU: compare CPU figures from runs without it."""
+    spy = subprocess.Popen(
+        ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "500", "--gil", "-o", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)
+    return spy
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, default=20)
@@ -182,6 +202,8 @@ def main() -> int:
     p.add_argument("--pool", type=int, default=10)
     p.add_argument("--no-analyze", action="store_true",
                    help="skip the VACUUM ANALYZE before the many-rooms phase (a fresh database's planner statistics)")
+    p.add_argument("--pyspy", action="store_true",
+                   help="record the one-client phase with py-spy into bench/.work/pyspy-send-seq.txt")
     p.add_argument("--fsync", choices=("on", "off"), default="on")
     return asyncio.run(run(p.parse_args()))
 

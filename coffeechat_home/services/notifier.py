@@ -89,16 +89,22 @@ class Notifier:
         """Something was committed locally: look for a new position now."""
         self._poked.set()
 
-    async def advance(self) -> int:
-        """Read the safe position; wake the waiters whose keys changed."""
+    async def advance(self, *, read_max: bool = True) -> int:
+        """Read the safe position; wake the waiters whose keys changed.
+        Without ``read_max`` the committed maximum is what this instance's
+        own writes committed (``StreamStore.current_position``): one
+        statement fewer after a local write; writes of other instances are
+        found by the next advance that reads it."""
         async with self._advance_lock:
-            new = await self.stream.current_position()
+            new = await self.stream.current_position(read_max=read_max)
             if new > self.position:
-                by_table = await self.changes(self.position, new)
-                keys: set[str] = set().union(*by_table.values()) if by_table else set()
                 waiters = list(self._waiters)
-                if any(w.peers for w in waiters):
-                    keys |= await self._rooms_of_peers(by_table)
+                keys: set[str] = set()
+                if waiters:  # else nobody to wake: a sync reads the range when it asks
+                    by_table = await self.changes(self.position, new)
+                    keys = set().union(*by_table.values()) if by_table else set()
+                    if any(w.peers for w in waiters):
+                        keys |= await self._rooms_of_peers(by_table)
                 self.position = new
                 for w in waiters:
                     if w.keys & keys:
@@ -144,12 +150,20 @@ class Notifier:
             self._waiters.discard(waiter)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_full = loop.time()
         while True:
+            poked = False
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._poked.wait(), self.poll_interval)
+                poked = await asyncio.wait_for(self._poked.wait(), self.poll_interval)
             self._poked.clear()
+            # a local poke needs no committed-maximum statement; the poll
+            # reads it at least every poll_interval, pokes or not
+            full = not poked or loop.time() - last_full >= self.poll_interval
+            if full:
+                last_full = loop.time()
             try:
-                await self.advance()
+                await self.advance(read_max=full)
             except asyncio.CancelledError:
                 raise
             except DatabaseError as e:  # an outage: keep going, quietly

@@ -119,6 +119,9 @@ class StreamStore:
         # Reservations whose release failed (the database went away): the
         # instance's heartbeat releases them once it can (release_orphans).
         self.orphans: set[str] = set()
+        # The highest position of a write of this store whose commit was
+        # acknowledged: a committed maximum known without asking.
+        self.local_committed = 0
 
     async def write(
         self, fn: Callable[[asyncpg.Connection, int], Awaitable[T]], *, name: str = "stream_write"
@@ -190,6 +193,7 @@ class StreamStore:
 
                 result = await self.db.attempt_bracketed(self._prelude(token), txn, self._finale(token))
                 committed = True
+                self.local_committed = max(self.local_committed, result[1][-1] if result[1] else 0)
                 return result
             except asyncpg.DivisionByZeroError:
                 if not wrote:
@@ -254,11 +258,20 @@ class StreamStore:
         self.orphans.difference_update(tokens)
         return len(tokens)
 
-    async def current_position(self) -> int:
+    async def current_position(self, *, read_max: bool = True) -> int:
         """The position below which every write has committed: the committed
         maximum, then the reservations' floor, in that order (see the module
-        docstring for why two statements, and why this order)."""
-        committed = await self.committed_max()
+        docstring for why two statements, and why this order).
+
+        Without ``read_max`` the committed maximum is this store's own
+        ``local_committed`` instead of a statement: the argument holds for
+        any position whose write's commit was acknowledged before the floor
+        statement began (case two needs only that). It may lag writes of
+        other instances (a later call with ``read_max`` finds them), never
+        run ahead of an uncommitted one."""
+        committed = self.local_committed
+        if read_max:
+            committed = max(committed, await self.committed_max())
         floor = await self.reservation_floor()
         return committed if floor is None else min(committed, floor)
 

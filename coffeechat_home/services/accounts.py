@@ -6,14 +6,21 @@ from __future__ import annotations
 import secrets
 import string
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from ..errors import MatrixError, forbidden, invalid_param
 from ..protocol.identifiers import InvalidIdentifier, is_valid_localpart_for_registration, parse_user_id
-from ..storage.accounts import AccountStore, TokenOwner, UserExists
+from ..storage.accounts import AccountStore, TokenOwner, UserExists, token_hash, token_write_guard
 from ..storage.registration_tokens import RegistrationTokenStore
 from .passwords import PasswordHasher
+
+
+# Tokens seen recently, for requests whose write checks the token itself:
+# how long one is kept and how many (least recently used go first).
+TOKEN_CACHE_TTL_S = 300.0
+TOKEN_CACHE_SIZE = 10_000
 
 
 def now_ms() -> int:
@@ -36,6 +43,11 @@ class Requester:
     device_id: str
     is_admin: bool
     access_token: str
+    # Set when the token came from this instance's cache without a database
+    # read: a write made for this requester must run it as its guard
+    # (storage.accounts.token_write_guard), and any other answer waits for
+    # the token to be checked (api/auth.py).
+    write_guard: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +91,9 @@ class AccountService:
         # A stored hash to compare against when a user does not exist, so a
         # missing user takes as long to reject as a wrong password.
         self._dummy_hash: str | None = None
+        # token hash -> (owner, expiry): for requests whose write checks the
+        # token itself (requester_for_write); never trusted alone
+        self._tokens: OrderedDict[bytes, tuple[TokenOwner, float]] = OrderedDict()
 
     # -- identifiers ----------------------------------------------------------
     def user_id_for(self, username: str) -> str:
@@ -190,8 +205,28 @@ class AccountService:
     async def requester_for_token(self, token: str) -> Requester | None:
         owner: TokenOwner | None = await self.store.owner_of_token(token)
         if owner is None:
+            self._tokens.pop(token_hash(token), None)
             return None
+        self._tokens[token_hash(token)] = (owner, time.monotonic() + TOKEN_CACHE_TTL_S)
+        self._tokens.move_to_end(token_hash(token))
+        while len(self._tokens) > TOKEN_CACHE_SIZE:
+            self._tokens.popitem(last=False)
         return Requester(owner.user_id, owner.device_id, owner.is_admin, token)
+
+    async def requester_for_write(self, token: str) -> Requester | None:
+        """Like ``requester_for_token``, without a database read when this
+        instance saw the token recently: such a requester carries a
+        ``write_guard`` that its write must run (another instance may have
+        revoked the token since)."""
+        hit = self._tokens.get(token_hash(token))
+        if hit is None or hit[1] <= time.monotonic():
+            return await self.requester_for_token(token)
+        owner = hit[0]
+        return Requester(owner.user_id, owner.device_id, owner.is_admin, token,
+                         token_write_guard(token, owner.user_id, owner.device_id))
+
+    def forget_token(self, token: str) -> None:
+        self._tokens.pop(token_hash(token), None)
 
     async def logout(self, requester: Requester) -> None:
         # Logging out deletes the device, its tokens and its keys.
@@ -209,6 +244,8 @@ class AccountService:
             await hook(user_id, device_id)
 
     async def _devices_removed(self, user_id: str, device_ids: list[str]) -> None:
+        for h in [h for h, (owner, _) in self._tokens.items() if owner.user_id == user_id]:
+            del self._tokens[h]
         if device_ids:
             for hook in self.devices_removed_hooks:
                 await hook(user_id, device_ids)
@@ -222,6 +259,8 @@ class AccountService:
         await self._devices_removed(requester.user_id, removed)
 
     async def deactivate(self, user_id: str) -> None:
+        for h in [h for h, (owner, _) in self._tokens.items() if owner.user_id == user_id]:
+            del self._tokens[h]
         for hook in self.deactivation_hooks:
             await hook(user_id)
         await self._devices_removed(user_id, await self.store.deactivate(user_id))

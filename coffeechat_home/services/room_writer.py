@@ -145,10 +145,12 @@ class RoomWriter:
         new_room: NewRoom | None = None,
         txn: tuple[str, str, str, str] | None = None,
         check: EventCheck | None = None,
+        guard: str | None = None,
     ) -> SendResult:
         """Build, check and persist ``templates`` in order as one batch.
         ``room_id`` is None for a new v12 room (it comes from the create
-        event). Raises MatrixError(403) when the auth rules refuse one."""
+        event). Raises MatrixError(403) when the auth rules refuse one.
+        ``guard``: run first in the write transaction (``StreamStore.write_many``)."""
         if new_room is not None:
             assert room_version is not None
             return await self._create(room_id, templates, room_version, new_room, check)
@@ -165,7 +167,7 @@ class RoomWriter:
                 raise MatrixError(404, "M_NOT_FOUND", "Room not found")
             try:
                 built, new_head = await self._build(head, templates, check, int(time.time() * 1000))
-                result, positions = await self._persist(head, built, txn, None)
+                result, positions = await self._persist(head, built, txn, None, guard=guard)
             except StaleRoomState:
                 pass
             except MatrixError as e:
@@ -174,7 +176,7 @@ class RoomWriter:
             else:
                 return await self._committed(new_head, built, result, positions)
             self._heads.pop(room_id, None)
-            built, new_head, result, positions = await self._persist_exclusive(room_id, templates, txn, check)
+            built, new_head, result, positions = await self._persist_exclusive(room_id, templates, txn, check, guard)
             return await self._committed(new_head, built, result, positions)
 
     async def _persist_exclusive(
@@ -183,6 +185,7 @@ class RoomWriter:
         templates: Sequence[Mapping[str, Any]],
         txn: tuple[str, str, str, str] | None,
         check: EventCheck | None,
+        guard: str | None = None,
     ) -> tuple[list[_Built], RoomHead, PersistResult, list[int]]:
         """Read the head, build and persist in one transaction that holds
         the room's row ``FOR UPDATE``: writers on other instances wait (or
@@ -207,7 +210,7 @@ class RoomWriter:
             return built, new_head, result
 
         (built, new_head, result), positions = await self.stream.write_many(
-            fn, len(templates), name="persist_events_exclusive"
+            fn, len(templates), name="persist_events_exclusive", guard=guard
         )
         return built, new_head, result, positions
 
@@ -343,6 +346,8 @@ class RoomWriter:
         txn: tuple[str, str, str, str] | None,
         new_room: NewRoom | None,
         room_id: str | None = None,
+        *,
+        guard: str | None = None,
     ) -> tuple[PersistResult, list[int]]:
         rid = room_id or head.room_id
         targets = await self._redaction_targets([b.redaction_target for b in built if b.redaction_target])
@@ -354,7 +359,7 @@ class RoomWriter:
                 room_version=head.room_version, new_room=new_room, redaction_targets=targets,
             )
 
-        return await self.stream.write_many(fn, len(built), name="persist_events")
+        return await self.stream.write_many(fn, len(built), name="persist_events", guard=guard)
 
 
 def _base(head: RoomHead) -> RoomBase:

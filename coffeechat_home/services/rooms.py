@@ -232,7 +232,7 @@ class RoomService:
                 template["content"].pop("redacts", None)
         txn = (requester.user_id, requester.device_id, txn_id, endpoint) if txn_id is not None else None
         try:
-            result = await self.writer.send(room_id, [template], txn=txn, check=check)
+            result = await self.writer.send(room_id, [template], txn=txn, check=check, guard=requester.write_guard)
         except DuplicateTransaction:
             existing = await self.events.event_for_txn(
                 requester.user_id, requester.device_id, txn_id or "", endpoint

@@ -279,14 +279,14 @@ class Database:
         self, prelude: str, fn: Callable[[asyncpg.Connection], Awaitable[T]], finale: str
     ) -> T:
         """One try of ``fn(conn)`` in a SERIALIZABLE transaction opened by
-        the simple-query string ``prelude`` (which must end with ``BEGIN
-        ISOLATION LEVEL SERIALIZABLE``; what comes before it runs first, in
-        the same round trip) and closed by ``finale`` (statements, then
-        ``COMMIT``, also one round trip). Saves the two round trips of a
-        separate BEGIN and COMMIT. Failures are reported as by
-        ``attempt_transaction``; a failed prelude or finale leaves the
-        connection rolled back."""
-        assert prelude.rstrip().rstrip(";").upper().endswith("BEGIN ISOLATION LEVEL SERIALIZABLE")
+        the simple-query string ``prelude`` (which holds ``BEGIN ISOLATION
+        LEVEL SERIALIZABLE``: what comes before it runs first, what follows
+        it runs in the transaction, all in one round trip) and closed by
+        ``finale`` (statements, then ``COMMIT``, also one round trip). Saves
+        the two round trips of a separate BEGIN and COMMIT. Failures are
+        reported as by ``attempt_transaction``; a failed prelude or finale
+        leaves the connection rolled back."""
+        assert "BEGIN ISOLATION LEVEL SERIALIZABLE" in prelude.upper()
         assert finale.rstrip().rstrip(";").upper().endswith("COMMIT")
         async with self._connection(self.pool) as conn:
             try:

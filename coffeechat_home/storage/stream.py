@@ -102,6 +102,11 @@ STREAM_TABLES: list[StreamTable] = [
 ]
 
 
+class GuardFailed(Exception):
+    """A write's guard (``write_many(guard=...)``) found its precondition
+    false at the start of the write transaction: nothing was written."""
+
+
 def register_stream_table(table: StreamTable) -> None:
     if all(t.table != table.table or t.key_sql != table.key_sql for t in STREAM_TABLES):
         STREAM_TABLES.append(table)
@@ -141,15 +146,21 @@ class StreamStore:
         count: int,
         *,
         name: str = "stream_write",
+        guard: str | None = None,
     ) -> tuple[T, list[int]]:
         """Like ``write`` with ``count`` increasing positions.
+
+        ``guard``: one SQL statement (no parameters) that fails with a
+        division by zero when the write must not happen; it runs first in
+        the write transaction, in the round trip that opens it, and its
+        failure raises GuardFailed.
 
         Shielded from the caller's cancellation (a client that hangs up
         makes aiohttp cancel its handler): a write runs to its end, so no
         reservation is left half-made and no connection is abandoned in
         the middle of a statement; the client's retry with the same
         transaction id finds what it stored."""
-        task = asyncio.ensure_future(self._write_many(fn, count, name))
+        task = asyncio.ensure_future(self._write_many(fn, count, name, guard))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -157,13 +168,14 @@ class StreamStore:
             raise
 
     async def _write_many(
-        self, fn: Callable[[asyncpg.Connection, list[int]], Awaitable[T]], count: int, name: str
+        self, fn: Callable[[asyncpg.Connection, list[int]], Awaitable[T]], count: int, name: str,
+        guard: str | None,
     ) -> tuple[T, list[int]]:
         async with self._gate:
-            return await self.db.retrying(lambda: self._attempt(fn, count), name=name)
+            return await self.db.retrying(lambda: self._attempt(fn, count, guard), name=name)
 
     async def _attempt(
-        self, fn: Callable[[asyncpg.Connection, list[int]], Awaitable[T]], count: int
+        self, fn: Callable[[asyncpg.Connection, list[int]], Awaitable[T]], count: int, guard: str | None = None
     ) -> tuple[T, list[int]]:
         """One try: a fresh reservation, then the write transaction. The
         reservation never outlives the try, so a write that backs off after
@@ -191,11 +203,16 @@ class StreamStore:
                     wrote = True
                     return result, positions
 
-                result = await self.db.attempt_bracketed(self._prelude(token), txn, self._finale(token))
+                prelude = self._prelude(token) + ("" if guard is None else f"; {guard}")
+                result = await self.db.attempt_bracketed(prelude, txn, self._finale(token))
                 committed = True
                 self.local_committed = max(self.local_committed, result[1][-1] if result[1] else 0)
                 return result
             except asyncpg.DivisionByZeroError:
+                if guard is not None and not reserved:
+                    # the guard, which runs after the reservation's commit
+                    reserved = True  # so that ``finally`` releases it now
+                    raise GuardFailed() from None
                 if not wrote:
                     raise
                 # the finale found our reservation gone (reclaimed: our

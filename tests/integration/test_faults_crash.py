@@ -179,6 +179,7 @@ async def test_survivor_keeps_serving_after_kill9_of_other_instance(database_url
                 if left_any:
                     break
                 await a.start()
+                alice = alice.on(a.url)  # the restarted instance listens on a new port
             assert left_any, "no kill left a stream reservation behind: the fault was not exercised"
             _assert_once(await bob.history(room_id), all_acked)
     finally:

@@ -78,6 +78,35 @@ async def test_concurrent_retries_of_one_txn_store_one_event(
     assert len([e for e in await all_events(alice, room_id) if e["type"] == "m.room.message"]) == 1
 
 
+async def test_a_token_revoked_on_another_instance_cannot_send(
+    alice: ApiClient, bob: ApiClient, start_server: Any
+) -> None:
+    """Sends may take the token from the instance's cache (the write checks
+    it): after a logout through another instance the next send with the old
+    token is refused and stores nothing, a refusal for another reason says
+    only that the token is gone, and the room's readers are not held back."""
+    room_id = await create_room(alice)
+    await invite_and_join(alice, bob, room_id)
+    for n in range(2):  # the first reads the token from the database, the second from the cache
+        r = await alice.put(f"rooms/{q(room_id)}/send/m.room.message/warm{n}", MSG)
+        assert r.status == 200, r
+    other = await start_server()
+    twin = ApiClient(f"http://127.0.0.1:{other.client_port}", alice.session)
+    twin.token, twin.user_id = alice.token, alice.user_id
+    assert (await twin.post("logout", {})).status == 200
+    since = (await bob.get("sync")).body["next_batch"]
+    assert_error(await alice.put(f"rooms/{q(room_id)}/send/m.room.message/after", MSG), 401, "M_UNKNOWN_TOKEN")
+    assert_error(await alice.put(f"rooms/{q('!nowhere:test')}/send/m.room.message/x", MSG), 401, "M_UNKNOWN_TOKEN")
+    r = await bob.put(f"rooms/{q(room_id)}/send/m.room.message/bob1", {"msgtype": "m.text", "body": "still here"})
+    assert r.status == 200, r
+    # the refused write left no reservation holding the stream back
+    body = (await bob.get("sync", params={"since": since, "timeout": "5000"})).body
+    timeline = body.get("rooms", {}).get("join", {}).get(room_id, {}).get("timeline", {}).get("events", [])
+    assert [e["content"].get("body") for e in timeline] == ["still here"]
+    bodies = [e["content"].get("body") for e in await all_events(bob, room_id) if e["type"] == "m.room.message"]
+    assert bodies == ["hello", "hello", "still here"]
+
+
 async def test_txn_id_idempotent_per_device(alice: ApiClient, new_client: Callable[[], ApiClient]) -> None:
     room_id = await create_room(alice)
     path = f"rooms/{q(room_id)}/send/m.room.message/same"

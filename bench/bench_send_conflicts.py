@@ -69,7 +69,8 @@ def failures_in(text: str) -> tuple[int, collections.Counter[str], collections.C
                 if "ERROR:" in nxt or "LOG:" in nxt:
                     break
                 continue
-            text_ = re.sub(r"'[0-9a-f]{24}'", "'<token>'", re.sub(r"\s+", " ", m.group(2)).strip())
+            text_ = re.sub(r"\s+", " ", m.group(2)).strip()
+            text_ = re.sub(r"pivot \d+", "pivot <xid>", re.sub(r"'[0-9a-f]{24}'", "'<token>'", text_))
             (details if m.group(1) == "DETAIL" else stmts)[text_[:160]] += 1
     return n, details, stmts
 

@@ -223,7 +223,7 @@ class AccountService:
             return await self.requester_for_token(token)
         owner = hit[0]
         return Requester(owner.user_id, owner.device_id, owner.is_admin, token,
-                         token_write_guard(token, owner.user_id, owner.device_id))
+                         token_write_guard(token))
 
     def forget_token(self, token: str) -> None:
         self._tokens.pop(token_hash(token), None)

@@ -275,10 +275,15 @@ class FederationClient:
         limit = limit or self.max_response_bytes
         if resp.content_length is not None and resp.content_length > limit:
             raise aiohttp.ClientPayloadError(f"answer of {resp.content_length} bytes is over the {limit} byte limit")
-        raw = await resp.content.read(limit + 1)
-        if len(raw) > limit:
-            raise aiohttp.ClientPayloadError(f"answer over the {limit} byte limit")
-        return raw
+        # read() gives what has arrived so far, not the whole answer
+        parts: list[bytes] = []
+        size = 0
+        while chunk := await resp.content.read(min(limit + 1 - size, 1 << 20)):
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise aiohttp.ClientPayloadError(f"answer over the {limit} byte limit")
+        return b"".join(parts)
 
     def _check_backoff(self, destination: str) -> None:
         b = self._backoff.get(destination)

@@ -333,6 +333,56 @@ def start_ours(
     return s
 
 
+def federating_env(fed_port: int) -> dict[str, str]:
+    """Our server federating on loopback, as the README's "To federate on
+    loopback" says: server name ``localhost:<federation port>``, dev mode makes
+    its self-signed certificate, peers' certificates not checked, loopback
+    allowed; the sender's first backoff 2 s (as the Synapse peers' below)."""
+    return {
+        "COFFEECHAT_SERVER_NAME": f"localhost:{fed_port}",
+        "COFFEECHAT_DEV_MODE": "true",
+        "COFFEECHAT_FEDERATION_LISTENER_ENABLED": "true",
+        "COFFEECHAT_FEDERATION_LISTENER_HOST": "127.0.0.1",
+        "COFFEECHAT_FEDERATION_LISTENER_PORT": str(fed_port),
+        "COFFEECHAT_FEDERATION_ALLOW_PRIVATE_ADDRESSES": "127.0.0.0/8,::1/128",
+        "COFFEECHAT_FEDERATION_VERIFY_PEER_CERTIFICATES": "false",
+        "COFFEECHAT_FEDERATION_DESTINATION_MIN_RETRY_MS": "2000",
+        "COFFEECHAT_FEDERATION_DESTINATION_MAX_RETRY_MS": "30000",
+    }
+
+
+def start_ours_federating(
+    work: Path, database_url: str, extra_env: dict[str, str] | None = None, *, pool: int = 10,
+    label: str = "coffeechat-home",
+) -> ServerProcess:
+    """``start_ours`` with the federation listener on (TLS, loopback)."""
+    fed_port = free_port()
+    s = start_ours(work, database_url, {**federating_env(fed_port), **(extra_env or {})}, pool=pool)
+    s.server_name = f"localhost:{fed_port}"
+    s.label = label
+    return s
+
+
+def synapse_federation_config(hs: Path, fed_port: int) -> dict:
+    """What a Synapse federating on loopback needs (../shared/peers/README.md,
+    as tests/interop/synapse_peer.py): a TLS federation listener with a
+    self-signed certificate, loopback allowed, peer certificates not checked,
+    a short backoff."""
+    sys.path.insert(0, str(PROJECT_ROOT))
+    from tests.federation.certs import make_certificate
+
+    cert, key = make_certificate(hs, "synapse-tls")
+    return {
+        "server_name": f"localhost:{fed_port}",
+        "tls_certificate_path": str(cert),
+        "tls_private_key_path": str(key),
+        "ip_range_whitelist": ["127.0.0.0/8", "::1/128"],
+        "federation_verify_certificates": False,
+        "federation": {"destination_min_retry_interval": "2s", "destination_retry_multiplier": 2,
+                       "destination_max_retry_interval": "30s"},
+    }
+
+
 def synapse_config(work: Path, port: int, socket_dir: str, dbname: str, pool: int) -> dict:
     cp_min, cp_max = pool_bounds(pool)
     config = base_config(work / "synapse")
@@ -355,16 +405,30 @@ def synapse_config(work: Path, port: int, socket_dir: str, dbname: str, pool: in
 
 def start_synapse(
     work: Path, python: Path, version: str, socket_dir: str, dbname: str, extra_config: dict | None = None,
-    *, pool: int = 10,
+    *, pool: int = 10, name: str = "synapse", federation: bool = False,
 ) -> ServerProcess:
+    """Synapse on its own database; ``federation``: with a TLS federation
+    listener (server name ``localhost:<its port>``), files in ``work/name``."""
     port = free_port()
-    hs = work / "synapse"
+    hs = work / name
     shutil.rmtree(hs, ignore_errors=True)
     log = hs / "homeserver.log"
     config = synapse_config(work, port, socket_dir, dbname, pool)
+    for k in ("pid_file", "log_config", "media_store_path", "signing_key_path"):
+        config[k] = str(hs / Path(config[k]).name)
+    server_name = f"localhost:{port}"
+    if federation:
+        fed_port = free_port()
+        config.update(synapse_federation_config(hs, fed_port))
+        config["listeners"].append({
+            "port": fed_port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": True,
+            "x_forwarded": False, "resources": [{"names": ["federation", "keys"], "compress": False}],
+        })
+        server_name = config["server_name"]
     config.update(extra_config or {})
     write_synapse_files(hs, config, log_level="WARNING", key_id="a_bnch")
-    s = ServerProcess("Synapse", f"http://127.0.0.1:{port}", f"localhost:{port}", log_path=log, version=version)
+    label = "Synapse" if name == "synapse" else name
+    s = ServerProcess(label, f"http://127.0.0.1:{port}", server_name, log_path=log, version=version)
     with open(hs / "stdout.log", "wb") as out:
         s.proc = subprocess.Popen(
             [str(python), "-m", "synapse.app.homeserver", "-c", str(hs / "homeserver.yaml")],

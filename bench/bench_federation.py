@@ -543,12 +543,14 @@ async def run(args: argparse.Namespace) -> int:
         for name in ("A", "R1", "R2", "R3", "R4", "R5"):
             db = name.lower()
             url = await pg.create_database(db)
-            nodes.append(Node(start_ours_federating(WORK / name, url, pool=args.pool, label=name), db, "ours"))
+            env = {"COFFEECHAT_LOG_LEVEL": args.ours_log_level}
+            nodes.append(Node(start_ours_federating(WORK / name, url, env, pool=args.pool, label=name), db, "ours"))
         for name in ("S1", "S2"):
             db = name.lower()
             await pg.create_database(db)
             nodes.append(Node(start_synapse(WORK, syn_python, syn_version, pg.socket_dir, db, pool=args.pool,
-                                            name=name, federation=True), db, "synapse"))
+                                            name=name, federation=True, log_level=args.synapse_log_level),
+                                  db, "synapse"))
         for n in nodes:
             n.server.wait_ready(180)
             log(f"{n.label} ready: {n.server.server_name} (client {n.server.base_url}, pid {n.server.pid})")
@@ -588,6 +590,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="N=M=200, K=300 (about 5 minutes)")
     p.add_argument("--pool", type=int, default=10, help="database connections per server (default %(default)s)")
+    p.add_argument("--synapse-log-level", default="WARNING",
+                   help="Synapse's log level (INFO shows its federation work; default %(default)s)")
+    p.add_argument("--ours-log-level", default="WARNING", help="our servers' log level (default %(default)s)")
     p.add_argument("--skip", help="comma-separated phases to leave out: join, inbound, fanout")
     return asyncio.run(run(p.parse_args()))
 

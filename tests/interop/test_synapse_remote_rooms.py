@@ -148,3 +148,19 @@ async def test_join_synapse_rooms_and_receive_live(peers: tuple[FederatingServer
             assert (status, member.get("membership")) == (200, "leave"), member
             sync = await alice.sync()
             assert accept in sync["rooms"]["join"] and reject not in sync["rooms"].get("invite", {}), sync["rooms"]
+            if version == "12":
+                # Synapse's user bans ours: the ban reaches our side (the room
+                # moves to alice's leave section), and a new join is refused
+                status, body = await bob.call("POST", f"rooms/{quote(accept)}/ban",
+                                              {"user_id": alice.user_id, "reason": "enough"})
+                assert status == 200, body
+
+                async def banned_here() -> bool:
+                    s_, m_ = await alice.call("GET", f"rooms/{quote(accept)}/state/m.room.member/{quote(alice.user_id)}")
+                    return s_ == 200 and m_.get("membership") == "ban"
+
+                assert await wait_until(banned_here, 30, interval=0.2), ours.process.stderr()[-3000:]
+                status, mine = await alice.call("GET", "joined_rooms")
+                assert status == 200 and accept not in mine["joined_rooms"], mine
+                status, body = await alice.call("POST", f"rooms/{quote(accept)}/join", {})
+                assert status == 403 and body["errcode"] == "M_FORBIDDEN", body

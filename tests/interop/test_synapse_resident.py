@@ -149,6 +149,25 @@ async def test_synapse_user_joins_our_room_talks_and_leaves(
         status, body = await bob.call("GET", f"rooms/{quote(room_id)}/event/{quote(sent['event_id'])}")
         assert status in (403, 404), body
 
+        if version == "12":
+            # bob comes back and is banned: Synapse sees the ban, and our
+            # make_join refuses Synapse a new join for him
+            status, body = await bob.call(
+                "POST", f"join/{quote(room_id)}?server_name={quote(ours.server_name)}", {}
+            )
+            assert status == 200, body
+            status, body = await alice.call("POST", f"rooms/{quote(room_id)}/ban",
+                                            {"user_id": bob.user_id, "reason": "enough"})
+            assert status == 200, body
+            await sync_until(bob, lambda b: room_id in b.get("rooms", {}).get("leave", {}), "the ban on Synapse")
+            key_version, seed = syn.signing_key_seed()
+            status, body = await signed_federation_get(
+                http, ours.fed_url,
+                f"/_matrix/federation/v1/make_join/{quote(room_id)}/{quote(bob.user_id)}?ver=12",
+                origin=syn.server_name, destination=ours.server_name, key=signing_key_from_seed(seed, key_version),
+            )
+            assert (status, body.get("errcode")) == (403, "M_FORBIDDEN"), body
+
 
 async def test_serving_routes_refuse_and_answer(peers: tuple[FederatingServer, SynapsePeer]) -> None:
     """Reads signed with Synapse's own key: refused while Synapse has no

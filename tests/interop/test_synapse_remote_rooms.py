@@ -155,8 +155,10 @@ async def test_join_synapse_rooms_and_receive_live(peers: tuple[FederatingServer
                                               {"user_id": alice.user_id, "reason": "enough"})
                 assert status == 200, body
 
-                async def banned_here() -> bool:
-                    s_, m_ = await alice.call("GET", f"rooms/{quote(accept)}/state/m.room.member/{quote(alice.user_id)}")
+                member_path = f"rooms/{quote(accept)}/state/m.room.member/{quote(alice.user_id)}"
+
+                async def banned_here(member_path: str = member_path) -> bool:
+                    s_, m_ = await alice.call("GET", member_path)
                     return s_ == 200 and m_.get("membership") == "ban"
 
                 assert await wait_until(banned_here, 30, interval=0.2), ours.process.stderr()[-3000:]

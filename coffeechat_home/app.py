@@ -27,6 +27,7 @@ from .storage.rooms import RoomStore
 from .storage.stream import StreamStore
 from .services.notifier import Notifier
 from .services.history import HistoryService
+from .storage.backfill import BackfillStore
 from .services.membership import MembershipService
 from .services.persister import Persister
 from .services.room_writer import RoomWriter
@@ -86,6 +87,7 @@ from .api.federation.routes import FederationRoutes
 from .api.federation.invites import InviteRoutes
 from .api.federation.transactions import TransactionRoutes
 from .services.federation.invites_out import OutboundInvites
+from .services.federation.backfill import Backfiller
 from .services.federation.resident import ResidentService
 from .services.federation.sender import FederationSender
 from .services.federation.ephemeral import EphemeralFederation
@@ -282,6 +284,10 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
             config.server_name, EduOutboxStore(db), sender.wake, queue.servers_in_room, rooms,
             conversation.presence.store, notifier, presence_enabled=config.presence.enabled,
         ).connect(conversation.typing, conversation.receipts, conversation.presence, services.receiver)
+    if federating:  # /messages past the oldest event we have: backfill from the room's servers
+        services.history.backfill = Backfiller(
+            config.server_name, events, BackfillStore(db), persister, key_store, federation_client, queue,
+        ).backfill
     if federating:  # E2EE EDUs from other servers: to-device messages, device lists, cross-signing keys
         e2e_fed = e2e.federation
         handlers = {"m.direct_to_device": e2e_fed.on_direct_to_device,

@@ -4,11 +4,12 @@ members and state (current, or as of when the user left)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 import orjson
 
 from ..errors import MatrixError, forbidden, invalid_param, not_found
+from ..storage.backfill import BackfillStore
 from ..storage.events import EventRow, EventStore, HistoryKey
 from ..storage.rooms import RoomStore
 from ..storage.stream import StreamStore
@@ -45,12 +46,12 @@ def parse_history_token(token: str | None, name: str = "from") -> HistoryKey | N
     if not token.startswith("t"):
         pos = parse_token(token, name)
         return None if pos is None else (None, pos)
-    try:
-        depth_text, pos_text = token[1:].split("-")
+    try:  # backfilled events have stream positions below zero: t5--3
+        depth_text, pos_text = token[1:].split("-", 1)
         depth, pos = int(depth_text), int(pos_text)
     except ValueError:
         raise invalid_param(f"Invalid {name} token") from None
-    if not (0 <= depth <= MAX_STREAM_POS and 0 <= pos <= MAX_STREAM_POS):
+    if not (0 <= depth <= MAX_STREAM_POS and -MAX_STREAM_POS <= pos <= MAX_STREAM_POS):
         raise invalid_param(f"Invalid {name} token")
     return depth, pos
 
@@ -192,6 +193,11 @@ class HistoryService:
         self.events = events
         self.rooms = rooms
         self.stream = stream
+        self.backfill_store = BackfillStore(events.db)
+        # set when federating (services/federation/backfill.py): fetch up to
+        # ``limit`` events older than the room's history at or below a depth
+        # from other servers; the number added
+        self.backfill: Callable[[str, int | None, int], Awaitable[int]] | None = None
 
     async def history_visibility(self, room_id: str) -> str:
         ev = await self.rooms.current_state_event(room_id, "m.room.history_visibility", "")
@@ -205,7 +211,8 @@ class HistoryService:
         current = changes[-1][1] if changes else None
         if current is None and await self.history_visibility(room_id) != "world_readable":
             raise forbidden("You are not allowed to see this room's history")
-        window = (await self.windows_from({room_id: changes}))[room_id]
+        first = await self.backfill_store.earliest_visibility(room_id)
+        window = (await self.windows_from({room_id: changes}, {room_id: first} if first else None))[room_id]
         if window is None:
             raise forbidden("You are not allowed to see this room's history")
         return window
@@ -215,11 +222,16 @@ class HistoryService:
         for a room of which nothing is visible."""
         return await self.windows_from(await self.rooms.membership_changes(user_id, room_ids))
 
-    async def windows_from(self, changes: dict[str, list[tuple[int, str]]]) -> dict[str, Window | None]:
+    async def windows_from(
+        self, changes: dict[str, list[tuple[int, str]]], earliest: Mapping[str, tuple[int, Any]] | None = None
+    ) -> dict[str, Window | None]:
+        """``earliest``: per room with backfilled history, the visibility
+        in force below its oldest event (BackfillStore.earliest_visibility)."""
         visibility = await self.events.history_visibility_changes(list(changes))
         out: dict[str, Window | None] = {}
         for room_id, mine in changes.items():
-            vis = [(pos, _visibility(v)) for pos, v in visibility.get(room_id, [])]
+            first = (earliest or {}).get(room_id)
+            vis = [(pos, _visibility(v)) for pos, v in [*([first] if first else []), *visibility.get(room_id, [])]]
             ranges = visible_ranges(mine, vis)
             out[room_id] = Window(ranges, mine[-1][1] if mine else None) if ranges else None
         return out
@@ -267,12 +279,23 @@ class HistoryService:
         if start is None:
             start = (None, await self.stream.current_position()) if backwards else (None, 0)
         rows: list[EventRow] = []
-        if limit > 0:
-            rows = await self.events.history(
+
+        async def page() -> list[EventRow]:
+            return await self.events.history(
                 room_id, from_key=start, to_key=to, backwards=backwards, limit=limit, visible=window.ranges,
                 types=f.get("types"), not_types=f.get("not_types"),
                 senders=f.get("senders"), not_senders=f.get("not_senders"),
             )
+
+        if limit > 0:
+            rows = await page()
+            if (backwards and len(rows) < limit and self.backfill is not None and to is None
+                    and (window.lower is None or window.lower < 0)):
+                # past the oldest event we have: ask the room's other servers
+                depth = rows[-1].depth if rows else start[0]
+                if await self.backfill(room_id, depth, limit - len(rows)):
+                    window = await self.window(requester.user_id, room_id)
+                    rows = await page()
         body: dict[str, Any] = {
             "chunk": [serve_event(r, requester) for r in rows],
             "start": from_token if from_token else make_token(start[1]),

@@ -37,6 +37,7 @@ import asyncpg
 
 from ..protocol.events import Event, StateKey
 from ..protocol.room_versions import RoomVersion, get_room_version
+from ..storage.backfill import allocate_backfill_positions
 from ..storage.events import EventStore, apply_redactions, delete_outliers, insert_events
 from ..storage.room_state import (
     allocate_state_group_ids,
@@ -156,12 +157,16 @@ class Persister:
         *,
         room_version: RoomVersion | None = None,
         new_room: NewRoom | None = None,
+        backfilled: bool = False,
     ) -> PersistResult:
         """Persist checked events built elsewhere (in order: an event's
         prev_events come before it). Takes the room's lock. Events stored
         before as part of the DAG are skipped; stored outliers persisted
         again without ``outlier`` join the DAG. ``new_room`` (with
-        ``room_version``) creates the room's row."""
+        ``room_version``) creates the room's row. ``backfilled``: history
+        older than what the room has; its events get stream positions below
+        zero (storage/backfill.py), so /sync never shows them as new and
+        the federation sender never sends them."""
         async with self.room_lock(room_id):
             for _ in range(5):
                 known = await self.events.stored_info(b.event.event_id for b in batch)
@@ -173,8 +178,13 @@ class Persister:
                         conn, positions, room_id, batch, base=None, room_version=room_version, new_room=new_room
                     )
 
+                async def backfill_fn(conn: asyncpg.Connection, n: int = count) -> PersistResult:
+                    return await fn(conn, await allocate_backfill_positions(conn, n) if n else [])
+
                 try:
-                    if count:
+                    if backfilled:
+                        result = await self.stream.db.transaction(backfill_fn, name="persist_backfill")
+                    elif count:
                         result, _ = await self.stream.write_many(fn, count, name="persist_remote")
                     else:
                         result = await self.stream.db.transaction(lambda c: fn(c, []), name="persist_remote")
@@ -185,6 +195,9 @@ class Persister:
                 raise RuntimeError("events of the batch kept being persisted concurrently")
         for cb in self.room_changed:
             cb(room_id)
+        if backfilled:  # nothing new for /sync or the after_persist hooks
+            self.events_persisted += sum(1 for p in result.positions if p is not None)
+            return result
         await self.committed(room_id, [b.event for b, p in zip(batch, result.positions) if p is not None])
         return result
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 from urllib.parse import quote
 
 import aiohttp
@@ -63,6 +63,39 @@ async def wait_for_bodies(user: User, room_id: str, expected: list[str], deadlin
     return seen
 
 
+async def pages_back(user: User, room_id: str, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """/messages backwards in pages of ``limit`` until no ``end``: the
+    events (oldest first) and the number of pages."""
+    events: list[dict[str, Any]] = []
+    token = ""
+    for pages in range(1, 200):
+        q = f"dir=b&limit={limit}" + (f"&from={token}" if token else "")
+        status, body = await user.call("GET", f"rooms/{quote(room_id)}/messages?{q}")
+        assert status == 200, body
+        events.extend(body["chunk"])
+        if not body.get("end"):
+            return events[::-1], pages
+        assert body["chunk"], body
+        token = body["end"]
+    raise AssertionError("/messages never ended")
+
+
+async def check_backfilled_history(alice: User, bob: User, room_id: str) -> None:
+    """bob (who joined from another server) pages back in small pages: the
+    room's whole history from its creation, each event once, the part
+    before his join in the resident server's order."""
+    on_a = [e["event_id"] for e in await alice.history(room_id)]
+    got, pages = await pages_back(bob, room_id, 3)
+    ids = [e["event_id"] for e in got]
+    assert len(ids) == len(set(ids)), "duplicates in bob's history"
+    assert got[0]["type"] == "m.room.create" and pages > 3
+    join = next(e["event_id"] for e in got if e["type"] == "m.room.member" and e["state_key"] == bob.user_id
+                and e["content"]["membership"] == "join")
+    k = on_a.index(join)
+    assert ids[:k + 1] == on_a[:k + 1]
+    assert sorted(ids) == sorted(on_a)
+
+
 @pytest.mark.parametrize("version", ["10", "12"])
 async def test_two_servers_share_a_room_both_ways(
     trio: tuple[FederatingServer, FederatingServer], version: str
@@ -74,7 +107,9 @@ async def test_two_servers_share_a_room_both_ways(
         status, room = await alice.call("POST", "createRoom", {"preset": "public_chat", "room_version": version})
         assert status == 200, room
         room_id = room["room_id"]
-        assert (await alice.send(room_id, "before bob"))[0] == 200
+        old = ["before bob"] + [f"old {i}" for i in range(8)]
+        for body in old:
+            assert (await alice.send(room_id, body))[0] == 200
 
         status, body = await bob.call("POST", f"join/{quote(room_id)}?server_name={quote(a.server_name)}", {})
         assert status == 200, (body, b.process.stderr()[-3000:])
@@ -83,20 +118,21 @@ async def test_two_servers_share_a_room_both_ways(
         for i in range(3):
             assert (await alice.send(room_id, f"alice {i}"))[0] == 200
             assert (await bob.send(room_id, f"bob {i}"))[0] == 200
-        expected = ["before bob"] + [m for i in range(3) for m in (f"alice {i}", f"bob {i}")]
+        expected = old + [m for i in range(3) for m in (f"alice {i}", f"bob {i}")]
         seen_a = await wait_for_bodies(alice, room_id, expected[-2:])
         seen_b = await wait_for_bodies(bob, room_id, expected[-2:])
         # every message exactly once on each side (order within a pair of
-        # concurrent sends may differ by DAG position, never the set)
+        # concurrent sends may differ by DAG position, never the set); the
+        # history from before bob's join was backfilled from a
         assert sorted(seen_a) == sorted(expected), seen_a
-        # history from before the join is not backfilled yet (README: not yet)
-        assert sorted(seen_b) == sorted(expected[1:]), seen_b
+        assert sorted(seen_b) == sorted(expected), seen_b
         assert await state_ids(alice, room_id) == await state_ids(bob.on(b.client_url), room_id)
         if version == "12":  # typing, receipts and presence do not depend on the room version
             last = {e["sender"]: e["event_id"] for e in await alice.history(room_id) if e["type"] == "m.room.message"}
             await typing_and_receipts_both_ways(alice, bob, room_id, last[alice.user_id], last[bob.user_id])
             await presence_reaches(alice, bob, "away from a")
             await presence_reaches(bob, alice, "away from b")
+        await check_backfilled_history(alice, bob, room_id)
 
         # a state change on the joining side reaches the resident side
         status, _ = await bob.call("PUT", f"rooms/{quote(room_id)}/state/m.room.topic/", {"topic": "from b"})
@@ -121,3 +157,23 @@ async def test_two_servers_share_a_room_both_ways(
             )
 
         assert await wait_until(bob_left_on_a, 30, interval=0.2)
+
+        # a room whose history is for joined members only: what was said
+        # before bob joined stays hidden after backfill
+        status, room = await alice.call("POST", "createRoom", {
+            "preset": "public_chat", "room_version": version,
+            "initial_state": [{"type": "m.room.history_visibility", "state_key": "",
+                               "content": {"history_visibility": "joined"}}],
+        })
+        assert status == 200, room
+        private_id = room["room_id"]
+        for i in range(4):
+            assert (await alice.send(private_id, f"secret {i}"))[0] == 200
+        status, body = await bob.call("POST", f"join/{quote(private_id)}?server_name={quote(a.server_name)}", {})
+        assert status == 200, body
+        assert (await alice.send(private_id, "after join"))[0] == 200
+        assert await wait_for_bodies(bob, private_id, ["after join"]) == ["after join"]
+        got, _ = await pages_back(bob, private_id, 2)
+        assert [e for e in got if e["type"] == "m.room.message"][0]["content"]["body"] == "after join"
+        fetched = await b.db_fetch("SELECT count(*) FROM events WHERE room_id = $1 AND stream_pos < 0", private_id)
+        assert fetched[0][0] > 0  # backfilled, not shown

@@ -10,13 +10,13 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 from urllib.parse import quote
 
 import aiohttp
 import pytest
 
-from ..integration.processes import User, wait_until
+from ..integration.processes import User, pages_back, wait_until
 from ..pg import PostgresForTests
 from .ephemeral_checks import presence_reaches, typing_and_receipts_both_ways
 from .peers import FederatingServer
@@ -61,23 +61,6 @@ async def wait_for_bodies(user: User, room_id: str, expected: list[str], deadlin
 
     await wait_until(arrived, deadline_s, interval=0.2)
     return seen
-
-
-async def pages_back(user: User, room_id: str, limit: int) -> tuple[list[dict[str, Any]], int]:
-    """/messages backwards in pages of ``limit`` until no ``end``: the
-    events (oldest first) and the number of pages."""
-    events: list[dict[str, Any]] = []
-    token = ""
-    for pages in range(1, 200):
-        q = f"dir=b&limit={limit}" + (f"&from={token}" if token else "")
-        status, body = await user.call("GET", f"rooms/{quote(room_id)}/messages?{q}")
-        assert status == 200, body
-        events.extend(body["chunk"])
-        if not body.get("end"):
-            return events[::-1], pages
-        assert body["chunk"], body
-        token = body["end"]
-    raise AssertionError("/messages never ended")
 
 
 async def check_backfilled_history(alice: User, bob: User, room_id: str) -> None:

@@ -156,6 +156,23 @@ class User:
             token = body["end"]
 
 
+async def pages_back(user: User, room_id: str, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """/messages backwards in pages of ``limit`` until no ``end``: the
+    events (oldest first) and the number of pages."""
+    events: list[dict[str, Any]] = []
+    token = ""
+    for pages in range(1, 200):
+        q = f"dir=b&limit={limit}" + (f"&from={token}" if token else "")
+        status, body = await user.call("GET", f"rooms/{quote(room_id)}/messages?{q}")
+        assert status == 200, body
+        events.extend(body["chunk"])
+        if not body.get("end"):
+            return events[::-1], pages
+        assert body["chunk"], body
+        token = body["end"]
+    raise AssertionError("/messages never ended")
+
+
 def timeline_bodies(sync_body: dict[str, Any], room_id: str) -> list[str]:
     room = sync_body.get("rooms", {}).get("join", {}).get(room_id, {})
     return [e["content"].get("body") for e in room.get("timeline", {}).get("events", [])

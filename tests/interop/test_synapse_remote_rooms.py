@@ -1,8 +1,9 @@
 """Our users in rooms that live on Synapse: our user joins a public Synapse
 room (by room id with ``via``, and by alias) through make_join/send_join,
-sees its state in /sync, then receives the Synapse user's new messages and
-state changes live (Synapse pushes them to our /send), typing and read
-receipts go both ways (v10), and it leaves through
+sees its state in /sync, pages back through the history from before its
+join (backfilled from Synapse), then receives the Synapse user's new
+messages and state changes live (Synapse pushes them to our /send), typing
+and read receipts go both ways (v10), and it leaves through
 Synapse (make_leave/send_leave); invites from Synapse show in /sync with
 their stripped state, one is accepted (joined through the inviting server),
 one rejected (Synapse sees the leave). Room versions 10, 11 and 12, one
@@ -17,7 +18,7 @@ import aiohttp
 
 from ..federation.ephemeral_checks import presence_reaches, typing_and_receipts_both_ways
 from ..federation.peers import FederatingServer
-from ..integration.processes import User, wait_until
+from ..integration.processes import User, pages_back, wait_until
 from .synapse_peer import SynapsePeer
 from .test_synapse_federation import peers, pytestmark, register_on_synapse
 
@@ -54,8 +55,9 @@ async def test_join_synapse_rooms_and_receive_live(peers: tuple[FederatingServer
             status, room = await bob.call("POST", "createRoom", body)
             assert status == 200, room
             room_id = room["room_id"]
-            status, _ = await bob.send(room_id, f"before alice v{version}")
-            assert status == 200
+            before = [f"before alice v{version} #{i}" for i in range(5)]
+            for text in before:
+                assert (await bob.send(room_id, text))[0] == 200
 
             since = (await alice.sync())["next_batch"]
             if how == "alias":
@@ -75,6 +77,14 @@ async def test_join_synapse_rooms_and_receive_live(peers: tuple[FederatingServer
                 alice, since, room_id,
                 lambda evs: any(e["type"] == "m.room.member" and e["state_key"] == alice.user_id for e in evs))
             assert any(e["type"] == "m.room.member" and e.get("state_key") == alice.user_id for e in seen), seen
+            # the history from before alice's join, backfilled from Synapse in pages of 3
+            history, pages = await pages_back(alice, room_id, 3)
+            ids = [e["event_id"] for e in history]
+            assert len(ids) == len(set(ids)) and pages > 3, ids
+            assert history[0]["type"] == "m.room.create", history[0]
+            assert [e["content"]["body"] for e in history if e["type"] == "m.room.message"] == before
+            on_synapse = [e["event_id"] for e in await bob.history(room_id)]
+            assert ids == on_synapse[:len(ids)], (ids, on_synapse)
 
             # live from Synapse: a message, then a topic change
             status, sent = await bob.send(room_id, f"live v{version}")

@@ -369,8 +369,10 @@ def build_federation_app(config: Config, services: Services, metrics: Metrics | 
     )
     KeyRoutes(services.local_keys, services.key_store).register_routes(app.router)
     sender = services.federation_sender
+    # bodies read whole by the routes below: this limit, PUT /send its own
     auth = FederationAuth(
-        services.key_store, config.server_name, sender.destination_talked if sender is not None else None
+        services.key_store, config.server_name, sender.destination_talked if sender is not None else None,
+        max_body_bytes=config.limits.max_request_body_bytes,
     )
     FederationRoutes(auth, services.conversation.profiles, services.rooms, config.server_name).register_routes(
         app.router

@@ -17,6 +17,7 @@ large).
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import ssl
 import time
@@ -166,8 +167,10 @@ class FederationClient:
             route = await self.resolver.resolve(destination)
             url = self._url(route, uri)
             headers["Host"] = route.host_header
+            # (over 1 MiB, e.g. a full transaction, as a stream: aiohttp warns of raw bytes that large)
+            payload: bytes | io.BytesIO | None = io.BytesIO(data) if data and len(data) > 1 << 20 else data
             async with self._get_session().request(
-                method, url, data=data, headers=headers, timeout=timeout, allow_redirects=False,
+                method, url, data=payload, headers=headers, timeout=timeout, allow_redirects=False,
             ) as resp:
                 raw = await self._read_limited(resp)
                 status = resp.status

@@ -471,6 +471,21 @@ async def test_bad_pdus_refused(setup: tuple[FederatingServer, Origin, aiohttp.C
         await origin.client.put_json(ours.server_name, "/_matrix/federation/v1/send/bad", {"pdus": "x"})
     assert e.value.status == 400
 
+    # body limits: /send takes more than the general 1 MiB (50 PDUs of 64 KiB
+    # need it), other routes keep it; past its limit a body is a 413 Matrix error
+    padding = [{"edu_type": "org.example.padding", "content": {"x": "p" * 50_000}}] * 30  # 1.5 MB
+    big = await origin.send(ours.server_name, [], padding)
+    assert big == {"pdus": {}}, big
+    for path, body in (
+        ("/_matrix/federation/v1/send/huge", {"pdus": [], "edus": [{"x": "p" * 1_000_000}] * 11}),
+        (f"/_matrix/federation/v2/send_join/{quote(room.room_id)}/{quote(join.event_id)}",
+         dict(join.pdu, padding="p" * 1_100_000)),
+    ):
+        with pytest.raises(RemoteError) as e:
+            await origin.client.put_json(ours.server_name, path, body)
+        assert (e.value.status, e.value.errcode) == (413, "M_TOO_LARGE"), (path, e.value)
+    assert (await alice.call("GET", "joined_rooms"))[0] == 200  # still serving
+
 
 async def _state_content(room: Room, key: StateKey) -> dict[str, Any]:
     event_id = (await room.state())[key]

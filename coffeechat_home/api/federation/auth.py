@@ -3,11 +3,13 @@
     fed_auth = FederationAuth(key_store, server_name)
     router.add_get(path, fed_auth(handler))   # handler(request, origin)
 
-The wrapper reads the body (within the app's size limit), checks that the
-request is addressed to us and signed by the origin's key (fetched through
-the key store), and only then calls the handler with the verified origin;
-the parsed JSON body is at ``request[FEDERATION_BODY]``. Anything wrong is
-401 ``M_UNAUTHORIZED``.
+The wrapper checks the header (origin, addressed to us) before reading
+anything, reads the body up to the route's limit (``max_body_bytes``: the
+one given to FederationAuth, or a route's own, e.g. ``PUT /send``; more is
+413 ``M_TOO_LARGE`` and is not read), checks the signature with the origin's
+key (fetched through the key store), and only then calls the handler with
+the verified origin; the parsed JSON body is at ``request[FEDERATION_BODY]``.
+A bad header or signature is 401 ``M_UNAUTHORIZED``.
 """
 
 from __future__ import annotations
@@ -36,27 +38,38 @@ def unauthorized(msg: str) -> MatrixError:
     return MatrixError(401, "M_UNAUTHORIZED", msg)
 
 
+DEFAULT_MAX_BODY_BYTES = 1_048_576
+
+
 class FederationAuth:
     """``on_origin``, if given, hears of every authenticated request's origin
-    (the outbound sender ends that server's backoff: it is up)."""
+    (the outbound sender ends that server's backoff: it is up).
+    ``max_body_bytes``: the body limit of the routes it wraps, unless a route
+    gives its own."""
 
     def __init__(
-        self, key_store: KeyStore, server_name: str, on_origin: Callable[[str], Awaitable[None]] | None = None
+        self, key_store: KeyStore, server_name: str, on_origin: Callable[[str], Awaitable[None]] | None = None,
+        *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self.key_store = key_store
         self.server_name = server_name
         self.on_origin = on_origin
+        self.max_body_bytes = max_body_bytes
 
-    def __call__(self, handler: FederationHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    def __call__(
+        self, handler: FederationHandler, *, max_body_bytes: int | None = None
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        limit = max_body_bytes if max_body_bytes is not None else self.max_body_bytes
+
         async def wrapper(request: web.Request) -> web.StreamResponse:
-            origin = await self.authenticate(request)
+            origin = await self.authenticate(request, limit)
             if self.on_origin is not None:
                 await self.on_origin(origin)
             return await handler(request, origin)
 
         return wrapper
 
-    async def authenticate(self, request: web.Request) -> str:
+    async def authenticate(self, request: web.Request, max_body_bytes: int | None = None) -> str:
         headers = [h for h in request.headers.getall("Authorization", []) if h.lstrip()[:9].lower() == "x-matrix "]
         if not headers:
             raise unauthorized("Missing X-Matrix Authorization header")
@@ -69,7 +82,7 @@ class FederationAuth:
             raise unauthorized(f"The request is addressed to {auth.destination!r}, not to {self.server_name!r}")
         if auth.origin == self.server_name:
             raise unauthorized("The request claims to come from this server")
-        body = await _read_body(request)
+        body = await _read_body(request, self.max_body_bytes if max_body_bytes is None else max_body_bytes)
         signed = request_json(request.method, request.raw_path, auth.origin, self.server_name, body)
         signed["signatures"] = {auth.origin: {auth.key_id: auth.signature}}
         try:
@@ -88,12 +101,22 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-async def _read_body(request: web.Request) -> Any:
-    """The JSON body or None when empty; 413/400 before any check."""
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise MatrixError(413, "M_TOO_LARGE", "Request body too large") from None
+def too_large(limit: int) -> MatrixError:
+    return MatrixError(413, "M_TOO_LARGE", f"Request body too large (at most {limit} bytes here)")
+
+
+async def _read_body(request: web.Request, limit: int) -> Any:
+    """The JSON body or None when empty; 413/400 before any check. Read from
+    the stream with this route's limit (not the app's client_max_size), and
+    not at all when Content-Length announces more."""
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(limit)
+    buf = bytearray()
+    async for chunk in request.content.iter_chunked(65536):
+        buf += chunk
+        if len(buf) > limit:
+            raise too_large(limit)
+    raw = bytes(buf)
     if not raw.strip():
         return None
     try:

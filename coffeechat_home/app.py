@@ -210,6 +210,7 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         membership.remote_join = remote_rooms.join
         membership.remote_alias = remote_queries.room_alias
         membership.remote_leave = remote_rooms.leave
+        membership.remote_knock = remote_rooms.knock
         membership.remote_servers = lambda room_id, via: RemoteRooms.candidate_servers(
             room_id, via, config.server_name)
     # with federation off, other servers could not check our signatures (no

@@ -29,6 +29,7 @@ class MembershipService:
         self.remote_alias: Callable[[str, str], Awaitable[dict[str, Any]]] | None = None
         self.remote_servers: Callable[[str, Sequence[str]], list[str]] | None = None
         self.remote_leave: Callable[[str, str, Sequence[str], Mapping[str, Any]], Awaitable[None]] | None = None
+        self.remote_knock: Callable[[str, str, Sequence[str], Mapping[str, Any]], Awaitable[None]] | None = None
         # invites from other servers: (event id, sender) of a pending one;
         # whether one of our users is joined; rejecting through the inviter
         self.pending_invite: Callable[[str, str], Awaitable[tuple[str, str] | None]] | None = None
@@ -185,7 +186,15 @@ class MembershipService:
                     return skey
         raise MatrixError(400, "M_UNABLE_TO_AUTHORISE_JOIN", "No local user can authorise this join")
 
-    async def knock(self, requester: Requester, room_id_or_alias: str, reason: Any = None) -> str:
+    async def knock(
+        self, requester: Requester, room_id_or_alias: str, reason: Any = None, via: Sequence[str] = ()
+    ) -> str:
+        remote = await self._remote_target(room_id_or_alias, via, requester.user_id)
+        if remote is not None and self.remote_knock is not None:
+            room_id, servers = remote
+            content = await self.rooms.member_content(requester.user_id, "knock", self._reason(reason))
+            await self.remote_knock(requester.user_id, room_id, servers, content)
+            return room_id
         room_id = await self.resolve_room(room_id_or_alias)
         await self._refuse_blocked(room_id)
         state = await self.rooms.require_state(room_id)

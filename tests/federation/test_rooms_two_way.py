@@ -160,3 +160,49 @@ async def test_two_servers_share_a_room_both_ways(
         assert [e for e in got if e["type"] == "m.room.message"][0]["content"]["body"] == "after join"
         fetched = await b.db_fetch("SELECT count(*) FROM events WHERE room_id = $1 AND stream_pos < 0", private_id)
         assert fetched[0][0] > 0  # backfilled, not shown
+
+        await check_knock(a, alice, bob, version)
+
+
+async def check_knock(a: FederatingServer, alice: User, bob: User, version: str) -> None:
+    """bob knocks on a room of a whose join rule is knock (make_knock,
+    send_knock): /sync on b shows it under knock with the stripped state,
+    a has the knock (marked for relay to the room's other servers), alice
+    invites bob and he joins; an invite-only room refuses the knock."""
+    via = f"server_name={quote(a.server_name)}"
+    status, room = await alice.call("POST", "createRoom", {"preset": "private_chat", "room_version": version})
+    assert status == 200, room
+    status, body = await bob.call("POST", f"knock/{quote(room['room_id'])}?{via}", {})
+    assert (status, body.get("errcode")) == (403, "M_FORBIDDEN"), body
+
+    status, room = await alice.call("POST", "createRoom", {
+        "preset": "private_chat", "room_version": version, "name": "knock here",
+        "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}],
+    })
+    assert status == 200, room
+    room_id = room["room_id"]
+    status, body = await bob.call("POST", f"knock/{quote(room_id)}?{via}", {"reason": "let me in"})
+    assert (status, body) == (200, {"room_id": room_id}), body
+    knock_state = (await bob.sync())["rooms"]["knock"][room_id]["knock_state"]["events"]
+    assert {"type": "m.room.name", "state_key": "", "sender": alice.user_id,
+            "content": {"name": "knock here"}} in knock_state, knock_state
+    mine = [e for e in knock_state if e["type"] == "m.room.member" and e["state_key"] == bob.user_id]
+    assert mine and mine[0]["content"]["membership"] == "knock", knock_state
+    rows = await a.db_fetch(
+        """SELECT e.event_id, e.stream_pos, r.event_id AS relayed FROM events e
+           LEFT JOIN federation_relay r ON r.event_id = e.event_id
+           WHERE e.room_id = $1 AND e.type = 'm.room.member' AND e.state_key = $2""", room_id, bob.user_id)
+    assert len(rows) == 1 and rows[0]["stream_pos"] is not None and rows[0]["relayed"], rows
+    status, member = await alice.call("GET", f"rooms/{quote(room_id)}/state/m.room.member/{quote(bob.user_id)}")
+    assert (status, member.get("membership"), member.get("reason")) == (200, "knock", "let me in"), member
+
+    status, body = await alice.call("POST", f"rooms/{quote(room_id)}/invite", {"user_id": bob.user_id})
+    assert status == 200, body
+
+    async def joined() -> bool:
+        s, _ = await bob.call("POST", f"rooms/{quote(room_id)}/join", {})
+        return s == 200
+
+    assert await wait_until(joined, 30, interval=0.2)
+    status, members = await alice.call("GET", f"rooms/{quote(room_id)}/joined_members")
+    assert status == 200 and set(members["joined"]) == {alice.user_id, bob.user_id}, members

@@ -107,7 +107,8 @@ class RoomRoutes:
 
     async def knock(self, request: web.Request, requester: Requester) -> web.StreamResponse:
         body = await read_json_object(request, "membership_self", allow_empty=True)
-        room_id = await self.membership.knock(requester, request.match_info["room"], body.get("reason"))
+        via = [*request.query.getall("via", []), *request.query.getall("server_name", [])]
+        room_id = await self.membership.knock(requester, request.match_info["room"], body.get("reason"), via)
         return json_response({"room_id": room_id})
 
     async def leave(self, request: web.Request, requester: Requester) -> web.StreamResponse:

@@ -1,5 +1,5 @@
-"""Federation routes of the resident server: remote servers join and leave
-our rooms and read their events (services/federation/resident.py)."""
+"""Federation routes of the resident server: remote servers join, knock on
+and leave our rooms and read their events (services/federation/resident.py)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,8 @@ class ResidentRoutes:
         a = self.auth
         router.add_get(V1 + "/make_join/{room_id}/{user_id}", a(self.make_join))
         router.add_put(V2 + "/send_join/{room_id}/{event_id}", a(self.send_join))
+        router.add_get(V1 + "/make_knock/{room_id}/{user_id}", a(self.make_knock))
+        router.add_put(V1 + "/send_knock/{room_id}/{event_id}", a(self.send_knock))
         router.add_get(V1 + "/make_leave/{room_id}/{user_id}", a(self.make_leave))
         router.add_put(V2 + "/send_leave/{room_id}/{event_id}", a(self.send_leave))
         router.add_get(V1 + "/event/{event_id}", a(self.get_event))
@@ -66,6 +68,21 @@ class ResidentRoutes:
             origin, _room_id(request), request.match_info["user_id"], "join", versions
         )
         return json_response(answer)
+
+    async def make_knock(self, request: web.Request, origin: str) -> web.StreamResponse:
+        versions = request.query.getall("ver", [])
+        if not versions:
+            raise missing_param("ver is required")
+        answer = await self.resident.make_membership(
+            origin, _room_id(request), request.match_info["user_id"], "knock", versions
+        )
+        return json_response(answer)
+
+    async def send_knock(self, request: web.Request, origin: str) -> web.StreamResponse:
+        event, _ = await self.resident.send_membership(
+            origin, _room_id(request), _event_id(request.match_info["event_id"]), request[FEDERATION_BODY], "knock"
+        )
+        return json_response(await self.resident.knock_answer(event))
 
     async def make_leave(self, request: web.Request, origin: str) -> web.StreamResponse:
         answer = await self.resident.make_membership(

@@ -1,5 +1,7 @@
 """Our users in rooms that live on other servers: joining a remote room
-through a resident server (``make_join`` then ``send_join/v2``).
+through a resident server (``make_join`` then ``send_join/v2``); knocking
+(``make_knock``, ``send_knock``) and leaving (``make_leave``, ``send_leave``)
+likewise.
 
 The answer of ``send_join`` is checked before anything counts: every PDU
 with ``check_received_pdu`` (keys through the key store), the state and auth
@@ -34,6 +36,7 @@ from ..server_keys import KeyStore, KeyUnavailable
 log = logging.getLogger(__name__)
 
 MAX_SERVERS_TRIED = 5
+MAX_STRIPPED_STATE = 50
 
 
 class RemoteRooms:
@@ -189,30 +192,7 @@ class RemoteRooms:
 
     async def _leave_via(self, server: str, user_id: str, room_id: str, content: Mapping[str, Any],
                          outlier: bool) -> None:
-        path = f"/_matrix/federation/v1/make_leave/{quote(room_id, safe='')}/{quote(user_id, safe='')}"
-        answer = await self.client.get_json(server, path)
-        if not isinstance(answer, Mapping) or not isinstance(answer.get("event"), Mapping):
-            raise _BadAnswer("make_leave answer without an event")
-        try:
-            rv = get_room_version(str(answer.get("room_version", "1")))
-        except UnsupportedRoomVersion:
-            raise _BadAnswer("make_leave for a room version we do not support") from None
-        tpl = answer["event"]
-        prev, auth, depth = tpl.get("prev_events"), tpl.get("auth_events"), tpl.get("depth")
-        if not isinstance(prev, list) or not isinstance(auth, list) or not isinstance(depth, int):
-            raise _BadAnswer("make_leave template without prev_events, auth_events or depth")
-        if tpl.get("room_id") != room_id or tpl.get("state_key") != user_id:
-            raise _BadAnswer("make_leave template for another room or user")
-        template = {"type": "m.room.member", "room_id": room_id, "sender": user_id, "state_key": user_id,
-                    "content": {**content, "membership": "leave"}}
-        try:
-            leave = build_event(rv, template=template, prev_events=prev, auth_events=auth, depth=depth,
-                                origin_server_ts=int(time.time() * 1000), server_name=self.server_name,
-                                signing_key=self.signing_key)
-        except ProtocolError as e:
-            raise _BadAnswer(f"cannot build the leave: {e}") from None
-        path = f"/_matrix/federation/v2/send_leave/{quote(room_id, safe='')}/{quote(leave.event_id, safe='')}"
-        await self.client.put_json(server, path, dict(leave.pdu))
+        leave, rv, _ = await self._membership_via(server, user_id, room_id, "leave", content)
         if outlier:
             result = await self.persister.persist(room_id, [NewEvent(leave, EventContext(outlier=True))],
                                                   room_version=rv)
@@ -222,6 +202,71 @@ class RemoteRooms:
             return
         state = await self.events.state.current_state_ids(room_id)
         await self.persister.persist(room_id, [NewEvent(leave, EventContext(state_before=state))], room_version=rv)
+
+    async def knock(self, user_id: str, room_id: str, servers: Sequence[str], content: Mapping[str, Any]) -> None:
+        """Knock through a resident server (make_knock, send_knock); the knock
+        is kept as an outlier with a membership row and the stripped state
+        the server answered, so /sync shows the room under ``knock``."""
+        if not servers:
+            raise MatrixError(404, "M_NOT_FOUND", "No known servers for this room")
+        errors: list[str] = []
+        for server in list(servers)[:MAX_SERVERS_TRIED]:
+            try:
+                knock, rv, answer = await self._membership_via(server, user_id, room_id, "knock", content)
+            except RemoteError as e:
+                if e.status in (400, 403):
+                    raise MatrixError(e.status, e.errcode or "M_FORBIDDEN", f"{server}: {e.error}") from None
+                errors.append(f"{server}: {e}")
+                continue
+            except (FederationError, _BadAnswer) as e:
+                errors.append(f"{server}: {e}")
+                continue
+            given = answer.get("knock_room_state") if isinstance(answer, Mapping) else None
+            stripped = [e for e in given if isinstance(e, Mapping)][:MAX_STRIPPED_STATE] \
+                if isinstance(given, list) else []
+            creator = next((e.get("sender") for e in stripped if e.get("type") == "m.room.create"), None)
+            known = await self.events.room_version(room_id)
+            new_room = None if known is not None else NewRoom(creator=str(creator or knock.sender), is_public=False)
+            result = await self.persister.persist(room_id, [NewEvent(knock, EventContext(outlier=True))],
+                                                  room_version=rv, new_room=new_room)
+            if result.stored[0]:
+                await self.inbound.record_outlier_membership(knock, [dict(e) for e in stripped])
+                self.persister.notifier.poke()
+            return
+        raise MatrixError(502, "M_UNKNOWN", "Could not knock through any server: " + "; ".join(errors)[:500])
+
+    async def _membership_via(self, server: str, user_id: str, room_id: str, membership: str,
+                              content: Mapping[str, Any]) -> tuple[Event, RoomVersion, Any]:
+        """make_<membership>, build and sign our event on its template, then
+        send_<membership> (v2 for leave, v1 for knock): the event, the room
+        version and the server's answer."""
+        r, u = quote(room_id, safe=""), quote(user_id, safe="")
+        query = "?" + "&".join(f"ver={v}" for v in KNOWN_ROOM_VERSIONS) if membership == "knock" else ""
+        answer = await self.client.get_json(server, f"/_matrix/federation/v1/make_{membership}/{r}/{u}{query}")
+        if not isinstance(answer, Mapping) or not isinstance(answer.get("event"), Mapping):
+            raise _BadAnswer(f"make_{membership} answer without an event")
+        try:
+            rv = get_room_version(str(answer.get("room_version", "1")))
+        except UnsupportedRoomVersion:
+            raise _BadAnswer(f"make_{membership} for a room version we do not support") from None
+        tpl = answer["event"]
+        prev, auth, depth = tpl.get("prev_events"), tpl.get("auth_events"), tpl.get("depth")
+        if not isinstance(prev, list) or not isinstance(auth, list) or not isinstance(depth, int):
+            raise _BadAnswer(f"make_{membership} template without prev_events, auth_events or depth")
+        if tpl.get("room_id") != room_id or tpl.get("state_key") != user_id:
+            raise _BadAnswer(f"make_{membership} template for another room or user")
+        template = {"type": "m.room.member", "room_id": room_id, "sender": user_id, "state_key": user_id,
+                    "content": {**content, "membership": membership}}
+        try:
+            event = build_event(rv, template=template, prev_events=prev, auth_events=auth, depth=depth,
+                                origin_server_ts=int(time.time() * 1000), server_name=self.server_name,
+                                signing_key=self.signing_key)
+        except ProtocolError as e:
+            raise _BadAnswer(f"cannot build the {membership}: {e}") from None
+        version = "v1" if membership == "knock" else "v2"
+        path = f"/_matrix/federation/{version}/send_{membership}/{r}/{quote(event.event_id, safe='')}"
+        sent = await self.client.put_json(server, path, dict(event.pdu))
+        return event, rv, sent
 
 
 class _BadAnswer(Exception):

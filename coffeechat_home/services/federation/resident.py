@@ -1,5 +1,6 @@
-"""The resident server's side of a room: remote servers join and leave our
-rooms (make_join / send_join, make_leave / send_leave) and read its events
+"""The resident server's side of a room: remote servers join, knock on and
+leave our rooms (make_join / send_join, make_knock / send_knock, make_leave /
+send_leave) and read its events
 (event, state, state_ids, event_auth, backfill, get_missing_events).
 
 Reads are answered only to servers with a joined member in the room now,
@@ -68,7 +69,7 @@ class ResidentService:
         if server_of(user_id) != origin:
             raise forbidden("The user is not on the requesting server")
         rv = await self.room_version(room_id)
-        if membership == "join" and rv.identifier not in versions:
+        if membership in ("join", "knock") and rv.identifier not in versions:
             raise MatrixError(
                 400, "M_INCOMPATIBLE_ROOM_VERSION",
                 f"The room has version {rv.identifier}, which the server does not support",
@@ -87,6 +88,14 @@ class ResidentService:
             rule = rules.content.get("join_rule") if rules is not None else "invite"
             if rule != "public" and current not in ("invite", "join"):
                 raise forbidden(f"The room's join rule is {rule!r} and the user is not invited")
+        elif membership == "knock":
+            rules = state.get(("m.room.join_rules", ""))
+            rule = rules.content.get("join_rule") if rules is not None else "invite"
+            if not ((rule == "knock" and rv.knock_join_rule)
+                    or (rule == "knock_restricted" and rv.knock_restricted_join_rule)):
+                raise forbidden(f"The room's join rule is {rule!r}: knocking is not allowed")
+            if current in ("invite", "join"):
+                raise forbidden(f"The user's membership is already {current!r}")
         elif current not in ("invite", "join", "knock"):
             raise forbidden("The user is not in the room")
         head = await self.writer.head(room_id)
@@ -130,6 +139,13 @@ class ResidentService:
             await self.queue.add_relay(event.event_id, room_id, int(time.time() * 1000))
             await self.persister.persist(room_id, [NewEvent(event, EventContext(state_before=before))])
         return event, before
+
+    async def knock_answer(self, event: Event) -> dict[str, Any]:
+        """Stripped state for the knocking user to identify the room by."""
+        from .invites_out import stripped_state  # (it imports this module)
+
+        state = await self.writer.current_state(event.room_id) or {}
+        return {"knock_room_state": stripped_state(state, event.sender)}
 
     async def join_answer(self, event: Event, before: Mapping[StateKey, str]) -> dict[str, Any]:
         rv = event.room_version

@@ -89,6 +89,7 @@ from .api.federation.transactions import TransactionRoutes
 from .services.federation.invites_out import OutboundInvites
 from .services.federation.backfill import Backfiller
 from .services.federation.resident import ResidentService
+from .services.federation.server_acl import ServerAcls
 from .services.federation.sender import FederationSender
 from .services.federation.ephemeral import EphemeralFederation
 from .storage.edu_outbox import EduOutboxStore
@@ -285,6 +286,7 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
             config.server_name, EduOutboxStore(db), sender.wake, queue.servers_in_room, rooms,
             conversation.presence.store, notifier, presence_enabled=config.presence.enabled,
         ).connect(conversation.typing, conversation.receipts, conversation.presence, services.receiver)
+    services.resident.acls = services.receiver.acls = services.invites.acls = ServerAcls(rooms)
     if federating:  # /messages past the oldest event we have: backfill from the room's servers
         services.history.backfill = Backfiller(
             config.server_name, events, BackfillStore(db), persister, key_store, federation_client, queue,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 from urllib.parse import quote
 
 import aiohttp
@@ -19,7 +19,7 @@ import pytest
 from ..integration.processes import User, pages_back, wait_until
 from ..pg import PostgresForTests
 from .ephemeral_checks import presence_reaches, typing_and_receipts_both_ways
-from .peers import FederatingServer
+from .peers import FederatingServer, signed_federation_get
 
 pytestmark = pytest.mark.federation
 
@@ -161,10 +161,11 @@ async def test_two_servers_share_a_room_both_ways(
         fetched = await b.db_fetch("SELECT count(*) FROM events WHERE room_id = $1 AND stream_pos < 0", private_id)
         assert fetched[0][0] > 0  # backfilled, not shown
 
-        await check_knock(a, alice, bob, version)
+        knock_room = await check_knock(a, alice, bob, version)
+        await check_server_acl(http, a, b, alice, bob, knock_room)
 
 
-async def check_knock(a: FederatingServer, alice: User, bob: User, version: str) -> None:
+async def check_knock(a: FederatingServer, alice: User, bob: User, version: str) -> str:
     """bob knocks on a room of a whose join rule is knock (make_knock,
     send_knock): /sync on b shows it under knock with the stripped state,
     a has the knock (marked for relay to the room's other servers), alice
@@ -206,3 +207,40 @@ async def check_knock(a: FederatingServer, alice: User, bob: User, version: str)
     assert await wait_until(joined, 30, interval=0.2)
     status, members = await alice.call("GET", f"rooms/{quote(room_id)}/joined_members")
     assert status == 200 and set(members["joined"]) == {alice.user_id, bob.user_id}, members
+    return room_id
+
+
+async def check_server_acl(http: aiohttp.ClientSession, a: FederatingServer, b: FederatingServer, alice: User,
+                           bob: User, room_id: str) -> None:
+    """alice's room denies servers named localhost (b, whatever its port):
+    b's reads of the room are refused with 403, bob's new message is
+    answered with an error and never stored on a."""
+    last = (await a.db_fetch("SELECT event_id FROM events WHERE room_id = $1 AND stream_pos IS NOT NULL "
+                             "ORDER BY stream_pos DESC LIMIT 1", room_id))[0]["event_id"]
+    paths = [f"/_matrix/federation/v1/state_ids/{quote(room_id)}?event_id={quote(last)}",
+             f"/_matrix/federation/v1/backfill/{quote(room_id)}?v={quote(last)}&limit=5"]
+
+    async def read(path: str) -> tuple[int, Any]:
+        return await signed_federation_get(http, a.fed_url, path, origin=b.server_name,
+                                           destination=a.server_name, key=b.signing_key())
+
+    for path in paths:
+        assert (await read(path))[0] == 200, path
+    status, _ = await alice.call("PUT", f"rooms/{quote(room_id)}/state/m.room.server_acl/",
+                                 {"allow": ["*"], "deny": ["localhost"]})
+    assert status == 200
+    for path in paths:
+        status, body = await read(path)
+        assert (status, body.get("errcode")) == (403, "M_FORBIDDEN"), (path, body)
+
+    status, sent = await bob.send(room_id, "from a denied server")
+    assert status == 200, sent
+    pos = (await b.db_fetch("SELECT stream_pos FROM events WHERE event_id = $1", sent["event_id"]))[0][0]
+
+    async def delivered() -> bool:  # b's sender had its transaction answered by a
+        rows = await b.db_fetch("SELECT stream_pos FROM federation_destinations WHERE destination = $1",
+                                a.server_name)
+        return bool(rows) and rows[0][0] >= pos
+
+    assert await wait_until(delivered, 30, interval=0.2)
+    assert await a.db_fetch("SELECT 1 FROM events WHERE event_id = $1", sent["event_id"]) == []

@@ -25,6 +25,7 @@ from ...storage.federation_inbound import FederationInboundStore
 from ..notifier import Notifier
 from ..persister import EventContext, NewEvent, NewRoom, Persister
 from ..server_keys import KeyStore, KeyUnavailable
+from .server_acl import ServerAcls
 
 MAX_STRIPPED_STATE = 50
 
@@ -49,6 +50,7 @@ class InviteReceiver:
         self.store = store
         self.notifier = notifier
         self.user_exists = user_exists
+        self.acls: ServerAcls | None = None
 
     async def on_invite(self, origin: str, room_id: str, event_id: str, body: Any) -> dict[str, Any]:
         if not isinstance(body, Mapping) or not isinstance(body.get("event"), Mapping):
@@ -80,6 +82,8 @@ class InviteReceiver:
             raise MatrixError(400, "M_INVALID_PARAM", "The invitee is not a user of this server")
         if sender_server != origin:
             raise forbidden("The invite's sender is not on the requesting server")
+        if self.acls is not None:  # a room we are in: its server ACL
+            await self.acls.check(room_id, origin)
         if not await self.user_exists(ev.state_key):
             raise MatrixError(404, "M_NOT_FOUND", "No such user")
         signed = sign_event(dict(ev.pdu), self.server_name, self.signing_key, rv)

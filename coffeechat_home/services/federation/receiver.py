@@ -12,7 +12,8 @@ a gap that remains is filled with the state at it (``gaps.EventFetcher``:
 events we lack are fetched with ``event_auth``; then the auth checks against
 the event's auth events (rejected), the state before it (rejected) and the
 room's current state (soft-failed); the event goes to the persister with
-that context.
+that context. PDUs, typing and receipts for a room whose server ACL denies
+the origin are refused (services/federation/server_acl.py).
 
 Processing is serialized per room (a lock per room in this process; the
 persister's compare-and-set covers other instances) and runs for different
@@ -50,6 +51,7 @@ from ..server_keys import KeyStore, KeyUnavailable
 from ..typing import FEDERATION_TIMEOUT_MS, TypingService
 from ..tasks import KeyedLocks
 from .gaps import EventFetcher, FetchBudget, GapFetchError
+from .server_acl import ServerAcls
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,10 @@ class FederationReceiver:
         }
         self.pdus_processed = 0
         self.fetcher = EventFetcher(events, persister, key_store, client)
+        self.acls: ServerAcls | None = None  # the rooms' server ACLs, when set
+
+    async def _denied(self, room_id: Any, origin: str) -> bool:
+        return self.acls is not None and isinstance(room_id, str) and not await self.acls.allows(room_id, origin)
 
     # -- the transaction -----------------------------------------------------------
     async def on_transaction(self, origin: str, txn_id: str, body: Any) -> dict[str, Any]:
@@ -138,9 +144,10 @@ class FederationReceiver:
 
         async def room(room_id: str, items: list[Any]) -> None:
             async with self._room_lock(room_id):
+                denied = await self._denied(room_id, origin)
                 for pdu in items:
                     try:
-                        event_id, outcome = await self._one_pdu(origin, room_id, pdu)
+                        event_id, outcome = await self._one_pdu(origin, room_id, pdu, denied)
                     except Exception:
                         nonlocal failed
                         failed = True
@@ -158,7 +165,9 @@ class FederationReceiver:
             yield
 
     # -- one PDU -----------------------------------------------------------------
-    async def _one_pdu(self, origin: str, room_id: str, pdu: Mapping[str, Any]) -> tuple[str | None, _Outcome]:
+    async def _one_pdu(
+        self, origin: str, room_id: str, pdu: Mapping[str, Any], denied: bool = False
+    ) -> tuple[str | None, _Outcome]:
         version = await self.events.room_version(room_id)
         if version is None:
             return None, _Outcome("unknown room")
@@ -167,6 +176,8 @@ class FederationReceiver:
             event_id = compute_event_id(pdu, rv)
         except (UnsupportedRoomVersion, ProtocolError, KeyError, TypeError, ValueError):
             return None, _Outcome("malformed PDU")
+        if denied:
+            return event_id, _Outcome(f"forbidden: {origin} is denied by the room's server ACL")
         if not await self.store.has_joined_member_of(room_id, self.server_name):
             return event_id, _Outcome("this server is not in the room")
         try:
@@ -346,7 +357,7 @@ class FederationReceiver:
         room_id, user_id, typing = content.get("room_id"), content.get("user_id"), content.get("typing")
         if not isinstance(room_id, str) or not isinstance(typing, bool) or not isinstance(user_id, str):
             return
-        if not self._from_origin(origin, user_id):
+        if not self._from_origin(origin, user_id) or await self._denied(room_id, origin):
             return
         await self.typing.set_typing(user_id, room_id, typing, FEDERATION_TIMEOUT_MS, max_timeout_ms=FEDERATION_TIMEOUT_MS)
 
@@ -354,7 +365,7 @@ class FederationReceiver:
         if not isinstance(content, Mapping):
             return
         for room_id, by_type in content.items():
-            if not isinstance(by_type, Mapping):
+            if not isinstance(by_type, Mapping) or await self._denied(room_id, origin):
                 continue
             for receipt_type, by_user in by_type.items():
                 if receipt_type != "m.read" or not isinstance(by_user, Mapping):

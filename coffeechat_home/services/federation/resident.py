@@ -25,6 +25,7 @@ from ...storage.federation_queue import FederationQueueStore
 from ..persister import EventContext, NewEvent, Persister
 from ..room_writer import RoomWriter
 from ..server_keys import KeyStore
+from .server_acl import ServerAcls
 from .events_in import bad_json, check_auth_against, check_pdu, state_before
 from .visibility import filter_for_server
 
@@ -55,6 +56,11 @@ class ResidentService:
         self.queue = queue
         self.key_store = key_store
         self.server_name = server_name
+        self.acls: ServerAcls | None = None  # the rooms' server ACLs, when set
+
+    async def check_acl(self, origin: str, room_id: str) -> None:
+        if self.acls is not None:
+            await self.acls.check(room_id, origin)
 
     async def room_version(self, room_id: str) -> RoomVersion:
         version = await self.events.room_version(room_id)
@@ -69,6 +75,7 @@ class ResidentService:
         if server_of(user_id) != origin:
             raise forbidden("The user is not on the requesting server")
         rv = await self.room_version(room_id)
+        await self.check_acl(origin, room_id)
         if membership in ("join", "knock") and rv.identifier not in versions:
             raise MatrixError(
                 400, "M_INCOMPATIBLE_ROOM_VERSION",
@@ -123,6 +130,7 @@ class ResidentService:
         """Check a join or leave signed by ``origin``, persist it and mark
         it for relay to the other servers in the room."""
         rv = await self.room_version(room_id)
+        await self.check_acl(origin, room_id)
         event = await check_pdu(self.key_store, pdu, rv)
         if event.event_id != event_id:
             raise bad_json("The event id in the path is not the event's")
@@ -164,6 +172,7 @@ class ResidentService:
     # -- reads ---------------------------------------------------------------------
     async def check_may_read(self, origin: str, room_id: str) -> RoomVersion:
         rv = await self.room_version(room_id)
+        await self.check_acl(origin, room_id)
         if await self.queue.server_in_room(room_id, origin):
             return rv
         state = await self.writer.current_state(room_id) or {}

@@ -223,6 +223,9 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
             federation_client, e2e.federation.remote_lists, config.server_name, lambda: notifier.position)
     directory = DirectoryService(rooms, writer, config.server_name,
                                  remote_queries.room_alias if federating else None)
+    if federating:  # /publicRooms?server= of another server
+        directory.remote_public_rooms = lambda server, limit, since, search: remote_queries.public_rooms(
+            server, limit=limit, since=since, search=search)
     media = build_media(config, db)
     if federating:  # other servers' media, fetched on first use and cached
         media.remote = RemoteMedia(federation_client, media.store, media.files, config.media, media.release_bodies)
@@ -377,9 +380,8 @@ def build_federation_app(config: Config, services: Services, metrics: Metrics | 
         services.key_store, config.server_name, sender.destination_talked if sender is not None else None,
         max_body_bytes=config.limits.max_request_body_bytes,
     )
-    FederationRoutes(auth, services.conversation.profiles, services.rooms, config.server_name).register_routes(
-        app.router
-    )
+    FederationRoutes(auth, services.conversation.profiles, services.rooms, config.server_name,
+                     services.directory).register_routes(app.router)
     FederationMediaRoutes(auth, services.media).register_routes(app.router)
     MediaRoutes(services.media, services.auth).register_legacy_downloads(app.router)
     TransactionRoutes(auth, services.receiver).register_routes(app.router)

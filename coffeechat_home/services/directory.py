@@ -24,6 +24,9 @@ MAX_PUBLIC_ROOMS_PAGE = 500
 # Asks another server what room an alias of its names: (alias, server) ->
 # {"room_id", "servers"} (raises MatrixError on failure).
 RemoteAliasLookup = Callable[[str, str], Awaitable[dict[str, Any]]]
+# Asks another server for its public rooms: (server, limit, since, search
+# term) -> the publicRooms answer (raises MatrixError on failure).
+RemotePublicRooms = Callable[[str, int | None, str | None, str | None], Awaitable[dict[str, Any]]]
 
 
 class DirectoryService:
@@ -33,6 +36,7 @@ class DirectoryService:
         self.writer = writer
         self.server_name = server_name
         self.remote_alias_lookup = remote_alias_lookup
+        self.remote_public_rooms: RemotePublicRooms | None = None
 
     def _local_alias(self, alias: str) -> str:
         try:
@@ -118,7 +122,9 @@ class DirectoryService:
     async def public_rooms(self, *, limit: int | None, since: str | None, search: str | None,
                            server: str | None) -> dict[str, Any]:
         if server is not None and server != self.server_name:
-            raise MatrixError(400, "M_UNRECOGNIZED", "Other servers' directories need federation (not supported yet)")
+            if self.remote_public_rooms is None:
+                raise MatrixError(400, "M_UNRECOGNIZED", "Other servers' directories need federation, which is off")
+            return await self.remote_public_rooms(server, limit, since, search)
         offset = 0
         if since:
             try:

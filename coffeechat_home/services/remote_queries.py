@@ -1,5 +1,6 @@
-"""Client requests about other servers' users and aliases, asked of those
-servers over federation (profile and room alias queries), with their
+"""Client requests about other servers' users, aliases and room directories,
+asked of those servers over federation (profile and room alias queries,
+publicRooms), with their
 failures turned into Matrix errors the way Synapse does: a server that
 cannot be reached is 502, an answer "not found" is 404."""
 
@@ -51,3 +52,28 @@ class RemoteQueries:
         servers = answer.get("servers")
         servers = [s for s in servers if isinstance(s, str)] if isinstance(servers, list) else []
         return {"room_id": answer["room_id"], "servers": servers or [server]}
+
+    async def public_rooms(self, server: str, *, limit: int | None, since: str | None,
+                           search: str | None) -> dict[str, Any]:
+        """The server's public room directory (``GET /publicRooms``, or
+        ``POST`` with a search term), the answer's known fields only."""
+        path = "/_matrix/federation/v1/publicRooms"
+        try:
+            if search is None:
+                query = {k: str(v) for k, v in (("limit", limit), ("since", since)) if v is not None}
+                answer = await self.client.get_json(server, path, query or None)
+            else:
+                body: dict[str, Any] = {"filter": {"generic_search_term": search}}
+                body.update({k: v for k, v in (("limit", limit), ("since", since)) if v is not None})
+                answer = await self.client.post_json(server, path, body)
+        except FederationError as e:
+            raise _mapped(e, server, "Room directory") from None
+        chunk = answer.get("chunk") if isinstance(answer, Mapping) else None
+        if not isinstance(chunk, list):
+            raise MatrixError(502, "M_UNKNOWN", f"Bad room directory answer from {server}")
+        assert isinstance(answer, Mapping)
+        out: dict[str, Any] = {"chunk": [r for r in chunk if isinstance(r, Mapping) and isinstance(r.get("room_id"), str)]}
+        for key, kind in (("next_batch", str), ("prev_batch", str), ("total_room_count_estimate", int)):
+            if isinstance(answer.get(key), kind):
+                out[key] = answer[key]
+        return out

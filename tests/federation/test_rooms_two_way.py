@@ -163,6 +163,7 @@ async def test_two_servers_share_a_room_both_ways(
 
         knock_room = await check_knock(a, alice, bob, version)
         await check_server_acl(http, a, b, alice, bob, knock_room)
+        await check_public_rooms(a, alice, bob)
 
 
 async def check_knock(a: FederatingServer, alice: User, bob: User, version: str) -> str:
@@ -244,3 +245,27 @@ async def check_server_acl(http: aiohttp.ClientSession, a: FederatingServer, b: 
 
     assert await wait_until(delivered, 30, interval=0.2)
     assert await a.db_fetch("SELECT 1 FROM events WHERE event_id = $1", sent["event_id"]) == []
+
+
+async def check_public_rooms(a: FederatingServer, alice: User, bob: User) -> None:
+    """bob asks a's room directory through his server (GET and POST
+    /publicRooms?server=, served over federation by a), with paging and a
+    search term; without a token, asking another server is refused."""
+    names = ["lobby one", "lobby two", "cellar"]
+    for name in names:
+        status, room = await alice.call("POST", "createRoom", {
+            "preset": "public_chat", "visibility": "public", "name": name, "topic": f"about {name}"})
+        assert status == 200, room
+    server = quote(a.server_name)
+    status, page = await bob.call("GET", f"publicRooms?server={server}&limit=2")
+    assert status == 200 and len(page["chunk"]) == 2 and page["total_room_count_estimate"] == 3, page
+    status, rest = await bob.call("GET", f"publicRooms?server={server}&limit=2&since={page['next_batch']}")
+    assert status == 200 and "next_batch" not in rest, rest
+    assert sorted(r["name"] for r in page["chunk"] + rest["chunk"]) == sorted(names)
+    assert {"topic": "about cellar", "join_rule": "public", "num_joined_members": 1}.items() <= next(
+        r for r in rest["chunk"] + page["chunk"] if r["name"] == "cellar").items()
+    status, found = await bob.call("POST", f"publicRooms?server={server}", {"filter": {"generic_search_term": "LOBBY"}})
+    assert status == 200 and sorted(r["name"] for r in found["chunk"]) == ["lobby one", "lobby two"], found
+    async with aiohttp.ClientSession() as anonymous:
+        async with anonymous.get(f"{bob.base_url}/_matrix/client/v3/publicRooms?server={server}") as r:
+            assert r.status == 401, await r.text()

@@ -64,9 +64,11 @@ class DirectoryRoutes:
         return json_response({})
 
     async def get_public_rooms(self, request: web.Request) -> web.StreamResponse:
+        server = request.query.get("server")
+        if server and server != self.directory.server_name:
+            await self.auth.requester(request)  # asking another server: users only (as Synapse)
         return json_response(await self.directory.public_rooms(
-            limit=query_int(request, "limit"), since=request.query.get("since"), search=None,
-            server=request.query.get("server"),
+            limit=query_int(request, "limit"), since=request.query.get("since"), search=None, server=server,
         ))
 
     async def post_public_rooms(self, request: web.Request, requester: Requester) -> web.StreamResponse:

@@ -29,6 +29,10 @@ class BackfillStore:
         self.db = db
         self.state = StateStore(db)
 
+    async def room_creator(self, room_id: str) -> str | None:
+        creator: str | None = await self.db.fetchval("SELECT creator FROM rooms WHERE room_id = $1", room_id)
+        return creator
+
     async def missing_prevs(self, room_id: str, max_depth: int | None, limit: int) -> list[str]:
         """prev_events we do not have (or have only as outliers) of the
         room's timeline events at or below ``max_depth``, those of the

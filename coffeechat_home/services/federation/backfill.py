@@ -83,6 +83,11 @@ class Backfiller:
     async def backfill(self, room_id: str, max_depth: int | None, limit: int) -> int:
         """Fetch up to ``limit`` events older than our history at or below
         ``max_depth``; the number of events added to the timeline."""
+        creator = await self.store.room_creator(room_id)
+        if creator is None or creator.endswith(":" + self.server_name):
+            # a room made here has no holes: events from other servers are
+            # taken only once their prev_events are known (receiver.py)
+            return 0
         starts = await self.store.missing_prevs(room_id, max_depth, MAX_STARTS)
         if not starts:
             return 0

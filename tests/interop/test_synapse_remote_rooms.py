@@ -3,11 +3,11 @@ room (by room id with ``via``, and by alias) through make_join/send_join,
 sees its state in /sync, pages back through the history from before its
 join (backfilled from Synapse), then receives the Synapse user's new
 messages and state changes live (Synapse pushes them to our /send), typing
-and read receipts go both ways (v10), and it leaves through
-Synapse (make_leave/send_leave); invites from Synapse show in /sync with
-their stripped state, one is accepted (joined through the inviting server),
-one rejected (Synapse sees the leave). Room versions 10, 11 and 12, one
-Synapse for all of them."""
+and read receipts go both ways (v10), and it leaves through Synapse
+(make_leave/send_leave); it knocks on a Synapse room (make_knock/send_knock)
+and is let in; invites from Synapse show in /sync with their stripped state,
+one is accepted (joined through the inviting server), one rejected (Synapse
+sees the leave). Room versions 10, 11 and 12, one Synapse for all of them."""
 
 from __future__ import annotations
 
@@ -120,6 +120,32 @@ async def test_join_synapse_rooms_and_receive_live(peers: tuple[FederatingServer
             assert status == 200 and set(members["joined"]) == {bob.user_id}, members
             status, mine = await alice.call("GET", "joined_rooms")
             assert status == 200 and room_id not in mine["joined_rooms"], mine
+
+        # knocking on a Synapse room (join rule knock): make_knock / send_knock,
+        # the room under knock in /sync with Synapse's stripped state, then
+        # bob lets alice in (invite) and she joins
+        status, room = await bob.call("POST", "createRoom", {
+            "preset": "private_chat", "room_version": "10", "name": "knock on synapse",
+            "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}]})
+        assert status == 200, room
+        room_id = room["room_id"]
+        status, body = await alice.call("POST", f"knock/{quote(room_id)}?server_name={quote(syn.server_name)}",
+                                        {"reason": "hello"})
+        assert (status, body) == (200, {"room_id": room_id}), (body, ours.process.stderr()[-3000:])
+        knock_state = (await alice.sync())["rooms"]["knock"][room_id]["knock_state"]["events"]
+        assert any(e["type"] == "m.room.name" and e["content"] == {"name": "knock on synapse"}
+                   for e in knock_state), knock_state
+        status, member = await bob.call("GET", f"rooms/{quote(room_id)}/state/m.room.member/{quote(alice.user_id)}")
+        assert (status, member.get("membership"), member.get("reason")) == (200, "knock", "hello"), member
+        status, body = await bob.call("POST", f"rooms/{quote(room_id)}/invite", {"user_id": alice.user_id})
+        assert status == 200, (body, syn.log_tail())
+
+        async def joined(room_id: str = room_id) -> bool:  # once the invite reached us
+            return (await alice.call("POST", f"rooms/{quote(room_id)}/join", {}))[0] == 200
+
+        assert await wait_until(joined, 30, interval=0.2), ours.process.stderr()[-3000:]
+        status, members = await bob.call("GET", f"rooms/{quote(room_id)}/joined_members")
+        assert status == 200 and set(members["joined"]) == {alice.user_id, bob.user_id}, members
 
         # invites from Synapse: one accepted, one rejected, in each version
         for version in ("10", "11", "12"):

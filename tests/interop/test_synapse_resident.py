@@ -371,6 +371,31 @@ async def test_synapse_user_invited_from_our_side_joins(peers: tuple[FederatingS
                                    room_id)
         assert rows == []
 
+        # a Synapse user knocks on our room (make_knock / send_knock served
+        # here): Synapse shows it under knock with our stripped state; alice
+        # sees the knock and invites, the user joins
+        frank = await register_on_synapse(http, syn, "frank_knock")
+        status, room3 = await alice.call("POST", "createRoom", {
+            "preset": "private_chat", "room_version": "11", "name": "knock on us",
+            "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}]})
+        assert status == 200, room3
+        knock_room = room3["room_id"]
+        status, body = await frank.call("POST", f"knock/{quote(knock_room)}?server_name={quote(ours.server_name)}",
+                                        {"reason": "knock knock"})
+        assert status == 200, (body, syn.log_tail(), ours.process.stderr()[-3000:])
+        body = await sync_until(frank, lambda b: knock_room in b.get("rooms", {}).get("knock", {}), "the knock")
+        knock_state = body["rooms"]["knock"][knock_room]["knock_state"]["events"]
+        assert any(e["type"] == "m.room.name" and e["content"]["name"] == "knock on us" for e in knock_state)
+        status, member = await alice.call("GET", f"rooms/{quote(knock_room)}/state/m.room.member/{quote(frank.user_id)}")
+        assert (status, member.get("membership"), member.get("reason")) == (200, "knock", "knock knock"), member
+        status, body = await alice.call("POST", f"rooms/{quote(knock_room)}/invite", {"user_id": frank.user_id})
+        assert status == 200, (body, ours.process.stderr()[-3000:])
+        await sync_until(frank, lambda b: knock_room in b.get("rooms", {}).get("invite", {}), "the invite after knocking")
+        status, body = await frank.call("POST", f"join/{quote(knock_room)}", {})
+        assert status == 200, (body, syn.log_tail())
+        status, members = await alice.call("GET", f"rooms/{quote(knock_room)}/joined_members")
+        assert status == 200 and set(members["joined"]) == {alice.user_id, frank.user_id}, members
+
 
 async def until_send_failed(ours: FederatingServer, syn: SynapsePeer) -> None:
     """Wait (bounded) until the sender has tried ``syn`` and failed at least

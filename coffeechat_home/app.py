@@ -292,7 +292,8 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     services.resident.acls = services.receiver.acls = services.invites.acls = ServerAcls(rooms)
     if federating:  # /messages past the oldest event we have: backfill from the room's servers
         services.history.backfill = Backfiller(
-            config.server_name, events, BackfillStore(db), persister, key_store, federation_client, queue,
+            config.server_name, events, BackfillStore(db), persister, services.receiver.fetcher, key_store,
+            federation_client, queue,
         ).backfill
     if federating:  # E2EE EDUs from other servers: to-device messages, device lists, cross-signing keys
         e2e_fed = e2e.federation

@@ -9,27 +9,27 @@ answer is checked like any received PDU (format, signatures, content hash;
 ``protocol.pdu.check_received_pdu``), kept only if it is reachable from what
 we asked for through prev_events, and checked against its auth events and
 against the state before it (rejected events are stored, never shown).
-The state before an event whose prev_events we lack comes from the server
-(``/state_ids``, and ``/state`` for the events we do not have), checked as
-an auth chain and stored as outliers. The batch goes through the persister
+The state before an event whose prev_events we lack is the state after
+them as the server has it, and auth events we lack are its auth chain, both
+fetched, checked and stored as outliers by ``gaps.EventFetcher`` (as for a
+gap in live traffic). The batch goes through the persister
 as backfilled history: stream positions below zero, so it sorts by the DAG
 in ``/messages`` but never shows in ``/sync`` or goes out to other servers.
 
-Bounded: one request for the events (at most ``limit``), at most two for
-state per event missing its prev_events, one for the auth chain of an event
-whose auth events are missing, everything within ``timeout_s``.
+Bounded: one request for the events (at most ``limit``), state fills for
+at most ``MAX_STATE_FILLS`` events missing prev_events (the fetcher's own
+bounds per fill), one auth chain, everything within ``timeout_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 from urllib.parse import quote
 
 from ...federation.client import FederationClient, FederationError
 from ...protocol.auth import AuthError, auth_state_from_auth_events, check_auth_rules
-from ...protocol.auth_chain import check_auth_chain
 from ...protocol.errors import ProtocolError
 from ...protocol.events import Event, StateKey, auth_types_for_event, create_event_id_for_room
 from ...protocol.pdu import check_pdu_format, check_received_pdu
@@ -40,13 +40,14 @@ from ...storage.events import EventStore
 from ...storage.federation_queue import FederationQueueStore
 from ..persister import EventContext, NewEvent, Persister
 from ..server_keys import KeyStore, KeyUnavailable
+from .gaps import EventFetcher, FetchBudget, GapFetchError
 
 log = logging.getLogger(__name__)
 
 MAX_BACKFILL = 100  # events asked for in one request
 MAX_STARTS = 10  # missing prev_events named in one request
 MAX_SERVERS_TRIED = 3
-MAX_STATE_FETCHES = 5  # /state_ids lookups for events missing prev_events, per backfill
+MAX_STATE_FILLS = 5  # events missing prev_events whose state is fetched, per backfill
 
 
 class _BadAnswer(Exception):
@@ -64,6 +65,7 @@ class Backfiller:
         events: EventStore,
         store: BackfillStore,
         persister: Persister,
+        fetcher: EventFetcher,
         key_store: KeyStore,
         client: FederationClient,
         queue: FederationQueueStore,
@@ -74,6 +76,7 @@ class Backfiller:
         self.events = events
         self.store = store
         self.persister = persister
+        self.fetcher = fetcher
         self.key_store = key_store
         self.client = client
         self.queue = queue
@@ -100,7 +103,7 @@ class Backfiller:
             try:
                 async with asyncio.timeout(self.timeout_s):
                     return await self._from(server, room_id, rv, starts, max(1, min(limit, MAX_BACKFILL)))
-            except (FederationError, _BadAnswer, TimeoutError) as e:
+            except (FederationError, GapFetchError, _BadAnswer, TimeoutError) as e:
                 log.info("backfill of %s from %s failed: %s", room_id, server, e)
         return 0
 
@@ -153,7 +156,9 @@ class Backfiller:
     async def _contexts(self, server: str, room_id: str, rv: RoomVersion, order: list[Event]) -> list[NewEvent]:
         in_batch = {e.event_id: e for e in order}
         create_id = create_event_id_for_room(room_id, rv)
-        await self._ensure_auth_events(server, room_id, rv, order, in_batch, create_id)
+        budget = FetchBudget(state_fills=MAX_STATE_FILLS,
+                             deadline=asyncio.get_running_loop().time() + self.timeout_s)
+        await self._ensure_auth_events(server, room_id, rv, order, in_batch, create_id, budget)
         outside = {p for e in order for p in e.prev_event_ids if p not in in_batch}
         prev_info = await self.events.stored_info(outside)
         groups = await self.events.state_ids_for_groups(
@@ -163,10 +168,9 @@ class Backfiller:
         after: dict[str, dict[StateKey, str]] = {}
         rejected: set[str] = set()
         batch: list[NewEvent] = []
-        state_fetches = 0
         for ev in order:
             sets: list[dict[StateKey, str]] = []
-            missing = False
+            missing: list[str] = []
             for p in ev.prev_event_ids:
                 info = prev_info.get(p)
                 if p in after:
@@ -174,13 +178,14 @@ class Backfiller:
                 elif info is not None and not info.outlier and info.state_group in groups:
                     sets.append(dict(groups[info.state_group]))
                 else:
-                    missing = True
+                    missing.append(p)
             if missing:
-                if state_fetches >= MAX_STATE_FETCHES:
+                try:  # the state after the prev events we lack, as the server has it
+                    sets += (await self.fetcher.states_after(server, room_id, rv, missing, budget)).values()
+                except GapFetchError as e:
+                    log.info("backfill of %s stops at %s: %s", room_id, ev.event_id, e)
                     break  # the rest waits for the next backfill
-                state_fetches += 1
-                before = await self._remote_state_before(server, room_id, rv, ev)
-            elif len(sets) == 1:
+            if len(sets) == 1:
                 before = sets[0]
             elif not sets:
                 before = {}
@@ -228,7 +233,8 @@ class Backfiller:
         return None
 
     async def _ensure_auth_events(self, server: str, room_id: str, rv: RoomVersion, order: list[Event],
-                                  in_batch: Mapping[str, Event], create_id: str | None) -> None:
+                                  in_batch: Mapping[str, Event], create_id: str | None,
+                                  budget: FetchBudget) -> None:
         """Auth events neither in the batch nor stored: the auth chain of
         the (first) event naming them, from the server, stored as outliers."""
         wanted = {a for e in order for a in e.auth_event_ids if a not in in_batch}
@@ -236,69 +242,8 @@ class Backfiller:
             wanted.add(create_id)
         known = await self.events.stored_info(wanted)
         lacking = [e for e in order if any(a not in known and a not in in_batch for a in e.auth_event_ids)]
-        if not lacking:
-            return
-        ev = lacking[0]
-        answer = await self.client.get_json(
-            server, f"/_matrix/federation/v1/event_auth/{_q(room_id)}/{_q(ev.event_id)}"
-        )
-        chain = answer.get("auth_chain") if isinstance(answer, Mapping) else None
-        if not isinstance(chain, list):
-            raise _BadAnswer("event_auth answer without auth_chain")
-        await self._store_outliers(room_id, rv, chain)
-
-    async def _remote_state_before(self, server: str, room_id: str, rv: RoomVersion,
-                                   ev: Event) -> dict[StateKey, str]:
-        """The state before ``ev`` as the server has it: ``/state_ids``,
-        then ``/state`` when events of it are unknown here."""
-        query = f"{_q(room_id)}?event_id={_q(ev.event_id)}"
-        answer = await self.client.get_json(server, f"/_matrix/federation/v1/state_ids/{query}")
-        pdu_ids = answer.get("pdu_ids") if isinstance(answer, Mapping) else None
-        chain_ids = answer.get("auth_chain_ids") if isinstance(answer, Mapping) else None
-        if not isinstance(pdu_ids, list) or not isinstance(chain_ids, list) or not all(
-            isinstance(i, str) for i in [*pdu_ids, *chain_ids]
-        ):
-            raise _BadAnswer("state_ids answer without pdu_ids and auth_chain_ids")
-        known = await self.events.stored_info([*pdu_ids, *chain_ids])
-        if any(i not in known for i in [*pdu_ids, *chain_ids]):
-            full = await self.client.get_json(server, f"/_matrix/federation/v1/state/{query}")
-            if not isinstance(full, Mapping):
-                raise _BadAnswer("state answer is not an object")
-            pdus = [*(full.get("auth_chain") or []), *(full.get("pdus") or [])]
-            await self._store_outliers(room_id, rv, pdus)
-            known = await self.events.stored_info(pdu_ids)
-        usable = [i for i in pdu_ids if i in known and not known[i].rejected]
-        stored = await self.events.get_pdus(usable)
-        state: dict[StateKey, str] = {}
-        for eid in usable:
-            if eid in stored:
-                e = Event(stored[eid], eid, rv)
-                if e.is_state and e.room_id == room_id:
-                    state[e.state_tuple] = eid
-        return state
-
-    async def _store_outliers(self, room_id: str, rv: RoomVersion, pdus: Sequence[Any]) -> None:
-        """Check events (signatures, hashes, then as an auth chain) and
-        store the accepted ones we lack as outliers."""
-        checked: dict[str, Event] = {}
-        for pdu in pdus:
-            ev = await self._check_pdu(pdu, room_id, rv)
-            if ev is not None:
-                checked.setdefault(ev.event_id, ev)
-        known = await self.events.stored_info(checked)
-        new = {i: e for i, e in checked.items() if i not in known}
-        if not new:
-            return
-        refs = {a for e in new.values() for a in e.auth_event_ids if a not in new}
-        create_id = create_event_id_for_room(room_id, rv)
-        if create_id is not None:
-            refs.add(create_id)
-        loaded, was_rejected = await self.events.auth_chain_events(refs, rv)
-        result = check_auth_chain(new.values(), known=loaded.get, known_rejected=was_rejected.__contains__)
-        accepted = sorted(result.accepted.values(), key=lambda e: (e.depth, e.event_id))
-        if accepted:
-            await self.persister.persist(room_id, [NewEvent(e, EventContext(outlier=True)) for e in accepted],
-                                         room_version=rv)
+        if lacking:
+            await self.fetcher.fetch_auth_events(server, room_id, rv, lacking[0], budget)
 
 
 class _EventCache:

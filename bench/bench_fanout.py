@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shlex
 import statistics
 import sys
@@ -95,7 +96,47 @@ async def settle(s: Server, quiet_pct: float = 3.0, span: float = 0.5) -> None:
     LOG(f"{s.label}: server still busy after {SETTLE_MAX_S:.0f} s; measuring anyway")
 
 
-async def fanout(s: Server, n: int, profile: br.Target | None = None) -> dict[str, Any]:
+def _parse_timing(raw: str) -> dict[str, float]:
+    out = {}
+    for part in raw.split(";"):
+        k, _, v = part.partition("=")
+        if v:
+            out[k] = float(v)
+    return out
+
+
+def _db_processes(pg_pid: int | None) -> list[psutil.Process]:
+    if pg_pid is None:
+        return []
+    try:
+        root = psutil.Process(pg_pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _schedstat(pid: int) -> tuple[float, float]:
+    """(on-CPU, waiting for a CPU while runnable) seconds of the process's
+    main thread (the event loop), from /proc/<pid>/schedstat."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            run_ns, wait_ns, _ = f.read().split()
+        return int(run_ns) / 1e9, int(wait_ns) / 1e9
+    except (OSError, ValueError):
+        return 0.0, 0.0
+
+
+def _cpu_of(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            total += sum(p.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
+
+
+async def fanout(s: Server, n: int, profile: br.Target | None = None, pg_pid: int | None = None) -> dict[str, Any]:
     c = s.client
     members = s.users[1:n]
     sender = s.users[0]
@@ -104,8 +145,9 @@ async def fanout(s: Server, n: int, profile: br.Target | None = None) -> dict[st
     since = {u.user_id: b["next_batch"] for u, b in zip(members, first)}
     marker = f"fanout-{n}-{time.monotonic_ns()}".encode()
     arrivals: dict[str, float] = {}
+    headers_at: dict[str, float] = {}
+    server_timing: dict[str, dict[str, float]] = {}
     bodies: dict[str, bytes] = {}
-    t0_box: list[float] = []
     params_filter = json.dumps(FANOUT_FILTER, separators=(",", ":"))
 
     async def poll(u: User) -> None:
@@ -120,13 +162,16 @@ async def fanout(s: Server, n: int, profile: br.Target | None = None) -> dict[st
                 headers={"Authorization": f"Bearer {u.token}"},
                 timeout=aiohttp.ClientTimeout(total=WAKE_TIMEOUT_S + 30),
             ) as r:
+                got_headers = time.monotonic()
                 raw = await r.read()
-                now = time.perf_counter()
+                now = time.monotonic()
             if r.status != 200:
                 raise RuntimeError(f"sync {r.status}: {raw[:200]!r}")
             if marker in raw:
                 arrivals[u.user_id] = now
+                headers_at[u.user_id] = got_headers
                 bodies[u.user_id] = raw
+                server_timing[u.user_id] = _parse_timing(r.headers.get("X-Coffeechat-Timing", ""))
                 return
             tok = json.loads(raw)["next_batch"]
 
@@ -136,15 +181,21 @@ async def fanout(s: Server, n: int, profile: br.Target | None = None) -> dict[st
     if profile is not None:  # only the fan-out itself
         br.pyspy_start(profile, f"fanout-{n}")
     proc = psutil.Process(s.proc.pid)
+    db_procs = _db_processes(pg_pid)
     cpu0 = sum(proc.cpu_times()[:2])
-    t0 = time.perf_counter()
-    t0_box.append(t0)
+    sched0 = _schedstat(s.proc.pid)
+    db0 = _cpu_of(db_procs)
+    me0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.monotonic()
     txn = f"f{time.monotonic_ns()}"
     await c.call("PUT", f"/rooms/{q(s.room)}/send/m.room.message/{txn}", sender,
                  {"msgtype": "m.text", "body": marker.decode()})
-    sent = time.perf_counter() - t0
+    sent = time.monotonic() - t0
     done, pending = await asyncio.wait(tasks, timeout=WAKE_TIMEOUT_S)
     cpu1 = sum(proc.cpu_times()[:2])
+    sched1 = _schedstat(s.proc.pid)
+    db1 = _cpu_of(db_procs)
+    me1 = resource.getrusage(resource.RUSAGE_SELF)
     if profile is not None:
         br.pyspy_stop(profile)
     for t in pending:
@@ -161,6 +212,19 @@ async def fanout(s: Server, n: int, profile: br.Target | None = None) -> dict[st
         events = [e for e in room["timeline"]["events"] if e.get("content", {}).get("body") == marker.decode()]
         if len(events) != 1 or un.get("highlight_count", 0) != 0 or un.get("notification_count", 0) < 1:
             wrong_counts += 1
+    # The wake-up timeline: each step's time after the send began (ms),
+    # first / median / last over the woken members; server steps from the
+    # X-Coffeechat-Timing header (same monotonic clock, same machine).
+    steps: dict[str, list[float]] = {}
+    for uid, st in server_timing.items():
+        for k, v in st.items():
+            steps.setdefault(k, []).append(1000 * (v - t0))
+        steps.setdefault("client_headers", []).append(1000 * (headers_at[uid] - t0))
+        steps.setdefault("client_body", []).append(1000 * (arrivals[uid] - t0))
+        if "ready" in st:
+            steps.setdefault("ready_to_client_ms", []).append(1000 * (headers_at[uid] - st["ready"]))
+    timeline = {k: [round(x, 1) for x in (min(v), statistics.median(v), br.pct(v, 0.95) or 0, max(v))]
+                for k, v in steps.items()}
     woken = len(lat)
     return {
         "members_polling": len(members),
@@ -174,6 +238,13 @@ async def fanout(s: Server, n: int, profile: br.Target | None = None) -> dict[st
         "p95_ms": br.pct(lat, 0.95) if lat else None,
         "last_ms": lat[-1] if lat else None,
         "server_cpu_ms_per_woken": 1000 * (cpu1 - cpu0) / woken if woken else None,
+        "server_cpu_ms": 1000 * (cpu1 - cpu0),
+        "db_cpu_ms": 1000 * (db1 - db0),
+        # the event loop's thread: on a CPU, and runnable but waiting for one
+        "server_loop_on_cpu_ms": 1000 * (sched1[0] - sched0[0]),
+        "server_loop_waiting_for_cpu_ms": 1000 * (sched1[1] - sched0[1]),
+        "client_cpu_ms": 1000 * (me1.ru_utime + me1.ru_stime - me0.ru_utime - me0.ru_stime),
+        "timeline_first_median_p95_last_ms": timeline,
         "response_bytes_median": statistics.median(len(b) for b in bodies.values()) if bodies else None,
     }
 
@@ -281,7 +352,8 @@ async def run(args: argparse.Namespace) -> int:
         meta["postgres"] = await pg.configure(fsync=args.fsync == "on")
         if args.only in (None, "ours"):
             url = await pg.create_database("coffeechat", isolation="serializable")
-            procs.append(start_ours(WORK, url, {"COFFEECHAT_PRESENCE_ENABLED": "false"}, pool=args.pool))
+            procs.append(start_ours(WORK, url, {"COFFEECHAT_PRESENCE_ENABLED": "false",
+                                                "COFFEECHAT_METRICS_SYNC_TIMING": "true"}, pool=args.pool))
         if args.only in (None, "synapse"):
             await pg.create_database("synapse")
             assert syn_python is not None and syn_version is not None
@@ -312,7 +384,7 @@ async def run(args: argparse.Namespace) -> int:
                 LOG(f"{s.label}: fan-out to {n - 1} long-polling members")
                 profile = br.Target(s.proc, s.client, pg) if args.pyspy and s.label == "coffeechat-home" else None
                 try:
-                    s.results[f"fanout_{n}"] = await asyncio.wait_for(fanout(s, n, profile), 300)
+                    s.results[f"fanout_{n}"] = await asyncio.wait_for(fanout(s, n, profile, pg.postmaster_pid), 300)
                 except Exception as e:
                     s.errors.append(f"fanout {n}: {type(e).__name__}: {e}")
                 finally:

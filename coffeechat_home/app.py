@@ -336,6 +336,7 @@ def build_client_app(config: Config, services: Services, metrics: Metrics | None
         services.sync,
         services.conversation.filters.get_filter,
         services.conversation.presence.set_presence_from_sync,
+        timing=config.metrics.sync_timing,
     ).register_routes(app.router)
     RoomRoutes(
         services.auth, services.room_service, services.membership, services.history, services.rooms

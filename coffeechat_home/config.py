@@ -125,6 +125,10 @@ class MetricsConfig:
     separate_listener: bool = False
     host: str = "127.0.0.1"
     port: int = 9092
+    # Each /sync response carries X-Coffeechat-Timing: when the notifier
+    # was poked, woke it, and the response was built (monotonic clock, for
+    # bench/bench_fanout.py's wake-up timeline). Off by default.
+    sync_timing: bool = False
 
 
 @dataclass
@@ -643,6 +647,9 @@ path = "/metrics"
 separate_listener = false
 host = "127.0.0.1"
 port = 9092
+# X-Coffeechat-Timing on /sync responses (monotonic timestamps of the
+# wake-up path, for the fan-out benchmark).
+sync_timing = false
 
 [web]
 # The built-in web chat page at / and the admins' room DAG viewer at

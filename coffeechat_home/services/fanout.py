@@ -16,12 +16,18 @@ caches, safe to lose.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections import OrderedDict
 from typing import Awaitable, Callable, Generic, Hashable, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+# Set (to an empty dict) by the /sync route when ``metrics.sync_timing`` is
+# on: the notifier and the sync service write the monotonic times of the
+# steps of a wake-up into it (poked, read, woken, resumed, built).
+SYNC_TIMING: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar("sync_timing", default=None)
 
 
 class SharedReads(Generic[K, V]):

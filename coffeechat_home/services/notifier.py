@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Awaitable, Callable, Iterable
 
 from ..storage.stream import StreamStore
 from ..storage.database import DatabaseError
-from .fanout import SharedReads
+from .fanout import SYNC_TIMING, SharedReads
 from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -35,12 +36,13 @@ PEER_TABLES = ("presence", "device_list_changes")
 
 
 class _Waiter:
-    __slots__ = ("keys", "event", "peers")
+    __slots__ = ("keys", "event", "peers", "woken")
 
     def __init__(self, keys: frozenset[str], peers: bool) -> None:
         self.keys = keys
         self.peers = peers
         self.event = asyncio.Event()
+        self.woken: tuple[float, ...] = ()  # (poked, read, woken) monotonic times
 
 
 class Notifier:
@@ -50,6 +52,7 @@ class Notifier:
         self.position = 0
         self._waiters: set[_Waiter] = set()
         self._poked = asyncio.Event()
+        self._poked_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._advance_lock = asyncio.Lock()
         self._closing = False
@@ -87,6 +90,8 @@ class Notifier:
 
     def poke(self) -> None:
         """Something was committed locally: look for a new position now."""
+        if not self._poked.is_set():
+            self._poked_at = time.monotonic()
         self._poked.set()
 
     async def advance(self, *, read_max: bool = True) -> int:
@@ -106,8 +111,10 @@ class Notifier:
                     if any(w.peers for w in waiters):
                         keys |= await self._rooms_of_peers(by_table)
                 self.position = new
+                read = time.monotonic()
                 for w in waiters:
                     if w.keys & keys:
+                        w.woken = (self._poked_at, read, time.monotonic())
                         w.event.set()
                         self.wakeups += 1
             return self.position
@@ -145,6 +152,10 @@ class Notifier:
                     return self.position
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(waiter.event.wait(), timeout)
+            timing = SYNC_TIMING.get()
+            if timing is not None and waiter.woken:
+                timing.update(zip(("poked", "read", "woken"), waiter.woken))
+                timing["resumed"] = time.monotonic()
             return self.position
         finally:
             self._waiters.discard(waiter)

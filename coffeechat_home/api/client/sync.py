@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
 from ...errors import invalid_param
 from ...services.accounts import Requester
+from ...services.fanout import SYNC_TIMING
 from ...services.sync import SyncFilter, SyncService
 from ..auth import TokenAuth, authed
 from ..http import json_response, query_int
@@ -25,8 +27,11 @@ class SyncRoutes:
         sync: SyncService,
         get_filter: FilterLookup | None = None,
         set_presence: PresenceSetter | None = None,
+        *,
+        timing: bool = False,
     ) -> None:
         self.auth = auth
+        self.timing = timing
         self.sync_service = sync
         self.get_filter = get_filter
         self.set_presence = set_presence
@@ -63,8 +68,17 @@ class SyncRoutes:
             raise invalid_param("set_presence must be online, offline or unavailable")
         if self.set_presence is not None:
             await self.set_presence(requester.user_id, set_presence or "online")
+        timing: dict[str, float] | None = {} if self.timing else None
+        if timing is not None:
+            SYNC_TIMING.set(timing)  # this request's task only
         body = await self.sync_service.sync(
             requester, since_token=q.get("since"), timeout_ms=timeout, sync_filter=sync_filter,
             full_state=full_state,
         )
-        return json_response(body)
+        if timing is None:
+            return json_response(body)
+        timing["built"] = time.monotonic()
+        response = json_response(body)
+        timing["ready"] = time.monotonic()
+        response.headers["X-Coffeechat-Timing"] = ";".join(f"{k}={v:.6f}" for k, v in timing.items())
+        return response

@@ -290,7 +290,7 @@ class Persister:
             await insert_state_groups(conn, room_id, plan.new_groups)
         change = await plan.current_state_change(old_state)
         if change.changed or change.removed:
-            await apply_current_state(conn, room_id, change)
+            await apply_current_state(conn, room_id, change, self.stream.db.text_order)
         members = [
             (it.event, it.stream_pos) for it in items
             if it.stream_pos is not None and it.event.type == "m.room.member" and it.event.membership

@@ -41,7 +41,7 @@ class RoomPurgeStore:
                 """DELETE FROM state_group_entries WHERE state_group IN
                    (SELECT id FROM state_groups WHERE room_id = $1)""", room_id)
             for table in ("state_groups", "current_state", "room_memberships", "room_aliases", "forgotten_rooms",
-                          "receipts", "typing", "rooms"):
+                          "receipts", "typing", "room_summaries", "rooms"):
                 await conn.execute(f"DELETE FROM {table} WHERE room_id = $1", room_id)
             await conn.execute("DELETE FROM account_data WHERE room_id = $1 AND room_id <> ''", room_id)
 

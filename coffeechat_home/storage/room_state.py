@@ -21,7 +21,7 @@ inside its transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import asyncpg
 import orjson
@@ -30,6 +30,9 @@ from ..protocol.events import Event, StateKey
 from ..protocol.room_versions import RoomVersion
 
 SNAPSHOT_EVERY = 64
+# user ids kept per membership in a room summary (schema/0024): m.heroes
+# has 5 without the user who asks
+SUMMARY_HEROES = 6
 
 # the room's state at a stream position (rows written before schema 0011
 # have no current_state_group)
@@ -198,7 +201,18 @@ async def insert_state_groups(conn: asyncpg.Connection, room_id: str, groups: Se
     )
 
 
-async def apply_current_state(conn: asyncpg.Connection, room_id: str, change: CurrentStateChange) -> None:
+async def apply_current_state(
+    conn: asyncpg.Connection, room_id: str, change: CurrentStateChange,
+    text_order: Callable[[str], str] = lambda expr: expr,
+) -> None:
+    """The new current state, and the room's summary with it (member
+    counts by the difference, heroes again when they may have changed).
+    ``text_order``: ``Database.text_order`` (heroes sort by code point)."""
+    members: dict[str, str | None] = {k[1]: v[1] for k, v in change.changed.items() if k[0] == "m.room.member"}
+    members.update((k[1], None) for k in change.removed if k[0] == "m.room.member")
+    heroes: asyncpg.Record | None = None
+    if members:
+        heroes = await _count_members(conn, room_id, members)
     if change.changed:
         keys = list(change.changed)
         await conn.execute(
@@ -216,6 +230,61 @@ async def apply_current_state(conn: asyncpg.Connection, room_id: str, change: Cu
                AND (type, state_key) IN (SELECT * FROM unnest($2::TEXT[], $3::TEXT[]))""",
             room_id, [k[0] for k in change.removed], [k[1] for k in change.removed],
         )
+    if members and _heroes_may_change(heroes, members):
+        first = " UNION ALL ".join(
+            f"""(SELECT '{m}' AS membership, state_key FROM current_state
+                 WHERE room_id = $1 AND type = 'm.room.member' AND membership = '{m}'
+                 ORDER BY {text_order("state_key")} LIMIT {SUMMARY_HEROES})"""
+            for m in ("join", "invite")
+        )
+        rows = await conn.fetch(first, room_id)
+        await conn.execute(
+            "UPDATE room_summaries SET heroes_joined = $2::TEXT[], heroes_invited = $3::TEXT[] WHERE room_id = $1",
+            room_id,
+            sorted(r["state_key"] for r in rows if r["membership"] == "join"),
+            sorted(r["state_key"] for r in rows if r["membership"] == "invite"),
+        )
+
+
+async def _count_members(conn: asyncpg.Connection, room_id: str, members: dict[str, str | None]) -> asyncpg.Record:
+    """Adds the change in joined and invited members (new memberships
+    against those in current_state, read before it is written) to the
+    room's summary; returns its heroes as they were."""
+    users = list(members)
+    row = await conn.fetchrow(
+        """WITH new AS (SELECT * FROM unnest($2::TEXT[], $3::TEXT[]) AS t(state_key, membership)),
+                old AS (SELECT membership FROM current_state
+                        WHERE room_id = $1 AND type = 'm.room.member' AND state_key = ANY($2::TEXT[]))
+           INSERT INTO room_summaries (room_id, joined_members, invited_members)
+           SELECT $1,
+                  (SELECT count(*) FROM new WHERE membership = 'join')
+                  - (SELECT count(*) FROM old WHERE membership = 'join'),
+                  (SELECT count(*) FROM new WHERE membership = 'invite')
+                  - (SELECT count(*) FROM old WHERE membership = 'invite')
+           ON CONFLICT (room_id) DO UPDATE SET
+               joined_members = room_summaries.joined_members + excluded.joined_members,
+               invited_members = room_summaries.invited_members + excluded.invited_members
+           RETURNING heroes_joined, heroes_invited""",
+        room_id, users, [members[u] for u in users],
+    )
+    assert row is not None
+    return row
+
+
+def _heroes_may_change(heroes: asyncpg.Record | None, members: dict[str, str | None]) -> bool:
+    """Whether the first few joined or invited users (by code point) can
+    differ after ``members`` change: one of them changed, or a user enters
+    a list that is short or whose last user sorts after them."""
+    if heroes is None or heroes["heroes_joined"] is None or heroes["heroes_invited"] is None:
+        return True
+    lists = {"join": heroes["heroes_joined"], "invite": heroes["heroes_invited"]}
+    for user, membership in members.items():
+        if any(user in listed for listed in lists.values()):
+            return True
+        listed = lists.get(membership or "")
+        if listed is not None and (len(listed) < SUMMARY_HEROES or user < listed[-1]):
+            return True
+    return False
 
 
 async def insert_memberships(conn: asyncpg.Connection, room_id: str, members: Sequence[tuple[Event, int]]) -> None:

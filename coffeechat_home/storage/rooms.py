@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import orjson
 
 from .database import Database
+from .room_state import SUMMARY_HEROES
 
 
 class RoomStore:
@@ -189,9 +190,30 @@ class RoomStore:
         self, room_ids: Sequence[str], first: int
     ) -> dict[str, tuple[int, int, list[str], list[str]]]:
         """room id -> (joined count, invited count, the first ``first``
-        joined and invited user ids in order): a summary's numbers without
-        reading every member of a big room into the process."""
+        joined and invited user ids in order): one row per room from
+        ``room_summaries`` (kept by the persister); rooms without one (or
+        without heroes yet) are counted from current_state."""
         ids = list(room_ids)
+        rows = await self.db.fetch(
+            """SELECT room_id, joined_members, invited_members, heroes_joined, heroes_invited
+               FROM room_summaries WHERE room_id = ANY($1::TEXT[])""",
+            ids,
+        )
+        out: dict[str, tuple[int, int, list[str], list[str]]] = {}
+        for r in rows:
+            if r["heroes_joined"] is not None and r["heroes_invited"] is not None and first <= SUMMARY_HEROES:
+                out[r["room_id"]] = (
+                    int(r["joined_members"]), int(r["invited_members"]),
+                    list(r["heroes_joined"])[:first], list(r["heroes_invited"])[:first],
+                )
+        missing = [r for r in ids if r not in out]
+        if missing:
+            out.update(await self._count_member_summaries(missing, first))
+        return out
+
+    async def _count_member_summaries(
+        self, ids: list[str], first: int
+    ) -> dict[str, tuple[int, int, list[str], list[str]]]:
         counts = await self.db.fetch(
             """SELECT room_id, membership, count(*) AS n FROM current_state
                WHERE room_id = ANY($1::TEXT[]) AND type = 'm.room.member' AND membership IN ('join', 'invite')

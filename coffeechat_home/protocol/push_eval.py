@@ -262,3 +262,98 @@ def highlights(actions: list[Any]) -> bool:
 def sound(actions: list[Any]) -> str | None:
     value = _tweak(actions, "sound")
     return value if isinstance(value, str) else None
+
+
+# -- compiled rulesets: one event evaluated for many users ---------------------------------
+#
+# When one event reaches hundreds of members, most of their rules' conditions
+# are the same (the default rules differ only where they name the user), so
+# each distinct condition is evaluated once per event: a compiled rule keeps
+# a memo key per condition that depends on the event alone, and the caller
+# passes one memo dict per event, shared by every user it evaluates for.
+
+_NEVER = object()  # a condition that cannot match: its rule never applies
+_DISPLAY_NAME = 1  # depends on the user's display name: memo key (name)
+_CONTEXT = 2  # depends on the context (member count, power levels): evaluated each time
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    rule_id: str
+    actions: list[Any]  # shared: callers must not modify
+    notify: bool
+    highlight: bool
+    # (memo key, condition, which context it reads): key None when it reads one
+    conditions: tuple[tuple[Any, Mapping[str, Any], int], ...]
+
+
+def _condition_key(cond: Mapping[str, Any]) -> Any:
+    """A hashable key equal for conditions that give the same answer on the
+    same event whatever the context; None when it reads the context,
+    ``_NEVER`` when it cannot match."""
+    kind = cond.get("kind")
+    key = cond.get("key")
+    if kind == "event_match":
+        pattern = cond.get("pattern")
+        if not isinstance(key, str) or not isinstance(pattern, str):
+            return _NEVER
+        return ("event_match", key, pattern)
+    if kind in ("event_property_is", "event_property_contains"):
+        value = cond.get("value", _MISSING)
+        if not isinstance(key, str) or isinstance(value, (dict, list)):
+            return _NEVER  # a compound value is never equal (_same_value)
+        return (kind, key, type(value), value)  # the type: True and 1 differ
+    if kind in ("contains_display_name", "room_member_count", "sender_notification_permission"):
+        return None
+    return _NEVER  # unknown kinds never match
+
+
+def compile_ruleset(ruleset: Mapping[str, list[Mapping[str, Any]]]) -> tuple[CompiledRule, ...]:
+    """The enabled rules that can match, in the spec's order, ready for
+    :func:`matching_compiled`."""
+    out: list[CompiledRule] = []
+    for kind in KINDS:
+        for rule in ruleset.get(kind, []):
+            if not rule.get("enabled", True):
+                continue
+            conditions = _conditions(kind, rule)
+            if conditions is None or not all(isinstance(c, abc.Mapping) for c in conditions):
+                continue
+            compiled = []
+            for c in conditions:
+                key = _condition_key(c)
+                if key is _NEVER:
+                    break
+                reads = 0 if key is not None else _DISPLAY_NAME if c.get("kind") == "contains_display_name" else _CONTEXT
+                compiled.append((key, c, reads))
+            else:
+                raw = rule.get("actions", [])
+                actions = list(raw) if isinstance(raw, list) else []
+                out.append(CompiledRule(
+                    str(rule.get("rule_id", "")), actions, notifies(actions), highlights(actions), tuple(compiled)
+                ))
+    return tuple(out)
+
+
+def matching_compiled(
+    rules: tuple[CompiledRule, ...], event: Mapping[str, Any], ctx: PushContext, memo: dict[Any, bool]
+) -> CompiledRule | None:
+    """What ``matching_rule`` finds, for a compiled ruleset; ``memo`` holds
+    the answers of conditions on this ``event`` (one dict per event, shared
+    by every user evaluated against it)."""
+    for rule in rules:
+        for key, cond, reads in rule.conditions:
+            if reads == _CONTEXT:
+                ok = condition_matches(cond, event, ctx)
+            else:
+                if reads == _DISPLAY_NAME:
+                    key = ("contains_display_name", ctx.display_name)
+                hit = memo.get(key)
+                if hit is None:
+                    hit = memo[key] = condition_matches(cond, event, ctx)
+                ok = hit
+            if not ok:
+                break
+        else:
+            return rule
+    return None

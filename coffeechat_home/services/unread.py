@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import orjson
 
-from ..protocol.push_eval import PushContext, evaluate, highlights, notifies
+from ..protocol.push_eval import (
+    CompiledRule, PushContext, compile_ruleset, evaluate, highlights, matching_compiled, notifies,
+)
 from ..errors import invalid_param
 from ..storage.rooms import RoomStore
 from ..storage.stream import StreamStore
@@ -50,6 +52,7 @@ class _Counted:
     expires: float
     state: RoomPushState  # what the events were evaluated with
     flags: bytes  # NOTIFY | HIGHLIGHT per unread event by others, oldest first (at most UNREAD_SCAN_LIMIT)
+    levels: Mapping[str, int]  # the notifications power levels of ``state``
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,9 @@ class _NewEvent:
     sender: str
     is_state: bool
     event: dict[str, Any]
+    # answers of push rule conditions on this event, shared by every member
+    # it is evaluated for (push_eval.matching_compiled)
+    memo: dict[Any, bool] = field(default_factory=dict)
 
 
 def _flags(actions: list[Any]) -> int:
@@ -89,7 +95,7 @@ class UnreadService:
         # (user, room) -> what the user's last sync counted, to carry forward
         self._counted: OrderedDict[tuple[str, str], _Counted] = OrderedDict()
         # user -> (position, expiry, push rules as of that position)
-        self._rulesets: dict[str, tuple[int, float, Mapping[str, Any]]] = {}
+        self._rulesets: dict[str, tuple[int, float, Mapping[str, Any], tuple[CompiledRule, ...]]] = {}
         # a room's new events, shared by the members woken by them
         self._new: SharedReads[tuple[str, int, int], list[_NewEvent] | None] = SharedReads(ttl=5.0, size=256)
 
@@ -132,18 +138,15 @@ class UnreadService:
                 fresh.append(room_id)
         counted: dict[str, bytes] = {}
         if carried:
-            ruleset = await self._ruleset(user_id, since, upto, changes)
+            rules = await self._ruleset(user_id, since, upto, changes)
             for room_id, hit in carried.items():
                 new = await self._new_events(room_id, hit.pos, upto)
                 if new is None or any(e.is_state for e in new):
                     fresh.append(room_id)
                     continue
-                added = bytes(
-                    _flags(evaluate(ruleset, e.event, self._context(user_id, hit.state, e.sender)))
-                    for e in new if e.sender != user_id
-                )
+                added = bytes(self._flag(rules, user_id, hit, e) for e in new if e.sender != user_id)
                 counted[room_id] = (hit.flags + added)[-UNREAD_SCAN_LIMIT:] if added else hit.flags
-                self._remember(user_id, room_id, upto, hit.state, counted[room_id])
+                self._remember(user_id, room_id, upto, hit.state, counted[room_id], hit.levels)
         if fresh:
             counted.update(await self._count_fresh(user_id, fresh, upto))
         for room_id, flags_of in counted.items():
@@ -171,30 +174,49 @@ class UnreadService:
             self._remember(user_id, room_id, upto, states[room_id], out[room_id])
         return out
 
-    def _remember(self, user_id: str, room_id: str, pos: int, state: RoomPushState, flags: bytes) -> None:
+    @staticmethod
+    def _flag(rules: tuple[CompiledRule, ...], user_id: str, hit: _Counted, e: _NewEvent) -> int:
+        ctx = PushContext(
+            user_id, hit.state.display_name, hit.state.member_count,
+            _sender_level(hit.state.power_levels, e.sender), hit.levels,
+        )
+        rule = matching_compiled(rules, e.event, ctx, e.memo)
+        if rule is None or not rule.notify:
+            return 0
+        return NOTIFY | (HIGHLIGHT if rule.highlight else 0)
+
+    def _remember(
+        self, user_id: str, room_id: str, pos: int, state: RoomPushState, flags: bytes,
+        levels: Mapping[str, int] | None = None,
+    ) -> None:
         key = (user_id, room_id)
-        self._counted[key] = _Counted(pos, time.monotonic() + CARRY_TTL_S, state, flags)
+        if levels is None:
+            levels = _notification_levels(state.power_levels)
+        self._counted[key] = _Counted(pos, time.monotonic() + CARRY_TTL_S, state, flags, levels)
         self._counted.move_to_end(key)
         while len(self._counted) > COUNTED_CACHED:
             self._counted.popitem(last=False)
 
     async def _ruleset(
         self, user_id: str, since: int | None, upto: int, changes: Mapping[str, set[str]] | None
-    ) -> Mapping[str, Any]:
+    ) -> tuple[CompiledRule, ...]:
+        """The user's push rules, compiled (kept from their previous sync
+        unless their account data changed)."""
         hit = self._rulesets.get(user_id)
         if (
             hit is not None and since is not None and since <= hit[0] <= upto and hit[1] > time.monotonic()
             and changes is not None and user_id not in changes.get("account_data", ())
         ):
-            return hit[2]
+            return hit[3]
         ruleset = await self.push_rules.get_ruleset(user_id)
-        self._remember_ruleset(user_id, upto, ruleset)
-        return ruleset
+        return self._remember_ruleset(user_id, upto, ruleset)
 
-    def _remember_ruleset(self, user_id: str, pos: int, ruleset: Mapping[str, Any]) -> None:
+    def _remember_ruleset(self, user_id: str, pos: int, ruleset: Mapping[str, Any]) -> tuple[CompiledRule, ...]:
         if len(self._rulesets) >= COUNTED_CACHED:
             self._rulesets.clear()
-        self._rulesets[user_id] = (pos, time.monotonic() + CARRY_TTL_S, ruleset)
+        compiled = compile_ruleset(ruleset)
+        self._rulesets[user_id] = (pos, time.monotonic() + CARRY_TTL_S, ruleset, compiled)
+        return compiled
 
     async def _new_events(self, room_id: str, after: int, upto: int) -> list[_NewEvent] | None:
         """The room's events in (after, upto], parsed once for every member

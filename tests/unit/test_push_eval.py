@@ -9,10 +9,12 @@ import pytest
 
 from coffeechat_home.protocol.push_eval import (
     PushContext,
+    compile_ruleset,
     condition_matches,
     evaluate,
     glob_matches,
     highlights,
+    matching_compiled,
     matching_rule,
     notifies,
     sound,
@@ -217,3 +219,52 @@ def test_word_search_without_regex_agrees_with_the_pattern() -> None:
     assert glob_matches("alice", "Hi ALICE!", words=True)
     assert not glob_matches("alice", "malice", words=True)
     assert glob_matches("wonder*", "a wonderland", words=True)
+
+
+# -- compiled rulesets (one memo per event, shared by every user) ---------------------------
+
+
+def test_compiled_rules_with_a_shared_memo_agree_with_evaluate() -> None:
+    """Each event is evaluated for many users in turn with one memo: the
+    rule found is the one ``matching_rule`` finds for each user, whatever
+    the users' display names, mentions, own rules, member counts and power
+    levels (the memo must never carry one user's answer to another)."""
+    users = [f"@u{i}:example.org" for i in range(6)] + [USER]
+    rulesets = {u: default_rules(u) for u in users}
+    rulesets["@u1:example.org"] = build_ruleset("@u1:example.org", [
+        UserRule("content", "cake", None, "cake*", ["notify", {"set_tweak": "highlight"}], True),
+        UserRule("override", "weird", [{"kind": "event_property_is", "key": "content.n", "value": 1}],
+                 None, ["notify"], True),
+        UserRule("override", "future", [{"kind": "org.example.future"}], None, ["notify"], True),
+        UserRule("sender", BOB, None, None, ["dont_notify"], True),
+    ], {("override", ".m.rule.is_user_mention"): DefaultChange(False, None)})
+    rulesets["@u4:example.org"] = build_ruleset("@u4:example.org", [
+        UserRule("override", "strict", [{"kind": "event_property_is", "key": "content.n", "value": True}],
+                 None, ["notify", {"set_tweak": "highlight"}], True),
+    ], {})
+    rulesets["@u2:example.org"] = build_ruleset(
+        "@u2:example.org", [], {("override", ".m.rule.master"): DefaultChange(True, None)})
+    names = {u: (None if i == 3 else "Alice Liddell" if u == USER else f"user {i % 3}") for i, u in enumerate(users)}
+    events = [
+        message("hello"), message("user 1 said cakes"), message("Alice?"), message("@room hi"),
+        message("u0 and u4", **{"m.mentions": {"user_ids": ["@u0:example.org", "@u4:example.org"]}}),
+        message("everyone", **{"m.mentions": {"room": True}}), message(msgtype="m.notice"),
+        {**message("n"), "content": {"body": "n", "n": True}}, {**message("n"), "content": {"body": "n", "n": 1}},
+        {"type": "m.room.member", "sender": BOB, "room_id": ROOM, "state_key": "@u5:example.org",
+         "content": {"membership": "invite"}},
+        {"type": "m.reaction", "sender": BOB, "room_id": ROOM, "content": {}},
+        {**message("hi"), "sender": "@carol:example.org"},
+    ]
+    compiled = {u: compile_ruleset(r) for u, r in rulesets.items()}
+    for members in (2, 3, 40):
+        for power, levels in ((0, {}), (100, {"room": 50}), (10, {"room": 20})):
+            for ev in events:
+                memo: dict[Any, bool] = {}
+                for u in users:
+                    c = PushContext(u, names[u], members, power, levels)
+                    want = matching_rule(rulesets[u], ev, c)
+                    got = matching_compiled(compiled[u], ev, c, memo)
+                    assert (got.rule_id if got else None) == (want["rule_id"] if want else None), (u, ev)
+                    if got is not None:
+                        actions = evaluate(rulesets[u], ev, c)
+                        assert (got.notify, got.highlight) == (notifies(actions), highlights(actions))

@@ -38,7 +38,8 @@ class SharedReads(Generic[K, V]):
         self.ttl = ttl
         self.size = size
         self._done: OrderedDict[K, tuple[float, V]] = OrderedDict()
-        self._running: dict[K, asyncio.Future[V]] = {}
+        self._running: dict[K, list[asyncio.Future[V]]] = {}  # askers waiting for a read
+        self._tasks: set[asyncio.Task[None]] = set()
         self.hits = 0
         self.misses = 0
 
@@ -61,25 +62,39 @@ class SharedReads(Generic[K, V]):
                 self.hits += 1
                 return hit[1]
             del self._done[key]
-        running = self._running.get(key)
-        if running is not None:
+        loop = asyncio.get_running_loop()
+        waiters = self._running.get(key)
+        if waiters is None:
+            # the read runs in a task of its own: an asker that goes away
+            # (a client disconnecting) does not cancel it for the others
+            self.misses += 1
+            waiters = self._running[key] = []
+            task = loop.create_task(self._read(key, read, waiters))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
             self.hits += 1
-            return await asyncio.shield(running)
-        self.misses += 1
-        fut: asyncio.Future[V] = asyncio.get_running_loop().create_future()
-        self._running[key] = fut
+        fut: asyncio.Future[V] = loop.create_future()
+        waiters.append(fut)
+        return await fut
+
+    async def _read(self, key: K, read: Callable[[], Awaitable[V]], waiters: list[asyncio.Future[V]]) -> None:
         try:
             value = await read()
         except BaseException as e:
             self._running.pop(key, None)
-            if not fut.done():
-                fut.set_exception(e if isinstance(e, Exception) else asyncio.CancelledError())
-                fut.exception()  # retrieved: waiters re-raise it, nobody else must
-            raise
+            err = e if isinstance(e, Exception) else RuntimeError("shared read cancelled")
+            for f in waiters:
+                if not f.done():
+                    f.set_exception(err)
+            if not isinstance(e, Exception):
+                raise
+            return
         self._running.pop(key, None)
-        fut.set_result(value)
         self.put(key, value)
-        return value
+        for f in waiters:
+            if not f.done():
+                f.set_result(value)
 
 
 class Batcher(Generic[K, V]):

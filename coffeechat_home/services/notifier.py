@@ -36,13 +36,20 @@ PEER_TABLES = ("presence", "device_list_changes")
 
 
 class _Waiter:
-    __slots__ = ("keys", "event", "peers", "woken")
+    """One waiting request: a bare future the notifier resolves (no task
+    or Event per long-poll: a wake-up is one step of the request's task)."""
 
-    def __init__(self, keys: frozenset[str], peers: bool) -> None:
+    __slots__ = ("keys", "fut", "peers", "woken")
+
+    def __init__(self, keys: frozenset[str], peers: bool, fut: asyncio.Future[None]) -> None:
         self.keys = keys
         self.peers = peers
-        self.event = asyncio.Event()
+        self.fut = fut
         self.woken: tuple[float, ...] = ()  # (poked, read, woken) monotonic times
+
+    def wake(self) -> None:
+        if not self.fut.done():
+            self.fut.set_result(None)
 
 
 class Notifier:
@@ -74,14 +81,14 @@ class Notifier:
         timeouts."""
         self._closing = True
         for w in self._waiters:
-            w.event.set()
+            w.wake()
 
     async def stop(self) -> None:
         self.release_waiters()
         await cancel_and_wait(self._task)
         self._task = None
         for w in self._waiters:
-            w.event.set()
+            w.wake()
 
     @property
     def waiting(self) -> int:
@@ -115,7 +122,7 @@ class Notifier:
                 for w in waiters:
                     if w.keys & keys:
                         w.woken = (self._poked_at, read, time.monotonic())
-                        w.event.set()
+                        w.wake()
                         self.wakeups += 1
             return self.position
 
@@ -140,7 +147,8 @@ class Notifier:
         of the rooms in ``keys`` counts too."""
         if self._closing:
             return self.position
-        waiter = _Waiter(frozenset(keys), peers)
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(frozenset(keys), peers, loop.create_future())
         self._waiters.add(waiter)
         try:
             if self.position > after:
@@ -150,8 +158,11 @@ class Notifier:
                     return self.position
                 if peers and waiter.keys & await self._rooms_of_peers(by_table):
                     return self.position
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(waiter.event.wait(), timeout)
+            timer = loop.call_later(max(timeout, 0.0), waiter.wake)
+            try:
+                await waiter.fut
+            finally:
+                timer.cancel()
             timing = SYNC_TIMING.get()
             if timing is not None and waiter.woken:
                 timing.update(zip(("poked", "read", "woken"), waiter.woken))

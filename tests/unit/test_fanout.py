@@ -56,3 +56,27 @@ async def test_batcher_reads_one_turns_keys_together() -> None:
     assert batches == [list(range(50)), list(range(50, 80))]  # each key once, at most 50 a batch
     with pytest.raises(KeyError):
         await b.get(999)
+
+
+async def test_shared_read_survives_the_first_asker_going_away() -> None:
+    """The asker that started a read is cancelled (its client disconnected):
+    the others still get the answer, from the one read."""
+    reads = 0
+    release = asyncio.Event()
+
+    async def read() -> int:
+        nonlocal reads
+        reads += 1
+        await release.wait()
+        return 5
+
+    shared: SharedReads[str, int] = SharedReads()
+    first = asyncio.ensure_future(shared.get("k", read))
+    await asyncio.sleep(0)
+    others = [asyncio.ensure_future(shared.get("k", read)) for _ in range(3)]
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.sleep(0)
+    release.set()
+    assert await asyncio.wait_for(asyncio.gather(*others), 5) == [5, 5, 5]
+    assert reads == 1 and first.cancelled()

@@ -256,10 +256,10 @@ def test_compiled_rules_with_a_shared_memo_agree_with_evaluate() -> None:
         {**message("hi"), "sender": "@carol:example.org"},
     ]
     compiled = {u: compile_ruleset(r) for u, r in rulesets.items()}
+    memos: list[dict[Any, bool]] = [{} for _ in events]  # one per event, across all contexts
     for members in (2, 3, 40):
         for power, levels in ((0, {}), (100, {"room": 50}), (10, {"room": 20})):
-            for ev in events:
-                memo: dict[Any, bool] = {}
+            for ev, memo in zip(events, memos):
                 for u in users:
                     c = PushContext(u, names[u], members, power, levels)
                     want = matching_rule(rulesets[u], ev, c)

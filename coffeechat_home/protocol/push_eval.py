@@ -115,7 +115,11 @@ def _ascii_word_search(word: str, text: str) -> bool:
     user: display names and user names differ for every recipient)."""
     if not word:
         return _regex_word_search(word, text)
-    low, w = text.lower(), word.lower()
+    return _lowered_word_search(word.lower(), text.lower())
+
+
+def _lowered_word_search(w: str, low: str) -> bool:
+    """``_ascii_word_search`` of a word and a text both lowered already."""
     start = low.find(w)
     while start != -1:
         end = start + len(w)
@@ -281,6 +285,9 @@ _NEVER = object()  # a condition that cannot match: its rule never applies
 _DISPLAY_NAME = 1  # depends on the user's display name: memo key (name)
 _MEMBER_COUNT = 2  # depends on the room's member count: memo key (spec, count)
 _CONTEXT = 3  # depends on power levels: evaluated each time
+_CONTAINS = 4  # event_property_contains: the property's values read once per event
+_WORD = 5  # a literal word in content.body (user names): the body lowered once per event
+_BODY_KEY = ("content.body lowered",)  # memo entry: the lowered ASCII body, or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +338,12 @@ def compile_ruleset(ruleset: Mapping[str, list[Mapping[str, Any]]]) -> tuple[Com
                 if key is _NEVER:
                     break
                 reads = 0
+                if key is not None and key[0] == "event_property_contains":
+                    reads = _CONTAINS
+                elif key is not None and key[0] == "event_match" and key[1] == "content.body" and not any(
+                    ch in key[2] for ch in "*?"
+                ) and key[2] and key[2].isascii():
+                    reads = _WORD
                 if key is None:
                     kind_read = c.get("kind")
                     reads = (_DISPLAY_NAME if kind_read == "contains_display_name"
@@ -349,7 +362,7 @@ def compile_ruleset(ruleset: Mapping[str, list[Mapping[str, Any]]]) -> tuple[Com
 
 
 def matching_compiled(
-    rules: tuple[CompiledRule, ...], event: Mapping[str, Any], ctx: PushContext, memo: dict[Any, bool]
+    rules: tuple[CompiledRule, ...], event: Mapping[str, Any], ctx: PushContext, memo: dict[Any, Any]
 ) -> CompiledRule | None:
     """What ``matching_rule`` finds, for a compiled ruleset; ``memo`` holds
     the answers of conditions on this ``event`` (one dict per event, shared
@@ -365,10 +378,35 @@ def matching_compiled(
                     key = (key, ctx.member_count)
                 hit = memo.get(key)
                 if hit is None:
-                    hit = memo[key] = condition_matches(cond, event, ctx)
+                    hit = memo[key] = _answer(key, cond, reads, event, ctx, memo)
                 ok = hit
             if not ok:
                 break
         else:
             return rule
     return None
+
+
+def _answer(key: Any, cond: Mapping[str, Any], reads: int, event: Mapping[str, Any], ctx: PushContext,
+            memo: dict[Any, Any]) -> bool:
+    """A condition's answer not in the memo yet; conditions that differ
+    per user (a mention of them, their name in the body) reuse what the
+    event gives everyone (its mentioned ids, its lowered body)."""
+    if reads == _CONTAINS:
+        values_key = ("values of", key[1])
+        values = memo.get(values_key)
+        if values is None:
+            found = lookup(event, key[1])
+            values = memo[values_key] = frozenset(
+                (type(v), v) for v in found if not isinstance(v, (dict, list))
+            ) if isinstance(found, list) else frozenset()
+        return (key[2], key[3]) in values
+    word = ctx.display_name if reads == _DISPLAY_NAME else key[2] if reads == _WORD else None
+    if word and word.isascii():
+        if _BODY_KEY not in memo:
+            body = lookup(event, "content.body")
+            memo[_BODY_KEY] = body.lower() if isinstance(body, str) and body.isascii() else None
+        low = memo[_BODY_KEY]
+        if low is not None:
+            return _lowered_word_search(word.lower(), low)
+    return condition_matches(cond, event, ctx)

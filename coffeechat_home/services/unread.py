@@ -62,7 +62,7 @@ class _NewEvent:
     event: dict[str, Any]
     # answers of push rule conditions on this event, shared by every member
     # it is evaluated for (push_eval.matching_compiled)
-    memo: dict[Any, bool] = field(default_factory=dict)
+    memo: dict[Any, Any] = field(default_factory=dict)
 
 
 def _flags(actions: list[Any]) -> int:

@@ -244,7 +244,8 @@ def test_compiled_rules_with_a_shared_memo_agree_with_evaluate() -> None:
     ], {})
     rulesets["@u2:example.org"] = build_ruleset(
         "@u2:example.org", [], {("override", ".m.rule.master"): DefaultChange(True, None)})
-    names = {u: (None if i == 3 else "Alice Liddell" if u == USER else f"user {i % 3}") for i, u in enumerate(users)}
+    names = {u: (None if i == 3 else "Alice Liddell" if u == USER else "Zoë" if i == 5 else f"user {i % 3}")
+             for i, u in enumerate(users)}
     events = [
         message("hello"), message("user 1 said cakes"), message("Alice?"), message("@room hi"),
         message("u0 and u4", **{"m.mentions": {"user_ids": ["@u0:example.org", "@u4:example.org"]}}),
@@ -253,10 +254,12 @@ def test_compiled_rules_with_a_shared_memo_agree_with_evaluate() -> None:
         {"type": "m.room.member", "sender": BOB, "room_id": ROOM, "state_key": "@u5:example.org",
          "content": {"membership": "invite"}},
         {"type": "m.reaction", "sender": BOB, "room_id": ROOM, "content": {}},
-        {**message("hi"), "sender": "@carol:example.org"},
+        {**message("hi"), "sender": "@carol:example.org"}, message("hi Zoë! and user 2"), message("ZOË, U3"),
+        {**message("x"), "content": {"body": ["not", "text"]}},
+        message("ids", **{"m.mentions": {"user_ids": [{"id": "@u0:example.org"}, "@u6:example.org", 1]}}),
     ]
     compiled = {u: compile_ruleset(r) for u, r in rulesets.items()}
-    memos: list[dict[Any, bool]] = [{} for _ in events]  # one per event, across all contexts
+    memos: list[dict[Any, Any]] = [{} for _ in events]  # one per event, across all contexts
     for members in (2, 3, 40):
         for power, levels in ((0, {}), (100, {"room": 50}), (10, {"room": 20})):
             for ev, memo in zip(events, memos):

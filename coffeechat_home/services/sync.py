@@ -433,8 +433,12 @@ class SyncService:
         # federation starts at the join): the state after its first event
         groups.update(await self.events.state_groups_at(
             [(r, t[0][0].stream_pos or 0) for r, t in timelines.items() if r not in groups and t[0]]))
+        # lazy loading: only the members the timelines need (and the user)
+        members = {
+            g: {*(r.sender for r in timelines[room_id][0]), user_id} for room_id, g in groups.items()
+        } if f.lazy_load_members else None
         states, summaries = await asyncio.gather(
-            self.events.state_ids_for_groups(groups.values()), self._summaries(room_ids, user_id)
+            self.events.state_ids_for_groups(groups.values(), members=members), self._summaries(room_ids, user_id)
         )
         wanted = {
             room_id: self._state_filter(requester, states.get(groups.get(room_id, -1), {}), timelines[room_id][0], f)

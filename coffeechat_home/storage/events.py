@@ -11,7 +11,7 @@ Inserts go through ``insert_events``, called by the persister only
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import asyncpg
 import orjson
@@ -303,8 +303,10 @@ class EventStore:
     async def state_ids_for_group(self, group: int) -> dict[StateKey, str]:
         return await self.state.state_ids_for_group(group)
 
-    async def state_ids_for_groups(self, groups: Iterable[int]) -> dict[int, dict[StateKey, str]]:
-        return await self.state.state_ids_for_groups(groups)
+    async def state_ids_for_groups(
+        self, groups: Iterable[int], *, members: Mapping[int, Iterable[str]] | None = None
+    ) -> dict[int, dict[StateKey, str]]:
+        return await self.state.state_ids_for_groups(groups, members=members)
 
     async def server_view_for_groups(self, groups: Iterable[int], server_name: str) -> dict[int, dict[StateKey, str]]:
         return await self.state.server_view_for_groups(groups, server_name)

@@ -21,7 +21,7 @@ inside its transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import asyncpg
 import orjson
@@ -101,21 +101,34 @@ class StateStore:
     async def state_ids_for_group(self, group: int) -> dict[StateKey, str]:
         return (await self.state_ids_for_groups([group])).get(group, {})
 
-    async def state_ids_for_groups(self, groups: Iterable[int]) -> dict[int, dict[StateKey, str]]:
-        """The full state of each group, in one query."""
+    async def state_ids_for_groups(
+        self, groups: Iterable[int], *, members: Mapping[int, Iterable[str]] | None = None
+    ) -> dict[int, dict[StateKey, str]]:
+        """The full state of each group, in one query. With ``members``
+        (lazy-loaded members), a group's m.room.member entries are only
+        those of the users given for it: a big room's other members are
+        neither sent nor sorted."""
         wanted = sorted(set(groups))
         if not wanted:
             return {}
+        args: list[Any] = [wanted]
+        only = ""
+        if members is not None:
+            pairs = [(g, u) for g in wanted for u in set(members.get(g, ()))]
+            only = """AND (e.type <> 'm.room.member'
+                           OR (c.root, e.state_key) IN (SELECT * FROM unnest($2::BIGINT[], $3::TEXT[])))"""
+            args += [[g for g, _ in pairs], [u for _, u in pairs]]
         rows = await self.db.fetch(
-            """WITH RECURSIVE chain (root, id, prev_group, n) AS (
+            f"""WITH RECURSIVE chain (root, id, prev_group, n) AS (
                    SELECT id, id, prev_group, 0 FROM state_groups WHERE id = ANY($1::BIGINT[])
                    UNION ALL
                    SELECT c.root, s.id, s.prev_group, c.n + 1 FROM state_groups s JOIN chain c ON s.id = c.prev_group
                )
                SELECT DISTINCT ON (c.root, e.type, e.state_key) c.root, e.type, e.state_key, e.event_id
                FROM state_group_entries e JOIN chain c ON e.state_group = c.id
+               WHERE TRUE {only}
                ORDER BY c.root, e.type, e.state_key, c.n""",
-            wanted,
+            *args,
         )
         out: dict[int, dict[StateKey, str]] = {g: {} for g in wanted}
         for r in rows:

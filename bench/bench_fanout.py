@@ -321,6 +321,16 @@ def table(servers: list[Server], sizes: list[int]) -> str:
             row(f"fan-out {n}", k[:-3], a.get(k), b.get(k))
         row(f"fan-out {n}", "server CPU per woken sync", a.get("server_cpu_ms_per_woken"),
             b.get("server_cpu_ms_per_woken"))
+
+        def loop(r: dict[str, Any], key: str, per_woken: bool) -> Any:
+            v = r.get(key)
+            return v / r["woken"] if v is not None and per_woken and r.get("woken") else v
+
+        row(f"fan-out {n}", "event loop on CPU per woken sync", loop(a, "server_loop_on_cpu_ms", True),
+            loop(b, "server_loop_on_cpu_ms", True))
+        row(f"fan-out {n}", "event loop runnable, waiting for a CPU", loop(a, "server_loop_waiting_for_cpu_ms", False),
+            loop(b, "server_loop_waiting_for_cpu_ms", False))
+        row(f"fan-out {n}", "bench client CPU", a.get("client_cpu_ms"), b.get("client_cpu_ms"))
         row(f"fan-out {n}", "woken / misses / wrong counts",
             f"{a.get('woken')}/{a.get('misses')}/{a.get('wrong_counts')}" if a else None,
             f"{b.get('woken')}/{b.get('misses')}/{b.get('wrong_counts')}" if b else None, "n")

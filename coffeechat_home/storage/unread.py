@@ -118,15 +118,25 @@ class UnreadStore:
 
     async def push_state(self, user_id: str, room_ids: Iterable[str]) -> dict[str, RoomPushState]:
         ids = list(room_ids)
+        # joined members from the room summaries the persister keeps
+        # (schema/0024); counted only for a room without one
         counts = {
-            r["room_id"]: r["n"]
+            r["room_id"]: int(r["joined_members"])
             for r in await self.db.fetch(
-                """SELECT room_id, count(*) AS n FROM current_state
-                   WHERE room_id = ANY($1::TEXT[]) AND type = 'm.room.member' AND membership = 'join'
-                   GROUP BY room_id""",
-                ids,
+                "SELECT room_id, joined_members FROM room_summaries WHERE room_id = ANY($1::TEXT[])", ids
             )
         }
+        missing = [r for r in ids if r not in counts]
+        if missing:
+            counts.update(
+                (r["room_id"], r["n"])
+                for r in await self.db.fetch(
+                    """SELECT room_id, count(*) AS n FROM current_state
+                       WHERE room_id = ANY($1::TEXT[]) AND type = 'm.room.member' AND membership = 'join'
+                       GROUP BY room_id""",
+                    missing,
+                )
+            )
         names: dict[str, str | None] = {}
         levels: dict[str, dict[str, Any]] = {}
         for r in await self.db.fetch(

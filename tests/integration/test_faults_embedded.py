@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -70,11 +70,18 @@ async def test_clean_stops_after_crashes_stop_the_embedded_database(tmp_path: Pa
 def test_drop_dead_handles_keeps_live_processes(tmp_path: Path) -> None:
     dead = psutil.Popen(["true"])
     dead.wait()
-    path = tmp_path / ".handle_pids.json"
-    path.write_text(json.dumps([dead.pid, os.getpid()]))
-    assert drop_dead_handles(path) == [dead.pid]
-    assert json.loads(path.read_text()) == [os.getpid()]
-    assert drop_dead_handles(path) == []
+    # a live server stand-in: a Python process (not this one, whose title a
+    # test runner such as pytest-xdist may have rewritten)
+    live = psutil.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        path = tmp_path / ".handle_pids.json"
+        path.write_text(json.dumps([dead.pid, live.pid]))
+        assert drop_dead_handles(path) == [dead.pid]
+        assert json.loads(path.read_text()) == [live.pid]
+        assert drop_dead_handles(path) == []
+    finally:
+        live.kill()
+        live.wait()
     path.write_text("[1, 2")  # torn write
     assert drop_dead_handles(path) == []
     assert json.loads(path.read_text()) == []

@@ -28,9 +28,10 @@ from coffeechat_home.protocol.signing import generate_signing_key
 from coffeechat_home.services.federation.gaps import MAX_STATE_FILLS
 from coffeechat_home.services.federation.receiver import MISSING_EVENTS_LIMIT
 
-from ..integration.processes import User
 from .peers import FederatingServer
-from .test_receive import Origin, Room, _state_content, _sync_until, setup  # noqa: F401  (setup: a fixture)
+from .test_receive import (  # noqa: F401  (setup: a fixture)
+    Origin, Room, _state_content, _sync_until, room_with_remote_member, setup,
+)
 
 pytestmark = pytest.mark.federation
 
@@ -50,18 +51,7 @@ async def test_missing_auth_events_and_gaps_fetched(
 ) -> None:
     ours, origin, http = setup
     version = "12"
-    alice = await User(http, ours.client_url).register("alice")
-    status, body = await alice.call("POST", "createRoom", {"preset": "public_chat", "room_version": version})
-    assert status == 200, body
-    room = Room(ours, body["room_id"], version)
-    remy = f"@remy:{origin.name}"
-    join = origin.build(version, room.room_id, remy,
-                        {"type": "m.room.member", "state_key": remy, "content": {"membership": "join"}},
-                        await room.head(), await room.state())
-    assert await origin.send(ours.server_name, [dict(join.pdu)]) == {"pdus": {join.event_id: {}}}
-    since = (await alice.sync())["next_batch"]
-    state = await room.state()
-    head = [(join.event_id, join.depth)]
+    alice, room, remy, _join, since, state, head = await room_with_remote_member(ours, origin, http, version)
     member_key: StateKey = ("m.room.member", remy)
 
     # 1. a message whose auth events name a membership update we never got

@@ -389,9 +389,11 @@ async def _true(value: Any) -> bool:
     return bool(value)
 
 
-async def test_bad_pdus_refused(setup: tuple[FederatingServer, Origin, aiohttp.ClientSession]) -> None:
-    ours, origin, http = setup
-    version = "11"
+async def room_with_remote_member(
+    ours: FederatingServer, origin: Origin, http: aiohttp.ClientSession, version: str
+) -> tuple[User, Room, str, Event, str, dict[StateKey, str], list[tuple[str, int]]]:
+    """A public room of alice's that the origin's @remy joined through
+    /send: (alice, room, remy, his join, alice's since, state, head)."""
     alice = await User(http, ours.client_url).register("alice")
     status, body = await alice.call("POST", "createRoom", {"preset": "public_chat", "room_version": version})
     assert status == 200, body
@@ -404,6 +406,13 @@ async def test_bad_pdus_refused(setup: tuple[FederatingServer, Origin, aiohttp.C
     since = (await alice.sync())["next_batch"]
     state = await room.state()
     head = [(join.event_id, join.depth)]
+    return alice, room, remy, join, since, state, head
+
+
+async def test_bad_pdus_refused(setup: tuple[FederatingServer, Origin, aiohttp.ClientSession]) -> None:
+    ours, origin, http = setup
+    version = "11"
+    alice, room, remy, join, since, state, head = await room_with_remote_member(ours, origin, http, version)
 
     # 1. signed by a key the origin does not publish (same key id)
     impostor = generate_signing_key("o1")

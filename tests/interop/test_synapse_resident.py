@@ -10,7 +10,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 from urllib.parse import quote
 
 import aiohttp
@@ -81,6 +81,23 @@ async def wait_destination_past(ours: FederatingServer, destination: str, pos: i
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"the sender did not pass {pos} for {destination}")
+
+
+async def each_once_on_synapse(
+    bob: User, room_id: str, wanted: list[str], tries: int, context: Callable[[], str]
+) -> None:
+    """Bob's /messages on Synapse (polled, at most ``tries`` times) ends up
+    with every one of ``wanted`` exactly once."""
+    bodies: list[str] = []
+    for _ in range(tries):
+        status, body = await bob.call("GET", f"rooms/{quote(room_id)}/messages?dir=b&limit=100")
+        assert status == 200, body
+        bodies = [e.get("content", {}).get("body") for e in body.get("chunk", [])]
+        if all(w in bodies for w in wanted):
+            break
+        await asyncio.sleep(0.2)
+    for w in wanted:
+        assert bodies.count(w) == 1, (w, bodies, context())
 
 
 @pytest.mark.parametrize("version", ["10", "11", "12"])
@@ -268,16 +285,7 @@ async def test_sender_survives_kill9_and_a_peer_outage(peers: tuple[FederatingSe
         await syn.resume()
 
         wanted = [f"while down {i}" for i in range(5)] + [f"after restart {i}" for i in range(2)]
-        bodies: list[str] = []
-        for _ in range(150):
-            status, body = await bob.call("GET", f"rooms/{quote(room_id)}/messages?dir=b&limit=100")
-            assert status == 200, body
-            bodies = [e.get("content", {}).get("body") for e in body.get("chunk", [])]
-            if all(w in bodies for w in wanted):
-                break
-            await asyncio.sleep(0.2)
-        for w in wanted:
-            assert bodies.count(w) == 1, (w, bodies, syn.log_tail())
+        await each_once_on_synapse(bob, room_id, wanted, 150, syn.log_tail)
 
 
 async def test_two_instances_one_destination_survivor_takes_over(
@@ -317,16 +325,7 @@ async def test_two_instances_one_destination_survivor_takes_over(
             assert (await alice_b.send(room_id, "survivor"))[0] == 200
             await syn.resume()
             wanted = [f"both {i}" for i in range(4)] + [f"down {i}" for i in range(3)] + ["survivor"]
-            bodies: list[str] = []
-            for _ in range(200):
-                status, body = await bob.call("GET", f"rooms/{quote(room_id)}/messages?dir=b&limit=100")
-                assert status == 200, body
-                bodies = [e.get("content", {}).get("body") for e in body.get("chunk", [])]
-                if all(w in bodies for w in wanted):
-                    break
-                await asyncio.sleep(0.2)
-            for w in wanted:
-                assert bodies.count(w) == 1, (w, bodies, second.process.stderr()[-3000:])
+            await each_once_on_synapse(bob, room_id, wanted, 200, lambda: second.process.stderr()[-3000:])
             holders = await second.db_fetch(
                 "SELECT instance_id FROM work_leases WHERE name = $1", f"fed-dest:{syn.server_name}"
             )

@@ -87,8 +87,6 @@ class Notifier:
         self.release_waiters()
         await cancel_and_wait(self._task)
         self._task = None
-        for w in self._waiters:
-            w.wake()
 
     @property
     def waiting(self) -> int:

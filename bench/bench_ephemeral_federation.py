@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,22 +30,13 @@ from typing import Any, Callable
 from urllib.parse import quote
 
 import aiohttp
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from servers import Postgres  # noqa: E402
+from fed_pair import cpu_s, federating_pair, latency_summary  # noqa: E402
 from tests.federation.ephemeral_checks import read_by, room_ephemeral, typing_now  # noqa: E402
-from tests.federation.peers import FederatingServer  # noqa: E402
 from tests.integration.processes import User  # noqa: E402
-
-WORK = Path(__file__).resolve().parent / ".work"
-
-
-def cpu_s(pid: int) -> float:
-    t = psutil.Process(pid).cpu_times()
-    return float(t.user + t.system)
 
 
 async def timed(request: Any, watcher: User, since: str, room_id: str,
@@ -66,22 +56,9 @@ async def timed(request: Any, watcher: User, since: str, room_id: str,
     raise SystemExit("an EDU never arrived")
 
 
-def summary(name: str, values: list[float]) -> str:
-    values = sorted(values)
-    return (f"  {name}: p50 {statistics.median(values):.0f} ms, p90 {values[int(len(values) * 0.9) - 1]:.0f} ms, "
-            f"max {values[-1]:.0f} ms")
-
-
 async def run(rounds: int) -> None:
-    pg = Postgres(WORK)
-    pg.start()
-    servers: list[FederatingServer] = []
-    try:
-        await pg.configure(fsync=True)
-        for name in ("a", "b"):
-            url = await pg.create_database(f"ephemeral_{name}", isolation="serializable")
-            servers.append(await FederatingServer(url, WORK / f"ephemeral-{name}").start())
-        a, b = servers
+    async with federating_pair("ephemeral") as (a, b):
+        servers = [a, b]
         async with aiohttp.ClientSession() as http:
             alice = await User(http, a.client_url).register("alice")
             bob = await User(http, b.client_url).register("bob")
@@ -122,13 +99,9 @@ async def run(rounds: int) -> None:
             cpu = {s.server_name: (cpu_s(s.process.pid) - cpu_before[s.server_name]) / edus * 1000 for s in servers}
         print(f"typing and receipts A -> B, {rounds} rounds (3 EDUs each, one at a time)")
         for name, values in kinds.items():
-            print(summary(f"{name} -> other user's sync", values))
+            print(latency_summary(f"{name} -> other user's sync", values))
         print(f"  CPU per EDU: sending server {cpu[a.server_name]:.1f} ms, receiving server {cpu[b.server_name]:.1f} ms "
               "(incl. the client requests and the other user's syncs)")
-    finally:
-        for s in servers:
-            await s.stop()
-        pg.stop()
 
 
 def main() -> None:

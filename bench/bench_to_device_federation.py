@@ -21,38 +21,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import aiohttp
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.servers import Postgres  # noqa: E402
-from tests.federation.peers import FederatingServer  # noqa: E402
+from bench.fed_pair import cpu_s, federating_pair, latency_summary  # noqa: E402
 from tests.integration.processes import User  # noqa: E402
-
-WORK = Path(__file__).resolve().parent / ".work"
-
-
-def cpu_s(pid: int) -> float:
-    t = psutil.Process(pid).cpu_times()
-    return float(t.user + t.system)
 
 
 async def run(messages: int) -> None:
-    pg = Postgres(WORK)
-    pg.start()
-    servers: list[FederatingServer] = []
-    try:
-        await pg.configure(fsync=True)
-        for name in ("a", "b"):
-            url = await pg.create_database(f"todev_{name}", isolation="serializable")
-            servers.append(await FederatingServer(url, WORK / f"todev-{name}").start())
-        a, b = servers
+    async with federating_pair("todev") as (a, b):
+        servers = [a, b]
         async with aiohttp.ClientSession() as http:
             alice = await User(http, a.client_url).register("alice")
             bob = await User(http, b.client_url).register("bob")
@@ -82,16 +65,10 @@ async def run(messages: int) -> None:
                     latencies.append((time.monotonic() - started) * 1000)
             cpu = {s.server_name: (cpu_s(s.process.pid) - cpu_before[s.server_name]) / messages * 1000
                    for s in servers}
-        latencies.sort()
         print(f"to-device A -> B, {messages} messages one at a time")
-        print(f"  send -> recipient's sync: p50 {statistics.median(latencies):.0f} ms, "
-              f"p90 {latencies[int(len(latencies) * 0.9) - 1]:.0f} ms, max {latencies[-1]:.0f} ms")
+        print(latency_summary("send -> recipient's sync", latencies))
         print(f"  CPU per message: sending server {cpu[a.server_name]:.1f} ms, "
               f"receiving server {cpu[b.server_name]:.1f} ms (incl. the recipient's syncs)")
-    finally:
-        for s in servers:
-            await s.stop()
-        pg.stop()
 
 
 def main() -> None:

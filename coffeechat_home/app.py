@@ -232,7 +232,7 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     queue = FederationQueueStore(db, config.server_name)
     if federating:
         room_service.remote_invites = OutboundInvites(federation_client, key_store, config.server_name)
-    resident = ResidentService(events, persister, writer, queue, key_store, config.server_name)
+    resident = ResidentService(events, persister, writer, queue, key_store, config.server_name, signing_key)
     sender = FederationSender(
         queue, federation_client, notifier, InstanceStore(db), instance_id, outbox=EduOutboxStore(db),
         retry_min_ms=fed.destination_min_retry_ms, retry_max_ms=fed.destination_max_retry_ms,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from ..errors import MatrixError, forbidden, not_found
-from ..protocol.power_levels import get_named_level, get_power_level
+from ..protocol.restricted import AUTHORISING_USER, allowed_room_ids, authorising_servers, local_authorisers
 from ..protocol.events import Event, StateKey
 from ..protocol.identifiers import InvalidIdentifier, parse_room_alias, parse_user_id
 from ..storage.accounts import AccountStore
@@ -164,27 +164,24 @@ class MembershipService:
             and rule in ("restricted", "knock_restricted")
             and (current is None or current.membership not in ("invite", "join"))
         ):
-            extra["join_authorised_via_users_server"] = await self._restricted_authoriser(state, join_rules, me)
+            await self._check_allowed(join_rules, me)
+            rv = join_rules.room_version
+            authorisers = local_authorisers(state, self.server_name, rv)
+            if not authorisers:  # none of our users may invite: a server whose user can authorises the join
+                others = [s for s in authorising_servers(state, rv) if s != self.server_name]
+                if self.remote_join is None or not others:
+                    raise MatrixError(400, "M_UNABLE_TO_AUTHORISE_JOIN", "No user in the room can authorise this join")
+                content = await self.rooms.member_content(me, "join", self._reason(reason))
+                return str(await self.remote_join(me, room_id, others, content))
+            extra[AUTHORISING_USER] = authorisers[0]
         await self._change(requester, room_id, me, "join", extra)
         return room_id
 
-    async def _restricted_authoriser(self, state: Mapping[StateKey, Event], join_rules: Event, user_id: str) -> str:
-        allowed = False
-        for entry in join_rules.content.get("allow") or []:
-            if isinstance(entry, Mapping) and entry.get("type") == "m.room_membership":
-                other = entry.get("room_id")
-                if isinstance(other, str) and await self.store.is_joined(other, user_id):
-                    allowed = True
-                    break
-        if not allowed:
-            raise forbidden("You are not a member of any room that this restricted room allows")
-        rv = next(iter(state.values())).room_version
-        invite_level = get_named_level("invite", state, rv)
-        for (etype, skey), ev in sorted(state.items()):
-            if etype == "m.room.member" and ev.membership == "join" and skey.endswith(":" + self.server_name):
-                if get_power_level(skey, state, rv) >= invite_level:
-                    return skey
-        raise MatrixError(400, "M_UNABLE_TO_AUTHORISE_JOIN", "No local user can authorise this join")
+    async def _check_allowed(self, join_rules: Event, user_id: str) -> None:
+        for other in allowed_room_ids({("m.room.join_rules", ""): join_rules}):
+            if await self.store.is_joined(other, user_id):
+                return
+        raise forbidden("You are not a member of any room that this restricted room allows")
 
     async def knock(
         self, requester: Requester, room_id_or_alias: str, reason: Any = None, via: Sequence[str] = ()

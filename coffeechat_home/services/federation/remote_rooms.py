@@ -26,6 +26,7 @@ from ...protocol.errors import ProtocolError
 from ...protocol.events import Event, StateKey
 from ...protocol.identifiers import InvalidIdentifier, parse_room_id
 from ...protocol.pdu import check_pdu_format, check_received_pdu
+from ...protocol.restricted import AUTHORISING_USER
 from ...protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, UnsupportedRoomVersion, get_room_version
 from ...protocol.signing import SigningKey
 from ...storage.events import EventStore
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 MAX_SERVERS_TRIED = 5
 MAX_STRIPPED_STATE = 50
+# make_join / send_join errors of a restricted room after which another
+# resident server may succeed (server-server spec, make_join 400)
+RESTRICTED_RETRY = ("M_UNABLE_TO_AUTHORISE_JOIN", "M_UNABLE_TO_GRANT_JOIN")
 
 
 class RemoteRooms:
@@ -75,6 +79,7 @@ class RemoteRooms:
         if not servers:
             raise MatrixError(404, "M_NOT_FOUND", "No known servers for this room")
         errors: list[str] = []
+        restricted: RemoteError | None = None  # a resident that could not let the user into a restricted room
         for server in servers:
             try:
                 await self._join_via(server, user_id, room_id, content)
@@ -82,9 +87,13 @@ class RemoteRooms:
             except RemoteError as e:
                 if e.status == 403:
                     raise forbidden(f"{server} refused the join: {e.error}") from None
+                if e.errcode in RESTRICTED_RETRY:  # another resident may be able to: try the next one
+                    restricted = e
                 errors.append(f"{server}: {e}")
             except (FederationError, _BadAnswer) as e:
                 errors.append(f"{server}: {e}")
+        if restricted is not None and restricted.errcode is not None:  # passed through to the client (spec)
+            raise MatrixError(400, restricted.errcode, "; ".join(errors)[:500])
         raise MatrixError(502, "M_UNKNOWN", "Could not join through any server: " + "; ".join(errors)[:500])
 
     async def _join_via(self, server: str, user_id: str, room_id: str, content: Mapping[str, Any]) -> None:
@@ -120,7 +129,12 @@ class RemoteRooms:
             raise _BadAnswer("send_join answer is not an object")
         signed = sent.get("event")
         if isinstance(signed, Mapping):  # restricted join: countersigned by the resident
-            join = await self._check_pdu(signed, rv)
+            countersigned = await self._check_pdu(signed, rv)
+            if countersigned.event_id != join.event_id or dict(countersigned.content) != dict(join.content):
+                raise _BadAnswer("send_join answered another event than our join")
+            join = countersigned
+        elif AUTHORISING_USER in join.content:
+            raise _BadAnswer("send_join answer without the join signed by the authorising server")
         state = await self._check_all(sent.get("state"), rv, "state")
         chain = await self._check_all(sent.get("auth_chain"), rv, "auth_chain")
         await self._persist(room_id, rv, join, state, chain)

@@ -19,7 +19,11 @@ import orjson
 from ...errors import MatrixError, forbidden, not_found
 from ...protocol.events import Event, StateKey, auth_types_for_event
 from ...protocol.identifiers import InvalidIdentifier, parse_user_id
+from ...protocol.errors import ProtocolError
+from ...protocol.pdu import check_pdu_format
+from ...protocol.restricted import AUTHORISING_USER, allowed_room_ids, is_restricted, local_authorisers
 from ...protocol.room_versions import RoomVersion, get_room_version
+from ...protocol.signing import SigningKey, sign_event
 from ...storage.events import EventStore
 from ...storage.federation_queue import FederationQueueStore
 from ..persister import EventContext, NewEvent, Persister
@@ -49,7 +53,9 @@ class ResidentService:
         queue: FederationQueueStore,
         key_store: KeyStore,
         server_name: str,
+        signing_key: SigningKey,
     ) -> None:
+        self.signing_key = signing_key  # countersigns restricted joins we authorise
         self.events = events
         self.persister = persister
         self.writer = writer
@@ -90,11 +96,14 @@ class ResidentService:
         current = member.membership if member is not None else None
         if current == "ban":
             raise forbidden("The user is banned from the room")
+        content: dict[str, Any] = {"membership": membership}
         if membership == "join":
             rules = state.get(("m.room.join_rules", ""))
             rule = rules.content.get("join_rule") if rules is not None else "invite"
             if rule != "public" and current not in ("invite", "join"):
-                raise forbidden(f"The room's join rule is {rule!r} and the user is not invited")
+                if not is_restricted(state, rv):
+                    raise forbidden(f"The room's join rule is {rule!r} and the user is not invited")
+                content[AUTHORISING_USER] = await self.restricted_authoriser(state, rv, user_id)
         elif membership == "knock":
             rules = state.get(("m.room.join_rules", ""))
             rule = rules.content.get("join_rule") if rules is not None else "invite"
@@ -107,7 +116,6 @@ class ResidentService:
             raise forbidden("The user is not in the room")
         head = await self.writer.head(room_id)
         assert head is not None
-        content = {"membership": membership}
         keys = auth_types_for_event(rv, "m.room.member", user_id, user_id, content)
         ids = {k: e.event_id for k, e in state.items()}
         event = {
@@ -124,13 +132,60 @@ class ResidentService:
         }
         return {"event": event, "room_version": rv.identifier}
 
+    async def restricted_authoriser(self, state: Mapping[StateKey, Event], rv: RoomVersion, user_id: str) -> str:
+        """The user of ours who authorises ``user_id``'s join to a
+        restricted room: 403 when the user is in none of the allowed rooms
+        (by our current state), 400 M_UNABLE_TO_AUTHORISE_JOIN when we are
+        not in every allowed room ourselves (another server may know the
+        user there), 400 M_UNABLE_TO_GRANT_JOIN when no user of ours may
+        invite (the joining server tries another resident)."""
+        allowed = allowed_room_ids(state)
+        user_in, host_in = await self.queue.joined_in_rooms(allowed, user_id)
+        if not user_in:
+            if any(r not in host_in for r in allowed):
+                raise MatrixError(400, "M_UNABLE_TO_AUTHORISE_JOIN",
+                                  "This server cannot tell whether the user is in the rooms that allow joining")
+            raise forbidden("The user is not in any of the rooms that allow joining this room")
+        authorisers = local_authorisers(state, self.server_name, rv)
+        if not authorisers:
+            raise MatrixError(400, "M_UNABLE_TO_GRANT_JOIN",
+                              "No user of this server can invite to the room: try another server")
+        return authorisers[0]
+
+    async def _countersign(self, pdu: Mapping[str, Any], room_id: str, rv: RoomVersion) -> Mapping[str, Any]:
+        """A join naming one of our users in ``join_authorised_via_users_server``:
+        still allowed by our current state, then signed by us (the auth rules
+        and every other server want our signature on it)."""
+        content = pdu.get("content")
+        if not (rv.restricted_join_rule and isinstance(content, Mapping) and AUTHORISING_USER in content):
+            return pdu
+        via, user_id = content.get(AUTHORISING_USER), pdu.get("state_key")
+        if not isinstance(via, str) or not isinstance(user_id, str):
+            raise bad_json(f"{AUTHORISING_USER} and state_key must be user ids")
+        if server_of(via) != self.server_name:
+            raise bad_json(f"{AUTHORISING_USER} is not a user of this server: ask its server")
+        state = await self.writer.current_state(room_id) or {}
+        member = state.get(("m.room.member", user_id))
+        if (member is None or member.membership not in ("invite", "join")) and is_restricted(state, rv):
+            await self.restricted_authoriser(state, rv, user_id)  # raises when no longer allowed
+        try:
+            check_pdu_format(pdu, rv)
+            sigs = pdu.get("signatures")
+            theirs = {k: v for k, v in sigs.items() if k != self.server_name} if isinstance(sigs, Mapping) else {}
+            return sign_event({**pdu, "signatures": theirs}, self.server_name, self.signing_key, rv)
+        except (ProtocolError, ValueError, TypeError, KeyError) as e:
+            raise bad_json(f"Invalid event: {e}") from None
+
     async def send_membership(
         self, origin: str, room_id: str, event_id: str, pdu: Any, membership: str
     ) -> tuple[Event, dict[StateKey, str]]:
         """Check a join or leave signed by ``origin``, persist it and mark
-        it for relay to the other servers in the room."""
+        it for relay to the other servers in the room. A restricted join
+        authorised by one of our users gets our signature first."""
         rv = await self.room_version(room_id)
         await self.check_acl(origin, room_id)
+        if membership == "join" and isinstance(pdu, Mapping):
+            pdu = await self._countersign(pdu, room_id, rv)
         event = await check_pdu(self.key_store, pdu, rv)
         if event.event_id != event_id:
             raise bad_json("The event id in the path is not the event's")

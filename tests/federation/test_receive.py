@@ -6,7 +6,8 @@ signed by the outbound client, and a ``get_missing_events`` route answered
 from the events it built (authenticated with X-Matrix like any server).
 
 Good PDUs show in our users' /sync; a bad signature, a wrong content hash
-(stored redacted), an event the auth rules refuse, an unknown room, repeated
+(stored redacted), an event the auth rules refuse, an unknown room, a join
+claiming one of our users authorised it (without our signature), repeated
 and oversized transactions are answered per spec, never with a 500."""
 
 from __future__ import annotations
@@ -433,15 +434,24 @@ async def test_bad_pdus_refused(setup: tuple[FederatingServer, Origin, aiohttp.C
                         {"type": "m.room.power_levels", "state_key": "", "content": power}, head, state)
     # 4. a room we do not know
     unknown = dict(coup.pdu, room_id=f"!nosuchroom:{origin.name}")
+    # 5. a join claiming alice authorised it (a restricted join), without our
+    # signature: the authorising server's signature is required
+    rita = f"@rita:{origin.name}"
+    claimed = origin.build(version, room.room_id, rita, {
+        "type": "m.room.member", "state_key": rita,
+        "content": {"membership": "join", "join_authorised_via_users_server": alice.user_id}}, head, state)
 
-    answer = await origin.send(ours.server_name, [dict(forged.pdu), tampered, dict(coup.pdu), unknown])
+    answer = await origin.send(ours.server_name, [dict(forged.pdu), tampered, dict(coup.pdu), unknown,
+                                                  dict(claimed.pdu)])
     results = answer["pdus"]
     assert "error" in results[forged.event_id], answer
     assert results[tampered_ev.event_id] == {}, answer
     assert "error" in results[coup.event_id], answer
-    assert set(results) == {forged.event_id, tampered_ev.event_id, coup.event_id}, answer
+    assert "not signed by " + ours.server_name in results[claimed.event_id]["error"], answer
+    assert set(results) == {forged.event_id, tampered_ev.event_id, coup.event_id, claimed.event_id}, answer
 
     assert await room.stored(forged.event_id) is None
+    assert await room.stored(claimed.event_id) is None and ("m.room.member", rita) not in await room.state()
     row = await room.stored(tampered_ev.event_id)
     assert row is not None and orjson.loads(row["pdu"])["content"] == {}
     row = await room.stored(coup.event_id)

@@ -1,6 +1,7 @@
 """Synapse users in rooms of our server: they join through Synapse (make_join
 / send_join to us), get our users' messages through our outbound sender, see
-the same room state, and stop getting events once they have left. One
+the same room state, and stop getting events once they have left;
+restricted rooms both ways (we authorise Synapse's join, Synapse ours). One
 Synapse and one server of ours for the module (Synapse is slow to start)."""
 
 from __future__ import annotations
@@ -408,3 +409,70 @@ async def until_send_failed(ours: FederatingServer, syn: SynapsePeer) -> None:
             return
         await asyncio.sleep(0.1)
     assert rows and rows[0]["retry_count"] > 0
+
+
+async def test_restricted_rooms_both_ways_with_synapse(peers: tuple[FederatingServer, SynapsePeer]) -> None:
+    """Restricted rooms (v10 knock_restricted, v11 restricted) both ways: a
+    Synapse user in our room A joins our room R restricted to A (we name our
+    user in join_authorised_via_users_server and countersign; Synapse takes
+    the signed event); our user in a Synapse room joins a Synapse room
+    restricted to it (Synapse authorises and countersigns, we keep its
+    answer). A user in no allowed room is refused both ways."""
+    ours, syn = peers
+    async with aiohttp.ClientSession() as http:
+        alice = await User(http, ours.client_url).register("alice_restr")
+        dan = await User(http, ours.client_url).register("dan_restr")
+        bob = await register_on_synapse(http, syn, "bob_restr")
+        carol = await register_on_synapse(http, syn, "carol_restr")
+
+        async def restricted_pair(owner: User, version: str, rule: str) -> tuple[str, str]:
+            status, space = await owner.call("POST", "createRoom", {"preset": "public_chat", "room_version": version})
+            assert status == 200, space
+            status, room = await owner.call("POST", "createRoom", {
+                "preset": "public_chat", "room_version": version,
+                "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {
+                    "join_rule": rule, "allow": [{"type": "m.room_membership", "room_id": space["room_id"]}]}}],
+            })
+            assert status == 200, room
+            return space["room_id"], room["room_id"]
+
+        async def join(user: User, room_id: str, server: str) -> tuple[int, Any]:
+            return await user.call("POST", f"join/{quote(room_id)}?server_name={quote(server)}", {})
+
+        async def member_pdu(room_id: str, user_id: str) -> dict[str, Any]:
+            rows = await ours.db_fetch(
+                "SELECT e.pdu FROM current_state s JOIN events e ON e.event_id = s.event_id "
+                "WHERE s.room_id = $1 AND s.type = 'm.room.member' AND s.state_key = $2", room_id, user_id)
+            assert len(rows) == 1, rows
+            return dict(json.loads(rows[0]["pdu"]))
+
+        both = {ours.server_name, syn.server_name}
+        for version, rule in (("10", "knock_restricted"), ("11", "restricted")):
+            # Synapse joins our restricted room: we authorise
+            space_id, room_id = await restricted_pair(alice, version, rule)
+            assert (await join(bob, space_id, ours.server_name))[0] == 200
+            status, body = await join(bob, room_id, ours.server_name)
+            assert status == 200, (body, syn.log_tail(), ours.process.stderr()[-3000:])
+            pdu = await member_pdu(room_id, bob.user_id)
+            assert pdu["content"]["membership"] == "join", pdu
+            assert pdu["content"]["join_authorised_via_users_server"] == alice.user_id
+            assert set(pdu["signatures"]) == both, pdu
+            status, members = await bob.call("GET", f"rooms/{quote(room_id)}/joined_members")
+            assert status == 200 and set(members["joined"]) == {alice.user_id, bob.user_id}, members
+            status, body = await join(carol, room_id, ours.server_name)  # carol is not in A
+            assert status == 403, body
+            assert (await alice.call("GET", f"rooms/{quote(room_id)}/state/m.room.member/{quote(carol.user_id)}")
+                    )[0] == 404
+
+            # our user joins a restricted room of Synapse: Synapse authorises
+            space_id, room_id = await restricted_pair(bob, version, rule)
+            assert (await join(alice, space_id, syn.server_name))[0] == 200
+            status, body = await join(alice, room_id, syn.server_name)
+            assert status == 200, (body, ours.process.stderr()[-3000:], syn.log_tail())
+            pdu = await member_pdu(room_id, alice.user_id)
+            assert pdu["content"]["join_authorised_via_users_server"] == bob.user_id, pdu
+            assert set(pdu["signatures"]) == both, pdu
+            status, members = await bob.call("GET", f"rooms/{quote(room_id)}/joined_members")
+            assert status == 200 and set(members["joined"]) == {alice.user_id, bob.user_id}, members
+            status, body = await join(dan, room_id, syn.server_name)  # dan is not in Synapse's A
+            assert (status, body.get("errcode")) == (403, "M_FORBIDDEN"), body

@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from ..errors import MatrixError, forbidden, not_found
-from ..protocol.restricted import AUTHORISING_USER, allowed_room_ids, authorising_servers, local_authorisers
 from ..protocol.events import Event, StateKey
 from ..protocol.identifiers import InvalidIdentifier, parse_room_alias, parse_user_id
+from ..protocol.restricted import AUTHORISING_USER, allowed_room_ids, authorising_servers, local_authorisers
 from ..storage.accounts import AccountStore
 from ..storage.rooms import RoomStore
 from .accounts import Requester

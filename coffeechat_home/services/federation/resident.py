@@ -17,9 +17,9 @@ from typing import Any, Iterable, Mapping
 import orjson
 
 from ...errors import MatrixError, forbidden, not_found
+from ...protocol.errors import ProtocolError
 from ...protocol.events import Event, StateKey, auth_types_for_event
 from ...protocol.identifiers import InvalidIdentifier, parse_user_id
-from ...protocol.errors import ProtocolError
 from ...protocol.pdu import check_pdu_format
 from ...protocol.restricted import AUTHORISING_USER, allowed_room_ids, is_restricted, local_authorisers
 from ...protocol.room_versions import RoomVersion, get_room_version
@@ -157,7 +157,8 @@ class ResidentService:
         still allowed by our current state, then signed by us (the auth rules
         and every other server want our signature on it)."""
         content = pdu.get("content")
-        if not (rv.restricted_join_rule and isinstance(content, Mapping) and AUTHORISING_USER in content):
+        if not (rv.restricted_join_rule and isinstance(content, Mapping) and AUTHORISING_USER in content
+                and content.get("membership") == "join"):
             return pdu
         via, user_id = content.get(AUTHORISING_USER), pdu.get("state_key")
         if not isinstance(via, str) or not isinstance(user_id, str):

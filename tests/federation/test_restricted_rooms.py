@@ -4,7 +4,8 @@ restricted to A's members live on server a. Users of b and c who are in A
 join R through a (a puts its user in ``join_authorised_via_users_server``
 and countersigns the join in send_join; the joiner keeps the event a
 answered, with both signatures); a user in no allowed room is refused with
-M_FORBIDDEN. c, in R without any user who may invite, answers make_join
+M_FORBIDDEN, and a send_join b forges for them (naming a's user, or one
+of c's) is refused. c, in R without any user who may invite, answers make_join
 with M_UNABLE_TO_GRANT_JOIN (so the joining server goes on to a), and with
 M_UNABLE_TO_AUTHORISE_JOIN once it has left A; a join relayed by a reaches
 c, which checks a's signature on it; a user of c joining R, which c holds
@@ -21,6 +22,10 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 import pytest
+
+from coffeechat_home.federation.client import FederationClient, RemoteError
+from coffeechat_home.protocol.builder import build_event
+from coffeechat_home.protocol.room_versions import get_room_version
 
 from ..integration.processes import User, wait_until
 from ..pg import PostgresForTests
@@ -76,6 +81,30 @@ async def test_restricted_rooms_across_three_servers(three: list[FederatingServe
             return await signed_federation_get(http, c.fed_url, path, origin=b.server_name,
                                                destination=c.server_name, key=b_key)
 
+        async def forged_send_joins(room_id: str, version: str, allowed: User, refused: User) -> None:
+            """b builds dave's join on a's template for frank (same auth
+            events), naming alice: a refuses to countersign (dave is in no
+            allowed room); naming a user of c: not a's to authorise."""
+            r = quote(room_id, safe="")
+            answer = await as_b.get_json(
+                a.server_name, f"/_matrix/federation/v1/make_join/{r}/{quote(allowed.user_id, safe='')}?ver={version}")
+            tpl = answer["event"]
+            assert tpl["content"]["join_authorised_via_users_server"] == alice.user_id, tpl
+            for via, status, errcode, says in ((alice.user_id, 403, "M_FORBIDDEN", "not in any of the rooms"),
+                                               (carol.user_id, 400, "M_BAD_JSON", "not a user of this server")):
+                forged = build_event(
+                    get_room_version(version),
+                    template={"type": "m.room.member", "room_id": room_id, "sender": refused.user_id,
+                              "state_key": refused.user_id,
+                              "content": {"membership": "join", "join_authorised_via_users_server": via}},
+                    prev_events=tpl["prev_events"], auth_events=tpl["auth_events"], depth=tpl["depth"],
+                    origin_server_ts=tpl["origin_server_ts"], server_name=b.server_name, signing_key=b_key)
+                with pytest.raises(RemoteError) as e:
+                    await as_b.put_json(a.server_name, f"/_matrix/federation/v2/send_join/{r}/"
+                                        f"{quote(forged.event_id, safe='')}", dict(forged.pdu))
+                assert (e.value.status, e.value.errcode) == (status, errcode) and says in e.value.error, e.value
+                assert not await a.db_fetch("SELECT 1 FROM events WHERE event_id = $1", forged.event_id)
+
         async def one_version(version: str, rule: str) -> None:
             status, space = await alice.call("POST", "createRoom", {"preset": "public_chat", "room_version": version})
             assert status == 200, space
@@ -121,6 +150,7 @@ async def test_restricted_rooms_across_three_servers(three: list[FederatingServe
                 return (status, body.get("errcode")) == (400, "M_UNABLE_TO_GRANT_JOIN")
 
             assert await wait_until(c_cannot_grant, 30, interval=0.2), await make_join_on_c(room_id, frank)
+            await forged_send_joins(room_id, version, frank, dave)
             # b asks c first, then a
             status, body = await join(frank, room_id, c.server_name, a.server_name)
             assert status == 200, (body, b.process.stderr()[-3000:])
@@ -165,5 +195,10 @@ async def test_restricted_rooms_across_three_servers(three: list[FederatingServe
 
                 assert await wait_until(same_members, 30, interval=0.2), user.user_id
 
-        for version, rule in (("10", "knock_restricted"), ("11", "restricted")):
-            await one_version(version, rule)
+        as_b = FederationClient(b.server_name, b_key, allow_private_addresses=["127.0.0.0/8"],
+                                verify_certificates=False)
+        try:
+            for version, rule in (("10", "knock_restricted"), ("11", "restricted")):
+                await one_version(version, rule)
+        finally:
+            await as_b.close()

@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 import orjson
 
@@ -433,15 +433,25 @@ class SyncService:
         # federation starts at the join): the state after its first event
         groups.update(await self.events.state_groups_at(
             [(r, t[0][0].stream_pos or 0) for r, t in timelines.items() if r not in groups and t[0]]))
-        # lazy loading: only the members the timelines need (and the user)
-        members = {
-            g: {*(r.sender for r in timelines[room_id][0]), user_id} for room_id, g in groups.items()
-        } if f.lazy_load_members else None
-        states, summaries = await asyncio.gather(
-            self.events.state_ids_for_groups(groups.values(), members=members), self._summaries(room_ids, user_id)
-        )
+        heroes: dict[str, list[str]] = {}
+        if f.lazy_load_members:
+            # lazy loading: only the members the timelines need, the user's
+            # own and the heroes' (sync.yaml: their membership events MUST
+            # be in the state), so the summaries come first
+            summaries = await self._summaries(room_ids, user_id)
+            heroes = {r: summaries[r]["m.heroes"] for r in room_ids}
+            members = {
+                g: {*(r.sender for r in timelines[room_id][0]), user_id, *heroes[room_id]}
+                for room_id, g in groups.items()
+            }
+            states = await self.events.state_ids_for_groups(groups.values(), members=members)
+        else:
+            states, summaries = await asyncio.gather(
+                self.events.state_ids_for_groups(groups.values(), members=None), self._summaries(room_ids, user_id)
+            )
         wanted = {
-            room_id: self._state_filter(requester, states.get(groups.get(room_id, -1), {}), timelines[room_id][0], f)
+            room_id: self._state_filter(requester, states.get(groups.get(room_id, -1), {}), timelines[room_id][0], f,
+                                        heroes.get(room_id, ()))
             for room_id in room_ids
         }
         found = await self.events.get_rows(v for ids in wanted.values() for v in ids.values())
@@ -475,8 +485,12 @@ class SyncService:
             limited = limited or (since is not None and newly)
         timeline_start = (rows[0].stream_pos or 1) - 1 if rows else upto
         state_events: list[Any] = []
+        summary = None
         if newly or full_state:
-            state_events = await self._state_at(requester, room_id, timeline_start, None, rows, f)
+            # with lazy loading the heroes' members go in the state (see _whole_rooms)
+            summary = await self._summary(room_id, requester.user_id)
+            heroes = summary["m.heroes"] if f.lazy_load_members else []
+            state_events = await self._state_at(requester, room_id, timeline_start, None, rows, f, heroes)
         elif limited:
             state_events = await self._state_at(requester, room_id, timeline_start, since, rows, f)
         room: dict[str, Any] = {
@@ -487,16 +501,19 @@ class SyncService:
             },
             "state": {"events": state_events},
         }
-        if newly or full_state or any(r.type == "m.room.member" for r in rows):
+        if summary is not None:
+            room["summary"] = summary
+        elif any(r.type == "m.room.member" for r in rows):
             room["summary"] = await self._summary(room_id, requester.user_id)
         return room
 
     async def _state_at(
-        self, requester: Requester, room_id: str, pos: int, since: int | None, rows: list[EventRow], f: SyncFilter
+        self, requester: Requester, room_id: str, pos: int, since: int | None, rows: list[EventRow], f: SyncFilter,
+        heroes: Iterable[str] = (),
     ) -> list[Any]:
         """State at ``pos`` (the start of the timeline); with ``since``, only
         what changed since then. Lazy loading keeps the members the timeline
-        needs (and the user's own)."""
+        needs, the user's own and the ``heroes``'."""
         group = await self.events.state_group_at(room_id, pos)
         if group is None and rows:  # see _whole_rooms: a room joined over federation
             group = await self.events.state_group_at(room_id, rows[0].stream_pos or 0)
@@ -505,20 +522,22 @@ class SyncService:
             before_group = await self.events.state_group_at(room_id, since)
             before = await self.events.state_ids_for_group(before_group) if before_group is not None else {}
             state = {k: v for k, v in state.items() if before.get(k) != v}
-        state = self._state_filter(requester, state, rows, f)
+        state = self._state_filter(requester, state, rows, f, heroes)
         found = await self.events.get_rows(state.values())
         return [serve_event(found[v], requester) for v in state.values() if v in found]
 
     @staticmethod
     def _state_filter(
-        requester: Requester, state: dict[StateKey, str], rows: list[EventRow], f: SyncFilter
+        requester: Requester, state: dict[StateKey, str], rows: list[EventRow], f: SyncFilter,
+        heroes: Iterable[str] = (),
     ) -> dict[StateKey, str]:
         """The part of a room's state a response carries beside ``rows``:
         the filter's types, not what the timeline has, and with lazy
-        loading only the members the timeline needs (and the user's own)."""
+        loading only the members the timeline needs, the user's own and
+        the ``heroes``' (given for a room whose whole state is sent)."""
         in_timeline = {r.event_id for r in rows}
         if f.lazy_load_members:
-            wanted = {r.sender for r in rows} | {requester.user_id}
+            wanted = {r.sender for r in rows} | {requester.user_id, *heroes}
             state = {k: v for k, v in state.items() if k[0] != "m.room.member" or k[1] in wanted}
         return {k: v for k, v in state.items() if f.wants_state(k) and v not in in_timeline}
 

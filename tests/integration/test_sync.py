@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, Callable
 
 
 from ..helpers import ApiClient
@@ -380,22 +380,34 @@ async def test_filter_rooms_and_not_rooms(alice: ApiClient) -> None:
     assert joined(body) == {}
 
 
-async def test_filter_lazy_load_members(alice: ApiClient, bob: ApiClient, carol: ApiClient) -> None:
+async def test_filter_lazy_load_members(
+    alice: ApiClient, bob: ApiClient, carol: ApiClient, new_client: Callable[[], ApiClient]
+) -> None:
     room_id = await create_room(alice, {"preset": "public_chat"})
-    await bob.post(f"rooms/{q(room_id)}/join", {})
-    await carol.post(f"rooms/{q(room_id)}/join", {})
+    # more members than heroes (5): "zed" sorts last, so is none of carol's heroes
+    others = []
+    for name in ("dave", "erin", "fay", "gus", "zed"):
+        other = new_client()
+        await other.register(name)
+        others.append(other)
+    for u in (bob, carol, *others):
+        await u.post(f"rooms/{q(room_id)}/join", {})
     await send_text(bob, room_id, "only bob speaks")
     f = {"room": {"timeline": {"limit": 1}, "state": {"lazy_load_members": True}}}
     body = await sync(carol, filter=f)
     room = joined(body)[room_id]
     members = {k for t, k in state_keys(room["state"]["events"]) if t == "m.room.member"}
-    # the timeline's senders and the user itself, nobody else
-    assert members == {bob.user_id, carol.user_id}
+    # the timeline's senders, the user itself and the summary's heroes (the
+    # spec: their membership events MUST be in the state), nobody else
+    heroes = room["summary"]["m.heroes"]
+    assert heroes == [alice.user_id, bob.user_id, *(u.user_id for u in others[:3])], heroes
+    assert members == {bob.user_id, carol.user_id, *heroes}
+    assert ("m.room.member", others[-1].user_id) not in state_keys(room["state"]["events"])
     assert ("m.room.create", "") in state_keys(room["state"]["events"])
     # without lazy loading, everyone
     body = await sync(carol, filter={"room": {"timeline": {"limit": 1}}})
     members = {k for t, k in state_keys(joined(body)[room_id]["state"]["events"]) if t == "m.room.member"}
-    assert members == {alice.user_id, bob.user_id, carol.user_id}
+    assert members == {alice.user_id, bob.user_id, carol.user_id, *(u.user_id for u in others)}
 
 
 async def test_filter_by_id(alice: ApiClient) -> None:

@@ -1,6 +1,7 @@
 """Our users in rooms that live on Synapse: our user joins a public Synapse
 room (by room id with ``via``, and by alias) through make_join/send_join,
-sees its state in /sync, pages back through the history from before its
+sees its state in /sync (whole, and lazy-loaded: the non-member state,
+the heroes' and the timeline senders' members), pages back through the history from before its
 join (backfilled from Synapse), then receives the Synapse user's new
 messages and state changes live (Synapse pushes them to our /send), typing
 and read receipts go both ways (v10), and it leaves through Synapse
@@ -11,6 +12,7 @@ sees the leave). Room versions 10, 11 and 12, one Synapse for all of them."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import quote
 
@@ -43,11 +45,63 @@ async def _sync_until(user: User, since: str | None, room_id: str, pred: Any) ->
     return since, seen
 
 
+LAZY = quote(json.dumps({"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 10}}}))
+
+
+async def first_sync_after_join(alice: User, bob: User, others: list[User], syn: SynapsePeer) -> None:
+    """A room on Synapse without a name, bob and ``others`` (6 in all)
+    joined, a message from the last of them; alice joins. Her first /sync:
+    the whole state with the full filter; with lazy-loaded members, every
+    non-member state event, the members of the summary's heroes and of the
+    timeline's senders (the spec's sync.yaml: the heroes' membership events
+    MUST be in the state) and no other member; the timeline's prev_batch
+    pages back through the history from before the join (from Synapse)."""
+    status, room = await bob.call("POST", "createRoom", {"preset": "public_chat", "room_version": "10"})
+    assert status == 200, room
+    room_id = room["room_id"]
+    for u in others:
+        assert (await u.call("POST", f"rooms/{quote(room_id)}/join", {}))[0] == 200
+    status, said = await others[-1].send(room_id, "said before alice came")
+    assert status == 200, said
+    status, answer = await alice.call("POST", f"join/{quote(room_id)}?server_name={quote(syn.server_name)}", {})
+    assert status == 200, answer
+    status, state = await bob.call("GET", f"rooms/{quote(room_id)}/state")
+    assert status == 200, state
+    on_synapse = {(e["type"], e["state_key"]): e["event_id"] for e in state}
+
+    for sync_filter in ("", LAZY):
+        status, body = await alice.call("GET", "sync" + (f"?filter={sync_filter}" if sync_filter else ""))
+        assert status == 200, body
+        joined = _joined(body, room_id)
+        timeline = joined["timeline"]["events"]
+        got = {(e["type"], e["state_key"]): e["event_id"] for e in joined["state"]["events"]}
+        in_timeline = {(e["type"], e["state_key"]): e["event_id"] for e in timeline if "state_key" in e}
+        assert timeline[-1]["event_id"] == on_synapse[("m.room.member", alice.user_id)], timeline
+        heroes = joined["summary"]["m.heroes"]
+        assert len(heroes) == 5 and set(heroes) <= {u.user_id for u in [bob, *others]}, joined["summary"]
+        if not sync_filter:  # the whole state, before the timeline
+            assert {**got, **in_timeline} == on_synapse, (got, on_synapse)
+        else:
+            senders = {e["sender"] for e in timeline} | set(heroes)
+            want = {k: v for k, v in on_synapse.items()
+                    if (k[0] != "m.room.member" or k[1] in senders) and k not in in_timeline}
+            assert got == want, (sorted(got), sorted(want))
+            assert len(senders) < 7 and ("m.room.member", others[-1].user_id) not in got
+        # the history from before the join, backfilled from Synapse, from prev_batch
+        status, page = await alice.call(
+            "GET", f"rooms/{quote(room_id)}/messages?dir=b&limit=50&from={joined['timeline']['prev_batch']}")
+        assert status == 200, page
+        types = [e["type"] for e in page["chunk"]]
+        assert "m.room.create" in types and said["event_id"] in {e["event_id"] for e in page["chunk"]}, types
+
+
 async def test_join_synapse_rooms_and_receive_live(peers: tuple[FederatingServer, SynapsePeer]) -> None:
     ours, syn = peers
     async with aiohttp.ClientSession() as http:
         alice = await User(http, ours.client_url).register("alice")
         bob = await register_on_synapse(http, syn, "bob")
+        others = [await register_on_synapse(http, syn, name) for name in ("carol", "dan", "erin", "fay", "zed")]
+        await first_sync_after_join(alice, bob, others, syn)
         for version, how in (("10", "via"), ("11", "alias"), ("12", "server_name")):
             body: dict[str, Any] = {"preset": "public_chat", "room_version": version, "name": f"syn v{version}"}
             if how == "alias":

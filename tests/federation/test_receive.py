@@ -31,6 +31,7 @@ from coffeechat_home.api.middleware import make_matrix_middleware
 from coffeechat_home.federation.client import FederationClient, RemoteError
 from coffeechat_home.protocol.builder import build_event, select_auth_event_ids
 from coffeechat_home.protocol.events import Event, StateKey
+from coffeechat_home.protocol.hashing import compute_event_id
 from coffeechat_home.protocol.room_versions import get_room_version
 from coffeechat_home.protocol.signing import generate_signing_key
 from coffeechat_home.services.server_keys import KeyStore, LocalKeys
@@ -504,6 +505,59 @@ async def test_bad_pdus_refused(setup: tuple[FederatingServer, Origin, aiohttp.C
             await origin.client.put_json(ours.server_name, path, body)
         assert (e.value.status, e.value.errcode) == (413, "M_TOO_LARGE"), (path, e.value)
     assert (await alice.call("GET", "joined_rooms"))[0] == 200  # still serving
+
+
+async def test_get_missing_events_answers(setup: tuple[FederatingServer, Origin, aiohttp.ClientSession]) -> None:
+    """Our POST /get_missing_events, asked by the origin (a member server)
+    about a forked DAG: alice's a1..a6, remy's r1 on a2, alice's a7 on both
+    branches. The answer is what lies between earliest_events and
+    latest_events (neither included, nothing behind earliest), at most
+    ``limit`` events, none below ``min_depth``, each after its prev_events
+    (what a receiver such as Synapse processes in order)."""
+    ours, origin, http = setup
+    version = "11"
+    alice, room, remy, _join, _since, _state, _head = await room_with_remote_member(ours, origin, http, version)
+    sent = []
+    for i in range(6):
+        status, body = await alice.send(room.room_id, f"a{i + 1}")
+        assert status == 200, body
+        sent.append(body["event_id"])
+    a2 = sent[1]
+    a2_pdu = orjson.loads((await room.stored(a2))["pdu"])
+    r1 = origin.build(version, room.room_id, remy, {"type": "m.room.message",
+                      "content": {"msgtype": "m.text", "body": "r1"}}, [(a2, a2_pdu["depth"])], await room.state())
+    assert await origin.send(ours.server_name, [dict(r1.pdu)]) == {"pdus": {r1.event_id: {}}}
+    status, body = await alice.send(room.room_id, "a7")
+    assert status == 200, body
+    a7 = body["event_id"]
+    pdus = {e: orjson.loads((await room.stored(e))["pdu"]) for e in [*sent, a7]}
+    assert set(pdus[a7]["prev_events"]) == {sent[5], r1.event_id}, pdus[a7]
+    depth = {**{e: p["depth"] for e, p in pdus.items()}, r1.event_id: r1.depth}
+    path = f"/_matrix/federation/v1/get_missing_events/{quote(room.room_id)}"
+
+    async def ask(**body: Any) -> list[str]:
+        answer = await origin.client.post_json(ours.server_name, path, {"latest_events": [a7], **body})
+        rv = get_room_version(version)
+        events = [Event(p, compute_event_id(p, rv), rv) for p in answer["events"]]
+        ids = [e.event_id for e in events]
+        assert len(ids) == len(set(ids)), ids
+        for i, ev in enumerate(events):  # each event after the prev_events it came with
+            assert not set(ev.prev_event_ids) & set(ids[i:]), ids
+        return ids
+
+    between = {*sent[2:], r1.event_id}
+    got = await ask(earliest_events=[a2], limit=10)
+    assert set(got) == between, got
+    assert [depth[e] for e in got] == sorted(depth[e] for e in got)
+    got = await ask(earliest_events=[a2], limit=2)
+    assert len(got) == 2 and set(got) <= between, got
+    got = await ask(earliest_events=[a2], limit=10, min_depth=depth[sent[4]])
+    assert set(got) == {sent[4], sent[5]}, got
+    # no earliest_events: back to the room's creation, oldest first
+    got = await ask(earliest_events=[], limit=50)
+    assert set(got) >= between | set(sent[:2]) and a7 not in got, got
+    first = orjson.loads((await room.stored(got[0]))["pdu"])
+    assert first["type"] == "m.room.create", first
 
 
 async def _state_content(room: Room, key: StateKey) -> dict[str, Any]:

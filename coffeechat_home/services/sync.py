@@ -484,33 +484,59 @@ class SyncService:
         if newly or full_state:
             limited = limited or (since is not None and newly)
         timeline_start = (rows[0].stream_pos or 1) - 1 if rows else upto
-        state_events: list[Any] = []
+        state: dict[StateKey, str] = {}
         summary = None
         if newly or full_state:
             # with lazy loading the heroes' members go in the state (see _whole_rooms)
             summary = await self._summary(room_id, requester.user_id)
             heroes = summary["m.heroes"] if f.lazy_load_members else []
-            state_events = await self._state_at(requester, room_id, timeline_start, None, rows, f, heroes)
+            state = await self._state_ids_at(requester, room_id, timeline_start, None, rows, f, heroes)
         elif limited:
-            state_events = await self._state_at(requester, room_id, timeline_start, since, rows, f)
+            state = await self._state_ids_at(requester, room_id, timeline_start, since, rows, f)
+        if summary is None and any(r.type == "m.room.member" for r in rows):
+            summary = await self._summary(room_id, requester.user_id)
+            if f.lazy_load_members and any(r.type == "m.room.member" and r.membership in ("leave", "ban")
+                                           for r in rows):
+                # someone left: a member the client was never sent may be
+                # among the heroes now, and their membership must come along
+                for k, v in (await self._hero_members(room_id, upto, summary["m.heroes"], rows, f)).items():
+                    state.setdefault(k, v)
+        found = await self.events.get_rows(state.values())
         room: dict[str, Any] = {
             "timeline": {
                 "events": [serve_event(r, requester) for r in rows],
                 "limited": limited,
                 "prev_batch": make_token(timeline_start),
             },
-            "state": {"events": state_events},
+            "state": {"events": [serve_event(found[v], requester) for v in state.values() if v in found]},
         }
         if summary is not None:
             room["summary"] = summary
-        elif any(r.type == "m.room.member" for r in rows):
-            room["summary"] = await self._summary(room_id, requester.user_id)
         return room
+
+    async def _hero_members(
+        self, room_id: str, upto: int, heroes: list[str], rows: list[EventRow], f: SyncFilter
+    ) -> dict[StateKey, str]:
+        """The heroes' membership events as of ``upto``, but those in the timeline."""
+        group = await self.events.state_group_at(room_id, upto)
+        if group is None or not heroes:
+            return {}
+        ids = (await self.events.state_ids_for_groups([group], members={group: heroes})).get(group, {})
+        in_timeline = {r.event_id for r in rows}
+        return {k: v for k, v in ids.items()
+                if k[0] == "m.room.member" and k[1] in heroes and v not in in_timeline and f.wants_state(k)}
 
     async def _state_at(
         self, requester: Requester, room_id: str, pos: int, since: int | None, rows: list[EventRow], f: SyncFilter,
-        heroes: Iterable[str] = (),
     ) -> list[Any]:
+        state = await self._state_ids_at(requester, room_id, pos, since, rows, f)
+        found = await self.events.get_rows(state.values())
+        return [serve_event(found[v], requester) for v in state.values() if v in found]
+
+    async def _state_ids_at(
+        self, requester: Requester, room_id: str, pos: int, since: int | None, rows: list[EventRow], f: SyncFilter,
+        heroes: Iterable[str] = (),
+    ) -> dict[StateKey, str]:
         """State at ``pos`` (the start of the timeline); with ``since``, only
         what changed since then. Lazy loading keeps the members the timeline
         needs, the user's own and the ``heroes``'."""
@@ -522,9 +548,7 @@ class SyncService:
             before_group = await self.events.state_group_at(room_id, since)
             before = await self.events.state_ids_for_group(before_group) if before_group is not None else {}
             state = {k: v for k, v in state.items() if before.get(k) != v}
-        state = self._state_filter(requester, state, rows, f, heroes)
-        found = await self.events.get_rows(state.values())
-        return [serve_event(found[v], requester) for v in state.values() if v in found]
+        return self._state_filter(requester, state, rows, f, heroes)
 
     @staticmethod
     def _state_filter(

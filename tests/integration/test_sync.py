@@ -404,10 +404,21 @@ async def test_filter_lazy_load_members(
     assert members == {bob.user_id, carol.user_id, *heroes}
     assert ("m.room.member", others[-1].user_id) not in state_keys(room["state"]["events"])
     assert ("m.room.create", "") in state_keys(room["state"]["events"])
+    # a hero (dave) leaves: gus is one now, and his membership comes with
+    # the new heroes (carol's client never had it); zed's still does not
+    since = body["next_batch"]
+    await others[0].post(f"rooms/{q(room_id)}/leave", {})
+    body = await sync(carol, since, filter=f)
+    room = joined(body)[room_id]
+    heroes = room["summary"]["m.heroes"]
+    assert heroes == [alice.user_id, bob.user_id, *(u.user_id for u in others[1:4])], heroes
+    members = {k for t, k in state_keys(room["state"]["events"]) if t == "m.room.member"}
+    # (the other heroes' too: which of them carol's client has is not tracked)
+    assert others[3].user_id in members and members <= set(heroes), room
     # without lazy loading, everyone
     body = await sync(carol, filter={"room": {"timeline": {"limit": 1}}})
     members = {k for t, k in state_keys(joined(body)[room_id]["state"]["events"]) if t == "m.room.member"}
-    assert members == {alice.user_id, bob.user_id, carol.user_id, *(u.user_id for u in others)}
+    assert members == {alice.user_id, bob.user_id, carol.user_id, *(u.user_id for u in others)}  # dave: his leave
 
 
 async def test_filter_by_id(alice: ApiClient) -> None:

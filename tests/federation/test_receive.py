@@ -513,10 +513,12 @@ async def test_get_missing_events_answers(setup: tuple[FederatingServer, Origin,
     branches. The answer is what lies between earliest_events and
     latest_events (neither included, nothing behind earliest), at most
     ``limit`` events, none below ``min_depth``, each after its prev_events
-    (what a receiver such as Synapse processes in order)."""
+    (what a receiver such as Synapse processes in order). Our sender's
+    transactions to the origin have that order too."""
     ours, origin, http = setup
     version = "11"
     alice, room, remy, _join, _since, _state, _head = await room_with_remote_member(ours, origin, http, version)
+    origin.received.clear()
     sent = []
     for i in range(6):
         status, body = await alice.send(room.room_id, f"a{i + 1}")
@@ -532,12 +534,23 @@ async def test_get_missing_events_answers(setup: tuple[FederatingServer, Origin,
     a7 = body["event_id"]
     pdus = {e: orjson.loads((await room.stored(e))["pdu"]) for e in [*sent, a7]}
     assert set(pdus[a7]["prev_events"]) == {sent[5], r1.event_id}, pdus[a7]
+    # our sender gave the origin alice's events, each after its prev_events
+    # (in an earlier transaction or before it in the same one)
+    rv = get_room_version(version)
+
+    def pushed() -> list[str]:
+        return [compute_event_id(p, rv) for _, body in origin.received for p in body.get("pdus", [])]
+
+    assert await wait_until(lambda: _true(a7 in pushed()), 30), pushed()
+    order = pushed()
+    assert set(sent) | {a7} <= set(order) and len(order) == len(set(order)), order
+    for e in [*sent, a7]:
+        assert all(order.index(p) < order.index(e) for p in pdus[e]["prev_events"] if p in pdus), order
     depth = {**{e: p["depth"] for e, p in pdus.items()}, r1.event_id: r1.depth}
     path = f"/_matrix/federation/v1/get_missing_events/{quote(room.room_id)}"
 
     async def ask(**body: Any) -> list[str]:
         answer = await origin.client.post_json(ours.server_name, path, {"latest_events": [a7], **body})
-        rv = get_room_version(version)
         events = [Event(p, compute_event_id(p, rv), rv) for p in answer["events"]]
         ids = [e.event_id for e in events]
         assert len(ids) == len(set(ids)), ids

@@ -280,8 +280,10 @@ def pool_bounds(pool: int) -> tuple[int, int]:
 
 
 def start_ours(
-    work: Path, database_url: str, extra_env: dict[str, str] | None = None, *, pool: int = 10
+    work: Path, database_url: str, extra_env: dict[str, str] | None = None, *, pool: int = 10,
+    root: Path = PROJECT_ROOT,
 ) -> ServerProcess:
+    """Our server from the checkout ``root`` (default: this one)."""
     port = free_port()
     data = work / "coffeechat-data"
     shutil.rmtree(data, ignore_errors=True)
@@ -310,11 +312,13 @@ def start_ours(
     for k in list(env):
         if k.startswith("COCKROACH_") or k == "COFFEECHAT_CONFIG":
             env.pop(k)
+    if root != PROJECT_ROOT:
+        env["PYTHONPATH"] = str(root)
     s = ServerProcess("coffeechat-home", f"http://127.0.0.1:{port}", f"localhost:{port}", log_path=log)
     with open(log, "wb") as out:
         s.proc = subprocess.Popen(
             [sys.executable, "-m", "coffeechat_home", "serve"],
-            cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
         )
     try:
         from importlib.metadata import version
@@ -323,9 +327,9 @@ def start_ours(
     except Exception:
         s.version = "dev"
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT,
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "coffeechat_home"], cwd=PROJECT_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "coffeechat_home"], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         s.version += f" (git {rev}{', coffeechat_home/ modified' if dirty else ''})"
     except OSError:

@@ -45,7 +45,7 @@ from ..storage.room_state import (
     insert_memberships,
     insert_state_groups,
 )
-from ..storage.stream import StreamStore
+from ..storage.stream import StreamStore, allocate_positions
 from .notifier import Notifier
 from .tasks import KeyedLocks
 from .persist_plan import WritePlan
@@ -213,15 +213,18 @@ class Persister:
         room_version: RoomVersion,
         new_room: NewRoom | None = None,
         redaction_targets: tuple[dict[str, Any], dict[str, Any]] | None = None,
+        allocate: bool = False,
     ) -> PersistResult:
         """Inside a ``stream.write_many`` transaction (one position per
         event, all of which must be in the timeline): persist events built
         on ``base``; raises StaleRoomState when the room's extremities are no
         longer ``base.extremities``. The caller holds ``room_lock`` and
-        calls ``committed`` after the commit."""
+        calls ``committed`` after the commit. ``allocate``: the transaction
+        runs ``write_many(allocate=False)`` and ``positions`` (empty) is
+        filled here, by the events' insert when it can."""
         return await self._write(
             conn, positions, room_id, batch, base=base, room_version=room_version, new_room=new_room,
-            redaction_targets=redaction_targets,
+            redaction_targets=redaction_targets, allocate=allocate,
         )
 
     async def committed(self, room_id: str, events: list[Event]) -> None:
@@ -242,8 +245,17 @@ class Persister:
         room_version: RoomVersion | None,
         new_room: NewRoom | None = None,
         redaction_targets: tuple[dict[str, Any], dict[str, Any]] | None = None,
+        allocate: bool = False,
     ) -> PersistResult:
         store = EventStore(conn)
+        in_insert = 0  # positions the events' insert takes (write_many(allocate=False))
+        if allocate:
+            assert not positions and all(b.context.in_timeline for b in batch)
+            if any(b.event.type == "m.room.member" for b in batch):
+                # membership rows need the positions before the insert
+                positions.extend(await allocate_positions(conn, len(batch)))
+            else:
+                in_insert = len(batch)
         if new_room is not None:
             assert room_version is not None
             created = await store.create_room_row(
@@ -280,12 +292,15 @@ class Persister:
             await plan.fill_client_forms()
         if plan.new_group_count:
             plan.assign_group_ids(await allocate_state_group_ids(conn, plan.new_group_count))
-        items = plan.stored_events(positions)
-        await insert_events(
+        # with in_insert, 1-based indexes the insert replaces by the positions it takes
+        items = plan.stored_events(list(range(1, in_insert + 1)) if in_insert else positions)
+        taken = await insert_events(
             conn, room_id, items,
             expected_extremities=old_extremities if base is not None else None,
             new_extremities=plan.extremities if plan.extremities != old_extremities else None,
+            allocate=in_insert,
         )
+        positions.extend(taken)
         if plan.new_groups:
             await insert_state_groups(conn, room_id, plan.new_groups)
         change = await plan.current_state_change(old_state)

@@ -100,14 +100,20 @@ async def insert_events(
     *,
     expected_extremities: Sequence[str] | None,
     new_extremities: Sequence[str] | None,
-) -> None:
+    allocate: int = 0,
+) -> list[int]:
     """Write ``items`` inside the caller's transaction, with their DAG edges
     and transaction ids, and set the room's forward extremities to
     ``new_extremities`` (None: unchanged).
 
     With ``expected_extremities`` the update is a compare-and-set and every
     insert is gated on it, all in one statement (one round trip on the send
-    path): a stale head writes nothing and raises StaleRoomState."""
+    path): a stale head writes nothing and raises StaleRoomState.
+
+    ``allocate``: the same statement takes this many stream positions
+    (``StreamStore.write_many(allocate=False)``); the items' ``stream_pos``
+    are then 1-based indexes into them, in increasing order, which are
+    replaced by the positions. Returns the positions taken (sorted)."""
     evs = [it.event for it in items]
     edges = [(e.event_id, p) for e in evs for p in e.prev_event_ids]
     auth_edges = [(e.event_id, a) for e in evs for a in e.auth_event_ids]
@@ -121,15 +127,20 @@ async def insert_events(
     else:
         moved_sql = """UPDATE rooms SET forward_extremities = $3::TEXT[]
                        WHERE room_id = $1 AND forward_extremities = $2::TEXT[] RETURNING 1"""
+    # $34: how many positions to take here (0: the items carry them)
+    alloc_sql = """alloc AS MATERIALIZED (
+                   SELECT array_agg(p ORDER BY p) AS a
+                   FROM (SELECT nextval('stream_seq') AS p FROM generate_series(1, $34::INT)) AS s),"""
+    pos_sql = "(SELECT a FROM alloc)[u.stream_pos::INT]" if allocate else "u.stream_pos"
     try:
-        moved = await conn.fetchval(
-            f"""WITH moved AS ({moved_sql}),
+        row = await conn.fetchrow(
+            f"""WITH {alloc_sql if allocate else ""} moved AS ({moved_sql}),
                ev AS (
                    INSERT INTO events (event_id, room_id, stream_pos, depth, type, state_key, sender,
                                        origin_server_ts, membership, pdu, client, state_group, relates_to,
                                        rel_type, thread_id, sender_device, txn_id, current_state_group,
                                        outlier, rejected_reason, soft_failed)
-                   SELECT u.event_id, $1, u.stream_pos, u.depth, u.type, u.state_key, u.sender,
+                   SELECT u.event_id, $1, {pos_sql}, u.depth, u.type, u.state_key, u.sender,
                           u.origin_server_ts, u.membership, u.pdu, u.client, u.state_group, u.relates_to,
                           u.rel_type, u.thread_id, u.sender_device, u.txn_id, u.csg, u.outlier, u.rejected,
                           u.soft_failed
@@ -152,7 +163,8 @@ async def insert_events(
                    SELECT * FROM unnest($24::TEXT[], $25::TEXT[], $26::TEXT[], $27::TEXT[], $28::TEXT[],
                                         $29::BIGINT[])
                    WHERE EXISTS (SELECT 1 FROM moved) RETURNING 1)
-               SELECT count(*) FROM moved""",
+               SELECT (SELECT count(*) FROM moved) AS moved,
+                      {"(SELECT a FROM alloc)" if allocate else "$34::INT"} AS taken""",
             room_id,
             None if expected_extremities is None else list(expected_extremities),
             None if new_extremities is None else list(new_extremities),
@@ -180,6 +192,7 @@ async def insert_events(
             [it.outlier for it in items],
             [it.rejected_reason for it in items],
             [it.soft_failed for it in items],
+            allocate,
         )
     except asyncpg.UniqueViolationError as e:
         where = f"{getattr(e, 'constraint_name', '')} {getattr(e, 'table_name', '')} {e}"
@@ -188,8 +201,16 @@ async def insert_events(
             # rolls back and the caller answers with the first event
             raise DuplicateTransaction(txns[0][0][2] if txns else "") from None
         raise
-    if not moved:
+    assert row is not None
+    if not row["moved"]:
         raise StaleRoomState(room_id)
+    if not allocate:
+        return []
+    taken = sorted(row["taken"])
+    for it in items:
+        if it.stream_pos is not None:
+            it.stream_pos = taken[it.stream_pos - 1]
+    return taken
 
 
 async def delete_outliers(conn: asyncpg.Connection, event_ids: Sequence[str]) -> None:

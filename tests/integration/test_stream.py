@@ -177,3 +177,35 @@ async def test_writes_to_different_rooms_do_not_conflict_once_tables_are_analyze
     rows = await db.fetch("SELECT room_id, forward_extremities FROM rooms WHERE room_id = ANY($1::TEXT[])", rooms[:2])
     assert {r["room_id"]: list(r["forward_extremities"]) for r in rows} == {rooms[0]: [f"$e{p0}"], rooms[1]: [f"$e{p1}"]}
     assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
+
+
+async def test_a_write_may_take_its_positions_in_its_own_statement(db: Database) -> None:
+    """write_many(allocate=False): the write's insert takes the positions
+    (one round trip fewer on the send path); they count as the write's, and
+    a write that takes the wrong number is rolled back, reservation and all."""
+    store = StreamStore(db, instance_id="w")
+    start = await store.current_position()
+
+    async def fn(conn: asyncpg.Connection, positions: list[int]) -> str:
+        assert positions == []
+        rows = await conn.fetch(
+            """INSERT INTO room_memberships (event_id, user_id, room_id, sender, membership, stream_pos)
+               SELECT '$m' || n, '@u:test', '!r:test', '@u:test', 'join', nextval('stream_seq')
+               FROM generate_series(1, 3) AS n RETURNING stream_pos"""
+        )
+        positions.extend(sorted(r["stream_pos"] for r in rows))
+        return "done"
+
+    result, positions = await store.write_many(fn, 3, allocate=False)
+    assert result == "done" and len(positions) == 3 and positions == sorted(positions)
+    assert positions[0] > start
+    assert await _visible(db, positions[-1]) == set(positions)
+    assert await store.current_position() == positions[-1] == store.local_committed
+
+    async def short(conn: asyncpg.Connection, positions: list[int]) -> None:
+        await _insert(conn, await conn.fetchval("SELECT nextval('stream_seq')"))  # takes one, says nothing
+
+    with pytest.raises(RuntimeError):
+        await store.write_many(short, 1, allocate=False)
+    assert await _visible(db, 1 << 62) == set(positions)  # rolled back
+    assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0

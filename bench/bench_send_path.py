@@ -1,0 +1,220 @@
+"""The local send path in figures that survive a loaded machine (issue #7):
+server CPU per send, PostgreSQL backend CPU per send, SQL statements per
+send, and where the time goes between a send and another user's long-poll
+/sync answer.
+
+    python bench/bench_send_path.py [--n 200] [--rounds 5] [--wakes 30] [--pyspy]
+    python bench/bench_send_path.py --baseline /tmp/main-export   # A/B against another checkout
+
+Starts one PostgreSQL and our server (``log_statement = 'all'`` on its
+database, ``metrics.sync_timing`` on); one user sends in one room one
+message at a time while a second member is joined. With ``--baseline DIR``
+a second server runs the code in DIR (e.g. ``git archive main | tar -x -C
+DIR``) on its own database, and the rounds alternate between the two, so
+both see the same machine load; compare their medians.
+
+CPU is read from /proc (user + system) of each server process and of its
+database's backends before and after each round of ``--n`` sends; the
+table shows the median round. Wall-clock figures are printed too but mean
+little on a shared machine. ``--pyspy`` records this checkout's first send
+round with py-spy into bench/.work/pyspy-send-path.txt (summarize it with
+bench/pyspy_summary.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from count_statements import statements  # noqa: E402
+from matrix_client import Client, User, q  # noqa: E402
+from servers import PROJECT_ROOT, Postgres, ServerProcess, cpu_seconds_of, start_ours  # noqa: E402
+
+WORK = Path(__file__).resolve().parent / ".work"
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(p * len(s)))] if s else float("nan")
+
+
+@dataclass
+class Subject:
+    label: str
+    db: str
+    server: ServerProcess
+    client: Client | None = None
+    sender: User | None = None
+    watcher: User | None = None
+    room: str = ""
+    cpu: list[float] = field(default_factory=list)  # ms per send, per round
+    db_cpu: list[float] = field(default_factory=list)
+    lat: list[float] = field(default_factory=list)
+    stmts: list[str] = field(default_factory=list)
+    wake: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
+
+
+async def send_round(s: Subject, pg: Postgres, n: int, spy: bool) -> None:
+    assert s.client is not None and s.sender is not None
+    log_path = Path(pg.server.log)
+    backends = await pg.backend_pids(s.db)
+    log_start = len(log_path.read_text(errors="replace"))
+    proc = None
+    if spy:
+        proc = subprocess.Popen(["py-spy", "record", "--pid", str(s.server.pid), "--format", "raw",
+                                 "--rate", "200", "--gil", "-o", str(WORK / "pyspy-send-path.txt")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await asyncio.sleep(1.5)
+    cpu0, db0 = s.server.cpu_seconds(), sum(cpu_seconds_of(backends).values())
+    for i in range(n):
+        t0 = time.perf_counter()
+        await s.client.send_text(s.sender, s.room, f"message {i}")
+        s.lat.append(time.perf_counter() - t0)
+    cpu1, db1 = s.server.cpu_seconds(), sum(cpu_seconds_of(backends).values())
+    if proc is not None:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+    s.cpu.append(1000 * (cpu1 - cpu0) / n)
+    s.db_cpu.append(1000 * (db1 - db0) / n)
+    if not s.stmts:
+        await asyncio.sleep(0.5)
+        s.stmts = statements(log_path.read_text(errors="replace")[log_start:], s.db)
+        s.stmts.append(f"__n={n}")
+
+
+async def wake_round(s: Subject, session: aiohttp.ClientSession, wakes: int) -> None:
+    """Send while the other member long-polls: the server's timing marks
+    (monotonic clock, the same across processes) against the send's start."""
+    assert s.client is not None and s.sender is not None and s.watcher is not None
+    c = s.client
+    since = (await c.sync(s.watcher, timeout_ms=0))["next_batch"]
+    for i in range(wakes):
+        params = {"timeout": "10000", "since": since}
+        poll = asyncio.ensure_future(
+            session.get(c.base + "/sync", params=params, headers={"Authorization": f"Bearer {s.watcher.token}"})
+        )
+        await asyncio.sleep(0.1)  # parked on the server
+        t0 = time.monotonic()
+        async with session.put(
+            c.base + f"/rooms/{q(s.room)}/send/m.room.message/wake{time.monotonic_ns()}",
+            json={"msgtype": "m.text", "body": f"wake {i}"},
+            headers={"Authorization": f"Bearer {s.sender.token}"},
+        ) as r:
+            await r.read()
+            t_sent = time.monotonic()
+        resp = await poll
+        body = await resp.json()
+        t_recv = time.monotonic()
+        since = body["next_batch"]
+        marks: dict[str, float] = {}
+        for kv in resp.headers.get("X-Coffeechat-Timing", "").split(";"):
+            if "=" in kv:
+                k, v = kv.split("=", 1)
+                marks[k] = float(v)
+        resp.release()
+        s.wake["send answered"].append(t_sent - t0)
+        for k in ("poked", "read", "woken", "resumed", "built", "ready"):
+            if k in marks:
+                s.wake[k].append(marks[k] - t0)
+        s.wake["client has it"].append(t_recv - t0)
+
+
+def report(s: Subject, n: int) -> None:
+    print(f"\n== {s.label} ({s.server.version})")
+    print(f"  server CPU per send, median round: {statistics.median(s.cpu):.3f} ms "
+          f"(rounds: {', '.join(f'{x:.2f}' for x in s.cpu)})")
+    print(f"  PG backends CPU per send:           {statistics.median(s.db_cpu):.3f} ms "
+          f"(rounds: {', '.join(f'{x:.2f}' for x in s.db_cpu)})")
+    rounds = int(s.stmts[-1].split("=")[1]) if s.stmts else n
+    body = s.stmts[:-1]
+    print(f"  statements per send: {len(body) / rounds:.2f}")
+    groups = collections.Counter(
+        t if not t.startswith("WITH d AS (DELETE FROM stream_inflight") else t[:45] for t in body
+    )
+    for text, k in groups.most_common(8):
+        print(f"    {k / rounds:5.2f}  {text}")
+    print(f"  send latency p50 {1000 * pct(s.lat, 0.5):.2f} ms, p95 {1000 * pct(s.lat, 0.95):.2f} ms "
+          "(load-dependent)")
+    if s.wake:
+        print("  send -> the other member's long-poll, ms after the send started (p50 / p95):")
+        for k, xs in sorted(s.wake.items(), key=lambda kv: statistics.median(kv[1])):
+            print(f"    {k:15s} {1000 * statistics.median(xs):7.2f} / {1000 * pct(xs, 0.95):7.2f}")
+
+
+async def run(args: argparse.Namespace) -> int:
+    pg = Postgres(WORK)
+    subjects: list[Subject] = []
+    try:
+        pg.start()
+        await pg.configure(fsync=True)
+        import asyncpg
+
+        conn = await asyncpg.connect(pg.admin_url)
+        await conn.execute("ALTER SYSTEM SET log_line_prefix = '%m [%p] %d '")
+        await conn.execute("SELECT pg_reload_conf()")
+        await conn.close()
+        roots = [("this", PROJECT_ROOT)] + ([("baseline", Path(args.baseline))] if args.baseline else [])
+        for label, root in roots:
+            db = f"send_{label}"
+            url = await pg.create_database(db, isolation="serializable")
+            conn = await asyncpg.connect(pg.admin_url)
+            await conn.execute(f"ALTER DATABASE {db} SET log_statement = 'all'")
+            await conn.close()
+            server = start_ours(WORK / label, url, {"COFFEECHAT_METRICS_SYNC_TIMING": "true"},
+                                pool=args.pool, root=root)
+            subjects.append(Subject(label, db, server))
+        async with aiohttp.ClientSession() as session:
+            for s in subjects:
+                s.server.wait_ready(120)
+                c = s.client = Client(session, s.server.base_url)
+                stamp = int(time.time())
+                s.sender = await c.register(f"sender{stamp}")
+                s.watcher = await c.register(f"watcher{stamp}")
+                s.room = await c.create_room(s.sender, name="send path")
+                await c.join(s.watcher, s.room)
+                for i in range(50):  # first-use costs out of the way
+                    await c.send_text(s.sender, s.room, f"warm {i}")
+            await asyncio.sleep(1.0)
+            for r in range(args.rounds):
+                order = subjects if r % 2 == 0 else subjects[::-1]
+                for s in order:
+                    await send_round(s, pg, args.n, args.pyspy and r == 0 and s.label == "this")
+            for s in subjects:
+                if args.wakes:
+                    await wake_round(s, session, args.wakes)
+        for s in subjects:
+            report(s, args.n)
+    finally:
+        for s in subjects:
+            s.server.stop()
+        pg.stop()
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=200, help="sends per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--wakes", type=int, default=30)
+    p.add_argument("--pool", type=int, default=10)
+    p.add_argument("--baseline", help="another checkout to run side by side (alternating rounds)")
+    p.add_argument("--pyspy", action="store_true")
+    args: Any = p.parse_args()
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

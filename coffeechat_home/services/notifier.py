@@ -106,15 +106,36 @@ class Notifier:
         statement fewer after a local write; writes of other instances are
         found by the next advance that reads it."""
         async with self._advance_lock:
-            new = await self.stream.current_position(read_max=read_max)
-            if new > self.position:
-                waiters = list(self._waiters)
-                keys: set[str] = set()
-                if waiters:  # else nobody to wake: a sync reads the range when it asks
-                    by_table = await self.changes(self.position, new)
-                    keys = set().union(*by_table.values()) if by_table else set()
-                    if any(w.peers for w in waiters):
-                        keys |= await self._rooms_of_peers(by_table)
+            old = self.position
+            asked = set(self._waiters)
+            by_table: dict[str, set[str]] | None = None
+            if asked:
+                # someone may need waking: the position and what changed
+                # up to it in one statement
+                committed = self.stream.local_committed
+                if read_max:
+                    committed = max(committed, await self.stream.committed_max())
+                new, by_table = await self.stream.position_and_changes(old, committed)
+                if new > old:
+                    self._changes.put((old, new), by_table)
+            else:  # nobody to wake: a sync reads the range when it asks
+                new = await self.stream.current_position(read_max=read_max)
+            if new > old:
+                # Waiters that registered while we read (their sync had read
+                # a position below ``new``, and they saw ours still at
+                # ``old``) are woken by this move too if it concerns them.
+                peer_keys: set[str] | None = None
+                for _ in range(10):
+                    waiters = list(self._waiters)
+                    if by_table is None and waiters:
+                        by_table = await self.changes(old, new)
+                    elif by_table and peer_keys is None and any(w.peers for w in waiters):
+                        peer_keys = await self._rooms_of_peers(by_table)
+                    else:
+                        break
+                keys: set[str] = set().union(*by_table.values()) if by_table else set()
+                keys |= peer_keys or set()
+                waiters = list(self._waiters)  # as they are now: no await from here on
                 self.position = new
                 read = time.monotonic()
                 for w in waiters:

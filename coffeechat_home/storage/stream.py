@@ -314,6 +314,36 @@ class StreamStore:
         value = await self.db.fetchval("SELECT min(floor) FROM stream_inflight")
         return None if value is None else int(value)
 
+    async def position_and_changes(self, after: int, committed: int) -> tuple[int, dict[str, set[str]]]:
+        """``current_position`` with ``committed`` as the committed maximum
+        (this store's ``local_committed``, or a ``committed_max()`` that
+        returned before this call), and ``changes_by_table(after, it)``, in
+        one statement: its snapshot serves both, as every write at or below
+        the position it finds is visible in the snapshot that found it
+        (such a write's reservation is absent from that snapshot, so either
+        its deletion, which commits with the write, is in it, or the write
+        took its position after the snapshot, above ``committed``). One
+        round trip instead of two when a position move wakes someone."""
+        parts = " UNION ".join(
+            f"SELECT '{t.table}' AS t, {t.key_sql} AS k FROM {t.table}, b "
+            f"WHERE stream_pos > $1 AND stream_pos <= b.upto AND ({t.where_sql})"
+            for t in STREAM_TABLES
+        )
+        rows = await self.db.fetch(
+            f"""WITH b AS (SELECT least($2::BIGINT, coalesce(min(floor), $2::BIGINT)) AS upto FROM stream_inflight)
+                SELECT NULL AS t, b.upto::TEXT AS k FROM b
+                UNION ALL ({parts})""",
+            after, committed,
+        )
+        upto = committed
+        out: dict[str, set[str]] = {}
+        for r in rows:
+            if r["t"] is None:
+                upto = int(r["k"])
+            elif r["k"] is not None:
+                out.setdefault(r["t"], set()).add(r["k"])
+        return upto, out
+
     async def changes_between(self, after: int, upto: int) -> set[str]:
         """Room ids and user ids with anything at a position in (after, upto]."""
         by_table = await self.changes_by_table(after, upto)

@@ -5,12 +5,14 @@ committed (storage/stream.py's docstring gives the argument)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from typing import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
 
+from coffeechat_home.services.notifier import Notifier
 from coffeechat_home.storage.database import Database
 from coffeechat_home.storage.stream import StreamStore
 
@@ -209,3 +211,79 @@ async def test_a_write_may_take_its_positions_in_its_own_statement(db: Database)
         await store.write_many(short, 1, allocate=False)
     assert await _visible(db, 1 << 62) == set(positions)  # rolled back
     assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
+
+
+async def test_position_and_changes_holds_back_like_current_position(db: Database) -> None:
+    """The notifier's one-statement read: the position (as current_position
+    with a known committed maximum) and what changed up to it, never past a
+    lower write that has not committed."""
+    a = StreamStore(db, instance_id="a")
+    b = StreamStore(db, instance_id="b")
+    start = await b.current_position()
+    inside, release = asyncio.Event(), asyncio.Event()
+    a_pos: list[int] = []
+
+    async def slow(conn: asyncpg.Connection, pos: int) -> None:
+        a_pos.append(pos)
+        await _insert(conn, pos)
+        inside.set()
+        await release.wait()
+
+    writer_a = asyncio.create_task(a.write(slow))
+    await inside.wait()
+    _, pos_b = await b.write(lambda conn, pos: _insert(conn, pos))
+    upto, changes = await b.position_and_changes(start, b.local_committed)
+    assert start <= upto < a_pos[0] and changes == {}
+    release.set()
+    _, pos_a = await writer_a
+    upto, changes = await b.position_and_changes(start, max(pos_a, pos_b))
+    assert upto == max(pos_a, pos_b) and changes == {"room_memberships": {"@u:test"}}
+    assert await b.position_and_changes(upto, upto) == (upto, {})
+
+
+async def test_a_waiter_that_registers_during_the_notifiers_read_is_woken(db: Database) -> None:
+    """A long-poll whose sync read a position below the write, and which
+    registers while the notifier reads what changed (seeing the notifier's
+    position still below the write), is woken by that advance; it used to
+    sleep until its timeout."""
+
+    class Paused(StreamStore):
+        """Reads what changed only when the test lets it (a real read)."""
+
+        gate: asyncio.Event | None = None
+        reading = asyncio.Event()
+
+        async def changes_by_table(self, after: int, upto: int) -> dict[str, set[str]]:
+            await self._pause()
+            return await super().changes_by_table(after, upto)
+
+        async def position_and_changes(self, after: int, committed: int) -> tuple[int, dict[str, set[str]]]:
+            await self._pause()
+            return await super().position_and_changes(after, committed)
+
+        async def _pause(self) -> None:
+            if self.gate is not None:
+                self.reading.set()
+                await self.gate.wait()
+
+    store = Paused(db, instance_id="n")
+    notifier = Notifier(store)
+    notifier.position = before = await store.current_position()
+    other = asyncio.create_task(notifier.wait_for_change(before, ["!elsewhere:test"], 60))
+    await store.write(lambda conn, pos: _insert(conn, pos))  # concerns @u:test
+    store.gate = asyncio.Event()
+    advance = asyncio.create_task(notifier.advance())
+    await store.reading.wait()  # the notifier is reading what changed
+    late = asyncio.create_task(notifier.wait_for_change(before, ["@u:test"], 60))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not late.done()  # registered, waiting (the notifier's position is still `before`)
+    store.gate.set()
+    assert await advance > before
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert late.done() and await late == notifier.position
+    assert notifier.wakeups == 1 and not other.done()
+    other.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await other

@@ -65,6 +65,7 @@ class Subject:
     lat: list[float] = field(default_factory=list)
     stmts: list[str] = field(default_factory=list)
     wake: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
+    wake_stmts: list[str] = field(default_factory=list)
 
 
 async def send_round(s: Subject, pg: Postgres, n: int, spy: bool) -> None:
@@ -95,12 +96,15 @@ async def send_round(s: Subject, pg: Postgres, n: int, spy: bool) -> None:
         s.stmts.append(f"__n={n}")
 
 
-async def wake_round(s: Subject, session: aiohttp.ClientSession, wakes: int) -> None:
+async def wake_round(s: Subject, pg: Postgres, session: aiohttp.ClientSession, wakes: int) -> None:
     """Send while the other member long-polls: the server's timing marks
-    (monotonic clock, the same across processes) against the send's start."""
+    (monotonic clock, the same across processes) against the send's start,
+    and the statements of the send and of the long-poll it wakes."""
     assert s.client is not None and s.sender is not None and s.watcher is not None
     c = s.client
     since = (await c.sync(s.watcher, timeout_ms=0))["next_batch"]
+    log_path = Path(pg.server.log)
+    log_start = len(log_path.read_text(errors="replace"))
     for i in range(wakes):
         params = {"timeout": "10000", "since": since}
         poll = asyncio.ensure_future(
@@ -130,6 +134,8 @@ async def wake_round(s: Subject, session: aiohttp.ClientSession, wakes: int) -> 
             if k in marks:
                 s.wake[k].append(marks[k] - t0)
         s.wake["client has it"].append(t_recv - t0)
+    await asyncio.sleep(0.5)
+    s.wake_stmts = statements(log_path.read_text(errors="replace")[log_start:], s.db)
 
 
 def report(s: Subject, n: int) -> None:
@@ -149,6 +155,13 @@ def report(s: Subject, n: int) -> None:
     print(f"  send latency p50 {1000 * pct(s.lat, 0.5):.2f} ms, p95 {1000 * pct(s.lat, 0.95):.2f} ms "
           "(load-dependent)")
     if s.wake:
+        wakes = len(s.wake["client has it"])
+        print(f"  send + the long-poll /sync it wakes: {len(s.wake_stmts) / wakes:.2f} statements")
+        groups = collections.Counter(
+            t if not t.startswith("WITH d AS (DELETE FROM stream_inflight") else t[:45] for t in s.wake_stmts
+        )
+        for text, k in groups.most_common(8):
+            print(f"    {k / wakes:5.2f}  {text}")
         print("  send -> the other member's long-poll, ms after the send started (p50 / p95):")
         for k, xs in sorted(s.wake.items(), key=lambda kv: statistics.median(kv[1])):
             print(f"    {k:15s} {1000 * statistics.median(xs):7.2f} / {1000 * pct(xs, 0.95):7.2f}")
@@ -194,7 +207,7 @@ async def run(args: argparse.Namespace) -> int:
                     await send_round(s, pg, args.n, args.pyspy and r == 0 and s.label == "this")
             for s in subjects:
                 if args.wakes:
-                    await wake_round(s, session, args.wakes)
+                    await wake_round(s, pg, session, args.wakes)
         for s in subjects:
             report(s, args.n)
     finally:

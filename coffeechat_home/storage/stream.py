@@ -254,8 +254,15 @@ class StreamStore:
         )
         if self.db.engine is Engine.POSTGRES:
             reserve = f"BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit TO OFF; {insert}; COMMIT"
-        else:
-            reserve = insert  # an implicit transaction of its own
+            # Generic plans for the write's prepared statements: with array
+            # parameters (a batch as unnest($n)) the planner finds a custom
+            # plan cheaper for the batch at hand, so by default it plans
+            # every execution anew; on the send path that planning cost the
+            # database more than the statement's execution (0.63 ms of
+            # backend CPU per insert against 0.53, bench in the commit).
+            # The writes are index lookups by key either way.
+            return f"{reserve}; BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL plan_cache_mode TO force_generic_plan"
+        reserve = insert  # an implicit transaction of its own
         return f"{reserve}; BEGIN ISOLATION LEVEL SERIALIZABLE"
 
     @staticmethod

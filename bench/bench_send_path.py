@@ -8,7 +8,8 @@ send, and where the time goes between a send and another user's long-poll
 
 Starts one PostgreSQL and our server (``log_statement = 'all'`` on its
 database, ``metrics.sync_timing`` on); one user sends in one room one
-message at a time while a second member is joined. With ``--baseline DIR``
+message at a time while a second member is joined, then ``--clients``
+users send at once, each into a room of its own. With ``--baseline DIR``
 a second server runs the code in DIR (e.g. ``git archive main | tar -x -C
 DIR``) on its own database, and the rounds alternate between the two, so
 both see the same machine load; compare their medians.
@@ -66,6 +67,9 @@ class Subject:
     stmts: list[str] = field(default_factory=list)
     wake: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
     wake_stmts: list[str] = field(default_factory=list)
+    many: list[tuple[User, str]] = field(default_factory=list)  # --clients: (sender, own room)
+    many_cpu: list[float] = field(default_factory=list)
+    many_db_cpu: list[float] = field(default_factory=list)
 
 
 async def send_round(s: Subject, pg: Postgres, n: int, spy: bool) -> None:
@@ -94,6 +98,24 @@ async def send_round(s: Subject, pg: Postgres, n: int, spy: bool) -> None:
         await asyncio.sleep(0.5)
         s.stmts = statements(log_path.read_text(errors="replace")[log_start:], s.db)
         s.stmts.append(f"__n={n}")
+
+
+async def many_round(s: Subject, pg: Postgres, n: int) -> None:
+    """Every --clients sender sends n messages into its own room, all at once."""
+    assert s.client is not None
+    backends = await pg.backend_pids(s.db)
+    cpu0, db0 = s.server.cpu_seconds(), sum(cpu_seconds_of(backends).values())
+
+    async def one(user: User, room: str) -> None:
+        assert s.client is not None
+        for i in range(n):
+            await s.client.send_text(user, room, f"many {i}")
+
+    await asyncio.gather(*(one(u, r) for u, r in s.many))
+    cpu1, db1 = s.server.cpu_seconds(), sum(cpu_seconds_of(backends).values())
+    total = n * len(s.many)
+    s.many_cpu.append(1000 * (cpu1 - cpu0) / total)
+    s.many_db_cpu.append(1000 * (db1 - db0) / total)
 
 
 async def wake_round(s: Subject, pg: Postgres, session: aiohttp.ClientSession, wakes: int) -> None:
@@ -154,6 +176,10 @@ def report(s: Subject, n: int) -> None:
         print(f"    {k / rounds:5.2f}  {text}")
     print(f"  send latency p50 {1000 * pct(s.lat, 0.5):.2f} ms, p95 {1000 * pct(s.lat, 0.95):.2f} ms "
           "(load-dependent)")
+    if s.many_cpu:
+        print(f"  {len(s.many)} clients each in its own room: server CPU per send "
+              f"{statistics.median(s.many_cpu):.3f} ms (rounds: {', '.join(f'{x:.2f}' for x in s.many_cpu)}), "
+              f"PG backends {statistics.median(s.many_db_cpu):.3f} ms")
     if s.wake:
         wakes = len(s.wake["client has it"])
         print(f"  send + the long-poll /sync it wakes: {len(s.wake_stmts) / wakes:.2f} statements")
@@ -200,11 +226,16 @@ async def run(args: argparse.Namespace) -> int:
                 await c.join(s.watcher, s.room)
                 for i in range(50):  # first-use costs out of the way
                     await c.send_text(s.sender, s.room, f"warm {i}")
+                for k in range(args.clients):
+                    user = await c.register(f"many{k}x{stamp}")
+                    s.many.append((user, await c.create_room(user, name=f"own room {k}")))
             await asyncio.sleep(1.0)
             for r in range(args.rounds):
                 order = subjects if r % 2 == 0 else subjects[::-1]
                 for s in order:
                     await send_round(s, pg, args.n, args.pyspy and r == 0 and s.label == "this")
+                    if args.clients:
+                        await many_round(s, pg, max(1, args.n // args.clients))
             for s in subjects:
                 if args.wakes:
                     await wake_round(s, pg, session, args.wakes)
@@ -223,6 +254,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--wakes", type=int, default=30)
     p.add_argument("--pool", type=int, default=10)
+    p.add_argument("--clients", type=int, default=20,
+                   help="also, per round, this many senders each in its own room at once (0: not)")
     p.add_argument("--baseline", help="another checkout to run side by side (alternating rounds)")
     p.add_argument("--pyspy", action="store_true")
     args: Any = p.parse_args()

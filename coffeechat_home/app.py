@@ -286,7 +286,7 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     services.sync.remote_invite_state = inbound.invite_state
     if sender is not None:  # typing, receipts and presence across servers
         EphemeralFederation(
-            config.server_name, EduOutboxStore(db), sender.wake, queue.servers_in_room, rooms,
+            config.server_name, EduOutboxStore(db), sender.wake, queue.allowed_servers_in_room, rooms,
             conversation.presence.store, notifier, presence_enabled=config.presence.enabled,
         ).connect(conversation.typing, conversation.receipts, conversation.presence, services.receiver)
     services.resident.acls = services.receiver.acls = services.invites.acls = ServerAcls(rooms)

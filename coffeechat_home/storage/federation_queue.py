@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import orjson
 
+from ..protocol.server_acl import server_allowed
 from .database import Database
 from .stream import DB_NOW_MS
 
@@ -162,6 +163,28 @@ class FederationQueueStore:
             user_id,
         )
         return sorted(r[0] for r in rows if r[0] and r[0] != self.server_name)
+
+    async def server_acls(self, room_ids: Sequence[str]) -> dict[str, Any]:
+        """The content of each room's current ``m.room.server_acl`` (rooms
+        without one are left out), for one batch of outgoing events."""
+        rows = await self.db.fetch(
+            """SELECT c.room_id, e.pdu FROM current_state c JOIN events e ON e.event_id = c.event_id
+               WHERE c.room_id = ANY($1::TEXT[]) AND c.type = 'm.room.server_acl' AND c.state_key = ''""",
+            sorted(set(room_ids)),
+        )
+        out: dict[str, Any] = {}
+        for r in rows:
+            content = orjson.loads(r[1]).get("content")
+            if isinstance(content, dict):
+                out[r[0]] = content
+        return out
+
+    async def allowed_servers_in_room(self, room_id: str) -> list[str]:
+        """``servers_in_room`` without those the room's server ACL denies
+        (where room EDUs go)."""
+        servers = await self.servers_in_room(room_id)
+        acl = (await self.server_acls([room_id])).get(room_id)
+        return [s for s in servers if server_allowed(acl, s)]
 
     async def server_in_room(self, room_id: str, server: str) -> bool:
         found = await self.db.fetchval(

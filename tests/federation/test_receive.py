@@ -52,9 +52,9 @@ class Origin:
     (event, event_auth, state_ids) over TLS, and an outbound client signing
     as it."""
 
-    def __init__(self, db: Database, workdir: Path) -> None:
+    def __init__(self, db: Database, workdir: Path, host: str = "localhost") -> None:
         self.port = free_port()
-        self.name = f"localhost:{self.port}"
+        self.name = f"{host}:{self.port}"
         self.key = generate_signing_key("o1")
         self.local = LocalKeys(self.name, self.key)
         self.client = FederationClient(self.name, self.key, allow_private_addresses=["127.0.0.0/8"],
@@ -578,4 +578,61 @@ async def _state_content(room: Room, key: StateKey) -> dict[str, Any]:
     row = await room.stored(event_id)
     return dict(orjson.loads(row["pdu"])["content"])
 
+
+
+
+async def test_sender_skips_servers_the_room_acl_denies(
+    setup: tuple[FederatingServer, Origin, aiohttp.ClientSession], database_url: str, tmp_path: Path
+) -> None:
+    """Two servers in alice's room, one named by its IP address: once the
+    room's server ACL denies IP literals, that one gets neither the room's
+    events (the ACL event included) nor its typing, the other gets both."""
+    ours, origin, http = setup
+    version = "12"
+    alice, room, _remy, _join, _since, _state, _head = await room_with_remote_member(ours, origin, http, version)
+    db = await Database.connect(database_url, min_size=1, max_size=2)
+    other = Origin(db, tmp_path / "other", host="127.0.0.1")
+    try:
+        await other.start()
+        ip_user = f"@ip:{other.name}"
+        join = other.build(version, room.room_id, ip_user,
+                           {"type": "m.room.member", "state_key": ip_user, "content": {"membership": "join"}},
+                           await room.head(), await room.state())
+        assert await other.send(ours.server_name, [dict(join.pdu)]) == {"pdus": {join.event_id: {}}}
+
+        def got(peer: Origin, event_id: str) -> bool:
+            rv = get_room_version(version)
+            return any(compute_event_id(p, rv) == event_id for _, body in peer.received for p in body.get("pdus", []))
+
+        async def until(pred: Any) -> None:
+            assert await wait_until(pred, 30, interval=0.05), (ours.process.stderr()[-3000:])
+
+        status, before = await alice.send(room.room_id, "before the acl")
+        assert status == 200, before
+        await until(lambda: _true(got(origin, before["event_id"]) and got(other, before["event_id"])))
+
+        rid = quote(room.room_id)
+        status, acl = await alice.call("PUT", f"rooms/{rid}/state/m.room.server_acl/",
+                                       {"allow": ["*"], "allow_ip_literals": False})
+        assert status == 200, acl
+        status, after = await alice.send(room.room_id, "after the acl")
+        assert status == 200, after
+        me = quote(alice.user_id)
+        assert (await alice.call("PUT", f"rooms/{rid}/typing/{me}", {"typing": True, "timeout": 20000}))[0] == 200
+        await until(lambda: _true(got(origin, acl["event_id"]) and got(origin, after["event_id"])
+                                  and [c for c in origin.edus("m.typing") if c["user_id"] == alice.user_id]))
+        pos = (await ours.db_fetch("SELECT stream_pos FROM events WHERE event_id = $1", after["event_id"]))[0][0]
+
+        async def passed() -> bool:  # the sender went past both events for the denied server
+            rows = await ours.db_fetch("SELECT stream_pos FROM federation_destinations WHERE destination = $1",
+                                       other.name)
+            return bool(rows) and rows[0][0] >= pos
+
+        await until(passed)
+        assert not got(other, acl["event_id"]) and not got(other, after["event_id"]), other.received
+        assert other.edus("m.typing") == []
+        assert await ours.db_fetch("SELECT 1 FROM federation_edu_outbox WHERE destination = $1", other.name) == []
+    finally:
+        await other.stop()
+        await db.close()
 

@@ -32,6 +32,7 @@ from typing import Any, Iterable
 
 from ...federation.client import FederationClient, FederationError
 from ...protocol.canonical import encode_base64
+from ...protocol.server_acl import server_allowed
 from ...storage.edu_outbox import MAX_EDUS, EduOutboxStore, QueuedEdu
 from ...storage.federation_queue import FederationQueueStore, OutgoingEvent
 from ...storage.instances import InstanceStore
@@ -216,6 +217,10 @@ class FederationSender:
                     await self.store.advance(destination, row.stream_pos, upto)
                 return
             new_pos = events[-1].stream_pos if len(events) == MAX_PDUS else max(upto, row.stream_pos)
+            events = await self._allowed(destination, events)
+            if not events and not edus:  # all denied by their rooms' server ACLs
+                await self.store.advance(destination, row.stream_pos, new_pos)
+                continue
             txn_id = transaction_id(destination, row.stream_pos, new_pos, events, edus)
             body: dict[str, Any] = {
                 "origin": self.server_name,
@@ -241,6 +246,16 @@ class FederationSender:
                 await self.store.advance(destination, row.stream_pos, new_pos)
             elif row.retry_count:
                 await self.store.reset_backoff(destination)
+
+    async def _allowed(self, destination: str, events: list[OutgoingEvent]) -> list[OutgoingEvent]:
+        """The events whose room's current server ACL lets the destination
+        in (as Synapse: a denied server gets nothing of the room)."""
+        if not events:
+            return events
+        acls = await self.store.server_acls([e.room_id for e in events])
+        if not acls:
+            return events
+        return [e for e in events if server_allowed(acls.get(e.room_id), destination)]
 
 
 def _outgoing_pdu(pdu: dict[str, Any]) -> dict[str, Any]:

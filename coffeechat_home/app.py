@@ -60,6 +60,10 @@ from .api.client.rooms import RoomRoutes
 from .api.client.sync import SyncRoutes
 from .api.client.directory import DirectoryRoutes
 from .services.directory import DirectoryService
+from .api.client.hierarchy import HierarchyRoutes
+from .api.federation.hierarchy import HierarchyFederationRoutes
+from .services.hierarchy import HierarchyService
+from .storage.hierarchy import HierarchyStore
 from .services.relations import RelationsService
 from .services.upgrade import UpgradeService
 from .services.sync import SyncService
@@ -150,6 +154,7 @@ class Services:
     federation_sender: FederationSender | None
     remote_queries: RemoteQueries
     directory: DirectoryService
+    hierarchy: HierarchyService
     room_dag: RoomDagService
     receiver: FederationReceiver
     invites: InviteReceiver
@@ -273,6 +278,9 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         federation_sender=sender,
         remote_queries=remote_queries,
         directory=directory,
+        # spaces: children we are not in are asked of their via servers
+        hierarchy=HierarchyService(HierarchyStore(db, config.server_name), config.server_name,
+                                   remote_queries.hierarchy if federating else None),
         room_dag=RoomDagService(RoomDagStore(db)),
         receiver=FederationReceiver(
             config.server_name, events, persister, key_store, federation_client, inbound,
@@ -347,6 +355,7 @@ def build_client_app(config: Config, services: Services, metrics: Metrics | None
         RelationsService(services.events, services.history),
         UpgradeService(services.room_service, services.rooms),
     ).register_routes(app.router)
+    HierarchyRoutes(services.auth, services.hierarchy).register_routes(app.router)
     # conversation features
     register_conversation_routes(app.router, services.conversation, services.auth)
     # uploads stream to disk with their own limit (media.max_upload_bytes):
@@ -385,6 +394,7 @@ def build_federation_app(config: Config, services: Services, metrics: Metrics | 
     FederationRoutes(auth, services.conversation.profiles, services.rooms, config.server_name,
                      services.directory).register_routes(app.router)
     FederationMediaRoutes(auth, services.media).register_routes(app.router)
+    HierarchyFederationRoutes(auth, services.hierarchy).register_routes(app.router)
     MediaRoutes(services.media, services.auth).register_legacy_downloads(app.router)
     TransactionRoutes(auth, services.receiver).register_routes(app.router)
     InviteRoutes(auth, services.invites).register_routes(app.router)

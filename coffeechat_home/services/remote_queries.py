@@ -1,12 +1,13 @@
 """Client requests about other servers' users, aliases and room directories,
 asked of those servers over federation (profile and room alias queries,
-publicRooms), with their
+publicRooms, space hierarchies), with their
 failures turned into Matrix errors the way Synapse does: a server that
 cannot be reached is 502, an answer "not found" is 404."""
 
 from __future__ import annotations
 
 from typing import Any, Mapping
+from urllib.parse import quote
 
 from ..errors import MatrixError, not_found
 from ..federation.client import BadResponse, FederationClient, FederationError, RemoteError, Unreachable
@@ -77,3 +78,13 @@ class RemoteQueries:
             if isinstance(answer.get(key), kind):
                 out[key] = answer[key]
         return out
+
+    async def hierarchy(self, server: str, room_id: str, suggested_only: bool, timeout_s: float) -> Any:
+        """The server's ``/hierarchy`` answer about a room, or None when it
+        failed (the caller tries another server)."""
+        try:
+            return await self.client.get_json(
+                server, f"/_matrix/federation/v1/hierarchy/{quote(room_id, safe='')}",
+                {"suggested_only": "true" if suggested_only else "false"}, timeout_s=timeout_s)
+        except FederationError:
+            return None

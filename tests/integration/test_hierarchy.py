@@ -1,0 +1,119 @@
+"""``GET /_matrix/client/v1/rooms/{roomId}/hierarchy`` on one server: a
+space with a sub-space, ordered children, rooms the user may and may not
+see, pagination, ``suggested_only`` and ``max_depth``, and bad input.
+Every answer is validated against the spec's schema (tests/helpers.py)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+from urllib.parse import quote
+
+from ..helpers import ApiClient
+
+VIA = {"via": ["test.local"]}
+
+
+async def _room(api: ApiClient, **body: Any) -> str:
+    r = await api.post("createRoom", body)
+    assert r.status == 200, r
+    return str(r["room_id"])
+
+
+async def _child(api: ApiClient, space: str, child: str, content: dict[str, Any]) -> None:
+    r = await api.put(f"rooms/{quote(space)}/state/m.space.child/{quote(child)}", content)
+    assert r.status == 200, r
+
+
+async def _hierarchy(user: ApiClient, room_id: str, **params: str) -> Any:
+    query = "&".join(f"{k}={quote(v)}" for k, v in params.items())
+    return await user.get(f"/_matrix/client/v1/rooms/{quote(room_id)}/hierarchy" + (f"?{query}" if query else ""))
+
+
+async def _names(user: ApiClient, room_id: str, **params: str) -> list[str]:
+    r = await _hierarchy(user, room_id, **params)
+    assert r.status == 200, r
+    return [room.get("name", "?") for room in r["rooms"]]
+
+
+async def test_space_hierarchy(api: ApiClient, new_client: Callable[[], ApiClient]) -> None:
+    alice = api
+    await alice.register("alice")
+    space_type = {"creation_content": {"type": "m.space"}}
+    space = await _room(alice, preset="public_chat", name="Space", topic="all of it", **space_type)
+    sub = await _room(alice, preset="public_chat", name="Sub", **space_type)
+    deep = await _room(alice, preset="public_chat", name="Deep")
+    general = await _room(alice, preset="public_chat", name="General")
+    secret = await _room(alice, preset="private_chat", name="Secret")
+    members_only = await _room(alice, preset="private_chat", name="Members", room_version="10", initial_state=[
+        {"type": "m.room.join_rules", "state_key": "",
+         "content": {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": space}]}}])
+    readable = await _room(alice, preset="private_chat", name="Readable", initial_state=[
+        {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "world_readable"}}])
+    removed = await _room(alice, preset="public_chat", name="Removed")
+    # children without an order come after those with one, then by time
+    await _child(alice, space, general, {**VIA, "order": "b", "suggested": True})
+    await _child(alice, space, sub, {**VIA, "order": "a"})
+    await _child(alice, space, secret, VIA)
+    await _child(alice, space, members_only, VIA)
+    await _child(alice, space, readable, {**VIA, "order": "\u00e9 not printable ascii"})
+    await _child(alice, space, removed, {})  # an empty content: no longer a child
+    await _child(alice, space, "!unknown:test.local", VIA)  # a room nobody here is in
+    await _child(alice, sub, deep, VIA)
+    await _child(alice, sub, space, VIA)  # a loop back to the top
+
+    bob = new_client()
+    await bob.register("bob")
+    assert (await bob.post(f"join/{quote(space)}", {})).status == 200
+
+    everything = ["Space", "Sub", "Deep", "General", "Members", "Readable"]
+    assert await _names(bob, space) == everything
+    assert await _names(alice, space) == ["Space", "Sub", "Deep", "General", "Secret", "Members", "Readable"]
+    r = await _hierarchy(bob, space)
+    top = r["rooms"][0]
+    assert {k: top[k] for k in ("room_id", "name", "topic", "room_type", "join_rule", "num_joined_members",
+                                "world_readable", "guest_can_join")} == {
+        "room_id": space, "name": "Space", "topic": "all of it", "room_type": "m.space", "join_rule": "public",
+        "num_joined_members": 2, "world_readable": False, "guest_can_join": False}
+    assert [e["state_key"] for e in top["children_state"]] == [
+        sub, general, secret, members_only, readable, "!unknown:test.local"]
+    assert all(e["type"] == "m.space.child" and e["sender"] == alice.user_id and e["origin_server_ts"] > 0
+               for e in top["children_state"])
+    members = next(room for room in r["rooms"] if room["room_id"] == members_only)
+    assert (members["join_rule"], members["allowed_room_ids"]) == ("restricted", [space])
+    assert next(room for room in r["rooms"] if room["room_id"] == deep)["children_state"] == []
+    assert "next_batch" not in r.body
+
+    # pages of two: the same rooms in the same order, then no next_batch
+    seen: list[str] = []
+    token: str | None = None
+    for _ in range(5):
+        params = {"limit": "2", **({"from": token} if token else {})}
+        page = await _hierarchy(bob, space, **params)
+        assert page.status == 200 and len(page["rooms"]) <= 2, page
+        seen += [room["name"] for room in page["rooms"]]
+        token = page.body.get("next_batch")
+        if token is None:
+            break
+    assert seen == everything
+    first = await _hierarchy(bob, space, limit="2")
+    r = await _hierarchy(bob, space, limit="2", max_depth="1", **{"from": first["next_batch"]})
+    assert (r.status, r["errcode"]) == (400, "M_INVALID_PARAM")
+    r = await _hierarchy(alice, space, **{"from": first["next_batch"]})  # another user's token
+    assert (r.status, r["errcode"]) == (400, "M_INVALID_PARAM")
+    r = await _hierarchy(bob, space, **{"from": "nonsense"})
+    assert (r.status, r["errcode"]) == (400, "M_INVALID_PARAM")
+
+    assert await _names(bob, space, suggested_only="true") == ["Space", "General"]
+    assert await _names(bob, space, max_depth="0") == ["Space"]
+    assert await _names(bob, space, max_depth="1") == ["Space", "Sub", "General", "Members", "Readable"]
+    assert await _names(bob, sub) == ["Sub", "Deep", "Space", "General", "Members", "Readable"]
+
+    # rooms bob may not see, and bad parameters
+    for room_id in (secret, "!nosuchroom:test.local"):
+        r = await _hierarchy(bob, room_id)
+        assert (r.status, r["errcode"]) == (403, "M_FORBIDDEN"), r
+    for params in ({"limit": "0"}, {"limit": "x"}, {"max_depth": "-1"}, {"suggested_only": "maybe"}):
+        r = await _hierarchy(bob, space, **params)
+        assert (r.status, r["errcode"]) == (400, "M_INVALID_PARAM"), (params, r)
+    r = await bob.get(f"/_matrix/client/v1/rooms/{quote(space)}/hierarchy", token=None)
+    assert (r.status, r["errcode"]) == (401, "M_MISSING_TOKEN")

@@ -6,7 +6,8 @@ read receipts and presence reach the other side's /sync both ways, a state
 change and a leave reach the other side. The history from before the join
 is backfilled (an event altered on the way kept redacted; a joined-only
 room's stays hidden); knocks, server ACLs and the public room directory
-across the two servers."""
+across the two servers, and each one's spaces listing the other's
+sub-spaces (/hierarchy on both APIs)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import pytest
 from ..integration.processes import User, pages_back, wait_until
 from ..pg import PostgresForTests
 from .ephemeral_checks import presence_reaches, typing_and_receipts_both_ways
+from .hierarchy_checks import check_hierarchy_both_ways
 from .peers import FederatingServer, signed_federation_get
 
 pytestmark = pytest.mark.federation
@@ -181,6 +183,8 @@ async def test_two_servers_share_a_room_both_ways(
         knock_room = await check_knock(a, alice, bob, version)
         await check_server_acl(http, a, b, alice, bob, knock_room)
         await check_public_rooms(a, alice, bob)
+        if version == "12":  # spaces do not depend on the room version
+            await check_hierarchy_both_ways(http, a, b, alice, bob)
 
 
 async def check_knock(a: FederatingServer, alice: User, bob: User, version: str) -> str:

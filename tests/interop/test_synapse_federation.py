@@ -1,7 +1,7 @@
-"""Synapse as a real federation peer: profile and room alias queries both
-ways. Our signed requests are accepted by Synapse (which fetches our key
-from our key server), and Synapse's signed requests are verified by us
-(which fetch Synapse's key from it)."""
+"""Synapse as a real federation peer: profile and room alias queries and
+space hierarchies (/hierarchy) both ways. Our signed requests are accepted
+by Synapse (which fetches our key from our key server), and Synapse's
+signed requests are verified by us (which fetch Synapse's key from it)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
+from ..federation.hierarchy_checks import check_remote_sub_space
 from ..federation.peers import FederatingServer
 from ..integration.processes import User
 from ..pg import PostgresForTests
@@ -94,3 +95,9 @@ async def test_profiles_and_aliases_both_ways(peers: tuple[FederatingServer, Syn
         status, body = await bob.call("GET", f"directory/room/{quote('#ourroom:' + ours.server_name)}")
         assert status == 200, (body, syn.log_tail())
         assert body["room_id"] == our_room["room_id"] and ours.server_name in body["servers"]
+
+        # spaces both ways: a space of each side lists a sub-space of the
+        # other; /hierarchy asks the other side's federation /hierarchy
+        await check_remote_sub_space(alice, ours.server_name, bob, syn.server_name,
+                                     lambda: ours.process.stderr()[-3000:])
+        await check_remote_sub_space(bob, syn.server_name, alice, ours.server_name, syn.log_tail)

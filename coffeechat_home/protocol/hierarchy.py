@@ -191,21 +191,17 @@ def remote_summary(raw: Any) -> dict[str, Any] | None:
         ids = [r for r in allowed if isinstance(r, str) and r.startswith("!")]
         if ids:
             out["allowed_room_ids"] = ids
-    children = []
-    for ev in raw.get("children_state") or [] if isinstance(raw.get("children_state"), list) else []:
-        if not isinstance(ev, Mapping) or ev.get("type") != SPACE_CHILD:
-            continue
-        child = child_event(ev.get("state_key"), ev.get("content"), ev.get("sender"), ev.get("origin_server_ts"))
-        if child is not None:
-            children.append(child)
-    out["children_state"] = [c.stripped() for c in ordered_children(children)]
+    out["children_state"] = [c.stripped() for c in children_of(raw)]
     return out
 
 
 def children_of(summary: Mapping[str, Any], suggested_only: bool = False) -> list[ChildEvent]:
-    """The children named in a summary's ``children_state``, in order."""
+    """The valid children named in a summary's ``children_state``, in order."""
+    events = summary.get("children_state")
     out = []
-    for ev in summary.get("children_state") or []:
+    for ev in events if isinstance(events, list) else []:
+        if not isinstance(ev, Mapping) or ev.get("type") != SPACE_CHILD:
+            continue
         child = child_event(ev.get("state_key"), ev.get("content"), ev.get("sender"), ev.get("origin_server_ts"))
         if child is not None:
             out.append(child)

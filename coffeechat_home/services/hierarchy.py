@@ -13,9 +13,10 @@ this process (safe to lose). A page ends at ``limit`` rooms; its
 ``next_batch`` names the rest of the walk, stored in the database so any
 instance serves the next page.
 
-Other servers get the space and its children we are in, those their users
-may see in ``children``, the rest in ``inaccessible_children``; a room they
-may not see (or that we are not in) is 404.
+Other servers get the space and its children we are in (the first 50),
+those their users may see in ``children``, the rest in
+``inaccessible_children``; a room they may not see (or that we are not in)
+is 404.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ MAX_REMOTE_REQUESTS = 10  # federation requests per page
 REMOTE_BUDGET_S = 20.0  # time for them per page
 REMOTE_TIMEOUT_S = 10.0  # per request
 MAX_VIA = 3  # servers tried per room
+MAX_CHILDREN_ANSWERED = 50  # children looked at per federation request (as Synapse)
 CACHE_TTL_S = 60.0
 CACHE_SIZE = 500
 
@@ -242,7 +244,7 @@ class HierarchyService:
         root = (await self.store.local_rooms([room_id])).get(room_id)
         if root is None or not (await self._server_may_see(origin, [root]))[room_id]:
             raise not_found("Room not found or not accessible to your server")
-        children = ordered_children(root.children, suggested_only)
+        children = ordered_children(root.children, suggested_only)[:MAX_CHILDREN_ANSWERED]
         found = await self.store.local_rooms([c.room_id for c in children])
         known = [found[c.room_id] for c in children if c.room_id in found]
         visible = await self._server_may_see(origin, known)

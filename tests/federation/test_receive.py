@@ -586,7 +586,8 @@ async def test_sender_skips_servers_the_room_acl_denies(
 ) -> None:
     """Two servers in alice's room, one named by its IP address: once the
     room's server ACL denies IP literals, that one gets neither the room's
-    events (the ACL event included) nor its typing, the other gets both."""
+    events (the ACL event included) nor its typing, the other gets both;
+    the room's federation /hierarchy answers the denied one 404."""
     ours, origin, http = setup
     version = "12"
     alice, room, _remy, _join, _since, _state, _head = await room_with_remote_member(ours, origin, http, version)
@@ -611,10 +612,19 @@ async def test_sender_skips_servers_the_room_acl_denies(
         assert status == 200, before
         await until(lambda: _true(got(origin, before["event_id"]) and got(other, before["event_id"])))
 
+        hierarchy = f"/_matrix/federation/v1/hierarchy/{quote(room.room_id, safe='')}"
+        assert (await other.client.get_json(ours.server_name, hierarchy))["room"]["room_id"] == room.room_id
         rid = quote(room.room_id)
         status, acl = await alice.call("PUT", f"rooms/{rid}/state/m.room.server_acl/",
                                        {"allow": ["*"], "allow_ip_literals": False})
         assert status == 200, acl
+        # the room's /hierarchy: the denied server is answered 404, the other the room
+        answer = await origin.client.get_json(ours.server_name, hierarchy)
+        assert (answer["room"]["room_id"], answer["children"], answer["inaccessible_children"]) == (
+            room.room_id, [], []), answer
+        with pytest.raises(RemoteError) as denied:
+            await other.client.get_json(ours.server_name, hierarchy)
+        assert (denied.value.status, denied.value.errcode) == (404, "M_NOT_FOUND")
         status, after = await alice.send(room.room_id, "after the acl")
         assert status == 200, after
         me = quote(alice.user_id)

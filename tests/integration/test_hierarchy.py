@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any, Callable
 from urllib.parse import quote
 
+from coffeechat_home.app import HomeServer
+
 from ..helpers import ApiClient
 
 VIA = {"via": ["test.local"]}
@@ -35,7 +37,7 @@ async def _names(user: ApiClient, room_id: str, **params: str) -> list[str]:
     return [room.get("name", "?") for room in r["rooms"]]
 
 
-async def test_space_hierarchy(api: ApiClient, new_client: Callable[[], ApiClient]) -> None:
+async def test_space_hierarchy(api: ApiClient, new_client: Callable[[], ApiClient], server: HomeServer) -> None:
     alice = api
     await alice.register("alice")
     space_type = {"creation_content": {"type": "m.space"}}
@@ -117,3 +119,39 @@ async def test_space_hierarchy(api: ApiClient, new_client: Callable[[], ApiClien
         assert (r.status, r["errcode"]) == (400, "M_INVALID_PARAM"), (params, r)
     r = await bob.get(f"/_matrix/client/v1/rooms/{quote(space)}/hierarchy", token=None)
     assert (r.status, r["errcode"]) == (401, "M_MISSING_TOKEN")
+
+    await _remote_children_bounded(alice, server)
+
+
+async def _remote_children_bounded(alice: ApiClient, server: HomeServer) -> None:
+    """Children only other servers hold are asked of their via servers
+    within a page's bounds: at most 10 requests, and 20 s in all (a clock
+    of the test's: each request "takes" 7 s), each request's timeout
+    within what is left; the rest of the walk waits for the next page."""
+    service = server.services.hierarchy
+    now = [1000.0]
+    asked: list[tuple[str, str, float]] = []
+
+    async def unreachable(via: str, room_id: str, suggested_only: bool, timeout_s: float) -> Any:
+        asked.append((via, room_id, timeout_s))
+        now[0] += step
+        return None
+
+    service.remote, service.clock = unreachable, lambda: now[0]
+    space = await _room(alice, preset="public_chat", name="Far", creation_content={"type": "m.space"})
+    far = [f"!far{i:02d}:remote.invalid" for i in range(15)]
+    for room_id in far:
+        await _child(alice, space, room_id, {"via": ["one.invalid", "two.invalid"]})
+    step = 0.0
+    r = await _hierarchy(alice, space)
+    assert r.status == 200 and [room["name"] for room in r["rooms"]] == ["Far"], r
+    assert len(asked) == 10 and [a[:2] for a in asked[:2]] == [
+        ("one.invalid", far[0]), ("two.invalid", far[0])], asked
+    r = await _hierarchy(alice, space, **{"from": r["next_batch"]})
+    assert r.status == 200 and r["rooms"] == [] and "next_batch" not in r.body, r
+    assert len(asked) == 20  # the five left, two servers each
+    asked.clear()
+    step = 7.0
+    r = await _hierarchy(alice, space)
+    assert r.status == 200 and "next_batch" in r.body, r
+    assert [a[2] for a in asked] == [10.0, 10.0, 6.0], asked

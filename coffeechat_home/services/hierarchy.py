@@ -172,10 +172,13 @@ class HierarchyService:
                                                or entry.depth >= max_depth):
                 summary = entry.remote
             else:
-                if budget.left(self.clock()) <= 0 and out:
-                    walk.queue.append(entry)  # the next page asks
+                if budget.left(self.clock()) <= 0:
+                    walk.queue.append(entry)  # the next page asks (this one asked for others)
                     break
-                answer = await self._ask(entry, suggested_only, budget)
+                answer, complete = await self._ask(entry, suggested_only, budget)
+                if answer is None and not complete and examined > 1:
+                    walk.queue.append(entry)  # out of budget before its last server: next page
+                    break
                 summary = answer.room if answer is not None else None
                 if answer is not None:
                     remote_children = answer.children
@@ -214,20 +217,22 @@ class HierarchyService:
         joined = [r for r, m in memberships.items() if m == "join"]
         return user_may_see(join_rule, False, memberships.get(summary["room_id"]), allowed, joined)
 
-    async def _ask(self, entry: _Entry, suggested_only: bool, budget: _Budget) -> RemoteAnswer | None:
-        """The room's hierarchy from the first of its via servers that
-        answers (cached), within the page's budget."""
+    async def _ask(self, entry: _Entry, suggested_only: bool,
+                   budget: _Budget) -> tuple[RemoteAnswer | None, bool]:
+        """The room's hierarchy from the first of its via servers (at most
+        3, never us) that answers (cached), within the page's budget; and
+        whether every server was tried (False: the budget ran out first)."""
         key = (entry.room_id, suggested_only)
         cached = self._cache.get(key)
         if cached is not None and cached[0] > self.clock():
-            return cached[1]
+            return cached[1], True
         if self.remote is None:
-            return None
+            return None, True
         servers = [s for s in dict.fromkeys(entry.via) if s != self.server_name][:MAX_VIA]
         for server in servers:
             left = budget.left(self.clock())
             if left <= 0:
-                return None
+                return None, False
             budget.requests -= 1
             self.remote_requests += 1
             answer = parse_remote_answer(
@@ -236,8 +241,8 @@ class HierarchyService:
                 if len(self._cache) >= CACHE_SIZE:
                     self._cache.clear()
                 self._cache[key] = (self.clock() + CACHE_TTL_S, answer)
-                return answer
-        return None
+                return answer, True
+        return None, True
 
     # -- federation API ----------------------------------------------------------------
     async def federation_hierarchy(self, origin: str, room_id: str, suggested_only: bool) -> dict[str, Any]:

@@ -105,6 +105,15 @@ class _Walk:
         return cls(queue, set(raw["processed"]), set(raw["inaccessible"]))
 
 
+@dataclass
+class _Rooms:
+    """What a page read of rooms we are in (None: not one of ours) and
+    whether the user may see them."""
+
+    local: dict[str, LocalRoom | None] = field(default_factory=dict)
+    visible: dict[str, bool] = field(default_factory=dict)
+
+
 class _Budget:
     def __init__(self, now: float) -> None:
         self.requests = MAX_REMOTE_REQUESTS
@@ -129,6 +138,7 @@ class HierarchyService:
                                limit: int | None, from_token: str | None) -> dict[str, Any]:
         depth_cap = MAX_DEPTH if max_depth is None else min(max_depth, MAX_DEPTH)
         page_size = DEFAULT_LIMIT if limit is None else min(limit, MAX_LIMIT)
+        rooms = _Rooms()
         if from_token:
             page = await self.store.load_page(from_token)
             if page is None or page[0] != user_id or page[1] != room_id:
@@ -137,22 +147,32 @@ class HierarchyService:
                 raise invalid_param("suggested_only and max_depth cannot change on paginated requests")
             walk = _Walk.from_json(page[4])
         else:
-            root = (await self.store.local_rooms([room_id])).get(room_id)
-            if root is None or not (await self._user_may_see(user_id, [root]))[room_id]:
+            await self._load(user_id, [room_id], rooms)
+            if not rooms.visible.get(room_id):
                 raise forbidden("You may not view this room")
             walk = _Walk([_Entry(room_id, [], 0)])
-        rooms = await self._walk(user_id, walk, suggested_only, depth_cap, page_size)
-        out: dict[str, Any] = {"rooms": rooms}
+        found = await self._walk(user_id, walk, rooms, suggested_only, depth_cap, page_size)
+        out: dict[str, Any] = {"rooms": found}
         if walk.queue:
             token = secrets.token_urlsafe(16)
             await self.store.save_page(token, user_id, room_id, suggested_only, depth_cap, walk.to_json())
             out["next_batch"] = token
         return out
 
-    async def _walk(self, user_id: str, walk: _Walk, suggested_only: bool, max_depth: int,
+    async def _load(self, user_id: str, room_ids: list[str], rooms: "_Rooms") -> None:
+        """Read the rooms we are in among ``room_ids`` (not read yet on
+        this page) and whether the user may see them: three round trips."""
+        ids = [r for r in dict.fromkeys(room_ids) if r not in rooms.local]
+        if not ids:
+            return
+        found = await self.store.local_rooms(ids)
+        rooms.local.update({r: found.get(r) for r in ids})
+        if found:
+            rooms.visible.update(await self._user_may_see(user_id, list(found.values())))
+
+    async def _walk(self, user_id: str, walk: _Walk, rooms: "_Rooms", suggested_only: bool, max_depth: int,
                     limit: int) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        known: dict[str, LocalRoom | None] = {}
         budget = _Budget(self.clock())
         examined = 0
         while walk.queue and len(out) < limit and examined < MAX_EXAMINED:
@@ -160,14 +180,12 @@ class HierarchyService:
             if entry.room_id in walk.processed or entry.room_id in walk.inaccessible:
                 continue
             examined += 1
-            if entry.room_id not in known:
-                known[entry.room_id] = (await self.store.local_rooms([entry.room_id])).get(entry.room_id)
-            local = known[entry.room_id]
+            await self._load(user_id, [entry.room_id], rooms)
+            local = rooms.local[entry.room_id]
             remote_children: dict[str, dict[str, Any]] = {}
             summary: dict[str, Any] | None
             if local is not None:
-                seen = (await self._user_may_see(user_id, [local]))[local.room_id]
-                summary = local.summary(suggested_only) if seen else None
+                summary = local.summary(suggested_only) if rooms.visible.get(local.room_id) else None
             elif entry.remote is not None and (entry.remote.get("room_type") != "m.space"
                                                or entry.depth >= max_depth):
                 summary = entry.remote
@@ -193,10 +211,7 @@ class HierarchyService:
                 continue
             children = [c for c in children_of(summary, suggested_only)
                         if c.room_id not in walk.processed and c.room_id not in walk.inaccessible]
-            unknown = [c.room_id for c in children if c.room_id not in known]
-            if unknown:
-                found = await self.store.local_rooms(unknown)
-                known.update({r: found.get(r) for r in unknown})
+            await self._load(user_id, [c.room_id for c in children], rooms)
             for c in reversed(children):  # the first child is popped next
                 walk.queue.append(_Entry(c.room_id, list(c.via), entry.depth + 1, remote_children.get(c.room_id)))
         return out

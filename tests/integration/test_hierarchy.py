@@ -120,7 +120,46 @@ async def test_space_hierarchy(api: ApiClient, new_client: Callable[[], ApiClien
     r = await bob.get(f"/_matrix/client/v1/rooms/{quote(space)}/hierarchy", token=None)
     assert (r.status, r["errcode"]) == (401, "M_MISSING_TOKEN")
 
+    await _round_trips_per_space(alice, server)
     await _remote_children_bounded(alice, server)
+
+
+class _CountingDb:
+    """The store's database, counting the statements it sends."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self.statements = 0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.db, name)
+        if name not in ("fetch", "fetchrow", "fetchval", "execute"):
+            return attr
+
+        async def counted(*args: Any) -> Any:
+            self.statements += 1
+            return await attr(*args)
+
+        return counted
+
+
+async def _round_trips_per_space(alice: ApiClient, server: HomeServer) -> None:
+    """A page of a space we are in costs the same few statements whatever
+    its number of children: the children and whether the user may see them
+    are read together (here 6: the space, then its 20 children, 3 each)."""
+    store = server.services.hierarchy.store
+    space = await _room(alice, preset="public_chat", name="Wide", creation_content={"type": "m.space"})
+    children = [await _room(alice, preset="public_chat", name=f"w{i:02d}") for i in range(20)]
+    for room_id in children:
+        await _child(alice, space, room_id, VIA)
+    counting = _CountingDb(store.db)
+    store.db = counting
+    try:
+        names = await _names(alice, space)
+    finally:
+        store.db = counting.db
+    assert names == ["Wide"] + [f"w{i:02d}" for i in range(20)]
+    assert counting.statements == 6
 
 
 async def _remote_children_bounded(alice: ApiClient, server: HomeServer) -> None:

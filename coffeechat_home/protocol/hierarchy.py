@@ -2,7 +2,8 @@
 on both APIs: which child events count, their order, a room's summary
 from its state, who may see a room, and the remote answers we accept.
 
-A child event counts when its ``via`` is a non-empty list of server names
+Only spaces (``m.room.create`` of type ``m.space``) have children. A
+child event counts when its ``via`` is a non-empty list of server names
 (an empty content removes the child). Children are ordered by their
 ``order`` (a string of at most 50 printable ASCII characters, compared by
 code point; children without a valid one after those with one), then by
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 SPACE_CHILD = "m.space.child"
+SPACE_TYPE = "m.space"
 SUMMARY_STATE = (
     "m.room.create", "m.room.name", "m.room.topic", "m.room.canonical_alias", "m.room.avatar",
     "m.room.join_rules", "m.room.history_visibility", "m.room.guest_access", "m.room.encryption",
@@ -138,8 +140,15 @@ class LocalRoom:
         if self.content("m.room.encryption").get("algorithm") == "m.megolm.v1.aes-sha2":
             out["encryption"] = "m.megolm.v1.aes-sha2"
         if with_children:
-            out["children_state"] = [c.stripped() for c in ordered_children(self.children, suggested_only)]
+            out["children_state"] = [c.stripped() for c in self.space_children(suggested_only)]
         return out
+
+    def space_children(self, suggested_only: bool = False) -> list[ChildEvent]:
+        """The room's children in order; none unless it is a space (the
+        spec: a room that is not a space has an empty children_state)."""
+        if self.content("m.room.create").get("type") != SPACE_TYPE:
+            return []
+        return ordered_children(self.children, suggested_only)
 
 
 def open_to_anyone(join_rule: Any, world_readable: Any) -> bool:
@@ -191,7 +200,7 @@ def remote_summary(raw: Any) -> dict[str, Any] | None:
         ids = [r for r in allowed if isinstance(r, str) and r.startswith("!")]
         if ids:
             out["allowed_room_ids"] = ids
-    out["children_state"] = [c.stripped() for c in children_of(raw)]
+    out["children_state"] = [c.stripped() for c in children_of(raw)] if out.get("room_type") == SPACE_TYPE else []
     return out
 
 

@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from ..errors import forbidden, invalid_param, not_found
 from ..protocol.hierarchy import (
-    RESTRICTED_JOIN_RULES, LocalRoom, children_of, open_to_anyone, ordered_children, remote_summary, user_may_see,
+    RESTRICTED_JOIN_RULES, LocalRoom, children_of, open_to_anyone, remote_summary, user_may_see,
 )
 from ..protocol.server_acl import server_allowed
 from ..storage.hierarchy import HierarchyStore
@@ -264,7 +264,7 @@ class HierarchyService:
         root = (await self.store.local_rooms([room_id])).get(room_id)
         if root is None or not (await self._server_may_see(origin, [root]))[room_id]:
             raise not_found("Room not found or not accessible to your server")
-        children = ordered_children(root.children, suggested_only)[:MAX_CHILDREN_ANSWERED]
+        children = root.space_children(suggested_only)[:MAX_CHILDREN_ANSWERED]
         found = await self.store.local_rooms([c.room_id for c in children])
         known = [found[c.room_id] for c in children if c.room_id in found]
         visible = await self._server_may_see(origin, known)

@@ -62,6 +62,7 @@ async def test_space_hierarchy(api: ApiClient, new_client: Callable[[], ApiClien
     await _child(alice, space, "!unknown:test.local", VIA)  # a room nobody here is in
     await _child(alice, sub, deep, VIA)
     await _child(alice, sub, space, VIA)  # a loop back to the top
+    await _child(alice, general, secret, VIA)  # not a space: no children
 
     bob = new_client()
     await bob.register("bob")
@@ -83,6 +84,7 @@ async def test_space_hierarchy(api: ApiClient, new_client: Callable[[], ApiClien
     members = next(room for room in r["rooms"] if room["room_id"] == members_only)
     assert (members["join_rule"], members["allowed_room_ids"]) == ("restricted", [space])
     assert next(room for room in r["rooms"] if room["room_id"] == deep)["children_state"] == []
+    assert next(room for room in r["rooms"] if room["room_id"] == general)["children_state"] == []
     assert "next_batch" not in r.body
 
     # pages of two: the same rooms in the same order, then no next_batch

@@ -61,6 +61,8 @@ def test_local_summary_and_who_may_see() -> None:
         "allowed_room_ids": ["!p:hs"], "encryption": "m.megolm.v1.aes-sha2"}
     assert [e["state_key"] for e in summary["children_state"]] == ["!a:hs", "!b:hs"]
     assert LocalRoom("!q:hs", "12", 1).join_rule == "invite"  # no join rules event
+    not_space = LocalRoom("!n:hs", "12", 1, state={"m.room.create": {}}, children=[_child("!b:hs", 2)])
+    assert not_space.summary()["children_state"] == [] and not_space.space_children() == []
     args = (room.join_rule, room.world_readable)
     assert not user_may_see(*args, None, room.allowed_room_ids(), [])
     assert user_may_see(*args, None, room.allowed_room_ids(), ["!p:hs"])
@@ -81,7 +83,7 @@ def test_remote_answers_are_checked() -> None:
                    "not an event", {"type": "m.room.name", "state_key": "!x:o", "content": {"via": ["o"]}}]
     raw = {
         "room": {"room_id": "!s:o", "num_joined_members": -4, "name": 3, "topic": "t", "world_readable": "yes",
-                 "join_rule": "public", "children_state": child_state, "extra": "dropped",
+                 "join_rule": "public", "room_type": "m.space", "children_state": child_state, "extra": "dropped",
                  "allowed_room_ids": ["!a:o", 5, "nope"]},
         "children": [{"room_id": "!c1:o", "num_joined_members": 2, "world_readable": True, "guest_can_join": False},
                      {"room_id": "!elsewhere:o", "num_joined_members": 1}, "junk", {"room_id": 4}],
@@ -90,13 +92,16 @@ def test_remote_answers_are_checked() -> None:
     answer = parse_remote_answer(raw, "!s:o")
     assert answer is not None
     assert answer.room == {"room_id": "!s:o", "num_joined_members": 0, "world_readable": False,
-                           "guest_can_join": False, "topic": "t", "join_rule": "public",
+                           "guest_can_join": False, "topic": "t", "join_rule": "public", "room_type": "m.space",
                            "allowed_room_ids": ["!a:o"], "children_state": [child_state[1], child_state[0]]}
     assert [c.room_id for c in children_of(answer.room)] == ["!c2:o", "!c1:o"]
     assert list(answer.children) == ["!c1:o"] and answer.children["!c1:o"]["children_state"] == []
     assert answer.inaccessible == {"!c2:o"}
     for bad in (None, [], {"room": {"room_id": "!other:o"}}, {"room": "x"}, {}):
         assert parse_remote_answer(bad, "!s:o") is None, bad
+    # not a space: no children
+    other = remote_summary({**raw["room"], "room_type": "m.other"})
+    assert other is not None and other["children_state"] == []
     assert remote_summary({"room_id": "!s:o", "children_state": "x"}) == {
         "room_id": "!s:o", "num_joined_members": 0, "world_readable": False, "guest_can_join": False,
         "children_state": []}

@@ -190,7 +190,7 @@ class HierarchyService:
                                                or entry.depth >= max_depth):
                 summary = entry.remote
             else:
-                if budget.left(self.clock()) <= 0:
+                if budget.left(self.clock()) <= 0 and self._cached(entry.room_id, suggested_only) is None:
                     walk.queue.append(entry)  # the next page asks (this one asked for others)
                     break
                 answer, complete = await self._ask(entry, suggested_only, budget)
@@ -232,15 +232,19 @@ class HierarchyService:
         joined = [r for r, m in memberships.items() if m == "join"]
         return user_may_see(join_rule, False, memberships.get(summary["room_id"]), allowed, joined)
 
+    def _cached(self, room_id: str, suggested_only: bool) -> RemoteAnswer | None:
+        cached = self._cache.get((room_id, suggested_only))
+        return cached[1] if cached is not None and cached[0] > self.clock() else None
+
     async def _ask(self, entry: _Entry, suggested_only: bool,
                    budget: _Budget) -> tuple[RemoteAnswer | None, bool]:
         """The room's hierarchy from the first of its via servers (at most
         3, never us) that answers (cached), within the page's budget; and
         whether every server was tried (False: the budget ran out first)."""
         key = (entry.room_id, suggested_only)
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] > self.clock():
-            return cached[1], True
+        cached = self._cached(*key)
+        if cached is not None:
+            return cached, True
         if self.remote is None:
             return None, True
         servers = [s for s in dict.fromkeys(entry.via) if s != self.server_name][:MAX_VIA]

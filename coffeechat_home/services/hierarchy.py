@@ -230,7 +230,10 @@ class HierarchyService:
         allowed = list(summary.get("allowed_room_ids") or []) if join_rule in RESTRICTED_JOIN_RULES else []
         memberships = await self.store.memberships(user_id, [summary["room_id"], *allowed])
         joined = [r for r, m in memberships.items() if m == "join"]
-        return user_may_see(join_rule, False, memberships.get(summary["room_id"]), allowed, joined)
+        membership = memberships.get(summary["room_id"])
+        if membership is None:  # invited from another server to a room we are not in
+            membership = await self.store.latest_membership(user_id, summary["room_id"])
+        return user_may_see(join_rule, False, membership, allowed, joined)
 
     def _cached(self, room_id: str, suggested_only: bool) -> RemoteAnswer | None:
         cached = self._cache.get((room_id, suggested_only))

@@ -75,6 +75,16 @@ class HierarchyStore:
         )
         return {r[0]: r[1] for r in rows if r[1]}
 
+    async def latest_membership(self, user_id: str, room_id: str) -> str | None:
+        """The user's latest membership in a room we may not be in (an
+        invite from another server is recorded here, not in current_state)."""
+        membership: str | None = await self.db.fetchval(
+            """SELECT membership FROM room_memberships WHERE user_id = $1 AND room_id = $2
+               ORDER BY stream_pos DESC LIMIT 1""",
+            user_id, room_id,
+        )
+        return membership
+
     async def server_rooms(self, server: str, room_ids: Sequence[str]) -> dict[str, set[str]]:
         """For each of the rooms, the memberships (``join``, ``invite``) a
         user of ``server`` has in it."""

@@ -55,13 +55,17 @@ async def sub_space_with_children(owner: User, owner_server: str) -> dict[str, s
 
 
 async def check_remote_sub_space(asker: User, asker_server: str, owner: User, owner_server: str,
-                                 log: Any = None) -> dict[str, str]:
+                                 log: Any = None, *, invited: bool = False) -> dict[str, str]:
     """The asker's space lists a room of its own server and the owner's
     sub-space: the asker's /hierarchy shows its space, its room, the
     sub-space and the sub-space's public child (from the owner's server's
-    federation /hierarchy), never the invite-only child; suggested_only
-    and max_depth hold for the remote part too."""
+    federation /hierarchy), never the invite-only child unless the owner
+    ``invited`` the asker to it; suggested_only and max_depth hold for the
+    remote part too."""
     rooms = await sub_space_with_children(owner, owner_server)
+    if invited:
+        status, body = await owner.call("POST", f"rooms/{quote(rooms['Closed'])}/invite", {"user_id": asker.user_id})
+        assert status == 200, body
     rooms["Top"] = await new_room(asker, "Top", preset="public_chat", **SPACE)
     rooms["Here"] = await new_room(asker, "Here", preset="public_chat")
     await add_child(asker, rooms["Top"], rooms["Here"], asker_server, order="1")
@@ -69,7 +73,8 @@ async def check_remote_sub_space(asker: User, asker_server: str, owner: User, ow
 
     status, body = await client_hierarchy(asker, rooms["Top"])
     assert status == 200, (body, log() if log else "")
-    assert [r.get("name") for r in body["rooms"]] == ["Top", "Here", "Sub", "Open"], (body, log() if log else "")
+    expected = ["Top", "Here", "Sub", "Open"] + (["Closed"] if invited else [])
+    assert [r.get("name") for r in body["rooms"]] == expected, (body, log() if log else "")
     sub = next(r for r in body["rooms"] if r["room_id"] == rooms["Sub"])
     assert (sub["room_type"], sub["join_rule"], sub["num_joined_members"]) == ("m.space", "public", 1), sub
     assert [e["state_key"] for e in sub["children_state"]] == [rooms["Open"], rooms["Closed"]], sub
@@ -113,9 +118,10 @@ async def check_federation_answer(http: aiohttp.ClientSession, server: Federatin
 
 async def check_hierarchy_both_ways(http: aiohttp.ClientSession, a: FederatingServer, b: FederatingServer,
                                     alice: User, bob: User) -> None:
-    """Each server's user sees the other's sub-space in its own space; a's
-    federation answer as b gets it."""
-    await check_remote_sub_space(alice, a.server_name, bob, b.server_name, lambda: a.process.stderr()[-3000:])
+    """Each server's user sees the other's sub-space in its own space (and
+    an invite-only room of it once invited); a's federation answer as b."""
+    await check_remote_sub_space(alice, a.server_name, bob, b.server_name, lambda: a.process.stderr()[-3000:],
+                                 invited=True)
     rooms = await check_remote_sub_space(bob, b.server_name, alice, a.server_name,
                                          lambda: b.process.stderr()[-3000:])
     await check_federation_answer(http, a, b, rooms)

@@ -98,6 +98,7 @@ async def test_profiles_and_aliases_both_ways(peers: tuple[FederatingServer, Syn
 
         # spaces both ways: a space of each side lists a sub-space of the
         # other; /hierarchy asks the other side's federation /hierarchy
+        # (the invite-only child hidden from us; shown to bob, whom alice invited)
         await check_remote_sub_space(alice, ours.server_name, bob, syn.server_name,
                                      lambda: ours.process.stderr()[-3000:])
-        await check_remote_sub_space(bob, syn.server_name, alice, ours.server_name, syn.log_tail)
+        await check_remote_sub_space(bob, syn.server_name, alice, ours.server_name, syn.log_tail, invited=True)

@@ -131,7 +131,6 @@ class HierarchyService:
         self.remote = remote
         self.clock = clock
         self._cache: dict[tuple[str, bool], tuple[float, RemoteAnswer]] = {}
-        self.remote_requests = 0  # federation requests made (for tests and metrics)
 
     # -- client API ------------------------------------------------------------------
     async def client_hierarchy(self, user_id: str, room_id: str, *, suggested_only: bool, max_depth: int | None,
@@ -256,7 +255,6 @@ class HierarchyService:
             if left <= 0:
                 return None, False
             budget.requests -= 1
-            self.remote_requests += 1
             answer = parse_remote_answer(
                 await self.remote(server, entry.room_id, suggested_only, min(REMOTE_TIMEOUT_S, left)), entry.room_id)
             if answer is not None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from .restricted import allowed_rooms_in
+
 SPACE_CHILD = "m.space.child"
 SPACE_TYPE = "m.space"
 SUMMARY_STATE = (
@@ -109,11 +111,7 @@ class LocalRoom:
         """The rooms a restricted join rule names (``m.room_membership``)."""
         if self.join_rule not in RESTRICTED_JOIN_RULES:
             return []
-        allow = self.content("m.room.join_rules").get("allow")
-        if not isinstance(allow, list):
-            return []
-        return [a["room_id"] for a in allow if isinstance(a, Mapping) and a.get("type") == "m.room_membership"
-                and isinstance(a.get("room_id"), str)]
+        return allowed_rooms_in(self.content("m.room.join_rules"))
 
     def summary(self, suggested_only: bool = False, with_children: bool = True) -> dict[str, Any]:
         """The room's summary (``room_summary.yaml``), with its

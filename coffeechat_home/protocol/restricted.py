@@ -7,7 +7,7 @@ or countersigns a join."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 from .events import Event, StateKey
 from .power_levels import get_named_level, get_power_level
@@ -30,7 +30,13 @@ def allowed_room_ids(state: Mapping[StateKey, Event]) -> list[str]:
     """The rooms whose members may join (``m.room_membership`` entries of
     ``allow``; other entry types are not understood and grant nothing)."""
     rules = state.get(("m.room.join_rules", ""))
-    allow = rules.content.get("allow") if rules is not None else None
+    return allowed_rooms_in(rules.content if rules is not None else {})
+
+
+def allowed_rooms_in(join_rules_content: Mapping[str, Any]) -> list[str]:
+    """``allowed_room_ids`` of an ``m.room.join_rules`` content: the room
+    ids of its ``m.room_membership`` entries, in order, each once."""
+    allow = join_rules_content.get("allow")
     out: list[str] = []
     for entry in allow if isinstance(allow, list) else []:
         if isinstance(entry, Mapping) and entry.get("type") == "m.room_membership":

@@ -28,6 +28,7 @@ import json
 import os
 import resource
 import shlex
+import signal
 import statistics
 import sys
 import time
@@ -101,7 +102,7 @@ def _parse_timing(raw: str) -> dict[str, float]:
     for part in raw.split(";"):
         k, _, v = part.partition("=")
         if v:
-            out[k] = float(v)
+            out[k] = int(v) / 1e6  # the server sends whole microseconds
     return out
 
 
@@ -137,7 +138,8 @@ def _cpu_of(procs: list[psutil.Process]) -> float:
 
 
 async def fanout(
-    s: Server, n: int, profile: br.Target | None = None, pg_pid: int | None = None, rep: int = 0
+    s: Server, n: int, profile: br.Target | None = None, pg_pid: int | None = None, rep: int = 0,
+    cprofile: bool = False,
 ) -> dict[str, Any]:
     c = s.client
     members = s.users[1:n]
@@ -182,6 +184,8 @@ async def fanout(
     await settle(s)
     if profile is not None:  # only the fan-out itself
         br.pyspy_start(profile, f"fanout-{n}" + (f"-{rep}" if rep else ""))
+    if cprofile:  # the server's own profiler (BENCH_CPROFILE_DIR)
+        os.kill(s.proc.pid, signal.SIGUSR1)
     proc = psutil.Process(s.proc.pid)
     db_procs = _db_processes(pg_pid)
     cpu0 = sum(proc.cpu_times()[:2])
@@ -200,6 +204,8 @@ async def fanout(
     me1 = resource.getrusage(resource.RUSAGE_SELF)
     if profile is not None:
         br.pyspy_stop(profile)
+    if cprofile:
+        os.kill(s.proc.pid, signal.SIGUSR2)
     for t in pending:
         t.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
@@ -364,8 +370,10 @@ async def run(args: argparse.Namespace) -> int:
         meta["postgres"] = await pg.configure(fsync=args.fsync == "on")
         if args.only in (None, "ours"):
             url = await pg.create_database("coffeechat", isolation="serializable")
-            procs.append(start_ours(WORK, url, {"COFFEECHAT_PRESENCE_ENABLED": "false",
-                                                "COFFEECHAT_METRICS_SYNC_TIMING": "true"}, pool=args.pool))
+            env = {"COFFEECHAT_PRESENCE_ENABLED": "false", "COFFEECHAT_METRICS_SYNC_TIMING": "true"}
+            if args.cprofile:
+                env["BENCH_CPROFILE_DIR"] = str(WORK / "cprofile")
+            procs.append(start_ours(WORK, url, env, pool=args.pool))
         if args.only in (None, "synapse"):
             await pg.create_database("synapse")
             assert syn_python is not None and syn_version is not None
@@ -398,7 +406,9 @@ async def run(args: argparse.Namespace) -> int:
                 runs: list[dict[str, Any]] = []
                 for rep in range(args.repeat):
                     try:
-                        runs.append(await asyncio.wait_for(fanout(s, n, profile, pg.postmaster_pid, rep), 300))
+                        runs.append(await asyncio.wait_for(fanout(
+                            s, n, profile, pg.postmaster_pid, rep, cprofile=args.cprofile and s.label == "coffeechat-home"
+                        ), 300))
                     except Exception as e:
                         s.errors.append(f"fanout {n}: {type(e).__name__}: {e}")
                     finally:
@@ -449,6 +459,8 @@ def main() -> int:
                    help="fan-outs per size (the table shows the run with the median last wake-up)")
     p.add_argument("--fsync", choices=("on", "off"), default="on")
     p.add_argument("--pyspy", action="store_true", help="py-spy of our server per fan-out into bench/.work/")
+    p.add_argument("--cprofile", action="store_true",
+                   help="cProfile of our server per fan-out into bench/.work/cprofile/ (its CPU figures inflate)")
     args = p.parse_args()
     try:
         import uvloop

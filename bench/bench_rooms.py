@@ -414,7 +414,7 @@ def pyspy_start(t: Target, phase: str) -> None:
         return
     out = WORK / f"pyspy-{phase}.txt"
     t.pyspy = subprocess.Popen(
-        [exe, "record", "--pid", str(t.server.pid), "--format", "raw", "--rate", "200", "--gil",
+        [exe, "record", "--pid", str(t.server.pid), "--format", "raw", "--rate", os.environ.get("BENCH_PYSPY_RATE", "200"), "--gil",
          "-o", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

@@ -121,6 +121,9 @@ async def _serve(config: Config) -> int:
     # before saying we are up: a SIGTERM right after that line stops us cleanly
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    from .profiling import install as install_profiler
+
+    install_profiler(loop)  # only with BENCH_CPROFILE_DIR set
     print(
         f"coffeechat-home {config.server_name} (instance {config.instance_name}) listening on "
         f"http://{config.client_listener.host}:{server.client_port}/ (client API); "

@@ -126,8 +126,9 @@ class MetricsConfig:
     host: str = "127.0.0.1"
     port: int = 9092
     # Each /sync response carries X-Coffeechat-Timing: when the notifier
-    # was poked, woke it, and the response was built (monotonic clock, for
-    # bench/bench_fanout.py's wake-up timeline). Off by default.
+    # was poked, woke it, and the response was built (monotonic clock in
+    # whole microseconds, for bench/bench_fanout.py's wake-up timeline).
+    # Off by default.
     sync_timing: bool = False
 
 

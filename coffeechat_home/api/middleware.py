@@ -13,20 +13,13 @@ from aiohttp import web
 
 from ..errors import MatrixError
 from ..storage.database import DatabaseError
-from .http import REQUEST_ID, USER_ID, json_response
+from .http import CORS_HEADERS, REQUEST_ID, USER_ID, json_response
 
 log = logging.getLogger("coffeechat_home.access")
 errlog = logging.getLogger("coffeechat_home.errors")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-CORS_HEADERS = {
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "GET, HEAD, POST, PUT, DELETE, OPTIONS",
-    "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization, Date",
-    "Access-Control-Expose-Headers": "ETag, Content-Disposition",
-    "Access-Control-Max-Age": "86400",
-}
 
 _ids = itertools.count(1)
 _prefix = os.urandom(3).hex()
@@ -121,8 +114,8 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         except Exception:
             errlog.exception("request %s %s %s failed", request_id, request.method, request.path)
             response = _error_response(MatrixError(500, "M_UNKNOWN", f"Internal server error (request {request_id})"))
-    if not response.prepared:
-        response.headers.update(CORS_HEADERS)
+    if not response.prepared and "Access-Control-Allow-Origin" not in response.headers:
+        response.headers.update(CORS_HEADERS)  # (json_response has them)
     return response
 
 

@@ -27,7 +27,7 @@ from http import HTTPStatus
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
-from .middleware import CORS_HEADERS
+from .http import CORS_HEADERS
 
 MAX_DETAIL = 200
 errlog = logging.getLogger("coffeechat_home.errors")

@@ -20,8 +20,7 @@ from ...services.accounts import Requester
 from ...services.media import MediaService, Servable, Upload
 from ...services.media.content import download_headers
 from ..auth import TokenAuth, authed
-from ..http import json_response, query_int
-from ..middleware import CORS_HEADERS
+from ..http import CORS_HEADERS, json_response, query_int
 
 AUTHED = "/_matrix/client/v1/media"
 LEGACY = ("/_matrix/media/v3", "/_matrix/media/r0")

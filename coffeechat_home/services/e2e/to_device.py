@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections import OrderedDict
 from typing import Any, Callable, Iterable, Mapping
 
 import orjson
@@ -19,6 +20,7 @@ from ..fanout import Batcher
 from ..notifier import CHANGED_KEYS_SPAN, Notifier
 
 SYNC_BATCH = 100  # messages per /sync response, about
+ACKED_CACHED = 100_000  # devices whose last acknowledgement is remembered
 MAX_RECIPIENTS = 10_000  # (user, device) entries in one send
 FEDERATION_ERROR = "Sending to-device messages to other servers is not supported yet"
 
@@ -41,6 +43,10 @@ class ToDeviceService:
         self.server_name = server_name
         # the acknowledgements of syncs woken together go in one statement
         self._acks: Batcher[tuple[str, str, int], None] = Batcher(self._acknowledge_many)
+        # (user, device) -> the highest position acknowledged through this
+        # process: a long-poll's wake-up asks again with the since it
+        # acknowledged before waiting, which deletes nothing more
+        self._acked: OrderedDict[tuple[str, str], int] = OrderedDict()
         # Messages to other servers' users: remote_edus (set with the
         # federation sender: E2EFederation.to_device_edus) builds the
         # m.direct_to_device EDUs, queued in the federation outbox in the
@@ -90,11 +96,22 @@ class ToDeviceService:
         SYNC_BATCH messages; the rest come in the next one."""
         user_id, device_id = requester.user_id, requester.device_id
         if since is not None:
-            await self._acks.get((user_id, device_id, since))
+            await self._acknowledge(user_id, device_id, since)
             changes = await self._changes(since, upto)
             if changes is not None and user_id not in changes.get("to_device_messages", ()):
                 return upto  # nothing for the user's devices in (since, upto]
         return await self.store.batch_end(user_id, device_id, since if since is not None else -1, upto, SYNC_BATCH)
+
+    async def _acknowledge(self, user_id: str, device_id: str, since: int) -> None:
+        key = (user_id, device_id)
+        if self._acked.get(key, -1) >= since:
+            return  # done already: everything up to since is gone
+        await self._acks.get((user_id, device_id, since))
+        if self._acked.get(key, -1) < since:
+            self._acked[key] = since
+        self._acked.move_to_end(key)
+        while len(self._acked) > ACKED_CACHED:
+            self._acked.popitem(last=False)
 
     async def _changes(self, since: int, upto: int) -> Mapping[str, set[str]] | None:
         if upto - since > CHANGED_KEYS_SPAN:

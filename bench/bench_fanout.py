@@ -63,6 +63,7 @@ class Server:
     session: aiohttp.ClientSession
     users: list[User] = field(default_factory=list)
     room: str = ""
+    quiet_rooms: list[str] = field(default_factory=list)  # every member is in them too; nothing happens there
     results: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
@@ -71,16 +72,19 @@ class Server:
         return self.proc.label
 
 
-async def grow(s: Server, n: int) -> None:
-    """Register and join members until the room has ``n`` (bounded by n)."""
+async def grow(s: Server, n: int, quiet_rooms: int = 0) -> None:
+    """Register and join members until the room has ``n`` (bounded by n);
+    with ``quiet_rooms``, each member is also in that many other rooms."""
     c = s.client
     tag = f"{int(time.time())}"
     if not s.users:
         s.users.append(await c.register(f"fan0_{tag}"))
         s.room = await c.create_room(s.users[0], name="fanout")
+        for i in range(quiet_rooms):
+            s.quiet_rooms.append(await c.create_room(s.users[0], name=f"quiet {i}"))
     start = len(s.users)
     new = await br.gather_limited(8, [lambda i=i: c.register(f"fan{i}_{tag}") for i in range(start, n)])
-    await br.gather_limited(4, [lambda u=u: c.join(u, s.room) for u in new])
+    await br.gather_limited(4, [lambda u=u, r=r: c.join(u, r) for u in new for r in [s.room, *s.quiet_rooms]])
     s.users.extend(new)
 
 
@@ -389,7 +393,7 @@ async def run(args: argparse.Namespace) -> int:
         for n in sizes:
             for s in servers:
                 LOG(f"{s.label}: growing the room to {n} members")
-                await grow(s, n)
+                await grow(s, n, args.quiet_rooms)
             if n == max(sizes):
                 # before the largest fan-out: the first time this many
                 # long-polls are open at once (RSS freed by earlier phases
@@ -455,6 +459,8 @@ def main() -> int:
     p.add_argument("--big", type=int, default=2000, help="members for the lazy initial sync (0: skip)")
     p.add_argument("--only", choices=("ours", "synapse"))
     p.add_argument("--pool", type=int, default=10)
+    p.add_argument("--quiet-rooms", type=int, default=0,
+                   help="other rooms every member is in (nothing happens there): a woken sync's cost per room")
     p.add_argument("--repeat", type=int, default=1,
                    help="fan-outs per size (the table shows the run with the median last wake-up)")
     p.add_argument("--fsync", choices=("on", "off"), default="on")

@@ -139,7 +139,7 @@ class Notifier:
                 self.position = new
                 read = time.monotonic()
                 for w in waiters:
-                    if w.keys & keys:
+                    if not w.keys.isdisjoint(keys):
                         w.woken = (self._poked_at, read, time.monotonic())
                         w.wake()
                         self.wakeups += 1

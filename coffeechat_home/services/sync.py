@@ -237,10 +237,14 @@ class SyncService:
         knock: dict[str, Any] = {}
         joined_ids = [r for r, (m, _, _) in latest.items() if m == "join" and f.wants_room(r)]
         src = self.sources
-        build_ids = [r for r in joined_ids if touched("events", r) or (since is not None and latest[r][2] > since)]
-        typing_ids = [r for r in joined_ids if touched("typing", r)]
-        # public receipts change under the room's key, private ones under the user's
-        receipt_ids = joined_ids if touched("receipts", user_id) else [r for r in joined_ids if touched("receipts", r)]
+        if changes is None:
+            build_ids = typing_ids = receipt_ids = joined_ids
+        else:  # the rooms with news (a user in many rooms: few of them)
+            events = changes.get("events", ())
+            build_ids = [r for r in joined_ids if r in events or (since is not None and latest[r][2] > since)]
+            typing_ids = _with_key(joined_ids, changes.get("typing"))
+            # public receipts change under the room's key, private ones under the user's
+            receipt_ids = joined_ids if touched("receipts", user_id) else _with_key(joined_ids, changes.get("receipts"))
         account_data = touched("account_data", user_id)
         presence_changed = changes is None or bool(changes.get("presence"))
 
@@ -294,12 +298,6 @@ class SyncService:
             src.unread(user_id, joined_ids, since, upto, changes) if src.unread and unread_early else nothing,
         )
         built = dict(zip(whole_ids + part_ids, built_list))
-        for room_id in joined_ids:
-            if room_id not in built:  # nothing of its own changed: no timeline or state
-                built[room_id] = {
-                    "timeline": {"events": [], "limited": False, "prev_batch": make_token(upto)},
-                    "state": {"events": []},
-                }
         typing, receipts, room_account_data = typing or {}, receipts or {}, room_account_data or {}
         forgotten: set[str] | None = None  # read only when a left room may be in the response
         for room_id, (membership, event_id, pos) in latest.items():
@@ -307,7 +305,14 @@ class SyncService:
                 continue
             changed = since is None or pos > since
             if membership == "join":
-                room = built[room_id]
+                room = built.get(room_id)
+                if room is None:  # nothing of its own changed: no timeline or state
+                    if room_id not in typing and room_id not in receipts and not room_account_data.get(room_id):
+                        continue  # (an incremental sync: every joined room is built otherwise)
+                    room = {
+                        "timeline": {"events": [], "limited": False, "prev_batch": make_token(upto)},
+                        "state": {"events": []},
+                    }
                 ephemeral = []
                 if room_id in typing:
                     ephemeral.append({"type": "m.typing", "content": {"user_ids": typing[room_id]}})
@@ -649,6 +654,11 @@ async def _gather_parts(*parts: Awaitable[Any] | None) -> list[Any]:
         return [None if p is None else await p for p in parts]
     done = iter(await asyncio.gather(*real))
     return [None if p is None else next(done) for p in parts]
+
+
+def _with_key(room_ids: list[str], keys: set[str] | None) -> list[str]:
+    """The rooms among ``room_ids`` (in their order) that are in ``keys``."""
+    return [r for r in room_ids if r in keys] if keys else []
 
 
 def _room_has_content(room: Mapping[str, Any]) -> bool:

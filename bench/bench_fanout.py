@@ -106,7 +106,8 @@ def _parse_timing(raw: str) -> dict[str, float]:
     for part in raw.split(";"):
         k, _, v = part.partition("=")
         if v:
-            out[k] = int(v) / 1e6  # the server sends whole microseconds
+            # whole microseconds (seconds with a fraction before 2026-12)
+            out[k] = float(v) if "." in v else int(v) / 1e6
     return out
 
 

@@ -38,7 +38,7 @@ import asyncpg
 from ..protocol.events import Event, StateKey
 from ..protocol.room_versions import RoomVersion, get_room_version
 from ..storage.backfill import allocate_backfill_positions
-from ..storage.events import EventStore, apply_redactions, delete_outliers, insert_events
+from ..storage.events import EventStore, StaleRoomState, apply_redactions, delete_outliers, insert_events
 from ..storage.room_state import (
     allocate_state_group_ids,
     apply_current_state,
@@ -198,6 +198,29 @@ class Persister:
         if backfilled:  # nothing new for /sync or the after_persist hooks
             self.events_persisted += sum(1 for p in result.positions if p is not None)
             return result
+        await self.committed(room_id, [b.event for b, p in zip(batch, result.positions) if p is not None])
+        return result
+
+    async def persist_on_base(
+        self, room_id: str, batch: Sequence[NewEvent], base: RoomBase, *, room_version: RoomVersion
+    ) -> PersistResult | None:
+        """Checked events built elsewhere that extend the room's head
+        ``base`` as a line (each accepted, the first one's prev_events
+        covering ``base.extremities``, each next one's the one before, none
+        a prev_event of a stored event), written as the local sender writes:
+        a compare-and-set of the extremities. None when the room's
+        extremities are no longer ``base.extremities`` (nothing written: use
+        ``persist``)."""
+        async with self.room_lock(room_id):
+            async def fn(conn: asyncpg.Connection, positions: list[int]) -> PersistResult:
+                return await self._write(conn, positions, room_id, batch, base=base, room_version=room_version)
+
+            try:
+                result, _ = await self.stream.write_many(fn, len(batch), name="persist_remote_on_base")
+            except (StaleRoomState, asyncpg.UniqueViolationError):
+                return None  # written meanwhile (by another instance)
+        for cb in self.room_changed:
+            cb(room_id)
         await self.committed(room_id, [b.event for b, p in zip(batch, result.positions) if p is not None])
         return result
 

@@ -49,6 +49,8 @@ MAX_REMOTE_VALIDITY_MS = 7 * 24 * 3600 * 1000
 # Per key id, so a key the server has just rotated to is fetched at once.
 REFETCH_AFTER_S = 5.0
 FETCHES_PER_WINDOW = 3
+# remote verify keys kept in memory (each a few hundred bytes)
+MAX_KEYS_IN_MEMORY = 10_000
 
 
 class KeyUnavailable(Exception):
@@ -162,6 +164,12 @@ class KeyStore:
         # (server, key id or "" for "any") -> when last fetched for it
         self._last_fetch: dict[tuple[str, str], float] = {}
         self._fetch_times: dict[str, list[float]] = {}
+        # (server, key id) -> (valid until, the decoded key): rows of
+        # remote_server_keys only ever gain validity (store_keys keeps the
+        # later valid_until_ts) and are never deleted, so a key the database
+        # held usable until a time stays usable until then: reading it from
+        # memory answers as the database would, without a round trip per PDU
+        self._usable_keys: dict[tuple[str, str], tuple[int, VerifyKey]] = {}
 
     def _may_fetch(self, server_name: str, key_id: str = "") -> bool:
         if server_name in self._inflight:
@@ -225,19 +233,31 @@ class KeyStore:
     async def get_verify_key(self, server_name: str, key_id: str, valid_at_ts: int) -> VerifyKey:
         if server_name == self.local.server_name:
             return self.local.verify_key(key_id, valid_at_ts)
+        held = self._usable_keys.get((server_name, key_id))
+        if held is not None and held[0] >= valid_at_ts:
+            return held[1]
         cached = await self.store.get_key(server_name, key_id)
         if cached is not None and _usable(cached, valid_at_ts):
-            return decode_verify_key(key_id, cached.verify_key)
+            return self._remember(cached)
         if cached is not None and cached.expired_ts is not None:
             raise KeyUnavailable(f"key {key_id} of {server_name} expired at {_ts(cached.expired_ts)}")
         if self._may_fetch(server_name, key_id):
             await self._fetch_once(server_name, key_id, valid_at_ts)
             cached = await self.store.get_key(server_name, key_id)
         if cached is not None and _usable(cached, valid_at_ts):
-            return decode_verify_key(key_id, cached.verify_key)
+            return self._remember(cached)
         if cached is None:
             raise KeyUnavailable(f"no key {key_id} of {server_name} could be found")
         raise KeyUnavailable(f"key {key_id} of {server_name} is valid only until {_ts(cached.valid_until_ts)}")
+
+    def _remember(self, key: StoredKey) -> VerifyKey:
+        verify_key = decode_verify_key(key.key_id, key.verify_key)
+        held = self._usable_keys.get((key.server_name, key.key_id))
+        if held is None or held[0] < key.valid_until_ts:
+            if len(self._usable_keys) >= MAX_KEYS_IN_MEMORY:
+                self._usable_keys.clear()  # a bound, not an LRU: the database still has them all
+            self._usable_keys[(key.server_name, key.key_id)] = (key.valid_until_ts, verify_key)
+        return verify_key
 
     async def _fetch_once(self, server_name: str, key_id: str, valid_at_ts: int) -> None:
         """One fetch per server at a time; concurrent askers share it."""

@@ -262,6 +262,12 @@ class EventStore:
         )
         return version
 
+    async def room_version_and_extremities(self, room_id: str) -> tuple[str, list[str]] | None:
+        row = await self.db.fetchrow(
+            "SELECT room_version, forward_extremities FROM rooms WHERE room_id = $1", room_id
+        )
+        return None if row is None else (str(row["room_version"]), list(row["forward_extremities"] or []))
+
     async def forward_extremities(self, room_id: str) -> list[str]:
         value = await self.db.fetchval("SELECT forward_extremities FROM rooms WHERE room_id = $1", room_id)
         return list(value or [])
@@ -315,6 +321,22 @@ class EventStore:
                )
                SELECT e.event_id, e.pdu, e.rejected_reason IS NOT NULL AS rejected
                FROM events e JOIN chain c ON e.event_id = c.event_id""",
+            ids,
+        )
+        events = {r["event_id"]: Event(orjson.loads(r["pdu"]), r["event_id"], room_version) for r in rows}
+        return events, {r["event_id"] for r in rows if r["rejected"]}
+
+    async def events_by_id(
+        self, event_ids: Iterable[str], room_version: RoomVersion
+    ) -> tuple[dict[str, Event], set[str]]:
+        """The stored events among ``event_ids`` (not their auth chains),
+        and which of them were rejected."""
+        ids = list(set(event_ids))
+        if not ids:
+            return {}, set()
+        rows = await self.db.fetch(
+            """SELECT event_id, pdu, rejected_reason IS NOT NULL AS rejected
+               FROM events WHERE event_id = ANY($1::TEXT[])""",
             ids,
         )
         events = {r["event_id"]: Event(orjson.loads(r["pdu"]), r["event_id"], room_version) for r in rows}

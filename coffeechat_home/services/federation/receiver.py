@@ -36,12 +36,11 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 from ...errors import MatrixError
 from ...federation.client import FederationClient, FederationError
 from ...protocol.auth import AuthError, auth_state_from_auth_events, check_auth_rules
-from ...protocol.errors import EventFormatError, ProtocolError
+from ...protocol.errors import ProtocolError
 from ...protocol.events import Event, StateKey, auth_types_for_event, create_event_id_for_room
-from ...protocol.hashing import compute_event_id
 from ...protocol.identifiers import InvalidIdentifier, parse_user_id
 from ...protocol.pdu import check_pdu_format, check_received_pdu
-from ...protocol.room_versions import RoomVersion, UnsupportedRoomVersion, get_room_version
+from ...protocol.room_versions import RoomVersion, get_room_version
 from ...protocol.state_res import resolve_state
 from ...storage.events import EventStore
 from ...storage.federation_inbound import FederationInboundStore
@@ -51,6 +50,8 @@ from ..server_keys import KeyStore, KeyUnavailable
 from ..typing import FEDERATION_TIMEOUT_MS, TypingService
 from ..tasks import KeyedLocks
 from .gaps import EventFetcher, FetchBudget, GapFetchError
+from .room_batch import Outcome as _Outcome
+from .room_batch import HeadCache, RoomBatch
 from .server_acl import ServerAcls
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,6 @@ EduHandler = Callable[[str, Any], Awaitable[None]]
 
 class BadTransaction(Exception):
     """The transaction as a whole is malformed (400)."""
-
-
-@dataclass
-class _Outcome:
-    error: str | None = None
 
 
 @dataclass
@@ -104,6 +100,7 @@ class FederationReceiver:
         self.pdus_processed = 0
         self.fetcher = EventFetcher(events, persister, key_store, client)
         self.acls: ServerAcls | None = None  # the rooms' server ACLs, when set
+        self.heads = HeadCache()  # rooms' heads as this process last persisted them
 
     async def _denied(self, room_id: Any, origin: str) -> bool:
         return self.acls is not None and isinstance(room_id, str) and not await self.acls.allows(room_id, origin)
@@ -144,17 +141,11 @@ class FederationReceiver:
 
         async def room(room_id: str, items: list[Any]) -> None:
             async with self._room_lock(room_id):
-                denied = await self._denied(room_id, origin)
-                for pdu in items:
-                    try:
-                        event_id, outcome = await self._one_pdu(origin, room_id, pdu, denied)
-                    except Exception:
-                        nonlocal failed
-                        failed = True
-                        log.exception("PDU from %s in %s failed", origin, room_id)
-                        continue
-                    if event_id is not None:
-                        results[event_id] = {} if outcome.error is None else {"error": outcome.error}
+                batch = RoomBatch(self, origin, room_id, await self._denied(room_id, origin), results)
+                await batch.run(items)
+                if batch.failed:
+                    nonlocal failed
+                    failed = True
 
         await asyncio.gather(*(room(r, items) for r, items in by_room.items()))
         return results, failed
@@ -164,34 +155,7 @@ class FederationReceiver:
         async with self._locks.hold(room_id):
             yield
 
-    # -- one PDU -----------------------------------------------------------------
-    async def _one_pdu(
-        self, origin: str, room_id: str, pdu: Mapping[str, Any], denied: bool = False
-    ) -> tuple[str | None, _Outcome]:
-        version = await self.events.room_version(room_id)
-        if version is None:
-            return None, _Outcome("unknown room")
-        try:
-            rv = get_room_version(version)
-            event_id = compute_event_id(pdu, rv)
-        except (UnsupportedRoomVersion, ProtocolError, KeyError, TypeError, ValueError):
-            return None, _Outcome("malformed PDU")
-        if denied:
-            return event_id, _Outcome(f"forbidden: {origin} is denied by the room's server ACL")
-        if not await self.store.has_joined_member_of(room_id, self.server_name):
-            return event_id, _Outcome("this server is not in the room")
-        try:
-            ev = await self._check_pdu(pdu, rv)
-        except (EventFormatError, ProtocolError, KeyUnavailable) as e:
-            return event_id, _Outcome(f"refused: {e}")
-        known = await self.events.stored_info([ev.event_id])
-        info = known.get(ev.event_id)
-        if info is not None and not info.outlier:
-            return event_id, _Outcome(None)
-        budget = FetchBudget()
-        await self._fetch_missing_prevs(origin, room_id, rv, ev, budget)
-        return event_id, await self._check_and_persist(room_id, rv, ev, origin, budget)
-
+    # -- one PDU (the batch's slow path, room_batch.py) ------------------------------
     async def _check_pdu(self, pdu: Mapping[str, Any], rv: RoomVersion) -> Event:
         check_pdu_format(pdu, rv)  # before anything reads its fields
         lookup = await self.key_store.key_lookup_for_pdu(pdu, rv)

@@ -1,0 +1,417 @@
+"""One transaction's PDUs for one room: checked one after the other, in the
+order and with the outcome the spec's "checks performed on receipt of a PDU"
+give them one at a time, and persisted together (issue #9).
+
+Processing them one by one read the room's state, current state, auth
+events and prev events back from the database for every PDU, and persisted
+each in its own transaction. Here the batch keeps what it learns:
+
+* the state after each event of the batch (the state before it, plus the
+  event itself when it is an accepted state event: what the persister
+  stores as its state group), so the state before the next event is known
+  without a read;
+* the events read (auth events, the state's events) and the batch's own,
+  with which of them were rejected;
+* the room's forward extremities and current state as persisting the
+  pending events will leave them, while the DAG stays a line (an accepted
+  event whose prev_events cover every extremity becomes the only one, and
+  the current state is the state after it); a rejected or soft-failed event
+  changes neither. When the DAG forks, the pending events are persisted
+  first and the persister's answer (extremities and resolved state) is the
+  current state from then on.
+
+An event leaves this fast path, and goes through the receiver's
+one-at-a-time path (``_fetch_missing_prevs`` and ``_check_and_persist``)
+after the pending events are persisted, whenever that path would fetch or
+resolve something: a prev event or auth event we lack, an outlier, prev
+events with different states (state resolution), an event a stored event
+already names as a prev event. A membership change of one of our users
+persists the pending events at once and makes the next event ask again
+whether this server is still in the room.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+from ...protocol.auth import AuthError, auth_state_from_auth_events, check_auth_rules
+from ...protocol.errors import EventFormatError, ProtocolError
+from ...protocol.events import Event, StateKey, auth_types_for_event, create_event_id_for_room
+from ...protocol.hashing import compute_event_id
+from ...protocol.power_levels import server_name_of
+from ...protocol.room_versions import RoomVersion, UnsupportedRoomVersion, get_room_version
+from ...storage.events import StoredEventInfo
+from ..persister import EventContext, NewEvent, PersistResult, RoomBase, UnknownRoom
+from ..server_keys import KeyUnavailable
+from .gaps import FetchBudget
+
+if TYPE_CHECKING:
+    from .receiver import FederationReceiver
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    error: str | None = None
+
+
+def answer(outcome: Outcome) -> dict[str, Any]:
+    return {} if outcome.error is None else {"error": outcome.error}
+
+
+class _Slow(Exception):
+    """The event needs the one-at-a-time path (a fetch or a resolution)."""
+
+
+@dataclass
+class KnownHead:
+    """A room's head as this process last persisted it: its forward
+    extremities, current state (the state after the only extremity when
+    there is one), state group and chain length, and whether a user of ours
+    was joined (None: not asked). Valid while the stored extremities are
+    the same (the current state follows from them)."""
+
+    base: RoomBase
+    joined: bool | None
+
+
+class HeadCache:
+    """KnownHead per room, the most recently used ones (safe to lose)."""
+
+    def __init__(self, size: int = 1000) -> None:
+        self.size = size
+        self._heads: collections.OrderedDict[str, KnownHead] = collections.OrderedDict()
+
+    def get(self, room_id: str, extremities: list[str]) -> KnownHead | None:
+        head = self._heads.get(room_id)
+        if head is None or head.base.extremities != extremities:
+            return None
+        self._heads.move_to_end(room_id)
+        return head
+
+    def put(self, room_id: str, head: KnownHead) -> None:
+        self._heads[room_id] = head
+        self._heads.move_to_end(room_id)
+        while len(self._heads) > self.size:
+            self._heads.popitem(last=False)
+
+    def forget(self, room_id: str) -> None:
+        self._heads.pop(room_id, None)
+
+
+class RoomBatch:
+    def __init__(self, rx: FederationReceiver, origin: str, room_id: str, denied: bool,
+                 results: dict[str, Any]) -> None:
+        self.rx = rx
+        self.origin = origin
+        self.room_id = room_id
+        self.denied = denied
+        self.results = results
+        self.failed = False  # a PDU failed for a reason of ours (database, bug)
+        self.joined: bool | None = None  # a user of ours is joined (None: ask)
+        self.pending: list[tuple[NewEvent, str, Outcome]] = []
+        # the batch's events in the DAG (pending or persisted): state after each, the events
+        self.after: dict[str, dict[StateKey, str]] = {}
+        self.mine: dict[str, Event] = {}
+        self.mine_rejected: set[str] = set()
+        # read from the database: events (and rejected ones), stored info, state groups
+        self.loaded: dict[str, Event] = {}
+        self.loaded_rejected: set[str] = set()
+        self.asked: set[str] = set()
+        self.info: dict[str, StoredEventInfo] = {}
+        self.info_asked: set[str] = set()
+        self.groups: dict[int, dict[StateKey, str]] = {}
+        self.successors: set[str] | None = None
+        self.batch_ids: list[str] = []
+        # (forward extremities, current state) once the pending events are persisted
+        self.head: tuple[list[str], dict[StateKey, str]] | None = None
+        # the room's head the pending events extend as a line (None: unknown, or not a line)
+        self.base: RoomBase | None = None
+        self.rv: RoomVersion | None = None
+
+    # -- the batch ---------------------------------------------------------------
+    async def run(self, pdus: list[Any]) -> None:
+        row = await self.rx.events.room_version_and_extremities(self.room_id)
+        if row is None:
+            return  # unknown room: nothing to answer for
+        version, extremities = row
+        try:
+            rv = get_room_version(version)
+        except UnsupportedRoomVersion:
+            return
+        self.rv = rv
+        known = self.rx.heads.get(self.room_id, extremities)
+        if known is not None:
+            self._known(known.base)
+            self.joined = known.joined
+        ids = [_event_id(pdu, rv) for pdu in pdus]
+        self.batch_ids = [i for i in ids if i is not None]
+        try:
+            await self._prefetch(pdus, rv)
+        except Exception:  # the reads are asked again where needed
+            log.exception("reading ahead for the PDUs from %s in %s failed", self.origin, self.room_id)
+        for pdu, event_id in zip(pdus, ids):
+            if event_id is None:
+                continue  # malformed: no event id we could answer for
+            try:
+                outcome = await self._one(pdu, event_id, rv)
+            except Exception:
+                self.failed = True
+                log.exception("PDU from %s in %s failed", self.origin, self.room_id)
+                self._forget()
+                continue
+            if outcome is not None:
+                self.results[event_id] = answer(outcome)
+        await self.flush()
+
+    def _known(self, base: RoomBase) -> None:
+        self.base = base
+        self.head = (list(base.extremities), dict(base.state))
+        if len(base.extremities) == 1:
+            self.after[base.extremities[0]] = dict(base.state)
+
+    async def _prefetch(self, pdus: list[Any], rv: RoomVersion) -> None:
+        """What the batch will ask: its events and their prev events, their
+        auth events; one query each."""
+        prevs: set[str] = set()
+        auths: set[str] = set()
+        for pdu in pdus:
+            for name, into in (("prev_events", prevs), ("auth_events", auths)):
+                value = pdu.get(name) if isinstance(pdu, Mapping) else None
+                if isinstance(value, list):
+                    into.update(v for v in value[:20] if isinstance(v, str))
+        create_id = create_event_id_for_room(self.room_id, rv)
+        if create_id is not None:
+            auths.add(create_id)
+        await self._infos([*self.batch_ids, *prevs])
+        await self._load(auths, rv)
+
+    # -- one PDU -------------------------------------------------------------------
+    async def _one(self, pdu: Mapping[str, Any], event_id: str, rv: RoomVersion) -> Outcome | None:
+        """The PDU's outcome, or None when it is pending (answered when persisted)."""
+        if self.denied:
+            return Outcome(f"forbidden: {self.origin} is denied by the room's server ACL")
+        if self.joined is None:
+            self.joined = await self.rx.store.has_joined_member_of(self.room_id, self.rx.server_name)
+        if not self.joined:
+            return Outcome("this server is not in the room")
+        try:
+            ev = await self.rx._check_pdu(pdu, rv)
+        except (EventFormatError, ProtocolError, KeyUnavailable) as e:
+            return Outcome(f"refused: {e}")
+        if ev.event_id in self.after:
+            return Outcome(None)  # earlier in this batch
+        info = (await self._infos([ev.event_id])).get(ev.event_id)
+        if info is not None and not info.outlier:
+            return Outcome(None)
+        if info is None and ev.room_id == self.room_id and ev.event_id not in await self._successors():
+            try:
+                return await self._fast(ev, event_id, rv)
+            except _Slow:
+                pass
+        await self.flush()
+        budget = FetchBudget()
+        try:
+            await self.rx._fetch_missing_prevs(self.origin, self.room_id, rv, ev, budget)
+            return await self.rx._check_and_persist(self.room_id, rv, ev, self.origin, budget)
+        finally:
+            self._forget()  # it may have stored events, changed the room's state
+
+    async def _fast(self, ev: Event, event_id: str, rv: RoomVersion) -> Outcome | None:
+        state_before = await self._state_before(ev)
+        wanted = list(ev.auth_event_ids)
+        create_id = create_event_id_for_room(self.room_id, rv)
+        if create_id is not None:
+            wanted.append(create_id)
+        await self._load(wanted, rv)
+        if any(self._get(a) is None for a in wanted):
+            raise _Slow()  # auth events to fetch
+        # 1. against its own auth events
+        rejected_reason: str | None = None
+        try:
+            check_auth_rules(ev, auth_state_from_auth_events(ev, self._get, is_rejected=self._is_rejected))
+        except AuthError as e:
+            rejected_reason = f"auth events: {e}"
+        # 2. against the state before it
+        if rejected_reason is None:
+            try:
+                check_auth_rules(ev, await self._auth_state(rv, ev, state_before))
+            except AuthError as e:
+                rejected_reason = f"state before the event: {e}"
+        # 3. against the current state (soft fail)
+        soft_failed = False
+        if rejected_reason is None:
+            extremities, current = await self._head()
+            if current != state_before:
+                try:
+                    check_auth_rules(ev, await self._auth_state(rv, ev, current))
+                except AuthError as e:
+                    log.info("event %s soft-failed: %s", ev.event_id, e)
+                    soft_failed = True
+        context = EventContext(state_before=state_before, rejected_reason=rejected_reason, soft_failed=soft_failed)
+        outcome = Outcome(None if rejected_reason is None else f"rejected: {rejected_reason}")
+        self.pending.append((NewEvent(ev, context), event_id, outcome))
+        self.mine[ev.event_id] = ev
+        if rejected_reason is not None:
+            self.mine_rejected.add(ev.event_id)
+        after = dict(state_before)
+        if ev.is_state and rejected_reason is None:
+            after[ev.state_tuple] = ev.event_id
+        self.after[ev.event_id] = after
+        if context.in_timeline and self.head is not None:
+            prevs = set(ev.prev_event_ids)
+            if all(x in prevs for x in self.head[0]):
+                self.head = ([ev.event_id], after)  # the line goes on
+            else:
+                self.head = None  # a fork: the persister resolves it
+                self.base = None
+        if ev.type == "m.room.member" and ev.state_key is not None \
+                and server_name_of(ev.state_key) == self.rx.server_name:
+            await self.flush()
+            self.joined = None
+        return None
+
+    async def _state_before(self, ev: Event) -> dict[StateKey, str]:
+        prevs = ev.prev_event_ids
+        if not prevs:
+            raise _Slow()
+        infos = await self._infos([p for p in prevs if p not in self.after])
+        groups: list[int] = []
+        for p in prevs:
+            if p in self.after:
+                continue
+            i = infos.get(p)
+            if i is None or i.outlier or i.state_group is None:
+                raise _Slow()  # missing events, or a gap: fetched there
+            groups.append(i.state_group)
+        lacking = {g for g in groups if g not in self.groups}
+        if lacking:
+            self.groups.update(await self.rx.events.state_ids_for_groups(lacking))
+        states = [self.after[p] if p in self.after else self.groups.get(infos[p].state_group or 0) for p in prevs]
+        first = states[0]
+        if first is None or any(s != first for s in states[1:]):
+            raise _Slow()  # to resolve
+        return dict(first)
+
+    async def _auth_state(self, rv: RoomVersion, ev: Event, state: Mapping[StateKey, str]) -> dict[StateKey, Event]:
+        keys = set(auth_types_for_event(rv, ev.type, ev.sender, ev.state_key, ev.content))
+        keys.add(("m.room.create", ""))
+        wanted = {k: state[k] for k in keys if k in state}
+        await self._load(wanted.values(), rv)
+        out: dict[StateKey, Event] = {}
+        for k, eid in wanted.items():
+            found = self._get(eid)
+            if found is not None:
+                out[k] = found
+        return out
+
+    # -- what the batch knows --------------------------------------------------------
+    def _get(self, event_id: str) -> Event | None:
+        return self.mine.get(event_id) or self.loaded.get(event_id)
+
+    def _is_rejected(self, event_id: str) -> bool:
+        return event_id in self.mine_rejected or event_id in self.loaded_rejected
+
+    async def _load(self, ids: Iterable[str], rv: RoomVersion) -> None:
+        todo = {i for i in ids if i not in self.mine and i not in self.asked}
+        if todo:
+            events, rejected = await self.rx.events.events_by_id(todo, rv)
+            self.loaded.update(events)
+            self.loaded_rejected |= rejected
+            self.asked |= todo
+
+    async def _infos(self, ids: Iterable[str]) -> dict[str, StoredEventInfo]:
+        wanted = list(dict.fromkeys(ids))
+        todo = [i for i in wanted if i not in self.info_asked]
+        if todo:
+            self.info.update(await self.rx.events.stored_info(todo))
+            self.info_asked.update(todo)
+        return {i: self.info[i] for i in wanted if i in self.info}
+
+    async def _successors(self) -> set[str]:
+        if self.successors is None:
+            self.successors = await self.rx.events.with_successors(self.batch_ids)
+        return self.successors
+
+    async def _head(self) -> tuple[list[str], dict[StateKey, str]]:
+        if self.head is None:
+            await self.flush()
+        if self.head is None:
+            self.head = (await self.rx.events.forward_extremities(self.room_id),
+                         await self.rx.events.state.current_state_ids(self.room_id))
+        return self.head
+
+    def _forget(self) -> None:
+        """Drop what the database may have changed under us."""
+        self.head = None
+        self.base = None
+        self.rx.heads.forget(self.room_id)
+        self.joined = None
+        self.successors = None
+        self.info.clear()
+        self.info_asked.clear()
+        self.loaded.clear()
+        self.loaded_rejected.clear()
+        self.asked.clear()
+
+    # -- persisting ---------------------------------------------------------------
+    async def flush(self) -> None:
+        """Persist the pending events in one go and answer for them."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        predicted = self.head
+        try:
+            result = await self._persist([p[0] for p in pending])
+        except UnknownRoom:
+            self._drop(pending)
+            for _, event_id, _ in pending:
+                self.results[event_id] = answer(Outcome("unknown room"))
+            return
+        except Exception:
+            self.failed = True
+            log.exception("persisting %d PDUs from %s in %s failed", len(pending), self.origin, self.room_id)
+            self._drop(pending)
+            return
+        self.rx.pdus_processed += len(pending)
+        for _, event_id, outcome in pending:
+            self.results[event_id] = answer(outcome)
+        if predicted is None or predicted[1] != result.current_state:
+            # a resolution (or a write from elsewhere) may have changed our users' memberships
+            self.joined = None
+        base = RoomBase(list(result.forward_extremities), dict(result.current_state), result.state_group,
+                        result.chain_length)
+        self._known(base)
+        self.rx.heads.put(self.room_id, KnownHead(base, self.joined))
+
+    async def _persist(self, batch: list[NewEvent]) -> PersistResult:
+        """With the compare-and-set of the local sender when the events
+        extend the known head as a line (few statements), else through the
+        persister's general path."""
+        base = self.base
+        first = batch[0].context
+        if base is not None and self.rv is not None and all(b.context.in_timeline for b in batch) \
+                and first.state_before == base.state:
+            first.state_group_before = base.state_group  # holds exactly the state before it
+            result = await self.rx.persister.persist_on_base(self.room_id, batch, base, room_version=self.rv)
+            if result is not None:
+                return result
+        return await self.rx.persister.persist(self.room_id, batch)
+
+    def _drop(self, pending: list[tuple[NewEvent, str, Outcome]]) -> None:
+        for new, _, _ in pending:
+            self.after.pop(new.event.event_id, None)
+            self.mine.pop(new.event.event_id, None)
+            self.mine_rejected.discard(new.event.event_id)
+        self._forget()
+
+
+def _event_id(pdu: Any, rv: RoomVersion) -> str | None:
+    try:
+        return compute_event_id(pdu, rv)
+    except (ProtocolError, KeyError, TypeError, ValueError):
+        return None

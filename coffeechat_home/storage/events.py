@@ -326,6 +326,44 @@ class EventStore:
         events = {r["event_id"]: Event(orjson.loads(r["pdu"]), r["event_id"], room_version) for r in rows}
         return events, {r["event_id"] for r in rows if r["rejected"]}
 
+    async def batch_lookup(
+        self, info_ids: Iterable[str], event_ids: Iterable[str], successor_ids: Iterable[str],
+        room_version: RoomVersion,
+    ) -> tuple[dict[str, StoredEventInfo], dict[str, Event], set[str], set[str]]:
+        """In one round trip: ``stored_info`` of ``info_ids`` and
+        ``event_ids``, ``events_by_id(event_ids)`` (events, rejected ones),
+        ``with_successors(successor_ids)``."""
+        info_list, event_list = list(set(info_ids)), list(set(event_ids))
+        rows = await self.db.fetch(
+            """SELECT FALSE AS successor, event_id, room_id, depth, stream_pos, state_group, outlier,
+                      rejected_reason IS NOT NULL AS rejected, soft_failed,
+                      CASE WHEN event_id = ANY($2::TEXT[]) THEN pdu END AS pdu
+               FROM events WHERE event_id = ANY($1::TEXT[]) OR event_id = ANY($2::TEXT[])
+               UNION ALL
+               SELECT DISTINCT TRUE, g.prev_event_id, NULL::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT,
+                      NULL::BOOLEAN, NULL::BOOLEAN, NULL::BOOLEAN, NULL::TEXT
+               FROM event_edges g JOIN events e ON e.event_id = g.event_id
+               WHERE g.prev_event_id = ANY($3::TEXT[])
+                 AND NOT e.outlier AND e.rejected_reason IS NULL AND NOT e.soft_failed""",
+            info_list, event_list, list(set(successor_ids)),
+        )
+        infos: dict[str, StoredEventInfo] = {}
+        events: dict[str, Event] = {}
+        rejected: set[str] = set()
+        successors: set[str] = set()
+        for r in rows:
+            eid = r["event_id"]
+            if r["successor"]:
+                successors.add(eid)
+                continue
+            infos[eid] = StoredEventInfo(eid, r["room_id"], r["depth"], r["stream_pos"], r["state_group"],
+                                         r["outlier"], r["rejected"], r["soft_failed"])
+            if r["pdu"] is not None:
+                events[eid] = Event(orjson.loads(r["pdu"]), eid, room_version)
+                if r["rejected"]:
+                    rejected.add(eid)
+        return infos, events, rejected, successors
+
     async def events_by_id(
         self, event_ids: Iterable[str], room_version: RoomVersion
     ) -> tuple[dict[str, Event], set[str]]:

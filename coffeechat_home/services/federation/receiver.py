@@ -141,7 +141,7 @@ class FederationReceiver:
 
         async def room(room_id: str, items: list[Any]) -> None:
             async with self._room_lock(room_id):
-                batch = RoomBatch(self, origin, room_id, await self._denied(room_id, origin), results)
+                batch = RoomBatch(self, origin, room_id, results)
                 await batch.run(items)
                 if batch.failed:
                     nonlocal failed

@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SERVER_ACL: StateKey = ("m.room.server_acl", "")
+
 
 @dataclass
 class Outcome:
@@ -104,12 +106,11 @@ class HeadCache:
 
 
 class RoomBatch:
-    def __init__(self, rx: FederationReceiver, origin: str, room_id: str, denied: bool,
-                 results: dict[str, Any]) -> None:
+    def __init__(self, rx: FederationReceiver, origin: str, room_id: str, results: dict[str, Any]) -> None:
         self.rx = rx
         self.origin = origin
         self.room_id = room_id
-        self.denied = denied
+        self.denied = False
         self.results = results
         self.failed = False  # a PDU failed for a reason of ours (database, bug)
         self.joined: bool | None = None  # a user of ours is joined (None: ask)
@@ -148,6 +149,9 @@ class RoomBatch:
         if known is not None:
             self._known(known.base)
             self.joined = known.joined
+        if known is None or SERVER_ACL in known.base.state:
+            self.denied = await self.rx._denied(self.room_id, self.origin)
+        # (else the room's current state has no server ACL: every server is allowed)
         ids = [_event_id(pdu, rv) for pdu in pdus]
         self.batch_ids = [i for i in ids if i is not None]
         try:
@@ -175,8 +179,9 @@ class RoomBatch:
             self.after[base.extremities[0]] = dict(base.state)
 
     async def _prefetch(self, pdus: list[Any], rv: RoomVersion) -> None:
-        """What the batch will ask: its events and their prev events, their
-        auth events; one query each."""
+        """What the batch will ask, in one query: whether its events are
+        stored and are a stored event's prev event, their prev events, their
+        auth events."""
         prevs: set[str] = set()
         auths: set[str] = set()
         for pdu in pdus:
@@ -187,8 +192,16 @@ class RoomBatch:
         create_id = create_event_id_for_room(self.room_id, rv)
         if create_id is not None:
             auths.add(create_id)
-        await self._infos([*self.batch_ids, *prevs])
-        await self._load(auths, rv)
+        info_ids = {*self.batch_ids, *prevs} - self.info_asked
+        auths -= self.asked
+        infos, events, rejected, successors = await self.rx.events.batch_lookup(
+            info_ids, auths, self.batch_ids, rv)
+        self.info.update(infos)
+        self.info_asked |= info_ids | auths
+        self.loaded.update(events)
+        self.loaded_rejected |= rejected
+        self.asked |= auths
+        self.successors = successors
 
     # -- one PDU -------------------------------------------------------------------
     async def _one(self, pdu: Mapping[str, Any], event_id: str, rv: RoomVersion) -> Outcome | None:

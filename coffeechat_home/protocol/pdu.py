@@ -178,10 +178,15 @@ def verify_pdu_signatures(pdu: Mapping[str, Any], room_version: RoomVersion, ver
             raise SignatureError(f"no valid signature from {server} ({'; '.join(failures)})")
 
 
-def check_received_pdu(pdu: Any, room_version: RoomVersion, verify_keys: KeyLookup) -> ReceivedPdu:
+def check_received_pdu(
+    pdu: Any, room_version: RoomVersion, verify_keys: KeyLookup, *, format_checked: bool = False
+) -> ReceivedPdu:
     """Format, signatures, then the content hash (see the module docstring).
-    Raises ``EventFormatError`` or ``SignatureError`` for a PDU to drop."""
-    check_pdu_format(pdu, room_version)
+    Raises ``EventFormatError`` or ``SignatureError`` for a PDU to drop.
+    ``format_checked``: the caller ran ``check_pdu_format`` on this PDU
+    already (it reads fields before fetching keys)."""
+    if not format_checked:
+        check_pdu_format(pdu, room_version)
     verify_pdu_signatures(pdu, room_version, verify_keys)
     event_id = compute_event_id(pdu, room_version)
     if check_content_hash(pdu):

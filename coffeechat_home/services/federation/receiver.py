@@ -159,7 +159,7 @@ class FederationReceiver:
     async def _check_pdu(self, pdu: Mapping[str, Any], rv: RoomVersion) -> Event:
         check_pdu_format(pdu, rv)  # before anything reads its fields
         lookup = await self.key_store.key_lookup_for_pdu(pdu, rv)
-        received = check_received_pdu(pdu, rv, lookup)
+        received = check_received_pdu(pdu, rv, lookup, format_checked=True)
         if received.redacted:
             log.info("PDU %s failed its content hash: stored redacted", received.event.event_id)
         return received.event

@@ -116,7 +116,7 @@ class RoomBatch:
         self.joined: bool | None = None  # a user of ours is joined (None: ask)
         self.pending: list[tuple[NewEvent, str, Outcome]] = []
         # the batch's events in the DAG (pending or persisted): state after each, the events
-        self.after: dict[str, dict[StateKey, str]] = {}
+        self.after: dict[str, Mapping[StateKey, str]] = {}
         self.mine: dict[str, Event] = {}
         self.mine_rejected: set[str] = set()
         # read from the database: events (and rejected ones), stored info, state groups
@@ -129,7 +129,7 @@ class RoomBatch:
         self.successors: set[str] | None = None
         self.batch_ids: list[str] = []
         # (forward extremities, current state) once the pending events are persisted
-        self.head: tuple[list[str], dict[StateKey, str]] | None = None
+        self.head: tuple[list[str], Mapping[StateKey, str]] | None = None
         # the room's head the pending events extend as a line (None: unknown, or not a line)
         self.base: RoomBase | None = None
         self.rv: RoomVersion | None = None
@@ -174,9 +174,9 @@ class RoomBatch:
 
     def _known(self, base: RoomBase) -> None:
         self.base = base
-        self.head = (list(base.extremities), dict(base.state))
+        self.head = (list(base.extremities), base.state)  # (state maps are shared, never changed)
         if len(base.extremities) == 1:
-            self.after[base.extremities[0]] = dict(base.state)
+            self.after[base.extremities[0]] = base.state
 
     async def _prefetch(self, pdus: list[Any], rv: RoomVersion) -> None:
         """What the batch will ask, in one query: whether its events are
@@ -259,7 +259,7 @@ class RoomBatch:
         soft_failed = False
         if rejected_reason is None:
             extremities, current = await self._head()
-            if current != state_before:
+            if current is not state_before and current != state_before:
                 try:
                     check_auth_rules(ev, await self._auth_state(rv, ev, current))
                 except AuthError as e:
@@ -271,9 +271,9 @@ class RoomBatch:
         self.mine[ev.event_id] = ev
         if rejected_reason is not None:
             self.mine_rejected.add(ev.event_id)
-        after = dict(state_before)
+        after = state_before  # a message leaves the state as it was: the same map
         if ev.is_state and rejected_reason is None:
-            after[ev.state_tuple] = ev.event_id
+            after = {**state_before, ev.state_tuple: ev.event_id}
         self.after[ev.event_id] = after
         if context.in_timeline and self.head is not None:
             prevs = set(ev.prev_event_ids)
@@ -288,7 +288,7 @@ class RoomBatch:
             self.joined = None
         return None
 
-    async def _state_before(self, ev: Event) -> dict[StateKey, str]:
+    async def _state_before(self, ev: Event) -> Mapping[StateKey, str]:
         prevs = ev.prev_event_ids
         if not prevs:
             raise _Slow()
@@ -308,7 +308,7 @@ class RoomBatch:
         first = states[0]
         if first is None or any(s != first for s in states[1:]):
             raise _Slow()  # to resolve
-        return dict(first)
+        return first
 
     async def _auth_state(self, rv: RoomVersion, ev: Event, state: Mapping[StateKey, str]) -> dict[StateKey, Event]:
         keys = set(auth_types_for_event(rv, ev.type, ev.sender, ev.state_key, ev.content))
@@ -350,7 +350,7 @@ class RoomBatch:
             self.successors = await self.rx.events.with_successors(self.batch_ids)
         return self.successors
 
-    async def _head(self) -> tuple[list[str], dict[StateKey, str]]:
+    async def _head(self) -> tuple[list[str], Mapping[StateKey, str]]:
         if self.head is None:
             await self.flush()
         if self.head is None:
@@ -408,7 +408,7 @@ class RoomBatch:
         base = self.base
         first = batch[0].context
         if base is not None and self.rv is not None and all(b.context.in_timeline for b in batch) \
-                and first.state_before == base.state:
+                and (first.state_before is base.state or first.state_before == base.state):
             first.state_group_before = base.state_group  # holds exactly the state before it
             result = await self.rx.persister.persist_on_base(self.room_id, batch, base, room_version=self.rv)
             if result is not None:

@@ -213,10 +213,12 @@ class Persister:
         ``persist``)."""
         async with self.room_lock(room_id):
             async def fn(conn: asyncpg.Connection, positions: list[int]) -> PersistResult:
-                return await self._write(conn, positions, room_id, batch, base=base, room_version=room_version)
+                return await self._write(conn, positions, room_id, batch, base=base, room_version=room_version,
+                                         allocate=True)
 
-            try:
-                result, _ = await self.stream.write_many(fn, len(batch), name="persist_remote_on_base")
+            try:  # the positions are taken by the events' insert, as on the local send path
+                result, _ = await self.stream.write_many(fn, len(batch), name="persist_remote_on_base",
+                                                         allocate=False)
             except (StaleRoomState, asyncpg.UniqueViolationError):
                 return None  # written meanwhile (by another instance)
         for cb in self.room_changed:

@@ -39,7 +39,11 @@ import asyncio
 import fcntl
 import json
 import os
+import re
 import shlex
+import shutil
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -93,10 +97,16 @@ class Plan:
     phase_timeout_s: float = 600.0
 
     @classmethod
-    def make(cls, quick: bool) -> "Plan":
-        if quick:
-            return cls(members=200, messages=200, burst=300, fanout=300, phase_timeout_s=180.0)
-        return cls()
+    def make(cls, quick: bool, members: int | None = None, messages: int | None = None,
+             timeout_s: float | None = None) -> "Plan":
+        plan = cls(members=200, messages=200, burst=300, fanout=300, phase_timeout_s=180.0) if quick else cls()
+        if members is not None:
+            plan.members = members
+        if messages is not None:
+            plan.messages = messages
+        if timeout_s is not None:
+            plan.phase_timeout_s = timeout_s
+        return plan
 
 
 @dataclass
@@ -163,6 +173,86 @@ async def settle(nodes: list[Node], max_s: float = 20.0, idle_share: float = 0.0
         await asyncio.sleep(1.0)
         if sum(n.server.cpu_seconds() for n in nodes) - a < idle_share * len(nodes):
             return
+
+
+# --------------------------------------------------------------------------- where a join's time goes
+
+SYNAPSE_REQUEST = re.compile(
+    r"Processed request: (?P<s>[\d.]+)sec/.*? (?P<bytes>\d+)B (?P<status>\d+) "
+    r'"(?P<method>[A-Z]+) (?P<path>\S+)')
+
+
+def log_size(path: Path | None) -> int:
+    return path.stat().st_size if path is not None and path.exists() else 0
+
+
+def new_log_lines(path: Path | None, offset: int) -> list[str]:
+    if path is None or not path.exists():
+        return []
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace").splitlines()
+
+
+def synapse_join_answers(lines: list[str]) -> dict[str, Any]:
+    """The resident Synapse's own processing time (its access log) of the
+    make_join and send_join it answered, and the send_join answer's size."""
+    out: dict[str, Any] = {}
+    for line in lines:
+        m = SYNAPSE_REQUEST.search(line)
+        if not m:
+            continue
+        path = m["path"]
+        for what in ("make_join", "send_join"):
+            if f"/_matrix/federation/v1/{what}/" in path or f"/_matrix/federation/v2/{what}/" in path:
+                out[f"resident_{what}_s"] = float(m["s"])
+                if what == "send_join":
+                    out["send_join_bytes"] = int(m["bytes"])
+                    out["send_join_omit_members"] = "omit_members=true" in path
+    return out
+
+
+def our_join_timing(lines: list[str]) -> dict[str, Any]:
+    """The joiner's ``remote join timing`` log line (JSON log format)."""
+    for line in reversed(lines):
+        if "remote join timing" not in line:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        return {f"joiner_{k}": v for k, v in rec.items() if k.endswith("_s") or k.endswith("_events")}
+    return {}
+
+
+class PySpy:
+    """py-spy record of one process (raw folded stacks, GIL-holding samples) while in ``with``."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.pid, self.out = pid, out
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> "PySpy":
+        exe = shutil.which("py-spy")
+        if exe is None:
+            log("py-spy not found (pip install py-spy): not profiling")
+            return self
+        self.proc = subprocess.Popen([exe, "record", "--pid", str(self.pid), "--format", "raw", "--rate", "250",
+                                      "--gil", "-o", str(self.out)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # attached before the timed step
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        log(f"py-spy profile: {self.out} (python bench/pyspy_summary.py {self.out})")
 
 
 # --------------------------------------------------------------------------- client helpers
@@ -278,8 +368,13 @@ async def register_users(node: Node, prefix: str, n: int, plan: Plan) -> list[Us
 # --------------------------------------------------------------------------- phases
 
 
-async def phase_join(plan: Plan, pg: Postgres, s1: Node, joiners: list[Node]) -> dict[str, Any]:
+async def phase_join(plan: Plan, pg: Postgres, s1: Node, joiners: list[Node], pyspy: bool = False,
+                     room_id: str | None = None) -> dict[str, Any]:
+    """``room_id``: join that room (built already) instead of building one."""
     assert s1.client is not None
+    if room_id is not None:
+        return await measure_joins(plan, pg, s1, joiners, pyspy, {"room_id": room_id, "members": plan.members,
+                                                                    "messages": plan.messages})
     client = s1.client
     log(f"join: {plan.members} members and {plan.messages} messages into a room on {s1.label} (untimed) ...")
     t0 = time.perf_counter()
@@ -294,14 +389,25 @@ async def phase_join(plan: Plan, pg: Postgres, s1: Node, joiners: list[Node]) ->
     t3 = time.perf_counter()
     log(f"join: room {room_id} ready: registrations {t1 - t0:.0f} s, joins {t2 - t1:.0f} s, "
         f"messages {t3 - t2:.0f} s")
+    out: dict[str, Any] = {"room_id": room_id, "members": plan.members, "messages": plan.messages,
+                           "build_s": {"registrations": t1 - t0, "joins": t2 - t1, "messages": t3 - t2}}
+    return await measure_joins(plan, pg, s1, joiners, pyspy, out)
+
+
+async def measure_joins(plan: Plan, pg: Postgres, s1: Node, joiners: list[Node], pyspy: bool,
+                        out: dict[str, Any]) -> dict[str, Any]:
+    room_id = out["room_id"]
     expected = plan.members + 1
-    out: dict[str, Any] = {"room_id": room_id, "members": plan.members, "messages": plan.messages}
     for j in joiners:
         assert j.client is not None
         jc = j.client
         user = (await register_users(j, "joiner", 1, plan))[0]
         since = await sync_token(j, user)
         await settle([s1, *joiners])
+        profile = PySpy(j.server.pid, WORK / f"pyspy-join-{j.kind}.txt") if pyspy and j.kind == "ours" else None
+        if profile is not None:
+            profile.__enter__()
+        s1_log, j_log = log_size(s1.server.log_path), log_size(j.server.log_path)
         meter = CpuMeter(pg, [j, s1])
         await meter.start()
         deadline = time.monotonic() + plan.phase_timeout_s
@@ -311,6 +417,8 @@ async def phase_join(plan: Plan, pg: Postgres, s1: Node, joiners: list[Node]) ->
         except (HttpError, asyncio.TimeoutError) as e:
             # a failed join is a result too: printed, and the other phases go on
             await meter.stop()
+            if profile is not None:
+                profile.__exit__()
             out[j.kind] = {"error": str(e)[:400]}
             log(f"join: {j.label}: FAILED after {time.perf_counter() - t0:.2f} s: {e}")
             continue
@@ -336,12 +444,50 @@ async def phase_join(plan: Plan, pg: Postgres, s1: Node, joiners: list[Node]) ->
                 break
             await asyncio.sleep(0.2)
         cpu = await meter.stop()
+        if profile is not None:
+            profile.__exit__()
         res = {"join_s": t_join, "sync_s": t_sync, "members_s": t_members, "members_seen": count,
                "timeline_events": timeline, "state_events": state,
                "joiner_cpu_s": cpu[j.label][0], "joiner_db_cpu_s": cpu[j.label][1],
                "resident_cpu_s": cpu[s1.label][0], "resident_db_cpu_s": cpu[s1.label][1]}
+        res.update(synapse_join_answers(new_log_lines(s1.server.log_path, s1_log)))
+        if j.kind == "ours":
+            res.update(our_join_timing(new_log_lines(j.server.log_path, j_log)))
         out[j.kind] = res
         log(f"join: {j.label}: " + fmt(res))
+    return out
+
+
+async def rejoin_loop(plan: Plan, pg: Postgres, s1: Node, r1: Node, first: dict[str, Any],
+                      args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Joins of the same big room by a fresh R1 (new process, so the code on
+    disk now; new database), one each time the file ``WORK/join-again``
+    appears, waiting at most ``--rejoin-wait`` seconds for each (and 10
+    rejoins at most): the room is built once for several versions of our side.
+    S1's caches are warm for these joins (as for Synapse's in the first run)."""
+    out: list[dict[str, Any]] = []
+    trigger = WORK / "join-again"
+    for n in range(10):
+        log(f"rejoin: touch {trigger} to join again with a fresh R1 (waiting up to {args.rejoin_wait:.0f} s)")
+        deadline = time.monotonic() + args.rejoin_wait
+        while not trigger.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+        if not trigger.exists():
+            break
+        trigger.unlink()
+        r1.server.stop()
+        db = f"r1x{n}"
+        url = await pg.create_database(db)
+        env = {"COFFEECHAT_LOG_LEVEL": "INFO", "COFFEECHAT_LOG_FORMAT": "json"}
+        r1.server = start_ours_federating(WORK / f"R1x{n}", url, env, pool=args.pool, label="R1")
+        r1.dbname = db
+        r1.server.wait_ready(180)
+        assert r1.client is not None
+        r1.client = Client(r1.client.http, r1.server.base_url)
+        plan_one = Plan(**{**plan.__dict__})
+        res = await phase_join(plan_one, pg, s1, [r1], pyspy=args.pyspy, room_id=first["room_id"])
+        res["git"] = r1.server.version
+        out.append(res)
     return out
 
 
@@ -477,6 +623,24 @@ def print_report(results: dict[str, Any], plan: Plan, nodes: list[Node]) -> None
         line("resident S1 CPU while serving the join (s)", o.get("resident_cpu_s"), s.get("resident_cpu_s"), "-")
         line("timeline events in that first /sync", o.get("timeline_events"), s.get("timeline_events"), "-")
         line("members seen in /joined_members", o.get("members_seen"), s.get("members_seen"), "-")
+        line("S1's time answering make_join (s, its access log)", o.get("resident_make_join_s"),
+             s.get("resident_make_join_s"), "-", 3)
+        line("S1's time answering send_join (s, its access log)", o.get("resident_send_join_s"),
+             s.get("resident_send_join_s"), "-", 3)
+        line("send_join answer size (bytes)", o.get("send_join_bytes"), s.get("send_join_bytes"), "-")
+        line("send_join asked with omit_members", o.get("send_join_omit_members"),
+             s.get("send_join_omit_members"), "-")
+        for k in ("make_join_s", "send_join_s", "check_s", "persist_s", "state_events", "auth_chain_events"):
+            line(f"ours: joiner's {k} (its log)", o.get(f"joiner_{k}"), None, "-", 3)
+        b = j.get("build_s")
+        if b:
+            print("   room build on S1 (s): " + ", ".join(f"{k} {v:.0f}" for k, v in b.items()))
+    for n, r in enumerate(results.get("rejoins", [])):
+        o = r.get("ours", {})
+        print(f"   rejoin {n + 1} by a fresh R1 ({r.get('git')}): "
+              + ", ".join(f"{k}={cell(o.get(k), 3)}" for k in (
+                  "join_s", "sync_s", "members_s", "members_seen", "joiner_cpu_s", "joiner_db_cpu_s",
+                  "resident_send_join_s", "joiner_send_join_s", "joiner_check_s", "joiner_persist_s")))
         for side, r in (("ours", o), ("Synapse", s)):
             if "error" in r:
                 print(f"   {side}: join FAILED: {r['error']}")
@@ -528,8 +692,11 @@ def synapse_python() -> tuple[Path, str]:
 
 
 async def run(args: argparse.Namespace) -> int:
-    plan = Plan.make(args.quick)
+    plan = Plan.make(args.quick, args.members, args.messages, args.timeout)
+    plan.concurrency = args.build_concurrency
     skip = set(filter(None, (args.skip or "").split(",")))
+    # the join alone needs R1, S1 and S2 only
+    join_only = {"inbound", "fanout"} <= skip
     WORK.mkdir(parents=True, exist_ok=True)
     syn_python, syn_version = synapse_python()
     pg = Postgres(WORK)
@@ -540,29 +707,36 @@ async def run(args: argparse.Namespace) -> int:
         pg.start()
         settings = await pg.configure(fsync=True)
         log("PostgreSQL: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
-        for name in ("A", "R1", "R2", "R3", "R4", "R5"):
+        for name in ("R1",) if join_only else ("A", "R1", "R2", "R3", "R4", "R5"):
             db = name.lower()
             url = await pg.create_database(db)
-            env = {"COFFEECHAT_LOG_LEVEL": args.ours_log_level}
+            # R1's join timing line is at INFO (a handful of requests in the join phase)
+            level = "INFO" if name == "R1" and join_only else args.ours_log_level
+            env = {"COFFEECHAT_LOG_LEVEL": level, "COFFEECHAT_LOG_FORMAT": "json"}
             nodes.append(Node(start_ours_federating(WORK / name, url, env, pool=args.pool, label=name), db, "ours"))
         for name in ("S1", "S2"):
             db = name.lower()
             await pg.create_database(db)
             nodes.append(Node(start_synapse(WORK, syn_python, syn_version, pg.socket_dir, db, pool=args.pool,
-                                            name=name, federation=True, log_level=args.synapse_log_level),
+                                            name=name, federation=True, log_level=args.synapse_log_level,
+                                            loggers={"synapse.access": "INFO"} if name == "S1" else None),
                                   db, "synapse"))
         for n in nodes:
             n.server.wait_ready(180)
             log(f"{n.label} ready: {n.server.server_name} (client {n.server.base_url}, pid {n.server.pid})")
-        a, r1, s1, s2 = nodes[0], nodes[1], nodes[6], nodes[7]
-        receivers = nodes[1:6]
+        ours, (s1, s2) = nodes[:-2], nodes[-2:]
+        a, r1 = (ours[0], ours[0]) if join_only else (ours[0], ours[1])
+        receivers = ours[1:6]
         timeout = aiohttp.ClientTimeout(total=600)
         async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=200)) as http:
             for n in nodes:
                 n.client = Client(http, n.server.base_url)
-            a.users = await register_users(a, "sender", SENDERS, plan)
+            if not join_only:
+                a.users = await register_users(a, "sender", SENDERS, plan)
             if "join" not in skip:
-                results["join"] = await phase_join(plan, pg, s1, [r1, s2])
+                results["join"] = await phase_join(plan, pg, s1, [r1, s2], pyspy=args.pyspy)
+                if args.rejoin_wait:
+                    results["rejoins"] = await rejoin_loop(plan, pg, s1, r1, results["join"], args)
             else:
                 s1.users = await register_users(s1, "m", SENDERS, plan)
             if "inbound" not in skip:
@@ -593,7 +767,16 @@ def main() -> int:
     p.add_argument("--synapse-log-level", default="WARNING",
                    help="Synapse's log level (INFO shows its federation work; default %(default)s)")
     p.add_argument("--ours-log-level", default="WARNING", help="our servers' log level (default %(default)s)")
-    p.add_argument("--skip", help="comma-separated phases to leave out: join, inbound, fanout")
+    p.add_argument("--skip", help="comma-separated phases to leave out: join, inbound, fanout "
+                   "(with inbound,fanout only R1, S1 and S2 are started)")
+    p.add_argument("--members", type=int, help="members of the join phase's room (N; default 2000, --quick 200)")
+    p.add_argument("--messages", type=int, help="messages in that room (M; default 2000, --quick 200)")
+    p.add_argument("--timeout", type=float, help="bound of each step, e.g. the room build (s; default 600)")
+    p.add_argument("--rejoin-wait", type=float, default=0.0,
+                   help="after the join phase, join the same room again with a fresh R1 each time "
+                        "bench/.work/fed/join-again appears, waiting at most this long (s) for it")
+    p.add_argument("--build-concurrency", type=int, default=8, help="joins at once while building the room")
+    p.add_argument("--pyspy", action="store_true", help="py-spy of R1 during its join: bench/.work/fed/pyspy-join-ours.txt")
     return asyncio.run(run(p.parse_args()))
 
 

@@ -410,6 +410,7 @@ def synapse_config(work: Path, port: int, socket_dir: str, dbname: str, pool: in
 def start_synapse(
     work: Path, python: Path, version: str, socket_dir: str, dbname: str, extra_config: dict | None = None,
     *, pool: int = 10, name: str = "synapse", federation: bool = False, log_level: str = "WARNING",
+    loggers: dict[str, str] | None = None,
 ) -> ServerProcess:
     """Synapse on its own database; ``federation``: with a TLS federation
     listener (server name ``localhost:<its port>``), files in ``work/name``."""
@@ -430,7 +431,7 @@ def start_synapse(
         })
         server_name = config["server_name"]
     config.update(extra_config or {})
-    write_synapse_files(hs, config, log_level=log_level, key_id="a_bnch")
+    write_synapse_files(hs, config, log_level=log_level, key_id="a_bnch", loggers=loggers)
     label = "Synapse" if name == "synapse" else name
     s = ServerProcess(label, f"http://127.0.0.1:{port}", server_name, log_path=log, version=version)
     with open(hs / "stdout.log", "wb") as out:

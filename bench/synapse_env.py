@@ -110,9 +110,12 @@ def base_config(hs: Path) -> dict:
     }
 
 
-def write_synapse_files(hs: Path, config: dict, *, log_level: str, key_id: str) -> Path:
+def write_synapse_files(hs: Path, config: dict, *, log_level: str, key_id: str,
+                        loggers: dict[str, str] | None = None) -> Path:
     """Writes ``homeserver.yaml`` (YAML is a superset of JSON), ``log.yaml``
-    and a fresh signing key into ``hs``; returns the config's path."""
+    (``loggers``: levels of single loggers, e.g. ``{"synapse.access": "INFO"}``
+    for the request lines) and a fresh signing key into ``hs``; returns the
+    config's path."""
     import base64
     import json
     import os
@@ -125,6 +128,7 @@ def write_synapse_files(hs: Path, config: dict, *, log_level: str, key_id: str) 
         "handlers": {"file": {"class": "logging.FileHandler", "formatter": "precise",
                               "filename": str(hs / "homeserver.log")}},
         "root": {"level": log_level, "handlers": ["file"]},
+        "loggers": {name: {"level": level} for name, level in (loggers or {}).items()},
         "disable_existing_loggers": False,
     }))
     seed = base64.b64encode(os.urandom(32)).decode().rstrip("=")

@@ -306,16 +306,20 @@ class EventStore:
         return {r["prev_event_id"] for r in rows}
 
     async def auth_chain_events(
-        self, event_ids: Iterable[str], room_version: RoomVersion
+        self, event_ids: Iterable[str], room_version: RoomVersion, *, include_given: bool = True
     ) -> tuple[dict[str, Event], set[str]]:
         """The events and their whole auth chains (through stored auth
-        edges), and which of them were rejected."""
+        edges), and which of them were rejected. ``include_given=False``:
+        the auth chains only (a given event is in it only when another
+        given event's chain reaches it)."""
         ids = list(set(event_ids))
         if not ids:
             return {}, set()
+        start = "SELECT unnest($1::TEXT[])" if include_given else \
+            "SELECT auth_event_id FROM event_auth_edges WHERE event_id = ANY($1::TEXT[])"
         rows = await self.db.fetch(
-            """WITH RECURSIVE chain (event_id) AS (
-                   SELECT unnest($1::TEXT[])
+            f"""WITH RECURSIVE chain (event_id) AS (
+                   {start}
                    UNION
                    SELECT a.auth_event_id FROM event_auth_edges a JOIN chain c ON a.event_id = c.event_id
                )

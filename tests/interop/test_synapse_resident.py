@@ -16,7 +16,11 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
+from yarl import URL
 
+from coffeechat_home.protocol.builder import build_event
+from coffeechat_home.protocol.request_auth import sign_request
+from coffeechat_home.protocol.room_versions import get_room_version
 from coffeechat_home.protocol.signing import signing_key_from_seed
 
 from ..federation.peers import FederatingServer, signed_federation_get
@@ -476,3 +480,138 @@ async def test_restricted_rooms_both_ways_with_synapse(peers: tuple[FederatingSe
             assert status == 200 and set(members["joined"]) == {alice.user_id, bob.user_id}, members
             status, body = await join(dan, room_id, syn.server_name)  # dan is not in Synapse's A
             assert (status, body.get("errcode")) == (403, "M_FORBIDDEN"), body
+
+
+async def signed_federation_put(
+    http: aiohttp.ClientSession, ours: FederatingServer, path: str, body: Any, *, origin: str, key: Any
+) -> tuple[int, Any]:
+    header = sign_request("PUT", path, origin, ours.server_name, key, body)
+    async with http.put(URL(ours.fed_url + path, encoded=True), json=body, headers={"Authorization": header},
+                        ssl=False, timeout=aiohttp.ClientTimeout(total=60)) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def probe_send_join(
+    http: aiohttp.ClientSession, ours: FederatingServer, syn: SynapsePeer, room_id: str, user_id: str,
+    query: str,
+) -> dict[str, Any]:
+    """A join of ``user_id`` (a name on Synapse's server, unknown to Synapse)
+    signed with Synapse's key: make_join, then send_join v2 with ``query``;
+    the answer."""
+    key_version, seed = syn.signing_key_seed()
+    key = signing_key_from_seed(seed, key_version)
+    r, u = quote(room_id, safe=""), quote(user_id, safe="")
+    status, made = await signed_federation_get(
+        http, ours.fed_url, f"/_matrix/federation/v1/make_join/{r}/{u}?ver=12",
+        origin=syn.server_name, destination=ours.server_name, key=key,
+    )
+    assert status == 200, made
+    tpl = made["event"]
+    join = build_event(
+        get_room_version(made["room_version"]),
+        template={"type": "m.room.member", "room_id": room_id, "sender": user_id, "state_key": user_id,
+                  "content": {"membership": "join"}},
+        prev_events=tpl["prev_events"], auth_events=tpl["auth_events"], depth=tpl["depth"],
+        origin_server_ts=int(time.time() * 1000), server_name=syn.server_name, signing_key=key,
+    )
+    status, answer = await signed_federation_put(
+        http, ours, f"/_matrix/federation/v2/send_join/{r}/{quote(join.event_id, safe='')}{query}",
+        dict(join.pdu), origin=syn.server_name, key=key,
+    )
+    assert status == 200, answer
+    return dict(answer)
+
+
+async def test_synapse_joins_our_room_with_members_omitted(peers: tuple[FederatingServer, SynapsePeer]) -> None:
+    """send_join v2 with ``omit_members=true`` (what Synapse asks for): the
+    state without membership events but the joiner's own and the heroes'
+    (the room has no name), an auth chain without the events already in the
+    state, ``members_omitted`` and ``servers_in_room``; without the
+    parameter, every member and no state event repeated in the auth chain
+    unless another one's chain reaches it. Then a real Synapse user joins
+    another room of 20 members: Synapse takes the partial state, completes
+    it from our /state_ids and /state (its partial-state flag is cleared),
+    lists every member, sees the history, and both sides talk."""
+    ours, syn = peers
+    n = 20
+    async with aiohttp.ClientSession() as http:
+        alice = await User(http, ours.client_url).register("alice_omit")
+        others = await asyncio.gather(*(User(http, ours.client_url).register(f"omit{i:02d}") for i in range(n - 1)))
+        rooms = []
+        for _ in range(2):  # the probes' room and the one Synapse joins
+            status, room = await alice.call("POST", "createRoom", {"preset": "public_chat", "room_version": "12"})
+            assert status == 200, room
+            rooms.append(room["room_id"])
+            for u in others:
+                status, body = await u.call("POST", f"join/{quote(room['room_id'])}", {})
+                assert status == 200, body
+        probe_room, room_id = rooms
+        members = {alice.user_id, *(u.user_id for u in others)}
+
+        # the answer itself, to joins signed with Synapse's key (users Synapse
+        # never made, in a room Synapse is not in)
+        omitted = await probe_send_join(http, ours, syn, probe_room, f"@probe1:{syn.server_name}",
+                                        "?omit_members=true")
+        assert omitted["members_omitted"] is True
+        assert omitted["servers_in_room"] == sorted({ours.server_name, syn.server_name})
+        state_members = {e["state_key"] for e in omitted["state"] if e["type"] == "m.room.member"}
+        heroes = sorted(m for m in members)[:5]  # joined members by code point
+        assert state_members == set(heroes), (state_members, heroes)
+        assert {e["type"] for e in omitted["state"]} >= {"m.room.create", "m.room.power_levels",
+                                                         "m.room.join_rules", "m.room.history_visibility"}
+        # (PDUs told apart by their content hash: v12 PDUs carry no event id)
+        state_hashes = {e["hashes"]["sha256"] for e in omitted["state"]}
+        chain_hashes = [e["hashes"]["sha256"] for e in omitted["auth_chain"]]
+        assert not state_hashes & set(chain_hashes)
+        assert len(chain_hashes) == len(set(chain_hashes))
+
+        full = await probe_send_join(http, ours, syn, probe_room, f"@probe2:{syn.server_name}", "")
+        assert full["members_omitted"] is False
+        full_members = {e["state_key"] for e in full["state"] if e["type"] == "m.room.member"}
+        assert full_members == members | {f"@probe1:{syn.server_name}"}
+        full_chain = [e["hashes"]["sha256"] for e in full["auth_chain"]]
+        assert len(full_chain) == len(set(full_chain))
+        # members' joins are in no other event's auth chain here (public room)
+        assert len(full["auth_chain"]) < 10, [e["type"] for e in full["auth_chain"]]
+        assert len(full["state"]) == len(omitted["state"]) - len(state_members) + len(full_members)
+
+        # a real Synapse join of the other room, partial state first
+        for i in range(3):
+            status, body = await alice.send(room_id, f"history {i}")
+            assert status == 200, body
+        bob = await register_on_synapse(http, syn, "bob_omit")
+        status, body = await bob.call("POST", f"join/{quote(room_id)}?server_name={quote(ours.server_name)}", {})
+        assert status == 200, (body, syn.log_tail())
+        cleared = f"Clearing partial-state flag for {room_id}"
+        synapse_log = syn.workdir / "homeserver.log"
+        for _ in range(300):
+            if cleared in synapse_log.read_text(errors="replace"):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"Synapse did not finish its partial-state join: {syn.log_tail()}")
+        joined: dict[str, Any] = {}
+        for _ in range(100):
+            status, body = await bob.call("GET", f"rooms/{quote(room_id)}/joined_members")
+            assert status == 200, body
+            joined = body.get("joined", {})
+            if len(joined) == n + 1:
+                break
+            await asyncio.sleep(0.2)
+        assert set(joined) == members | {bob.user_id}
+        await each_once_on_synapse(bob, room_id, [f"history {i}" for i in range(3)], 100, syn.log_tail)
+
+        # both ways
+        status, body = await bob.send(room_id, "from synapse")
+        assert status == 200, body
+        status, body = await alice.send(room_id, "from ours")
+        assert status == 200, body
+        await each_once_on_synapse(bob, room_id, ["from ours", "from synapse"], 100, syn.log_tail)
+        for _ in range(100):
+            status, body = await alice.call("GET", f"rooms/{quote(room_id)}/messages?dir=b&limit=20")
+            assert status == 200, body
+            if "from synapse" in [e.get("content", {}).get("body") for e in body.get("chunk", [])]:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("bob's message did not reach our server")

@@ -95,7 +95,8 @@ class ResidentRoutes:
         event, before = await self.resident.send_membership(
             origin, room_id, _event_id(request.match_info["event_id"]), request[FEDERATION_BODY], "join"
         )
-        return json_response(await self.resident.join_answer(event, before))
+        omit = request.query.get("omit_members", "false").lower() == "true"
+        return json_response(await self.resident.join_answer(event, before, omit_members=omit))
 
     async def send_leave(self, request: web.Request, origin: str) -> web.StreamResponse:
         room_id = _room_id(request)

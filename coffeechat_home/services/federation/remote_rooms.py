@@ -99,7 +99,9 @@ class RemoteRooms:
     async def _join_via(self, server: str, user_id: str, room_id: str, content: Mapping[str, Any]) -> None:
         vers = "&".join(f"ver={v}" for v in KNOWN_ROOM_VERSIONS)
         path = f"/_matrix/federation/v1/make_join/{quote(room_id, safe='')}/{quote(user_id, safe='')}?{vers}"
+        t0 = time.perf_counter()
         answer = await self.client.get_json(server, path)
+        t1 = time.perf_counter()
         if not isinstance(answer, Mapping) or not isinstance(answer.get("event"), Mapping):
             raise _BadAnswer("make_join answer without an event")
         try:
@@ -124,7 +126,9 @@ class RemoteRooms:
         except ProtocolError as e:
             raise _BadAnswer(f"cannot build the join: {e}") from None
         path = f"/_matrix/federation/v2/send_join/{quote(room_id, safe='')}/{quote(join.event_id, safe='')}"
+        t2 = time.perf_counter()
         sent = await self.client.put_json(server, path, dict(join.pdu))
+        t3 = time.perf_counter()
         if not isinstance(sent, Mapping):
             raise _BadAnswer("send_join answer is not an object")
         signed = sent.get("event")
@@ -137,7 +141,15 @@ class RemoteRooms:
             raise _BadAnswer("send_join answer without the join signed by the authorising server")
         state = await self._check_all(sent.get("state"), rv, "state")
         chain = await self._check_all(sent.get("auth_chain"), rv, "auth_chain")
+        t4 = time.perf_counter()
         await self._persist(room_id, rv, join, state, chain)
+        t5 = time.perf_counter()
+        # where a join's time goes (bench/bench_federation.py reads these)
+        log.info("remote join timing", extra={
+            "room_id": room_id, "via": server, "make_join_s": round(t1 - t0, 4), "build_s": round(t2 - t1, 4),
+            "send_join_s": round(t3 - t2, 4), "check_s": round(t4 - t3, 4), "persist_s": round(t5 - t4, 4),
+            "state_events": len(state), "auth_chain_events": len(chain),
+        })
 
     async def _check_pdu(self, pdu: Any, rv: RoomVersion) -> Event:
         try:

@@ -26,6 +26,7 @@ from ...protocol.room_versions import RoomVersion, get_room_version
 from ...protocol.signing import SigningKey, sign_event
 from ...storage.events import EventStore
 from ...storage.federation_queue import FederationQueueStore
+from ...storage.rooms import RoomStore
 from ..persister import EventContext, NewEvent, Persister
 from ..room_writer import RoomWriter
 from ..server_keys import KeyStore
@@ -34,6 +35,7 @@ from .events_in import bad_json, check_auth_against, check_pdu, state_before
 from .visibility import filter_for_server
 
 MAX_BACKFILL = 100
+HEROES = 5  # m.heroes of a room summary (services/sync.py)
 MAX_MISSING = 50
 
 
@@ -211,19 +213,53 @@ class ResidentService:
         state = await self.writer.current_state(event.room_id) or {}
         return {"knock_room_state": stripped_state(state, event.sender)}
 
-    async def join_answer(self, event: Event, before: Mapping[StateKey, str]) -> dict[str, Any]:
+    async def join_answer(
+        self, event: Event, before: Mapping[StateKey, str], *, omit_members: bool = False
+    ) -> dict[str, Any]:
+        """The send_join answer: the state before the join and the auth
+        chain of the join and of that state (the state events themselves
+        only where another one's chain reaches them). ``omit_members`` (the
+        joiner asked for it, send_join v2): the state without membership
+        events except the joiner's own and, in a room with neither a name
+        nor a canonical alias, those of the room's heroes; the auth chain
+        without the events already in ``state``; the joiner gets the other
+        members later (/state_ids, /state)."""
         rv = event.room_version
-        state_ids = list(before.values())
-        chain, _ = await self.events.auth_chain_events([*state_ids, *event.auth_event_ids], rv)
+        if omit_members:
+            state_ids = [i for k, i in before.items() if k[0] != "m.room.member"]
+            keep = {event.sender, *await self._heroes(event, before)}
+            state_ids += [before[("m.room.member", u)] for u in keep if ("m.room.member", u) in before]
+        else:
+            state_ids = list(before.values())
+        chain, _ = await self.events.auth_chain_events(
+            [*state_ids, *event.auth_event_ids], rv, include_given=False
+        )
+        if omit_members:
+            for i in state_ids:
+                chain.pop(i, None)
         state_pdus = await self.events.get_pdus(state_ids)
         return {
             "origin": self.server_name,
             "state": [_out(state_pdus[i]) for i in state_ids if i in state_pdus],
             "auth_chain": [_out(e.pdu) for e in chain.values()],
             "event": _out(event.pdu),
-            "members_omitted": False,
+            "members_omitted": omit_members,
             "servers_in_room": await self.queue.servers_in_room(event.room_id),
         }
+
+    async def _heroes(self, event: Event, before: Mapping[StateKey, str]) -> list[str]:
+        """The room's heroes for the joiner (as /sync's summary names them)
+        when the state before the join has neither a name nor a canonical
+        alias; none otherwise."""
+        if ("m.room.name", "") in before or ("m.room.canonical_alias", "") in before:
+            return []
+        summary = (await RoomStore(self.events.db).member_summaries([event.room_id], HEROES + 1)).get(event.room_id)
+        if summary is None:
+            return []
+        _, _, joined, invited = summary
+        heroes = [u for u in joined if u != event.state_key][:HEROES]
+        heroes += [u for u in invited if u != event.state_key][:HEROES - len(heroes)]
+        return heroes
 
     # -- reads ---------------------------------------------------------------------
     async def check_may_read(self, origin: str, room_id: str) -> RoomVersion:

@@ -16,12 +16,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import orjson
 
 from ..federation.client import FederationClient, FederationError
-from ..protocol.errors import InvalidSigningKey, SignatureError
+from ..protocol.errors import EventFormatError, InvalidSigningKey, SignatureError
 from ..protocol.signing import (
     SigningKey,
     VerifyKey,
@@ -230,6 +230,66 @@ class KeyStore:
                     log.info("PDU key %s of %s: %s", key_id, server, e)
         return lambda server, key_id: found.get((server, key_id))
 
+    async def key_lookups_for_pdus(
+        self, pdus: Sequence[Mapping[str, Any]], room_version: RoomVersion
+    ) -> list[KeyLookup]:
+        """``key_lookup_for_pdu`` for each PDU of a batch (a send_join
+        answer of thousands): each (server, key id) the batch names is read,
+        or fetched, once, asked valid at the latest ``origin_server_ts``
+        that needs it (then valid at every earlier one too); when it is not,
+        at the earliest, and each PDU's time is then compared in memory with
+        the stored key's validity. A PDU too malformed to name its signers
+        gets an empty lookup (its checks refuse it)."""
+        times: list[int] = []
+        reqs: list[dict[str, list[str]]] = []
+        spans: dict[tuple[str, str], tuple[int, int]] = {}  # earliest, latest
+        for pdu in pdus:
+            ts = pdu.get("origin_server_ts")
+            valid_at = ts if isinstance(ts, int) and not isinstance(ts, bool) else now_ms()
+            try:
+                need = signing_requirements(pdu, room_version)
+            except EventFormatError:
+                need = {}
+            times.append(valid_at)
+            reqs.append(need)
+            for server, key_ids in need.items():
+                for key_id in key_ids:
+                    lo, hi = spans.get((server, key_id), (valid_at, valid_at))
+                    spans[(server, key_id)] = (min(lo, valid_at), max(hi, valid_at))
+        # (server, key id) -> the key and the last time it is valid at (None: any)
+        keys: dict[tuple[str, str], tuple[VerifyKey, int | None]] = {}
+        for (server, key_id), (earliest, latest) in spans.items():
+            if server == self.local.server_name:
+                continue  # in memory: asked per PDU below
+            try:
+                keys[(server, key_id)] = (await self.get_verify_key(server, key_id, latest), None)
+                continue
+            except (KeyUnavailable, InvalidSigningKey) as e:
+                log.info("PDU key %s of %s at %s: %s", key_id, server, latest, e)
+            try:
+                key = await self.get_verify_key(server, key_id, earliest)
+            except (KeyUnavailable, InvalidSigningKey):
+                continue
+            stored = await self.store.get_key(server, key_id)
+            if stored is not None:
+                keys[(server, key_id)] = (key, stored.valid_until_ts)
+        out: list[KeyLookup] = []
+        for valid_at, need in zip(times, reqs):
+            found: dict[tuple[str, str], VerifyKey] = {}
+            for server, key_ids in need.items():
+                for key_id in key_ids:
+                    if server == self.local.server_name:
+                        try:
+                            found[(server, key_id)] = self.local.verify_key(key_id, valid_at)
+                        except KeyUnavailable:
+                            pass
+                        continue
+                    held = keys.get((server, key_id))
+                    if held is not None and (held[1] is None or held[1] >= valid_at):
+                        found[(server, key_id)] = held[0]
+            out.append(_lookup_in(found))
+        return out
+
     async def get_verify_key(self, server_name: str, key_id: str, valid_at_ts: int) -> VerifyKey:
         if server_name == self.local.server_name:
             return self.local.verify_key(key_id, valid_at_ts)
@@ -366,6 +426,10 @@ class KeyStore:
                 doc = orjson.loads(k.response_json)
                 out.append(sign_json(doc, self.local.server_name, self.local.signing_key))
         return out
+
+
+def _lookup_in(found: Mapping[tuple[str, str], VerifyKey]) -> KeyLookup:
+    return lambda server, key_id: found.get((server, key_id))
 
 
 def _usable(key: StoredKey, valid_at_ts: int) -> bool:

@@ -17,6 +17,8 @@ import time
 from typing import Any, Mapping, Sequence
 from urllib.parse import quote
 
+import orjson
+
 from ...errors import MatrixError, forbidden
 from ...federation.client import FederationClient, FederationError, RemoteError
 from ...protocol.auth import AuthError, auth_state_from_events, check_auth_rules
@@ -139,8 +141,12 @@ class RemoteRooms:
             join = countersigned
         elif AUTHORISING_USER in join.content:
             raise _BadAnswer("send_join answer without the join signed by the authorising server")
-        state = await self._check_all(sent.get("state"), rv, "state")
-        chain = await self._check_all(sent.get("auth_chain"), rv, "auth_chain")
+        given_state, given_chain = sent.get("state"), sent.get("auth_chain")
+        if not isinstance(given_state, list) or not isinstance(given_chain, list):
+            raise _BadAnswer("send_join answer without state or auth_chain")
+        checked = await self._check_all([*given_state, *given_chain], rv)
+        state = [e for e in checked[:len(given_state)] if e is not None]
+        chain = [e for e in checked[len(given_state):] if e is not None]
         t4 = time.perf_counter()
         await self._persist(room_id, rv, join, state, chain)
         t5 = time.perf_counter()
@@ -159,16 +165,36 @@ class RemoteRooms:
         except (ProtocolError, KeyUnavailable) as e:
             raise _BadAnswer(f"a PDU of the answer was refused: {e}") from None
 
-    async def _check_all(self, pdus: Any, rv: RoomVersion, what: str) -> list[Event]:
-        if not isinstance(pdus, list):
-            raise _BadAnswer(f"send_join answer without {what}")
-        out: list[Event] = []
+    async def _check_all(self, pdus: list[Any], rv: RoomVersion) -> list[Event | None]:
+        """Each PDU checked (format, signatures, content hash), None for one
+        refused (dropped; auth may still hold without it). A PDU given twice
+        (in state and in auth_chain) is checked once and answered with the
+        same Event; the keys are read once per (server, key id)."""
+        distinct: dict[bytes, int] = {}
+        mappings: list[Mapping[str, Any]] = []
+        slots: list[int | None] = []
         for pdu in pdus:
+            if not isinstance(pdu, Mapping):
+                slots.append(None)
+                continue
             try:
-                out.append(await self._check_pdu(pdu, rv))
-            except _BadAnswer as e:
-                log.info("send_join %s: %s", what, e)  # dropped; auth may still hold
-        return out
+                raw = orjson.dumps(pdu, option=orjson.OPT_SORT_KEYS)
+            except TypeError:
+                slots.append(None)
+                continue
+            if raw not in distinct:
+                distinct[raw] = len(mappings)
+                mappings.append(pdu)
+            slots.append(distinct[raw])
+        lookups = await self.key_store.key_lookups_for_pdus(mappings, rv)
+        events: list[Event | None] = []
+        for pdu, lookup in zip(mappings, lookups):
+            try:
+                events.append(check_received_pdu(pdu, rv, lookup).event)
+            except ProtocolError as e:
+                log.info("send_join answer: a PDU was refused: %s", e)
+                events.append(None)
+        return [None if i is None else events[i] for i in slots]
 
     async def _persist(self, room_id: str, rv: RoomVersion, join: Event, state: list[Event],
                        chain: list[Event]) -> None:

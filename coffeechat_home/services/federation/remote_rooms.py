@@ -212,14 +212,17 @@ class RemoteRooms:
         seen: set[str] = set()
         batch: list[NewEvent] = []
         for ev in sorted(outliers, key=lambda e: (e.depth, e.event_id)):
-            if ev.event_id not in seen:
+            if ev.event_id not in seen and ev.event_id != join.event_id:
                 seen.add(ev.event_id)
                 batch.append(NewEvent(ev, EventContext(outlier=True)))
         known = await self.events.room_version(room_id)
         new_room = None if known is not None else NewRoom(creator=create.sender, is_public=False)
-        await self.persister.persist(room_id, batch, room_version=rv, new_room=new_room)
         state_ids = {k: ev.event_id for k, ev in state_map.items()}
-        await self.persister.persist(room_id, [NewEvent(join, EventContext(state_before=state_ids))], room_version=rv)
+        # one transaction: the state and auth chain as outliers, the join on
+        # top of that state (whose memberships the persister then reads from
+        # the batch, not back from the database)
+        batch.append(NewEvent(join, EventContext(state_before=state_ids)))
+        await self.persister.persist(room_id, batch, room_version=rv, new_room=new_room)
 
 
     async def reject_invite(self, user_id: str, room_id: str, servers: Sequence[str],

@@ -8,6 +8,8 @@ ID localparts, opaque room ID localparts) and strict where we create things
 
 from __future__ import annotations
 
+import functools
+
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -94,6 +96,12 @@ def parse_server_name(s: str) -> ServerName:
     """Split and check ``hostname [":" port]`` (IPv4, ``[IPv6]`` or DNS name)."""
     if not isinstance(s, str) or not s:
         raise InvalidIdentifier("server name is empty")
+    return _parse_server_name(s)
+
+
+# a send_join answer names the same few servers thousands of times
+@functools.lru_cache(maxsize=4096)
+def _parse_server_name(s: str) -> ServerName:
     if s.startswith("["):
         end = s.find("]")
         if end < 0:
@@ -335,8 +343,18 @@ def validate_event_id(s: str, room_version: RoomVersion | None = None) -> None:
 
 
 def is_valid_event_id(s: str, room_version: RoomVersion | None = None) -> bool:
+    if type(s) is not str:
+        return False
+    return _is_valid_event_id(s, room_version is not None and room_version.event_format >= 3)
+
+
+# (the auth events of a big room's members are the same few ids)
+@functools.lru_cache(maxsize=8192)
+def _is_valid_event_id(s: str, hash_format: bool) -> bool:
     try:
-        validate_event_id(s, room_version)
+        validate_event_id(s)
+        if hash_format:
+            _check_hash_id(s, "event ID")
     except InvalidIdentifier:
         return False
     return True

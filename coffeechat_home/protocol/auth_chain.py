@@ -70,20 +70,20 @@ def _auth_order(batch: Mapping[str, Event], result: AuthChainResult) -> list[Eve
         if root.event_id in state:
             continue
         # iterative depth-first walk (auth chains can be long)
-        stack: list[tuple[Event, int]] = [(root, 0)]
+        # (each event's batch auth events worked out once, when first met)
+        stack: list[tuple[Event, list[str], int]] = [(root, _auth_deps(root, batch), 0)]
         state[root.event_id] = 1
         while stack:
-            ev, i = stack.pop()
-            deps = _auth_deps(ev, batch)
+            ev, deps, i = stack.pop()
             if i < len(deps):
-                stack.append((ev, i + 1))
+                stack.append((ev, deps, i + 1))
                 dep = batch[deps[i]]
                 if state.get(dep.event_id) == 1:
-                    for cyc, _ in stack:
+                    for cyc, _, _ in stack:
                         result.rejected.setdefault(cyc.event_id, "auth_events: cycle")
                 elif dep.event_id not in state:
                     state[dep.event_id] = 1
-                    stack.append((dep, 0))
+                    stack.append((dep, _auth_deps(dep, batch), 0))
                 continue
             state[ev.event_id] = 2
             if ev.event_id not in result.rejected:

@@ -470,8 +470,12 @@ async def rejoin_loop(plan: Plan, pg: Postgres, s1: Node, r1: Node, first: dict[
     for n in range(10):
         log(f"rejoin: touch {trigger} to join again with a fresh R1 (waiting up to {args.rejoin_wait:.0f} s)")
         deadline = time.monotonic() + args.rejoin_wait
-        while not trigger.exists() and time.monotonic() < deadline:
-            await asyncio.sleep(1.0)
+        try:
+            while not trigger.exists() and time.monotonic() < deadline:
+                await asyncio.sleep(1.0)
+        except asyncio.CancelledError:  # Ctrl-C while waiting: the report of what was measured, then exit
+            log("rejoin: interrupted; reporting what was measured")
+            break
         if not trigger.exists():
             break
         trigger.unlink()

@@ -231,9 +231,10 @@ class ResidentService:
             state_ids += [before[("m.room.member", u)] for u in keep if ("m.room.member", u) in before]
         else:
             state_ids = list(before.values())
-        chain, _ = await self.events.auth_chain_events(
-            [*state_ids, *event.auth_event_ids], rv, include_given=False
-        )
+        chain, _ = await self.events.auth_chain_events(state_ids, rv, include_given=False)
+        # the join's own auth events with their chains (e.g. a restricted
+        # join's authorising member, a membership omitted from ``state``)
+        chain.update((await self.events.auth_chain_events(event.auth_event_ids, rv))[0])
         if omit_members:
             for i in state_ids:
                 chain.pop(i, None)

@@ -587,7 +587,8 @@ async def test_sender_skips_servers_the_room_acl_denies(
     """Two servers in alice's room, one named by its IP address: once the
     room's server ACL denies IP literals, that one gets neither the room's
     events (the ACL event included) nor its typing, the other gets both;
-    the room's federation /hierarchy answers the denied one 404."""
+    the room's federation /hierarchy answers the denied one 404, and our
+    send_join answers leave it out of ``servers_in_room``."""
     ours, origin, http = setup
     version = "12"
     alice, room, _remy, _join, _since, _state, _head = await room_with_remote_member(ours, origin, http, version)
@@ -642,6 +643,14 @@ async def test_sender_skips_servers_the_room_acl_denies(
         assert not got(other, acl["event_id"]) and not got(other, after["event_id"]), other.received
         assert other.edus("m.typing") == []
         assert await ours.db_fetch("SELECT 1 FROM federation_edu_outbox WHERE destination = $1", other.name) == []
+        # a send_join answer names the servers in the room but the denied one
+        late = f"@late:{origin.name}"
+        late_join = origin.build(version, room.room_id, late,
+                                 {"type": "m.room.member", "state_key": late, "content": {"membership": "join"}},
+                                 await room.head(), await room.state())
+        answer = await origin.client.put_json(
+            ours.server_name, f"/_matrix/federation/v2/send_join/{rid}/{quote(late_join.event_id)}", dict(late_join.pdu))
+        assert answer["servers_in_room"] == sorted({ours.server_name, origin.name}), answer["servers_in_room"]
     finally:
         await other.stop()
         await db.close()

@@ -98,7 +98,7 @@ class Backfiller:
         if version is None:
             return 0
         rv = get_room_version(version)
-        servers = [s for s in await self.queue.servers_in_room(room_id) if s != self.server_name]
+        servers = [s for s in await self.queue.allowed_servers_in_room(room_id) if s != self.server_name]
         for server in servers[:MAX_SERVERS_TRIED]:
             try:
                 async with asyncio.timeout(self.timeout_s):

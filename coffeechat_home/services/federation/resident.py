@@ -245,7 +245,7 @@ class ResidentService:
             "auth_chain": [_out(e.pdu) for e in chain.values()],
             "event": _out(event.pdu),
             "members_omitted": omit_members,
-            "servers_in_room": await self.queue.servers_in_room(event.room_id),
+            "servers_in_room": await self.queue.allowed_servers_in_room(event.room_id),  # not those its ACL denies
         }
 
     async def _heroes(self, event: Event, before: Mapping[StateKey, str]) -> list[str]:

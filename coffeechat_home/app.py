@@ -243,6 +243,7 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         retry_min_ms=fed.destination_min_retry_ms, retry_max_ms=fed.destination_max_retry_ms,
     ) if federating else None
     if sender is not None:  # E2EE EDUs to other servers go through the sender's outbox
+        persister.after_persist.append(sender.events_committed)  # (and a scan after writes maybe ours to send)
         e2e.federation.attach_sender(sender.outbox, sender.wake_all, queue.servers_sharing_a_room)
         e2e.device_lists.local_change_hooks.append(e2e.federation.local_change)
         e2e.to_device.remote_edus = e2e.federation.to_device_edus

@@ -7,6 +7,14 @@ advances, the destinations touched by the new events get a row (at the old
 position) and a worker; a periodic sweep picks up destinations that are
 behind (after a restart or a takeover) and those whose backoff ended.
 
+The stream is only scanned on an advance when this instance committed
+something that may be ours to send (``events_committed``, a persister
+hook: events by local users, and membership events, which are what gets
+relayed): a server that only receives federation traffic pays nothing
+per inbound transaction. Writes of other instances (their own senders
+scan them) and anything a hint missed are scanned by the periodic sweep,
+so they are delayed by at most ``sweep_interval_s``, never lost.
+
 Only the instance holding the work lease ``fed-dest:<destination>`` sends
 to a destination. Batches of up to 50 PDUs go out as
 ``PUT /_matrix/federation/v1/send/{txnId}`` with a txn id derived from the
@@ -32,6 +40,7 @@ from typing import Any, Iterable
 
 from ...federation.client import FederationClient, FederationError
 from ...protocol.canonical import encode_base64
+from ...protocol.events import Event
 from ...protocol.server_acl import server_allowed
 from ...storage.edu_outbox import MAX_EDUS, EduOutboxStore, QueuedEdu
 from ...storage.federation_queue import FederationQueueStore, OutgoingEvent
@@ -84,6 +93,8 @@ class FederationSender:
         self.lease_ttl_ms = lease_ttl_ms
         self.poll_interval_s = poll_interval_s
         self._seen = 0
+        self._wanted = 0  # scan the stream once it has advanced past _seen while _wanted > _seen
+        self.scans = 0  # stream scans done (for tests and metrics)
         self._task: asyncio.Task[None] | None = None
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
@@ -95,6 +106,7 @@ class FederationSender:
     async def start(self) -> None:
         scanned = await self.store.scanned_position()
         self._seen = self.notifier.position if scanned is None else min(scanned, self.notifier.position)
+        self._wanted = self.notifier.position  # a range left unscanned before a restart: at once
         self._task = asyncio.create_task(self._run(), name="federation-sender")
 
     async def stop(self) -> None:
@@ -119,6 +131,17 @@ class FederationSender:
         for d in destinations:
             self._kick(d)
 
+    async def events_committed(self, room_id: str, events: list[Event]) -> None:
+        """Persister hook (after each commit of events with a stream
+        position): when one may be ours to send (sent by a local user, or a
+        membership event, which a resident server relays), scan the stream
+        at the next advance that covers it."""
+        for e in events:
+            if e.type == "m.room.member" or e.sender.partition(":")[2] == self.server_name:
+                # this instance's committed maximum covers the events just written
+                self._wanted = max(self._wanted, self.notifier.stream.local_committed, self._seen + 1)
+                return
+
     async def destination_talked(self, destination: str) -> None:
         """An inbound request from ``destination``: end its backoff (looked
         at once per ``TALKED_EVERY_S`` per destination, not per request)."""
@@ -140,15 +163,11 @@ class FederationSender:
         while True:
             try:
                 pos = self.notifier.position
-                if pos > self._seen:
-                    touched = await self.store.destinations_touched(self._seen, pos)
-                    await self.store.ensure_destinations(touched, self._seen)
-                    await self.store.set_scanned_position(pos)
-                    self._seen = pos
-                    for d in touched:
-                        self._kick(d)
                 now = time.monotonic()
-                if now - last_sweep >= self.sweep_interval_s:
+                sweep = now - last_sweep >= self.sweep_interval_s
+                if pos > self._seen and (self._wanted > self._seen or sweep):
+                    await self._scan(pos)
+                if sweep:
                     last_sweep = now
                     for d in await self.store.due(pos):
                         self._kick(d)
@@ -162,6 +181,17 @@ class FederationSender:
                 log.exception("federation sender loop")
                 await asyncio.sleep(1.0)
             await asyncio.sleep(self.poll_interval_s)
+
+    async def _scan(self, pos: int) -> None:
+        """The destinations touched by the events in (_seen, pos]: a row
+        for each (at _seen) and a worker."""
+        self.scans += 1
+        touched = await self.store.destinations_touched(self._seen, pos)
+        await self.store.ensure_destinations(touched, self._seen)
+        await self.store.set_scanned_position(pos)
+        self._seen = pos
+        for d in touched:
+            self._kick(d)
 
     def _kick(self, destination: str) -> None:
         if destination == self.server_name:

@@ -93,7 +93,7 @@ class FederationSender:
         self.lease_ttl_ms = lease_ttl_ms
         self.poll_interval_s = poll_interval_s
         self._seen = 0
-        self._wanted = 0  # scan the stream once it has advanced past _seen while _wanted > _seen
+        self._wanted = 0  # while above _seen: scan the stream once its position reaches this
         self.scans = 0  # stream scans done (for tests and metrics)
         self._task: asyncio.Task[None] | None = None
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -162,25 +162,32 @@ class FederationSender:
         last_sweep = 0.0
         while True:
             try:
-                pos = self.notifier.position
                 now = time.monotonic()
                 sweep = now - last_sweep >= self.sweep_interval_s
-                if pos > self._seen and (self._wanted > self._seen or sweep):
-                    await self._scan(pos)
                 if sweep:
                     last_sweep = now
-                    for d in await self.store.due(pos):
-                        self._kick(d)
-                    if self.outbox is not None:
-                        await self.outbox.delete_expired()
-                        for d in await self.outbox.destinations_due():
-                            self._kick(d)
+                await self._tick(sweep)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("federation sender loop")
                 await asyncio.sleep(1.0)
             await asyncio.sleep(self.poll_interval_s)
+
+    async def _tick(self, sweep: bool) -> None:
+        """One step of the loop: scan the stream once it covers what a
+        commit here asked for (any advance at a sweep); at a sweep, kick
+        the destinations due."""
+        pos = self.notifier.position
+        if pos > self._seen and (pos >= self._wanted > self._seen or sweep):
+            await self._scan(pos)
+        if sweep:
+            for d in await self.store.due(pos):
+                self._kick(d)
+            if self.outbox is not None:
+                await self.outbox.delete_expired()
+                for d in await self.outbox.destinations_due():
+                    self._kick(d)
 
     async def _scan(self, pos: int) -> None:
         """The destinations touched by the events in (_seen, pos]: a row

@@ -17,6 +17,9 @@ from .accounts import Requester
 
 
 MAX_STREAM_POS = 2**63 - 1
+# /messages: pages read past when hiding by the state at each event left
+# a page empty (hide_unseen)
+MAX_HIDDEN_PAGES = 5
 
 
 def parse_token(token: str | None, name: str = "from") -> int | None:
@@ -236,6 +239,48 @@ class HistoryService:
             out[room_id] = Window(ranges, mine[-1][1] if mine else None) if ranges else None
         return out
 
+    async def hide_unseen_many(
+        self, user_id: str, rows_by_room: Mapping[str, list[EventRow]]
+    ) -> dict[str, list[EventRow]]:
+        """Drop the rows the user may not see by the state at each event.
+
+        Windows are stream ranges: they assume an event's stream position
+        says whether the user was joined (or invited) at it. An event that
+        reached us after the user's join although it is not after the join
+        in the room's DAG (one sent before it and delivered late, one that
+        crossed it, or what get_missing_events fetched for them) has a
+        position after the join while the user was not joined at it. In a
+        room whose history visibility is (or was) ``joined`` or
+        ``invited``, each row is judged by the state after it, as the spec
+        says: ``joined`` needs the user joined there, ``invited`` invited
+        or joined. The user's own membership events and the visibility
+        changes themselves stay as the window judged them. Rooms that never
+        restricted their history cost one indexed read for all of them."""
+        rooms = [r for r, rows in rows_by_room.items() if rows]
+        strict = await self.events.rooms_with_restricted_history(rooms) if rooms else set()
+        if not strict:
+            return dict(rows_by_room)
+        candidates = [
+            row for r in strict for row in rows_by_room[r]
+            if not ((row.type == "m.room.member" and row.state_key == user_id)
+                    or (row.type == "m.room.history_visibility" and row.state_key == ""))
+        ]
+        view = await self.events.user_view_at_events([row.event_id for row in candidates], user_id)
+        hidden = set()
+        for row in candidates:
+            if row.event_id not in view:
+                continue  # no state known for it: as the window judged it
+            setting, membership = view[row.event_id]
+            v = _visibility(setting)
+            if (v == "joined" and membership != "join") or (v == "invited" and membership not in ("invite", "join")):
+                hidden.add(row.event_id)
+        if not hidden:
+            return dict(rows_by_room)
+        return {r: [row for row in rows if row.event_id not in hidden] for r, rows in rows_by_room.items()}
+
+    async def hide_unseen(self, user_id: str, room_id: str, rows: list[EventRow]) -> list[EventRow]:
+        return (await self.hide_unseen_many(user_id, {room_id: rows}))[room_id]
+
     async def visible_timeline(
         self,
         room_id: str,
@@ -245,9 +290,13 @@ class HistoryService:
         upto: int | None,
         limit: int,
         backwards: bool,
+        user_id: str | None = None,
         **filters: Any,
     ) -> list[EventRow]:
-        """events.timeline over the visible parts of (after, upto]."""
+        """events.timeline over the visible parts of (after, upto]; with
+        ``user_id``, the rows the user may not see by the state at each
+        event are dropped (``hide_unseen``), so fewer than ``limit`` may
+        come back."""
         parts = window.within(after, upto)
         if backwards:
             parts.reverse()
@@ -258,7 +307,7 @@ class HistoryService:
             rows += await self.events.timeline(
                 room_id, after=lo, upto=hi, limit=limit - len(rows), backwards=backwards, **filters
             )
-        return rows
+        return rows if user_id is None else await self.hide_unseen(user_id, room_id, rows)
 
     # -- /messages -------------------------------------------------------------
     async def messages(
@@ -278,30 +327,40 @@ class HistoryService:
         f = room_filter or {}
         if start is None:
             start = (None, await self.stream.current_position()) if backwards else (None, 0)
+        raw: list[EventRow] = []
         rows: list[EventRow] = []
 
-        async def page() -> list[EventRow]:
+        async def page(key: HistoryKey) -> list[EventRow]:
             return await self.events.history(
-                room_id, from_key=start, to_key=to, backwards=backwards, limit=limit, visible=window.ranges,
+                room_id, from_key=key, to_key=to, backwards=backwards, limit=limit, visible=window.ranges,
                 types=f.get("types"), not_types=f.get("not_types"),
                 senders=f.get("senders"), not_senders=f.get("not_senders"),
             )
 
         if limit > 0:
-            rows = await page()
-            if (backwards and len(rows) < limit and self.backfill is not None and to is None
+            raw = await page(start)
+            if (backwards and len(raw) < limit and self.backfill is not None and to is None
                     and (window.lower is None or window.lower < 0)):
                 # past the oldest event we have: ask the room's other servers
-                depth = rows[-1].depth if rows else start[0]
-                if await self.backfill(room_id, depth, limit - len(rows)):
+                depth = raw[-1].depth if raw else start[0]
+                if await self.backfill(room_id, depth, limit - len(raw)):
                     window = await self.window(requester.user_id, room_id)
-                    rows = await page()
+                    raw = await page(start)
+            # by the state at each event (late arrivals, hide_unseen); a
+            # page left empty is followed by the next few, so a chunk is
+            # empty only at the end
+            rows = await self.hide_unseen(requester.user_id, room_id, raw)
+            for _ in range(MAX_HIDDEN_PAGES):
+                if rows or len(raw) < limit:
+                    break
+                raw = await page((raw[-1].depth or 0, raw[-1].stream_pos or 0))
+                rows = await self.hide_unseen(requester.user_id, room_id, raw)
         body: dict[str, Any] = {
             "chunk": [serve_event(r, requester) for r in rows],
             "start": from_token if from_token else make_token(start[1]),
         }
-        if len(rows) == limit and rows:
-            body["end"] = make_history_token(rows[-1])
+        if len(raw) == limit and raw:
+            body["end"] = make_history_token(raw[-1])
         if f.get("lazy_load_members") and rows:
             body["state"] = await self.member_events_for(room_id, {r.sender for r in rows}, requester)
         return body
@@ -321,7 +380,7 @@ class HistoryService:
             window = await self.window(requester.user_id, room_id)
         except MatrixError:
             raise not_found("Event not found") from None
-        if not window.contains(row.stream_pos):
+        if not window.contains(row.stream_pos) or not await self.hide_unseen(requester.user_id, room_id, [row]):
             raise not_found("Event not found")
         return row
 
@@ -336,10 +395,11 @@ class HistoryService:
                   not_senders=f.get("not_senders"))
         before_count = limit // 2
         after_count = limit - before_count
+        user = requester.user_id
         before = await self.visible_timeline(room_id, window, after=None, upto=pos - 1, limit=before_count,
-                                             backwards=True, **kw) if before_count else []
+                                             backwards=True, user_id=user, **kw) if before_count else []
         after = await self.visible_timeline(room_id, window, after=pos, upto=None, limit=after_count,
-                                            backwards=False, **kw) if after_count else []
+                                            backwards=False, user_id=user, **kw) if after_count else []
         last = after[-1] if after else row
         group = await self.events.event_state_group(last.event_id)
         state_ids = await self.events.state_ids_for_group(group) if group is not None else {}

@@ -363,10 +363,13 @@ class SyncService:
         return body, empty
 
     async def _timeline(
-        self, room_id: str, after: int | None, upto: int, f: SyncFilter, window: Window | None = None
+        self, room_id: str, after: int | None, upto: int, f: SyncFilter, window: Window | None = None,
+        user_id: str | None = None,
     ) -> tuple[list[EventRow], bool]:
         """The last events of (after, upto]; with ``window``, only those the
-        user may see (history visibility)."""
+        user may see (history visibility); with ``user_id``, also by the
+        state at each event (HistoryService.hide_unseen: events that
+        arrived after the user's join without being after it)."""
         if f.timeline_limit == 0:
             return [], True
         kw: dict[str, Any] = dict(
@@ -384,6 +387,8 @@ class SyncService:
             )))
         limited = len(rows) > f.timeline_limit
         rows = rows[: f.timeline_limit]
+        if user_id is not None:
+            rows = await self.history.hide_unseen(user_id, room_id, rows)
         rows.reverse()
         return rows, limited
 
@@ -425,6 +430,7 @@ class SyncService:
                     room_id, window, after=None, upto=upto, limit=limit, backwards=True, **filters
                 )
         rows_by_room.update(await self.events.timelines(single, limit=limit, **filters))
+        rows_by_room = await self.history.hide_unseen_many(user_id, rows_by_room)
         timelines: dict[str, tuple[list[EventRow], bool, int]] = {}
         for room_id in room_ids:
             rows = rows_by_room[room_id]
@@ -485,7 +491,7 @@ class SyncService:
         # Joined throughout (since, upto]: every event there is visible.
         # Newly joined: the history before may not be (history visibility).
         window = await self.history.window(requester.user_id, room_id) if newly else None
-        rows, limited = await self._timeline(room_id, after, upto, f, window)
+        rows, limited = await self._timeline(room_id, after, upto, f, window, requester.user_id)
         if newly or full_state:
             limited = limited or (since is not None and newly)
         timeline_start = (rows[0].stream_pos or 1) - 1 if rows else upto
@@ -574,7 +580,7 @@ class SyncService:
         self, requester: Requester, room_id: str, since: int | None, leave_pos: int, f: SyncFilter
     ) -> dict[str, Any]:
         window = await self.history.window(requester.user_id, room_id)
-        rows, limited = await self._timeline(room_id, since, leave_pos, f, window)
+        rows, limited = await self._timeline(room_id, since, leave_pos, f, window, requester.user_id)
         start = (rows[0].stream_pos or 1) - 1 if rows else leave_pos
         # Only a room the client had as joined at `since` gets a state delta;
         # one it never saw (joined and left in between) gets its state whole.

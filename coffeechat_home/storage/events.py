@@ -508,6 +508,57 @@ class EventStore:
             out[r["room_id"]].append((r["stream_pos"], content.get("history_visibility")))
         return out
 
+    async def rooms_with_restricted_history(self, room_ids: Sequence[str]) -> set[str]:
+        """The rooms that have (or had) a ``joined`` or ``invited``
+        m.room.history_visibility, outliers included (a room joined over
+        federation has its state as outliers)."""
+        if not room_ids:
+            return set()
+        rows = await self.db.fetch(
+            """SELECT room_id, client FROM events
+               WHERE room_id = ANY($1::TEXT[]) AND type = 'm.room.history_visibility' AND state_key = ''""",
+            list(set(room_ids)),
+        )
+        return {r["room_id"] for r in rows
+                if orjson.loads(r["client"]).get("content", {}).get("history_visibility") in ("joined", "invited")}
+
+    async def user_view_at_events(
+        self, event_ids: Sequence[str], user_id: str
+    ) -> dict[str, tuple[Any, str | None]]:
+        """event id -> (the content's history_visibility, the user's
+        membership) in the state after the event (its state group); events
+        without a state group are left out."""
+        if not event_ids:
+            return {}
+        rows = await self.db.fetch(
+            """WITH RECURSIVE ev AS (
+                   SELECT event_id, state_group FROM events
+                   WHERE event_id = ANY($1::TEXT[]) AND state_group IS NOT NULL
+               ), chain (root, id, prev_group, n) AS (
+                   SELECT id, id, prev_group, 0 FROM state_groups WHERE id IN (SELECT state_group FROM ev)
+                   UNION ALL
+                   SELECT c.root, s.id, s.prev_group, c.n + 1 FROM state_groups s JOIN chain c ON s.id = c.prev_group
+               ), view AS (
+                   SELECT DISTINCT ON (c.root, e.type) c.root, e.type, x.membership, x.client
+                   FROM state_group_entries e JOIN chain c ON e.state_group = c.id
+                   JOIN events x ON x.event_id = e.event_id
+                   WHERE (e.type = 'm.room.history_visibility' AND e.state_key = '')
+                      OR (e.type = 'm.room.member' AND e.state_key = $2)
+                   ORDER BY c.root, e.type, c.n
+               )
+               SELECT ev.event_id, v.type, v.membership, v.client FROM ev LEFT JOIN view v ON v.root = ev.state_group""",
+            list(set(event_ids)), user_id,
+        )
+        out: dict[str, tuple[Any, str | None]] = {}
+        for r in rows:
+            hv, membership = out.get(r["event_id"], (None, None))
+            if r["type"] == "m.room.member":
+                membership = r["membership"]
+            elif r["type"] is not None:
+                hv = orjson.loads(r["client"]).get("content", {}).get("history_visibility")
+            out[r["event_id"]] = (hv, membership)
+        return out
+
     async def history(
         self,
         room_id: str,

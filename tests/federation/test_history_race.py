@@ -1,0 +1,139 @@
+"""Issue #9's history-visibility race: in a room whose history is for
+joined members only, events from before a remote user's join that reach
+the user's server after the join (a's sender catching up on a destination
+that joined the room, a message that crossed the join, or what
+get_missing_events fetches for them) are stored with stream positions after the join. They
+must stay hidden from that user: the spec judges each event by the state
+at it (the user was not joined there), not by when it arrived.
+
+The late delivery is made deterministic here: after bob's join, the
+secrets are pushed to b by a signed /send from a (what a's sender does when
+it runs after b persisted the join): secret 0 and secret 2, with secret 1
+in between fetched by b with get_missing_events; and a message built on the
+last secret (a fork beside bob's join, as when alice's message and bob's
+join cross) is stored after the join too."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from pathlib import Path
+from typing import AsyncIterator
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+import pytest
+
+from coffeechat_home.federation.client import FederationClient
+from coffeechat_home.protocol.hashing import compute_event_id
+from coffeechat_home.protocol.room_versions import KNOWN_ROOM_VERSIONS
+from coffeechat_home.protocol.signing import hash_and_sign_event
+
+from ..integration.processes import User, pages_back, timeline_bodies, wait_until
+from ..pg import PostgresForTests
+from .peers import FederatingServer
+
+pytestmark = pytest.mark.federation
+
+_n = itertools.count()
+
+
+@pytest.fixture
+async def pair(
+    pg: PostgresForTests, pg_template: str, tmp_path: Path
+) -> AsyncIterator[tuple[FederatingServer, FederatingServer]]:
+    servers = []
+    try:
+        for name in ("a", "b"):
+            url = await pg.create_database(f"cch_hvrace{os.getpid()}_{next(_n)}", template=pg_template)
+            servers.append(await FederatingServer(url, tmp_path / name).start())
+        yield servers[0], servers[1]
+    finally:
+        for s in servers:
+            await s.stop()
+
+
+async def bodies(user: User, room_id: str) -> list[str]:
+    return [e["content"].get("body") for e in await user.history(room_id) if e["type"] == "m.room.message"]
+
+
+async def test_events_from_before_a_join_delivered_after_it_stay_hidden(
+    pair: tuple[FederatingServer, FederatingServer]
+) -> None:
+    a, b = pair
+    async with aiohttp.ClientSession() as http:
+        alice = await User(http, a.client_url).register("alice")
+        bob = await User(http, b.client_url).register("bob")
+        status, room = await alice.call("POST", "createRoom", {
+            "preset": "public_chat", "room_version": "10",
+            "initial_state": [{"type": "m.room.history_visibility", "state_key": "",
+                               "content": {"history_visibility": "joined"}}],
+        })
+        assert status == 200, room
+        room_id = room["room_id"]
+        secret_ids = []
+        for i in range(3):
+            status, sent = await alice.send(room_id, f"secret {i}")
+            assert status == 200
+            secret_ids.append(sent["event_id"])
+        status, body = await bob.call("POST", f"join/{quote(room_id)}?server_name={quote(a.server_name)}", {})
+        assert status == 200, body
+        first = await bob.sync()
+        since = first["next_batch"]
+
+        # a's PDUs of the secrets, pushed to b after the join
+        rows = await a.db_fetch("SELECT event_id, pdu FROM events WHERE event_id = ANY($1::TEXT[])", secret_ids)
+        pdus = {r["event_id"]: orjson.loads(r["pdu"]) for r in rows}
+        client = FederationClient(a.server_name, a.signing_key(), allow_private_addresses=["127.0.0.0/8"],
+                                  verify_certificates=False)
+        try:
+            txn = {"origin": a.server_name, "origin_server_ts": int(time.time() * 1000),
+                   "pdus": [pdus[secret_ids[0]], pdus[secret_ids[2]]]}
+            # secret 1, between them, b fetches with get_missing_events
+            answer = await client.put_json(b.server_name, "/_matrix/federation/v1/send/late1", txn)
+            assert answer["pdus"] == {secret_ids[0]: {}, secret_ids[2]: {}}, answer
+
+            # a message of alice's that crossed bob's join: built on the last
+            # secret, beside the join
+            rv = KNOWN_ROOM_VERSIONS["10"]
+            last = pdus[secret_ids[-1]]
+            crossing = {
+                "room_id": room_id, "sender": alice.user_id, "type": "m.room.message",
+                "content": {"msgtype": "m.text", "body": "crossed the join"},
+                "prev_events": [secret_ids[-1]], "auth_events": last["auth_events"],
+                "depth": last["depth"] + 1, "origin_server_ts": int(time.time() * 1000),
+            }
+            signed = hash_and_sign_event(crossing, a.server_name, a.signing_key(), rv)
+            crossing_id = compute_event_id(signed, rv)
+            txn = {"origin": a.server_name, "origin_server_ts": int(time.time() * 1000), "pdus": [signed]}
+            answer = await client.put_json(b.server_name, "/_matrix/federation/v1/send/late2", txn)
+            assert answer["pdus"] == {crossing_id: {}}, answer
+        finally:
+            await client.close()
+        stored = await b.db_fetch("SELECT event_id, stream_pos FROM events WHERE event_id = ANY($1::TEXT[])",
+                                  [*secret_ids, crossing_id])
+        # all stored in b's timeline, after bob's join
+        assert len(stored) == 4 and all(r["stream_pos"] is not None and r["stream_pos"] > 0 for r in stored), stored
+
+        # after that, alice says something bob may see
+        assert (await alice.send(room_id, "after join"))[0] == 200
+
+        async def arrived() -> bool:
+            return "after join" in await bodies(bob, room_id)
+
+        assert await wait_until(arrived, 30, interval=0.2)
+        assert await bodies(bob, room_id) == ["after join"]
+        got, _ = await pages_back(bob, room_id, 1)
+        assert [e["content"]["body"] for e in got if e["type"] == "m.room.message"] == ["after join"]
+        # /sync since the join, and an initial sync
+        later = await bob.sync(since=since)
+        assert timeline_bodies(later, room_id) == ["after join"], later["rooms"]["join"].get(room_id)
+        assert timeline_bodies(await bob.sync(), room_id) == ["after join"]
+        # a single event and its context
+        for event_id in [*secret_ids, crossing_id]:
+            status, body = await bob.call("GET", f"rooms/{quote(room_id)}/event/{quote(event_id)}")
+            assert (status, body.get("errcode")) == (404, "M_NOT_FOUND"), body
+        # alice (joined at all of them) still sees everything
+        assert await bodies(alice, room_id) == ["secret 0", "secret 1", "secret 2", "after join"]

@@ -87,17 +87,34 @@ class FederationQueueStore:
 
     async def pending(self, destination: str, after: int, upto: int, limit: int) -> list[OutgoingEvent]:
         """Events in (after, upto] for ``destination``: local or relayed,
-        not sent by one of its users, in a room where it has a joined
-        member now, or a membership event about one of its users."""
+        not sent by one of its users, in a room where it has a member who
+        is joined now and was joined at the event, or a membership event
+        about one of its users.
+
+        "Joined at the event": the member's latest membership row before
+        the event is a join, or, with no row before it, the member's
+        current membership event has no row at all (it came with the
+        state of a room we joined over federation: joined before anything
+        we have). So a destination catching up late (behind in its
+        position, or in backoff, when one of its users joined) is not sent
+        what was said in the room before it joined (issue #9)."""
         rows = await self.db.fetch(
             f"""SELECT e.stream_pos, e.event_id, e.room_id, e.pdu FROM events e
                 WHERE e.stream_pos > $2 AND e.stream_pos <= $3
                   AND ({_server('e.sender')} = $4
                        OR e.event_id IN (SELECT r.event_id FROM federation_relay r))
                   AND {_server('e.sender')} <> $1
-                  AND (e.room_id IN (SELECT c.room_id FROM current_state c
-                                     WHERE c.type = 'm.room.member' AND c.membership = 'join'
-                                       AND {_server('c.state_key')} = $1)
+                  AND (EXISTS (
+                           SELECT 1 FROM current_state c
+                           WHERE c.room_id = e.room_id AND c.type = 'm.room.member' AND c.membership = 'join'
+                             AND {_server('c.state_key')} = $1
+                             AND COALESCE(
+                                   (SELECT m.membership FROM room_memberships m
+                                    WHERE m.room_id = e.room_id AND m.user_id = c.state_key
+                                      AND m.stream_pos < e.stream_pos
+                                    ORDER BY m.stream_pos DESC LIMIT 1),
+                                   CASE WHEN EXISTS (SELECT 1 FROM room_memberships f WHERE f.event_id = c.event_id)
+                                        THEN 'none' ELSE 'join' END) = 'join')
                        OR (e.type = 'm.room.member' AND {_server('e.state_key')} = $1))
                 ORDER BY e.stream_pos LIMIT $5""",
             destination, after, upto, self.server_name, limit,

@@ -2,18 +2,17 @@
 joined members only, events from before a remote user's join that reach
 the user's server after the join (a's sender catching up on a destination
 that joined the room, a message that crossed the join, or what
-get_missing_events fetches for them) are stored with stream positions after the join. They
-must stay hidden from that user: the spec judges each event by the state
-at it (the user was not joined there), not by when it arrived.
+get_missing_events fetches for them) are stored with stream positions
+after the join. They must stay hidden from that user: the spec judges each
+event by the state at it (he was not joined there), not by when it arrived.
 
-a's sender, catching up on b (behind when bob joined), does not send
-b what was said before the join. The late delivery that another server
-may still make is made deterministic here: after bob's join, the
-secrets are pushed to b by a signed /send from a (what a's sender does when
-it runs after b persisted the join): secret 0 and secret 2, with secret 1
-in between fetched by b with get_missing_events; and a message built on the
-last secret (a fork beside bob's join, as when alice's message and bob's
-join cross) is stored after the join too."""
+First, a's sender, catching up on b (behind when bob joined), does not
+send b what was said before the join. Then the late delivery another
+server may still make is made deterministic: signed /sends from a push
+secret 0 and secret 2 (secret 1, between them, b fetches with
+get_missing_events; a serves it redacted) and a message built on the last
+secret (a fork beside bob's join, as when alice's message and bob's join
+cross)."""
 
 from __future__ import annotations
 

@@ -534,8 +534,9 @@ class EventStore:
             """WITH RECURSIVE ev AS (
                    SELECT event_id, state_group FROM events
                    WHERE event_id = ANY($1::TEXT[]) AND state_group IS NOT NULL
-               ), chain (root, id, prev_group, n) AS (
-                   SELECT id, id, prev_group, 0 FROM state_groups WHERE id IN (SELECT state_group FROM ev)
+               ), chain AS (
+                   SELECT id AS root, id, prev_group, 0 AS n FROM state_groups
+                   WHERE id IN (SELECT state_group FROM ev)
                    UNION ALL
                    SELECT c.root, s.id, s.prev_group, c.n + 1 FROM state_groups s JOIN chain c ON s.id = c.prev_group
                ), view AS (

@@ -14,6 +14,7 @@ from ..storage.events import EventRow, EventStore, HistoryKey
 from ..storage.rooms import RoomStore
 from ..storage.stream import StreamStore
 from .accounts import Requester
+from .fanout import SharedReads
 
 
 MAX_STREAM_POS = 2**63 - 1
@@ -201,6 +202,12 @@ class HistoryService:
         # ``limit`` events older than the room's history at or below a depth
         # from other servers; the number added
         self.backfill: Callable[[str, int | None, int], Awaitable[int]] | None = None
+        # (room, the rows' highest position) -> whether the room restricts
+        # its history: the same answer for every long-poll one event wakes
+        # (read once, not once per woken sync). The history-visibility
+        # events in the state at a row were stored before it, so an answer
+        # read after rows up to that position existed is right for them.
+        self._restricted: SharedReads[tuple[str, int], bool] = SharedReads(ttl=2.0, size=512)
 
     async def history_visibility(self, room_id: str) -> str:
         ev = await self.rooms.current_state_event(room_id, "m.room.history_visibility", "")
@@ -257,7 +264,14 @@ class HistoryService:
         changes themselves stay as the window judged them. Rooms that never
         restricted their history cost one indexed read for all of them."""
         rooms = [r for r, rows in rows_by_room.items() if rows]
-        strict = await self.events.rooms_with_restricted_history(rooms) if rooms else set()
+        if len(rooms) == 1:  # a woken long-poll's room: shared by all it woke
+            room_id = rooms[0]
+            key = (room_id, max(row.stream_pos or 0 for row in rows_by_room[room_id]))
+            restricted = await self._restricted.get(
+                key, lambda: self._restricts(room_id))
+            strict = {room_id} if restricted else set()
+        else:
+            strict = await self.events.rooms_with_restricted_history(rooms) if rooms else set()
         if not strict:
             return dict(rows_by_room)
         candidates = [
@@ -277,6 +291,9 @@ class HistoryService:
         if not hidden:
             return dict(rows_by_room)
         return {r: [row for row in rows if row.event_id not in hidden] for r, rows in rows_by_room.items()}
+
+    async def _restricts(self, room_id: str) -> bool:
+        return room_id in await self.events.rooms_with_restricted_history([room_id])
 
     async def hide_unseen(self, user_id: str, room_id: str, rows: list[EventRow]) -> list[EventRow]:
         return (await self.hide_unseen_many(user_id, {room_id: rows}))[room_id]

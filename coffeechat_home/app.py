@@ -246,6 +246,8 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         persister.after_persist.append(sender.events_committed)  # (and a scan after writes maybe ours to send)
         e2e.federation.attach_sender(sender.outbox, sender.wake_all, queue.servers_sharing_a_room)
         e2e.device_lists.local_change_hooks.append(e2e.federation.local_change)
+        e2e.federation.keys.announce_remote = True  # device changes write what to announce, in their transaction
+        sender.sweep_hooks.append(e2e.federation.announce_pending)  # what a crash left unannounced
         e2e.to_device.remote_edus = e2e.federation.to_device_edus
         e2e.to_device.wake = sender.wake_all
     services = Services(

@@ -286,7 +286,7 @@ def _apply_mapping(target: Any, values: Mapping[str, Any], where: str) -> None:
 # the test suite's and benchmarks' variables (README) are not settings either
 NOT_SETTINGS = frozenset({
     "COFFEECHAT_CONFIG", "COFFEECHAT_NEW_PASSWORD", "COFFEECHAT_SHARED",
-    "COFFEECHAT_SYNAPSE_VENV", "COFFEECHAT_TEST_DATABASE_URL",
+    "COFFEECHAT_SYNAPSE_VENV", "COFFEECHAT_TEST_DATABASE_URL", "COFFEECHAT_TEST_CRASH_POINT",
 })
 
 

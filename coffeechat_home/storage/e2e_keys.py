@@ -5,6 +5,10 @@ Key objects are stored as the JSON text clients uploaded. A change that
 other users must learn about (new or removed device, new device keys or
 cross-signing keys, new signatures) adds a ``device_list_changes`` row at a
 stream position in the same transaction, so /sync and the notifier see it.
+When federating (``announce_remote``), the same transaction also writes a
+``device_list_outbound`` row (migration 0029): what to announce to other
+servers, which survives a crash right after the commit (see
+services/e2e/federation.py, which turns it into outbox EDUs).
 """
 
 from __future__ import annotations
@@ -54,6 +58,29 @@ async def add_device_list_change(conn: asyncpg.Connection, user_id: str, pos: in
     )
 
 
+# what other servers must learn: (kind, device ids), kind "changed", "deleted" or "cross_signing"
+Announcement = tuple[str, list[str]]
+
+
+async def add_announcements(conn: asyncpg.Connection, user_id: str, pos: int,
+                            announcements: Iterable[Announcement]) -> None:
+    """Inside the change's transaction: what to announce to other servers."""
+    for kind, device_ids in announcements:
+        await conn.execute(
+            """INSERT INTO device_list_outbound (user_id, stream_pos, kind, device_ids) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (user_id, stream_pos, kind) DO NOTHING""",
+            user_id, pos, kind, sorted(set(device_ids)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingAnnouncement:
+    user_id: str
+    stream_pos: int
+    kind: str
+    device_ids: list[str]
+
+
 def _same_json(stored: str, value: Any) -> bool:
     return bool(orjson.loads(stored) == value)
 
@@ -62,6 +89,13 @@ class E2EKeyStore:
     def __init__(self, db: Database, stream: StreamStore) -> None:
         self.db = db
         self.stream = stream
+        # federating: changes of our users also write what to announce to other servers
+        self.announce_remote = False
+
+    async def _announce(self, conn: asyncpg.Connection, user_id: str, pos: int,
+                        announcements: Iterable[Announcement]) -> None:
+        if self.announce_remote:
+            await add_announcements(conn, user_id, pos, announcements)
 
     # -- upload ------------------------------------------------------------
     async def upload(self, user_id: str, device_id: str, upload: KeyUpload) -> tuple[dict[str, int], bool]:
@@ -80,6 +114,7 @@ class E2EKeyStore:
             changed = await self._put_device_keys(conn, user_id, device_id, upload.device_keys)
             if changed:
                 await add_device_list_change(conn, user_id, pos)
+                await self._announce(conn, user_id, pos, [("changed", [device_id])])
             return await put_keys(conn), changed
 
         if upload.device_keys is None:
@@ -266,6 +301,8 @@ class E2EKeyStore:
                     user_id, key_type, orjson.dumps(key).decode(),
                 )
             await add_device_list_change(conn, user_id, pos)
+            if "master" in keys or "self_signing" in keys:  # (never the user-signing key)
+                await self._announce(conn, user_id, pos, [("cross_signing", [])])
 
         await self.stream.write(write, name="cross_signing_upload")
 
@@ -289,9 +326,11 @@ class E2EKeyStore:
             )
         return out
 
-    async def add_signatures(self, rows: list[tuple[str, str, str, str, str]]) -> None:
+    async def add_signatures(self, rows: list[tuple[str, str, str, str, str]],
+                             announce: tuple[str, list[Announcement]] | None = None) -> None:
         """Store (target user, target key id, signer user, signer key id,
-        signature) rows; a device-list change for every target user."""
+        signature) rows; a device-list change for every target user, and
+        ``announce`` = (our user, announcements) to other servers."""
         if not rows:
             return
 
@@ -306,13 +345,16 @@ class E2EKeyStore:
             )
             for target in sorted({r[0] for r in rows}):
                 await add_device_list_change(conn, target, pos)
+            if announce is not None:
+                await self._announce(conn, announce[0], pos, announce[1])
 
         await self.stream.write(write, name="signatures_upload")
 
     # -- devices coming and going ----------------------------------------------
-    async def device_added(self, user_id: str) -> None:
+    async def device_added(self, user_id: str, device_id: str) -> None:
         async def write(conn: asyncpg.Connection, pos: int) -> None:
             await add_device_list_change(conn, user_id, pos)
+            await self._announce(conn, user_id, pos, [("changed", [device_id])])
 
         await self.stream.write(write, name="device_added")
 
@@ -331,10 +373,29 @@ class E2EKeyStore:
                 user_id, device_ids,
             )
             await add_device_list_change(conn, user_id, pos)
+            await self._announce(conn, user_id, pos, [("deleted", device_ids)])
 
         await self.stream.write(write, name="devices_removed")
 
     # -- device-list changes ---------------------------------------------------
+    async def pending_announcements(self, user_id: str | None = None, limit: int = 100) -> list[PendingAnnouncement]:
+        """Changes not yet announced to other servers (of one user), oldest first."""
+        rows = await self.db.fetch(
+            """SELECT user_id, stream_pos, kind, device_ids FROM device_list_outbound
+               WHERE ($1::TEXT IS NULL OR user_id = $1) ORDER BY stream_pos, user_id, kind LIMIT $2""",
+            user_id, limit,
+        )
+        return [PendingAnnouncement(r["user_id"], r["stream_pos"], r["kind"], list(r["device_ids"])) for r in rows]
+
+    async def previous_position(self, user_id: str, before: int) -> int | None:
+        """The user's device-list position before ``before`` (an update's ``prev_id``)."""
+        pos: int | None = await self.db.fetchval(
+            """SELECT stream_pos FROM device_list_changes WHERE user_id = $1 AND stream_pos < $2
+               ORDER BY stream_pos DESC LIMIT 1""",
+            user_id, before,
+        )
+        return pos
+
     async def users_with_changes(self, user_ids: Iterable[str], after: int, upto: int) -> set[str]:
         rows = await self.db.fetch(
             """SELECT DISTINCT user_id FROM device_list_changes

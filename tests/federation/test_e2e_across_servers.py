@@ -8,6 +8,7 @@ federation) gets the room key and decrypts new messages."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from pathlib import Path
@@ -17,6 +18,8 @@ from urllib.parse import quote
 import aiohttp
 import nio
 import pytest
+
+from coffeechat_home.crash_points import ENV as CRASH_ENV
 
 from ..integration.processes import User, wait_until
 from ..interop.test_nio_e2ee import ENCRYPTION, Inbox, _send, _tick, _until
@@ -138,6 +141,78 @@ async def test_to_device_across_servers_and_outbox_survives_kill9(
         got.clear()
         assert await wait_until(arrived, 30), "A kept backing off although B talked to it"
         assert got == [{"sender": alice.user_id, "type": "m.test.secret", "content": {"n": 4}}]
+
+
+async def test_device_change_reaches_the_other_server_after_a_crash_right_after_its_commit(
+    pair: tuple[FederatingServer, FederatingServer],
+) -> None:
+    """A new login of alice's on A commits its device-list change; A dies
+    (crash point) before the post-commit step queued the EDU. The change
+    was left to announce in its own transaction: after A's restart B hears
+    of it (B records a device-list change of alice for its users: the
+    update applied, or the resync it caused), without any further change of
+    alice's."""
+    a, b = pair
+    async with aiohttp.ClientSession() as http:
+        alice = await User(http, a.client_url).register("alice_dl")
+        bob = await User(http, b.client_url).register("bob_dl")
+        status, body = await alice.call("POST", "createRoom", {"invite": [bob.user_id]})
+        assert status == 200, body
+        room_id = body["room_id"]
+
+        async def bob_joined() -> bool:
+            status, _ = await bob.call("POST", f"join/{quote(room_id)}", {})
+            return status == 200
+
+        assert await wait_until(bob_joined, 30), b.process.stderr()[-3000:]
+
+        async def bob_at_a() -> bool:
+            status, body = await alice.call("GET", f"rooms/{quote(room_id)}/joined_members")
+            return status == 200 and bob.user_id in body["joined"]
+
+        assert await wait_until(bob_at_a, 30), a.process.stderr()[-3000:]
+
+        # B knows nothing of alice's devices so far
+        assert await b.db_fetch("SELECT 1 FROM device_list_changes WHERE user_id = $1", alice.user_id) == []
+
+        # A dies right after the new device's change committed
+        a.env[CRASH_ENV] = "device_list_committed"
+        try:
+            await a.stop()
+            await a.start()
+            alice = alice.on(a.client_url)  # (a new client port)
+            try:
+                await alice.call("POST", "login", {
+                    "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice_dl"},
+                    "password": "a password", "device_id": "CRASHPHONE",
+                })
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass  # the server died under the request
+            assert a.process.proc is not None
+            assert await asyncio.wait_for(a.process.proc.wait(), 30) == 137
+        finally:
+            del a.env[CRASH_ENV]
+        await a.start()
+        alice = alice.on(a.client_url)
+        status, devices = await alice.call("GET", "devices")
+        assert status == 200 and "CRASHPHONE" in {d["device_id"] for d in devices["devices"]}, devices
+        a_pos = (await a.db_fetch("SELECT max(stream_pos) AS p FROM device_list_changes WHERE user_id = $1",
+                                  alice.user_id))[0]["p"]
+
+        async def b_heard() -> bool:  # applied, or a resync (done, or failed: then marked for a later fetch)
+            return bool(await b.db_fetch("SELECT 1 FROM device_list_changes WHERE user_id = $1", alice.user_id))
+
+        assert await wait_until(b_heard, 30), "B never heard of alice's new device"
+        seen = await b.db_fetch("SELECT stream_id FROM e2e_remote_device_list_ids WHERE user_id = $1",
+                                alice.user_id)
+        assert {r["stream_id"] for r in seen} <= {a_pos}, seen  # nothing but the change's id, if any
+        assert await a.db_fetch("SELECT 1 FROM device_list_outbound") == []
+
+        async def b_reaches_a() -> bool:  # B's backoff towards A (down a while) over, for the next tests
+            status, body = await bob.call("POST", "keys/query", {"device_keys": {alice.user_id: []}})
+            return status == 200 and not body.get("failures")
+
+        assert await wait_until(b_reaches_a, 30)
 
 
 async def test_sync_of_a_room_joined_over_federation_carries_its_state(

@@ -111,13 +111,17 @@ class CrossSigningService:
                     rows.extend(self._check_signed(signer, mine, own_devices, target_user, key_id, signed, targets))
                 except MatrixError as e:
                     failures.setdefault(target_user, {})[key_id] = _failure(e.errcode, e.error)
-        await self.store.add_signatures(rows)
+        # the signer's own keys, as other servers show them: announced to them
+        own = [r for r in rows if r[0] == signer and r[2] == signer]
+        master_id = cross_signing_public_key(mine["master"])[1] if "master" in mine else None
+        devices = sorted({r[1] for r in own if r[1] != master_id})
+        announcements: list[tuple[str, list[str]]] = [("changed", devices)] if devices else []
+        if any(r[1] == master_id for r in own):
+            announcements.append(("cross_signing", []))
+        await self.store.add_signatures(rows, (signer, announcements) if announcements else None)
         if rows:
             self.notifier.poke()
-            if self.local_change is not None:  # the signer's own keys, as other servers show them
-                own = [r for r in rows if r[0] == signer and r[2] == signer]
-                master_id = cross_signing_public_key(mine["master"])[1] if "master" in mine else None
-                devices = sorted({r[1] for r in own if r[1] != master_id})
+            if self.local_change is not None:
                 if devices:
                     await self.local_change(signer, devices, "changed")
                 if any(r[1] == master_id for r in own):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Awaitable, Callable, Literal
 
+from ...crash_points import crash_point
 from ...storage.e2e_keys import E2EKeyStore
 from ...storage.rooms import RoomStore
 from ..notifier import CHANGED_KEYS_SPAN, Notifier
@@ -34,6 +35,7 @@ class DeviceListService:
         self.local_change_hooks: list[LocalChangeHook] = []
 
     async def local_change(self, user_id: str, device_ids: list[str], kind: ChangeKind) -> None:
+        crash_point("device_list_committed")
         for hook in self.local_change_hooks:
             try:
                 await hook(user_id, device_ids, kind)
@@ -61,7 +63,7 @@ class DeviceListService:
 
     # -- hooks for the account service ---------------------------------------
     async def device_added(self, user_id: str, device_id: str) -> None:
-        await self.keys.device_added(user_id)
+        await self.keys.device_added(user_id, device_id)
         self.notifier.poke()
         await self.local_change(user_id, [device_id], "changed")
 

@@ -7,8 +7,10 @@
   ``on_device_list_update``, ``on_direct_to_device``,
   ``on_signing_key_update``.
 - Outbound EDUs of our users: ``to_device_edus`` (queued by the to-device
-  service with the send), ``device_list_edus`` and ``signing_key_edus``
-  (queued by ``local_change`` after a change of our user's devices).
+  service with the send), ``device_list_edus`` and ``signing_key_edus``:
+  a change of our user's devices writes a ``device_list_outbound`` row in
+  its transaction; ``local_change`` (after the commit) or the sender's
+  sweep (``announce_pending``, after a crash) turn it into outbox EDUs.
 - Asking other servers for their users' keys: ``remote_keys.RemoteKeys``.
 """
 
@@ -18,14 +20,15 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 
+import asyncpg
 import orjson
 
 from ...errors import MatrixError, bad_json, invalid_param, not_found
 from ...federation.client import FederationError
 from ...protocol.e2e_keys import KeyObjectError, check_cross_signing_key, cross_signing_public_key
 from ...storage.database import Database
-from ...storage.edu_outbox import EduOutboxStore, OutboundEdu
-from ...storage.e2e_keys import E2EKeyStore, device_list_positions
+from ...storage.edu_outbox import EduOutboxStore, OutboundEdu, enqueue_edus
+from ...storage.e2e_keys import E2EKeyStore, PendingAnnouncement, device_list_positions
 from ...storage.remote_device_lists import RemoteDeviceListStore
 from ...storage.to_device import ToDeviceStore
 from ..accounts import now_ms
@@ -35,6 +38,7 @@ from .remote_keys import RemoteKeys, checked_cross_signing, server_of, valid_use
 log = logging.getLogger(__name__)
 
 MAX_EDU_RECIPIENTS = 10_000
+ANNOUNCE_BATCH = 100  # device-list changes announced per sweep
 MAX_TO_DEVICE_EDU_BYTES = 64 * 1024  # an outbound m.direct_to_device EDU's messages, about
 
 
@@ -76,23 +80,55 @@ class E2EFederation:
         self.servers_sharing = servers_sharing
 
     async def local_change(self, user_id: str, device_ids: list[str], kind: str) -> None:
-        """A committed change of our user's devices ("changed", "deleted")
-        or cross-signing keys ("cross_signing"): queue the EDUs for every
-        other server sharing a room with them. (A change lost by a crash
-        before this runs shows as a gap in ``prev_id`` at the next update,
-        and the receiver resyncs.)"""
+        """After a change of our user's devices ("changed", "deleted") or
+        cross-signing keys ("cross_signing") committed: announce what the
+        change's transaction left to announce (``device_list_outbound``
+        rows) for that user. A crash before this runs loses nothing: the
+        federation sender's sweep calls ``announce_pending``."""
         if self.outbox is None or self.servers_sharing is None or not self._is_mine(user_id):
             return
-        destinations = await self.servers_sharing(user_id)
-        if not destinations:
-            return
-        if kind == "cross_signing":
-            edus = await self.signing_key_edus(user_id, destinations)
-        else:
-            edus = await self.device_list_edus(user_id, device_ids, destinations, deleted=kind == "deleted")
-        if edus:
-            self.wake(await self.outbox.enqueue(edus, now_ms()))
-            self.edus_queued += len(edus)
+        await self._announce(await self.keys.pending_announcements(user_id))
+
+    async def announce_pending(self) -> int:
+        """The sweep: announce every change left to announce (bounded per
+        call; the next sweep goes on). Returns how many were handled."""
+        if self.outbox is None or self.servers_sharing is None:
+            return 0
+        pending = await self.keys.pending_announcements(None, ANNOUNCE_BATCH)
+        await self._announce(pending)
+        return len(pending)
+
+    async def _announce(self, pending: list[PendingAnnouncement]) -> None:
+        """Each row's EDUs queued in the transaction that deletes the row:
+        only the one that deletes it queues them (a post-commit step and a
+        sweep racing each other queue them once)."""
+        assert self.outbox is not None and self.servers_sharing is not None
+        for row in pending:
+            edus: list[OutboundEdu] = []
+            if self._is_mine(row.user_id):
+                destinations = await self.servers_sharing(row.user_id)
+                if destinations:
+                    if row.kind == "cross_signing":
+                        edus = await self.signing_key_edus(row.user_id, destinations)
+                    else:
+                        edus = await self.device_list_edus(row.user_id, row.device_ids, destinations,
+                                                           deleted=row.kind == "deleted", at=row.stream_pos)
+
+            async def txn(conn: asyncpg.Connection, row: PendingAnnouncement = row,
+                          edus: list[OutboundEdu] = edus) -> bool:
+                deleted = await conn.fetchval(
+                    """DELETE FROM device_list_outbound WHERE user_id = $1 AND stream_pos = $2 AND kind = $3
+                       RETURNING 1""",
+                    row.user_id, row.stream_pos, row.kind,
+                )
+                if deleted is None:
+                    return False
+                await enqueue_edus(conn, edus, now_ms())
+                return True
+
+            if await self.db.transaction(txn, name="device_list_announce") and edus:
+                self.wake(sorted({e.destination for e in edus}))
+                self.edus_queued += len(edus)
 
     def _is_mine(self, user_id: str) -> bool:
         return server_of(user_id) == self.server_name
@@ -324,12 +360,18 @@ class E2EFederation:
         return edus
 
     async def device_list_edus(
-        self, user_id: str, device_ids: Iterable[str], destinations: Iterable[str], *, deleted: bool = False
+        self, user_id: str, device_ids: Iterable[str], destinations: Iterable[str], *, deleted: bool = False,
+        at: int | None = None,
     ) -> list[OutboundEdu]:
         """``m.device_list_update`` EDUs for a change of our user's devices:
-        ``stream_id`` is the user's newest device-list position and
-        ``prev_id`` the one before (what a receiver must have seen)."""
-        positions = await device_list_positions(self.db, user_id, 2)
+        ``stream_id`` is the change's device-list position ``at`` (default:
+        the user's newest) and ``prev_id`` the one before (what a receiver
+        must have seen)."""
+        if at is not None:
+            previous = await self.keys.previous_position(user_id, at)
+            positions = [at] + ([previous] if previous is not None else [])
+        else:
+            positions = await device_list_positions(self.db, user_id, 2)
         if not positions:
             return []
         keys = {} if deleted else (await self._local_device_keys({user_id: list(device_ids)})).get(user_id, {})

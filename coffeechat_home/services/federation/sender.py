@@ -36,7 +36,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from typing import Any, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from ...federation.client import FederationClient, FederationError
 from ...protocol.canonical import encode_base64
@@ -102,6 +102,7 @@ class FederationSender:
         self.pdus_sent = 0
         self.edus_sent = 0
         self.transactions_sent = 0
+        self.sweep_hooks: list[Callable[[], Awaitable[Any]]] = []  # run at each sweep
 
     async def start(self) -> None:
         scanned = await self.store.scanned_position()
@@ -182,6 +183,11 @@ class FederationSender:
         if pos > self._seen and (pos >= self._wanted > self._seen or sweep):
             await self._scan(pos)
         if sweep:
+            for hook in self.sweep_hooks:  # e.g. device-list changes a crash left unannounced
+                try:
+                    await hook()
+                except Exception:
+                    log.exception("federation sender sweep hook")
             for d in await self.store.due(pos):
                 self._kick(d)
             if self.outbox is not None:

@@ -90,7 +90,7 @@ class CrossSigningService:
         if changed:
             await self.store.put_cross_signing_keys(user_id, changed)
             self.notifier.poke()
-        # also when unchanged (a retried upload announces what a crash lost)
+        # what the change's transaction left to announce (after a crash: the sender's sweep)
         if self.local_change is not None and ("master" in keys or "self_signing" in keys):
             await self.local_change(user_id, [], "cross_signing")
 

@@ -78,9 +78,9 @@ class KeyService:
         if changed:
             self.device_lists.notifier.poke()
         if upload.device_keys is not None:
-            # also when unchanged: a retried upload (the server died between
-            # its commit and the announcement) announces it then; servers
-            # that saw the update already drop the repeat (same stream_id)
+            # what the upload's transaction left to announce to other
+            # servers (nothing if unchanged; after a crash the sender's
+            # sweep announces it)
             await self.device_lists.local_change(user_id, [device_id], "changed")
         return counts
 

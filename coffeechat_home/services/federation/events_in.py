@@ -3,16 +3,18 @@ resident server's routes (send_join, send_leave) or as an answer (an
 invite signed by the invitee's server): format, signatures, content hash
 (protocol/pdu.py), then the auth rules against the state before it.
 
-The general inbound pipeline (/send, missing events, soft failure) lives
-elsewhere; this module stays minimal.
+The general inbound pipeline (/send, missing events) lives in receiver.py
+and room_batch.py; both end with ``receipt_auth_checks`` here (auth events,
+state before, soft failure against the current state).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import logging
+from typing import Any, Awaitable, Callable, Mapping
 
 from ...errors import MatrixError, forbidden
-from ...protocol.auth import AuthError, check_auth_rules
+from ...protocol.auth import AuthError, auth_state_from_auth_events, check_auth_rules
 from ...protocol.errors import EventFormatError, ProtocolError, SignatureError
 from ...protocol.events import Event, StateKey, auth_types_for_event
 from ...protocol.pdu import check_received_pdu
@@ -20,6 +22,11 @@ from ...protocol.room_versions import RoomVersion
 from ...protocol.state_res import resolve_state
 from ...storage.events import EventStore
 from ..server_keys import KeyStore
+
+log = logging.getLogger(__name__)
+
+# the events of a state map that authorise an event (create, power levels, ...)
+AuthStateFor = Callable[[Mapping[StateKey, str]], Awaitable[Mapping[StateKey, Event]]]
 
 
 def bad_json(msg: str) -> MatrixError:
@@ -89,3 +96,34 @@ async def check_auth_against(events: EventStore, event: Event, state: Mapping[St
         check_auth_rules(event, auth_state)
     except AuthError as e:
         raise forbidden(e.message) from None
+
+
+async def receipt_auth_checks(
+    ev: Event,
+    get_auth_event: Callable[[str], Event | None],
+    is_rejected: Callable[[str], bool],
+    state_before: Mapping[StateKey, str],
+    auth_state_for: AuthStateFor,
+    current_state: Callable[[], Awaitable[Mapping[StateKey, str]]],
+) -> tuple[str | None, bool]:
+    """The spec's auth checks on receipt of a PDU, in order: against its
+    own auth events, against the state before it (either failing: the
+    rejection reason), then against the room's current state (failing:
+    soft-failed). Returns (rejected reason or None, soft-failed). The
+    receiver's one-PDU path and a transaction's batch both use it."""
+    try:
+        check_auth_rules(ev, auth_state_from_auth_events(ev, get_auth_event, is_rejected=is_rejected))
+    except AuthError as e:
+        return f"auth events: {e}", False
+    try:
+        check_auth_rules(ev, await auth_state_for(state_before))
+    except AuthError as e:
+        return f"state before the event: {e}", False
+    current = await current_state()
+    if current is not state_before and current != state_before:
+        try:
+            check_auth_rules(ev, await auth_state_for(current))
+        except AuthError as e:
+            log.info("event %s soft-failed: %s", ev.event_id, e)
+            return None, True
+    return None, False

@@ -35,7 +35,6 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 from ...errors import MatrixError
 from ...federation.client import FederationClient, FederationError
-from ...protocol.auth import AuthError, auth_state_from_auth_events, check_auth_rules
 from ...protocol.errors import ProtocolError
 from ...protocol.events import Event, StateKey, auth_types_for_event, create_event_id_for_room
 from ...protocol.identifiers import InvalidIdentifier, parse_user_id
@@ -49,6 +48,7 @@ from ..receipts import ReceiptService
 from ..server_keys import KeyStore, KeyUnavailable
 from ..typing import FEDERATION_TIMEOUT_MS, TypingService
 from ..tasks import KeyedLocks
+from .events_in import receipt_auth_checks
 from .gaps import EventFetcher, FetchBudget, GapFetchError
 from .room_batch import Outcome as _Outcome
 from .room_batch import HeadCache, RoomBatch
@@ -234,30 +234,15 @@ class FederationReceiver:
         except GapFetchError as e:
             log.info("event %s from %s not processed: %s", ev.event_id, origin, e)
             return _Outcome(f"missing events could not be fetched: {e}")
-        # 1. against its own auth events
-        rejected_reason: str | None = None
-        try:
-            auth_state = auth_state_from_auth_events(ev, auth_events.get, is_rejected=auth_rejected.__contains__)
-            check_auth_rules(ev, auth_state)
-        except AuthError as e:
-            rejected_reason = f"auth events: {e}"
-        # 2. against the state before it
         state_before = await self._state_before(rv, ev, prevs, filled)
-        if rejected_reason is None:
-            try:
-                check_auth_rules(ev, await self._auth_state(rv, ev, state_before))
-            except AuthError as e:
-                rejected_reason = f"state before the event: {e}"
-        # 3. against the current state (soft fail)
-        soft_failed = False
-        if rejected_reason is None:
-            current = await self.events.state.current_state_ids(room_id)
-            if current != state_before:
-                try:
-                    check_auth_rules(ev, await self._auth_state(rv, ev, current))
-                except AuthError as e:
-                    log.info("event %s soft-failed: %s", ev.event_id, e)
-                    soft_failed = True
+
+        async def current() -> Mapping[StateKey, str]:
+            return await self.events.state.current_state_ids(room_id)
+
+        rejected_reason, soft_failed = await receipt_auth_checks(
+            ev, auth_events.get, auth_rejected.__contains__, state_before,
+            lambda state: self._auth_state(rv, ev, state), current,
+        )
         context = EventContext(state_before=state_before, rejected_reason=rejected_reason, soft_failed=soft_failed)
         try:
             await self.persister.persist(room_id, [NewEvent(ev, context)])

@@ -37,7 +37,6 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from ...protocol.auth import AuthError, auth_state_from_auth_events, check_auth_rules
 from ...protocol.errors import EventFormatError, ProtocolError
 from ...protocol.events import Event, StateKey, auth_types_for_event, create_event_id_for_room
 from ...protocol.hashing import compute_event_id
@@ -46,6 +45,7 @@ from ...protocol.room_versions import RoomVersion, UnsupportedRoomVersion, get_r
 from ...storage.events import StoredEventInfo
 from ..persister import EventContext, NewEvent, PersistResult, RoomBase, UnknownRoom
 from ..server_keys import KeyUnavailable
+from .events_in import receipt_auth_checks
 from .gaps import FetchBudget
 
 if TYPE_CHECKING:
@@ -243,28 +243,13 @@ class RoomBatch:
         await self._load(wanted, rv)
         if any(self._get(a) is None for a in wanted):
             raise _Slow()  # auth events to fetch
-        # 1. against its own auth events
-        rejected_reason: str | None = None
-        try:
-            check_auth_rules(ev, auth_state_from_auth_events(ev, self._get, is_rejected=self._is_rejected))
-        except AuthError as e:
-            rejected_reason = f"auth events: {e}"
-        # 2. against the state before it
-        if rejected_reason is None:
-            try:
-                check_auth_rules(ev, await self._auth_state(rv, ev, state_before))
-            except AuthError as e:
-                rejected_reason = f"state before the event: {e}"
-        # 3. against the current state (soft fail)
-        soft_failed = False
-        if rejected_reason is None:
-            extremities, current = await self._head()
-            if current is not state_before and current != state_before:
-                try:
-                    check_auth_rules(ev, await self._auth_state(rv, ev, current))
-                except AuthError as e:
-                    log.info("event %s soft-failed: %s", ev.event_id, e)
-                    soft_failed = True
+
+        async def current() -> Mapping[StateKey, str]:
+            return (await self._head())[1]
+
+        rejected_reason, soft_failed = await receipt_auth_checks(
+            ev, self._get, self._is_rejected, state_before, lambda state: self._auth_state(rv, ev, state), current,
+        )
         context = EventContext(state_before=state_before, rejected_reason=rejected_reason, soft_failed=soft_failed)
         outcome = Outcome(None if rejected_reason is None else f"rejected: {rejected_reason}")
         self.pending.append((NewEvent(ev, context), event_id, outcome))

@@ -5,7 +5,11 @@ not verified (self-signed)."""
 
 from __future__ import annotations
 
+import itertools
+import os
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from coffeechat_home.protocol.request_auth import sign_request
 from coffeechat_home.protocol.signing import SigningKey
 
 from ..integration.processes import CMD, ServerProcess, server_env
+from ..pg import PostgresForTests
 from .certs import make_certificate
 
 LOOPBACK = "127.0.0.0/8,::1/128"
@@ -107,3 +112,24 @@ async def signed_federation_get(
     async with http.get(URL(base_url + path, encoded=True), headers=headers, ssl=False,
                         timeout=aiohttp.ClientTimeout(total=60)) as r:
         return r.status, await r.json(content_type=None)
+
+
+_databases = itertools.count()
+
+
+@asynccontextmanager
+async def federating_servers(
+    pg: PostgresForTests, template: str, folder: Path, prefix: str, count: int, **kw: Any
+) -> AsyncIterator[list[FederatingServer]]:
+    """``count`` federating servers (named a, b, c, ... in ``folder``), each
+    with its own database made from ``template``; stopped afterwards, also
+    when starting one of them failed. ``kw`` goes to FederatingServer."""
+    servers: list[FederatingServer] = []
+    try:
+        for name in "abcdefgh"[:count]:
+            url = await pg.create_database(f"cch_{prefix}{os.getpid()}_{next(_databases)}", template=template)
+            servers.append(await FederatingServer(url, folder / name, **kw).start())
+        yield servers
+    finally:
+        for s in servers:
+            await s.stop()

@@ -9,8 +9,6 @@ federation) gets the room key and decrypts new messages."""
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 from pathlib import Path
 from typing import Any, AsyncIterator
 from urllib.parse import quote
@@ -24,11 +22,10 @@ from coffeechat_home.crash_points import ENV as CRASH_ENV
 from ..integration.processes import User, wait_until
 from ..interop.test_nio_e2ee import ENCRYPTION, Inbox, _send, _tick, _until
 from ..pg import PostgresForTests
-from .peers import FederatingServer
+from .peers import FederatingServer, federating_servers
 
 pytestmark = pytest.mark.federation
 
-_n = itertools.count()
 SHORT_RETRY = {"COFFEECHAT_FEDERATION_DESTINATION_MIN_RETRY_MS": "300",
                "COFFEECHAT_FEDERATION_DESTINATION_MAX_RETRY_MS": "2000"}
 
@@ -37,15 +34,8 @@ SHORT_RETRY = {"COFFEECHAT_FEDERATION_DESTINATION_MIN_RETRY_MS": "300",
 async def pair(pg: PostgresForTests, pg_template: str,
                tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[FederatingServer, FederatingServer]]:
     tmp = tmp_path_factory.mktemp("e2e-across")
-    servers: list[FederatingServer] = []
-    try:
-        for name in ("a", "b"):
-            url = await pg.create_database(f"cch_e2ex{os.getpid()}_{next(_n)}", template=pg_template)
-            servers.append(await FederatingServer(url, tmp / name, **SHORT_RETRY).start())
+    async with federating_servers(pg, pg_template, tmp, "e2ex", 2, **SHORT_RETRY) as servers:
         yield servers[0], servers[1]
-    finally:
-        for s in servers:
-            await s.stop()
 
 
 async def to_device_events(user: User, since: str | None) -> tuple[list[dict[str, Any]], str]:

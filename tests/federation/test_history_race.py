@@ -16,8 +16,6 @@ cross)."""
 
 from __future__ import annotations
 
-import itertools
-import os
 import time
 from pathlib import Path
 from typing import AsyncIterator
@@ -34,26 +32,17 @@ from coffeechat_home.protocol.signing import hash_and_sign_event
 
 from ..integration.processes import User, pages_back, timeline_bodies, wait_until
 from ..pg import PostgresForTests
-from .peers import FederatingServer
+from .peers import FederatingServer, federating_servers
 
 pytestmark = pytest.mark.federation
-
-_n = itertools.count()
 
 
 @pytest.fixture
 async def pair(
     pg: PostgresForTests, pg_template: str, tmp_path: Path
 ) -> AsyncIterator[tuple[FederatingServer, FederatingServer]]:
-    servers = []
-    try:
-        for name in ("a", "b"):
-            url = await pg.create_database(f"cch_hvrace{os.getpid()}_{next(_n)}", template=pg_template)
-            servers.append(await FederatingServer(url, tmp_path / name).start())
+    async with federating_servers(pg, pg_template, tmp_path, "hvrace", 2) as servers:
         yield servers[0], servers[1]
-    finally:
-        for s in servers:
-            await s.stop()
 
 
 async def bodies(user: User, room_id: str) -> list[str]:

@@ -7,8 +7,6 @@ later gets the earlier messages only in their redacted form, through
 
 from __future__ import annotations
 
-import itertools
-import os
 from pathlib import Path
 from typing import Any, AsyncIterator
 from urllib.parse import quote
@@ -18,23 +16,15 @@ import pytest
 
 from ..integration.processes import User, wait_until
 from ..pg import PostgresForTests
-from .peers import FederatingServer, signed_federation_get
+from .peers import FederatingServer, federating_servers, signed_federation_get
 
 pytestmark = pytest.mark.federation
 
-_n = itertools.count()
 
 @pytest.fixture
 async def pair(pg: PostgresForTests, pg_template: str, tmp_path: Path) -> AsyncIterator[list[FederatingServer]]:
-    servers: list[FederatingServer] = []
-    try:
-        for name in ("a", "b"):
-            url = await pg.create_database(f"cch_hv{os.getpid()}_{next(_n)}", template=pg_template)
-            servers.append(await FederatingServer(url, tmp_path / name).start())
+    async with federating_servers(pg, pg_template, tmp_path, "hv", 2) as servers:
         yield servers
-    finally:
-        for s in servers:
-            await s.stop()
 
 async def _send(user: User, room_id: str, body: str) -> str:
     status, answer = await user.send(room_id, body)

@@ -13,8 +13,6 @@ but cannot authorise joins to, is let in through a."""
 
 from __future__ import annotations
 
-import itertools
-import os
 from pathlib import Path
 from typing import Any, AsyncIterator
 from urllib.parse import quote
@@ -29,24 +27,15 @@ from coffeechat_home.protocol.room_versions import get_room_version
 
 from ..integration.processes import User, wait_until
 from ..pg import PostgresForTests
-from .peers import FederatingServer, signed_federation_get
+from .peers import FederatingServer, federating_servers, signed_federation_get
 
 pytestmark = pytest.mark.federation
-
-_n = itertools.count()
 
 
 @pytest.fixture
 async def three(pg: PostgresForTests, pg_template: str, tmp_path: Path) -> AsyncIterator[list[FederatingServer]]:
-    servers: list[FederatingServer] = []
-    try:
-        for name in ("a", "b", "c"):
-            url = await pg.create_database(f"cch_restr{os.getpid()}_{next(_n)}", template=pg_template)
-            servers.append(await FederatingServer(url, tmp_path / name).start())
+    async with federating_servers(pg, pg_template, tmp_path, "restr", 3) as servers:
         yield servers
-    finally:
-        for s in servers:
-            await s.stop()
 
 
 async def join(user: User, room_id: str, *via: str) -> tuple[int, Any]:

@@ -11,8 +11,6 @@ sub-spaces (/hierarchy on both APIs)."""
 
 from __future__ import annotations
 
-import itertools
-import os
 from pathlib import Path
 from typing import Any, AsyncIterator
 from urllib.parse import quote
@@ -25,26 +23,17 @@ from ..integration.processes import User, pages_back, wait_until
 from ..pg import PostgresForTests
 from .ephemeral_checks import presence_reaches, typing_and_receipts_both_ways
 from .hierarchy_checks import check_hierarchy_both_ways
-from .peers import FederatingServer, signed_federation_get
+from .peers import FederatingServer, federating_servers, signed_federation_get
 
 pytestmark = pytest.mark.federation
-
-_n = itertools.count()
 
 
 @pytest.fixture
 async def trio(
     pg: PostgresForTests, pg_template: str, tmp_path: Path
 ) -> AsyncIterator[tuple[FederatingServer, FederatingServer]]:
-    servers = []
-    try:
-        for name in ("a", "b"):
-            url = await pg.create_database(f"cch_rooms{os.getpid()}_{next(_n)}", template=pg_template)
-            servers.append(await FederatingServer(url, tmp_path / name).start())
+    async with federating_servers(pg, pg_template, tmp_path, "rooms", 2) as servers:
         yield servers[0], servers[1]
-    finally:
-        for s in servers:
-            await s.stop()
 
 
 async def messages(user: User, room_id: str) -> list[str]:

@@ -51,6 +51,16 @@ async def database_url(pg: PostgresForTests, pg_template: str) -> AsyncIterator[
     await pg.drop_database(name)
 
 
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """A small pool on the test's own migrated database (for store-level tests)."""
+    database = await Database.connect(database_url, min_size=1, max_size=4)
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
 def make_config(database_url: str, tmp_path: Path, **env: str) -> Config:
     base = {
         "COFFEECHAT_SERVER_NAME": "test.local",

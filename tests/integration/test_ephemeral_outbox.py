@@ -8,10 +8,9 @@ the servers sharing a room, nothing for other servers' users."""
 from __future__ import annotations
 
 import time
-from typing import Any, AsyncIterator
+from typing import Any
 
 import orjson
-import pytest
 
 from coffeechat_home.services.federation.ephemeral import STOP_TYPING_TTL_MS, EphemeralFederation
 from coffeechat_home.services.notifier import Notifier
@@ -26,15 +25,6 @@ from coffeechat_home.storage.stream import StreamStore
 OURS = "ours.test"
 ROOM = "!room:ours.test"
 ALICE = "@alice:ours.test"
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = await Database.connect(database_url, min_size=1, max_size=4)
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 async def _room(db: Database) -> None:

@@ -8,9 +8,8 @@ hold. The loop's step (``_tick``) is driven by hand: no timing."""
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from typing import Any
 
-import pytest
 
 from coffeechat_home.federation.client import FederationClient
 from coffeechat_home.protocol.events import Event
@@ -27,15 +26,6 @@ OURS = "ours.test"
 ROOM = "!room:ours.test"
 ALICE = "@alice:ours.test"
 RV = get_room_version("11")
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = await Database.connect(database_url, min_size=1, max_size=4)
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 async def _join(db: Database, user: str) -> None:

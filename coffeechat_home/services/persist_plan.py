@@ -63,6 +63,8 @@ class WritePlan:
         self.current_state: dict[StateKey, str] = {}
         self.current: _Group | None = None
         self.events: dict[str, Event] = {b.event.event_id: b.event for b in batch}
+        # sender of each membership event entering current state (current_state_change)
+        self.member_senders: dict[str, str] = {}
         self._linear: dict[StateKey, str] | None = None
 
     @property
@@ -250,6 +252,9 @@ class WritePlan:
         new = {k: v for k, v in candidates.items() if old_state.get(k) != v}
         unknown = [v for k, v in new.items() if k[0] == "m.room.member" and v not in self.events]
         rows = await self.store.get_rows(unknown) if unknown else {}
+        self.member_senders = {v: row.sender for v, row in rows.items()}
+        self.member_senders.update((v, ev.sender) for k, v in new.items()
+                                   if k[0] == "m.room.member" and (ev := self.events.get(v)) is not None)
         for k, v in new.items():
             ev = self.events.get(v)
             if k[0] != "m.room.member":

@@ -38,10 +38,19 @@ import asyncpg
 from ..protocol.events import Event, StateKey
 from ..protocol.room_versions import RoomVersion, get_room_version
 from ..storage.backfill import allocate_backfill_positions
-from ..storage.events import EventStore, StaleRoomState, apply_redactions, delete_outliers, insert_events
+from ..storage.events import (
+    EventStore,
+    StaleRoomState,
+    StoredEvent,
+    apply_redactions,
+    delete_outliers,
+    insert_events,
+)
 from ..storage.room_state import (
+    CurrentStateChange,
     allocate_state_group_ids,
     apply_current_state,
+    insert_membership_rows,
     insert_memberships,
     insert_state_groups,
 )
@@ -337,6 +346,7 @@ class Persister:
         ]
         if members:
             await insert_memberships(conn, room_id, members)
+        await self._memberships_entering_without_position(conn, room_id, plan, change, items, positions)
         redactions = await plan.redactions(items, redaction_targets)
         if redactions:
             await apply_redactions(conn, room_id, redactions)
@@ -349,6 +359,31 @@ class Persister:
             chain_length=plan.current_chain,
             stored=stored_flags,
         )
+
+    @staticmethod
+    async def _memberships_entering_without_position(
+        conn: asyncpg.Connection, room_id: str, plan: WritePlan, change: CurrentStateChange,
+        items: Sequence[StoredEvent], positions: Sequence[int],
+    ) -> None:
+        """Membership events that enter the current state without a stream
+        position of their own (outliers: the members already in a room we
+        join over federation, or members learnt from a gap's state) get a
+        membership row at the position of the write that made them current.
+        Who shares a room with whom (device lists, /keys/changes) and the
+        federation sender read memberships from those rows: without them,
+        everyone who was in a remote room before our user joined it is
+        invisible to both."""
+        positioned = {it.event.event_id for it in items if it.stream_pos is not None}
+        entering = [
+            (event_id, key[1], membership) for key, (event_id, membership) in change.changed.items()
+            if key[0] == "m.room.member" and membership and event_id not in positioned
+        ]
+        if entering and positions:
+            at = max(positions)  # (items may hold the insert's placeholders)
+            await insert_membership_rows(conn, room_id, [
+                (event_id, user_id, plan.member_senders.get(event_id, user_id), membership, at)
+                for event_id, user_id, membership in entering
+            ])
 
 
 def _is_new(b: NewEvent, known: Mapping[str, Any]) -> bool:

@@ -302,14 +302,26 @@ def _heroes_may_change(heroes: asyncpg.Record | None, members: dict[str, str | N
 
 async def insert_memberships(conn: asyncpg.Connection, room_id: str, members: Sequence[tuple[Event, int]]) -> None:
     """Membership history rows for membership events with stream positions."""
+    await insert_membership_rows(conn, room_id, [
+        (e.event_id, e.state_key or "", e.sender, e.membership or "", p) for e, p in members
+    ])
+
+
+async def insert_membership_rows(
+    conn: asyncpg.Connection, room_id: str, rows: Sequence[tuple[str, str, str, str, int]]
+) -> None:
+    """(event id, user id, sender, membership, stream position) rows. An
+    event already recorded keeps its first row: an outlier member event that
+    entered current state at some position and later joins the DAG with a
+    position of its own took effect at the first."""
     await conn.execute(
         """INSERT INTO room_memberships (event_id, user_id, room_id, sender, membership, stream_pos)
-           SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[])""",
-        [e.event_id for e, _ in members], [e.state_key for e, _ in members],
-        [room_id] * len(members), [e.sender for e, _ in members],
-        [e.membership for e, _ in members], [p for _, p in members],
+           SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[])
+           ON CONFLICT (event_id) DO NOTHING""",
+        [r[0] for r in rows], [r[1] for r in rows], [room_id] * len(rows),
+        [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows],
     )
-    joined = [e.state_key for e, _ in members if e.membership == "join"]
+    joined = [r[1] for r in rows if r[3] == "join"]
     if joined:  # re-joining un-forgets the room
         await conn.execute(
             "DELETE FROM forgotten_rooms WHERE room_id = $1 AND user_id = ANY($2::TEXT[])", room_id, joined

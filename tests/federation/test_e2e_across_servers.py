@@ -205,6 +205,74 @@ async def test_device_change_reaches_the_other_server_after_a_crash_right_after_
         assert await wait_until(b_reaches_a, 30)
 
 
+async def test_members_already_in_a_remote_room_share_it_for_device_lists(
+    pair: tuple[FederatingServer, FederatingServer],
+) -> None:
+    """alice and carol (A) are in the room before bob (B) joins it: B
+    learns of them only from the join's state (outliers). bob's client must
+    still be told to track their devices (device_lists.changed on the
+    join), hear of carol's new device later (/sync and /keys/changes), and
+    see alice in device_lists.left once she leaves. None of the three
+    happened while only members with a stream position of their own
+    counted as sharing a room."""
+    a, b = pair
+    async with aiohttp.ClientSession() as http:
+        alice = await User(http, a.client_url).register("alice_pre")
+        carol = await User(http, a.client_url).register("carol_pre")
+        bob = await User(http, b.client_url).register("bob_pre")
+        since = (await bob.sync())["next_batch"]
+        status, room = await alice.call("POST", "createRoom", {"invite": [bob.user_id, carol.user_id]})
+        assert status == 200, room
+        room_id = room["room_id"]
+        status, body = await carol.call("POST", f"join/{quote(room_id, safe='')}", {})
+        assert status == 200, body
+
+        async def invited() -> bool:
+            return room_id in (await bob.sync(since)).get("rooms", {}).get("invite", {})
+
+        assert await wait_until(invited, 30)
+        status, body = await bob.call("POST", f"join/{quote(room_id, safe='')}", {})
+        assert status == 200, body
+        joined = await bob.sync(since)
+        assert room_id in joined["rooms"]["join"]
+        assert {alice.user_id, carol.user_id} <= set(joined.get("device_lists", {}).get("changed", [])), joined
+
+        # carol's new device: told through /sync and /keys/changes
+        since = joined["next_batch"]
+        status, body = await User(http, a.client_url).call("POST", "login", {
+            "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "carol_pre"},
+            "password": "a password", "device_id": "CAROLPHONE",
+        })
+        assert status == 200, body
+        changed: list[str] = []
+
+        async def told() -> bool:
+            nonlocal changed
+            changed = (await bob.sync(since)).get("device_lists", {}).get("changed", [])
+            return carol.user_id in changed
+
+        assert await wait_until(told, 30), (changed, b.process.stderr()[-3000:])
+        upto = (await bob.sync(since))["next_batch"]
+        status, body = await bob.call("GET", f"keys/changes?from={since}&to={upto}")
+        assert status == 200 and carol.user_id in body["changed"], body
+        status, body = await bob.call("POST", "keys/query", {"device_keys": {carol.user_id: []}})
+        assert status == 200, body
+
+        # alice leaves: bob no longer shares a room with her
+        since = upto
+        status, body = await alice.call("POST", f"rooms/{quote(room_id, safe='')}/leave", {})
+        assert status == 200, body
+        left: list[str] = []
+
+        async def gone() -> bool:
+            nonlocal left
+            left = (await bob.sync(since)).get("device_lists", {}).get("left", [])
+            return alice.user_id in left
+
+        assert await wait_until(gone, 30), left
+        assert carol.user_id not in left
+
+
 async def test_sync_of_a_room_joined_over_federation_carries_its_state(
     pair: tuple[FederatingServer, FederatingServer],
 ) -> None:

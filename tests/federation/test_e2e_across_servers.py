@@ -26,6 +26,8 @@ from .peers import FederatingServer, federating_servers
 
 pytestmark = pytest.mark.federation
 
+SCHEMA = Path(__file__).resolve().parents[2] / "schema"
+
 SHORT_RETRY = {"COFFEECHAT_FEDERATION_DESTINATION_MIN_RETRY_MS": "300",
                "COFFEECHAT_FEDERATION_DESTINATION_MAX_RETRY_MS": "2000"}
 
@@ -236,6 +238,12 @@ async def test_members_already_in_a_remote_room_share_it_for_device_lists(
         joined = await bob.sync(since)
         assert room_id in joined["rooms"]["join"]
         assert {alice.user_id, carol.user_id} <= set(joined.get("device_lists", {}).get("changed", [])), joined
+        # a database from before the fix (no rows for them) gets them from migration 0036, at bob's join
+        rows_of = "SELECT user_id, stream_pos FROM room_memberships WHERE room_id = $1 ORDER BY user_id"
+        fixed = await b.db_fetch(rows_of, room_id)
+        await b.db_fetch("DELETE FROM room_memberships WHERE room_id = $1 AND user_id <> $2", room_id, bob.user_id)
+        await b.db_fetch((SCHEMA / "0036_memberships_of_joined_state.sql").read_text())
+        assert await b.db_fetch(rows_of, room_id) == fixed and len(fixed) == 4, fixed  # (bob: invite, join)
 
         # carol's new device: told through /sync and /keys/changes
         since = joined["next_batch"]

@@ -488,6 +488,7 @@ class HomeServer:
         await self.services.conversation.start()
         # takes up admin jobs, also those an instance that died left unfinished
         await self.services.jobs.start()
+        await self.services.e2e.device_lists.remove_orphaned_keys()
         self.services.local_keys.old_keys = await ServerKeyStore(db).old_local_keys()
         s = self.services
         metrics = Metrics(db, s.notifier, s.writer, s.passwords) if self.config.metrics.enabled else None

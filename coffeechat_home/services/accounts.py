@@ -10,6 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
+from ..crash_points import crash_point
 from ..errors import MatrixError, forbidden, invalid_param
 from ..protocol.identifiers import InvalidIdentifier, is_valid_localpart_for_registration, parse_user_id
 from ..storage.accounts import AccountStore, TokenOwner, UserExists, token_hash, token_write_guard
@@ -237,7 +238,9 @@ class AccountService:
 
     async def delete_devices(self, user_id: str, device_ids: list[str] | None) -> None:
         """Delete devices (all when None), their tokens and their keys."""
-        await self._devices_removed(user_id, await self.store.delete_devices(user_id, device_ids))
+        removed = await self.store.delete_devices(user_id, device_ids)
+        crash_point("devices_deleted")  # (their keys go in the hooks' own transaction; see remove_orphaned_keys)
+        await self._devices_removed(user_id, removed)
 
     async def _device_added(self, user_id: str, device_id: str) -> None:
         for hook in self.device_added_hooks:

@@ -358,6 +358,24 @@ class E2EKeyStore:
 
         await self.stream.write(write, name="device_added")
 
+    async def keys_without_device(self) -> dict[str, list[str]]:
+        """user id -> ids of devices that hold keys but no longer exist: the
+        process died between deleting a device and removing its keys (two
+        transactions, one in the account store and one here). Read at
+        start, so not the one-time keys (the biggest table): a device that
+        uploaded some has its device keys too."""
+        rows = await self.db.fetch(
+            """SELECT DISTINCT k.user_id, k.device_id FROM (
+                   SELECT user_id, device_id FROM e2e_device_keys
+                   UNION ALL SELECT user_id, device_id FROM e2e_fallback_keys) k
+               WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.user_id = k.user_id AND d.device_id = k.device_id)
+               ORDER BY k.user_id, k.device_id"""
+        )
+        out: dict[str, list[str]] = {}
+        for r in rows:
+            out.setdefault(r["user_id"], []).append(r["device_id"])
+        return out
+
     async def devices_removed(self, user_id: str, device_ids: list[str]) -> None:
         """Forget removed devices' keys, signatures and pending to-device
         messages, as one device-list change."""

@@ -18,6 +18,10 @@ from urllib.parse import quote
 import aiohttp
 import asyncpg
 import pytest
+from signedjson.key import encode_verify_key_base64, generate_signing_key
+from signedjson.sign import sign_json
+
+from coffeechat_home.crash_points import ENV as CRASH_ENV
 
 from .processes import ServerProcess, User, server_env, wait_until
 
@@ -230,3 +234,58 @@ async def test_clients_hanging_up_mid_send_leave_nothing_behind(database_url: st
 
 async def _no_reservations(conn: asyncpg.Connection) -> bool:
     return int(await conn.fetchval("SELECT count(*) FROM stream_inflight")) == 0
+
+
+async def test_device_deleted_by_a_process_that_died_before_its_keys_went(database_url: str, tmp_path: Path) -> None:
+    """Deleting a device and removing its keys (with the device-list change
+    that tells the user's peers) are two transactions. The process dies
+    between them (crash point): at restart the keys of the deleted device
+    go and bob, who shares a room with alice, is told her devices changed;
+    without that his client would keep encrypting to a device that is gone."""
+    env = server_env(database_url, tmp_path, COFFEECHAT_INSTANCE_NAME="keys")
+    server = await ServerProcess(env, tmp_path).start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            alice = await User(s, server.url).register("alice_gone")
+            bob = await User(s, server.url).register("bob_gone")
+            await _room_with(alice, bob)
+            phone = User(s, server.url)
+            status, body = await phone.call("POST", "login", {
+                "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice_gone"},
+                "password": "a password", "device_id": "PHONE"})
+            assert status == 200, body
+            phone.token, phone.user_id = body["access_token"], body["user_id"]
+            key = generate_signing_key("PHONE")
+            device_keys = sign_json({
+                "user_id": phone.user_id, "device_id": "PHONE",
+                "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+                "keys": {"ed25519:PHONE": encode_verify_key_base64(key.verify_key), "curve25519:PHONE": "c" * 43},
+            }, phone.user_id, key)
+            status, body = await phone.call("POST", "keys/upload", {
+                "device_keys": device_keys, "one_time_keys": {"curve25519:AAAA": "o" * 43}})
+            assert status == 200, body
+            since = (await bob.sync())["next_batch"]
+
+            await server.stop()
+            server.env[CRASH_ENV] = "devices_deleted"
+            await server.start()
+            phone, bob = phone.on(server.url), bob.on(server.url)
+            try:
+                await phone.call("POST", "logout", {})
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass  # the server died under the request
+            assert server.proc is not None and await asyncio.wait_for(server.proc.wait(), 30) == 137
+            del server.env[CRASH_ENV]
+            await server.start()
+            bob = bob.on(server.url)
+            status, body = await bob.call("POST", "keys/query", {"device_keys": {phone.user_id: []}})
+            assert status == 200 and "PHONE" not in body["device_keys"].get(phone.user_id, {}), body
+            assert phone.user_id in (await bob.sync(since)).get("device_lists", {}).get("changed", [])
+            conn = await asyncpg.connect(database_url)
+            try:
+                for table in ("e2e_device_keys", "e2e_one_time_keys"):
+                    assert await conn.fetchval(f"SELECT count(*) FROM {table} WHERE device_id = 'PHONE'") == 0
+            finally:
+                await conn.close()
+    finally:
+        await server.stop()

@@ -67,6 +67,17 @@ class DeviceListService:
         self.notifier.poke()
         await self.local_change(user_id, [device_id], "changed")
 
+    async def remove_orphaned_keys(self) -> int:
+        """At start: devices deleted by a process that died before their
+        keys went are removed now, with the device-list change their users'
+        peers need (else they keep encrypting to a device that is gone).
+        Returns how many devices."""
+        orphans = await self.keys.keys_without_device()
+        for user_id, device_ids in orphans.items():
+            log.info("removing the keys of %d deleted device(s) of %s", len(device_ids), user_id)
+            await self.devices_removed(user_id, device_ids)
+        return sum(len(ids) for ids in orphans.values())
+
     async def devices_removed(self, user_id: str, device_ids: list[str]) -> None:
         """Keys, signatures and pending to-device messages of the removed
         devices go; a device-list change for the user."""

@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_rooms as br  # noqa: E402
 from matrix_client import Client, User, q  # noqa: E402
-from servers import Postgres, ServerProcess, start_ours, start_synapse  # noqa: E402
+from servers import Postgres, ServerProcess, run_main, start_ours, start_synapse  # noqa: E402
 from synapse_env import ensure_synapse  # noqa: E402
 
 WORK = br.WORK
@@ -468,14 +468,7 @@ def main() -> int:
     p.add_argument("--pyspy", action="store_true", help="py-spy of our server per fan-out into bench/.work/")
     p.add_argument("--cprofile", action="store_true",
                    help="cProfile of our server per fan-out into bench/.work/cprofile/ (its CPU figures inflate)")
-    args = p.parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    return asyncio.run(run(args))
+    return run_main(run(p.parse_args()))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from servers import (  # noqa: E402
     ServerProcess,
     cpu_seconds_of,
     pool_bounds,
+    run_main,
     start_ours,
     start_synapse,
 )
@@ -720,14 +721,7 @@ def main() -> int:
     p.add_argument("--pyspy", action="store_true",
                    help="record py-spy (raw stacks, GIL holder only = CPU) of our server per phase into "
                         "bench/.work/pyspy-<phase>.txt; summarize with bench/pyspy_summary.py")
-    args = p.parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    return asyncio.run(run(args))
+    return run_main(run(p.parse_args()))
 
 
 if __name__ == "__main__":

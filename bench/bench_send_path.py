@@ -198,20 +198,12 @@ async def run(args: argparse.Namespace) -> int:
     subjects: list[Subject] = []
     try:
         pg.start()
-        await pg.configure(fsync=True)
-        import asyncpg
-
-        conn = await asyncpg.connect(pg.admin_url)
-        await conn.execute("ALTER SYSTEM SET log_line_prefix = '%m [%p] %d '")
-        await conn.execute("SELECT pg_reload_conf()")
-        await conn.close()
+        await pg.configure(fsync=True, statement_log_prefix=True)
         roots = [("this", PROJECT_ROOT)] + ([("baseline", Path(args.baseline))] if args.baseline else [])
         for label, root in roots:
             db = f"send_{label}"
             url = await pg.create_database(db, isolation="serializable")
-            conn = await asyncpg.connect(pg.admin_url)
-            await conn.execute(f"ALTER DATABASE {db} SET log_statement = 'all'")
-            await conn.close()
+            await pg.log_all_statements(db)
             server = start_ours(WORK / label, url, {"COFFEECHAT_METRICS_SYNC_TIMING": "true"},
                                 pool=args.pool, root=root)
             subjects.append(Subject(label, db, server))

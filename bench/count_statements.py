@@ -91,28 +91,18 @@ async def run(args: argparse.Namespace) -> int:
     servers = []
     try:
         pg.start()
-        await pg.configure(fsync=True)
-        import asyncpg
-
-        conn = await asyncpg.connect(pg.admin_url)
-        await conn.execute("ALTER SYSTEM SET log_line_prefix = '%m [%p] %d '")
-        await conn.execute("SELECT pg_reload_conf()")
-        await conn.close()
+        await pg.configure(fsync=True, statement_log_prefix=True)
         targets = []
         if args.only in (None, "ours"):
             url = await pg.create_database("coffeechat", isolation="serializable")
-            conn = await asyncpg.connect(pg.admin_url)
-            await conn.execute("ALTER DATABASE coffeechat SET log_statement = 'all'")
-            await conn.close()
+            await pg.log_all_statements("coffeechat")
             s = start_ours(WORK, url, pool=args.pool)
             servers.append(s)
             targets.append((s, "coffeechat"))
         if args.only in (None, "synapse"):
             py, version = ensure_synapse(WORK / "synapse-venv")
             await pg.create_database("synapse")
-            conn = await asyncpg.connect(pg.admin_url)
-            await conn.execute("ALTER DATABASE synapse SET log_statement = 'all'")
-            await conn.close()
+            await pg.log_all_statements("synapse")
             s = start_synapse(WORK, py, version.split()[0], pg.socket_dir, "synapse", pool=args.pool)
             servers.append(s)
             targets.append((s, "synapse"))

@@ -5,6 +5,7 @@ Everything started here is stopped by its own PID (``stop()``), never by name.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import psutil
@@ -104,14 +106,28 @@ class Postgres:
         q = urllib.parse.parse_qs(urllib.parse.urlsplit(self.admin_url).query)
         return q["host"][0]
 
-    async def configure(self, fsync: bool) -> dict[str, str]:
+    async def configure(self, fsync: bool, *, statement_log_prefix: bool = False) -> dict[str, str]:
+        """``statement_log_prefix``: log lines carry the time, the backend's
+        pid and the database (count_statements.py parses them)."""
         conn = await asyncpg.connect(self.admin_url)
         try:
-            for name, value in pg_settings(fsync).items():
+            settings = pg_settings(fsync)
+            if statement_log_prefix:
+                settings["log_line_prefix"] = "%m [%p] %d "
+            for name, value in settings.items():
                 await conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
             await conn.execute("SELECT pg_reload_conf()")
             time.sleep(0.3)
             return {n: await conn.fetchval(f"SHOW {n}") for n in SHOWN_SETTINGS}
+        finally:
+            await conn.close()
+
+    async def log_all_statements(self, database: str) -> None:
+        """Every statement run on ``database`` goes to the server log (for
+        count_statements.py)."""
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            await conn.execute(f"ALTER DATABASE \"{database}\" SET log_statement = 'all'")
         finally:
             await conn.close()
 
@@ -482,3 +498,14 @@ class RssMonitor:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(2)
+
+
+def run_main(coro: Any) -> int:
+    """asyncio.run of a bench's ``run(args)``, on uvloop when installed."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    return int(asyncio.run(coro))

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
@@ -506,7 +507,8 @@ async def shared_room(origin: Node, senders: list[User], guests: list[tuple[Node
     return room_id
 
 
-async def phase_inbound(plan: Plan, pg: Postgres, sender: Node, receivers: list[Node]) -> dict[str, Any]:
+async def phase_inbound(plan: Plan, pg: Postgres, sender: Node, receivers: list[Node],
+                        pyspy: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for rx in receivers:
         user = (await register_users(rx, f"rx-{sender.kind}-", 1, plan))[0]
@@ -520,10 +522,13 @@ async def phase_inbound(plan: Plan, pg: Postgres, sender: Node, receivers: list[
         deadline = time.monotonic() + plan.phase_timeout_s
         t0 = time.perf_counter()
         task = asyncio.create_task(watch.run(plan.burst, deadline))
+        profile = (PySpy(rx.server.pid, WORK / f"pyspy-inbound-from-{sender.kind}.txt")
+                   if pyspy and rx.kind == "ours" else contextlib.nullcontext())
         try:
-            send_s = await send_burst(sender, sender.users[:SENDERS], room_id, tag, plan.burst,
-                                      plan.phase_timeout_s)
-            await asyncio.wait_for(task, max(1.0, deadline - time.monotonic() + 40))
+            with profile:
+                send_s = await send_burst(sender, sender.users[:SENDERS], room_id, tag, plan.burst,
+                                          plan.phase_timeout_s)
+                await asyncio.wait_for(task, max(1.0, deadline - time.monotonic() + 40))
         except asyncio.TimeoutError:
             log(f"inbound {sender.label} -> {rx.label}: gave up waiting")
         finally:
@@ -744,8 +749,8 @@ async def run(args: argparse.Namespace) -> int:
             else:
                 s1.users = await register_users(s1, "m", SENDERS, plan)
             if "inbound" not in skip:
-                results["inbound_ours"] = await phase_inbound(plan, pg, a, [r1, s2])
-                results["inbound_synapse"] = await phase_inbound(plan, pg, s1, [r1, s2])
+                results["inbound_ours"] = await phase_inbound(plan, pg, a, [r1, s2], args.pyspy)
+                results["inbound_synapse"] = await phase_inbound(plan, pg, s1, [r1, s2], args.pyspy)
             if "fanout" not in skip:
                 results["fanout_ours"] = await phase_fanout(plan, pg, a, receivers)
                 results["fanout_synapse"] = await phase_fanout(plan, pg, s1, receivers)
@@ -780,7 +785,7 @@ def main() -> int:
                    help="after the join phase, join the same room again with a fresh R1 each time "
                         "bench/.work/fed/join-again appears, waiting at most this long (s) for it")
     p.add_argument("--build-concurrency", type=int, default=8, help="joins at once while building the room")
-    p.add_argument("--pyspy", action="store_true", help="py-spy of R1 during its join: bench/.work/fed/pyspy-join-ours.txt")
+    p.add_argument("--pyspy", action="store_true", help="py-spy of R1 during its join and the inbound bursts: bench/.work/fed/pyspy-*.txt")
     return asyncio.run(run(p.parse_args()))
 
 

@@ -11,6 +11,7 @@ import orjson
 
 from ..protocol.server_acl import server_allowed
 from .database import Database
+from .rooms import RoomStore
 from .stream import DB_NOW_MS
 
 # the server part of a user id column (functions on schema/FUNCTIONS.md)
@@ -173,13 +174,8 @@ class FederationQueueStore:
 
     async def servers_sharing_a_room(self, user_id: str) -> list[str]:
         """Other servers with a user joined to a room the user is joined to."""
-        rows = await self.db.fetch(
-            f"""SELECT DISTINCT {_server('o.state_key')} FROM current_state me JOIN current_state o
-                  ON o.room_id = me.room_id AND o.type = 'm.room.member' AND o.membership = 'join'
-                WHERE me.type = 'm.room.member' AND me.state_key = $1 AND me.membership = 'join'""",
-            user_id,
-        )
-        return sorted(r[0] for r in rows if r[0] and r[0] != self.server_name)
+        servers = await RoomStore(self.db).servers_sharing_a_room(user_id)
+        return sorted(s for s in servers if s and s != self.server_name)
 
     async def server_acls(self, room_ids: Sequence[str]) -> dict[str, Any]:
         """The content of each room's current ``m.room.server_acl`` (rooms

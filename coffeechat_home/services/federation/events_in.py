@@ -79,16 +79,20 @@ async def load_events(events: EventStore, ids: list[str], rv: RoomVersion) -> di
     return {eid: Event(p, eid, rv) for eid, p in pdus.items()}
 
 
+def auth_ids_in(event: Event, state: Mapping[StateKey, str]) -> dict[StateKey, str]:
+    """The ids, in ``state``, of the events the auth rules read for
+    ``event`` (the create event always)."""
+    keys = set(auth_types_for_event(event.room_version, event.type, event.sender, event.state_key, event.content))
+    keys.add(("m.room.create", ""))
+    return {k: state[k] for k in keys if k in state}
+
+
 async def check_auth_against(events: EventStore, event: Event, state: Mapping[StateKey, str]) -> None:
     """The auth rules against ``state`` (the state before the event), and
     every auth event the event names must be known. AuthError -> 403."""
-    rv = event.room_version
-    keys = auth_types_for_event(rv, event.type, event.sender, event.state_key, event.content)
-    if ("m.room.create", "") not in keys:
-        keys = [("m.room.create", ""), *keys]
-    wanted = [state[k] for k in keys if k in state]
-    loaded = await load_events(events, wanted, rv)
-    auth_state = {k: loaded[state[k]] for k in keys if k in state and state[k] in loaded}
+    wanted = auth_ids_in(event, state)
+    loaded = await load_events(events, list(wanted.values()), event.room_version)
+    auth_state = {k: loaded[eid] for k, eid in wanted.items() if eid in loaded}
     known = await events.stored_info(event.auth_event_ids)
     if any(a not in known for a in event.auth_event_ids):
         raise forbidden("The event names auth events that are not known here")

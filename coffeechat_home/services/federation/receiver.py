@@ -36,7 +36,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 from ...errors import MatrixError
 from ...federation.client import FederationClient, FederationError
 from ...protocol.errors import ProtocolError
-from ...protocol.events import Event, StateKey, auth_types_for_event, create_event_id_for_room
+from ...protocol.events import Event, StateKey, create_event_id_for_room
 from ...protocol.identifiers import InvalidIdentifier, parse_user_id
 from ...protocol.pdu import check_pdu_format, check_received_pdu
 from ...protocol.room_versions import RoomVersion, get_room_version
@@ -48,7 +48,7 @@ from ..receipts import ReceiptService
 from ..server_keys import KeyStore, KeyUnavailable
 from ..typing import FEDERATION_TIMEOUT_MS, TypingService
 from ..tasks import KeyedLocks
-from .events_in import receipt_auth_checks
+from .events_in import auth_ids_in, receipt_auth_checks
 from .gaps import EventFetcher, FetchBudget, GapFetchError
 from .room_batch import Outcome as _Outcome
 from .room_batch import HeadCache, RoomBatch
@@ -271,9 +271,7 @@ class FederationReceiver:
         return resolve_state(rv, states, loaded.get, is_rejected=rejected.__contains__)
 
     async def _auth_state(self, rv: RoomVersion, ev: Event, state: Mapping[StateKey, str]) -> dict[StateKey, Event]:
-        keys = set(auth_types_for_event(rv, ev.type, ev.sender, ev.state_key, ev.content))
-        keys.add(("m.room.create", ""))
-        wanted = {k: state[k] for k in keys if k in state}
+        wanted = auth_ids_in(ev, state)
         rows = await self.events.get_pdus(wanted.values())
         return {k: Event(rows[eid], eid, rv) for k, eid in wanted.items() if eid in rows}
 

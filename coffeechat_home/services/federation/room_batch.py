@@ -38,14 +38,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from ...protocol.errors import EventFormatError, ProtocolError
-from ...protocol.events import Event, StateKey, auth_types_for_event, create_event_id_for_room
+from ...protocol.events import Event, StateKey, create_event_id_for_room
 from ...protocol.hashing import compute_event_id
 from ...protocol.power_levels import server_name_of
 from ...protocol.room_versions import RoomVersion, UnsupportedRoomVersion, get_room_version
 from ...storage.events import StoredEventInfo
 from ..persister import EventContext, NewEvent, PersistResult, RoomBase, UnknownRoom
 from ..server_keys import KeyUnavailable
-from .events_in import receipt_auth_checks
+from .events_in import auth_ids_in, receipt_auth_checks
 from .gaps import FetchBudget
 
 if TYPE_CHECKING:
@@ -296,9 +296,7 @@ class RoomBatch:
         return first
 
     async def _auth_state(self, rv: RoomVersion, ev: Event, state: Mapping[StateKey, str]) -> dict[StateKey, Event]:
-        keys = set(auth_types_for_event(rv, ev.type, ev.sender, ev.state_key, ev.content))
-        keys.add(("m.room.create", ""))
-        wanted = {k: state[k] for k in keys if k in state}
+        wanted = auth_ids_in(ev, state)
         await self._load(wanted.values(), rv)
         out: dict[StateKey, Event] = {}
         for k, eid in wanted.items():

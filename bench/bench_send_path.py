@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import re
 import signal
 import statistics
 import subprocess
@@ -65,11 +66,14 @@ class Subject:
     db_cpu: list[float] = field(default_factory=list)
     lat: list[float] = field(default_factory=list)
     stmts: list[str] = field(default_factory=list)
+    commits: float = 0.0  # transactions committed per send (first round)
     wake: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
     wake_stmts: list[str] = field(default_factory=list)
     many: list[tuple[User, str]] = field(default_factory=list)  # --clients: (sender, own room)
     many_cpu: list[float] = field(default_factory=list)
     many_db_cpu: list[float] = field(default_factory=list)
+    many_stmts: list[float] = field(default_factory=list)  # per send, per round
+    many_commits: list[float] = field(default_factory=list)
 
 
 async def send_round(s: Subject, pg: Postgres, n: int, spy: bool) -> None:
@@ -96,14 +100,18 @@ async def send_round(s: Subject, pg: Postgres, n: int, spy: bool) -> None:
     s.db_cpu.append(1000 * (db1 - db0) / n)
     if not s.stmts:
         await asyncio.sleep(0.5)
-        s.stmts = statements(log_path.read_text(errors="replace")[log_start:], s.db)
+        chunk = log_path.read_text(errors="replace")[log_start:]
+        s.stmts = statements(chunk, s.db)
         s.stmts.append(f"__n={n}")
+        s.commits = statements_and_commits(chunk, s.db)[1] / n
 
 
 async def many_round(s: Subject, pg: Postgres, n: int) -> None:
     """Every --clients sender sends n messages into its own room, all at once."""
     assert s.client is not None
     backends = await pg.backend_pids(s.db)
+    log_path = Path(pg.server.log)
+    log_start = len(log_path.read_text(errors="replace"))
     cpu0, db0 = s.server.cpu_seconds(), sum(cpu_seconds_of(backends).values())
 
     async def one(user: User, room: str) -> None:
@@ -116,6 +124,39 @@ async def many_round(s: Subject, pg: Postgres, n: int) -> None:
     total = n * len(s.many)
     s.many_cpu.append(1000 * (cpu1 - cpu0) / total)
     s.many_db_cpu.append(1000 * (db1 - db0) / total)
+    await asyncio.sleep(0.5)
+    n_stmts, n_commits = statements_and_commits(log_path.read_text(errors="replace")[log_start:], s.db)
+    s.many_stmts.append(n_stmts / total)
+    s.many_commits.append(n_commits / total)
+
+
+LOGGED = re.compile(r"\[(\d+)\] (\S+) LOG:  (?:statement|execute [^:]*): (.*)")
+
+
+def statements_and_commits(log_text: str, db: str) -> tuple[int, int]:
+    """Statements (round trips) logged for ``db``, and the transactions they
+    committed: each COMMIT, and each statement run outside BEGIN..COMMIT (a
+    lone statement commits as it ends). Followed per backend."""
+    in_txn: dict[str, bool] = {}
+    stmts = commits = 0
+    for line in log_text.splitlines():
+        m = LOGGED.search(line)
+        if not m or m.group(2) != db:
+            continue
+        stmts += 1
+        pid = m.group(1)
+        for part in m.group(3).split(";"):
+            word = part.strip().split(" ", 1)[0].upper()
+            if not word:
+                continue
+            if word in ("BEGIN", "START"):
+                in_txn[pid] = True
+            elif word in ("COMMIT", "END", "ROLLBACK"):
+                commits += word != "ROLLBACK"
+                in_txn[pid] = False
+            elif not in_txn.get(pid, False):
+                commits += 1
+    return stmts, commits
 
 
 async def wake_round(s: Subject, pg: Postgres, session: aiohttp.ClientSession, wakes: int) -> None:
@@ -168,7 +209,7 @@ def report(s: Subject, n: int) -> None:
           f"(rounds: {', '.join(f'{x:.2f}' for x in s.db_cpu)})")
     rounds = int(s.stmts[-1].split("=")[1]) if s.stmts else n
     body = s.stmts[:-1]
-    print(f"  statements per send: {len(body) / rounds:.2f}")
+    print(f"  statements per send: {len(body) / rounds:.2f}, transactions committed per send: {s.commits:.2f}")
     groups = collections.Counter(
         t if not t.startswith("WITH d AS (DELETE FROM stream_inflight") else t[:45] for t in body
     )
@@ -179,7 +220,8 @@ def report(s: Subject, n: int) -> None:
     if s.many_cpu:
         print(f"  {len(s.many)} clients each in its own room: server CPU per send "
               f"{statistics.median(s.many_cpu):.3f} ms (rounds: {', '.join(f'{x:.2f}' for x in s.many_cpu)}), "
-              f"PG backends {statistics.median(s.many_db_cpu):.3f} ms")
+              f"PG backends {statistics.median(s.many_db_cpu):.3f} ms, "
+              f"statements {statistics.median(s.many_stmts):.2f}, commits {statistics.median(s.many_commits):.2f}")
     if s.wake:
         wakes = len(s.wake["client has it"])
         print(f"  send + the long-poll /sync it wakes: {len(s.wake_stmts) / wakes:.2f} statements")

@@ -179,7 +179,7 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     conversation = build_conversation(config, db, stream, notifier, rooms)
     events = EventStore(db)
     persister = Persister(stream, events, notifier)
-    writer = RoomWriter(persister, config.server_name, signing_key)
+    writer = RoomWriter(persister, config.server_name, signing_key, group_commit=config.database.group_commit)
     room_service = RoomService(
         writer, events, rooms, config.server_name, conversation.profiles.member_fields, accounts.store.user_exists
     )

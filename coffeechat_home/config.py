@@ -53,6 +53,9 @@ class DatabaseConfig:
     url: str = ""
     pool_min_size: int = 2
     pool_max_size: int = 20
+    # Concurrent sends to different rooms share one transaction and commit
+    # (storage/group_commit.py); false: one transaction per send.
+    group_commit: bool = True
     # CockroachDB CA certificate (verify-full) when the URL is built from
     # COCKROACH_* variables; kept here so `serve` can report it.
     ca_cert_path: str = ""
@@ -593,6 +596,8 @@ mode = "{registration_mode}"
 url = ""
 pool_min_size = 2
 pool_max_size = 20
+# concurrent sends to different rooms share one transaction and commit
+group_commit = true
 
 [limits]
 max_request_body_bytes = 1048576

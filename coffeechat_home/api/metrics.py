@@ -45,6 +45,18 @@ class _ServiceCollector(Collector):
         yield CounterMetricFamily(
             "coffeechat_events_persisted", "Room events committed by this instance", value=self.writer.events_persisted
         )
+        group = self.writer.group_commit
+        yield CounterMetricFamily(
+            "coffeechat_group_commits", "Transactions that committed several sends together", value=group.batches
+        )
+        yield CounterMetricFamily(
+            "coffeechat_group_commit_writes", "Sends committed in such shared transactions",
+            value=group.batched_writes,
+        )
+        yield CounterMetricFamily(
+            "coffeechat_group_commit_fallbacks", "Shared transactions that failed, their sends then run alone",
+            value=group.fallbacks,
+        )
         yield CounterMetricFamily(
             "coffeechat_sync_wakeups", "Waiting /sync requests woken by a change", value=self.notifier.wakeups
         )

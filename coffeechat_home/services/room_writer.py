@@ -24,6 +24,7 @@ from ..protocol.events import Event, StateKey, auth_types_for_event
 from ..protocol.room_versions import RoomIdFormat, RoomVersion, get_room_version
 from ..protocol.signing import SigningKey
 from ..storage.events import EventStore, StaleRoomState
+from ..storage.group_commit import GroupCommit
 from ..storage.stream import StreamStore
 from .persister import (
     EventContext,
@@ -87,8 +88,11 @@ class RoomWriter:
         signing_key: SigningKey,
         *,
         cache_size: int = 2000,
+        group_commit: bool = True,
     ) -> None:
         self.persister = persister
+        # concurrent sends to different rooms share a transaction (issue #7)
+        self.group_commit = GroupCommit(persister.stream, enabled=group_commit)
         self.stream: StreamStore = persister.stream
         self.events: EventStore = persister.events
         self.server_name = server_name
@@ -359,8 +363,11 @@ class RoomWriter:
                 room_version=head.room_version, new_room=new_room, redaction_targets=targets, allocate=True,
             )
 
-        # the positions are taken by the events' insert (one round trip fewer)
-        return await self.stream.write_many(fn, len(built), name="persist_events", guard=guard, allocate=False)
+        if new_room is not None:
+            return await self.stream.write_many(fn, len(built), name="create_room", guard=guard, allocate=False)
+        # the positions are taken by the events' insert (one round trip
+        # fewer); sends to other rooms in flight meanwhile share its commit
+        return await self.group_commit.write(fn, len(built), name="persist_events", guard=guard)
 
 
 def _base(head: RoomHead) -> RoomBase:

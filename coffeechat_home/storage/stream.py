@@ -69,7 +69,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import asyncpg
 
@@ -174,6 +174,36 @@ class StreamStore:
         except asyncio.CancelledError:
             task.add_done_callback(_retrieve)  # its outcome is no one's now
             raise
+
+    async def write_group(
+        self,
+        writes: Sequence[tuple[Callable[[asyncpg.Connection, list[int]], Awaitable[Any]], int]],
+        guards: Sequence[str] = (),
+    ) -> list[tuple[Any, list[int]]]:
+        """Several writes in one transaction, each ``(fn, count)`` with the
+        contract of ``write_many(allocate=False)``, run in order: one
+        reservation (its floor below every position they take), one BEGIN,
+        one COMMIT. ``guards`` (distinct ones once) run first, as
+        ``write_many``'s guard. One try, no retry: any failure rolls the
+        whole group back and is raised (GroupCommit then runs each write
+        alone). Returns each write's (result, positions)."""
+        total = sum(count for _, count in writes)
+
+        async def fn(conn: asyncpg.Connection, positions: list[int]) -> list[tuple[Any, list[int]]]:
+            out: list[tuple[Any, list[int]]] = []
+            for write, count in writes:
+                own: list[int] = []
+                result = await write(conn, own)
+                if len(own) != count:
+                    raise RuntimeError(f"a grouped write took {own} for {count} positions")
+                positions.extend(own)
+                out.append((result, own))
+            return out
+
+        guard = "; ".join(dict.fromkeys(guards)) or None
+        async with self._gate:
+            results, _ = await self._attempt(fn, total, guard, allocate=False)
+        return results
 
     async def _write_many(
         self, fn: Callable[[asyncpg.Connection, list[int]], Awaitable[T]], count: int, name: str,

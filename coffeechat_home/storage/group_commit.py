@@ -1,0 +1,151 @@
+"""Group commit of concurrent stream writes (issue #7).
+
+Writes to different rooms that arrive while one of this instance's grouped
+transactions is in flight wait for it, then go together in the next one:
+one reservation, one BEGIN, each write's own statements, one COMMIT
+(``StreamStore.write_group``). A write that finds nothing in flight goes at
+once, alone, as ``StreamStore.write_many`` would run it, so a lone client
+pays nothing for the grouping.
+
+What stays as it was:
+
+* Per-room order: the caller (the local sender) holds the room's lock until
+  its write is done, so a batch holds at most one write per room, and the
+  next write to a room is built after the previous one committed.
+* Idempotent transaction ids and stale room heads: a write that fails in a
+  batch (a repeated transaction id, a room head another instance moved, a
+  guard whose token was revoked) makes the batch roll back as a whole; each
+  of its writes then runs again alone, with its own retries, and gets its
+  own outcome. Nothing else fails with it.
+* Serialization failures and lost connections (before COMMIT): the same
+  fallback; only a batch whose COMMIT's outcome is unknown reports that to
+  every write of it (as a lone write would), since re-running them could
+  store an event twice.
+* Several instances on one database: each groups its own writes; the
+  stream's reservation protocol (storage/stream.py) and each write's own
+  compare-and-set work for a batch as for one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Generic, TypeVar
+
+import asyncpg
+
+from .database import DatabaseUnavailable
+from .stream import StreamStore
+
+T = TypeVar("T")
+
+WriteFn = Callable[[asyncpg.Connection, list[int]], Awaitable[T]]
+
+
+@dataclass
+class _Pending(Generic[T]):
+    fn: WriteFn[T]
+    count: int
+    guard: str | None
+    name: str
+    fut: asyncio.Future[tuple[T, list[int]]]
+
+
+class GroupCommit:
+    """``write`` has the contract of ``StreamStore.write_many(allocate=False)``
+    (``fn`` appends its positions, taken by its own statements)."""
+
+    def __init__(self, stream: StreamStore, *, enabled: bool = True, max_batch: int = 64) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self.max_batch = max_batch
+        self._queue: list[_Pending[Any]] = []
+        self._busy = False  # a write or batch of ours is in flight
+        self._tasks: set[asyncio.Task[None]] = set()
+        # counters (metrics, tests): transactions that held more than one
+        # write, the writes they held, and batches that fell back to singles
+        self.batches = 0
+        self.batched_writes = 0
+        self.fallbacks = 0
+
+    async def write(
+        self, fn: WriteFn[T], count: int, *, name: str = "stream_write", guard: str | None = None
+    ) -> tuple[T, list[int]]:
+        if not self.enabled:
+            return await self.stream.write_many(fn, count, name=name, guard=guard, allocate=False)
+        if not self._busy:
+            # nothing in flight: go now, alone; what queues meanwhile goes next
+            self._busy = True
+            try:
+                return await self.stream.write_many(fn, count, name=name, guard=guard, allocate=False)
+            finally:
+                self._next()
+        fut: asyncio.Future[tuple[T, list[int]]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(fn, count, guard, name, fut))
+        try:
+            # the batch runs in a task of its own: a caller that hangs up
+            # does not cancel it (as write_many's shield)
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            fut.add_done_callback(_retrieve)
+            raise
+
+    def _next(self) -> None:
+        if not self._queue:
+            self._busy = False
+            return
+        batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+        task = asyncio.ensure_future(self._run(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[_Pending[Any]]) -> None:
+        try:
+            if len(batch) == 1:
+                await _alone(self.stream, batch[0])
+            else:
+                await self._together(batch)
+        finally:
+            self._next()
+
+    async def _together(self, batch: list[_Pending[Any]]) -> None:
+        try:
+            results = await self.stream.write_group(
+                [(p.fn, p.count) for p in batch], [p.guard for p in batch if p.guard is not None]
+            )
+        except Exception as e:
+            if isinstance(e, DatabaseUnavailable) and not e.retryable:
+                # the COMMIT's outcome is unknown: as for a lone write
+                for p in batch:
+                    _settle(p, exc=e)
+                return
+            self.fallbacks += 1
+            await asyncio.gather(*(_alone(self.stream, p) for p in batch))
+            return
+        self.batches += 1
+        self.batched_writes += len(batch)
+        for p, r in zip(batch, results):
+            _settle(p, result=r)
+
+
+async def _alone(stream: StreamStore, p: _Pending[Any]) -> None:
+    try:
+        result = await stream.write_many(p.fn, p.count, name=p.name, guard=p.guard, allocate=False)
+    except Exception as e:
+        _settle(p, exc=e)
+    else:
+        _settle(p, result=result)
+
+
+def _settle(p: _Pending[Any], *, result: Any = None, exc: BaseException | None = None) -> None:
+    if p.fut.done():
+        return
+    if exc is not None:
+        p.fut.set_exception(exc)
+    else:
+        p.fut.set_result(result)
+
+
+def _retrieve(fut: "asyncio.Future[Any]") -> None:
+    if not fut.cancelled():
+        fut.exception()

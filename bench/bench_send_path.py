@@ -190,7 +190,7 @@ async def wake_round(s: Subject, pg: Postgres, session: aiohttp.ClientSession, w
         for kv in resp.headers.get("X-Coffeechat-Timing", "").split(";"):
             if "=" in kv:
                 k, v = kv.split("=", 1)
-                marks[k] = float(v)
+                marks[k] = float(v) / 1e6  # whole microseconds
         resp.release()
         s.wake["send answered"].append(t_sent - t0)
         for k in ("poked", "read", "woken", "resumed", "built", "ready"):

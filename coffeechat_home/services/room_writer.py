@@ -364,7 +364,7 @@ class RoomWriter:
             )
 
         if new_room is not None:
-            return await self.stream.write_many(fn, len(built), name="create_room", guard=guard, allocate=False)
+            return await self.stream.write_many(fn, len(built), name="persist_events", guard=guard, allocate=False)
         # the positions are taken by the events' insert (one round trip
         # fewer); sends to other rooms in flight meanwhile share its commit
         return await self.group_commit.write(fn, len(built), name="persist_events", guard=guard)

@@ -127,7 +127,11 @@ async def insert_events(
     else:
         moved_sql = """UPDATE rooms SET forward_extremities = $3::TEXT[]
                        WHERE room_id = $1 AND forward_extremities = $2::TEXT[] RETURNING 1"""
-    # $34: how many positions to take here (0: the items carry them)
+    # $34: how many positions to take here (0: the items carry them).
+    # CockroachDB (v20.2+) takes this form as is: `AS MATERIALIZED` (its
+    # PR 47341), an ordered aggregate, and a subscript on a scalar subquery
+    # (its grammar: c_expr = d_expr array_subscripts, d_expr includes
+    # select_with_parens); no dialect switch is needed here.
     alloc_sql = """alloc AS MATERIALIZED (
                    SELECT array_agg(p ORDER BY p) AS a
                    FROM (SELECT nextval('stream_seq') AS p FROM generate_series(1, $34::INT)) AS s),"""

@@ -12,11 +12,14 @@ What stays as it was:
 * Per-room order: the caller (the local sender) holds the room's lock until
   its write is done, so a batch holds at most one write per room, and the
   next write to a room is built after the previous one committed.
-* Idempotent transaction ids and stale room heads: a write that fails in a
-  batch (a repeated transaction id, a room head another instance moved, a
-  guard whose token was revoked) makes the batch roll back as a whole; each
-  of its writes then runs again alone, with its own retries, and gets its
-  own outcome. Nothing else fails with it.
+* Idempotent transaction ids: a write that fails in a batch (a repeated
+  transaction id, a guard whose token was revoked) makes the batch roll
+  back as a whole; each of its writes then runs again alone, with its own
+  retries, and gets its own outcome. Nothing else fails with it.
+* A stale room head (another instance wrote to the room since we cached
+  it): that write's insert writes nothing and leaves the transaction
+  usable, so only that write leaves the batch (its sender rebuilds on the
+  room's head, services/room_writer.py) and the others commit.
 * Serialization failures and lost connections (before COMMIT): the same
   fallback; only a batch whose COMMIT's outcome is unknown reports that to
   every write of it (as a lone write would), since re-running them could
@@ -35,6 +38,7 @@ from typing import Any, Awaitable, Callable, Generic, TypeVar
 import asyncpg
 
 from .database import DatabaseUnavailable
+from .events import StaleRoomState
 from .stream import StreamStore
 
 T = TypeVar("T")
@@ -111,7 +115,8 @@ class GroupCommit:
     async def _together(self, batch: list[_Pending[Any]]) -> None:
         try:
             results = await self.stream.write_group(
-                [(p.fn, p.count) for p in batch], [p.guard for p in batch if p.guard is not None]
+                [(p.fn, p.count) for p in batch], [p.guard for p in batch if p.guard is not None],
+                harmless=(StaleRoomState,),
             )
         except Exception as e:
             if isinstance(e, DatabaseUnavailable) and not e.retryable:
@@ -123,9 +128,12 @@ class GroupCommit:
             await asyncio.gather(*(_alone(self.stream, p) for p in batch))
             return
         self.batches += 1
-        self.batched_writes += len(batch)
+        self.batched_writes += sum(1 for r in results if not isinstance(r, Exception))
         for p, r in zip(batch, results):
-            _settle(p, result=r)
+            if isinstance(r, Exception):
+                _settle(p, exc=r)
+            else:
+                _settle(p, result=r)
 
 
 async def _alone(stream: StreamStore, p: _Pending[Any]) -> None:

@@ -179,21 +179,30 @@ class StreamStore:
         self,
         writes: Sequence[tuple[Callable[[asyncpg.Connection, list[int]], Awaitable[Any]], int]],
         guards: Sequence[str] = (),
-    ) -> list[tuple[Any, list[int]]]:
+        *,
+        harmless: tuple[type[Exception], ...] = (),
+    ) -> list[tuple[Any, list[int]] | Exception]:
         """Several writes in one transaction, each ``(fn, count)`` with the
         contract of ``write_many(allocate=False)``, run in order: one
         reservation (its floor below every position they take), one BEGIN,
         one COMMIT. ``guards`` (distinct ones once) run first, as
         ``write_many``'s guard. One try, no retry: any failure rolls the
         whole group back and is raised (GroupCommit then runs each write
-        alone). Returns each write's (result, positions)."""
-        total = sum(count for _, count in writes)
+        alone), except a ``harmless`` exception: one its write raises
+        having written nothing and left the transaction usable (a stale
+        room head: the insert wrote nothing), which becomes that write's
+        outcome while the others go on. Returns each write's (result,
+        positions) or exception."""
 
-        async def fn(conn: asyncpg.Connection, positions: list[int]) -> list[tuple[Any, list[int]]]:
-            out: list[tuple[Any, list[int]]] = []
+        async def fn(conn: asyncpg.Connection, positions: list[int]) -> list[tuple[Any, list[int]] | Exception]:
+            out: list[tuple[Any, list[int]] | Exception] = []
             for write, count in writes:
                 own: list[int] = []
-                result = await write(conn, own)
+                try:
+                    result = await write(conn, own)
+                except harmless as e:
+                    out.append(e)
+                    continue
                 if len(own) != count:
                     raise RuntimeError(f"a grouped write took {own} for {count} positions")
                 positions.extend(own)
@@ -202,7 +211,7 @@ class StreamStore:
 
         guard = "; ".join(dict.fromkeys(guards)) or None
         async with self._gate:
-            results, _ = await self._attempt(fn, total, guard, allocate=False)
+            results, _ = await self._attempt(fn, None, guard, allocate=False)
         return results
 
     async def _write_many(
@@ -213,8 +222,8 @@ class StreamStore:
             return await self.db.retrying(lambda: self._attempt(fn, count, guard, allocate), name=name)
 
     async def _attempt(
-        self, fn: Callable[[asyncpg.Connection, list[int]], Awaitable[T]], count: int, guard: str | None = None,
-        allocate: bool = True,
+        self, fn: Callable[[asyncpg.Connection, list[int]], Awaitable[T]], count: int | None,
+        guard: str | None = None, allocate: bool = True,
     ) -> tuple[T, list[int]]:
         """One try: a fresh reservation, then the write transaction. The
         reservation never outlives the try, so a write that backs off after
@@ -236,9 +245,10 @@ class StreamStore:
                     reserved = True  # the prelude committed the reservation
                     positions: list[int] = []
                     if allocate:
+                        assert count is not None
                         positions = await allocate_positions(conn, count)
                     result = await fn(conn, positions)
-                    if len(positions) != count or positions != sorted(positions):
+                    if (count is not None and len(positions) != count) or positions != sorted(positions):
                         raise RuntimeError(f"the write took {positions} for {count} positions")
                     wrote = True
                     return result, positions

@@ -6,7 +6,8 @@ batch of good sends commits once; a batch holding a repeated transaction id
 and a send under a token revoked meanwhile falls back to single sends, so
 only the revoked one fails (401), the repeat answers its first event, the
 others are stored once; a forbidden state event from a user without power
-fails alone (403) while the batch it waited beside goes through. The second
+fails alone (403) while the batch it waited beside goes through; a send
+on a room head another instance moved leaves the batch alone. The second
 runs many senders into many rooms through two instances on one database at
 once: every event stored exactly once, each room linear and in the order
 its sender sent, each /sync long-poll on either instance sees them all.
@@ -175,6 +176,18 @@ async def test_a_batch_commits_together_and_isolates_failures(
     assert [a.status for a in answers[:2]] == [200, 200], answers
     assert answers[2].status == 403 and answers[2]["errcode"] == "M_FORBIDDEN", answers[2]
     assert group.batches == before[0] + 2
+
+    # 4. a room head another instance moved: that send leaves the batch
+    # (and rebuilds on the room's head), the other commits in it
+    hs2 = await start_server()
+    other = ApiClient(f"http://127.0.0.1:{hs2.client_port}", http)
+    other.token = alice.token
+    assert (await _send(other, rooms[1], "through the other instance")).status == 200
+    counts = (group.batches, group.batched_writes, group.fallbacks)
+    answers = await _held_batch(group, [_send(alice, rooms[1], "on a stale head"), _send(alice, rooms[2], "ok")], 2)
+    assert [a.status for a in answers] == [200, 200], answers
+    assert (group.batches, group.batched_writes, group.fallbacks) == (counts[0] + 1, counts[1] + 1, counts[2])
+    assert await _stored(database_url, [a["event_id"] for a in answers]) == {a["event_id"]: 1 for a in answers}
     for room in rooms:
         await assert_linear_history(database_url, room)
 

@@ -110,6 +110,9 @@ class GroupCommit:
             else:
                 await self._together(batch)
         finally:
+            for p in batch:  # cancelled itself (the server stopping): no caller waits forever
+                if not p.fut.done():
+                    p.fut.cancel()
             self._next()
 
     async def _together(self, batch: list[_Pending[Any]]) -> None:

@@ -19,7 +19,10 @@ database's backends before and after each round of ``--n`` sends; the
 table shows the median round. Wall-clock figures are printed too but mean
 little on a shared machine. ``--pyspy`` records this checkout's first send
 round with py-spy into bench/.work/pyspy-send-path.txt (summarize it with
-bench/pyspy_summary.py).
+bench/pyspy_summary.py). ``--cprofile`` wraps that round in the server's own
+cProfile (coffeechat_home/profiling.py) and prints the functions with the
+most time of their own per send (C calls, such as asyncpg's parameter
+encoding and protocol, count as functions of their own there).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import re
 import signal
 import statistics
@@ -76,7 +80,7 @@ class Subject:
     many_commits: list[float] = field(default_factory=list)
 
 
-async def send_round(s: Subject, pg: Postgres, n: int, spy: bool) -> None:
+async def send_round(s: Subject, pg: Postgres, n: int, spy: bool, cprofile: bool = False) -> None:
     assert s.client is not None and s.sender is not None
     log_path = Path(pg.server.log)
     backends = await pg.backend_pids(s.db)
@@ -87,12 +91,18 @@ async def send_round(s: Subject, pg: Postgres, n: int, spy: bool) -> None:
                                  "--rate", "200", "--gil", "-o", str(WORK / "pyspy-send-path.txt")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await asyncio.sleep(1.5)
+    if cprofile:
+        os.kill(s.server.pid, signal.SIGUSR1)
     cpu0, db0 = s.server.cpu_seconds(), sum(cpu_seconds_of(backends).values())
     for i in range(n):
         t0 = time.perf_counter()
         await s.client.send_text(s.sender, s.room, f"message {i}")
         s.lat.append(time.perf_counter() - t0)
     cpu1, db1 = s.server.cpu_seconds(), sum(cpu_seconds_of(backends).values())
+    if cprofile:
+        os.kill(s.server.pid, signal.SIGUSR2)
+        await asyncio.sleep(1.0)
+        print_cprofile(n)
     if proc is not None:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
@@ -131,6 +141,23 @@ async def many_round(s: Subject, pg: Postgres, n: int) -> None:
 
 
 LOGGED = re.compile(r"\[(\d+)\] (\S+) LOG:  (?:statement|execute [^:]*): (.*)")
+
+
+def print_cprofile(n: int) -> None:
+    """The server's cProfile of one send round: own time per send."""
+    import pstats
+
+    files = sorted((WORK / "cprofile").glob("cprofile-*.prof"), key=lambda f: f.stat().st_mtime)
+    if not files:
+        print("  (no cProfile written)")
+        return
+    stats = pstats.Stats(str(files[-1]))
+    rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])  # type: ignore[attr-defined]
+    total = sum(v[2] for _, v in rows)
+    print(f"  cProfile of a send round: {1000 * total / n:.3f} ms per send in all; most own time per send:")
+    for (file, line, func), (_cc, _nc, tt, _ct, _callers) in rows[:25]:
+        where = file if file == "~" else "/".join(Path(file).parts[-2:])
+        print(f"    {1000 * tt / n:6.3f} ms  {func} ({where}:{line})")
 
 
 def statements_and_commits(log_text: str, db: str) -> tuple[int, int]:
@@ -246,8 +273,11 @@ async def run(args: argparse.Namespace) -> int:
             db = f"send_{label}"
             url = await pg.create_database(db, isolation="serializable")
             await pg.log_all_statements(db)
-            server = start_ours(WORK / label, url, {"COFFEECHAT_METRICS_SYNC_TIMING": "true"},
-                                pool=args.pool, root=root)
+            env = {"COFFEECHAT_METRICS_SYNC_TIMING": "true"}
+            if args.cprofile and label == "this":
+                env["BENCH_CPROFILE_DIR"] = str(WORK / "cprofile")
+                (WORK / "cprofile").mkdir(parents=True, exist_ok=True)
+            server = start_ours(WORK / label, url, env, pool=args.pool, root=root)
             subjects.append(Subject(label, db, server))
         async with aiohttp.ClientSession() as session:
             for s in subjects:
@@ -267,7 +297,8 @@ async def run(args: argparse.Namespace) -> int:
             for r in range(args.rounds):
                 order = subjects if r % 2 == 0 else subjects[::-1]
                 for s in order:
-                    await send_round(s, pg, args.n, args.pyspy and r == 0 and s.label == "this")
+                    first = r == 0 and s.label == "this"
+                    await send_round(s, pg, args.n, args.pyspy and first, args.cprofile and first)
                     if args.clients:
                         await many_round(s, pg, max(1, args.n // args.clients))
             for s in subjects:
@@ -292,6 +323,7 @@ def main() -> int:
                    help="also, per round, this many senders each in its own room at once (0: not)")
     p.add_argument("--baseline", help="another checkout to run side by side (alternating rounds)")
     p.add_argument("--pyspy", action="store_true")
+    p.add_argument("--cprofile", action="store_true", help="the server's cProfile of the first send round")
     args: Any = p.parse_args()
     return asyncio.run(run(args))
 

@@ -295,6 +295,7 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         ),
     )
     services.sync.remote_invite_state = inbound.invite_state
+    services.receiver.missing_events_limit = fed.missing_events_limit
     if sender is not None:  # typing, receipts and presence across servers
         EphemeralFederation(
             config.server_name, EduOutboxStore(db), sender.wake, queue.allowed_servers_in_room, rooms,

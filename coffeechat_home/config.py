@@ -157,6 +157,10 @@ class FederationConfig:
     # (milliseconds), doubling on each failure up to the maximum.
     destination_min_retry_ms: int = 10_000
     destination_max_retry_ms: int = 3_600_000
+    # Receiving: the most missing prev_events asked for with one
+    # get_missing_events (a longer gap is closed with the state at it, and
+    # /messages backfills the hole when paging reaches it).
+    missing_events_limit: int = 20
 
 
 @dataclass
@@ -452,6 +456,8 @@ def validate(config: Config) -> None:
         raise ConfigError("federation.request_timeout_s must be positive and max_response_bytes at least 1024")
     if not 0 < config.federation.destination_min_retry_ms <= config.federation.destination_max_retry_ms:
         raise ConfigError("federation.destination_min_retry_ms must be positive and at most destination_max_retry_ms")
+    if not 1 <= config.federation.missing_events_limit <= 100:
+        raise ConfigError("federation.missing_events_limit must be between 1 and 100")
     if config.database.url and not config.database.url.startswith(("postgres://", "postgresql://")):
         raise ConfigError("database.url must be a postgresql:// URL")
     if config.limits.max_request_body_bytes < 1024:
@@ -577,6 +583,8 @@ max_response_bytes = 10485760
 # Outbound sender: wait after a failed send (ms), doubling up to the maximum.
 destination_min_retry_ms = 10000
 destination_max_retry_ms = 3600000
+# Receiving: most missing events asked for at once (get_missing_events).
+missing_events_limit = 20
 
 [registration]
 # "open", "token" (one of `tokens`, or one made with the admin API) or "closed".

@@ -4,7 +4,7 @@ members and state (current, or as of when the user left)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, Mapping
+from typing import Any, Awaitable, Iterable, Mapping, Protocol
 
 import orjson
 
@@ -21,6 +21,19 @@ MAX_STREAM_POS = 2**63 - 1
 # /messages: pages read past when hiding by the state at each event left
 # a page empty (hide_unseen)
 MAX_HIDDEN_PAGES = 5
+# /messages backwards: backfills of holes the page reaches, per request, and
+# the events asked for in each (a hole bigger than that is filled in parts)
+MAX_HOLE_FILLS = 2
+HOLE_FILL_EVENTS = 50
+
+
+class Backfill(Protocol):
+    """Fetch history from other servers at the room's backward extremities
+    with depths in [min_depth, max_depth] (services/federation/backfill.py);
+    the number of events added."""
+
+    def __call__(self, room_id: str, max_depth: int | None, limit: int, *, min_depth: int | None = None,
+                 tried: set[str] | None = None) -> Awaitable[int]: ...
 
 
 def parse_token(token: str | None, name: str = "from") -> int | None:
@@ -201,7 +214,7 @@ class HistoryService:
         # set when federating (services/federation/backfill.py): fetch up to
         # ``limit`` events older than the room's history at or below a depth
         # from other servers; the number added
-        self.backfill: Callable[[str, int | None, int], Awaitable[int]] | None = None
+        self.backfill: Backfill | None = None
         # (room, the rows' highest position) -> whether the room restricts
         # its history: the same answer for every long-poll one event wakes
         # (read once, not once per woken sync). The history-visibility
@@ -356,13 +369,22 @@ class HistoryService:
 
         if limit > 0:
             raw = await page(start)
-            if (backwards and len(raw) < limit and self.backfill is not None and to is None
-                    and (window.lower is None or window.lower < 0)):
-                # past the oldest event we have: ask the room's other servers
-                depth = raw[-1].depth if raw else start[0]
-                if await self.backfill(room_id, depth, limit - len(raw)):
-                    window = await self.window(requester.user_id, room_id)
-                    raw = await page(start)
+            tried: set[str] = set()  # backward extremities fetched from: once each per request
+            for _ in range(MAX_HOLE_FILLS):
+                if not (backwards and self.backfill is not None and to is None
+                        and (window.lower is None or window.lower < 0)):
+                    break
+                # a hole in the page (an event of it whose prev_events we
+                # lack) or, when the page is short, below it: fetch it from
+                # the room's other servers before answering
+                full = len(raw) >= limit
+                low = (raw[-1].depth or 0) if full else None
+                high = start[0] if start[0] is not None or not raw else raw[0].depth
+                if not await self.backfill(room_id, high, max(limit, HOLE_FILL_EVENTS),
+                                           min_depth=low, tried=tried):
+                    break
+                window = await self.window(requester.user_id, room_id)
+                raw = await page(start)
             # by the state at each event (late arrivals, hide_unseen); a
             # page left empty is followed by the next few, so a chunk is
             # empty only at the end

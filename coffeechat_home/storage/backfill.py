@@ -1,7 +1,8 @@
-"""Backfill: where a room's known history has holes at its bottom (events
-whose prev_events we never got), the stream positions of backfilled events
-(negative, migration 0022), and the history visibility in force at the
-oldest event we have."""
+"""Backfill: where a room's known history has holes, at its bottom or in
+the middle (events whose prev_events we never got: backward
+extremities), the stream positions of backfilled events (negative,
+migration 0022), and the history visibility in force at the oldest event
+we have."""
 
 from __future__ import annotations
 
@@ -33,18 +34,26 @@ class BackfillStore:
         creator: str | None = await self.db.fetchval("SELECT creator FROM rooms WHERE room_id = $1", room_id)
         return creator
 
-    async def missing_prevs(self, room_id: str, max_depth: int | None, limit: int) -> list[str]:
-        """prev_events we do not have (or have only as outliers) of the
-        room's timeline events at or below ``max_depth``, those of the
-        deepest events first: where backfill should start."""
+    async def missing_prevs(
+        self, room_id: str, max_depth: int | None, limit: int, *, min_depth: int | None = None
+    ) -> list[str]:
+        """The room's backward extremities in a depth range: prev_events we
+        do not have (or have only as outliers) of the timeline events with
+        ``min_depth <= depth <= max_depth`` (None: unbounded), those of the
+        deepest events first: where backfill should start. A hole in the
+        middle of the history (a gap closed with the state at it, a rejoin)
+        has one at the event above it; the bottom of the history at the
+        oldest event. Bounded by the range: a /messages page reads the
+        events of its own depths (events_by_room_depth)."""
         rows = await self.db.fetch(
             """SELECT ed.prev_event_id, max(e.depth) AS d FROM events e
                JOIN event_edges ed ON ed.event_id = e.event_id
                WHERE e.room_id = $1 AND e.stream_pos IS NOT NULL AND ($2::BIGINT IS NULL OR e.depth <= $2)
+                 AND ($4::BIGINT IS NULL OR e.depth >= $4)
                  AND NOT EXISTS (SELECT 1 FROM events p WHERE p.event_id = ed.prev_event_id AND NOT p.outlier)
                GROUP BY ed.prev_event_id
                ORDER BY d DESC, ed.prev_event_id LIMIT $3""",
-            room_id, max_depth, limit,
+            room_id, max_depth, limit, min_depth,
         )
         return [r["prev_event_id"] for r in rows]
 

@@ -2,9 +2,11 @@
 server in the room when ``/messages`` pages back past our oldest event
 (``GET /_matrix/federation/v1/backfill/{roomId}``).
 
-Where our history has a hole at its bottom (timeline events whose
-prev_events we never got: typically the join of one of our users into a
-remote room), the missing prev_events are asked for. Every event of the
+Where our history has a hole (timeline events whose prev_events we never
+got, backward extremities: at its bottom, typically the join of one of our
+users into a remote room; in its middle, a gap in live traffic closed with
+the state at it, or a rejoin after our server was out of the room), the
+missing prev_events are asked for. Every event of the
 answer is checked like any received PDU (format, signatures, content hash;
 ``protocol.pdu.check_received_pdu``), kept only if it is reachable from what
 we asked for through prev_events, and checked against its auth events and
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Iterable, Mapping
 from urllib.parse import quote
 
@@ -48,6 +51,11 @@ MAX_BACKFILL = 100  # events asked for in one request
 MAX_STARTS = 10  # missing prev_events named in one request
 MAX_SERVERS_TRIED = 3
 MAX_STATE_FILLS = 5  # events missing prev_events whose state is fetched, per backfill
+# backward extremities no server gave anything for: not asked again for
+# this long (in this process), so each /messages page that reaches one does
+# not wait on other servers again
+FRUITLESS_RETRY_S = 60.0
+MAX_FRUITLESS = 10_000
 
 
 class _BadAnswer(Exception):
@@ -82,30 +90,49 @@ class Backfiller:
         self.queue = queue
         self.timeout_s = timeout_s
         self.events_backfilled = 0
+        self._fruitless: dict[str, float] = {}  # backward extremity -> not before (monotonic)
 
-    async def backfill(self, room_id: str, max_depth: int | None, limit: int) -> int:
-        """Fetch up to ``limit`` events older than our history at or below
-        ``max_depth``; the number of events added to the timeline."""
+    async def backfill(
+        self, room_id: str, max_depth: int | None, limit: int, *, min_depth: int | None = None,
+        tried: set[str] | None = None,
+    ) -> int:
+        """Fetch up to ``limit`` events from the room's backward
+        extremities at depths in [``min_depth``, ``max_depth``] (None:
+        unbounded): the bottom of our history, or a hole in its middle.
+        ``tried``: extremities already fetched from (by this /messages
+        request), skipped, and those fetched from now are added. The number
+        of events added to the timeline."""
         creator = await self.store.room_creator(room_id)
         if creator is None or creator.endswith(":" + self.server_name):
             # a room made here has no holes: events from other servers are
             # taken only once their prev_events are known (receiver.py)
             return 0
-        starts = await self.store.missing_prevs(room_id, max_depth, MAX_STARTS)
+        tried = set() if tried is None else tried
+        now = time.monotonic()
+        found = await self.store.missing_prevs(room_id, max_depth, MAX_STARTS + len(tried), min_depth=min_depth)
+        starts = [s for s in found if s not in tried and self._fruitless.get(s, 0.0) <= now][:MAX_STARTS]
         if not starts:
             return 0
+        tried.update(starts)
         version = await self.events.room_version(room_id)
         if version is None:
             return 0
         rv = get_room_version(version)
         servers = [s for s in await self.queue.allowed_servers_in_room(room_id) if s != self.server_name]
+        added = 0
         for server in servers[:MAX_SERVERS_TRIED]:
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    return await self._from(server, room_id, rv, starts, max(1, min(limit, MAX_BACKFILL)))
+                    added = await self._from(server, room_id, rv, starts, max(1, min(limit, MAX_BACKFILL)))
+                    break
             except (FederationError, GapFetchError, _BadAnswer, TimeoutError) as e:
                 log.info("backfill of %s from %s failed: %s", room_id, server, e)
-        return 0
+        if not added:  # not asked again for a while (each page reaching it would)
+            if len(self._fruitless) >= MAX_FRUITLESS:
+                self._fruitless = {k: v for k, v in self._fruitless.items() if v > now}
+            if len(self._fruitless) < MAX_FRUITLESS:
+                self._fruitless.update((s, now + FRUITLESS_RETRY_S) for s in starts)
+        return added
 
     async def _from(self, server: str, room_id: str, rv: RoomVersion, starts: list[str], limit: int) -> int:
         path = (f"/_matrix/federation/v1/backfill/{_q(room_id)}?"

@@ -101,6 +101,7 @@ class FederationReceiver:
         self.fetcher = EventFetcher(events, persister, key_store, client)
         self.acls: ServerAcls | None = None  # the rooms' server ACLs, when set
         self.heads = HeadCache()  # rooms' heads as this process last persisted them
+        self.missing_events_limit = MISSING_EVENTS_LIMIT  # federation.missing_events_limit
 
     async def _denied(self, room_id: Any, origin: str) -> bool:
         return self.acls is not None and isinstance(room_id, str) and not await self.acls.allows(room_id, origin)
@@ -180,7 +181,7 @@ class FederationReceiver:
         body = {
             "earliest_events": extremities,
             "latest_events": [ev.event_id],
-            "limit": MISSING_EVENTS_LIMIT,
+            "limit": self.missing_events_limit,
             "min_depth": min_depth,
         }
         try:
@@ -192,7 +193,7 @@ class FederationReceiver:
         if not isinstance(got, list):
             return
         fetched: list[Event] = []
-        for pdu in got[:MISSING_EVENTS_LIMIT]:
+        for pdu in got[:self.missing_events_limit]:
             if not isinstance(pdu, Mapping) or pdu.get("room_id") != room_id:
                 continue
             try:

@@ -1,0 +1,108 @@
+"""Issue #9: a hole in the middle of a room's history.
+
+B is stopped (by PID) while A's user sends more messages than B asks for
+with one get_missing_events (``federation.missing_events_limit``, set low
+here). A's sender then skips its backlog for B (as a server catching up a
+destination with only the latest event does: its position for B is moved
+to the end), so after B restarts the next message reaches B alone: B
+fetches the few events before it with get_missing_events and closes the
+rest of the gap with the state at it (state_ids). B's timeline now has a
+hole between the messages from before the outage and those
+get_missing_events brought.
+
+Paging back with ``/messages`` on B must show every message once, in
+order: a page that reaches the event whose prev_events B lacks (a backward
+extremity) backfills the hole from A before answering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import AsyncIterator
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+
+from ..integration.processes import User, pages_back, wait_until
+from ..pg import PostgresForTests
+from .peers import FederatingServer, federating_servers
+
+pytestmark = pytest.mark.federation
+
+MISSING_LIMIT = 5
+GAP = 40  # messages B misses: far more than MISSING_LIMIT
+FAST = {
+    "COFFEECHAT_FEDERATION_DESTINATION_MIN_RETRY_MS": "200",
+    "COFFEECHAT_FEDERATION_DESTINATION_MAX_RETRY_MS": "1000",
+    "COFFEECHAT_FEDERATION_MISSING_EVENTS_LIMIT": str(MISSING_LIMIT),
+}
+
+
+@pytest.fixture
+async def pair(
+    pg: PostgresForTests, pg_template: str, tmp_path: Path
+) -> AsyncIterator[tuple[FederatingServer, FederatingServer]]:
+    async with federating_servers(pg, pg_template, tmp_path, "holes", 2, **FAST) as servers:
+        yield servers[0], servers[1]
+
+
+async def _stored(server: FederatingServer, event_ids: list[str]) -> int:
+    rows = await server.db_fetch(
+        "SELECT count(*) AS n FROM events WHERE event_id = ANY($1::TEXT[]) AND stream_pos IS NOT NULL", event_ids)
+    return int(rows[0]["n"])
+
+
+async def test_messages_backfills_a_hole_in_the_middle_of_history(
+    pair: tuple[FederatingServer, FederatingServer]
+) -> None:
+    a, b = pair
+    async with aiohttp.ClientSession() as http:
+        alice = await User(http, a.client_url).register("alice")
+        bob = await User(http, b.client_url).register("bob")
+        status, room = await alice.call("POST", "createRoom", {"preset": "public_chat", "room_version": "10"})
+        assert status == 200, room
+        room_id = room["room_id"]
+        status, body = await bob.call("POST", f"join/{quote(room_id)}?server_name={quote(a.server_name)}", {})
+        assert status == 200, body
+        before = []
+        for i in range(3):
+            status, sent = await alice.send(room_id, f"before {i}")
+            assert status == 200, sent
+            before.append(sent["event_id"])
+
+        async def b_has(ids: list[str]) -> bool:
+            return await _stored(b, ids) == len(ids)
+
+        assert await wait_until(lambda: b_has(before), 30, interval=0.1)
+
+        await b.stop()  # SIGTERM to its PID
+        gap = []
+        for i in range(GAP):
+            status, sent = await alice.send(room_id, f"gap {i}")
+            assert status == 200, sent
+            gap.append(sent["event_id"])
+        # A's sender gives up the backlog for B: only what comes next goes
+        await a.db_fetch(
+            "UPDATE federation_destinations SET stream_pos = (SELECT max(stream_pos) FROM events), "
+            "retry_count = 0, retry_until_ts = 0 WHERE destination = $1", b.server_name)
+        await b.start()
+        bob = bob.on(b.client_url)  # a new client port
+        status, sent = await alice.send(room_id, "after")
+        assert status == 200, sent
+        after = sent["event_id"]
+        assert await wait_until(lambda: b_has([after]), 60, interval=0.1)
+
+        # B holds the last few (get_missing_events) and not the rest: a hole
+        assert await _stored(b, gap[-MISSING_LIMIT:]) == MISSING_LIMIT
+        assert await _stored(b, gap[:-MISSING_LIMIT]) == 0
+
+        expected = [f"before {i}" for i in range(3)] + [f"gap {i}" for i in range(GAP)] + ["after"]
+        events, pages = await pages_back(bob, room_id, 10)
+        bodies = [e["content"]["body"] for e in events if e["type"] == "m.room.message"]
+        assert bodies == expected, bodies
+        ids = [e["event_id"] for e in events]
+        assert len(ids) == len(set(ids)), "an event shown twice"
+        # the hole is filled on B now: a second reader pays no fetch
+        assert await _stored(b, gap) == GAP
+        again, _ = await pages_back(bob, room_id, 50)
+        assert [e["event_id"] for e in again] == ids

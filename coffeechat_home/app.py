@@ -295,6 +295,8 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         ),
     )
     services.sync.remote_invite_state = inbound.invite_state
+    # unread counts leave out what the user may not see by the state at each event
+    conversation.unread.hidden_events = services.history.hidden_events
     services.receiver.missing_events_limit = fed.missing_events_limit
     if sender is not None:  # typing, receipts and presence across servers
         EphemeralFederation(

@@ -4,7 +4,7 @@ members and state (current, or as of when the user left)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Awaitable, Iterable, Mapping, Protocol
+from typing import Any, Awaitable, Iterable, Mapping, Protocol, Sequence
 
 import orjson
 
@@ -25,6 +25,20 @@ MAX_HIDDEN_PAGES = 5
 # the events asked for in each (a hole bigger than that is filled in parts)
 MAX_HOLE_FILLS = 2
 HOLE_FILL_EVENTS = 50
+
+
+class JudgedEvent(Protocol):
+    """What the per-event history check reads of a row (EventRow and the
+    unread counts' rows)."""
+
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def stream_pos(self) -> int | None: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def state_key(self) -> str | None: ...
 
 
 class Backfill(Protocol):
@@ -262,7 +276,16 @@ class HistoryService:
     async def hide_unseen_many(
         self, user_id: str, rows_by_room: Mapping[str, list[EventRow]]
     ) -> dict[str, list[EventRow]]:
-        """Drop the rows the user may not see by the state at each event.
+        """Drop the rows the user may not see by the state at each event
+        (``hidden_events``)."""
+        hidden = await self.hidden_events(user_id, rows_by_room)
+        if not hidden:
+            return dict(rows_by_room)
+        return {r: [row for row in rows if row.event_id not in hidden] for r, rows in rows_by_room.items()}
+
+    async def hidden_events(self, user_id: str, rows_by_room: Mapping[str, Sequence[JudgedEvent]]) -> set[str]:
+        """The ids of the rows the user may not see by the state at each
+        event.
 
         Windows are stream ranges: they assume an event's stream position
         says whether the user was joined (or invited) at it. An event that
@@ -275,18 +298,17 @@ class HistoryService:
         says: ``joined`` needs the user joined there, ``invited`` invited
         or joined. The user's own membership events and the visibility
         changes themselves stay as the window judged them. Rooms that never
-        restricted their history cost one indexed read for all of them."""
+        restricted their history cost one indexed read for all of them
+        (none for one room whose answer another reader just read)."""
         rooms = [r for r, rows in rows_by_room.items() if rows]
         if len(rooms) == 1:  # a woken long-poll's room: shared by all it woke
             room_id = rooms[0]
-            key = (room_id, max(row.stream_pos or 0 for row in rows_by_room[room_id]))
-            restricted = await self._restricted.get(
-                key, lambda: self._restricts(room_id))
-            strict = {room_id} if restricted else set()
+            strict = {room_id} if await self.restricts_history(
+                room_id, max(row.stream_pos or 0 for row in rows_by_room[room_id])) else set()
         else:
             strict = await self.events.rooms_with_restricted_history(rooms) if rooms else set()
         if not strict:
-            return dict(rows_by_room)
+            return set()
         candidates = [
             row for r in strict for row in rows_by_room[r]
             if not ((row.type == "m.room.member" and row.state_key == user_id)
@@ -301,9 +323,15 @@ class HistoryService:
             v = _visibility(setting)
             if (v == "joined" and membership != "join") or (v == "invited" and membership not in ("invite", "join")):
                 hidden.add(row.event_id)
-        if not hidden:
-            return dict(rows_by_room)
-        return {r: [row for row in rows if row.event_id not in hidden] for r, rows in rows_by_room.items()}
+        return hidden
+
+    async def restricts_history(self, room_id: str, upto: int) -> bool:
+        """Whether the room has (or had) a ``joined`` or ``invited``
+        history visibility, as of the rows up to position ``upto``: read
+        once for every reader of the same rows (the history-visibility
+        events in the state at a row were stored before it, so an answer
+        read after rows up to that position existed is right for them)."""
+        return await self._restricted.get((room_id, upto), lambda: self._restricts(room_id))
 
     async def _restricts(self, room_id: str) -> bool:
         return room_id in await self.events.rooms_with_restricted_history([room_id])

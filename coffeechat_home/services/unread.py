@@ -21,7 +21,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence
 
 import orjson
 
@@ -31,7 +31,7 @@ from ..protocol.push_eval import (
 from ..errors import invalid_param
 from ..storage.rooms import RoomStore
 from ..storage.stream import StreamStore
-from ..storage.unread import RoomPushState, UnreadEvent, UnreadStore
+from ..storage.unread import RoomEvent, RoomPushState, UnreadEvent, UnreadStore
 from .fanout import SharedReads
 from .push_rules import PushRuleService
 
@@ -45,6 +45,10 @@ HIGHLIGHT = 2
 CARRY_TTL_S = 600.0  # recounted from the database at least this often (longer than a long-poll)
 COUNTED_CACHED = 100_000  # (user, room) counts kept for carrying forward
 
+# (user, rows by room) -> the ids of the rows the user may not see by the
+# state at each event (HistoryService.hidden_events)
+HiddenEvents = Callable[[str, Mapping[str, Sequence[Any]]], Awaitable[set[str]]]
+
 
 @dataclass(frozen=True, slots=True)
 class _Counted:
@@ -57,8 +61,7 @@ class _Counted:
 
 @dataclass(frozen=True, slots=True)
 class _NewEvent:
-    sender: str
-    is_state: bool
+    row: RoomEvent
     event: dict[str, Any]
     # answers of push rule conditions on this event, shared by every member
     # it is evaluated for (push_eval.matching_compiled)
@@ -98,6 +101,14 @@ class UnreadService:
         self._rulesets: dict[str, tuple[int, float, Mapping[str, Any], tuple[CompiledRule, ...]]] = {}
         # a room's new events, shared by the members woken by them
         self._new: SharedReads[tuple[str, int, int], list[_NewEvent] | None] = SharedReads(ttl=5.0, size=256)
+        # set by the app: events a user may not see by the state at each
+        # event (late arrivals in a joined-only room) are not counted
+        self.hidden_events: HiddenEvents | None = None
+
+    async def _hidden(self, user_id: str, rows_by_room: Mapping[str, Sequence[Any]]) -> set[str]:
+        if self.hidden_events is None or not any(rows_by_room.values()):
+            return set()
+        return await self.hidden_events(user_id, rows_by_room)
 
     def _actions(
         self, user_id: str, ruleset: Mapping[str, Any], state: RoomPushState, ev: UnreadEvent
@@ -141,10 +152,12 @@ class UnreadService:
             rules = await self._ruleset(user_id, since, upto, changes)
             for room_id, hit in carried.items():
                 new = await self._new_events(room_id, hit.pos, upto)
-                if new is None or any(e.is_state for e in new):
+                if new is None or any(e.row.is_state for e in new):
                     fresh.append(room_id)
                     continue
-                added = bytes(self._flag(rules, user_id, hit, e) for e in new if e.sender != user_id)
+                others = [e for e in new if e.row.sender != user_id]
+                hidden = await self._hidden(user_id, {room_id: [e.row for e in others]})
+                added = bytes(self._flag(rules, user_id, hit, e) for e in others if e.row.event_id not in hidden)
                 counted[room_id] = (hit.flags + added)[-UNREAD_SCAN_LIMIT:] if added else hit.flags
                 self._remember(user_id, room_id, upto, hit.state, counted[room_id], hit.levels)
         if fresh:
@@ -159,9 +172,15 @@ class UnreadService:
 
     async def _count_fresh(self, user_id: str, room_ids: list[str], upto: int) -> dict[str, bytes]:
         unread = await self.store.unread_events(user_id, room_ids, upto, UNREAD_SCAN_LIMIT)
-        ruleset, states = await asyncio.gather(
-            self.push_rules.get_ruleset(user_id), self.store.push_state(user_id, room_ids)
+        by_room: dict[str, list[UnreadEvent]] = {}
+        for ev in unread:
+            by_room.setdefault(ev.room_id, []).append(ev)
+        ruleset, states, hidden = await asyncio.gather(
+            self.push_rules.get_ruleset(user_id), self.store.push_state(user_id, room_ids),
+            self._hidden(user_id, by_room),
         )
+        if hidden:
+            unread = [ev for ev in unread if ev.event_id not in hidden]
         self._remember_ruleset(user_id, upto, ruleset)
         flags: dict[str, list[int]] = {r: [] for r in room_ids}
         for ev in unread:  # newest first per room
@@ -178,7 +197,7 @@ class UnreadService:
     def _flag(rules: tuple[CompiledRule, ...], user_id: str, hit: _Counted, e: _NewEvent) -> int:
         ctx = PushContext(
             user_id, hit.state.display_name, hit.state.member_count,
-            _sender_level(hit.state.power_levels, e.sender), hit.levels,
+            _sender_level(hit.state.power_levels, e.row.sender), hit.levels,
         )
         rule = matching_compiled(rules, e.event, ctx, e.memo)
         if rule is None or not rule.notify:
@@ -225,7 +244,7 @@ class UnreadService:
             rows = await self.store.room_events_between(room_id, after, upto, UNREAD_SCAN_LIMIT + 1)
             if len(rows) > UNREAD_SCAN_LIMIT:
                 return None
-            return [_NewEvent(r.sender, r.is_state, orjson.loads(r.client)) for r in rows]
+            return [_NewEvent(r, orjson.loads(r.client)) for r in rows]
 
         return await self._new.get((room_id, after, upto), read)
 
@@ -254,8 +273,14 @@ class UnreadService:
         scanned = 0
         while scanned < NOTIFICATIONS_SCAN_LIMIT:
             batch = await self.store.recent_events(user_id, rooms, before, upto, NOTIFICATIONS_BATCH)
+            by_room: dict[str, list[UnreadEvent]] = {}
+            for ev in batch:
+                by_room.setdefault(ev.room_id, []).append(ev)
+            hidden = await self._hidden(user_id, by_room)
             for ev in batch:
                 before = ev.stream_pos
+                if ev.event_id in hidden:
+                    continue
                 actions, event = self._actions(user_id, ruleset, states[ev.room_id], ev)
                 if not notifies(actions) or (only_highlight and not highlights(actions)):
                     continue

@@ -644,6 +644,17 @@ class EventStore:
         )
         return rows
 
+    async def thread_replies(
+        self, room_id: str, roots: Sequence[str], *, before: int | None, limit: int
+    ) -> list[EventRow]:
+        """The m.thread replies to ``roots`` with positions at or before
+        ``before``, newest first, at most ``limit``."""
+        q = _Query("room_id", room_id)
+        q.conds.append(f"relates_to = ANY({q.arg(list(roots))}::TEXT[])")
+        q.conds.append("rel_type = 'm.thread'")
+        q.range(None, before)
+        return await self._select(q, limit, True)
+
     async def event_ids_at(self, positions: Iterable[int]) -> dict[int, str]:
         """Stream position -> the event at it."""
         rows = await self.db.fetch(

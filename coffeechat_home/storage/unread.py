@@ -24,6 +24,8 @@ class UnreadEvent:
     stream_pos: int
     sender: str
     client: str
+    type: str
+    state_key: str | None
     read: bool = False  # at or before the user's receipt (only in notification listings)
 
 
@@ -38,9 +40,16 @@ class RoomPushState:
 
 @dataclass(frozen=True, slots=True)
 class RoomEvent:
+    event_id: str
+    stream_pos: int
+    type: str
+    state_key: str | None
     sender: str
-    is_state: bool
     client: str
+
+    @property
+    def is_state(self) -> bool:
+        return self.state_key is not None
 
 
 class UnreadStore:
@@ -63,27 +72,29 @@ class UnreadStore:
                  ) AS start_pos
                  FROM unnest($1::TEXT[]) AS r(room_id)
                )
-               SELECT s.room_id, x.event_id, x.stream_pos, x.sender, x.client
+               SELECT s.room_id, x.event_id, x.stream_pos, x.sender, x.client, x.type, x.state_key
                FROM starts s CROSS JOIN LATERAL (
-                 SELECT e.event_id, e.stream_pos, e.sender, e.client FROM events e
+                 SELECT e.event_id, e.stream_pos, e.sender, e.client, e.type, e.state_key FROM events e
                  WHERE e.room_id = s.room_id AND e.stream_pos > s.start_pos AND e.stream_pos <= $3
                    AND e.sender <> $2 AND e.rejected_reason IS NULL
                  ORDER BY e.stream_pos DESC LIMIT $6
                ) x""",
             list(room_ids), user_id, upto, READ_TYPES, MAIN_TIMELINE_THREADS, per_room_limit,
         )
-        return [UnreadEvent(r["room_id"], r["event_id"], r["stream_pos"], r["sender"], r["client"]) for r in rows]
+        return [UnreadEvent(r["room_id"], r["event_id"], r["stream_pos"], r["sender"], r["client"], r["type"],
+                            r["state_key"]) for r in rows]
 
     async def room_events_between(self, room_id: str, after: int, upto: int, limit: int) -> list[RoomEvent]:
         """The room's events (not rejected) in (after, upto], oldest first,
         at most ``limit``."""
         rows = await self.db.fetch(
-            """SELECT sender, state_key IS NOT NULL AS is_state, client FROM events
+            """SELECT event_id, stream_pos, type, state_key, sender, client FROM events
                WHERE room_id = $1 AND stream_pos > $2 AND stream_pos <= $3 AND rejected_reason IS NULL
                ORDER BY stream_pos LIMIT $4""",
             room_id, after, upto, limit,
         )
-        return [RoomEvent(r["sender"], r["is_state"], r["client"]) for r in rows]
+        return [RoomEvent(r["event_id"], r["stream_pos"], r["type"], r["state_key"], r["sender"], r["client"])
+                for r in rows]
 
     async def recent_events(
         self, user_id: str, room_ids: Iterable[str], before: int | None, upto: int, limit: int
@@ -104,7 +115,8 @@ class UnreadStore:
                    AS joined_pos
                  FROM unnest($1::TEXT[]) AS r(room_id)
                )
-               SELECT e.room_id, e.event_id, e.stream_pos, e.sender, e.client, e.stream_pos <= r.read_pos AS read
+               SELECT e.room_id, e.event_id, e.stream_pos, e.sender, e.client, e.type, e.state_key,
+                      e.stream_pos <= r.read_pos AS read
                FROM events e JOIN reads r ON r.room_id = e.room_id
                WHERE e.stream_pos > r.joined_pos AND e.stream_pos <= $3 AND e.stream_pos < $4 AND e.sender <> $2 AND e.rejected_reason IS NULL
                ORDER BY e.stream_pos DESC LIMIT $7""",
@@ -112,7 +124,8 @@ class UnreadStore:
             READ_TYPES, MAIN_TIMELINE_THREADS, limit,
         )
         return [
-            UnreadEvent(r["room_id"], r["event_id"], r["stream_pos"], r["sender"], r["client"], r["read"])
+            UnreadEvent(r["room_id"], r["event_id"], r["stream_pos"], r["sender"], r["client"], r["type"],
+                        r["state_key"], r["read"])
             for r in rows
         ]
 

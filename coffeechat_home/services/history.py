@@ -133,6 +133,7 @@ class Window:
 
     ranges: list[tuple[int | None, int | None]]
     membership: str | None
+    joined_ever: bool = False
 
     @property
     def lower(self) -> int | None:
@@ -270,20 +271,25 @@ class HistoryService:
             first = (earliest or {}).get(room_id)
             vis = [(pos, _visibility(v)) for pos, v in [*([first] if first else []), *visibility.get(room_id, [])]]
             ranges = visible_ranges(mine, vis)
-            out[room_id] = Window(ranges, mine[-1][1] if mine else None) if ranges else None
+            out[room_id] = Window(ranges, mine[-1][1] if mine else None,
+                                  any(m == "join" for _, m in mine)) if ranges else None
         return out
 
     async def hide_unseen_many(
-        self, user_id: str, rows_by_room: Mapping[str, list[EventRow]]
+        self, user_id: str, rows_by_room: Mapping[str, list[EventRow]],
+        windows: Mapping[str, Window] | None = None,
     ) -> dict[str, list[EventRow]]:
         """Drop the rows the user may not see by the state at each event
         (``hidden_events``)."""
-        hidden = await self.hidden_events(user_id, rows_by_room)
+        hidden = await self.hidden_events(user_id, rows_by_room, windows)
         if not hidden:
             return dict(rows_by_room)
         return {r: [row for row in rows if row.event_id not in hidden] for r, rows in rows_by_room.items()}
 
-    async def hidden_events(self, user_id: str, rows_by_room: Mapping[str, Sequence[JudgedEvent]]) -> set[str]:
+    async def hidden_events(
+        self, user_id: str, rows_by_room: Mapping[str, Sequence[JudgedEvent]],
+        windows: Mapping[str, Window] | None = None,
+    ) -> set[str]:
         """The ids of the rows the user may not see by the state at each
         event.
 
@@ -299,7 +305,15 @@ class HistoryService:
         or joined. The user's own membership events and the visibility
         changes themselves stay as the window judged them. Rooms that never
         restricted their history cost one indexed read for all of them
-        (none for one room whose answer another reader just read)."""
+        (none for one room whose answer another reader just read).
+
+        With ``windows`` (the reader's, per room): backfilled rows (stream
+        positions below zero) of such a room, which /messages reads whether
+        or not the window holds them (a hole in the middle of the history
+        is backfilled, so its events sort below every live one), are judged
+        by the state at each alone: world_readable, or the user joined
+        there, or invited in an ``invited`` room, or ``shared`` and the
+        user ever joined (at a live position: after it)."""
         rooms = [r for r, rows in rows_by_room.items() if rows]
         if len(rooms) == 1:  # a woken long-poll's room: shared by all it woke
             room_id = rooms[0]
@@ -309,14 +323,26 @@ class HistoryService:
             strict = await self.events.rooms_with_restricted_history(rooms) if rooms else set()
         if not strict:
             return set()
+        windows = windows or {}
+
+        def backfilled(r: str, row: JudgedEvent) -> bool:
+            return r in windows and row.stream_pos is not None and row.stream_pos < 0
+
         candidates = [
-            row for r in strict for row in rows_by_room[r]
+            (r, row) for r in strict for row in rows_by_room[r]
             if not ((row.type == "m.room.member" and row.state_key == user_id)
-                    or (row.type == "m.room.history_visibility" and row.state_key == ""))
+                    or (row.type == "m.room.history_visibility" and row.state_key == "" and not backfilled(r, row)))
         ]
-        view = await self.events.user_view_at_events([row.event_id for row in candidates], user_id)
+        view = await self.events.user_view_at_events([row.event_id for _, row in candidates], user_id)
         hidden = set()
-        for row in candidates:
+        for r, row in candidates:
+            if backfilled(r, row):
+                setting, membership = view.get(row.event_id, (None, None))
+                v = _visibility(setting)
+                if not (v == "world_readable" or membership == "join" or (v == "invited" and membership == "invite")
+                        or (v == "shared" and windows[r].joined_ever)):
+                    hidden.add(row.event_id)
+                continue
             if row.event_id not in view:
                 continue  # no state known for it: as the window judged it
             setting, membership = view[row.event_id]
@@ -336,8 +362,10 @@ class HistoryService:
     async def _restricts(self, room_id: str) -> bool:
         return room_id in await self.events.rooms_with_restricted_history([room_id])
 
-    async def hide_unseen(self, user_id: str, room_id: str, rows: list[EventRow]) -> list[EventRow]:
-        return (await self.hide_unseen_many(user_id, {room_id: rows}))[room_id]
+    async def hide_unseen(
+        self, user_id: str, room_id: str, rows: list[EventRow], window: Window | None = None
+    ) -> list[EventRow]:
+        return (await self.hide_unseen_many(user_id, {room_id: rows}, {room_id: window} if window else None))[room_id]
 
     async def visible_timeline(
         self,
@@ -387,41 +415,63 @@ class HistoryService:
             start = (None, await self.stream.current_position()) if backwards else (None, 0)
         raw: list[EventRow] = []
         rows: list[EventRow] = []
+        user = requester.user_id
+        # in a room that restricts its history, backfilled rows (history
+        # from before we joined, or a hole in the middle, filled: they sort
+        # below every live position) are read and judged by the state at
+        # each (hidden_events), not by the window
+        by_state = await self._restricts(room_id)
 
         async def page(key: HistoryKey) -> list[EventRow]:
             return await self.events.history(
-                room_id, from_key=key, to_key=to, backwards=backwards, limit=limit, visible=window.ranges,
+                room_id, from_key=key, to_key=to, backwards=backwards, limit=limit,
+                visible=[*window.ranges, (None, -1)] if by_state else window.ranges,
                 types=f.get("types"), not_types=f.get("not_types"),
                 senders=f.get("senders"), not_senders=f.get("not_senders"),
             )
 
+        async def shown(page_rows: list[EventRow]) -> list[EventRow]:
+            return await self.hide_unseen(user, room_id, page_rows, window if by_state else None)
+
         if limit > 0:
             raw = await page(start)
+            rows = await shown(raw)
             tried: set[str] = set()  # backward extremities fetched from: once each per request
             for _ in range(MAX_HOLE_FILLS):
-                if not (backwards and self.backfill is not None and to is None
-                        and (window.lower is None or window.lower < 0)):
+                if not (backwards and self.backfill is not None and to is None):
                     break
                 # a hole in the page (an event of it whose prev_events we
                 # lack) or, when the page is short, below it: fetch it from
                 # the room's other servers before answering
-                full = len(raw) >= limit
-                low = (raw[-1].depth or 0) if full else None
+                older_visible = window.lower is None or window.lower < 0
+                if by_state:
+                    # only holes above the oldest event of the page the user
+                    # sees (not his own membership: the join into a remote
+                    # room lacks its prev_events, and what is before it may
+                    # be hidden), and below the page's end as before
+                    seen = [r for r in rows if not (r.type == "m.room.member" and r.state_key == user)]
+                    if not seen:
+                        break
+                    low = None if len(raw) < limit and older_visible else (seen[-1].depth or 0)
+                elif older_visible:
+                    low = (raw[-1].depth or 0) if len(raw) >= limit else None
+                else:
+                    break
                 high = start[0] if start[0] is not None or not raw else raw[0].depth
                 if not await self.backfill(room_id, high, max(limit, HOLE_FILL_EVENTS),
                                            min_depth=low, tried=tried):
                     break
-                window = await self.window(requester.user_id, room_id)
+                window = await self.window(user, room_id)
                 raw = await page(start)
+                rows = await shown(raw)
             # by the state at each event (late arrivals, hide_unseen); a
             # page left empty is followed by the next few, so a chunk is
             # empty only at the end
-            rows = await self.hide_unseen(requester.user_id, room_id, raw)
             for _ in range(MAX_HIDDEN_PAGES):
                 if rows or len(raw) < limit:
                     break
                 raw = await page((raw[-1].depth or 0, raw[-1].stream_pos or 0))
-                rows = await self.hide_unseen(requester.user_id, room_id, raw)
+                rows = await shown(raw)
         body: dict[str, Any] = {
             "chunk": [serve_event(r, requester) for r in rows],
             "start": from_token if from_token else make_token(start[1]),
@@ -447,7 +497,10 @@ class HistoryService:
             window = await self.window(requester.user_id, room_id)
         except MatrixError:
             raise not_found("Event not found") from None
-        if not window.contains(row.stream_pos) or not await self.hide_unseen(requester.user_id, room_id, [row]):
+        pos = row.stream_pos
+        backfilled = pos is not None and pos < 0 and await self._restricts(room_id)  # judged by the state at it
+        if not (window.contains(pos) or backfilled) or not await self.hide_unseen(
+                requester.user_id, room_id, [row], window):
             raise not_found("Event not found")
         return row
 

@@ -12,7 +12,10 @@ get_missing_events brought.
 
 Paging back with ``/messages`` on B must show every message once, in
 order: a page that reaches the event whose prev_events B lacks (a backward
-extremity) backfills the hole from A before answering."""
+extremity) backfills the hole from A before answering. Also in a room whose
+history is for joined members only: the backfilled events sort below every
+live position (outside bob's stream window), and are judged by the state
+at each (bob was joined there)."""
 
 from __future__ import annotations
 
@@ -55,20 +58,30 @@ async def _stored(server: FederatingServer, event_ids: list[str]) -> int:
 async def test_messages_backfills_a_hole_in_the_middle_of_history(
     pair: tuple[FederatingServer, FederatingServer]
 ) -> None:
+    """In a room with the default (shared) history and in one for joined
+    members only, where bob was joined all along."""
     a, b = pair
     async with aiohttp.ClientSession() as http:
         alice = await User(http, a.client_url).register("alice")
         bob = await User(http, b.client_url).register("bob")
-        status, room = await alice.call("POST", "createRoom", {"preset": "public_chat", "room_version": "10"})
-        assert status == 200, room
-        room_id = room["room_id"]
-        status, body = await bob.call("POST", f"join/{quote(room_id)}?server_name={quote(a.server_name)}", {})
-        assert status == 200, body
+        rooms = []
+        for visibility in ("shared", "joined"):
+            status, room = await alice.call("POST", "createRoom", {
+                "preset": "public_chat", "room_version": "10",
+                "initial_state": [{"type": "m.room.history_visibility", "state_key": "",
+                                   "content": {"history_visibility": visibility}}],
+            })
+            assert status == 200, room
+            rooms.append(room["room_id"])
+            status, body = await bob.call(
+                "POST", f"join/{quote(room['room_id'])}?server_name={quote(a.server_name)}", {})
+            assert status == 200, body
         before = []
-        for i in range(3):
-            status, sent = await alice.send(room_id, f"before {i}")
-            assert status == 200, sent
-            before.append(sent["event_id"])
+        for room_id in rooms:
+            for i in range(3):
+                status, sent = await alice.send(room_id, f"before {i}")
+                assert status == 200, sent
+                before.append(sent["event_id"])
 
         async def b_has(ids: list[str]) -> bool:
             return await _stored(b, ids) == len(ids)
@@ -76,33 +89,41 @@ async def test_messages_backfills_a_hole_in_the_middle_of_history(
         assert await wait_until(lambda: b_has(before), 30, interval=0.1)
 
         await b.stop()  # SIGTERM to its PID
-        gap = []
+        gaps: dict[str, list[str]] = {r: [] for r in rooms}
         for i in range(GAP):
-            status, sent = await alice.send(room_id, f"gap {i}")
-            assert status == 200, sent
-            gap.append(sent["event_id"])
+            for room_id in rooms:
+                status, sent = await alice.send(room_id, f"gap {i}")
+                assert status == 200, sent
+                gaps[room_id].append(sent["event_id"])
         # A's sender gives up the backlog for B: only what comes next goes
         await a.db_fetch(
             "UPDATE federation_destinations SET stream_pos = (SELECT max(stream_pos) FROM events), "
             "retry_count = 0, retry_until_ts = 0 WHERE destination = $1", b.server_name)
         await b.start()
         bob = bob.on(b.client_url)  # a new client port
-        status, sent = await alice.send(room_id, "after")
-        assert status == 200, sent
-        after = sent["event_id"]
-        assert await wait_until(lambda: b_has([after]), 60, interval=0.1)
-
-        # B holds the last few (get_missing_events) and not the rest: a hole
-        assert await _stored(b, gap[-MISSING_LIMIT:]) == MISSING_LIMIT
-        assert await _stored(b, gap[:-MISSING_LIMIT]) == 0
+        after = []
+        for room_id in rooms:
+            status, sent = await alice.send(room_id, "after")
+            assert status == 200, sent
+            after.append(sent["event_id"])
+        assert await wait_until(lambda: b_has(after), 60, interval=0.1)
 
         expected = [f"before {i}" for i in range(3)] + [f"gap {i}" for i in range(GAP)] + ["after"]
-        events, pages = await pages_back(bob, room_id, 10)
-        bodies = [e["content"]["body"] for e in events if e["type"] == "m.room.message"]
-        assert bodies == expected, bodies
-        ids = [e["event_id"] for e in events]
-        assert len(ids) == len(set(ids)), "an event shown twice"
-        # the hole is filled on B now: a second reader pays no fetch
-        assert await _stored(b, gap) == GAP
-        again, _ = await pages_back(bob, room_id, 50)
-        assert [e["event_id"] for e in again] == ids
+        for room_id in rooms:
+            gap = gaps[room_id]
+            # B holds the last few (get_missing_events) and not the rest: a hole
+            assert await _stored(b, gap[-MISSING_LIMIT:]) == MISSING_LIMIT
+            assert await _stored(b, gap[:-MISSING_LIMIT]) == 0
+
+            events, pages = await pages_back(bob, room_id, 10)
+            bodies = [e["content"]["body"] for e in events if e["type"] == "m.room.message"]
+            assert bodies == expected, (rooms.index(room_id), bodies)
+            ids = [e["event_id"] for e in events]
+            assert len(ids) == len(set(ids)), "an event shown twice"
+            # the hole is filled on B now: a second reader pays no fetch
+            assert await _stored(b, gap) == GAP
+            again, _ = await pages_back(bob, room_id, 50)
+            assert [e["event_id"] for e in again] == ids
+            # a backfilled event of the hole, alone
+            status, got = await bob.call("GET", f"rooms/{quote(room_id)}/event/{quote(gap[0])}")
+            assert (status, got.get("event_id")) == (200, gap[0]), got

@@ -450,9 +450,12 @@ class HistoryService:
                     # room lacks its prev_events, and what is before it may
                     # be hidden), and below the page's end as before
                     seen = [r for r in rows if not (r.type == "m.room.member" and r.state_key == user)]
-                    if not seen:
+                    if len(raw) < limit and older_visible:
+                        low = None
+                    elif seen:
+                        low = seen[-1].depth or 0
+                    else:
                         break
-                    low = None if len(raw) < limit and older_visible else (seen[-1].depth or 0)
                 elif older_visible:
                     low = (raw[-1].depth or 0) if len(raw) >= limit else None
                 else:

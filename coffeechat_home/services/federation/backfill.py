@@ -91,6 +91,7 @@ class Backfiller:
         self.timeout_s = timeout_s
         self.events_backfilled = 0
         self._fruitless: dict[str, float] = {}  # backward extremity -> not before (monotonic)
+        self._creators: dict[str, str] = {}  # room -> its creator
 
     async def backfill(
         self, room_id: str, max_depth: int | None, limit: int, *, min_depth: int | None = None,
@@ -102,7 +103,13 @@ class Backfiller:
         ``tried``: extremities already fetched from (by this /messages
         request), skipped, and those fetched from now are added. The number
         of events added to the timeline."""
-        creator = await self.store.room_creator(room_id)
+        creator = self._creators.get(room_id)
+        if creator is None:  # a room's creator never changes: read once per room
+            creator = await self.store.room_creator(room_id)
+            if creator is not None:
+                if len(self._creators) >= MAX_FRUITLESS:
+                    self._creators.clear()
+                self._creators[room_id] = creator
         if creator is None or creator.endswith(":" + self.server_name):
             # a room made here has no holes: events from other servers are
             # taken only once their prev_events are known (receiver.py)

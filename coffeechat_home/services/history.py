@@ -419,8 +419,10 @@ class HistoryService:
         # in a room that restricts its history, backfilled rows (history
         # from before we joined, or a hole in the middle, filled: they sort
         # below every live position) are read and judged by the state at
-        # each (hidden_events), not by the window
-        by_state = await self._restricts(room_id)
+        # each (hidden_events), not by the window. The answer is shared
+        # (2 s) with the page's own per-event check when its newest row is
+        # at the start position (a first page): no extra read then
+        by_state = await self.restricts_history(room_id, start[1])
 
         async def page(key: HistoryKey) -> list[EventRow]:
             return await self.events.history(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import ssl
@@ -68,6 +69,7 @@ from .services.relations import RelationsService
 from .services.upgrade import UpgradeService
 from .services.sync import SyncService
 from .services.instances import InstanceLiveness, new_instance_id
+from .services.tasks import cancel_and_wait
 from .storage.instances import InstanceStore
 # conversation features
 from .api.client.conversation import register_conversation_routes
@@ -411,6 +413,23 @@ def build_federation_app(config: Config, services: Services, metrics: Metrics | 
     return app
 
 
+# On SIGTERM, in-flight requests get this long to finish before they are
+# cancelled; each later step of the shutdown is bounded by about as much.
+SHUTDOWN_GRACE_S = 3.0
+
+
+async def _bounded(name: str, step: Awaitable[None], timeout: float) -> None:
+    """Run one shutdown step for at most ``timeout`` seconds (then cancel
+    it); its failure is logged, and the shutdown goes on."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        log.warning("stopping: %s did not finish within %.0f s; cancelled", name, timeout)
+        await cancel_and_wait(task, 1.0)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("stopping: %s failed: %r", name, task.exception())
+
+
 class HomeServer:
     """One running instance: database, services and listeners."""
 
@@ -512,7 +531,8 @@ class HomeServer:
     async def _serve_app(
         self, app: web.Application, sockets: list[socket.socket], ssl_context: ssl.SSLContext | None = None
     ) -> int:
-        runner = MatrixAppRunner(app, access_log=None, handler_cancellation=True)
+        runner = MatrixAppRunner(app, access_log=None, handler_cancellation=True,
+                                 shutdown_timeout=SHUTDOWN_GRACE_S)
         await runner.setup()
         self.runners.append(runner)
         for sock in sockets:
@@ -520,11 +540,16 @@ class HomeServer:
         return int(sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        """Stop serving and release what this instance holds. Every step is
+        bounded (SHUTDOWN_GRACE_S): a request waiting on an unreachable
+        server, a task that ignores its cancellation or a database that is
+        gone delays the exit by seconds, never indefinitely."""
         if self.services is not None:
             # open long-polls answer now rather than hold the shutdown up
             self.services.notifier.release_waiters()
         for runner in reversed(self.runners):
-            await runner.cleanup()
+            # in-flight requests: SHUTDOWN_GRACE_S to finish, then cancelled
+            await _bounded("the HTTP listener", runner.cleanup(), 2 * SHUTDOWN_GRACE_S + 1)
         self.runners.clear()
         for sock in self._client_sockets + self._metrics_sockets + self._federation_sockets:
             sock.close()
@@ -532,16 +557,22 @@ class HomeServer:
         self._metrics_sockets = []
         self._federation_sockets = []
         if self.services is not None:
-            if self.services.federation_sender is not None:
-                await self.services.federation_sender.stop()
-            await self.services.federation_client.close()
-            await self.services.jobs.stop()
-            await self.services.conversation.stop()
-            await self.services.notifier.stop()
-            await self.services.liveness.stop()
-            self.services.passwords.close()
+            s = self.services
+            steps: list[tuple[str, Awaitable[None]]] = []
+            if s.federation_sender is not None:
+                steps.append(("the federation sender", s.federation_sender.stop()))
+            steps += [
+                ("the federation client", s.federation_client.close()),
+                ("the admin jobs", s.jobs.stop()),
+                ("the conversation services", s.conversation.stop()),
+                ("the notifier", s.notifier.stop()),
+                ("the instance lease", s.liveness.stop()),
+            ]
+            for name, step in steps:
+                await _bounded(name, step, 2 * SHUTDOWN_GRACE_S)
+            s.passwords.close()
         if self.db is not None:
-            await self.db.close()
+            await self.db.close(timeout=SHUTDOWN_GRACE_S)
             self.db = None
         self._stop_embedded()
 

@@ -10,6 +10,7 @@ import getpass
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Coroutine, Sequence
 
@@ -138,8 +139,40 @@ async def _serve(config: Config) -> int:
     try:
         await stop.wait()
     finally:
+        # whatever still hangs after the bounded stop, the process goes
+        _exit_watchdog(EXIT_DEADLINE_S)  # a daemon thread: a normal exit does not wait for it
         await server.stop()
+        await _stop_leftover_tasks()
     return 0
+
+
+# After SIGTERM the process exits within this many seconds, whatever hangs
+# (HomeServer.stop bounds each step; this is for the rest: a task ignoring
+# its cancellation at asyncio.run's end, a thread that never returns).
+EXIT_DEADLINE_S = 25.0
+
+
+def _exit_watchdog(seconds: float) -> None:
+    def expire() -> None:
+        print(f"coffeechat-home: still stopping {seconds:.0f} s after the signal; exiting now",
+              file=sys.stderr, flush=True)
+        os._exit(1)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+
+
+async def _stop_leftover_tasks(timeout: float = 2.0) -> None:
+    """Cancel the tasks still running after the server stopped (requests'
+    background work), boundedly; asyncio.run would wait on them forever if
+    one ignored its cancellation."""
+    from .services.tasks import cancel_and_wait
+
+    current = asyncio.current_task()
+    leftover = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    if leftover:
+        await asyncio.gather(*(cancel_and_wait(t, timeout) for t in leftover))
 
 
 def _metrics_note(config: Config, client_port: int | None, metrics_port: int | None) -> str:

@@ -10,7 +10,6 @@ to those keys.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Awaitable, Callable, Iterable
@@ -18,7 +17,7 @@ from typing import Awaitable, Callable, Iterable
 from ..storage.stream import StreamStore
 from ..storage.database import DatabaseError
 from .fanout import SYNC_TIMING, SharedReads
-from .tasks import cancel_and_wait
+from .tasks import cancel_and_wait, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +193,7 @@ class Notifier:
         loop = asyncio.get_running_loop()
         last_full = loop.time()
         while True:
-            poked = False
-            with contextlib.suppress(asyncio.TimeoutError):
-                poked = await asyncio.wait_for(self._poked.wait(), self.poll_interval)
+            poked = await wait_event(self._poked, self.poll_interval)
             self._poked.clear()
             # a local poke needs no committed-maximum statement; the poll
             # reads it at least every poll_interval, pokes or not

@@ -187,9 +187,18 @@ class Database:
         Where all rows are read anyway, sort in Python instead."""
         return f'{expr} COLLATE "C"' if self.engine is Engine.POSTGRES else expr
 
-    async def close(self) -> None:
-        await self.single.close()
-        await self.pool.close()
+    async def close(self, timeout: float = 10.0) -> None:
+        """Close both pools, waiting at most ``timeout`` seconds for each
+        (asyncpg's close waits for every connection to be released, and a
+        statement to a database that stopped answering may never return);
+        what is left is then terminated."""
+        for pool in (self.single, self.pool):
+            try:
+                async with asyncio.timeout(timeout):
+                    await pool.close()
+            except TimeoutError:
+                log.warning("database pool did not close within %.0f s; connections terminated", timeout)
+                pool.terminate()
 
     async def ping(self, timeout: float = 5.0) -> None:
         """Return when the database answers a trivial query within

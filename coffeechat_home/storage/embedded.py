@@ -63,6 +63,9 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         if self._server is not None:
+            # pg_ctl stop -w waits 60 s by default before the library kills
+            # the server: a shutdown is bounded by seconds
+            os.environ.setdefault("PGCTLTIMEOUT", "10")
             try:
                 self._server.cleanup()
             finally:

@@ -6,14 +6,13 @@ a survivor) and run again from its stored state."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any, Awaitable, Callable
 
 from ...storage.admin_jobs import AdminJobStore, Job
 from ...storage.database import DatabaseError
-from ..tasks import cancel_and_wait
+from ..tasks import cancel_and_wait, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +82,7 @@ class JobRunner:
                 log.warning("admin jobs: %s", e)
             except Exception:
                 log.exception("admin jobs: unexpected error")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._poked.wait(), self.poll_interval)
+            await wait_event(self._poked, self.poll_interval)
             self._poked.clear()
 
 

@@ -6,7 +6,10 @@ request: a diagnostic for the hot paths, separate from the timed benchmark.
 Starts the same PostgreSQL and servers as bench_rooms.py with
 ``log_statement = 'all'`` on each server's database, sends N messages one at
 a time, reads N /messages pages and one initial /sync, and prints the
-statements per request grouped by their text.
+statements per request grouped by their text. Then the initial /sync of a
+user in ``--sync-rooms`` rooms (default 20) of 20 messages each, as in
+bench_rooms.py: its statements, and the server's CPU per sync (/proc utime
++ stime: load on the machine inflates it far less than wall time).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import re
 import sys
 import time
@@ -41,7 +45,13 @@ def statements(log_text: str, db: str) -> list[str]:
     return out
 
 
-async def measure(label: str, base_url: str, db: str, pg: Postgres, n: int) -> None:
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(label: str, base_url: str, db: str, pg: Postgres, n: int, pid: int = 0,
+                  sync_rooms: int = 20) -> None:
     log_path = Path(pg.server.log)
     async with aiohttp.ClientSession() as session:
         c = Client(session, base_url)
@@ -84,6 +94,23 @@ async def measure(label: str, base_url: str, db: str, pg: Postgres, n: int) -> N
 
         await section("send + the other member's long-poll /sync it wakes", n, woken)
         await section("initial /sync (1 room)", 1, lambda i: c.sync(u))
+        if not sync_rooms:
+            return
+        for r in range(sync_rooms):
+            rid = await c.create_room(u, name=f"sync {r}")
+            for i in range(20):
+                await c.send_text(u, rid, f"sync {r} message {i}")
+        reader = await c.register(f"reader{int(time.time())}")
+        for rid in [rid for rid in (await c.sync(u)).get("rooms", {}).get("join", {}) if rid != room][:sync_rooms]:
+            await c.join(reader, rid)
+        await c.sync(reader)  # warm
+        await asyncio.sleep(1.0)
+        reps = 5
+        cpu0 = _cpu_s(pid) if pid else 0.0
+        await section(f"initial /sync ({sync_rooms} rooms x 20 messages)", reps, lambda i: c.sync(reader))
+        if pid:
+            print(f"  server CPU per initial sync: {1000 * (_cpu_s(pid) - cpu0) / reps:.1f} ms "
+                  "(includes the 0.5 s settle: idle polls)")
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -109,7 +136,7 @@ async def run(args: argparse.Namespace) -> int:
         for s, _db in targets:
             s.wait_ready(120)
         for s, db in targets:
-            await measure(s.label, s.base_url, db, pg, args.n)
+            await measure(s.label, s.base_url, db, pg, args.n, s.pid, args.sync_rooms)
     finally:
         for s in servers:
             s.stop()
@@ -120,6 +147,7 @@ async def run(args: argparse.Namespace) -> int:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=20)
+    p.add_argument("--sync-rooms", type=int, default=20, help="rooms of the big initial sync (0: none)")
     p.add_argument("--only", choices=("ours", "synapse"))
     p.add_argument("--pool", type=int, default=10, help="database connections per server (both the same)")
     return asyncio.run(run(p.parse_args()))

@@ -7,7 +7,7 @@ import logging
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -38,7 +38,6 @@ from .protocol.signing import SigningKey
 from .keyfile import ensure_signing_key, finish_pending_rotation, load_signing_key, pending_key_path
 from .listeners import bind_listener
 from .api.health import HealthRoutes
-from .api.metrics import Metrics
 from .services.health import HealthService
 from .api.admin.tokens import TokenAdminRoutes
 from .api.admin.users import UserAdminRoutes
@@ -109,6 +108,9 @@ from .services.remote_queries import RemoteQueries
 from .services.server_keys import KeyStore, LocalKeys
 from .storage.server_keys import ServerKeyStore
 from .tls import delegated_server_name, federation_ssl_context
+
+if TYPE_CHECKING:  # imported when metrics are on (prometheus_client: about 1.5 MB resident)
+    from .api.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -513,7 +515,11 @@ class HomeServer:
         await self.services.e2e.device_lists.remove_orphaned_keys()
         self.services.local_keys.old_keys = await ServerKeyStore(db).old_local_keys()
         s = self.services
-        metrics = Metrics(db, s.notifier, s.writer, s.passwords) if self.config.metrics.enabled else None
+        metrics: Metrics | None = None
+        if self.config.metrics.enabled:
+            from .api.metrics import Metrics
+
+            metrics = Metrics(db, s.notifier, s.writer, s.passwords)
         app = build_client_app(self.config, s, metrics)
         self.client_port = await self._serve_app(app, self._client_sockets)
         if self._federation_sockets:

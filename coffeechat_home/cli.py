@@ -122,7 +122,7 @@ async def _serve(config: Config) -> int:
     # before saying we are up: a SIGTERM right after that line stops us cleanly
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    from .profiling import install as install_profiler
+    from .profiling import install as install_profiler, write_tracemalloc
 
     install_profiler(loop)  # only with BENCH_CPROFILE_DIR set
     print(
@@ -141,6 +141,7 @@ async def _serve(config: Config) -> int:
     finally:
         # whatever still hangs after the bounded stop, the process goes
         _exit_watchdog(EXIT_DEADLINE_S)  # a daemon thread: a normal exit does not wait for it
+        write_tracemalloc()  # only with BENCH_TRACEMALLOC_DIR set
         await server.stop()
         await _stop_leftover_tasks()
     return 0

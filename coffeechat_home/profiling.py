@@ -2,7 +2,11 @@
 SIGUSR1 starts cProfile in the server process and SIGUSR2 stops it and
 writes ``cprofile-<n>.prof`` there (and ``gc-<n>.txt``, the garbage
 collector's pauses meanwhile) (bench/bench_fanout.py --cprofile wraps a
-fan-out in them). Unset, nothing is installed."""
+fan-out in them). With ``BENCH_TRACEMALLOC_DIR`` set, tracemalloc traces
+from the end of start-up and the server writes ``tracemalloc.txt`` there
+when it stops: the Python allocations still held, by where they were made,
+compared with start-up (what the server grew by while it ran). Unset,
+nothing is installed."""
 
 from __future__ import annotations
 
@@ -13,12 +17,41 @@ import itertools
 import os
 import signal
 import time
+import tracemalloc
 from pathlib import Path
 
 ENV = "BENCH_CPROFILE_DIR"
+TRACEMALLOC_ENV = "BENCH_TRACEMALLOC_DIR"
+_baseline: list[tracemalloc.Snapshot] = []
+
+
+def start_tracemalloc() -> None:
+    """With BENCH_TRACEMALLOC_DIR set: start tracing (the server is up)."""
+    if os.environ.get(TRACEMALLOC_ENV) and not tracemalloc.is_tracing():
+        tracemalloc.start(12)
+        _baseline.append(tracemalloc.take_snapshot())
+
+
+def write_tracemalloc(top: int = 60) -> None:
+    """The allocations made since start_tracemalloc and still held, the
+    largest first (by the innermost frames of their tracebacks), and the
+    traced peak. Called at stop."""
+    folder = os.environ.get(TRACEMALLOC_ENV)
+    if not folder or not tracemalloc.is_tracing() or not _baseline:
+        return
+    snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+    current, peak = tracemalloc.get_traced_memory()
+    lines = [f"traced now {current / 1e6:.2f} MB, peak {peak / 1e6:.2f} MB (since start-up)"]
+    for stat in snap.compare_to(_baseline[0], "traceback")[:top]:
+        lines.append(f"{stat.size_diff / 1e3:+10.1f} kB {stat.count_diff:+7d} blocks")
+        lines += ["      " + str(frame) for frame in stat.traceback[-6:]]
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tracemalloc.txt").write_text("\n".join(lines) + "\n")
 
 
 def install(loop: asyncio.AbstractEventLoop) -> None:
+    start_tracemalloc()
     folder = os.environ.get(ENV)
     if not folder:
         return

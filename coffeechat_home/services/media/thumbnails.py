@@ -9,7 +9,10 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # Source types we decode. Everything else: "cannot thumbnail".
 THUMBNAILABLE = frozenset({"image/png", "image/apng", "image/jpeg", "image/gif", "image/webp"})
@@ -57,13 +60,25 @@ def choose_size(width: int, height: int, method: str) -> ThumbnailSize:
 
 
 def set_pixel_limit(max_pixels: int) -> None:
-    """Pillow's own guard as a second line: it raises above twice the limit."""
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    """Pillow's own guard as a second line: it raises above twice the limit
+    (set when Pillow is first used)."""
+    _pixel_limit[0] = max_pixels
+
+
+_pixel_limit = [0]
 
 
 def make_thumbnail(path: Path, size: ThumbnailSize, max_pixels: int) -> tuple[bytes, str]:
     """(bytes, content type) of a thumbnail of the image at ``path``. Runs in
-    a worker thread. TooManyPixels, CannotThumbnail."""
+    a worker thread. TooManyPixels, CannotThumbnail.
+
+    Pillow is imported here, on the first thumbnail: with the image
+    libraries it loads it is about 2 MB resident in a server that may never
+    make one."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if _pixel_limit[0]:
+        Image.MAX_IMAGE_PIXELS = _pixel_limit[0]
     try:
         with Image.open(path) as im:
             w, h = im.size  # from the header: nothing decoded yet
@@ -102,4 +117,6 @@ def _crop(im: Image.Image, width: int, height: int) -> Image.Image:
     if im.width < width or im.height < height:
         scale = min(im.width / width, im.height / height)
         width, height = max(1, int(width * scale)), max(1, int(height * scale))
+    from PIL import Image, ImageOps
+
     return ImageOps.fit(im, (width, height), Image.Resampling.LANCZOS)

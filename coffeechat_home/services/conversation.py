@@ -5,7 +5,7 @@ from them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Config
@@ -22,6 +22,7 @@ from ..storage.typing import TypingStore
 from ..storage.unread import UnreadStore
 from ..storage.user_directory import UserDirectoryStore
 from .account_data import AccountDataService
+from .fanout import SharedReads
 from .notifier import Notifier
 from .presence import PresenceService
 from .profiles import ProfileService
@@ -44,6 +45,9 @@ class Conversation:
     user_directory: UserDirectoryStore
     search_all_users: bool
     unread: UnreadService
+    _account_data_reads: SharedReads[
+        tuple[str, int | None, int], tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]
+    ] = field(default_factory=lambda: SharedReads(ttl=1.0, size=256))
 
     async def start(self) -> None:
         """Background work: the typing expiry sweep."""
@@ -62,14 +66,22 @@ class Conversation:
             unread=self.unread.counts_for_sync,
         )
 
+    async def _account_data_for_sync(
+        self, user_id: str, since: int | None, upto: int
+    ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+        """One read for a sync's two account data parts (global and per
+        room), which ask side by side. Callers must not modify it."""
+        return await self._account_data_reads.get(
+            (user_id, since, upto), lambda: self.account_data.account_data_for_sync(user_id, since, upto))
+
     async def global_account_data_for_sync(self, user_id: str, since: int | None, upto: int) -> list[dict[str, Any]]:
-        events, _ = await self.account_data.account_data_for_sync(user_id, since, upto)
+        events, _ = await self._account_data_for_sync(user_id, since, upto)
         return events
 
     async def room_account_data_for_sync(
         self, user_id: str, room_ids: list[str], since: int | None, upto: int
     ) -> dict[str, list[dict[str, Any]]]:
-        _, by_room = await self.account_data.account_data_for_sync(user_id, since, upto)
+        _, by_room = await self._account_data_for_sync(user_id, since, upto)
         wanted = set(room_ids)
         return {room_id: events for room_id, events in by_room.items() if room_id in wanted and room_id != GLOBAL}
 

@@ -3,6 +3,7 @@ members and state (current, or as of when the user left)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, Awaitable, Iterable, Mapping, Protocol, Sequence
 
@@ -255,10 +256,21 @@ class HistoryService:
             raise forbidden("You are not allowed to see this room's history")
         return window
 
-    async def windows(self, user_id: str, room_ids: list[str]) -> dict[str, Window | None]:
-        """``window`` for rooms the user is or was in, in two queries; None
-        for a room of which nothing is visible."""
-        return await self.windows_from(await self.rooms.membership_changes(user_id, room_ids))
+    async def windows_and_restricted(
+        self, user_id: str, room_ids: list[str], restricted_of: list[str]
+    ) -> tuple[dict[str, Window | None], set[str]]:
+        """``window`` for rooms the user is or was in (None for a room of
+        which nothing is visible), and which of the rooms
+        ``restricted_of`` restrict their history (for ``hide_unseen_many``'s
+        ``known_restricted``): the memberships and every room's visibility events
+        read at once, in two statements side by side (an initial sync)."""
+        changes, visibility = await asyncio.gather(
+            self.rooms.membership_changes(user_id, room_ids),
+            self.events.history_visibility_events([*room_ids, *restricted_of]),
+        )
+        restricted = {r for r in restricted_of if any(v in ("joined", "invited") for _, v in visibility[r])}
+        positioned = {r: [(pos, v) for pos, v in visibility[r] if pos is not None] for r in room_ids}
+        return self._windows(changes, positioned), restricted
 
     async def windows_from(
         self, changes: dict[str, list[tuple[int, str]]], earliest: Mapping[str, tuple[int, Any]] | None = None
@@ -266,6 +278,13 @@ class HistoryService:
         """``earliest``: per room with backfilled history, the visibility
         in force below its oldest event (BackfillStore.earliest_visibility)."""
         visibility = await self.events.history_visibility_changes(list(changes))
+        return self._windows(changes, visibility, earliest)
+
+    @staticmethod
+    def _windows(
+        changes: dict[str, list[tuple[int, str]]], visibility: Mapping[str, list[tuple[int, Any]]],
+        earliest: Mapping[str, tuple[int, Any]] | None = None,
+    ) -> dict[str, Window | None]:
         out: dict[str, Window | None] = {}
         for room_id, mine in changes.items():
             first = (earliest or {}).get(room_id)
@@ -277,18 +296,18 @@ class HistoryService:
 
     async def hide_unseen_many(
         self, user_id: str, rows_by_room: Mapping[str, list[EventRow]],
-        windows: Mapping[str, Window] | None = None,
+        windows: Mapping[str, Window] | None = None, known_restricted: set[str] | None = None,
     ) -> dict[str, list[EventRow]]:
         """Drop the rows the user may not see by the state at each event
         (``hidden_events``)."""
-        hidden = await self.hidden_events(user_id, rows_by_room, windows)
+        hidden = await self.hidden_events(user_id, rows_by_room, windows, known_restricted)
         if not hidden:
             return dict(rows_by_room)
         return {r: [row for row in rows if row.event_id not in hidden] for r, rows in rows_by_room.items()}
 
     async def hidden_events(
         self, user_id: str, rows_by_room: Mapping[str, Sequence[JudgedEvent]],
-        windows: Mapping[str, Window] | None = None,
+        windows: Mapping[str, Window] | None = None, known_restricted: set[str] | None = None,
     ) -> set[str]:
         """The ids of the rows the user may not see by the state at each
         event.
@@ -305,7 +324,8 @@ class HistoryService:
         or joined. The user's own membership events and the visibility
         changes themselves stay as the window judged them. Rooms that never
         restricted their history cost one indexed read for all of them
-        (none for one room whose answer another reader just read).
+        (none for one room whose answer another reader just read, none when
+        the caller read which do: ``known_restricted``).
 
         With ``windows`` (the reader's, per room): backfilled rows (stream
         positions below zero) of such a room, which /messages reads whether
@@ -315,7 +335,9 @@ class HistoryService:
         there, or invited in an ``invited`` room, or ``shared`` and the
         user ever joined (at a live position: after it)."""
         rooms = [r for r, rows in rows_by_room.items() if rows]
-        if len(rooms) == 1:  # a woken long-poll's room: shared by all it woke
+        if known_restricted is not None:
+            strict = known_restricted & set(rooms)
+        elif len(rooms) == 1:  # a woken long-poll's room: shared by all it woke
             room_id = rooms[0]
             strict = {room_id} if await self.restricts_history(
                 room_id, max(row.stream_pos or 0 for row in rows_by_room[room_id])) else set()

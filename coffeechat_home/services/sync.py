@@ -285,8 +285,14 @@ class SyncService:
         unread_early = bool(src.unread and joined_ids) and (
             since is None or (changes is None and len(joined_ids) <= UNREAD_EARLY_ROOMS)
         )
+        # an initial sync: the other features' parts (E2EE key counts,
+        # to-device) along with everything else rather than after it
+        extras = (
+            asyncio.gather(*(extra(requester, since, upto) for extra in src.extra_global))
+            if since is None and src.extra_global else nothing
+        )
         (built_list, typing, receipts, room_account_data, global_account_data, presence,
-         unread) = await _gather_parts(
+         unread, extra_parts) = await _gather_parts(
             all_joined_rooms(),
             src.typing(typing_ids, since, upto) if src.typing and typing_ids else nothing,
             src.receipts(receipt_ids, since, upto, user_id) if src.receipts and receipt_ids else nothing,
@@ -296,6 +302,7 @@ class SyncService:
             if src.account_data_global and account_data else nothing,
             src.presence(user_id, since, upto) if src.presence and presence_changed else nothing,
             src.unread(user_id, joined_ids, since, upto, changes) if src.unread and unread_early else nothing,
+            extras,
         )
         built = dict(zip(whole_ids + part_ids, built_list))
         typing, receipts, room_account_data = typing or {}, receipts or {}, room_account_data or {}
@@ -355,8 +362,8 @@ class SyncService:
             if kept:
                 body[key] = {"events": kept}
         news = False
-        for extra in self.sources.extra_global:
-            part, part_news = await extra(requester, since, upto)
+        for i, extra in enumerate(self.sources.extra_global):
+            part, part_news = extra_parts[i] if extra_parts is not None else await extra(requester, since, upto)
             body.update(part)
             news = news or part_news
         empty = not rooms and "account_data" not in body and "presence" not in body and not news
@@ -405,8 +412,10 @@ class SyncService:
         user_id = requester.user_id
         newly = {r for r, pos in join_pos.items() if since is None or pos > since}
         # joined throughout (since, upto]: every event there is visible;
-        # newly joined: the history before may not be (history visibility)
-        windows = await self.history.windows(user_id, [r for r in room_ids if r in newly])
+        # newly joined: the history before may not be (history visibility).
+        # Which rooms restrict their history (hide_unseen_many) comes along.
+        windows, restricted = await self.history.windows_and_restricted(
+            user_id, [r for r in room_ids if r in newly], room_ids)
         single: list[tuple[str, int | None, int | None]] = []
         rows_by_room: dict[str, list[EventRow]] = {}
         limit = f.timeline_limit + 1
@@ -430,7 +439,7 @@ class SyncService:
                     room_id, window, after=None, upto=upto, limit=limit, backwards=True, **filters
                 )
         rows_by_room.update(await self.events.timelines(single, limit=limit, **filters))
-        rows_by_room = await self.history.hide_unseen_many(user_id, rows_by_room)
+        rows_by_room = await self.history.hide_unseen_many(user_id, rows_by_room, known_restricted=restricted)
         timelines: dict[str, tuple[list[EventRow], bool, int]] = {}
         for room_id in room_ids:
             rows = rows_by_room[room_id]

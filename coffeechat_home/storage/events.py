@@ -512,6 +512,24 @@ class EventStore:
             out[r["room_id"]].append((r["stream_pos"], content.get("history_visibility")))
         return out
 
+    async def history_visibility_events(self, room_ids: Sequence[str]) -> dict[str, list[tuple[int | None, Any]]]:
+        """room id -> all its m.room.history_visibility events as (position,
+        content's history_visibility), outliers (position None) included:
+        what ``history_visibility_changes`` and
+        ``rooms_with_restricted_history`` read, in one statement. Those
+        with a position come oldest first."""
+        rows = await self.db.fetch(
+            """SELECT room_id, stream_pos, client FROM events
+               WHERE room_id = ANY($1::TEXT[]) AND type = 'm.room.history_visibility' AND state_key = ''
+               ORDER BY room_id, stream_pos""",
+            list(set(room_ids)),
+        )
+        out: dict[str, list[tuple[int | None, Any]]] = {r: [] for r in room_ids}
+        for r in rows:
+            content = orjson.loads(r["client"]).get("content", {})
+            out[r["room_id"]].append((r["stream_pos"], content.get("history_visibility")))
+        return out
+
     async def rooms_with_restricted_history(self, room_ids: Sequence[str]) -> set[str]:
         """The rooms that have (or had) a ``joined`` or ``invited``
         m.room.history_visibility, outliers included (a room joined over

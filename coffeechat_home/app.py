@@ -564,18 +564,18 @@ class HomeServer:
         self._federation_sockets = []
         if self.services is not None:
             s = self.services
-            steps: list[tuple[str, Awaitable[None]]] = []
+            steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
             if s.federation_sender is not None:
-                steps.append(("the federation sender", s.federation_sender.stop()))
+                steps.append(("the federation sender", s.federation_sender.stop))
             steps += [
-                ("the federation client", s.federation_client.close()),
-                ("the admin jobs", s.jobs.stop()),
-                ("the conversation services", s.conversation.stop()),
-                ("the notifier", s.notifier.stop()),
-                ("the instance lease", s.liveness.stop()),
+                ("the federation client", s.federation_client.close),
+                ("the admin jobs", s.jobs.stop),
+                ("the conversation services", s.conversation.stop),
+                ("the notifier", s.notifier.stop),
+                ("the instance lease", s.liveness.stop),
             ]
             for name, step in steps:
-                await _bounded(name, step, 2 * SHUTDOWN_GRACE_S)
+                await _bounded(name, step(), 2 * SHUTDOWN_GRACE_S)
             s.passwords.close()
         if self.db is not None:
             await self.db.close(timeout=SHUTDOWN_GRACE_S)

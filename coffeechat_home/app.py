@@ -103,6 +103,8 @@ from .federation.client import FederationClient
 from .services.federation.invites import InviteReceiver
 from .services.federation.receiver import FederationReceiver
 from .services.federation.remote_rooms import RemoteRooms
+from .services.federation.partial_state import PartialStateResync
+from .storage.partial_state import PartialStateStore
 from .storage.federation_inbound import FederationInboundStore
 from .services.remote_queries import RemoteQueries
 from .services.server_keys import KeyStore, LocalKeys
@@ -162,6 +164,7 @@ class Services:
     room_dag: RoomDagService
     receiver: FederationReceiver
     invites: InviteReceiver
+    partial_state: PartialStateResync | None = None  # resync of rooms joined with a partial state
 
 
 def build_services(config: Config, db: Database, signing_key: SigningKey) -> Services:
@@ -302,6 +305,15 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     # unread counts leave out what the user may not see by the state at each event
     conversation.unread.hidden_events = services.history.hidden_events
     services.receiver.missing_events_limit = fed.missing_events_limit
+    if config.federation_listener.enabled:  # rooms joined with a partial state: their member list afterwards
+        partial_store = PartialStateStore(db)
+        resync = services.partial_state = PartialStateResync(
+            config.server_name, partial_store, events, services.receiver.fetcher, stream, persister,
+            InstanceStore(db), instance_id, retry_ms=fed.partial_state_retry_ms,
+        )
+        remote_rooms.partial_state_joins = fed.partial_state_joins
+        remote_rooms.partial_joined.append(resync.kick)
+        services.sync.partial_rooms = partial_store.sync_view
     if sender is not None:  # typing, receipts and presence across servers
         EphemeralFederation(
             config.server_name, EduOutboxStore(db), sender.wake, queue.allowed_servers_in_room, rooms,
@@ -356,9 +368,12 @@ def build_client_app(config: Config, services: Services, metrics: Metrics | None
         services.conversation.presence.set_presence_from_sync,
         timing=config.metrics.sync_timing,
     ).register_routes(app.router)
-    RoomRoutes(
+    room_routes = RoomRoutes(
         services.auth, services.room_service, services.membership, services.history, services.rooms
-    ).register_routes(app.router)
+    )
+    if services.partial_state is not None:  # /members of a room joined with a partial state
+        room_routes.wait_for_members = services.partial_state.wait_until_complete
+    room_routes.register_routes(app.router)
     DirectoryRoutes(
         services.auth,
         services.directory,
@@ -529,6 +544,8 @@ class HomeServer:
             )
         if s.federation_sender is not None:
             await s.federation_sender.start()
+        if s.partial_state is not None:
+            await s.partial_state.start()
         if metrics is not None and self._metrics_sockets:
             metrics_app = web.Application()
             metrics_app.router.add_get(self.config.metrics.path, metrics.scrape)
@@ -567,6 +584,8 @@ class HomeServer:
             steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
             if s.federation_sender is not None:
                 steps.append(("the federation sender", s.federation_sender.stop))
+            if s.partial_state is not None:
+                steps.append(("the partial-state resync", s.partial_state.stop))
             steps += [
                 ("the federation client", s.federation_client.close),
                 ("the admin jobs", s.jobs.stop),

@@ -161,6 +161,12 @@ class FederationConfig:
     # get_missing_events (a longer gap is closed with the state at it, and
     # /messages backfills the hole when paging reaches it).
     missing_events_limit: int = 20
+    # Join remote rooms with a partial state (send_join omit_members,
+    # MSC3706): /join answers once the join is stored; the full member list
+    # is fetched afterwards. Off: the whole state comes with the join.
+    partial_state_joins: bool = True
+    # The partial-state resync: wait after a failed attempt (ms), doubling.
+    partial_state_retry_ms: int = 5_000
 
 
 @dataclass
@@ -585,6 +591,9 @@ destination_min_retry_ms = 10000
 destination_max_retry_ms = 3600000
 # Receiving: most missing events asked for at once (get_missing_events).
 missing_events_limit = 20
+# Join remote rooms with a partial state (the member list comes afterwards).
+partial_state_joins = true
+partial_state_retry_ms = 5000
 
 [registration]
 # "open", "token" (one of `tokens`, or one made with the admin API) or "closed".

@@ -167,6 +167,7 @@ class Persister:
         room_version: RoomVersion | None = None,
         new_room: NewRoom | None = None,
         backfilled: bool = False,
+        also: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
     ) -> PersistResult:
         """Persist checked events built elsewhere (in order: an event's
         prev_events come before it). Takes the room's lock. Events stored
@@ -175,7 +176,9 @@ class Persister:
         ``room_version``) creates the room's row. ``backfilled``: history
         older than what the room has; its events get stream positions below
         zero (storage/backfill.py), so /sync never shows them as new and
-        the federation sender never sends them."""
+        the federation sender never sends them. ``also``: more writes of the
+        caller in the same transaction (a partial-state join records the
+        room as partial with its join)."""
         async with self.room_lock(room_id):
             for _ in range(5):
                 known = await self.events.stored_info(b.event.event_id for b in batch)
@@ -183,9 +186,12 @@ class Persister:
                 count = sum(1 for b in fresh if b.context.in_timeline)
 
                 async def fn(conn: asyncpg.Connection, positions: list[int]) -> PersistResult:
-                    return await self._write(
+                    written = await self._write(
                         conn, positions, room_id, batch, base=None, room_version=room_version, new_room=new_room
                     )
+                    if also is not None:
+                        await also(conn)
+                    return written
 
                 async def backfill_fn(conn: asyncpg.Connection, n: int = count) -> PersistResult:
                     return await fn(conn, await allocate_backfill_positions(conn, n) if n else [])

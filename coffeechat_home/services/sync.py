@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 import orjson
@@ -150,6 +150,9 @@ class SyncService:
         self._timelines: SharedReads[tuple[Any, ...], list[EventRow]] = SharedReads(ttl=2.0, size=512)
         # invites from other servers: their stripped state (set when federating)
         self.remote_invite_state: Callable[[str], Awaitable[list[Any] | None]] | None = None
+        # rooms joined with a partial state (storage/partial_state.py
+        # sync_view: room -> resync position, None while partial; when federating)
+        self.partial_rooms: Callable[[list[str]], Awaitable[dict[str, int | None]]] | None = None
 
     async def sync(
         self, requester: Requester, *, since_token: str | None, timeout_ms: int, sync_filter: SyncFilter,
@@ -235,6 +238,8 @@ class SyncService:
         invite: dict[str, Any] = {}
         leave: dict[str, Any] = {}
         knock: dict[str, Any] = {}
+        if self.partial_rooms is not None:
+            f, latest = await self._partial_state_rooms(f, latest, since, changes)
         joined_ids = [r for r, (m, _, _) in latest.items() if m == "join" and f.wants_room(r)]
         src = self.sources
         if changes is None:
@@ -368,6 +373,37 @@ class SyncService:
             news = news or part_news
         empty = not rooms and "account_data" not in body and "presence" not in body and not news
         return body, empty
+
+    async def _partial_state_rooms(
+        self, f: SyncFilter, latest: dict[str, tuple[str, str, int]], since: int | None,
+        changes: Mapping[str, Iterable[str]] | None,
+    ) -> tuple[SyncFilter, dict[str, tuple[str, str, int]]]:
+        """The room filter for rooms joined with a partial state (as
+        Synapse): without lazy-loaded members, a room whose member list is
+        still being fetched is left out, and once resynced it comes as newly
+        joined (its whole state) from the resync's position. With
+        lazy-loaded members the room shows as it is. Asks the database only
+        about rooms this sync may show."""
+        if f.lazy_load_members:
+            return f, latest
+        joined = [r for r, (m, _, _) in latest.items() if m == "join"]
+        if changes is not None and since is not None:
+            touched: set[str] = set()
+            for table in ("events", "partial_state_rooms", "typing", "receipts"):
+                touched.update(changes.get(table, ()))
+            joined = [r for r in joined if r in touched or latest[r][2] > since]
+        if not joined:
+            return f, latest
+        view = await self.partial_rooms(joined) if self.partial_rooms is not None else {}
+        if not view:
+            return f, latest
+        hidden = [r for r, pos in view.items() if pos is None]
+        resynced = {r: pos for r, pos in view.items() if pos is not None and pos > latest[r][2]}
+        if resynced:
+            latest = {**latest, **{r: (latest[r][0], latest[r][1], pos) for r, pos in resynced.items()}}
+        if hidden:
+            f = replace(f, not_rooms=[*f.not_rooms, *hidden])
+        return f, latest
 
     async def _timeline(
         self, room_id: str, after: int | None, upto: int, f: SyncFilter, window: Window | None = None,

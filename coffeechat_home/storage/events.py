@@ -272,6 +272,24 @@ class EventStore:
         )
         return None if row is None else (str(row["room_version"]), list(row["forward_extremities"] or []))
 
+    async def room_for_receipt(self, room_id: str) -> tuple[str, list[str], bool] | None:
+        """(room version, forward extremities, whether its state is partial:
+        joined with members omitted and not resynced yet, schema/0031)."""
+        row = await self.db.fetchrow(
+            """SELECT room_version, forward_extremities,
+                      EXISTS (SELECT 1 FROM partial_state_rooms p
+                              WHERE p.room_id = rooms.room_id AND p.stream_pos IS NULL) AS partial
+               FROM rooms WHERE room_id = $1""",
+            room_id,
+        )
+        if row is None:
+            return None
+        return str(row["room_version"]), list(row["forward_extremities"] or []), bool(row["partial"])
+
+    async def is_partial_state(self, room_id: str) -> bool:
+        return bool(await self.db.fetchval(
+            "SELECT 1 FROM partial_state_rooms WHERE room_id = $1 AND stream_pos IS NULL", room_id))
+
     async def forward_extremities(self, room_id: str) -> list[str]:
         value = await self.db.fetchval("SELECT forward_extremities FROM rooms WHERE room_id = $1", room_id)
         return list(value or [])

@@ -55,7 +55,10 @@ class FederationQueueStore:
                 WHERE c.room_id IN (SELECT room_id FROM new)
                   AND c.type = 'm.room.member' AND c.membership = 'join'
                 UNION
-                SELECT DISTINCT {_server('n.state_key')} AS d FROM new n WHERE n.type = 'm.room.member'""",
+                SELECT DISTINCT {_server('n.state_key')} AS d FROM new n WHERE n.type = 'm.room.member'
+                UNION
+                SELECT DISTINCT unnest(p.servers) AS d FROM partial_state_rooms p
+                WHERE p.room_id IN (SELECT room_id FROM new) AND p.stream_pos IS NULL""",
             after, upto, self.server_name,
         )
         return sorted(r["d"] for r in rows if r["d"] and r["d"] != self.server_name)
@@ -98,7 +101,10 @@ class FederationQueueStore:
         state of a room we joined over federation: joined before anything
         we have). So a destination catching up late (behind in its
         position, or in backoff, when one of its users joined) is not sent
-        what was said in the room before it joined (issue #9)."""
+        what was said in the room before it joined (issue #9). While a room's
+        state is partial (schema/0031), also the servers the resident named
+        in ``servers_in_room``: most of their members are not in our state
+        yet."""
         rows = await self.db.fetch(
             f"""SELECT e.stream_pos, e.event_id, e.room_id, e.pdu FROM events e
                 WHERE e.stream_pos > $2 AND e.stream_pos <= $3
@@ -116,7 +122,9 @@ class FederationQueueStore:
                                     ORDER BY m.stream_pos DESC LIMIT 1),
                                    CASE WHEN EXISTS (SELECT 1 FROM room_memberships f WHERE f.event_id = c.event_id)
                                         THEN 'none' ELSE 'join' END) = 'join')
-                       OR (e.type = 'm.room.member' AND {_server('e.state_key')} = $1))
+                       OR (e.type = 'm.room.member' AND {_server('e.state_key')} = $1)
+                       OR EXISTS (SELECT 1 FROM partial_state_rooms p
+                                  WHERE p.room_id = e.room_id AND p.stream_pos IS NULL AND $1 = ANY(p.servers)))
                 ORDER BY e.stream_pos LIMIT $5""",
             destination, after, upto, self.server_name, limit,
         )

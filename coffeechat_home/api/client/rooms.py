@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -16,6 +16,9 @@ from ...storage.rooms import RoomStore
 from ..auth import TokenAuth, authed
 from ..http import json_response, query_int, read_json_object
 from ..routing import CLIENT_V3, add_client_route
+
+# how long /members and /joined_members wait for a partial-state room's resync
+MEMBERS_WAIT_S = 30.0
 
 
 def parse_filter_param(request: web.Request) -> dict[str, Any] | None:
@@ -49,6 +52,8 @@ class RoomRoutes:
         self.membership = membership
         self.history = history
         self.store = store
+        # a room joined with a partial state: wait (bounded) for its members
+        self.wait_for_members: Callable[[str, float], Awaitable[bool]] | None = None
 
     def register_routes(self, router: web.UrlDispatcher) -> None:
         a = self.auth
@@ -214,7 +219,15 @@ class RoomRoutes:
         )
         return json_response(body)
 
+    async def _members_known(self, room_id: str) -> None:
+        """A room joined with a partial state: its member list is being
+        fetched; wait for it (bounded, as Synapse does), else answer what
+        we know."""
+        if self.wait_for_members is not None:
+            await self.wait_for_members(room_id, MEMBERS_WAIT_S)
+
     async def members(self, request: web.Request, requester: Requester) -> web.StreamResponse:
+        await self._members_known(request.match_info["room_id"])
         q = request.query
         for name in ("membership", "not_membership"):
             if q.get(name) is not None and q[name] not in ("join", "invite", "knock", "leave", "ban"):
@@ -229,6 +242,7 @@ class RoomRoutes:
         room_id = request.match_info["room_id"]
         if not await self.store.is_joined(room_id, requester.user_id):
             raise MatrixError(403, "M_FORBIDDEN", "You are not in this room")
+        await self._members_known(room_id)
         ids = await self.store.current_state_ids(room_id)
         rows = await self.history.events.get_rows(v for (t, _), v in ids.items() if t == "m.room.member")
         joined: dict[str, Any] = {}

@@ -116,6 +116,12 @@ class EventFetcher:
             out[prev_id] = await self._state_after(origin, room_id, rv, prev_id, budget)
         return out
 
+    async def state_after(self, origin: str, room_id: str, rv: RoomVersion, event_id: str,
+                          budget: FetchBudget) -> dict[StateKey, str]:
+        """The room state after ``event_id`` (which we may hold), fetched
+        from ``origin``: the partial-state resync's full state at our join."""
+        return await self._state_after(origin, room_id, rv, event_id, budget)
+
     async def _state_after(self, origin: str, room_id: str, rv: RoomVersion, prev_id: str,
                            budget: FetchBudget) -> dict[StateKey, str]:
         answer = await self._get(origin, f"{V1}/state_ids/{_q(room_id)}", budget, {"event_id": prev_id})

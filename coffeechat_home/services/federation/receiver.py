@@ -243,6 +243,7 @@ class FederationReceiver:
         rejected_reason, soft_failed = await receipt_auth_checks(
             ev, auth_events.get, auth_rejected.__contains__, state_before,
             lambda state: self._auth_state(rv, ev, state), current,
+            partial_state=await self.events.is_partial_state(room_id),
         )
         context = EventContext(state_before=state_before, rejected_reason=rejected_reason, soft_failed=soft_failed)
         try:

@@ -8,13 +8,21 @@ with ``check_received_pdu`` (keys through the key store), the state and auth
 chain with ``check_auth_chain``, and the join against that state. The state
 and auth chain are persisted as outliers and the join on top of the state
 through the persister, so the room shows in /sync with its state.
+
+Partial-state joins (MSC3706, ``federation.partial_state_joins``): for a
+room with no events of ours in the DAG yet, ``send_join`` is asked with
+``omit_members=true``; when the resident omitted the members, the join is
+persisted on the partial state it sent (checked as above; the join is
+checked against that state plus its own auth events) and the room is
+recorded as partial in the same transaction. /join answers then; the
+resync worker (partial_state.py) completes the state afterwards.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import quote
 
 import orjson
@@ -33,6 +41,7 @@ from ...protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, Unsuppor
 from ...protocol.signing import SigningKey
 from ...storage.events import EventStore
 from ...storage.federation_inbound import FederationInboundStore
+from ...storage.partial_state import record_partial_room
 from ..persister import EventContext, NewEvent, NewRoom, Persister
 from ..server_keys import KeyStore, KeyUnavailable
 
@@ -40,6 +49,7 @@ log = logging.getLogger(__name__)
 
 MAX_SERVERS_TRIED = 5
 MAX_STRIPPED_STATE = 50
+MAX_SERVERS_IN_ROOM = 1000  # of a send_join answer's servers_in_room, kept for a partial-state room
 # make_join / send_join errors of a restricted room after which another
 # resident server may succeed (server-server spec, make_join 400)
 RESTRICTED_RETRY = ("M_UNABLE_TO_AUTHORISE_JOIN", "M_UNABLE_TO_GRANT_JOIN")
@@ -63,6 +73,11 @@ class RemoteRooms:
         self.persister = persister
         self.key_store = key_store
         self.client = client
+        # partial-state joins (config federation.partial_state_joins), and
+        # what to call once such a join committed (the resync worker's kick)
+        self.partial_state_joins = False
+        self.partial_joined: list[Callable[[str], None]] = []
+        self.partial_joins = 0  # joins persisted on a partial state, for tests and metrics
 
     @staticmethod
     def candidate_servers(room_id: str, via: Sequence[str], own: str) -> list[str]:
@@ -128,6 +143,9 @@ class RemoteRooms:
         except ProtocolError as e:
             raise _BadAnswer(f"cannot build the join: {e}") from None
         path = f"/_matrix/federation/v2/send_join/{quote(room_id, safe='')}/{quote(join.event_id, safe='')}"
+        ask_partial = self.partial_state_joins and not await self._in_dag(room_id)
+        if ask_partial:
+            path += "?omit_members=true"
         t2 = time.perf_counter()
         sent = await self.client.put_json(server, path, dict(join.pdu))
         t3 = time.perf_counter()
@@ -144,18 +162,35 @@ class RemoteRooms:
         given_state, given_chain = sent.get("state"), sent.get("auth_chain")
         if not isinstance(given_state, list) or not isinstance(given_chain, list):
             raise _BadAnswer("send_join answer without state or auth_chain")
+        servers: list[str] | None = None  # partial state: the servers in the room
+        if ask_partial and sent.get("members_omitted") is True:
+            given_servers = sent.get("servers_in_room")
+            if not isinstance(given_servers, list) or not all(isinstance(x, str) for x in given_servers):
+                raise _BadAnswer("send_join answer with members omitted but no servers_in_room")
+            servers = list(dict.fromkeys([server, *given_servers[:MAX_SERVERS_IN_ROOM]]))
         checked = await self._check_all([*given_state, *given_chain], rv)
         state = [e for e in checked[:len(given_state)] if e is not None]
         chain = [e for e in checked[len(given_state):] if e is not None]
         t4 = time.perf_counter()
-        await self._persist(room_id, rv, join, state, chain)
+        await self._persist(room_id, rv, join, state, chain, partial_servers=servers)
         t5 = time.perf_counter()
+        if servers is not None:
+            self.partial_joins += 1
+            for cb in self.partial_joined:
+                cb(room_id)
         # where a join's time goes (bench/bench_federation.py reads these)
         log.info("remote join timing", extra={
             "room_id": room_id, "via": server, "make_join_s": round(t1 - t0, 4), "build_s": round(t2 - t1, 4),
             "send_join_s": round(t3 - t2, 4), "check_s": round(t4 - t3, 4), "persist_s": round(t5 - t4, 4),
-            "state_events": len(state), "auth_chain_events": len(chain),
+            "state_events": len(state), "auth_chain_events": len(chain), "partial_state": servers is not None,
         })
+
+    async def _in_dag(self, room_id: str) -> bool:
+        """Whether the room has events of ours in its DAG (a rejoin): then
+        the join takes the whole state (a partial one would have to be
+        merged with what we hold)."""
+        row = await self.events.room_version_and_extremities(room_id)
+        return row is not None and bool(row[1])
 
     async def _check_pdu(self, pdu: Any, rv: RoomVersion) -> Event:
         try:
@@ -197,15 +232,22 @@ class RemoteRooms:
         return [None if i is None else events[i] for i in slots]
 
     async def _persist(self, room_id: str, rv: RoomVersion, join: Event, state: list[Event],
-                       chain: list[Event]) -> None:
+                       chain: list[Event], *, partial_servers: list[str] | None = None) -> None:
         checked = check_auth_chain([*chain, *state])
         good_state = [ev for ev in state if ev.event_id in checked.accepted and ev.room_id == room_id]
         state_map: dict[StateKey, Event] = auth_state_from_events(good_state)
         create = state_map.get(("m.room.create", ""))
         if create is None:
             raise _BadAnswer("the room's state has no create event")
+        auth_map = state_map
+        if partial_servers is not None:
+            # the members are omitted: the join's own auth events stand in
+            # for those it needs (e.g. a restricted join's authorising member)
+            own = {a for a in join.auth_event_ids}
+            auth_map = {**auth_state_from_events(
+                [ev for ev in chain if ev.event_id in own and ev.event_id in checked.accepted]), **state_map}
         try:
-            check_auth_rules(join, state_map)
+            check_auth_rules(join, auth_map)
         except AuthError as e:
             raise _BadAnswer(f"the state does not allow the join: {e}") from None
         outliers = [ev for ev in [*chain, *state] if ev.event_id in checked.accepted and ev.room_id == room_id]
@@ -222,7 +264,14 @@ class RemoteRooms:
         # top of that state (whose memberships the persister then reads from
         # the batch, not back from the database)
         batch.append(NewEvent(join, EventContext(state_before=state_ids)))
-        await self.persister.persist(room_id, batch, room_version=rv, new_room=new_room)
+        also = None
+        if partial_servers is not None:
+            servers, join_id, now = partial_servers, join.event_id, int(time.time() * 1000)
+
+            async def also(conn: Any) -> None:  # the room is partial from the join's commit on
+                await record_partial_room(conn, room_id, join_id, servers, now)
+
+        await self.persister.persist(room_id, batch, room_version=rv, new_room=new_room, also=also)
 
 
     async def reject_invite(self, user_id: str, room_id: str, servers: Sequence[str],

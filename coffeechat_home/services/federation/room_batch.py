@@ -133,13 +133,14 @@ class RoomBatch:
         # the room's head the pending events extend as a line (None: unknown, or not a line)
         self.base: RoomBase | None = None
         self.rv: RoomVersion | None = None
+        self.partial_state = False  # joined with members omitted, not resynced yet
 
     # -- the batch ---------------------------------------------------------------
     async def run(self, pdus: list[Any]) -> None:
-        row = await self.rx.events.room_version_and_extremities(self.room_id)
+        row = await self.rx.events.room_for_receipt(self.room_id)
         if row is None:
             return  # unknown room: nothing to answer for
-        version, extremities = row
+        version, extremities, self.partial_state = row
         try:
             rv = get_room_version(version)
         except UnsupportedRoomVersion:
@@ -249,6 +250,7 @@ class RoomBatch:
 
         rejected_reason, soft_failed = await receipt_auth_checks(
             ev, self._get, self._is_rejected, state_before, lambda state: self._auth_state(rv, ev, state), current,
+            partial_state=self.partial_state,
         )
         context = EventContext(state_before=state_before, rejected_reason=rejected_reason, soft_failed=soft_failed)
         outcome = Outcome(None if rejected_reason is None else f"rejected: {rejected_reason}")

@@ -1,0 +1,200 @@
+"""Partial-state joins as the joiner (issue #9, MSC3706): a user of b joins
+a room of a with 50 members; b asks send_join with omit_members, /join
+answers on the partial state, and the resync (one per room, owned through
+a work lease) completes it afterwards.
+
+While the resync cannot run (another live "instance" holds its lease, put
+there by the test) the room is partial: /members waits, a non-lazy /sync
+leaves the room out and a lazy-loading one shows it, and messages flow
+both ways, also from a member b does not know yet (checked against its
+auth events only). Once the lease is free, b takes the resync over: the
+state at the join event is the resident's, event for event, /members has
+all 51, the room comes to a non-lazy /sync as newly joined with its
+members. A kill -9 of b between the resync's fetch and its commit
+(crash point ``partial_state_fetched``) is resumed after the restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, AsyncIterator
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+
+from coffeechat_home.crash_points import ENV as CRASH_ENV
+
+from ..integration.processes import User, wait_until
+from ..pg import PostgresForTests
+from .peers import FederatingServer, federating_servers
+
+pytestmark = pytest.mark.federation
+
+ENV = {"COFFEECHAT_FEDERATION_DESTINATION_MIN_RETRY_MS": "300",
+       "COFFEECHAT_FEDERATION_DESTINATION_MAX_RETRY_MS": "2000",
+       "COFFEECHAT_FEDERATION_PARTIAL_STATE_RETRY_MS": "300"}
+LAZY = quote(json.dumps({"room": {"state": {"lazy_load_members": True}}}))
+HOLDER = "partial-join-test-holder"
+
+# the state after an event, through its state group's chain (same schema on both servers)
+STATE_AFTER = """
+WITH RECURSIVE chain (id, prev_group, n) AS (
+    SELECT g.id, g.prev_group, 0 FROM state_groups g JOIN events e ON e.state_group = g.id WHERE e.event_id = $1
+    UNION ALL
+    SELECT s.id, s.prev_group, c.n + 1 FROM state_groups s JOIN chain c ON s.id = c.prev_group)
+SELECT DISTINCT ON (x.type, x.state_key) x.type, x.state_key, x.event_id
+FROM state_group_entries x JOIN chain c ON x.state_group = c.id ORDER BY x.type, x.state_key, c.n"""
+
+
+@pytest.fixture(scope="module")
+async def pair(pg: PostgresForTests, pg_template: str,
+               tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[FederatingServer, FederatingServer]]:
+    tmp = tmp_path_factory.mktemp("partial-join")
+    async with federating_servers(pg, pg_template, tmp, "pj", 2, **ENV) as servers:
+        yield servers[0], servers[1]
+
+
+async def room_with_members(http: aiohttp.ClientSession, a: FederatingServer, owner: User, prefix: str,
+                            count: int) -> tuple[str, list[User]]:
+    status, room = await owner.call("POST", "createRoom", {"preset": "public_chat", "room_version": "10"})
+    assert status == 200, room
+    room_id = room["room_id"]
+    members = []
+    for i in range(count):
+        u = await User(http, a.client_url).register(f"{prefix}{i:02d}")
+        status, body = await u.call("POST", f"rooms/{quote(room_id)}/join", {})
+        assert status == 200, body
+        members.append(u)
+    return room_id, members
+
+
+async def bodies(user: User, room_id: str) -> list[str]:
+    return [e["content"].get("body") for e in await user.history(room_id) if e["type"] == "m.room.message"]
+
+
+async def arrives(user: User, room_id: str, body: str) -> bool:
+    async def seen() -> bool:
+        return body in await bodies(user, room_id)
+    return await wait_until(seen, 30, interval=0.2)
+
+
+async def state_after(server: FederatingServer, event_id: str) -> dict[tuple[str, str], str]:
+    return {(r["type"], r["state_key"]): r["event_id"] for r in await server.db_fetch(STATE_AFTER, event_id)}
+
+
+async def partial_row(b: FederatingServer, room_id: str) -> Any:
+    rows = await b.db_fetch("SELECT servers, stream_pos FROM partial_state_rooms WHERE room_id = $1", room_id)
+    return rows[0] if rows else None
+
+
+async def test_partial_join_of_a_room_of_ours(pair: tuple[FederatingServer, FederatingServer]) -> None:
+    a, b = pair
+    async with aiohttp.ClientSession() as http:
+        alice = await User(http, a.client_url).register("alice")
+        room_id, members = await room_with_members(http, a, alice, "u", 49)
+        bob = await User(http, b.client_url).register("bob")
+        first = await bob.sync()
+        # another live instance of b holds the room's resync lease: b's own
+        # resync waits (only the holder resyncs)
+        await b.db_fetch("INSERT INTO instance_leases VALUES ($1, 'elsewhere', 0, 9000000000000)", HOLDER)
+        await b.db_fetch("INSERT INTO work_leases VALUES ($1, $2, 9000000000000)", f"partial-state:{room_id}", HOLDER)
+
+        status, body = await bob.call("POST", f"join/{quote(room_id)}?server_name={quote(a.server_name)}", {})
+        assert status == 200, (body, b.process.stderr()[-3000:])
+        row = await partial_row(b, room_id)
+        assert row is not None and row["stream_pos"] is None and a.server_name in row["servers"], row
+        known = await b.db_fetch("SELECT count(*) AS n FROM current_state WHERE room_id = $1 AND type = "
+                                 "'m.room.member'", room_id)
+        assert known[0]["n"] < 10, known  # bob and a few heroes: the members were omitted
+        members_call = asyncio.create_task(bob.call("GET", f"rooms/{quote(room_id)}/members", timeout=60))
+
+        # partial: a non-lazy sync leaves the room out, a lazy-loading one shows it
+        plain = await bob.sync(first["next_batch"])
+        assert room_id not in plain.get("rooms", {}).get("join", {}), plain
+        status, lazy = await bob.call("GET", f"sync?timeout=0&filter={LAZY}")
+        assert status == 200 and room_id in lazy["rooms"]["join"], lazy
+
+        # messages both ways meanwhile, also from a member b's state lacks
+        stranger = members[40]
+        assert not await b.db_fetch("SELECT 1 FROM current_state WHERE room_id = $1 AND state_key = $2",
+                                    room_id, stranger.user_id)
+        assert (await stranger.send(room_id, "from a stranger"))[0] == 200
+        assert (await alice.send(room_id, "during, from a"))[0] == 200
+        assert (await bob.send(room_id, "during, from b"))[0] == 200
+        assert await arrives(bob, room_id, "from a stranger"), b.process.stderr()[-3000:]
+        assert await arrives(bob, room_id, "during, from a")
+        assert await arrives(alice, room_id, "during, from b"), a.process.stderr()[-3000:]
+        assert not members_call.done()  # /members waits for the resync
+        assert (await partial_row(b, room_id))["stream_pos"] is None
+
+        # the holder dies: b's sweep takes the resync over
+        await b.db_fetch("DELETE FROM work_leases WHERE instance_id = $1", HOLDER)
+        await b.db_fetch("DELETE FROM instance_leases WHERE instance_id = $1", HOLDER)
+        status, got = await members_call
+        assert status == 200, got
+        joined = {e["state_key"] for e in got["chunk"] if e["content"]["membership"] == "join"}
+        assert joined == {alice.user_id, bob.user_id, *(m.user_id for m in members)}, len(joined)
+        status, jm = await bob.call("GET", f"rooms/{quote(room_id)}/joined_members")
+        assert status == 200 and len(jm["joined"]) == 51, jm
+        assert (await partial_row(b, room_id))["stream_pos"] is not None
+
+        # the state at bob's join is the resident's, event for event
+        join_id = (await b.db_fetch(
+            "SELECT event_id FROM events WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2",
+            room_id, bob.user_id))[0]["event_id"]
+        on_b, on_a = await state_after(b, join_id), await state_after(a, join_id)
+        assert len(on_a) >= 56 and on_b == on_a, (len(on_a), len(on_b))
+
+        # the room comes to a non-lazy sync as newly joined, with its members
+        async def shown() -> bool:
+            body = await bob.sync(plain["next_batch"])
+            room = body.get("rooms", {}).get("join", {}).get(room_id)
+            if room is None:
+                return False
+            events = room["state"]["events"] + room["timeline"]["events"]
+            return len({e["state_key"] for e in events if e["type"] == "m.room.member"}) == 51
+        assert await wait_until(shown, 10)
+
+        # and after: both ways, and current states agree
+        assert (await alice.send(room_id, "after, from a"))[0] == 200
+        assert (await bob.send(room_id, "after, from b"))[0] == 200
+        assert await arrives(bob, room_id, "after, from a")
+        assert await arrives(alice, room_id, "after, from b")
+        assert await b.db_fetch("SELECT type, state_key, event_id FROM current_state WHERE room_id = $1 "
+                                "ORDER BY 1, 2", room_id) == \
+            await a.db_fetch("SELECT type, state_key, event_id FROM current_state WHERE room_id = $1 "
+                             "ORDER BY 1, 2", room_id)
+
+
+async def test_resync_resumes_after_kill9(pair: tuple[FederatingServer, FederatingServer]) -> None:
+    """b dies (kill -9 alike) after the resync fetched and stored the
+    state, before completing the room; after the restart the resync runs
+    again (the sweep finds the room partial) and completes it."""
+    a, b = pair
+    async with aiohttp.ClientSession() as http:
+        carol = await User(http, a.client_url).register("carol")
+        room_id, members = await room_with_members(http, a, carol, "k", 12)
+        dave = await User(http, b.client_url).register("dave")
+        b.env[CRASH_ENV] = "partial_state_fetched"
+        try:
+            await b.stop()
+            await b.start()
+            dave = dave.on(b.client_url)
+            status, body = await dave.call("POST", f"join/{quote(room_id)}?server_name={quote(a.server_name)}", {})
+            assert status == 200, body  # answered before the resync (which then kills b)
+            assert b.process.proc is not None
+            assert await asyncio.wait_for(b.process.proc.wait(), 60) == 137
+        finally:
+            del b.env[CRASH_ENV]
+        row = await partial_row(b, room_id)
+        assert row is not None and row["stream_pos"] is None, row
+        await b.start()
+        dave = dave.on(b.client_url)
+
+        async def complete() -> bool:
+            r = await partial_row(b, room_id)
+            return r is not None and r["stream_pos"] is not None
+        assert await wait_until(complete, 30), b.process.stderr()[-3000:]
+        status, jm = await dave.call("GET", f"rooms/{quote(room_id)}/joined_members")
+        assert status == 200 and set(jm["joined"]) == {carol.user_id, dave.user_id, *(m.user_id for m in members)}

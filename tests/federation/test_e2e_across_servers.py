@@ -302,6 +302,11 @@ async def test_sync_of_a_room_joined_over_federation_carries_its_state(
         assert await wait_until(invited, 30)
         status, body = await bob.call("POST", f"join/{quote(room_id, safe='')}", {})
         assert status == 200, body
+
+        async def shown() -> bool:  # (joined with a partial state: shown once its members are in)
+            return room_id in (await bob.sync(since)).get("rooms", {}).get("join", {})
+
+        assert await wait_until(shown, 30)
         for sync in (await bob.sync(since), await bob.sync()):  # incremental and initial
             joined = sync["rooms"]["join"][room_id]
             state = {(e["type"], e["state_key"]): e for e in joined["state"]["events"]}

@@ -46,7 +46,7 @@ class FederationQueueStore:
         was written, and the servers of users whose membership changed."""
         rows = await self.db.fetch(
             f"""WITH new AS (
-                    SELECT e.room_id, e.type, e.state_key FROM events e
+                    SELECT e.room_id, e.type, e.state_key, e.stream_pos FROM events e
                     WHERE e.stream_pos > $1 AND e.stream_pos <= $2
                       AND ({_server('e.sender')} = $3
                            OR e.event_id IN (SELECT r.event_id FROM federation_relay r))
@@ -57,8 +57,8 @@ class FederationQueueStore:
                 UNION
                 SELECT DISTINCT {_server('n.state_key')} AS d FROM new n WHERE n.type = 'm.room.member'
                 UNION
-                SELECT DISTINCT unnest(p.servers) AS d FROM partial_state_rooms p
-                WHERE p.room_id IN (SELECT room_id FROM new) AND p.stream_pos IS NULL""",
+                SELECT DISTINCT unnest(p.servers) AS d FROM partial_state_rooms p JOIN new n ON n.room_id = p.room_id
+                WHERE p.stream_pos IS NULL OR p.stream_pos > n.stream_pos""",
             after, upto, self.server_name,
         )
         return sorted(r["d"] for r in rows if r["d"] and r["d"] != self.server_name)
@@ -101,10 +101,11 @@ class FederationQueueStore:
         state of a room we joined over federation: joined before anything
         we have). So a destination catching up late (behind in its
         position, or in backoff, when one of its users joined) is not sent
-        what was said in the room before it joined (issue #9). While a room's
-        state is partial (schema/0031), also the servers the resident named
-        in ``servers_in_room``: most of their members are not in our state
-        yet."""
+        what was said in the room before it joined (issue #9). An event
+        written while its room's state was partial (schema/0031) also goes
+        to the servers the resident named in ``servers_in_room``: most of
+        their members were not in our state yet (and enter it at the
+        resync's position, after the event)."""
         rows = await self.db.fetch(
             f"""SELECT e.stream_pos, e.event_id, e.room_id, e.pdu FROM events e
                 WHERE e.stream_pos > $2 AND e.stream_pos <= $3
@@ -124,7 +125,8 @@ class FederationQueueStore:
                                         THEN 'none' ELSE 'join' END) = 'join')
                        OR (e.type = 'm.room.member' AND {_server('e.state_key')} = $1)
                        OR EXISTS (SELECT 1 FROM partial_state_rooms p
-                                  WHERE p.room_id = e.room_id AND p.stream_pos IS NULL AND $1 = ANY(p.servers)))
+                                  WHERE p.room_id = e.room_id AND $1 = ANY(p.servers)
+                                    AND (p.stream_pos IS NULL OR p.stream_pos > e.stream_pos)))
                 ORDER BY e.stream_pos LIMIT $5""",
             destination, after, upto, self.server_name, limit,
         )

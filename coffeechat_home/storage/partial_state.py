@@ -11,7 +11,7 @@ import asyncpg
 
 from ..protocol.events import StateKey
 from .database import Database
-from .room_state import CurrentStateChange, apply_current_state
+from .room_state import CurrentStateChange, apply_current_state, insert_membership_rows
 from .stream import DB_NOW_MS, StreamTable, register_stream_table
 
 # a room's resync commit is a stream position: /sync builds the room whole
@@ -109,8 +109,9 @@ async def complete_state(
       the room was partial (a delta or a later snapshot's own entry) still
       wins (ON CONFLICT DO NOTHING);
     * to the current state (with the room summary's counts), and the
-      members' history rows at the join's position (device-list tracking
-      reads them).
+      members' history rows at ``position`` (the write that made them
+      current, as the persister records such members: device-list tracking
+      and the federation sender read them).
 
     Then the room stops being partial. Returns how many keys current state
     gained; 0 with nothing done when the room is no longer partial."""
@@ -137,18 +138,12 @@ async def complete_state(
     missing = {k: full[k] for k in keys if k not in have}
     if missing:
         await apply_current_state(conn, room_id, CurrentStateChange(changed=missing, removed=[]), text_order)
-        members = [(k[1], eid, m) for k, (eid, m) in missing.items() if k[0] == "m.room.member" and m]
+        members = [(eid, k[1], m) for k, (eid, m) in missing.items() if k[0] == "m.room.member" and m]
         if members:
-            join_pos = await conn.fetchval("SELECT stream_pos FROM events WHERE event_id = $1", join_event_id)
-            await conn.execute(
-                """INSERT INTO room_memberships (event_id, user_id, room_id, sender, membership, stream_pos)
-                   SELECT t.event_id, t.user_id, $1, e.sender, t.membership, $5
-                   FROM unnest($2::TEXT[], $3::TEXT[], $4::TEXT[]) AS t(user_id, event_id, membership)
-                   JOIN events e ON e.event_id = t.event_id
-                   ON CONFLICT (event_id) DO NOTHING""",
-                room_id, [m[0] for m in members], [m[1] for m in members], [m[2] for m in members],
-                int(join_pos if join_pos is not None else position),
-            )
+            senders = dict(await conn.fetch(
+                "SELECT event_id, sender FROM events WHERE event_id = ANY($1::TEXT[])", [m[0] for m in members]))
+            await insert_membership_rows(conn, room_id, [
+                (eid, user_id, senders.get(eid, user_id), m, position) for eid, user_id, m in members])
     await conn.execute(
         "UPDATE partial_state_rooms SET stream_pos = $2, last_error = NULL WHERE room_id = $1", room_id, position
     )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import asyncpg
+import orjson
 
 from ..protocol.events import StateKey
 from .database import Database
@@ -85,6 +86,20 @@ class PartialStateStore:
             room_id,
         )
         return None if r is None else PartialRoom(r[0], r[1], list(r[2]), r[3])
+
+    async def received_while_partial(self, room_id: str, join_event_id: str, server_name: str,
+                                     limit: int) -> list[tuple[str, dict[str, Any]]]:
+        """Events of other servers that entered the room's timeline between
+        our partial join and its resync (event id, PDU), oldest first."""
+        rows = await self.db.fetch(
+            """SELECT e.event_id, e.pdu FROM events e, events j, partial_state_rooms p
+               WHERE j.event_id = $2 AND p.room_id = $1 AND e.room_id = $1
+                 AND e.stream_pos > j.stream_pos AND (p.stream_pos IS NULL OR e.stream_pos < p.stream_pos)
+                 AND substr(e.sender, strpos(e.sender, ':') + 1) <> $3
+               ORDER BY e.stream_pos LIMIT $4""",
+            room_id, join_event_id, server_name, limit,
+        )
+        return [(r[0], orjson.loads(r[1])) for r in rows]
 
     async def failed(self, room_id: str, wait_ms: int, error: str) -> None:
         await self.db.execute(

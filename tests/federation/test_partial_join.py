@@ -7,7 +7,10 @@ While the resync cannot run (another live "instance" holds its lease, put
 there by the test) the room is partial: /members waits, a non-lazy /sync
 leaves the room out and a lazy-loading one shows it, and messages flow
 both ways, also from a member b does not know yet (checked against its
-auth events only). Once the lease is free, b takes the resync over: the
+auth events only), and a message a forges for a member who left before
+the join, on his old join, is accepted. Once the lease is free, b takes
+the resync over, and its check of what came meanwhile against the whole
+state finds the forged message out (logged); the
 state at the join event is the resident's, event for event, /members has
 all 51, the room comes to a non-lazy /sync as newly joined with its
 members. A kill -9 of b between the resync's fetch and its commit
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any, AsyncIterator
 from urllib.parse import quote
 
@@ -24,6 +28,10 @@ import aiohttp
 import pytest
 
 from coffeechat_home.crash_points import ENV as CRASH_ENV
+from coffeechat_home.federation.client import FederationClient
+from coffeechat_home.protocol.hashing import compute_event_id
+from coffeechat_home.protocol.room_versions import KNOWN_ROOM_VERSIONS
+from coffeechat_home.protocol.signing import hash_and_sign_event
 
 from ..integration.processes import User, wait_until
 from ..pg import PostgresForTests
@@ -88,11 +96,42 @@ async def partial_row(b: FederatingServer, room_id: str) -> Any:
     return rows[0] if rows else None
 
 
+async def forge_from_leaver(a: FederatingServer, b: FederatingServer, room_id: str, leaver: str,
+                            prev_id: str) -> str:
+    """A message of ``leaver`` (who left) built by a on his old join and
+    pushed to b; b accepts it (answer without error). Its event id."""
+    rv = KNOWN_ROOM_VERSIONS["10"]
+    ids = {(r["type"], r["state_key"]): r["event_id"] for r in await a.db_fetch(
+        "SELECT type, state_key, event_id FROM current_state WHERE room_id = $1", room_id)}
+    old_join = (await a.db_fetch(
+        "SELECT event_id FROM events WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2 "
+        "AND membership = 'join'", room_id, leaver))[0]["event_id"]
+    depth = (await a.db_fetch("SELECT depth FROM events WHERE event_id = $1", prev_id))[0]["depth"]
+    forged = hash_and_sign_event({
+        "room_id": room_id, "sender": leaver, "type": "m.room.message",
+        "content": {"msgtype": "m.text", "body": "from beyond"}, "prev_events": [prev_id],
+        "auth_events": [ids[("m.room.create", "")], ids[("m.room.power_levels", "")], old_join],
+        "depth": depth + 1, "origin_server_ts": int(time.time() * 1000),
+    }, a.server_name, a.signing_key(), rv)
+    forged_id = compute_event_id(forged, rv)
+    client = FederationClient(a.server_name, a.signing_key(), allow_private_addresses=["127.0.0.0/8"],
+                              verify_certificates=False)
+    try:
+        answer = await client.put_json(b.server_name, "/_matrix/federation/v1/send/forged", {
+            "origin": a.server_name, "origin_server_ts": int(time.time() * 1000), "pdus": [forged]})
+    finally:
+        await client.close()
+    assert answer["pdus"] == {forged_id: {}}, answer
+    return forged_id
+
+
 async def test_partial_join_of_a_room_of_ours(pair: tuple[FederatingServer, FederatingServer]) -> None:
     a, b = pair
     async with aiohttp.ClientSession() as http:
         alice = await User(http, a.client_url).register("alice")
-        room_id, members = await room_with_members(http, a, alice, "u", 49)
+        room_id, members = await room_with_members(http, a, alice, "u", 50)
+        leaver = members.pop(45)  # left before bob came: his join is an old auth event
+        assert (await leaver.call("POST", f"rooms/{quote(room_id)}/leave", {}))[0] == 200
         bob = await User(http, b.client_url).register("bob")
         first = await bob.sync()
         # another live instance of b holds the room's resync lease: b's own
@@ -120,11 +159,16 @@ async def test_partial_join_of_a_room_of_ours(pair: tuple[FederatingServer, Fede
         assert not await b.db_fetch("SELECT 1 FROM current_state WHERE room_id = $1 AND state_key = $2",
                                     room_id, stranger.user_id)
         assert (await stranger.send(room_id, "from a stranger"))[0] == 200
-        assert (await alice.send(room_id, "during, from a"))[0] == 200
+        status, during = await alice.send(room_id, "during, from a")
+        assert status == 200
         assert (await bob.send(room_id, "during, from b"))[0] == 200
         assert await arrives(bob, room_id, "from a stranger"), b.process.stderr()[-3000:]
         assert await arrives(bob, room_id, "during, from a")
         assert await arrives(alice, room_id, "during, from b"), a.process.stderr()[-3000:]
+        # a message of the leaver's that a forges on his old join: it passes
+        # its own auth events (all b checks while partial); the resync's
+        # check against the whole state before it finds it out
+        forged_id = await forge_from_leaver(a, b, room_id, leaver.user_id, during["event_id"])
         assert not members_call.done()  # /members waits for the resync
         assert (await partial_row(b, room_id))["stream_pos"] is None
 
@@ -135,9 +179,14 @@ async def test_partial_join_of_a_room_of_ours(pair: tuple[FederatingServer, Fede
         assert status == 200, got
         joined = {e["state_key"] for e in got["chunk"] if e["content"]["membership"] == "join"}
         assert joined == {alice.user_id, bob.user_id, *(m.user_id for m in members)}, len(joined)
+        assert {e["state_key"]: e["content"]["membership"] for e in got["chunk"]}[leaver.user_id] == "leave"
         status, jm = await bob.call("GET", f"rooms/{quote(room_id)}/joined_members")
         assert status == 200 and len(jm["joined"]) == 51, jm
         assert (await partial_row(b, room_id))["stream_pos"] is not None
+
+        async def found_out() -> bool:
+            return f"event {forged_id}, received while" in b.process.stderr()
+        assert await wait_until(found_out, 10), b.process.stderr()[-3000:]
 
         # the state at bob's join is the resident's, event for event
         join_id = (await b.db_fetch(
@@ -153,7 +202,7 @@ async def test_partial_join_of_a_room_of_ours(pair: tuple[FederatingServer, Fede
             if room is None:
                 return False
             events = room["state"]["events"] + room["timeline"]["events"]
-            return len({e["state_key"] for e in events if e["type"] == "m.room.member"}) == 51
+            return len({e["state_key"] for e in events if e["type"] == "m.room.member"}) == 52  # leaver too
         assert await wait_until(shown, 10)
 
         # and after: both ways, and current states agree

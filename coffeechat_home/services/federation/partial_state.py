@@ -16,7 +16,10 @@ died. A resync
    the join and at every event received while partial is the full state),
    the current state, the room summary and the members' history rows, and
    clears the room's partial flag. /sync then shows the room as newly
-   joined, with its whole state.
+   joined, with its whole state;
+3. checks the events other servers sent while the room was partial against
+   the (now whole) state before each: one that fails is logged and counted,
+   not rejected (not done yet: it was shown, and may have changed the state).
 
 An unreachable server is followed by the next one; when none answered, the
 room waits (persisted, doubling from ``retry_ms``) and is tried again.
@@ -36,13 +39,15 @@ import logging
 from typing import Awaitable, Callable
 
 from ...crash_points import crash_point
-from ...protocol.events import StateKey
-from ...protocol.room_versions import get_room_version
+from ...errors import MatrixError
+from ...protocol.events import Event, StateKey
+from ...protocol.room_versions import RoomVersion, get_room_version
 from ...storage.events import EventStore
 from ...storage.instances import InstanceStore
 from ...storage.partial_state import PartialRoom, PartialStateStore, complete_state
 from ...storage.stream import StreamStore
 from ..persister import Persister
+from .events_in import check_auth_against, state_before
 from .gaps import EventFetcher, FetchBudget, GapFetchError
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,7 @@ LEASE_TTL_MS = 15_000
 MAX_RETRY_MS = 600_000
 SWEEP_INTERVAL_S = 2.0
 WAIT_POLL_S = 0.1
+MAX_RECHECKED = 1000  # events received while partial checked again after the resync
 
 
 class PartialStateResync:
@@ -82,6 +88,7 @@ class PartialStateResync:
         self._loop: asyncio.Task[None] | None = None
         self._kicked = asyncio.Event()
         self.resyncs_done = 0  # for metrics and tests
+        self.events_failing_full_state = 0
         # called after a room's resync committed (room id)
         self.completed: list[Callable[[str], Awaitable[None]]] = []
 
@@ -193,9 +200,27 @@ class PartialStateResync:
             cb(room.room_id)
         self.persister.notifier.poke()
         self.resyncs_done += 1
+        await self._recheck(room, rv)
         for done in self.completed:
             await done(room.room_id)
         return int(added)
+
+    async def _recheck(self, room: PartialRoom, rv: RoomVersion) -> None:
+        """The events other servers sent while the room was partial were
+        checked against their auth events only; now that the state before
+        each is whole, check them against it too. One that fails is logged
+        and counted (``events_failing_full_state``): rejecting it after it
+        was shown (and may have changed the room's state) is not done yet."""
+        received = await self.store.received_while_partial(room.room_id, room.join_event_id, self.server_name,
+                                                           MAX_RECHECKED)
+        for event_id, pdu in received:
+            ev = Event(pdu, event_id, rv)
+            try:
+                await check_auth_against(self.events, ev, await state_before(self.events, ev))
+            except MatrixError as e:
+                self.events_failing_full_state += 1
+                log.warning("event %s, received while %s was partial, fails the auth rules on the full state "
+                            "before it: %s", event_id, room.room_id, e.error)
 
     # -- waiting -----------------------------------------------------------------------
     async def wait_until_complete(self, room_id: str, timeout_s: float) -> bool:

@@ -464,6 +464,8 @@ def validate(config: Config) -> None:
         raise ConfigError("federation.destination_min_retry_ms must be positive and at most destination_max_retry_ms")
     if not 1 <= config.federation.missing_events_limit <= 100:
         raise ConfigError("federation.missing_events_limit must be between 1 and 100")
+    if config.federation.partial_state_retry_ms <= 0:
+        raise ConfigError("federation.partial_state_retry_ms must be positive")
     if config.database.url and not config.database.url.startswith(("postgres://", "postgresql://")):
         raise ConfigError("database.url must be a postgresql:// URL")
     if config.limits.max_request_body_bytes < 1024:

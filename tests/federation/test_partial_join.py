@@ -5,16 +5,17 @@ a work lease) completes it afterwards.
 
 While the resync cannot run (another live "instance" holds its lease, put
 there by the test) the room is partial: /members waits, a non-lazy /sync
-leaves the room out and a lazy-loading one shows it, and messages flow
-both ways, also from a member b does not know yet (checked against its
-auth events only), and a message a forges for a member who left before
-the join, on his old join, is accepted. Once the lease is free, b takes
-the resync over, and its check of what came meanwhile against the whole
-state finds the forged message out (logged); the
-state at the join event is the resident's, event for event, /members has
-all 51, the room comes to a non-lazy /sync as newly joined with its
-members. A kill -9 of b between the resync's fetch and its commit
-(crash point ``partial_state_fetched``) is resumed after the restart."""
+leaves the room out and a lazy-loading one shows it, messages flow both
+ways, also from a member b does not know yet (checked against its auth
+events only); a message a forges for a member who left before the join,
+on his old join, is accepted; another user of b joins and leaves (a sees
+it). Once the lease is free, b takes the resync over: the state at the
+join event is the resident's, event for event, /members has all 51, the
+resync's check of what came meanwhile against the whole state finds the
+forged message out (logged), the room comes to a non-lazy /sync as newly
+joined with its members, messages flow on and both current states agree.
+A kill -9 of b between the resync's fetch and its commit (crash point
+``partial_state_fetched``) is resumed after the restart."""
 
 from __future__ import annotations
 
@@ -169,6 +170,15 @@ async def test_partial_join_of_a_room_of_ours(pair: tuple[FederatingServer, Fede
         # its own auth events (all b checks while partial); the resync's
         # check against the whole state before it finds it out
         forged_id = await forge_from_leaver(a, b, room_id, leaver.user_id, during["event_id"])
+        # another user of b joins (on b's partial state) and leaves: a sees both
+        eve = await User(http, b.client_url).register("eve")
+        assert (await eve.call("POST", f"rooms/{quote(room_id)}/join", {}))[0] == 200
+        assert (await eve.call("POST", f"rooms/{quote(room_id)}/leave", {}))[0] == 200
+
+        async def a_saw_eve_leave() -> bool:
+            return bool(await a.db_fetch("SELECT 1 FROM current_state WHERE room_id = $1 AND state_key = $2 "
+                                         "AND membership = 'leave'", room_id, eve.user_id))
+        assert await wait_until(a_saw_eve_leave, 30), a.process.stderr()[-3000:]
         assert not members_call.done()  # /members waits for the resync
         assert (await partial_row(b, room_id))["stream_pos"] is None
 
@@ -202,7 +212,7 @@ async def test_partial_join_of_a_room_of_ours(pair: tuple[FederatingServer, Fede
             if room is None:
                 return False
             events = room["state"]["events"] + room["timeline"]["events"]
-            return len({e["state_key"] for e in events if e["type"] == "m.room.member"}) == 52  # leaver too
+            return len({e["state_key"] for e in events if e["type"] == "m.room.member"}) == 53  # leaver, eve too
         assert await wait_until(shown, 10)
 
         # and after: both ways, and current states agree

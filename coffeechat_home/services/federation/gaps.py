@@ -41,13 +41,16 @@ from ...protocol.pdu import check_pdu_format, check_received_pdu
 from ...protocol.room_versions import RoomVersion
 from ...storage.events import EventStore
 from ..persister import EventContext, NewEvent, Persister
-from ..server_keys import KeyStore, KeyUnavailable
+from ..server_keys import KeyStore
 
 log = logging.getLogger(__name__)
 
 V1 = "/_matrix/federation/v1"
 # most events in one answer (a /state answer or an auth chain)
 MAX_ANSWER_EVENTS = 5000
+# of a partial-state room's whole state (its members; the answer's size is
+# bounded by federation.max_response_bytes as well)
+MAX_WHOLE_STATE_EVENTS = 100_000
 # most events fetched one by one with /event per state fill; above
 # STATE_INSTEAD_ABOVE missing events, one /state request is made instead
 MAX_SINGLE_FETCHES = 100
@@ -120,10 +123,23 @@ class EventFetcher:
                           budget: FetchBudget) -> dict[StateKey, str]:
         """The room state after ``event_id`` (which we may hold), fetched
         from ``origin``: the partial-state resync's full state at our join."""
-        return await self._state_after(origin, room_id, rv, event_id, budget)
+        return await self._state_after(origin, room_id, rv, event_id, budget, whole=True)
 
     async def _state_after(self, origin: str, room_id: str, rv: RoomVersion, prev_id: str,
-                           budget: FetchBudget) -> dict[StateKey, str]:
+                           budget: FetchBudget, *, whole: bool = False) -> dict[StateKey, str]:
+        """``whole``: most of the state is lacking (a partial-state room's
+        members): one ``/state`` without asking ``/state_ids`` first."""
+        if whole:
+            answer = await self._get(origin, f"{V1}/state/{_q(room_id)}", budget, {"event_id": prev_id})
+            given = _pdu_list(answer, "pdus", MAX_WHOLE_STATE_EVENTS)
+            state_ids = [i for i in (_event_id_of(p, rv) for p in given) if i is not None]
+            wanted = [*state_ids, prev_id]
+            known = await self.events.stored_info([prev_id])
+            pdus = given + _pdu_list(answer, "auth_chain", MAX_WHOLE_STATE_EVENTS)
+            if prev_id not in known:
+                pdus += await self._fetch_each(origin, [prev_id], rv, budget)
+            await self._check_and_store(room_id, rv, pdus, MAX_WHOLE_STATE_EVENTS)
+            return await self._listed_state(room_id, rv, prev_id, state_ids, wanted)
         answer = await self._get(origin, f"{V1}/state_ids/{_q(room_id)}", budget, {"event_id": prev_id})
         state_ids = _id_list(answer, "pdu_ids")
         chain_ids = _id_list(answer, "auth_chain_ids")
@@ -138,8 +154,13 @@ class EventFetcher:
         else:
             pdus = await self._fetch_each(origin, lacking, rv, budget)
         await self._check_and_store(room_id, rv, pdus)
-        # the state: the listed events that are stored now and not rejected
-        # (a refused or missing event is left out), then the prev event itself
+        return await self._listed_state(room_id, rv, prev_id, state_ids, wanted)
+
+    async def _listed_state(self, room_id: str, rv: RoomVersion, prev_id: str, state_ids: list[str],
+                            wanted: list[str]) -> dict[StateKey, str]:
+        """The state after ``prev_id``: the listed events that are stored now
+        and not rejected (a refused or missing event is left out), then the
+        prev event itself."""
         info = await self.events.stored_info(wanted)
         listed = [eid for eid in state_ids if eid in info and not info[eid].rejected and info[eid].room_id == room_id]
         stored = await self.events.get_pdus([*listed, prev_id])
@@ -192,11 +213,12 @@ class EventFetcher:
         found = await asyncio.gather(*(one(eid) for eid in ids))
         return [p for p in found if p is not None]
 
-    async def _check_and_store(self, room_id: str, rv: RoomVersion, pdus: list[Any]) -> None:
+    async def _check_and_store(self, room_id: str, rv: RoomVersion, pdus: list[Any],
+                               limit: int = MAX_ANSWER_EVENTS) -> None:
         """Check ``pdus`` (signatures and hashes, then auth in auth order)
         and store the accepted ones we lack as outliers."""
-        if len(pdus) > MAX_ANSWER_EVENTS:
-            raise GapFetchError(f"an answer of {len(pdus)} events (at most {MAX_ANSWER_EVENTS})")
+        if len(pdus) > limit:
+            raise GapFetchError(f"an answer of {len(pdus)} events (at most {limit})")
         by_id: dict[str, Mapping[str, Any]] = {}
         for pdu in pdus:
             if not isinstance(pdu, Mapping) or pdu.get("room_id", room_id) != room_id:
@@ -207,15 +229,23 @@ class EventFetcher:
                 continue
         # only the events we lack are checked (a /state answer repeats many we hold)
         held = await self.events.stored_info(by_id)
-        checked: dict[str, Event] = {}
+        formatted: list[tuple[str, Mapping[str, Any]]] = []
         for eid, pdu in by_id.items():
             if eid in held:
                 continue
             try:
                 check_pdu_format(pdu, rv)
-                lookup = await self.key_store.key_lookup_for_pdu(pdu, rv)
-                ev = check_received_pdu(pdu, rv, lookup).event
-            except (ProtocolError, KeyUnavailable) as e:
+            except ProtocolError as e:
+                log.info("a fetched event was refused: %s", e)
+                continue
+            formatted.append((eid, pdu))
+        # the keys of the whole answer read (or fetched) once per (server, key id)
+        lookups = await self.key_store.key_lookups_for_pdus([p for _, p in formatted], rv)
+        checked: dict[str, Event] = {}
+        for (eid, pdu), lookup in zip(formatted, lookups):
+            try:
+                ev = check_received_pdu(pdu, rv, lookup, format_checked=True).event
+            except ProtocolError as e:
                 log.info("a fetched event was refused: %s", e)
                 continue
             if ev.room_id == room_id:
@@ -241,6 +271,15 @@ def _auth_refs(ev: Event, room_id: str, rv: RoomVersion) -> Iterable[str]:
         yield create_id
 
 
+def _event_id_of(pdu: Any, rv: RoomVersion) -> str | None:
+    if not isinstance(pdu, Mapping):
+        return None
+    try:
+        return compute_event_id(pdu, rv)
+    except (ProtocolError, KeyError, TypeError, ValueError):
+        return None
+
+
 def _id_list(answer: Any, name: str) -> list[str]:
     ids = answer.get(name) if isinstance(answer, Mapping) else None
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
@@ -250,12 +289,12 @@ def _id_list(answer: Any, name: str) -> list[str]:
     return ids
 
 
-def _pdu_list(answer: Any, name: str) -> list[Any]:
+def _pdu_list(answer: Any, name: str, limit: int = MAX_ANSWER_EVENTS) -> list[Any]:
     pdus = answer.get(name) if isinstance(answer, Mapping) else None
     if not isinstance(pdus, list):
         raise GapFetchError(f"answer without {name!r}")
-    if len(pdus) > MAX_ANSWER_EVENTS:
-        raise GapFetchError(f"an answer of {len(pdus)} events (at most {MAX_ANSWER_EVENTS})")
+    if len(pdus) > limit:
+        raise GapFetchError(f"an answer of {len(pdus)} events (at most {limit})")
     return pdus
 
 

@@ -235,8 +235,14 @@ async def test_members_already_in_a_remote_room_share_it_for_device_lists(
         assert await wait_until(invited, 30)
         status, body = await bob.call("POST", f"join/{quote(room_id, safe='')}", {})
         assert status == 200, body
-        joined = await bob.sync(since)
-        assert room_id in joined["rooms"]["join"]
+        joined: dict[str, Any] = {}
+
+        async def shown() -> bool:  # (joined with a partial state: shown once its members are in)
+            nonlocal joined
+            joined = await bob.sync(since)
+            return room_id in joined.get("rooms", {}).get("join", {})
+
+        assert await wait_until(shown, 30), joined
         assert {alice.user_id, carol.user_id} <= set(joined.get("device_lists", {}).get("changed", [])), joined
         # a database from before the fix (no rows for them) gets them from migration 0036, at bob's join
         rows_of = "SELECT user_id, stream_pos FROM room_memberships WHERE room_id = $1 ORDER BY user_id"

@@ -101,6 +101,23 @@ class PartialStateStore:
         )
         return [(r[0], orjson.loads(r[1])) for r in rows]
 
+    async def reject_late(self, room_id: str, event_ids: Sequence[str], reason: str) -> list[str]:
+        """Events received while the room was partial that fail the auth
+        rules on the whole state before them: rejected now, as they would
+        have been on receipt, and out of the timeline (no stream position:
+        /messages, /sync, /context and GET /event no longer show them).
+        Only events that are not state (a rejected state event would also
+        have to leave the state groups it entered: not done). Returns the
+        ids it rejected."""
+        rows = await self.db.fetch(
+            """UPDATE events SET rejected_reason = $3, stream_pos = NULL
+               WHERE room_id = $1 AND event_id = ANY($2::TEXT[]) AND state_key IS NULL
+                 AND rejected_reason IS NULL
+               RETURNING event_id""",
+            room_id, list(event_ids), reason,
+        )
+        return [r[0] for r in rows]
+
     async def failed(self, room_id: str, wait_ms: int, error: str) -> None:
         await self.db.execute(
             f"""UPDATE partial_state_rooms SET attempts = attempts + 1, retry_until_ts = {DB_NOW_MS} + $2,

@@ -12,7 +12,8 @@ on his old join, is accepted; another user of b joins and leaves (a sees
 it). Once the lease is free, b takes the resync over: the state at the
 join event is the resident's, event for event, /members has all 51, the
 resync's check of what came meanwhile against the whole state finds the
-forged message out (logged), the room comes to a non-lazy /sync as newly
+forged message out and rejects it (gone from bob's /messages and GET
+/event, which showed it while the room was partial), the room comes to a non-lazy /sync as newly
 joined with its members, messages flow on and both current states agree.
 A kill -9 of b between the resync's fetch and its commit (crash point
 ``partial_state_fetched``) is resumed after the restart."""
@@ -170,6 +171,7 @@ async def test_partial_join_of_a_room_of_ours(pair: tuple[FederatingServer, Fede
         # its own auth events (all b checks while partial); the resync's
         # check against the whole state before it finds it out
         forged_id = await forge_from_leaver(a, b, room_id, leaver.user_id, during["event_id"])
+        assert "from beyond" in await bodies(bob, room_id)
         # another user of b joins (on b's partial state) and leaves: a sees both
         eve = await User(http, b.client_url).register("eve")
         assert (await eve.call("POST", f"rooms/{quote(room_id)}/join", {}))[0] == 200
@@ -197,6 +199,13 @@ async def test_partial_join_of_a_room_of_ours(pair: tuple[FederatingServer, Fede
         async def found_out() -> bool:
             return f"event {forged_id}, received while" in b.process.stderr()
         assert await wait_until(found_out, 10), b.process.stderr()[-3000:]
+
+        async def rejected() -> bool:
+            return "from beyond" not in await bodies(bob, room_id)
+        assert await wait_until(rejected, 10), b.process.stderr()[-3000:]
+        status, body = await bob.call("GET", f"rooms/{quote(room_id)}/event/{quote(forged_id)}")
+        assert status == 404, body
+        assert "during, from a" in await bodies(bob, room_id)
 
         # the state at bob's join is the resident's, event for event
         join_id = (await b.db_fetch(

@@ -208,11 +208,14 @@ class PartialStateResync:
     async def _recheck(self, room: PartialRoom, rv: RoomVersion) -> None:
         """The events other servers sent while the room was partial were
         checked against their auth events only; now that the state before
-        each is whole, check them against it too. One that fails is logged
-        and counted (``events_failing_full_state``): rejecting it after it
-        was shown (and may have changed the room's state) is not done yet."""
+        each is whole, check them against it too. One that fails is counted
+        (``events_failing_full_state``) and, when it is not a state event,
+        rejected and taken out of the timeline (clients that already synced
+        it keep it, as with Synapse). A failing state event is only logged:
+        undoing its place in the room's state is not done yet."""
         received = await self.store.received_while_partial(room.room_id, room.join_event_id, self.server_name,
                                                            MAX_RECHECKED)
+        failing: dict[str, str] = {}
         for event_id, pdu in received:
             ev = Event(pdu, event_id, rv)
             try:
@@ -221,6 +224,16 @@ class PartialStateResync:
                 self.events_failing_full_state += 1
                 log.warning("event %s, received while %s was partial, fails the auth rules on the full state "
                             "before it: %s", event_id, room.room_id, e.error)
+                if ev.state_key is None:
+                    failing[event_id] = e.error
+        if failing:
+            rejected = await self.store.reject_late(
+                room.room_id, list(failing), "fails the auth rules on the state before it (partial-state resync)"
+            )
+            if rejected:
+                log.warning("rejected %d event(s) of %s after its resync: %s", len(rejected), room.room_id,
+                            ", ".join(rejected))
+                self.persister.notifier.poke()
 
     # -- waiting -----------------------------------------------------------------------
     async def wait_until_complete(self, room_id: str, timeout_s: float) -> bool:

@@ -191,6 +191,8 @@ async def fanout(
         br.pyspy_start(profile, f"fanout-{n}" + (f"-{rep}" if rep else ""))
     if cprofile:  # the server's own profiler (BENCH_CPROFILE_DIR)
         os.kill(s.proc.pid, signal.SIGUSR1)
+        if os.environ.get("BENCH_PERF") == "1":
+            await asyncio.sleep(1.0)  # perf record attaches
     proc = psutil.Process(s.proc.pid)
     db_procs = _db_processes(pg_pid)
     cpu0 = sum(proc.cpu_times()[:2])
@@ -376,8 +378,10 @@ async def run(args: argparse.Namespace) -> int:
         if args.only in (None, "ours"):
             url = await pg.create_database("coffeechat", isolation="serializable")
             env = {"COFFEECHAT_PRESENCE_ENABLED": "false", "COFFEECHAT_METRICS_SYNC_TIMING": "true"}
-            if args.cprofile:
+            if args.cprofile or args.perf:
                 env["BENCH_CPROFILE_DIR"] = str(WORK / "cprofile")
+            if args.perf:
+                os.environ["BENCH_PERF"] = env["BENCH_PERF"] = "1"
             procs.append(start_ours(WORK, url, env, pool=args.pool))
         if args.only in (None, "synapse"):
             await pg.create_database("synapse")
@@ -412,7 +416,7 @@ async def run(args: argparse.Namespace) -> int:
                 for rep in range(args.repeat):
                     try:
                         runs.append(await asyncio.wait_for(fanout(
-                            s, n, profile, pg.postmaster_pid, rep, cprofile=args.cprofile and s.label == "coffeechat-home"
+                            s, n, profile, pg.postmaster_pid, rep, cprofile=(args.cprofile or args.perf) and s.label == "coffeechat-home"
                         ), 300))
                     except Exception as e:
                         s.errors.append(f"fanout {n}: {type(e).__name__}: {e}")
@@ -468,6 +472,9 @@ def main() -> int:
     p.add_argument("--pyspy", action="store_true", help="py-spy of our server per fan-out into bench/.work/")
     p.add_argument("--cprofile", action="store_true",
                    help="cProfile of our server per fan-out into bench/.work/cprofile/ (its CPU figures inflate)")
+    p.add_argument("--perf", action="store_true",
+                   help="perf record (on-CPU samples, kernel and native code) of our server per fan-out into "
+                        "bench/.work/cprofile/perf-<n>.data")
     return run_main(run(p.parse_args()))
 
 

@@ -2,11 +2,14 @@
 SIGUSR1 starts cProfile in the server process and SIGUSR2 stops it and
 writes ``cprofile-<n>.prof`` there (and ``gc-<n>.txt``, the garbage
 collector's pauses meanwhile) (bench/bench_fanout.py --cprofile wraps a
-fan-out in them). With ``BENCH_TRACEMALLOC_DIR`` set, tracemalloc traces
-from the end of start-up and the server writes ``tracemalloc.txt`` there
-when it stops: the Python allocations still held, by where they were made,
-compared with start-up (what the server grew by while it ran). Unset,
-nothing is installed."""
+fan-out in them). With ``BENCH_PERF=1`` as well, the same signals run
+``perf record`` on the process instead (``perf-<n>.data``: on-CPU samples,
+kernel and native code included, which cProfile's wall clock cannot split).
+With ``BENCH_TRACEMALLOC_DIR`` set, tracemalloc traces from the end of
+start-up and the server writes ``tracemalloc.txt`` there when it stops: the
+Python allocations still held, by where they were made, compared with
+start-up (what the server grew by while it ran). Unset, nothing is
+installed."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import gc
 import itertools
 import os
 import signal
+import subprocess
 import time
 import tracemalloc
 from pathlib import Path
@@ -58,6 +62,8 @@ def install(loop: asyncio.AbstractEventLoop) -> None:
     out = Path(folder)
     runs = itertools.count(1)
     current: list[cProfile.Profile] = []
+    perf: list[subprocess.Popen[bytes]] = []
+    use_perf = os.environ.get("BENCH_PERF") == "1"
     gc_runs: list[tuple[int, float, int]] = []  # (generation, seconds, collected)
     gc_started = [0.0]
 
@@ -72,11 +78,26 @@ def install(loop: asyncio.AbstractEventLoop) -> None:
     gc.callbacks.append(on_gc)
 
     def start() -> None:
+        if use_perf:
+            if not perf:
+                out.mkdir(parents=True, exist_ok=True)
+                perf.append(subprocess.Popen(
+                    ["perf", "record", "-q", "-F", "4999", "-p", str(os.getpid()),
+                     "-o", str(out / f"perf-{next(runs)}.data")],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                ))
+                time.sleep(0.3)  # perf attaches
+            return
         if not current:
             current.append(cProfile.Profile())
             current[0].enable()
 
     def stop() -> None:
+        if perf:
+            p = perf.pop()
+            p.send_signal(signal.SIGINT)
+            p.wait(30)
+            return
         if current:
             prof = current.pop()
             prof.disable()

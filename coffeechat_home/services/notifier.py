@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
+from types import TracebackType
 from typing import Awaitable, Callable, Iterable
 
 from ..storage.stream import StreamStore
@@ -33,22 +35,56 @@ CHANGED_KEYS_SPAN = 20_000
 # the ids of everyone it shares a room with.
 PEER_TABLES = ("presence", "device_list_changes")
 
+# Long-polls one change wakes are resumed this many at a time: the next ones
+# once half of these have built their answers (``WakeUp.__aexit__``). All at
+# once, a thousand of them ran each step of the build in lockstep (every
+# shared read and batch awaited by all before any went on), so the first
+# answer went out about when the last did.
+WAKE_CHUNK = 64
+
 
 class _Waiter:
     """One waiting request: a bare future the notifier resolves (no task
     or Event per long-poll: a wake-up is one step of the request's task)."""
 
-    __slots__ = ("keys", "fut", "peers", "woken")
+    __slots__ = ("keys", "fut", "peers", "woken", "holding")
 
     def __init__(self, keys: frozenset[str], peers: bool, fut: asyncio.Future[None]) -> None:
         self.keys = keys
         self.peers = peers
         self.fut = fut
         self.woken: tuple[float, ...] = ()  # (poked, read, woken) monotonic times
+        self.holding = False  # woken by a change: one of the notifier's WAKE_CHUNK slots
 
     def wake(self) -> None:
         if not self.fut.done():
             self.fut.set_result(None)
+
+
+class WakeUp:
+    """``async with notifier.change(...) as position``: waits like
+    ``Notifier.wait_for_change``; a request woken by a change holds one of
+    the notifier's wake-up slots until the block ends (its answer built), so
+    the long-polls one change wakes are built a chunk at a time."""
+
+    __slots__ = ("notifier", "after", "keys", "timeout", "peers", "waiter")
+
+    def __init__(self, notifier: "Notifier", after: int, keys: Iterable[str], timeout: float, peers: bool) -> None:
+        self.notifier = notifier
+        self.after = after
+        self.keys = keys
+        self.timeout = timeout
+        self.peers = peers
+        self.waiter: _Waiter | None = None
+
+    async def __aenter__(self) -> int:
+        return await self.notifier._wait(self)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.waiter is not None:
+            self.notifier._release(self.waiter)
 
 
 class Notifier:
@@ -56,7 +92,12 @@ class Notifier:
         self.stream = stream
         self.poll_interval = poll_interval
         self.position = 0
-        self._waiters: set[_Waiter] = set()
+        self._waiters: dict[_Waiter, None] = {}  # in the order they came (the first waiting is woken first)
+        # woken by a change, not resumed yet (WAKE_CHUNK at a time), and how
+        # many resumed are building their answers
+        self._to_wake: deque[_Waiter] = deque()
+        self._holding = 0
+        self.wake_chunk = WAKE_CHUNK
         self._poked = asyncio.Event()
         self._poked_at = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -81,6 +122,7 @@ class Notifier:
         self._closing = True
         for w in self._waiters:
             w.wake()
+        self._to_wake.clear()
 
     async def stop(self) -> None:
         self.release_waiters()
@@ -106,7 +148,7 @@ class Notifier:
         found by the next advance that reads it."""
         async with self._advance_lock:
             old = self.position
-            asked = set(self._waiters)
+            asked = bool(self._waiters)
             by_table: dict[str, set[str]] | None = None
             if asked:
                 # someone may need waking: the position and what changed
@@ -137,12 +179,33 @@ class Notifier:
                 waiters = list(self._waiters)  # as they are now: no await from here on
                 self.position = new
                 read = time.monotonic()
-                for w in waiters:
-                    if not w.keys.isdisjoint(keys):
-                        w.woken = (self._poked_at, read, time.monotonic())
-                        w.wake()
-                        self.wakeups += 1
+                # (a waiter already queued by an earlier move has its times)
+                woken = [w for w in waiters if not w.woken and not w.keys.isdisjoint(keys)]
+                self.wakeups += len(woken)
+                times = (self._poked_at, read, time.monotonic())
+                for w in woken:
+                    w.woken = times
+                self._to_wake.extend(woken)
+                self._wake_next()
             return self.position
+
+    def _wake_next(self) -> None:
+        """Resume queued waiters until ``wake_chunk`` hold a slot."""
+        while self._to_wake and self._holding < self.wake_chunk:
+            w = self._to_wake.popleft()
+            if w.fut.done():  # timed out, cancelled or released meanwhile: not holding
+                continue
+            w.fut.set_result(None)
+            w.holding = True
+            self._holding += 1
+
+    def _release(self, w: _Waiter) -> None:
+        """A woken request is done with its slot (answer built, or gone)."""
+        if w.holding:
+            w.holding = False
+            self._holding -= 1
+            if self._holding <= self.wake_chunk // 2:
+                self._wake_next()
 
     async def changes(self, after: int, upto: int) -> dict[str, set[str]]:
         """``StreamStore.changes_by_table(after, upto)``, read once for all
@@ -162,32 +225,49 @@ class Notifier:
         """Return once a change to one of ``keys`` beyond ``after`` is
         visible, or after ``timeout`` seconds; returns the position then.
         With ``peers``, a change in ``PEER_TABLES`` by a user joined to one
-        of the rooms in ``keys`` counts too."""
+        of the rooms in ``keys`` counts too. (``change`` is the same for a
+        caller that builds an answer afterwards.)"""
+        async with self.change(after, keys, timeout, peers=peers) as position:
+            return position
+
+    def change(self, after: int, keys: Iterable[str], timeout: float, *, peers: bool = False) -> WakeUp:
+        """``wait_for_change`` as an async context manager: a request woken
+        by a change builds its answer inside the block, and the long-polls
+        one change wakes are resumed ``wake_chunk`` at a time (the next as
+        the block of half of them ends), so the first answers go out before
+        the last are started."""
+        return WakeUp(self, after, keys, timeout, peers)
+
+    async def _wait(self, wake: WakeUp) -> int:
         if self._closing:
             return self.position
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(frozenset(keys), peers, loop.create_future())
-        self._waiters.add(waiter)
+        waiter = _Waiter(frozenset(wake.keys), wake.peers, loop.create_future())
+        self._waiters[waiter] = None
         try:
-            if self.position > after:
+            if self.position > wake.after:
                 # something landed between the caller's read and now
-                by_table = await self.changes(after, self.position)
+                by_table = await self.changes(wake.after, self.position)
                 if any(waiter.keys & v for v in by_table.values()):
                     return self.position
-                if peers and waiter.keys & await self._rooms_of_peers(by_table):
+                if wake.peers and waiter.keys & await self._rooms_of_peers(by_table):
                     return self.position
-            timer = loop.call_later(max(timeout, 0.0), waiter.wake)
+            timer = loop.call_later(max(wake.timeout, 0.0), waiter.wake)
             try:
                 await waiter.fut
+            except BaseException:  # cancelled (the client went away): give up any slot
+                self._release(waiter)
+                raise
             finally:
                 timer.cancel()
+            wake.waiter = waiter
             timing = SYNC_TIMING.get()
             if timing is not None and waiter.woken:
                 timing.update(zip(("poked", "read", "woken"), waiter.woken))
                 timing["resumed"] = time.monotonic()
             return self.position
         finally:
-            self._waiters.discard(waiter)
+            self._waiters.pop(waiter, None)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -185,13 +185,15 @@ class SyncService:
             remaining = end - loop.time()
             if remaining <= 0:
                 return body or (await self._build(requester, since, upto, sync_filter, False))[0]
-            new = await self.notifier.wait_for_change(upto, keys, remaining, peers=peers)
-            if new <= upto:
-                return body or (await self._build(requester, since, upto, sync_filter, False))[0]
-            upto = await self._limit(requester, since, new)
-            body, empty = await self._build(requester, since, upto, sync_filter, False)
-            if not empty:
-                return body
+            # woken by a change, the answer is built inside the block: the
+            # notifier resumes the long-polls one change wakes a chunk at a time
+            async with self.notifier.change(upto, keys, remaining, peers=peers) as new:
+                if new <= upto:
+                    return body or (await self._build(requester, since, upto, sync_filter, False))[0]
+                upto = await self._limit(requester, since, new)
+                body, empty = await self._build(requester, since, upto, sync_filter, False)
+                if not empty:
+                    return body
 
     async def _latest_memberships(
         self, user_id: str, since: int | None, upto: int, changes: Mapping[str, set[str]] | None

@@ -287,3 +287,58 @@ async def test_a_waiter_that_registers_during_the_notifiers_read_is_woken(db: Da
     other.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await other
+
+
+async def test_the_long_polls_one_change_wakes_are_resumed_a_chunk_at_a_time(db: Database) -> None:
+    """Ten long-polls woken by one write, three slots: three resume and
+    build (inside ``Notifier.change``); the next ones only once half the
+    slots are free again, so the first answers are not held back by the
+    last (all ten resumed at once before). A holder whose client goes away
+    gives its slot back, a queued one that goes away is skipped, and the
+    rest still all resume."""
+    store = StreamStore(db, instance_id="c")
+    notifier = Notifier(store)
+    notifier.wake_chunk = 3
+    notifier.position = before = await store.current_position()
+    resumed: list[int] = []
+    finish = {i: asyncio.Event() for i in range(10)}
+
+    async def long_poll(i: int) -> int:
+        async with notifier.change(before, ["@u:test"], 60) as position:
+            resumed.append(i)
+            await finish[i].wait()  # building its answer
+            return position
+
+    polls = [asyncio.create_task(long_poll(i)) for i in range(10)]
+
+    async def settle() -> None:
+        for _ in range(10):
+            await asyncio.sleep(0)
+
+    await settle()
+    assert notifier.waiting == 10 and not resumed
+    await store.write(lambda conn, pos: _insert(conn, pos))
+    await notifier.advance()
+    await settle()
+    assert resumed == [0, 1, 2]  # the first to wait, first woken
+    assert notifier.wakeups == 10
+    finish[0].set()
+    await settle()
+    assert resumed == [0, 1, 2]  # two of three slots still held
+    polls[1].cancel()  # a client gone while building: its slot is free
+    polls[3].cancel()  # a client gone while queued: skipped
+    await settle()
+    assert resumed == [0, 1, 2, 4, 5]
+    assert polls[0].done() and await polls[0] == notifier.position
+    for i in (2, 4, 5):  # the slots empty down to one: two more resume
+        finish[i].set()
+    await settle()
+    assert resumed == [0, 1, 2, 4, 5, 6, 7]
+    for i in range(10):
+        finish[i].set()
+    await settle()
+    assert resumed == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    results = await asyncio.gather(*polls, return_exceptions=True)
+    assert isinstance(results[1], asyncio.CancelledError) and isinstance(results[3], asyncio.CancelledError)
+    assert {r for i, r in enumerate(results) if i not in (1, 3)} == {notifier.position}
+    assert notifier.waiting == 0 and notifier._holding == 0 and not notifier._to_wake

@@ -12,6 +12,7 @@ applies (as the spec asks).
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import abc
 from dataclasses import dataclass, field
@@ -296,8 +297,28 @@ class CompiledRule:
     actions: list[Any]  # shared: callers must not modify
     notify: bool
     highlight: bool
-    # (memo key, condition, which context it reads): key None when it reads one
-    conditions: tuple[tuple[Any, Mapping[str, Any], int], ...]
+    # (memo id, condition key, condition, which context it reads): the key
+    # None when it reads one; the memo id a small int standing for the key
+    # (a tuple's hash is not cached: hashed once per user otherwise)
+    conditions: tuple[tuple[Any, Any, Mapping[str, Any], int], ...]
+
+
+# condition key -> memo id; ids are never reused (the map may be cleared), so
+# a memo never confuses two keys
+_MEMO_IDS: dict[Any, int] = {}
+_next_memo_id = itertools.count(1)
+_MEMO_IDS_KEPT = 10_000
+
+
+def _memo_id(key: Any) -> Any:
+    if key is None or key[0] == "room_member_count":
+        return key  # combined with the context at each use
+    found = _MEMO_IDS.get(key)
+    if found is None:
+        if len(_MEMO_IDS) >= _MEMO_IDS_KEPT:
+            _MEMO_IDS.clear()
+        found = _MEMO_IDS[key] = next(_next_memo_id)
+    return found
 
 
 def _condition_key(cond: Mapping[str, Any]) -> Any:
@@ -351,7 +372,7 @@ def compile_ruleset(ruleset: Mapping[str, list[Mapping[str, Any]]]) -> tuple[Com
                     if reads == _MEMBER_COUNT:
                         spec = c.get("is")
                         key = ("room_member_count", spec if isinstance(spec, str) else None)
-                compiled.append((key, c, reads))
+                compiled.append((_memo_id(key), key, c, reads))
             else:
                 raw = rule.get("actions", [])
                 actions = list(raw) if isinstance(raw, list) else []
@@ -368,17 +389,17 @@ def matching_compiled(
     the answers of conditions on this ``event`` (one dict per event, shared
     by every user evaluated against it)."""
     for rule in rules:
-        for key, cond, reads in rule.conditions:
+        for mid, key, cond, reads in rule.conditions:
             if reads == _CONTEXT:
                 ok = condition_matches(cond, event, ctx)
             else:
                 if reads == _DISPLAY_NAME:
-                    key = ("contains_display_name", ctx.display_name)
+                    mid = ("contains_display_name", ctx.display_name)
                 elif reads == _MEMBER_COUNT:
-                    key = (key, ctx.member_count)
-                hit = memo.get(key)
+                    mid = (key, ctx.member_count)
+                hit = memo.get(mid)
                 if hit is None:
-                    hit = memo[key] = _answer(key, cond, reads, event, ctx, memo)
+                    hit = memo[mid] = _answer(key, cond, reads, event, ctx, memo)
                 ok = hit
             if not ok:
                 break

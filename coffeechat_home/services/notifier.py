@@ -109,6 +109,7 @@ class Notifier:
         # What changed in a range of positions, per stream table: the
         # range a poll found is what the syncs it wakes ask about.
         self._changes: SharedReads[tuple[int, int], dict[str, set[str]]] = SharedReads(ttl=10.0, size=128)
+        self._last_changes: tuple[int, int, dict[str, set[str]]] = (0, 0, {})  # the range asked last
 
     async def start(self) -> None:
         self.position = await self.stream.current_position()
@@ -213,7 +214,12 @@ class Notifier:
         answer cannot change). Callers must not modify it."""
         if upto <= after:
             return {}
-        return await self._changes.get((after, upto), lambda: self.stream.changes_by_table(after, upto))
+        last = self._last_changes
+        if last[0] == after and last[1] == upto:  # a woken sync asks about 4 times, as do all it woke with
+            return last[2]
+        found = await self._changes.get((after, upto), lambda: self.stream.changes_by_table(after, upto))
+        self._last_changes = (after, upto, found)
+        return found
 
     async def _rooms_of_peers(self, by_table: dict[str, set[str]]) -> set[str]:
         users = set().union(*(by_table.get(t, set()) for t in PEER_TABLES))

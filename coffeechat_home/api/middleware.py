@@ -63,7 +63,9 @@ def make_matrix_middleware(slow_request_ms: int = 1000, observe: Observer | None
         if observe is not None:
             observe(request, response.status, elapsed)
         ms = round(elapsed * 1000, 1)
-        level = request_log_level(request.method, response.status, ms, long_poll_ms(request), slow_request_ms)
+        # (a read's long-poll timeout matters only when it took slow_ms or more)
+        poll_ms = long_poll_ms(request) if ms >= slow_request_ms or request.method not in _READS else 0
+        level = request_log_level(request.method, response.status, ms, poll_ms, slow_request_ms)
         if log.isEnabledFor(level):
             log.log(
                 level,

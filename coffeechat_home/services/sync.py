@@ -80,6 +80,7 @@ class SyncFilter:
     include_leave: bool = False
     account_data_types: list[str] | None = None
     presence_types: list[str] | None = None
+    _timeline_key: tuple[Any, ...] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_json(cls, f: Mapping[str, Any] | None) -> "SyncFilter":
@@ -105,6 +106,14 @@ class SyncFilter:
             account_data_types=_strs(_obj(f.get("account_data")).get("types")),
             presence_types=_strs(_obj(f.get("presence")).get("types")),
         )
+
+    def timeline_key(self) -> tuple[Any, ...]:
+        """What of the filter a timeline read depends on, hashable (made
+        once per filter: each woken sync keys its shared timeline read by it)."""
+        if self._timeline_key is None:
+            self._timeline_key = (self.timeline_limit, *(None if v is None else tuple(v) for v in (
+                self.timeline_types, self.timeline_not_types, self.timeline_senders, self.timeline_not_senders)))
+        return self._timeline_key
 
     def wants_room(self, room_id: str) -> bool:
         return room_id not in self.not_rooms and (self.rooms is None or room_id in self.rooms)
@@ -426,7 +435,7 @@ class SyncService:
                 room_id, window, after=after, upto=upto, limit=f.timeline_limit + 1, backwards=True, **kw
             )
         else:
-            key = (room_id, after, upto, f.timeline_limit, *(None if v is None else tuple(v) for v in kw.values()))
+            key = (room_id, after, upto, *f.timeline_key())
             rows = list(await self._timelines.get(key, lambda: self.events.timeline(
                 room_id, after=after, upto=upto, limit=f.timeline_limit + 1, backwards=True, **kw
             )))

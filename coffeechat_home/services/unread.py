@@ -101,6 +101,7 @@ class UnreadService:
         self._rulesets: dict[str, tuple[int, float, Mapping[str, Any], tuple[CompiledRule, ...]]] = {}
         # a room's new events, shared by the members woken by them
         self._new: SharedReads[tuple[str, int, int], list[_NewEvent] | None] = SharedReads(ttl=5.0, size=256)
+        self._new_last: tuple[tuple[str, int, int] | None, list[_NewEvent] | None] = (None, None)
         # set by the app: events a user may not see by the state at each
         # event (late arrivals in a joined-only room) are not counted
         self.hidden_events: HiddenEvents | None = None
@@ -240,13 +241,19 @@ class UnreadService:
     async def _new_events(self, room_id: str, after: int, upto: int) -> list[_NewEvent] | None:
         """The room's events in (after, upto], parsed once for every member
         who asks; None when there are more than a scan's worth."""
+        key = (room_id, after, upto)
+        if self._new_last[0] == key:  # what every member woken with the last asker asks
+            return self._new_last[1]
+
         async def read() -> list[_NewEvent] | None:
             rows = await self.store.room_events_between(room_id, after, upto, UNREAD_SCAN_LIMIT + 1)
             if len(rows) > UNREAD_SCAN_LIMIT:
                 return None
             return [_NewEvent(r, orjson.loads(r.client)) for r in rows]
 
-        return await self._new.get((room_id, after, upto), read)
+        found = await self._new.get(key, read)
+        self._new_last = (key, found)
+        return found
 
     def _context(self, user_id: str, state: RoomPushState, sender: str) -> PushContext:
         return PushContext(

@@ -41,6 +41,9 @@ PEER_TABLES = ("presence", "device_list_changes")
 # shared read and batch awaited by all before any went on), so the first
 # answer went out about when the last did.
 WAKE_CHUNK = 64
+# A queue that has not moved for this long (the woken requests' builds
+# stalled: a slow database, huge answers) resumes the next chunk anyway.
+WAKE_STALL_S = 1.0
 
 
 class _Waiter:
@@ -98,6 +101,9 @@ class Notifier:
         self._to_wake: deque[_Waiter] = deque()
         self._holding = 0
         self.wake_chunk = WAKE_CHUNK
+        self.wake_stall_s = WAKE_STALL_S
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._woken_total = 0  # waiters resumed from the queue, ever (the stall check's progress mark)
         self._poked = asyncio.Event()
         self._poked_at = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -124,6 +130,9 @@ class Notifier:
         for w in self._waiters:
             w.wake()
         self._to_wake.clear()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
 
     async def stop(self) -> None:
         self.release_waiters()
@@ -190,15 +199,31 @@ class Notifier:
                 self._wake_next()
             return self.position
 
-    def _wake_next(self) -> None:
-        """Resume queued waiters until ``wake_chunk`` hold a slot."""
-        while self._to_wake and self._holding < self.wake_chunk:
+    def _wake_next(self, limit: int | None = None) -> None:
+        """Resume queued waiters until ``wake_chunk`` hold a slot (or
+        ``limit`` more, whatever the slots)."""
+        woken = 0
+        while self._to_wake and (self._holding < self.wake_chunk if limit is None else woken < limit):
             w = self._to_wake.popleft()
             if w.fut.done():  # timed out, cancelled or released meanwhile: not holding
                 continue
             w.fut.set_result(None)
             w.holding = True
             self._holding += 1
+            woken += 1
+        self._woken_total += woken
+        if self._to_wake and self._stall_timer is None:
+            mark = self._woken_total
+            self._stall_timer = asyncio.get_running_loop().call_later(self.wake_stall_s, self._stalled, mark)
+
+    def _stalled(self, mark: int) -> None:
+        self._stall_timer = None
+        if not self._to_wake:
+            return
+        if self._woken_total == mark:  # nobody resumed since: the next chunk goes anyway
+            self._wake_next(self.wake_chunk)
+        else:
+            self._wake_next()  # (re-arms the check)
 
     def _release(self, w: _Waiter) -> None:
         """A woken request is done with its slot (answer built, or gone)."""

@@ -342,3 +342,38 @@ async def test_the_long_polls_one_change_wakes_are_resumed_a_chunk_at_a_time(db:
     assert isinstance(results[1], asyncio.CancelledError) and isinstance(results[3], asyncio.CancelledError)
     assert {r for i, r in enumerate(results) if i not in (1, 3)} == {notifier.position}
     assert notifier.waiting == 0 and notifier._holding == 0 and not notifier._to_wake
+
+
+async def test_a_stalled_chunk_does_not_hold_back_the_rest_for_ever(db: Database) -> None:
+    """Woken long-polls whose builds never end (a stalled database) hold
+    every slot: after ``wake_stall_s`` without anyone resumed, the next
+    chunk resumes anyway."""
+    store = StreamStore(db, instance_id="s")
+    notifier = Notifier(store)
+    notifier.wake_chunk = 3
+    notifier.wake_stall_s = 0.05
+    notifier.position = before = await store.current_position()
+    resumed: list[int] = []
+    finish = asyncio.Event()
+
+    async def long_poll(i: int) -> None:
+        async with notifier.change(before, ["@u:test"], 60):
+            resumed.append(i)
+            await finish.wait()
+
+    polls = [asyncio.create_task(long_poll(i)) for i in range(7)]
+    for _ in range(10):
+        await asyncio.sleep(0)
+    await store.write(lambda conn, pos: _insert(conn, pos))
+    await notifier.advance()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert resumed == [0, 1, 2]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10  # bounded; the stall check fires after 0.05 s, then 0.05 s more
+    while len(resumed) < 7 and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    assert resumed == [0, 1, 2, 3, 4, 5, 6]
+    finish.set()
+    await asyncio.gather(*polls)
+    assert notifier._holding == 0 and not notifier._to_wake

@@ -8,7 +8,9 @@ there by the test) the room is partial: /members waits, a non-lazy /sync
 leaves the room out and a lazy-loading one shows it, messages flow both
 ways, also from a member b does not know yet (checked against its auth
 events only); a message a forges for a member who left before the join,
-on his old join, is accepted; another user of b joins and leaves (a sees
+on his old join, is accepted, while a topic change a forges for a
+moderator demoted before the join, on his old power levels, is refused
+(the partial state has the room's power levels); another user of b joins and leaves (a sees
 it). Once the lease is free, b takes the resync over: the state at the
 join event is the resident's, event for event, /members has all 51, the
 resync's check of what came meanwhile against the whole state finds the
@@ -98,32 +100,49 @@ async def partial_row(b: FederatingServer, room_id: str) -> Any:
     return rows[0] if rows else None
 
 
-async def forge_from_leaver(a: FederatingServer, b: FederatingServer, room_id: str, leaver: str,
-                            prev_id: str) -> str:
-    """A message of ``leaver`` (who left) built by a on his old join and
-    pushed to b; b accepts it (answer without error). Its event id."""
+async def forge(a: FederatingServer, b: FederatingServer, room_id: str, sender: str, prev_id: str,
+                auth_ids: list[str], kind: str, content: dict[str, Any],
+                state_key: str | None = None) -> tuple[str, dict[str, Any]]:
+    """An event of ``sender`` built and signed by a on the auth events it
+    names, pushed to b in a transaction of its own: (event id, b's answer
+    for it)."""
     rv = KNOWN_ROOM_VERSIONS["10"]
-    ids = {(r["type"], r["state_key"]): r["event_id"] for r in await a.db_fetch(
-        "SELECT type, state_key, event_id FROM current_state WHERE room_id = $1", room_id)}
-    old_join = (await a.db_fetch(
-        "SELECT event_id FROM events WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2 "
-        "AND membership = 'join'", room_id, leaver))[0]["event_id"]
     depth = (await a.db_fetch("SELECT depth FROM events WHERE event_id = $1", prev_id))[0]["depth"]
-    forged = hash_and_sign_event({
-        "room_id": room_id, "sender": leaver, "type": "m.room.message",
-        "content": {"msgtype": "m.text", "body": "from beyond"}, "prev_events": [prev_id],
-        "auth_events": [ids[("m.room.create", "")], ids[("m.room.power_levels", "")], old_join],
-        "depth": depth + 1, "origin_server_ts": int(time.time() * 1000),
-    }, a.server_name, a.signing_key(), rv)
+    event: dict[str, Any] = {
+        "room_id": room_id, "sender": sender, "type": kind, "content": content, "prev_events": [prev_id],
+        "auth_events": auth_ids, "depth": depth + 1, "origin_server_ts": int(time.time() * 1000),
+    }
+    if state_key is not None:
+        event["state_key"] = state_key
+    forged = hash_and_sign_event(event, a.server_name, a.signing_key(), rv)
     forged_id = compute_event_id(forged, rv)
     client = FederationClient(a.server_name, a.signing_key(), allow_private_addresses=["127.0.0.0/8"],
                               verify_certificates=False)
     try:
-        answer = await client.put_json(b.server_name, "/_matrix/federation/v1/send/forged", {
+        answer = await client.put_json(b.server_name, f"/_matrix/federation/v1/send/forged-{forged_id}", {
             "origin": a.server_name, "origin_server_ts": int(time.time() * 1000), "pdus": [forged]})
     finally:
         await client.close()
-    assert answer["pdus"] == {forged_id: {}}, answer
+    return forged_id, answer["pdus"][forged_id]
+
+
+async def current_ids(a: FederatingServer, room_id: str) -> dict[tuple[str, str], str]:
+    return {(r["type"], r["state_key"]): r["event_id"] for r in await a.db_fetch(
+        "SELECT type, state_key, event_id FROM current_state WHERE room_id = $1", room_id)}
+
+
+async def forge_from_leaver(a: FederatingServer, b: FederatingServer, room_id: str, leaver: str,
+                            prev_id: str) -> str:
+    """A message of ``leaver`` (who left) built by a on his old join and
+    pushed to b; b accepts it (answer without error). Its event id."""
+    ids = await current_ids(a, room_id)
+    old_join = (await a.db_fetch(
+        "SELECT event_id FROM events WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2 "
+        "AND membership = 'join'", room_id, leaver))[0]["event_id"]
+    forged_id, answer = await forge(
+        a, b, room_id, leaver, prev_id, [ids[("m.room.create", "")], ids[("m.room.power_levels", "")], old_join],
+        "m.room.message", {"msgtype": "m.text", "body": "from beyond"})
+    assert answer == {}, answer
     return forged_id
 
 
@@ -134,6 +153,14 @@ async def test_partial_join_of_a_room_of_ours(pair: tuple[FederatingServer, Fede
         room_id, members = await room_with_members(http, a, alice, "u", 50)
         leaver = members.pop(45)  # left before bob came: his join is an old auth event
         assert (await leaver.call("POST", f"rooms/{quote(room_id)}/leave", {}))[0] == 200
+        # a moderator demoted before bob came: his old power levels are an old auth event
+        demoted = members[1]
+        status, levels = await alice.call("GET", f"rooms/{quote(room_id)}/state/m.room.power_levels/")
+        assert status == 200, levels
+        status, promoted = await alice.call("PUT", f"rooms/{quote(room_id)}/state/m.room.power_levels/",
+                                            {**levels, "users": {**levels["users"], demoted.user_id: 50}})
+        assert status == 200, promoted
+        assert (await alice.call("PUT", f"rooms/{quote(room_id)}/state/m.room.power_levels/", levels))[0] == 200
         bob = await User(http, b.client_url).register("bob")
         first = await bob.sync()
         # another live instance of b holds the room's resync lease: b's own
@@ -171,6 +198,16 @@ async def test_partial_join_of_a_room_of_ours(pair: tuple[FederatingServer, Fede
         # its own auth events (all b checks while partial); the resync's
         # check against the whole state before it finds it out
         forged_id = await forge_from_leaver(a, b, room_id, leaver.user_id, during["event_id"])
+        # a state change of the demoted moderator's on his old power levels:
+        # refused on receipt (the partial state has the room's power levels),
+        # not taken into b's state to be found out after the resync
+        ids = await current_ids(a, room_id)
+        topic_id, answer = await forge(
+            a, b, room_id, demoted.user_id, during["event_id"],
+            [ids[("m.room.create", "")], promoted["event_id"], ids[("m.room.member", demoted.user_id)]],
+            "m.room.topic", {"topic": "seized"}, state_key="")
+        assert "error" in answer, answer
+        assert not await b.db_fetch("SELECT 1 FROM current_state WHERE event_id = $1", topic_id)
         assert "from beyond" in await bodies(bob, room_id)
         # another user of b joins (on b's partial state) and leaves: a sees both
         eve = await User(http, b.client_url).register("eve")

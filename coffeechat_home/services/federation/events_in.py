@@ -119,14 +119,23 @@ async def receipt_auth_checks(
     receiver's one-PDU path and a transaction's batch both use it.
 
     ``partial_state``: the room was joined with a partial state (its member
-    list is being fetched, services/federation/partial_state.py): only the
-    check against the event's auth events is made, as Synapse does; the
-    state before the event and the current state lack most members."""
+    list is being fetched, services/federation/partial_state.py): the state
+    before the event lacks most members, but not the rest of the room's
+    state (power levels, join rules, the members it names). So the event is
+    checked against that state with the members it lacks taken from the
+    event's own auth events (a power-levels change cited on old power
+    levels still fails); the soft-fail check waits for the resync, which
+    checks the events received meanwhile against the whole state."""
     try:
-        check_auth_rules(ev, auth_state_from_auth_events(ev, get_auth_event, is_rejected=is_rejected))
+        own = auth_state_from_auth_events(ev, get_auth_event, is_rejected=is_rejected)
+        check_auth_rules(ev, own)
     except AuthError as e:
         return f"auth events: {e}", False
     if partial_state:
+        try:
+            check_auth_rules(ev, {**own, **await auth_state_for(state_before)})
+        except AuthError as e:
+            return f"state before the event: {e}", False
         return None, False
     try:
         check_auth_rules(ev, await auth_state_for(state_before))

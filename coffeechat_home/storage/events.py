@@ -312,6 +312,16 @@ class EventStore:
             for r in rows
         }
 
+    async def min_dag_depth(self, room_id: str) -> int | None:
+        """The lowest depth of the room's DAG here (events that are not
+        outliers, rejected or soft-failed; backfilled ones included)."""
+        value = await self.db.fetchval(
+            """SELECT min(depth) FROM events
+               WHERE room_id = $1 AND NOT outlier AND rejected_reason IS NULL AND NOT soft_failed""",
+            room_id,
+        )
+        return None if value is None else int(value)
+
     async def with_successors(self, event_ids: Iterable[str]) -> set[str]:
         """Those of ``event_ids`` that are a prev_event of a stored event
         that is part of the room's DAG (not an outlier, rejected or

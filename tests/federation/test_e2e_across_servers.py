@@ -9,6 +9,7 @@ federation) gets the room key and decrypts new messages."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any, AsyncIterator
 from urllib.parse import quote
@@ -18,6 +19,7 @@ import nio
 import pytest
 
 from coffeechat_home.crash_points import ENV as CRASH_ENV
+from coffeechat_home.federation.client import FederationClient
 
 from ..integration.processes import User, wait_until
 from ..interop.test_nio_e2ee import ENCRYPTION, Inbox, _send, _tick, _until
@@ -313,6 +315,24 @@ async def test_sync_of_a_room_joined_over_federation_carries_its_state(
             return room_id in (await bob.sync(since)).get("rooms", {}).get("join", {})
 
         assert await wait_until(shown, 30)
+        # A's sender may deliver bob's invite after the join (it is an event
+        # about a user of B): B has it as an outlier in the join's auth chain
+        # and must leave it there, not fetch its ancestors and put the room's
+        # first events into bob's timeline after his join (it did: the state
+        # section then lacked m.room.encryption)
+        (invite,) = await a.db_fetch("SELECT event_id, pdu FROM events WHERE room_id = $1 AND type = 'm.room.member'"
+                                     " AND state_key = $2 AND membership = 'invite'", room_id, bob.user_id)
+        client = FederationClient(a.server_name, a.signing_key(), allow_private_addresses=["127.0.0.0/8"],
+                                  verify_certificates=False)
+        try:
+            answer = await client.put_json(b.server_name, f"/_matrix/federation/v1/send/again-{invite['event_id']}", {
+                "origin": a.server_name, "origin_server_ts": 1, "pdus": [json.loads(invite["pdu"])]})
+        finally:
+            await client.close()
+        assert answer["pdus"] == {invite["event_id"]: {}}, answer
+        timeline_rows = await b.db_fetch("SELECT type FROM events WHERE room_id = $1 AND stream_pos IS NOT NULL",
+                                         room_id)
+        assert [r["type"] for r in timeline_rows] == ["m.room.member"], timeline_rows  # bob's join alone
         for sync in (await bob.sync(since), await bob.sync()):  # incremental and initial
             joined = sync["rooms"]["join"][room_id]
             state = {(e["type"], e["state_key"]): e for e in joined["state"]["events"]}

@@ -134,6 +134,7 @@ class RoomBatch:
         self.base: RoomBase | None = None
         self.rv: RoomVersion | None = None
         self.partial_state = False  # joined with members omitted, not resynced yet
+        self.min_depth: int | None = None  # of the room's DAG here, read when needed
 
     # -- the batch ---------------------------------------------------------------
     async def run(self, pdus: list[Any]) -> None:
@@ -172,6 +173,11 @@ class RoomBatch:
             if outcome is not None:
                 self.results[event_id] = answer(outcome)
         await self.flush()
+
+    async def _behind_the_dag(self, ev: Event) -> bool:
+        if self.min_depth is None:
+            self.min_depth = await self.rx.events.min_dag_depth(self.room_id)
+        return self.min_depth is not None and ev.depth < self.min_depth
 
     def _known(self, base: RoomBase) -> None:
         self.base = base
@@ -221,6 +227,14 @@ class RoomBatch:
             return Outcome(None)  # earlier in this batch
         info = (await self._infos([ev.event_id])).get(ev.event_id)
         if info is not None and not info.outlier:
+            return Outcome(None)
+        if info is not None and await self._behind_the_dag(ev):
+            # known as an outlier (the state or auth chain of our join) and
+            # older than all of the room's DAG here, e.g. our user's invite
+            # delivered after the join: it stays an outlier, as Synapse's
+            # min-depth rule keeps it, instead of fetching its ancestors and
+            # giving them all stream positions after the join (an outlier
+            # in a hole of the DAG still joins it when it comes)
             return Outcome(None)
         if info is None and ev.room_id == self.room_id and ev.event_id not in await self._successors():
             try:

@@ -6,6 +6,7 @@ not verified (self-signed)."""
 from __future__ import annotations
 
 import itertools
+import time
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ import aiohttp
 import asyncpg
 from yarl import URL
 
+from coffeechat_home.federation.client import FederationClient
 from coffeechat_home.keyfile import load_signing_key
 from coffeechat_home.protocol.request_auth import sign_request
 from coffeechat_home.protocol.signing import SigningKey
@@ -112,6 +114,24 @@ async def signed_federation_get(
     async with http.get(URL(base_url + path, encoded=True), headers=headers, ssl=False,
                         timeout=aiohttp.ClientTimeout(total=60)) as r:
         return r.status, await r.json(content_type=None)
+
+
+async def send_transaction(origin: FederatingServer, destination: FederatingServer, txn_id: str,
+                           pdus: list[Any]) -> dict[str, Any]:
+    """``PUT /send/{txn_id}`` of ``pdus`` from ``origin`` to ``destination``,
+    signed with ``origin``'s key by our federation client (as its sender
+    would, but now and with what the test chose); the answer's per-PDU
+    results."""
+    client = FederationClient(origin.server_name, origin.signing_key(), allow_private_addresses=["127.0.0.0/8"],
+                              verify_certificates=False)
+    try:
+        answer = await client.put_json(destination.server_name, f"/_matrix/federation/v1/send/{txn_id}", {
+            "origin": origin.server_name, "origin_server_ts": int(time.time() * 1000), "pdus": pdus})
+    finally:
+        await client.close()
+    results = answer.get("pdus")
+    assert isinstance(results, dict), answer
+    return results
 
 
 _databases = itertools.count()

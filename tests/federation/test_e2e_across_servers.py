@@ -19,12 +19,11 @@ import nio
 import pytest
 
 from coffeechat_home.crash_points import ENV as CRASH_ENV
-from coffeechat_home.federation.client import FederationClient
 
 from ..integration.processes import User, wait_until
 from ..interop.test_nio_e2ee import ENCRYPTION, Inbox, _send, _tick, _until
 from ..pg import PostgresForTests
-from .peers import FederatingServer, federating_servers
+from .peers import FederatingServer, federating_servers, send_transaction
 
 pytestmark = pytest.mark.federation
 
@@ -322,14 +321,8 @@ async def test_sync_of_a_room_joined_over_federation_carries_its_state(
         # section then lacked m.room.encryption)
         (invite,) = await a.db_fetch("SELECT event_id, pdu FROM events WHERE room_id = $1 AND type = 'm.room.member'"
                                      " AND state_key = $2 AND membership = 'invite'", room_id, bob.user_id)
-        client = FederationClient(a.server_name, a.signing_key(), allow_private_addresses=["127.0.0.0/8"],
-                                  verify_certificates=False)
-        try:
-            answer = await client.put_json(b.server_name, f"/_matrix/federation/v1/send/again-{invite['event_id']}", {
-                "origin": a.server_name, "origin_server_ts": 1, "pdus": [json.loads(invite["pdu"])]})
-        finally:
-            await client.close()
-        assert answer["pdus"] == {invite["event_id"]: {}}, answer
+        answer = await send_transaction(a, b, f"again-{invite['event_id']}", [json.loads(invite["pdu"])])
+        assert answer == {invite["event_id"]: {}}, answer
         timeline_rows = await b.db_fetch("SELECT type FROM events WHERE room_id = $1 AND stream_pos IS NOT NULL",
                                          room_id)
         assert [r["type"] for r in timeline_rows] == ["m.room.member"], timeline_rows  # bob's join alone

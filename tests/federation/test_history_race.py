@@ -32,14 +32,13 @@ import aiohttp
 import orjson
 import pytest
 
-from coffeechat_home.federation.client import FederationClient
 from coffeechat_home.protocol.hashing import compute_event_id
 from coffeechat_home.protocol.room_versions import KNOWN_ROOM_VERSIONS
 from coffeechat_home.protocol.signing import hash_and_sign_event
 
-from ..integration.processes import User, pages_back, timeline_bodies, wait_until
+from ..integration.processes import User, message_bodies, pages_back, timeline_bodies, wait_until
 from ..pg import PostgresForTests
-from .peers import FederatingServer, federating_servers
+from .peers import FederatingServer, federating_servers, send_transaction
 
 pytestmark = pytest.mark.federation
 
@@ -50,10 +49,6 @@ async def pair(
 ) -> AsyncIterator[tuple[FederatingServer, FederatingServer]]:
     async with federating_servers(pg, pg_template, tmp_path, "hvrace", 2) as servers:
         yield servers[0], servers[1]
-
-
-async def bodies(user: User, room_id: str) -> list[str]:
-    return [e["content"].get("body") for e in await user.history(room_id) if e["type"] == "m.room.message"]
 
 
 def thread_reply(body: str, root: str) -> dict[str, object]:
@@ -136,39 +131,31 @@ async def test_events_from_before_a_join_delivered_after_it_stay_hidden(
         # a's PDUs of the secrets, pushed to b after the join
         rows = await a.db_fetch("SELECT event_id, pdu FROM events WHERE event_id = ANY($1::TEXT[])", secret_ids)
         pdus = {r["event_id"]: orjson.loads(r["pdu"]) for r in rows}
-        client = FederationClient(a.server_name, a.signing_key(), allow_private_addresses=["127.0.0.0/8"],
-                                  verify_certificates=False)
-        try:
-            txn = {"origin": a.server_name, "origin_server_ts": int(time.time() * 1000),
-                   "pdus": [pdus[secret_ids[0]], pdus[secret_ids[2]]]}
-            # secret 1, between them, b fetches with get_missing_events
-            answer = await client.put_json(b.server_name, "/_matrix/federation/v1/send/late1", txn)
-            assert answer["pdus"] == {secret_ids[0]: {}, secret_ids[2]: {}}, answer
+        # secret 1, between them, b fetches with get_missing_events
+        answer = await send_transaction(a, b, "late1", [pdus[secret_ids[0]], pdus[secret_ids[2]]])
+        assert answer == {secret_ids[0]: {}, secret_ids[2]: {}}, answer
 
-            # a message of alice's that crossed bob's join: built on the last
-            # secret, beside the join (a thread reply to "after join")
-            rv = KNOWN_ROOM_VERSIONS["10"]
-            last = pdus[secret_ids[-1]]
-            crossing = {
-                "room_id": room_id, "sender": alice.user_id, "type": "m.room.message",
-                "content": thread_reply("crossed the join", after_id),
-                "prev_events": [secret_ids[-1]], "auth_events": last["auth_events"],
-                "depth": last["depth"] + 1, "origin_server_ts": int(time.time() * 1000),
-            }
-            signed = hash_and_sign_event(crossing, a.server_name, a.signing_key(), rv)
-            crossing_id = compute_event_id(signed, rv)
-            txn = {"origin": a.server_name, "origin_server_ts": int(time.time() * 1000), "pdus": [signed]}
-            answer = await client.put_json(b.server_name, "/_matrix/federation/v1/send/late2", txn)
-            assert answer["pdus"] == {crossing_id: {}}, answer
-        finally:
-            await client.close()
+        # a message of alice's that crossed bob's join: built on the last
+        # secret, beside the join (a thread reply to "after join")
+        rv = KNOWN_ROOM_VERSIONS["10"]
+        last = pdus[secret_ids[-1]]
+        crossing = {
+            "room_id": room_id, "sender": alice.user_id, "type": "m.room.message",
+            "content": thread_reply("crossed the join", after_id),
+            "prev_events": [secret_ids[-1]], "auth_events": last["auth_events"],
+            "depth": last["depth"] + 1, "origin_server_ts": int(time.time() * 1000),
+        }
+        signed = hash_and_sign_event(crossing, a.server_name, a.signing_key(), rv)
+        crossing_id = compute_event_id(signed, rv)
+        answer = await send_transaction(a, b, "late2", [signed])
+        assert answer == {crossing_id: {}}, answer
         stored = await b.db_fetch("SELECT event_id, stream_pos FROM events WHERE event_id = ANY($1::TEXT[])",
                                   [*secret_ids, crossing_id])
         # all stored in b's timeline, after bob's join
         assert len(stored) == 4 and all(r["stream_pos"] is not None and r["stream_pos"] > 0 for r in stored), stored
 
         seen = ["after join", "visible reply"]
-        assert await bodies(bob, room_id) == seen
+        assert await message_bodies(bob, room_id) == seen
         got, _ = await pages_back(bob, room_id, 1)
         assert [e["content"]["body"] for e in got if e["type"] == "m.room.message"] == seen
         # /sync since the join, and an initial sync
@@ -197,4 +184,4 @@ async def test_events_from_before_a_join_delivered_after_it_stay_hidden(
             status, body = await bob.call("GET", f"rooms/{quote(room_id)}/event/{quote(event_id)}")
             assert (status, body.get("errcode")) == (404, "M_NOT_FOUND"), body
         # alice (joined at all of them) still sees everything
-        assert await bodies(alice, room_id) == ["secret 0 for bob", "secret 1", "secret 2", *seen]
+        assert await message_bodies(alice, room_id) == ["secret 0 for bob", "secret 1", "secret 2", *seen]

@@ -32,14 +32,13 @@ import aiohttp
 import pytest
 
 from coffeechat_home.crash_points import ENV as CRASH_ENV
-from coffeechat_home.federation.client import FederationClient
 from coffeechat_home.protocol.hashing import compute_event_id
 from coffeechat_home.protocol.room_versions import KNOWN_ROOM_VERSIONS
 from coffeechat_home.protocol.signing import hash_and_sign_event
 
-from ..integration.processes import User, wait_until
+from ..integration.processes import User, message_bodies, wait_until
 from ..pg import PostgresForTests
-from .peers import FederatingServer, federating_servers
+from .peers import FederatingServer, federating_servers, send_transaction
 
 pytestmark = pytest.mark.federation
 
@@ -81,13 +80,9 @@ async def room_with_members(http: aiohttp.ClientSession, a: FederatingServer, ow
     return room_id, members
 
 
-async def bodies(user: User, room_id: str) -> list[str]:
-    return [e["content"].get("body") for e in await user.history(room_id) if e["type"] == "m.room.message"]
-
-
 async def arrives(user: User, room_id: str, body: str) -> bool:
     async def seen() -> bool:
-        return body in await bodies(user, room_id)
+        return body in await message_bodies(user, room_id)
     return await wait_until(seen, 30, interval=0.2)
 
 
@@ -116,14 +111,7 @@ async def forge(a: FederatingServer, b: FederatingServer, room_id: str, sender: 
         event["state_key"] = state_key
     forged = hash_and_sign_event(event, a.server_name, a.signing_key(), rv)
     forged_id = compute_event_id(forged, rv)
-    client = FederationClient(a.server_name, a.signing_key(), allow_private_addresses=["127.0.0.0/8"],
-                              verify_certificates=False)
-    try:
-        answer = await client.put_json(b.server_name, f"/_matrix/federation/v1/send/forged-{forged_id}", {
-            "origin": a.server_name, "origin_server_ts": int(time.time() * 1000), "pdus": [forged]})
-    finally:
-        await client.close()
-    return forged_id, answer["pdus"][forged_id]
+    return forged_id, (await send_transaction(a, b, f"forged-{forged_id}", [forged]))[forged_id]
 
 
 async def current_ids(a: FederatingServer, room_id: str) -> dict[tuple[str, str], str]:
@@ -208,7 +196,7 @@ async def test_partial_join_of_a_room_of_ours(pair: tuple[FederatingServer, Fede
             "m.room.topic", {"topic": "seized"}, state_key="")
         assert "error" in answer, answer
         assert not await b.db_fetch("SELECT 1 FROM current_state WHERE event_id = $1", topic_id)
-        assert "from beyond" in await bodies(bob, room_id)
+        assert "from beyond" in await message_bodies(bob, room_id)
         # another user of b joins (on b's partial state) and leaves: a sees both
         eve = await User(http, b.client_url).register("eve")
         assert (await eve.call("POST", f"rooms/{quote(room_id)}/join", {}))[0] == 200
@@ -238,11 +226,11 @@ async def test_partial_join_of_a_room_of_ours(pair: tuple[FederatingServer, Fede
         assert await wait_until(found_out, 10), b.process.stderr()[-3000:]
 
         async def rejected() -> bool:
-            return "from beyond" not in await bodies(bob, room_id)
+            return "from beyond" not in await message_bodies(bob, room_id)
         assert await wait_until(rejected, 10), b.process.stderr()[-3000:]
         status, body = await bob.call("GET", f"rooms/{quote(room_id)}/event/{quote(forged_id)}")
         assert status == 404, body
-        assert "during, from a" in await bodies(bob, room_id)
+        assert "during, from a" in await message_bodies(bob, room_id)
 
         # the state at bob's join is the resident's, event for event
         join_id = (await b.db_fetch(

@@ -156,6 +156,11 @@ class User:
             token = body["end"]
 
 
+async def message_bodies(user: User, room_id: str) -> list[str]:
+    """The bodies of the room's messages the user's ``/messages`` shows, oldest first."""
+    return [e["content"].get("body") for e in await user.history(room_id) if e["type"] == "m.room.message"]
+
+
 async def pages_back(user: User, room_id: str, limit: int) -> tuple[list[dict[str, Any]], int]:
     """/messages backwards in pages of ``limit`` until no ``end``: the
     events (oldest first) and the number of pages."""

@@ -129,10 +129,11 @@ class PartialStateStore:
 
 async def complete_state(
     conn: asyncpg.Connection, position: int, room_id: str, join_event_id: str,
-    full: Mapping[StateKey, tuple[str, str | None]], text_order: Any,
+    full: Mapping[StateKey, tuple[str, str | None]], senders: Mapping[str, str], text_order: Any,
 ) -> int:
     """The resync's transaction (at stream ``position``): the state entries of
-    ``full`` (the state after the join: key -> (event id, membership)) that
+    ``full`` (the state after the join: key -> (event id, membership);
+    ``senders``: event id -> sender, for the member events) that
     the room's state lacks are added
 
     * to every snapshot state group of the room (``prev_group`` NULL): the
@@ -172,8 +173,6 @@ async def complete_state(
         await apply_current_state(conn, room_id, CurrentStateChange(changed=missing, removed=[]), text_order)
         members = [(eid, k[1], m) for k, (eid, m) in missing.items() if k[0] == "m.room.member" and m]
         if members:
-            senders = dict(await conn.fetch(
-                "SELECT event_id, sender FROM events WHERE event_id = ANY($1::TEXT[])", [m[0] for m in members]))
             await insert_membership_rows(conn, room_id, [
                 (eid, user_id, senders.get(eid, user_id), m, position) for eid, user_id, m in members])
     await conn.execute(

@@ -18,15 +18,17 @@ died. A resync
    clears the room's partial flag. /sync then shows the room as newly
    joined, with its whole state;
 3. checks the events other servers sent while the room was partial against
-   the (now whole) state before each: one that fails is logged and counted,
-   not rejected (not done yet: it was shown, and may have changed the state).
+   the (now whole) state before each: a message that fails is rejected and
+   leaves the timeline; a state event that fails is only logged and counted
+   (undoing its place in the state is not done yet).
 
 An unreachable server is followed by the next one; when none answered, the
 room waits (persisted, doubling from ``retry_ms``) and is tried again.
 
 While a room is partial: events received over /send are checked against
-their own auth events only (the state before them lacks most members; the
-check against the full state is what the resync's state gives them), /members
+their own auth events and against the partial state before them, with the
+members it lacks taken from their auth events (events_in.receipt_auth_checks;
+the check against the full state comes with the resync), /members
 and /joined_members wait for the resync (bounded), and our events go to the
 servers in ``servers_in_room`` as well as those of the members we know.
 """
@@ -193,6 +195,7 @@ class PartialStateResync:
         async with self.persister.room_lock(room.room_id):
             added, _ = await self.stream.write(
                 lambda conn, pos: complete_state(conn, pos, room.room_id, room.join_event_id, entries,
+                                                 {eid: row.sender for eid, row in rows.items()},
                                                  self.stream.db.text_order),
                 name="partial_state_complete",
             )

@@ -160,8 +160,9 @@ class SyncService:
         # invites from other servers: their stripped state (set when federating)
         self.remote_invite_state: Callable[[str], Awaitable[list[Any] | None]] | None = None
         # rooms joined with a partial state (storage/partial_state.py
-        # sync_view: room -> resync position, None while partial; when federating)
-        self.partial_rooms: Callable[[list[str]], Awaitable[dict[str, int | None]]] | None = None
+        # sync_view: room -> (resync position, None while partial; position
+        # of the last correction of its state or None); when federating)
+        self.partial_rooms: Callable[[list[str]], Awaitable[dict[str, tuple[int | None, int | None]]]] | None = None
 
     async def sync(
         self, requester: Requester, *, since_token: str | None, timeout_ms: int, sync_filter: SyncFilter,
@@ -393,25 +394,36 @@ class SyncService:
         Synapse): without lazy-loaded members, a room whose member list is
         still being fetched is left out, and once resynced it comes as newly
         joined (its whole state) from the resync's position. With
-        lazy-loaded members the room shows as it is. Asks the database only
-        about rooms this sync may show."""
-        if f.lazy_load_members:
+        lazy-loaded members the room shows as it is. A room whose state was
+        corrected after its resync (a state event received while it was
+        partial, rejected: storage/partial_state.py rewrite_state)
+        comes whole again from the correction's position, lazy-loading or
+        not: the state the client built from its timeline is wrong. Asks
+        the database only about rooms this sync may show."""
+        lazy = f.lazy_load_members
+        if lazy and since is None:
             return f, latest
         joined = [r for r, (m, _, _) in latest.items() if m == "join"]
         if changes is not None and since is not None:
+            tables = ("room_state_resets",) if lazy else (
+                "events", "partial_state_rooms", "room_state_resets", "typing", "receipts")
             touched: set[str] = set()
-            for table in ("events", "partial_state_rooms", "typing", "receipts"):
+            for table in tables:
                 touched.update(changes.get(table, ()))
-            joined = [r for r in joined if r in touched or latest[r][2] > since]
+            joined = [r for r in joined if r in touched or (not lazy and latest[r][2] > since)]
         if not joined:
             return f, latest
         view = await self.partial_rooms(joined) if self.partial_rooms is not None else {}
         if not view:
             return f, latest
-        hidden = [r for r, pos in view.items() if pos is None]
-        resynced = {r: pos for r, pos in view.items() if pos is not None and pos > latest[r][2]}
-        if resynced:
-            latest = {**latest, **{r: (latest[r][0], latest[r][1], pos) for r, pos in resynced.items()}}
+        hidden = [] if lazy else [r for r, (pos, _) in view.items() if pos is None]
+        whole_from: dict[str, int] = {}
+        for r, (pos, reset) in view.items():
+            at = reset if lazy or pos is None else max(pos, reset or 0)
+            if at is not None and at > latest[r][2]:
+                whole_from[r] = at
+        if whole_from:
+            latest = {**latest, **{r: (latest[r][0], latest[r][1], pos) for r, pos in whole_from.items()}}
         if hidden:
             f = replace(f, not_rooms=[*f.not_rooms, *hidden])
         return f, latest

@@ -7,16 +7,23 @@ While the resync cannot run (another live "instance" holds its lease, put
 there by the test) the room is partial: /members waits, a non-lazy /sync
 leaves the room out and a lazy-loading one shows it, messages flow both
 ways, also from a member b does not know yet (checked against its auth
-events only); a message a forges for a member who left before the join,
-on his old join, is accepted, while a topic change a forges for a
-moderator demoted before the join, on his old power levels, is refused
-(the partial state has the room's power levels); another user of b joins and leaves (a sees
-it). Once the lease is free, b takes the resync over: the state at the
-join event is the resident's, event for event, /members has all 51, the
-resync's check of what came meanwhile against the whole state finds the
-forged message out and rejects it (gone from bob's /messages and GET
-/event, which showed it while the room was partial), the room comes to a non-lazy /sync as newly
-joined with its members, messages flow on and both current states agree.
+events only); a message a forges for a moderator who left before the join,
+on his old join, is accepted, and so is his topic change (the partial
+state lacks his leave: it becomes b's state, a lazy-loading client sees
+it), while a topic change a forges for a moderator demoted before the
+join, on his old power levels, is refused (the partial state has the
+room's power levels); another user of b joins and leaves (a sees it).
+Once the lease is free, b takes the resync over: the state at the join
+event is the resident's, event for event, /members has all 51 (not the
+leaver, whom the forged topic's auth chain had brought into a fork's
+resolution), the resync's check of what came meanwhile against the whole
+state finds the forged message and topic out and rejects them (the
+message gone from bob's /messages and GET /event, which showed it while
+the room was partial; the topic gone from the current state and from the
+state after the events built on it), the lazy-loading client gets the room
+whole again with the old topic, the room comes to a non-lazy /sync as
+newly joined with its members and the old topic, messages flow on and both
+current states agree.
 A kill -9 of b between the resync's fetch and its commit (crash point
 ``partial_state_fetched``) is resumed after the restart."""
 
@@ -119,16 +126,20 @@ async def current_ids(a: FederatingServer, room_id: str) -> dict[tuple[str, str]
         "SELECT type, state_key, event_id FROM current_state WHERE room_id = $1", room_id)}
 
 
+async def old_join(a: FederatingServer, room_id: str, user_id: str) -> str:
+    return str((await a.db_fetch(
+        "SELECT event_id FROM events WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2 "
+        "AND membership = 'join'", room_id, user_id))[0]["event_id"])
+
+
 async def forge_from_leaver(a: FederatingServer, b: FederatingServer, room_id: str, leaver: str,
                             prev_id: str) -> str:
     """A message of ``leaver`` (who left) built by a on his old join and
     pushed to b; b accepts it (answer without error). Its event id."""
     ids = await current_ids(a, room_id)
-    old_join = (await a.db_fetch(
-        "SELECT event_id FROM events WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2 "
-        "AND membership = 'join'", room_id, leaver))[0]["event_id"]
     forged_id, answer = await forge(
-        a, b, room_id, leaver, prev_id, [ids[("m.room.create", "")], ids[("m.room.power_levels", "")], old_join],
+        a, b, room_id, leaver, prev_id,
+        [ids[("m.room.create", "")], ids[("m.room.power_levels", "")], await old_join(a, room_id, leaver)],
         "m.room.message", {"msgtype": "m.text", "body": "from beyond"})
     assert answer == {}, answer
     return forged_id
@@ -139,12 +150,19 @@ async def test_partial_join_of_a_room_of_ours(pair: tuple[FederatingServer, Fede
     async with aiohttp.ClientSession() as http:
         alice = await User(http, a.client_url).register("alice")
         room_id, members = await room_with_members(http, a, alice, "u", 50)
-        leaver = members.pop(45)  # left before bob came: his join is an old auth event
+        status, topic = await alice.call("PUT", f"rooms/{quote(room_id)}/state/m.room.topic/",
+                                         {"topic": "original"})
+        assert status == 200, topic
+        # a moderator who left before bob came: his join is an old auth
+        # event, and the power levels still name him
+        leaver = members.pop(45)
+        status, levels = await alice.call("GET", f"rooms/{quote(room_id)}/state/m.room.power_levels/")
+        assert status == 200, levels
+        levels = {**levels, "users": {**levels["users"], leaver.user_id: 50}}
+        assert (await alice.call("PUT", f"rooms/{quote(room_id)}/state/m.room.power_levels/", levels))[0] == 200
         assert (await leaver.call("POST", f"rooms/{quote(room_id)}/leave", {}))[0] == 200
         # a moderator demoted before bob came: his old power levels are an old auth event
         demoted = members[1]
-        status, levels = await alice.call("GET", f"rooms/{quote(room_id)}/state/m.room.power_levels/")
-        assert status == 200, levels
         status, promoted = await alice.call("PUT", f"rooms/{quote(room_id)}/state/m.room.power_levels/",
                                             {**levels, "users": {**levels["users"], demoted.user_id: 50}})
         assert status == 200, promoted
@@ -197,6 +215,23 @@ async def test_partial_join_of_a_room_of_ours(pair: tuple[FederatingServer, Fede
         assert "error" in answer, answer
         assert not await b.db_fetch("SELECT 1 FROM current_state WHERE event_id = $1", topic_id)
         assert "from beyond" in await message_bodies(bob, room_id)
+        # a topic change of the leaver's on his old join: accepted while
+        # partial (the partial state lacks his leave), it becomes state, and
+        # the lazy-loading client sees it
+        seized_id, answer = await forge(
+            a, b, room_id, leaver.user_id, during["event_id"],
+            [ids[("m.room.create", "")], ids[("m.room.power_levels", "")], await old_join(a, room_id, leaver.user_id)],
+            "m.room.topic", {"topic": "seized"}, state_key="")
+        assert answer == {}, answer
+        assert (await current_ids(b, room_id))[("m.room.topic", "")] == seized_id
+        seen: dict[str, Any] = {}
+
+        async def lazy_saw_seized() -> bool:
+            status, body = await bob.call("GET", f"sync?timeout=0&filter={LAZY}&since={lazy['next_batch']}")
+            timeline = body.get("rooms", {}).get("join", {}).get(room_id, {}).get("timeline", {}).get("events", [])
+            seen.update(body)
+            return status == 200 and any(e["event_id"] == seized_id for e in timeline)
+        assert await wait_until(lazy_saw_seized, 10)
         # another user of b joins (on b's partial state) and leaves: a sees both
         eve = await User(http, b.client_url).register("eve")
         assert (await eve.call("POST", f"rooms/{quote(room_id)}/join", {}))[0] == 200
@@ -206,6 +241,9 @@ async def test_partial_join_of_a_room_of_ours(pair: tuple[FederatingServer, Fede
             return bool(await a.db_fetch("SELECT 1 FROM current_state WHERE room_id = $1 AND state_key = $2 "
                                          "AND membership = 'leave'", room_id, eve.user_id))
         assert await wait_until(a_saw_eve_leave, 30), a.process.stderr()[-3000:]
+        eve_left = (await b.db_fetch("SELECT event_id FROM current_state WHERE room_id = $1 AND state_key = $2",
+                                     room_id, eve.user_id))[0]["event_id"]
+        assert (await state_after(b, eve_left))[("m.room.topic", "")] == seized_id
         assert not members_call.done()  # /members waits for the resync
         assert (await partial_row(b, room_id))["stream_pos"] is None
 
@@ -231,6 +269,26 @@ async def test_partial_join_of_a_room_of_ours(pair: tuple[FederatingServer, Fede
         status, body = await bob.call("GET", f"rooms/{quote(room_id)}/event/{quote(forged_id)}")
         assert status == 404, body
         assert "during, from a" in await message_bodies(bob, room_id)
+        # the leaver's topic is found out too: rejected, and out of b's
+        # state (current, and the state after the events built on it)
+        rows = await b.db_fetch("SELECT rejected_reason, stream_pos FROM events WHERE event_id = $1", seized_id)
+        assert rows[0]["rejected_reason"] is not None and rows[0]["stream_pos"] is None, rows
+        assert (await current_ids(b, room_id))[("m.room.topic", "")] == topic["event_id"]
+        assert (await state_after(b, eve_left))[("m.room.topic", "")] == topic["event_id"]
+        status, body = await bob.call("GET", f"rooms/{quote(room_id)}/state/m.room.topic/")
+        assert status == 200 and body["topic"] == "original", body
+
+        # the lazy-loading client that saw the topic change gets the room
+        # whole again, with the topic it has
+        async def lazy_told() -> bool:
+            status, body = await bob.call("GET", f"sync?timeout=0&filter={LAZY}&since={seen['next_batch']}")
+            room = body.get("rooms", {}).get("join", {}).get(room_id)
+            if status != 200 or room is None:
+                return False
+            topics = [e for e in room["state"]["events"] if e["type"] == "m.room.topic"]
+            return [e["content"]["topic"] for e in topics] == ["original"] and room["timeline"]["limited"]
+        assert await wait_until(lazy_told, 10), b.process.stderr()[-3000:]
+        assert "2 event(s) rejected" in next(x for x in b.process.stderr().splitlines() if "replayed at" in x)
 
         # the state at bob's join is the resident's, event for event
         join_id = (await b.db_fetch(
@@ -246,6 +304,9 @@ async def test_partial_join_of_a_room_of_ours(pair: tuple[FederatingServer, Fede
             if room is None:
                 return False
             events = room["state"]["events"] + room["timeline"]["events"]
+            assert seized_id not in {e["event_id"] for e in events}
+            assert [e["content"]["topic"] for e in room["state"]["events"] if e["type"] == "m.room.topic"] == \
+                ["original"]
             return len({e["state_key"] for e in events if e["type"] == "m.room.member"}) == 53  # leaver, eve too
         assert await wait_until(shown, 10)
 

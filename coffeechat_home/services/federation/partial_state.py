@@ -18,9 +18,11 @@ died. A resync
    clears the room's partial flag. /sync then shows the room as newly
    joined, with its whole state;
 3. checks the events other servers sent while the room was partial against
-   the (now whole) state before each: a message that fails is rejected and
-   leaves the timeline; a state event that fails is only logged and counted
-   (undoing its place in the state is not done yet).
+   the (now whole) state before each, oldest first: one that fails is
+   rejected and leaves the timeline; when a state event fails, the room's
+   state from the join on is replayed without it (state_replay.py: state
+   groups, resolutions, current state, in one stream write), and /sync
+   shows the room whole again.
 
 An unreachable server is followed by the next one; when none answered, the
 room waits (persisted, doubling from ``retry_ms``) and is tried again.
@@ -37,8 +39,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Mapping
+
+import asyncpg
 
 from ...crash_points import crash_point
 from ...errors import MatrixError
@@ -46,11 +51,19 @@ from ...protocol.events import Event, StateKey
 from ...protocol.room_versions import RoomVersion, get_room_version
 from ...storage.events import EventStore
 from ...storage.instances import InstanceStore
-from ...storage.partial_state import PartialRoom, PartialStateStore, complete_state
+from ...storage.partial_state import (
+    PartialRoom,
+    PartialStateStore,
+    PartialStateWindow,
+    complete_state,
+    StateRewrite,
+    rewrite_state,
+)
 from ...storage.stream import StreamStore
 from ..persister import Persister
-from .events_in import check_auth_against, state_before
+from .events_in import check_auth_against
 from .gaps import EventFetcher, FetchBudget, GapFetchError
+from .state_replay import Resolver, replay_state
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +72,8 @@ MAX_RETRY_MS = 600_000
 SWEEP_INTERVAL_S = 2.0
 WAIT_POLL_S = 0.1
 MAX_RECHECKED = 1000  # events received while partial checked again after the resync
+MAX_REPLAYED = 2000  # timeline events since the join whose state a replay rewrites
+LATE_REASON = "fails the auth rules on the state before it (partial-state resync)"
 
 
 class PartialStateResync:
@@ -91,6 +106,7 @@ class PartialStateResync:
         self._kicked = asyncio.Event()
         self.resyncs_done = 0  # for metrics and tests
         self.events_failing_full_state = 0
+        self.state_replays = 0  # rooms whose state was replayed without a state event that failed
         # called after a room's resync committed (room id)
         self.completed: list[Callable[[str], Awaitable[None]]] = []
 
@@ -192,51 +208,93 @@ class PartialStateResync:
                 continue
             entries[key] = (eid, row.membership if key[0] == "m.room.member" else None)
 
+        full_ids = {key: eid for key, (eid, _) in entries.items()}
+        senders = {eid: row.sender for eid, row in rows.items()}
         async with self.persister.room_lock(room.room_id):
-            added, _ = await self.stream.write(
-                lambda conn, pos: complete_state(conn, pos, room.room_id, room.join_event_id, entries,
-                                                 {eid: row.sender for eid, row in rows.items()},
-                                                 self.stream.db.text_order),
-                name="partial_state_complete",
-            )
+            received, failing, replay = await self._precheck(room, rv, full_ids)
+            write = functools.partial(self._complete, room=room, rv=rv, entries=entries, senders=senders,
+                                      received=received, failing=failing, replay=replay)
+            (added, plan), _ = await self.stream.write(write, name="partial_state_complete")
+        if plan is not None:
+            self.state_replays += 1
+            log.warning("state of %s replayed at its resync: %d event(s) rejected (%s), %d state group(s) "
+                        "rewritten, %d added, %d current state change(s)", room.room_id, len(plan.rejected),
+                        ", ".join(plan.rejected), len(plan.patches), len(plan.new_groups),
+                        len(plan.current.changed) + len(plan.current.removed))
         for cb in self.persister.room_changed:  # cached room heads hold the partial state
             cb(room.room_id)
         self.persister.notifier.poke()
         self.resyncs_done += 1
-        await self._recheck(room, rv)
         for done in self.completed:
             await done(room.room_id)
-        return int(added)
+        return added
 
-    async def _recheck(self, room: PartialRoom, rv: RoomVersion) -> None:
+    async def _precheck(self, room: PartialRoom, rv: RoomVersion,
+                        full: Mapping[StateKey, str]) -> tuple[list[str], list[str], bool]:
         """The events other servers sent while the room was partial were
-        checked against their auth events only; now that the state before
-        each is whole, check them against it too. One that fails is counted
-        (``events_failing_full_state``) and, when it is not a state event,
-        rejected and taken out of the timeline (clients that already synced
-        it keep it, as with Synapse). A failing state event is only logged:
-        undoing its place in the room's state is not done yet."""
+        checked against their auth events and the partial state; check them
+        (oldest first) against the whole state before each, as it will be
+        once ``full`` completes the room's state groups (each group keeps
+        its own entries and gains the keys it lacks). One that fails is
+        counted (``events_failing_full_state``). Returns the events checked,
+        the messages that fail, and whether a state event fails (then the
+        resync replays the room's state without it, which checks them all
+        again on the corrected state)."""
         received = await self.store.received_while_partial(room.room_id, room.join_event_id, self.server_name,
                                                            MAX_RECHECKED)
-        failing: dict[str, str] = {}
+        resolver = Resolver(self.events, rv, set())
+        failing: list[str] = []
+        replay = False
         for event_id, pdu in received:
             ev = Event(pdu, event_id, rv)
+            info = await self.events.stored_info(ev.prev_event_ids)
+            groups = [i.state_group for i in info.values() if i.state_group is not None]
+            by_group = await self.events.state_ids_for_groups(groups)
+            before = await resolver.resolve([{**full, **by_group[g]} for g in dict.fromkeys(groups)])
             try:
-                await check_auth_against(self.events, ev, await state_before(self.events, ev))
+                await check_auth_against(self.events, ev, before)
             except MatrixError as e:
                 self.events_failing_full_state += 1
                 log.warning("event %s, received while %s was partial, fails the auth rules on the full state "
                             "before it: %s", event_id, room.room_id, e.error)
                 if ev.state_key is None:
-                    failing[event_id] = e.error
+                    failing.append(event_id)
+                else:
+                    replay = True
+        return [eid for eid, _ in received], failing, replay
+
+    async def _complete(
+        self, conn: asyncpg.Connection, position: int, *, room: PartialRoom, rv: RoomVersion,
+        entries: Mapping[StateKey, tuple[str, str | None]], senders: Mapping[str, str], received: list[str],
+        failing: list[str], replay: bool,
+    ) -> tuple[int, StateRewrite | None]:
+        """The resync's transaction: the room's state completed
+        (``complete_state``), and what the precheck found rejected
+        (clients that already synced it keep it, as with Synapse): the
+        messages leave the timeline; when a state event failed, or events
+        came after the precheck, the room's state from the join on is
+        replayed (state_replay.py) and rewritten. Returns (keys added to
+        the current state, the replay's rewrite)."""
+        added = await complete_state(conn, position, room.room_id, room.join_event_id, entries, senders,
+                                     self.stream.db.text_order)
+        if added is None:
+            return 0, None
+        store = PartialStateStore(conn)
+        if not replay:
+            now = await store.received_while_partial(room.room_id, room.join_event_id, self.server_name,
+                                                     MAX_RECHECKED)
+            replay = [eid for eid, _ in now] != received  # events came after the precheck: check them all
+        if replay:
+            plan = await replay_state(EventStore(conn), PartialStateWindow(conn), room.room_id, rv,
+                                      room.join_event_id, position, self.server_name, LATE_REASON, MAX_REPLAYED)
+            if plan is not None:
+                await rewrite_state(conn, position, room.room_id, plan, self.stream.db.text_order)
+                return added, plan
+            log.warning("the state of %s is not replayed at its resync (over %d events since the join): a state "
+                        "event that fails stays in it", room.room_id, MAX_REPLAYED)
         if failing:
-            rejected = await self.store.reject_late(
-                room.room_id, list(failing), "fails the auth rules on the state before it (partial-state resync)"
-            )
-            if rejected:
-                log.warning("rejected %d event(s) of %s after its resync: %s", len(rejected), room.room_id,
-                            ", ".join(rejected))
-                self.persister.notifier.poke()
+            await store.reject_late(room.room_id, failing, LATE_REASON)
+        return added, None
 
     # -- waiting -----------------------------------------------------------------------
     async def wait_until_complete(self, room_id: str, timeout_s: float) -> bool:

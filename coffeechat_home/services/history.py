@@ -51,8 +51,10 @@ class Backfill(Protocol):
                  tried: set[str] | None = None) -> Awaitable[int]: ...
 
 
-def parse_token(token: str | None, name: str = "from") -> int | None:
-    """Stream tokens look like ``s123``; sync's next_batch is one too."""
+def parse_token(token: str | None, name: str = "from", *, backfilled: bool = False) -> int | None:
+    """Stream tokens look like ``s123``; sync's next_batch is one too.
+    ``backfilled``: a token of /relations or /threads, which may point
+    below zero, among backfilled events (``s-12``: ``make_page_token``)."""
     if token is None or token == "":
         return None
     body = token[1:] if token.startswith("s") else token
@@ -60,13 +62,20 @@ def parse_token(token: str | None, name: str = "from") -> int | None:
         pos = int(body.split("_")[0])
     except ValueError:
         raise invalid_param(f"Invalid {name} token") from None
-    if pos < 0 or pos > MAX_STREAM_POS:  # stream positions are BIGINT
+    if pos < (-MAX_STREAM_POS if backfilled else 0) or pos > MAX_STREAM_POS:  # stream positions are BIGINT
         raise invalid_param(f"Invalid {name} token")
     return pos
 
 
 def make_token(pos: int) -> str:
     return f"s{max(pos, 0)}"
+
+
+def make_page_token(pos: int) -> str:
+    """A /relations or /threads page token: backfilled events have stream
+    positions below zero, and a page that ends among them must go on from
+    there (``make_token`` would start it again from zero)."""
+    return f"s{pos}"
 
 
 def parse_history_token(token: str | None, name: str = "from") -> HistoryKey | None:
@@ -383,6 +392,22 @@ class HistoryService:
 
     async def _restricts(self, room_id: str) -> bool:
         return room_id in await self.events.rooms_with_restricted_history([room_id])
+
+    async def restricts(self, room_id: str) -> bool:
+        """Whether the room has (or had) a ``joined`` or ``invited``
+        history visibility (read now)."""
+        return await self._restricts(room_id)
+
+    async def visible_rows(self, user_id: str, room_id: str, window: Window, rows: list[EventRow], *,
+                           restricts: bool) -> list[EventRow]:
+        """Of ``rows``, those of the room the user may see, as /messages
+        judges them: in the user's window, or, in a room that restricts its
+        history (``restricts``), backfilled (below zero, outside every
+        window) and judged by the state at each; all also by the state at
+        each (``hide_unseen``)."""
+        kept = [r for r in rows if r.room_id == room_id and (
+            window.contains(r.stream_pos) or (restricts and r.stream_pos is not None and r.stream_pos < 0))]
+        return await self.hide_unseen(user_id, room_id, kept, window if restricts else None)
 
     async def hide_unseen(
         self, user_id: str, room_id: str, rows: list[EventRow], window: Window | None = None

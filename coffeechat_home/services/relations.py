@@ -10,7 +10,7 @@ import orjson
 from ..errors import invalid_param
 from ..storage.events import EventRow, EventStore
 from .accounts import Requester
-from .history import HistoryService, Window, make_token, parse_token, serve_event
+from .history import HistoryService, Window, make_page_token, parse_token, serve_event
 
 # replies judged one by one for the thread summaries of a page of /threads
 # in a room that restricts its history (the newest; older ones uncounted)
@@ -37,13 +37,16 @@ class RelationsService:
     ) -> dict[str, Any]:
         await self.history.visible_event(requester, room_id, event_id)  # 404 when not visible
         window = await self.history.window(requester.user_id, room_id)
-        start = parse_token(from_token, "from")
-        end = parse_token(to_token, "to")
+        restricts = await self.history.restricts(room_id)
+        start = parse_token(from_token, "from", backfilled=True)
+        end = parse_token(to_token, "to", backfilled=True)
         if backwards:
             before, after = start, end
         else:
             after, before = start, end
-        after, before = window.clamp(after, before)
+        clamped_after, before = window.clamp(after, before)
+        if not restricts:  # else backfilled relations (below the window) count, by the state at each
+            after = clamped_after
         if after is not None and before is not None and before <= after:
             raw = []
         else:
@@ -52,14 +55,13 @@ class RelationsService:
             )
         # the hull may span gaps the user may not see (left and rejoined),
         # and each event is judged by the state at it (late arrivals)
-        rows = [r for r in raw if r.room_id == room_id and window.contains(r.stream_pos)]
-        rows = await self.history.hide_unseen(requester.user_id, room_id, rows)
+        rows = await self.history.visible_rows(requester.user_id, room_id, window, raw, restricts=restricts)
         body: dict[str, Any] = {"chunk": [serve_event(r, requester) for r in rows]}
         if from_token:
             body["prev_batch"] = from_token
         if len(raw) == limit and raw:  # pages follow what was read, hidden or not
             last = raw[-1].stream_pos or 0
-            body["next_batch"] = make_token(last - 1 if backwards else last)
+            body["next_batch"] = make_page_token(last - 1 if backwards else last)
         return body
 
 
@@ -73,15 +75,16 @@ class RelationsService:
         the user may see, by the state at each (``_visible_summaries``)."""
         window = await self.history.window(requester.user_id, room_id)
         user = requester.user_id
-        before = parse_token(from_token, "from")
+        before = parse_token(from_token, "from", backfilled=True)
         rows = await self.events.thread_roots(room_id, user, before=before, limit=limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         roots = await self.events.get_rows(r["root"] for r in rows)
-        shown_roots = [root for root in roots.values() if root.room_id == room_id and window.contains(root.stream_pos)]
-        visible = {root.event_id for root in await self.history.hide_unseen(user, room_id, shown_roots)}
+        restricts = bool(rows) and await self.history.restricts_history(room_id, max(r["latest_pos"] for r in rows))
+        visible = {root.event_id for root in await self.history.visible_rows(
+            user, room_id, window, list(roots.values()), restricts=restricts)}
         summaries: dict[str, _Summary] = {}
-        if rows and await self.history.restricts_history(room_id, max(r["latest_pos"] for r in rows)):
+        if restricts:
             summaries = await self._visible_summaries(requester, room_id, window, list(visible), before)
         else:
             latest_ids = await self.events.event_ids_at({r["latest_pos"] for r in rows})
@@ -106,21 +109,22 @@ class RelationsService:
             chunk.append(ev)
         body: dict[str, Any] = {"chunk": chunk}
         if more and rows:
-            body["next_batch"] = make_token(rows[-1]["latest_pos"] - 1)
+            body["next_batch"] = make_page_token(rows[-1]["latest_pos"] - 1)
         return body
 
     async def _visible_summaries(
         self, requester: Requester, room_id: str, window: Window, roots: list[str], before: int | None
     ) -> dict[str, "_Summary"]:
         """Thread summaries from the replies the user may see (in the
-        window, and by the state at each); a root without any is left out.
-        Judges at most MAX_REPLIES_JUDGED replies (the newest) per page."""
+        window or backfilled, and by the state at each); a root without any
+        is left out. Judges at most MAX_REPLIES_JUDGED replies (the newest)
+        per page."""
         if not roots:
             return {}
         replies = await self.events.thread_replies(room_id, roots, before=before, limit=MAX_REPLIES_JUDGED)
-        replies = [r for r in replies if window.contains(r.stream_pos)]
         out: dict[str, _Summary] = {}
-        for reply in await self.history.hide_unseen(requester.user_id, room_id, replies):  # newest first
+        for reply in await self.history.visible_rows(requester.user_id, room_id, window, replies,
+                                                     restricts=True):  # newest first
             root = _root_of(reply)
             found = out.get(root)
             mine = reply.sender == requester.user_id

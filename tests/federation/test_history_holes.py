@@ -15,12 +15,14 @@ order: a page that reaches the event whose prev_events B lacks (a backward
 extremity) backfills the hole from A before answering. Also in a room whose
 history is for joined members only: the backfilled events sort below every
 live position (outside bob's stream window), and are judged by the state
-at each (bob was joined there)."""
+at each (bob was joined there). Every fourth message of the hole is a reply
+in a thread: /relations and /threads count the backfilled replies too (in
+the joined-only room as well), and /relations pages through them."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 from urllib.parse import quote
 
 import aiohttp
@@ -34,6 +36,7 @@ pytestmark = pytest.mark.federation
 
 MISSING_LIMIT = 5
 GAP = 40  # messages B misses: far more than MISSING_LIMIT
+THREAD_EVERY = 4  # of those, every fourth is a reply in a thread
 FAST = {
     "COFFEECHAT_FEDERATION_DESTINATION_MIN_RETRY_MS": "200",
     "COFFEECHAT_FEDERATION_DESTINATION_MAX_RETRY_MS": "1000",
@@ -53,6 +56,37 @@ async def _stored(server: FederatingServer, event_ids: list[str]) -> int:
     rows = await server.db_fetch(
         "SELECT count(*) AS n FROM events WHERE event_id = ANY($1::TEXT[]) AND stream_pos IS NOT NULL", event_ids)
     return int(rows[0]["n"])
+
+
+async def v1(user: User, path: str) -> tuple[int, Any]:
+    async with user.session.get(f"{user.base_url}/_matrix/client/v1/{path}",
+                                headers={"Authorization": f"Bearer {user.token}"}) as r:
+        return r.status, await r.json()
+
+
+async def thread_of_the_hole(bob: User, room_id: str, root: str, gap: list[str]) -> None:
+    """The thread whose replies are mostly backfilled events of the hole:
+    /relations pages through each reply once, newest first (a page ending
+    among backfilled events, below stream position zero, goes on from
+    there), and /threads counts them all, the newest as its latest."""
+    replies = [gap[i] for i in range(0, GAP, THREAD_EVERY)]
+    got: list[str] = []
+    token = ""
+    for _ in range(len(replies) + 2):
+        q = "limit=3" + (f"&from={token}" if token else "")
+        status, body = await v1(bob, f"rooms/{quote(room_id)}/relations/{quote(root)}/m.thread?{q}")
+        assert status == 200, body
+        got.extend(e["event_id"] for e in body["chunk"])
+        token = body.get("next_batch", "")
+        if not token:
+            break
+    assert got == replies[::-1], (len(got), len(replies))
+    status, body = await v1(bob, f"rooms/{quote(room_id)}/threads")
+    assert status == 200, body
+    [thread] = body["chunk"]
+    summary = thread["unsigned"]["m.relations"]["m.thread"]
+    assert (thread["event_id"], summary["count"], summary["latest_event"]["event_id"]) == \
+        (root, len(replies), replies[-1]), summary
 
 
 async def test_messages_backfills_a_hole_in_the_middle_of_history(
@@ -90,9 +124,16 @@ async def test_messages_backfills_a_hole_in_the_middle_of_history(
 
         await b.stop()  # SIGTERM to its PID
         gaps: dict[str, list[str]] = {r: [] for r in rooms}
+        roots = {room_id: before[3 * n] for n, room_id in enumerate(rooms)}  # "before 0": a thread's root
         for i in range(GAP):
             for room_id in rooms:
-                status, sent = await alice.send(room_id, f"gap {i}")
+                content: dict[str, Any] = {"msgtype": "m.text", "body": f"gap {i}"}
+                if i % THREAD_EVERY == 0:  # a reply in the thread: most of them in the hole
+                    content["m.relates_to"] = {"rel_type": "m.thread", "event_id": roots[room_id],
+                                               "is_falling_back": True,
+                                               "m.in_reply_to": {"event_id": roots[room_id]}}
+                status, sent = await alice.call(
+                    "PUT", f"rooms/{quote(room_id)}/send/m.room.message/gap-{i}-{room_id}", content)
                 assert status == 200, sent
                 gaps[room_id].append(sent["event_id"])
         # A's sender gives up the backlog for B: only what comes next goes
@@ -127,3 +168,4 @@ async def test_messages_backfills_a_hole_in_the_middle_of_history(
             # a backfilled event of the hole, alone
             status, got = await bob.call("GET", f"rooms/{quote(room_id)}/event/{quote(gap[0])}")
             assert (status, got.get("event_id")) == (200, gap[0]), got
+            await thread_of_the_hole(bob, room_id, roots[room_id], gap)

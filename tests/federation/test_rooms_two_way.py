@@ -5,9 +5,10 @@ and inbound /send on each side), both report the same room state, typing,
 read receipts and presence reach the other side's /sync both ways, a state
 change and a leave reach the other side. The history from before the join
 is backfilled (an event altered on the way kept redacted; a joined-only
-room's stays hidden); knocks, server ACLs and the public room directory
-across the two servers, and each one's spaces listing the other's
-sub-spaces (/hierarchy on both APIs)."""
+room's stays hidden, but for what was said while it was shared); knocks,
+server ACLs and the public room directory across the two servers, and
+each one's spaces listing the other's sub-spaces (/hierarchy on both
+APIs)."""
 
 from __future__ import annotations
 
@@ -149,25 +150,29 @@ async def test_two_servers_share_a_room_both_ways(
 
         assert await wait_until(bob_left_on_a, 30, interval=0.2)
 
-        # a room whose history is for joined members only: what was said
-        # before bob joined stays hidden after backfill
-        status, room = await alice.call("POST", "createRoom", {
-            "preset": "public_chat", "room_version": version,
-            "initial_state": [{"type": "m.room.history_visibility", "state_key": "",
-                               "content": {"history_visibility": "joined"}}],
-        })
+        # a room whose history is for joined members only when bob joins:
+        # what was said before bob joined stays hidden after backfill, but
+        # for what was said while it was shared (visible to whoever joins
+        # later: the state at bob's join, joined, does not tell what came
+        # before, so /messages backfills below it and judges each event)
+        status, room = await alice.call("POST", "createRoom", {"preset": "public_chat", "room_version": version})
         assert status == 200, room
         private_id = room["room_id"]
+        for i in range(2):
+            assert (await alice.send(private_id, f"open {i}"))[0] == 200
+        assert (await alice.call("PUT", f"rooms/{quote(private_id)}/state/m.room.history_visibility/",
+                                 {"history_visibility": "joined"}))[0] == 200
         for i in range(4):
             assert (await alice.send(private_id, f"secret {i}"))[0] == 200
         status, body = await bob.call("POST", f"join/{quote(private_id)}?server_name={quote(a.server_name)}", {})
         assert status == 200, body
         assert (await alice.send(private_id, "after join"))[0] == 200
-        assert await wait_for_bodies(bob, private_id, ["after join"]) == ["after join"]
+        assert await wait_for_bodies(bob, private_id, ["after join"]) == ["open 0", "open 1", "after join"]
         got, _ = await pages_back(bob, private_id, 2)
-        assert [e for e in got if e["type"] == "m.room.message"][0]["content"]["body"] == "after join"
+        assert [e["content"]["body"] for e in got if e["type"] == "m.room.message"] == \
+            ["open 0", "open 1", "after join"]
         fetched = await b.db_fetch("SELECT count(*) FROM events WHERE room_id = $1 AND stream_pos < 0", private_id)
-        assert fetched[0][0] > 0  # backfilled, not shown
+        assert fetched[0][0] > 0  # backfilled, the secrets not shown
 
         knock_room = await check_knock(a, alice, bob, version)
         await check_server_acl(http, a, b, alice, bob, knock_room)

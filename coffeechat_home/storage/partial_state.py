@@ -295,9 +295,9 @@ async def rewrite_state(conn: asyncpg.Connection, position: int, room_id: str, p
     event names are again); the state groups of the events from the join on
     are rewritten in place or replaced by new ones, so the state at each is
     the state without those events; the current state becomes the
-    replay's (summary and membership rows with it); the room's row in
-    ``room_state_resets`` moves to ``position``: /sync shows the room whole
-    again from there. Raises ExtremitiesMoved (nothing written) when the
+    replay's (summary and membership rows with it); when the state changed,
+    the room's row in ``room_state_resets`` moves to ``position``: /sync
+    shows the room whole again from there. Raises ExtremitiesMoved (nothing written) when the
     room's forward extremities are no longer those the replay read."""
     extremities = list(await conn.fetchval(
         "SELECT forward_extremities FROM rooms WHERE room_id = $1 FOR UPDATE", room_id) or [])
@@ -368,9 +368,10 @@ async def rewrite_state(conn: asyncpg.Connection, position: int, room_id: str, p
         if members:
             await insert_membership_rows(conn, room_id, [
                 (eid, user_id, plan.member_senders.get(eid, user_id), m, position) for eid, user_id, m in members])
-    await conn.execute(
-        """INSERT INTO room_state_resets (room_id, stream_pos, events_rejected) VALUES ($1, $2, $3)
-           ON CONFLICT (room_id) DO UPDATE SET stream_pos = excluded.stream_pos,
-               events_rejected = room_state_resets.events_rejected + excluded.events_rejected""",
-        room_id, position, len(plan.rejected),
-    )
+    if plan.patches or plan.new_groups or change.changed or change.removed:
+        await conn.execute(
+            """INSERT INTO room_state_resets (room_id, stream_pos, events_rejected) VALUES ($1, $2, $3)
+               ON CONFLICT (room_id) DO UPDATE SET stream_pos = excluded.stream_pos,
+                   events_rejected = room_state_resets.events_rejected + excluded.events_rejected""",
+            room_id, position, len(plan.rejected),
+        )

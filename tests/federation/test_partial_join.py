@@ -296,6 +296,17 @@ async def test_partial_join_of_a_room_of_ours(pair: tuple[FederatingServer, Fede
             room_id, bob.user_id))[0]["event_id"]
         on_b, on_a = await state_after(b, join_id), await state_after(a, join_id)
         assert len(on_a) >= 56 and on_b == on_a, (len(on_a), len(on_b))
+        # and so is the state after every event since, as the resync's
+        # replay left it (without the forged topic; a never took it)
+        since_join = [r["event_id"] for r in await b.db_fetch(
+            "SELECT e.event_id FROM events e, events j WHERE j.event_id = $1 AND e.room_id = j.room_id "
+            "AND e.stream_pos > j.stream_pos AND e.rejected_reason IS NULL ORDER BY e.stream_pos", join_id)]
+        on_a_too = {r["event_id"] for r in await a.db_fetch(
+            "SELECT event_id FROM events WHERE event_id = ANY($1::TEXT[]) AND rejected_reason IS NULL", since_join)}
+        assert len(on_a_too) >= 5, since_join
+        for event_id in since_join:
+            if event_id in on_a_too:
+                assert await state_after(b, event_id) == await state_after(a, event_id), event_id
 
         # the room comes to a non-lazy sync as newly joined, with its members
         async def shown() -> bool:

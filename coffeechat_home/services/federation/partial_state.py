@@ -243,14 +243,20 @@ class PartialStateResync:
         received = await self.store.received_while_partial(room.room_id, room.join_event_id, self.server_name,
                                                            MAX_RECHECKED)
         resolver = Resolver(self.events, rv, set())
+        completed: dict[int, dict[StateKey, str]] = {}  # state group -> its state, completed
         failing: list[str] = []
         replay = False
         for event_id, pdu in received:
             ev = Event(pdu, event_id, rv)
             info = await self.events.stored_info(ev.prev_event_ids)
-            groups = [i.state_group for i in info.values() if i.state_group is not None]
-            by_group = await self.events.state_ids_for_groups(groups)
-            before = await resolver.resolve([{**full, **by_group[g]} for g in dict.fromkeys(groups)])
+            groups = list(dict.fromkeys(i.state_group for i in info.values() if i.state_group is not None))
+            if len(completed) > 64:  # bounded: most events of a stretch share a few groups
+                completed.clear()
+            missing = [g for g in groups if g not in completed]
+            if missing:
+                for g, state in (await self.events.state_ids_for_groups(missing)).items():
+                    completed[g] = {**full, **state}
+            before = await resolver.resolve([completed[g] for g in groups])
             try:
                 await check_auth_against(self.events, ev, before)
             except MatrixError as e:

@@ -291,8 +291,8 @@ async def rewrite_state(conn: asyncpg.Connection, position: int, room_id: str, p
     """The partial-state replay's write (at stream ``position``): events
     received while the room was partial that fail the auth rules on the
     whole state before them are rejected and leave the timeline (and stop
-    being forward extremities: their prev events that no other accepted
-    event names are again); the state groups of the events from the join on
+    being forward extremities; their prev events that no accepted event
+    names any more become ones, as the persister counts successors); the state groups of the events from the join on
     are rewritten in place or replaced by new ones, so the state at each is
     the state without those events; the current state becomes the
     replay's (summary and membership rows with it); when the state changed,
@@ -311,21 +311,20 @@ async def rewrite_state(conn: asyncpg.Connection, position: int, room_id: str, p
         )
         await conn.execute("DELETE FROM room_memberships WHERE event_id = ANY($1::TEXT[])", plan.rejected)
         gone = set(plan.rejected)
-        if gone & set(extremities):
-            again = await conn.fetch(
-                """SELECT DISTINCT p.prev_event_id FROM event_edges p JOIN events e ON e.event_id = p.prev_event_id
-                   WHERE p.event_id = ANY($1::TEXT[]) AND NOT e.outlier AND e.rejected_reason IS NULL
-                     AND NOT e.soft_failed
-                     AND NOT EXISTS (SELECT 1 FROM event_edges o JOIN events s ON s.event_id = o.event_id
-                                     WHERE o.prev_event_id = p.prev_event_id
-                                       AND NOT s.outlier AND s.rejected_reason IS NULL AND NOT s.soft_failed)""",
-                sorted(gone & set(extremities)),
-            )
-            kept = [x for x in extremities if x not in gone]
-            kept += sorted(r[0] for r in again if r[0] not in kept)
-            if kept:
-                await conn.execute("UPDATE rooms SET forward_extremities = $2::TEXT[] WHERE room_id = $1",
-                                   room_id, kept)
+        again = await conn.fetch(
+            """SELECT DISTINCT p.prev_event_id FROM event_edges p JOIN events e ON e.event_id = p.prev_event_id
+               WHERE p.event_id = ANY($1::TEXT[]) AND NOT e.outlier AND e.rejected_reason IS NULL
+                 AND NOT e.soft_failed
+                 AND NOT EXISTS (SELECT 1 FROM event_edges o JOIN events s ON s.event_id = o.event_id
+                                 WHERE o.prev_event_id = p.prev_event_id
+                                   AND NOT s.outlier AND s.rejected_reason IS NULL AND NOT s.soft_failed)""",
+            sorted(gone),
+        )
+        kept = [x for x in extremities if x not in gone]
+        kept += sorted(r[0] for r in again if r[0] not in kept)
+        if kept and kept != extremities:
+            await conn.execute("UPDATE rooms SET forward_extremities = $2::TEXT[] WHERE room_id = $1",
+                               room_id, kept)
     for patch in plan.patches:
         g = patch.group
         if patch.replace or patch.snapshot:

@@ -119,10 +119,14 @@ class PartialStateStore:
         """Events received while the room was partial that fail the auth
         rules on the whole state before them: rejected now, as they would
         have been on receipt, and out of the timeline (no stream position:
-        /messages, /sync, /context and GET /event no longer show them).
+        /messages, /sync, /context and GET /event no longer show them) and
+        the forward extremities (``release_extremities``). Inside a
+        transaction (a store on its connection).
         Only events that are not state (a state event also leaves the state
         groups it entered: ``rewrite_state``). Returns the ids it
         rejected."""
+        extremities = await self.db.fetchval(
+            "SELECT forward_extremities FROM rooms WHERE room_id = $1 FOR UPDATE", room_id)
         rows = await self.db.fetch(
             """UPDATE events SET rejected_reason = $3, stream_pos = NULL
                WHERE room_id = $1 AND event_id = ANY($2::TEXT[]) AND state_key IS NULL
@@ -130,7 +134,10 @@ class PartialStateStore:
                RETURNING event_id""",
             room_id, list(event_ids), reason,
         )
-        return [r[0] for r in rows]
+        rejected = [r[0] for r in rows]
+        if rejected:
+            await release_extremities(self.db, room_id, rejected, list(extremities or []))
+        return rejected
 
     async def failed(self, room_id: str, wait_ms: int, error: str) -> None:
         await self.db.execute(
@@ -235,6 +242,27 @@ class StateRewrite:
     member_senders: dict[str, str]  # member event id -> sender, for the members entering current state
 
 
+async def release_extremities(db: Database | asyncpg.Connection, room_id: str, rejected: Sequence[str],
+                              extremities: Sequence[str]) -> None:
+    """After ``rejected`` were rejected (in the same transaction): they are
+    no forward extremities (``extremities``: the room's, as read), and
+    their prev events that no accepted event names any more become ones,
+    as the persister counts successors."""
+    again = await db.fetch(
+        """SELECT DISTINCT p.prev_event_id FROM event_edges p JOIN events e ON e.event_id = p.prev_event_id
+           WHERE p.event_id = ANY($1::TEXT[]) AND NOT e.outlier AND e.rejected_reason IS NULL
+             AND NOT e.soft_failed
+             AND NOT EXISTS (SELECT 1 FROM event_edges o JOIN events s ON s.event_id = o.event_id
+                             WHERE o.prev_event_id = p.prev_event_id
+                               AND NOT s.outlier AND s.rejected_reason IS NULL AND NOT s.soft_failed)""",
+        sorted(set(rejected)),
+    )
+    kept = [x for x in extremities if x not in set(rejected)]
+    kept += sorted(r[0] for r in again if r[0] not in kept)
+    if kept and kept != list(extremities):
+        await db.execute("UPDATE rooms SET forward_extremities = $2::TEXT[] WHERE room_id = $1", room_id, kept)
+
+
 class ExtremitiesMoved(Exception):
     """The room changed between the replay's reads and its write."""
 
@@ -310,21 +338,7 @@ async def rewrite_state(conn: asyncpg.Connection, position: int, room_id: str, p
             room_id, plan.rejected, plan.reason,
         )
         await conn.execute("DELETE FROM room_memberships WHERE event_id = ANY($1::TEXT[])", plan.rejected)
-        gone = set(plan.rejected)
-        again = await conn.fetch(
-            """SELECT DISTINCT p.prev_event_id FROM event_edges p JOIN events e ON e.event_id = p.prev_event_id
-               WHERE p.event_id = ANY($1::TEXT[]) AND NOT e.outlier AND e.rejected_reason IS NULL
-                 AND NOT e.soft_failed
-                 AND NOT EXISTS (SELECT 1 FROM event_edges o JOIN events s ON s.event_id = o.event_id
-                                 WHERE o.prev_event_id = p.prev_event_id
-                                   AND NOT s.outlier AND s.rejected_reason IS NULL AND NOT s.soft_failed)""",
-            sorted(gone),
-        )
-        kept = [x for x in extremities if x not in gone]
-        kept += sorted(r[0] for r in again if r[0] not in kept)
-        if kept and kept != extremities:
-            await conn.execute("UPDATE rooms SET forward_extremities = $2::TEXT[] WHERE room_id = $1",
-                               room_id, kept)
+        await release_extremities(conn, room_id, plan.rejected, extremities)
     for patch in plan.patches:
         g = patch.group
         if patch.replace or patch.snapshot:

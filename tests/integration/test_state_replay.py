@@ -13,15 +13,18 @@ of the state after every event since (a new group where the old one is
 shared with the rejected event, the others rewritten in place), of the
 current state and of the forward extremities (whose prev events no
 accepted event names any more become ones); a second replay finds nothing
-to do."""
+to do. A failing message alone (the resync's path when no state event
+fails) is rejected and leaves the extremities it took."""
 
 from __future__ import annotations
 
 import functools
 
+import asyncpg
+
 from coffeechat_home.app import HomeServer
 from coffeechat_home.services.federation.state_replay import replay_state
-from coffeechat_home.storage.partial_state import PartialStateWindow, rewrite_state
+from coffeechat_home.storage.partial_state import PartialStateStore, PartialStateWindow, rewrite_state
 
 from ..helpers import ApiClient
 from .db_checks import assert_forward_extremities
@@ -111,3 +114,18 @@ async def test_replay_takes_failing_state_events_out_of_the_state(
     again = await replay()
     assert again is not None and not (again.rejected or again.patches or again.new_groups or again.event_groups
                                       or again.current.changed or again.current.removed), again
+
+    # a message that fails (the resync's path when no state event does):
+    # rejected, out of the timeline and of the extremities it took
+    heads = await remote.extremities()
+    ghost = await remote.build({"type": "m.room.message", "sender": "@ghost:remote.example",
+                                "content": {"msgtype": "m.text", "body": "boo"}},
+                               sorted(heads), await remote.current_state(), check=False)
+    await remote.persist(ghost)
+    assert await remote.extremities() == [ghost.event_id]
+
+    async def reject(conn: asyncpg.Connection) -> list[str]:
+        return await PartialStateStore(conn).reject_late(room_id, [ghost.event_id], "fails (test)")
+    assert await db.transaction(reject) == [ghost.event_id]
+    assert sorted(await remote.extremities()) == sorted(heads)
+    await assert_forward_extremities(database_url, room_id)

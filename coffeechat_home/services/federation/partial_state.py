@@ -11,18 +11,23 @@ died. A resync
    ``/event`` or one ``/state``: gaps.EventFetcher.state_after), checking each
    event (format, signatures, content hash, then the auth rules in auth
    order) and storing the accepted ones we lacked as outliers;
-2. in one transaction at a new stream position (storage/partial_state.py
+2. checks the events other servers sent while the room was partial
+   against the whole state before each, as it will be once completed
+   (``_precheck``: each state group's own entries over the fetched state),
+   oldest first;
+3. in one transaction at a new stream position (storage/partial_state.py
    ``complete_state``): completes the room's state groups (so the state at
    the join and at every event received while partial is the full state),
    the current state, the room summary and the members' history rows, and
-   clears the room's partial flag. /sync then shows the room as newly
-   joined, with its whole state;
-3. checks the events other servers sent while the room was partial against
-   the (now whole) state before each, oldest first: one that fails is
-   rejected and leaves the timeline; when a state event fails, the room's
-   state from the join on is replayed without it (state_replay.py: state
-   groups, resolutions, current state, in one stream write), and /sync
-   shows the room whole again.
+   clears the room's partial flag; rejects what failed (it leaves the
+   timeline and the forward extremities); and when a state event failed
+   (or events came after the check), replays the room's state from the
+   join on without what fails (state_replay.py: state groups, fork
+   resolutions, current state; storage ``rewrite_state``). /sync then
+   shows the room as newly joined, with its whole state (lazy-loading
+   clients too when a replay changed it: they saw what was taken out).
+   A crash anywhere leaves the room partial, resynced again after the
+   restart.
 
 An unreachable server is followed by the next one; when none answered, the
 room waits (persisted, doubling from ``retry_ms``) and is tried again.

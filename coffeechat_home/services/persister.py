@@ -40,6 +40,7 @@ from ..protocol.room_versions import RoomVersion, get_room_version
 from ..storage.backfill import allocate_backfill_positions
 from ..storage.events import (
     EventStore,
+    RowInsert,
     StaleRoomState,
     StoredEvent,
     apply_redactions,
@@ -167,7 +168,7 @@ class Persister:
         room_version: RoomVersion | None = None,
         new_room: NewRoom | None = None,
         backfilled: bool = False,
-        also: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+        also: Callable[[asyncpg.Connection], Awaitable[None]] | RowInsert | None = None,
     ) -> PersistResult:
         """Persist checked events built elsewhere (in order: an event's
         prev_events come before it). Takes the room's lock. Events stored
@@ -178,7 +179,9 @@ class Persister:
         zero (storage/backfill.py), so /sync never shows them as new and
         the federation sender never sends them. ``also``: more writes of the
         caller in the same transaction (a partial-state join records the
-        room as partial with its join)."""
+        room as partial with its join); a ``RowInsert`` is written by the
+        events' insert statement (no round trip of its own: the receiver's
+        answer to a transaction)."""
         async with self.room_lock(room_id):
             for _ in range(5):
                 known = await self.events.stored_info(b.event.event_id for b in batch)
@@ -187,9 +190,10 @@ class Persister:
 
                 async def fn(conn: asyncpg.Connection, positions: list[int]) -> PersistResult:
                     written = await self._write(
-                        conn, positions, room_id, batch, base=None, room_version=room_version, new_room=new_room
+                        conn, positions, room_id, batch, base=None, room_version=room_version, new_room=new_room,
+                        also=also if isinstance(also, RowInsert) else None,
                     )
-                    if also is not None:
+                    if also is not None and not isinstance(also, RowInsert):
                         await also(conn)
                     return written
 
@@ -217,7 +221,8 @@ class Persister:
         return result
 
     async def persist_on_base(
-        self, room_id: str, batch: Sequence[NewEvent], base: RoomBase, *, room_version: RoomVersion
+        self, room_id: str, batch: Sequence[NewEvent], base: RoomBase, *, room_version: RoomVersion,
+        also: RowInsert | None = None,
     ) -> PersistResult | None:
         """Checked events built elsewhere that extend the room's head
         ``base`` as a line (each accepted, the first one's prev_events
@@ -225,11 +230,12 @@ class Persister:
         a prev_event of a stored event), written as the local sender writes:
         a compare-and-set of the extremities. None when the room's
         extremities are no longer ``base.extremities`` (nothing written: use
-        ``persist``)."""
+        ``persist``). ``also``: as ``persist``'s (written only with the
+        events)."""
         async with self.room_lock(room_id):
             async def fn(conn: asyncpg.Connection, positions: list[int]) -> PersistResult:
                 return await self._write(conn, positions, room_id, batch, base=base, room_version=room_version,
-                                         allocate=True)
+                                         allocate=True, also=also)
 
             try:  # the positions are taken by the events' insert, as on the local send path
                 result, _ = await self.stream.write_many(fn, len(batch), name="persist_remote_on_base",
@@ -286,6 +292,7 @@ class Persister:
         new_room: NewRoom | None = None,
         redaction_targets: tuple[dict[str, Any], dict[str, Any]] | None = None,
         allocate: bool = False,
+        also: RowInsert | None = None,
     ) -> PersistResult:
         store = EventStore(conn)
         in_insert = 0  # positions the events' insert takes (write_many(allocate=False))
@@ -339,6 +346,7 @@ class Persister:
             expected_extremities=old_extremities if base is not None else None,
             new_extremities=plan.extremities if plan.extremities != old_extremities else None,
             allocate=in_insert,
+            also=also,
         )
         positions.extend(taken)
         if plan.new_groups:

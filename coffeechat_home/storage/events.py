@@ -32,6 +32,20 @@ class DuplicateTransaction(Exception):
     """The (user, device, txn id) was used by a concurrent request."""
 
 
+@dataclass(frozen=True)
+class RowInsert:
+    """One more row for ``insert_events`` to write, in its statement (so
+    it commits exactly when the events do, without a round trip of its
+    own): ``table`` and ``columns`` (name, SQL type) are the code's
+    constants, ``values`` go as bind parameters; ``conflict`` is the
+    insert's ON CONFLICT clause (a constant too)."""
+
+    table: str
+    columns: tuple[tuple[str, str], ...]
+    values: tuple[Any, ...]
+    conflict: str = ""
+
+
 @dataclass
 class StoredEvent:
     """One row of ``events`` as the persister writes it."""
@@ -101,6 +115,7 @@ async def insert_events(
     expected_extremities: Sequence[str] | None,
     new_extremities: Sequence[str] | None,
     allocate: int = 0,
+    also: RowInsert | None = None,
 ) -> list[int]:
     """Write ``items`` inside the caller's transaction, with their DAG edges
     and transaction ids, and set the room's forward extremities to
@@ -113,7 +128,10 @@ async def insert_events(
     ``allocate``: the same statement takes this many stream positions
     (``StreamStore.write_many(allocate=False)``); the items' ``stream_pos``
     are then 1-based indexes into them, in increasing order, which are
-    replaced by the positions. Returns the positions taken (sorted)."""
+    replaced by the positions. Returns the positions taken (sorted).
+
+    ``also``: a row of the caller's written by the same statement (none
+    when the compare-and-set fails)."""
     evs = [it.event for it in items]
     edges = [(e.event_id, p) for e in evs for p in e.prev_event_ids]
     auth_edges = [(e.event_id, a) for e in evs for a in e.auth_event_ids]
@@ -136,6 +154,13 @@ async def insert_events(
                    SELECT array_agg(p ORDER BY p) AS a
                    FROM (SELECT nextval('stream_seq') AS p FROM generate_series(1, $34::INT)) AS s),"""
     pos_sql = "(SELECT a FROM alloc)[u.stream_pos::INT]" if allocate else "u.stream_pos"
+    also_sql = ""
+    if also is not None:  # its values from $35 on
+        also_sql = f""",
+               also AS (
+                   INSERT INTO {also.table} ({", ".join(c for c, _ in also.columns)})
+                   SELECT {", ".join(f"${35 + i}::{t}" for i, (_, t) in enumerate(also.columns))}
+                   WHERE EXISTS (SELECT 1 FROM moved) {also.conflict} RETURNING 1)"""
     try:
         row = await conn.fetchrow(
             f"""WITH {alloc_sql if allocate else ""} moved AS ({moved_sql}),
@@ -166,7 +191,7 @@ async def insert_events(
                    INSERT INTO event_txn_ids (user_id, device_id, txn_id, endpoint, event_id, created_ts)
                    SELECT * FROM unnest($24::TEXT[], $25::TEXT[], $26::TEXT[], $27::TEXT[], $28::TEXT[],
                                         $29::BIGINT[])
-                   WHERE EXISTS (SELECT 1 FROM moved) RETURNING 1)
+                   WHERE EXISTS (SELECT 1 FROM moved) RETURNING 1){also_sql}
                SELECT (SELECT count(*) FROM moved) AS moved,
                       {"(SELECT a FROM alloc)" if allocate else "$34::INT"} AS taken""",
             room_id,
@@ -197,6 +222,7 @@ async def insert_events(
             [it.rejected_reason for it in items],
             [it.soft_failed for it in items],
             allocate,
+            *(() if also is None else also.values),
         )
     except asyncpg.UniqueViolationError as e:
         where = f"{getattr(e, 'constraint_name', '')} {getattr(e, 'table_name', '')} {e}"
@@ -272,7 +298,7 @@ class EventStore:
         )
         return None if row is None else (str(row["room_version"]), list(row["forward_extremities"] or []))
 
-    async def room_for_receipt(self, room_id: str) -> tuple[str, list[str], bool] | None:
+    async def room_for_receipt(self, room_id: str) -> RoomRow | None:
         """(room version, forward extremities, whether its state is partial:
         joined with members omitted and not resynced yet, schema/0031)."""
         row = await self.db.fetchrow(
@@ -365,40 +391,12 @@ class EventStore:
     async def batch_lookup(
         self, info_ids: Iterable[str], event_ids: Iterable[str], successor_ids: Iterable[str],
         room_version: RoomVersion,
-    ) -> tuple[dict[str, StoredEventInfo], dict[str, Event], set[str], set[str]]:
+    ) -> BatchLookup:
         """In one round trip: ``stored_info`` of ``info_ids`` and
         ``event_ids``, ``events_by_id(event_ids)`` (events, rejected ones),
         ``with_successors(successor_ids)``."""
-        info_list, event_list = list(set(info_ids)), list(set(event_ids))
-        rows = await self.db.fetch(
-            """SELECT FALSE AS successor, event_id, room_id, depth, stream_pos, state_group, outlier,
-                      rejected_reason IS NOT NULL AS rejected, soft_failed,
-                      CASE WHEN event_id = ANY($2::TEXT[]) THEN pdu END AS pdu
-               FROM events WHERE event_id = ANY($1::TEXT[]) OR event_id = ANY($2::TEXT[])
-               UNION ALL
-               SELECT DISTINCT TRUE, g.prev_event_id, NULL::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT,
-                      NULL::BOOLEAN, NULL::BOOLEAN, NULL::BOOLEAN, NULL::TEXT
-               FROM event_edges g JOIN events e ON e.event_id = g.event_id
-               WHERE g.prev_event_id = ANY($3::TEXT[])
-                 AND NOT e.outlier AND e.rejected_reason IS NULL AND NOT e.soft_failed""",
-            info_list, event_list, list(set(successor_ids)),
-        )
-        infos: dict[str, StoredEventInfo] = {}
-        events: dict[str, Event] = {}
-        rejected: set[str] = set()
-        successors: set[str] = set()
-        for r in rows:
-            eid = r["event_id"]
-            if r["successor"]:
-                successors.add(eid)
-                continue
-            infos[eid] = StoredEventInfo(eid, r["room_id"], r["depth"], r["stream_pos"], r["state_group"],
-                                         r["outlier"], r["rejected"], r["soft_failed"])
-            if r["pdu"] is not None:
-                events[eid] = Event(orjson.loads(r["pdu"]), eid, room_version)
-                if r["rejected"]:
-                    rejected.add(eid)
-        return infos, events, rejected, successors
+        rows = await self.db.fetch(BATCH_LOOKUP_SQL, *batch_lookup_args(info_ids, event_ids, successor_ids))
+        return parse_batch_lookup(rows, room_version)
 
     async def events_by_id(
         self, event_ids: Iterable[str], room_version: RoomVersion
@@ -766,3 +764,53 @@ def _type_sender_filters(arg: Any, types: Any, not_types: Any, senders: Any, not
     if not_senders:
         conds.append(f"NOT (sender = ANY({arg(list(not_senders))}::TEXT[]))")
     return conds
+
+
+# (room version, forward extremities, whether its state is partial)
+RoomRow = tuple[str, list[str], bool]
+
+# (stored infos, events, rejected ones among them, ids with a successor)
+BatchLookup = tuple[dict[str, StoredEventInfo], dict[str, Event], set[str], set[str]]
+
+# ``EventStore.batch_lookup``'s statement ($1 info ids, $2 event ids, $3
+# successor ids: ``batch_lookup_args``), for a caller that reads it along
+# with other rows (storage/federation_inbound.py)
+BATCH_LOOKUP_SQL = """SELECT FALSE AS successor, event_id, room_id, depth, stream_pos, state_group, outlier,
+                      rejected_reason IS NOT NULL AS rejected, soft_failed,
+                      CASE WHEN event_id = ANY($2::TEXT[]) THEN pdu END AS pdu
+               FROM events WHERE event_id = ANY($1::TEXT[]) OR event_id = ANY($2::TEXT[])
+               UNION ALL
+               SELECT DISTINCT TRUE, g.prev_event_id, NULL::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT,
+                      NULL::BOOLEAN, NULL::BOOLEAN, NULL::BOOLEAN, NULL::TEXT
+               FROM event_edges g JOIN events e ON e.event_id = g.event_id
+               WHERE g.prev_event_id = ANY($3::TEXT[])
+                 AND NOT e.outlier AND e.rejected_reason IS NULL AND NOT e.soft_failed"""
+
+
+def batch_lookup_args(
+    info_ids: Iterable[str], event_ids: Iterable[str], successor_ids: Iterable[str]
+) -> tuple[list[str], list[str], list[str]]:
+    return list(set(info_ids)), list(set(event_ids)), list(set(successor_ids))
+
+
+def parse_batch_lookup(rows: Iterable[Any], room_version: RoomVersion) -> BatchLookup:
+    """``BATCH_LOOKUP_SQL``'s rows (rows whose ``successor`` is NULL are
+    skipped: a caller's own)."""
+    infos: dict[str, StoredEventInfo] = {}
+    events: dict[str, Event] = {}
+    rejected: set[str] = set()
+    successors: set[str] = set()
+    for r in rows:
+        eid = r["event_id"]
+        if r["successor"] is None:
+            continue
+        if r["successor"]:
+            successors.add(eid)
+            continue
+        infos[eid] = StoredEventInfo(eid, r["room_id"], r["depth"], r["stream_pos"], r["state_group"],
+                                     r["outlier"], r["rejected"], r["soft_failed"])
+        if r["pdu"] is not None:
+            events[eid] = Event(orjson.loads(r["pdu"]), eid, room_version)
+            if r["rejected"]:
+                rejected.add(eid)
+    return infos, events, rejected, successors

@@ -3,13 +3,15 @@ room facts the receiver asks for."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import asyncpg
 import orjson
 
 from ..protocol.events import Event
+from ..protocol.room_versions import RoomVersion
 from .database import Database
+from .events import BATCH_LOOKUP_SQL, BatchLookup, RoomRow, RowInsert, batch_lookup_args, parse_batch_lookup
 from .room_state import insert_memberships
 from .stream import StreamStore
 
@@ -62,6 +64,52 @@ class FederationInboundStore:
         value = orjson.loads(raw)
         return value if isinstance(value, dict) else None
 
+    async def txn_response_and_room(
+        self, origin: str, txn_id: str, room_id: str
+    ) -> tuple[dict[str, Any] | None, RoomRow | None]:
+        """``txn_response`` and the room's (version, forward extremities,
+        partial) (``EventStore.room_for_receipt``) in one round trip."""
+        row = await self.db.fetchrow(
+            f"""SELECT t.response_json, r.room_version, r.forward_extremities, {_PARTIAL}
+               FROM (SELECT 1) AS one
+               LEFT JOIN federation_inbound_txns AS t ON t.origin = $1 AND t.txn_id = $2
+               LEFT JOIN rooms AS r ON r.room_id = $3""",
+            origin, txn_id, room_id,
+        )
+        assert row is not None
+        return _txn_and_room(row)
+
+    async def txn_response_room_and_lookup(
+        self, origin: str, txn_id: str, room_id: str, room_version: RoomVersion,
+        info_ids: Iterable[str], event_ids: Iterable[str], successor_ids: Iterable[str],
+    ) -> tuple[dict[str, Any] | None, RoomRow | None, BatchLookup]:
+        """``txn_response_and_room`` and ``EventStore.batch_lookup`` (for a
+        room whose version the caller knows) in one round trip."""
+        rows = await self.db.fetch(
+            f"""WITH hdr AS (
+                   SELECT t.response_json, r.room_version, r.forward_extremities, {_PARTIAL}
+                   FROM (SELECT 1) AS one
+                   LEFT JOIN federation_inbound_txns AS t ON t.origin = $4 AND t.txn_id = $5
+                   LEFT JOIN rooms AS r ON r.room_id = $6)
+                SELECT hdr.response_json, hdr.room_version, hdr.forward_extremities, hdr.partial, l.*
+                FROM hdr LEFT JOIN ({BATCH_LOOKUP_SQL}) AS l ON TRUE""",
+            *batch_lookup_args(info_ids, event_ids, successor_ids), origin, txn_id, room_id,
+        )
+        response, room = _txn_and_room(rows[0])
+        return response, room, parse_batch_lookup(rows, room_version)
+
+    @staticmethod
+    def txn_response_row(origin: str, txn_id: str, response: dict[str, Any], now_ms: int) -> RowInsert:
+        """``save_txn_response``'s row for the persister to write with the
+        transaction's events (``Persister.persist(also=)``: it commits
+        exactly when they do; its values are bind parameters)."""
+        return RowInsert(
+            "federation_inbound_txns",
+            (("origin", "TEXT"), ("txn_id", "TEXT"), ("response_json", "TEXT"), ("received_ts", "BIGINT")),
+            (origin, txn_id, orjson.dumps(response).decode(), now_ms),
+            "ON CONFLICT (origin, txn_id) DO NOTHING",
+        )
+
     async def save_txn_response(self, origin: str, txn_id: str, response: dict[str, Any], now_ms: int) -> None:
         await self.db.execute(
             """INSERT INTO federation_inbound_txns (origin, txn_id, response_json, received_ts)
@@ -79,3 +127,20 @@ class FederationInboundStore:
             room_id, server_name,
         )
         return value is not None
+
+
+# whether the room's state is partial (``EventStore.room_for_receipt``)
+_PARTIAL = """EXISTS (SELECT 1 FROM partial_state_rooms AS p
+                      WHERE p.room_id = r.room_id AND p.stream_pos IS NULL) AS partial"""
+
+
+def _txn_and_room(row: Any) -> tuple[dict[str, Any] | None, RoomRow | None]:
+    response = None
+    if row["response_json"] is not None:
+        value = orjson.loads(row["response_json"])
+        response = value if isinstance(value, dict) else None
+    room = None
+    if row["room_version"] is not None:
+        room = (str(row["room_version"]), list(row["forward_extremities"] or []), bool(row["partial"]))
+    return response, room
+

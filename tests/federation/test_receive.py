@@ -288,6 +288,9 @@ async def test_pdus_and_edus_from_another_server(
                          [(msg.event_id, msg.depth)], await room.state())
     assert await origin.send(ours.server_name, [dict(other.pdu)], txn=txn) == {"pdus": {msg.event_id: {}}}
     assert await room.stored(other.event_id) is None
+    # the answer was written by the database transaction that stored the event
+    # (it commits exactly when the event does: no commit of its own)
+    assert await _txn_writer(ours, origin.name, txn) == await _event_writer(ours, msg.event_id)
 
     # typing and a read receipt from remy show in alice's /sync
     loner = f"@loner:{origin.name}"
@@ -387,6 +390,19 @@ async def _ephemeral_both_ways(ours: FederatingServer, origin: Origin, alice: Us
     assert [r["user_id"] for r in rows] == [remy]
 
 
+async def _txn_writer(ours: FederatingServer, origin: str, txn_id: str) -> str:
+    """The PostgreSQL transaction that wrote a transaction's answer ("": none)."""
+    rows = await ours.db_fetch(
+        "SELECT xmin::TEXT AS x FROM federation_inbound_txns WHERE origin = $1 AND txn_id = $2", origin, txn_id)
+    return str(rows[0]["x"]) if rows else ""
+
+
+async def _event_writer(ours: FederatingServer, event_id: str) -> str:
+    """The PostgreSQL transaction that stored an event ("": not stored)."""
+    rows = await ours.db_fetch("SELECT xmin::TEXT AS x FROM events WHERE event_id = $1", event_id)
+    return str(rows[0]["x"]) if rows else ""
+
+
 async def _true(value: Any) -> bool:
     return bool(value)
 
@@ -478,6 +494,32 @@ async def test_bad_pdus_refused(setup: tuple[FederatingServer, Origin, aiohttp.C
     since, seen = await _sync_until(alice, since, room.room_id, {late.event_id})
     assert late.event_id not in [e["event_id"] for e in seen]
 
+    # a transaction of one rejected PDU, its txn id with a quote and a backslash:
+    # its answer (the error) is written with the event and a replay gets it
+    # again (processing the PDU anew would answer {}: it is stored)
+    power["users"][remy] = 50
+    coup2 = origin.build(version, room.room_id, remy,
+                         {"type": "m.room.power_levels", "state_key": "", "content": power},
+                         [(late.event_id, late.depth)], await room.state_before_ban(remy))
+    odd_txn = f"it's\\{next(_txn)}"
+    first = await origin.send(ours.server_name, [dict(coup2.pdu)], txn=quote(odd_txn, safe=""))
+    assert "error" in first["pdus"][coup2.event_id], first
+    assert await origin.send(ours.server_name, [dict(coup2.pdu)], txn=quote(odd_txn, safe="")) == first
+    assert await _txn_writer(ours, origin.name, odd_txn) == await _event_writer(ours, coup2.event_id) != ""
+    rows = await ours.db_fetch("SELECT response_json FROM federation_inbound_txns WHERE origin = $1 AND txn_id = $2",
+                               origin.name, odd_txn)
+    assert [orjson.loads(r["response_json"]) for r in rows] == [first]
+    # with EDUs the answer is saved after them, in a transaction of its own: replayed all the same
+    again = origin.build(version, room.room_id, remy,
+                         {"type": "m.room.message", "content": {"msgtype": "m.text", "body": "and EDUs"}},
+                         [(late.event_id, late.depth)], await room.state_before_ban(remy))
+    edu_txn = f"edus{next(_txn)}"
+    edus = [{"edu_type": "m.unknown.thing", "content": {}}]
+    first = await origin.send(ours.server_name, [dict(again.pdu)], edus, txn=edu_txn)
+    assert first == {"pdus": {again.event_id: {}}}
+    assert await origin.send(ours.server_name, [dict(coup2.pdu)], edus, txn=edu_txn) == first
+    assert "" != await _txn_writer(ours, origin.name, edu_txn) != await _event_writer(ours, again.event_id)
+
     # an oversized transaction: 400, nothing processed
     many = [dict(join.pdu)] * 51
     with pytest.raises(RemoteError) as e:
@@ -490,6 +532,10 @@ async def test_bad_pdus_refused(setup: tuple[FederatingServer, Origin, aiohttp.C
     with pytest.raises(RemoteError) as e:
         await origin.client.put_json(ours.server_name, "/_matrix/federation/v1/send/bad", {"pdus": "x"})
     assert e.value.status == 400
+    # a txn id with a NUL (which no text column holds): refused at the door, not a 500
+    with pytest.raises(RemoteError) as e:
+        await origin.send(ours.server_name, [dict(again.pdu)], txn="nul%00id")
+    assert (e.value.status, e.value.errcode) == (400, "M_INVALID_PARAM")
 
     # body limits: /send takes more than the general 1 MiB (50 PDUs of 64 KiB
     # need it), other routes keep it; past its limit a body is a 413 Matrix error

@@ -28,6 +28,8 @@ class TransactionRoutes:
 
     async def send(self, request: web.Request, origin: str) -> web.StreamResponse:
         txn_id = request.match_info["txn_id"]
+        if "\x00" in txn_id:  # no text column holds it
+            raise MatrixError(400, "M_INVALID_PARAM", "The transaction id holds a NUL character")
         try:
             answer = await self.receiver.on_transaction(origin, txn_id, request[FEDERATION_BODY])
         except BadTransaction as e:

@@ -39,9 +39,9 @@ from ...protocol.errors import ProtocolError
 from ...protocol.events import Event, StateKey, create_event_id_for_room
 from ...protocol.identifiers import InvalidIdentifier, parse_user_id
 from ...protocol.pdu import check_pdu_format, check_received_pdu
-from ...protocol.room_versions import RoomVersion, get_room_version
+from ...protocol.room_versions import RoomVersion, UnsupportedRoomVersion, get_room_version
 from ...protocol.state_res import resolve_state
-from ...storage.events import EventStore
+from ...storage.events import EventStore, RowInsert
 from ...storage.federation_inbound import FederationInboundStore
 from ..persister import EventContext, NewEvent, Persister, UnknownRoom
 from ..receipts import ReceiptService
@@ -51,13 +51,14 @@ from ..tasks import KeyedLocks
 from .events_in import auth_ids_in, receipt_auth_checks
 from .gaps import EventFetcher, FetchBudget, GapFetchError
 from .room_batch import Outcome as _Outcome
-from .room_batch import HeadCache, RoomBatch
+from .room_batch import HeadCache, RoomBatch, lookup_ids
 from .server_acl import ServerAcls
 
 log = logging.getLogger(__name__)
 
 MAX_PDUS = 50
 MAX_EDUS = 100
+ROOM_VERSIONS_KEPT = 10_000
 # get_missing_events: how many events we ask for, and how far below the
 # room's current depth we look (the spec leaves both to the server).
 MISSING_EVENTS_LIMIT = 20
@@ -101,6 +102,7 @@ class FederationReceiver:
         self.fetcher = EventFetcher(events, persister, key_store, client)
         self.acls: ServerAcls | None = None  # the rooms' server ACLs, when set
         self.heads = HeadCache()  # rooms' heads as this process last persisted them
+        self._room_versions: dict[str, RoomVersion] = {}  # (immutable) of rooms we received PDUs for
         self.missing_events_limit = MISSING_EVENTS_LIMIT  # federation.missing_events_limit
 
     async def _denied(self, room_id: Any, origin: str) -> bool:
@@ -116,29 +118,68 @@ class FederationReceiver:
             raise BadTransaction("pdus and edus must be arrays")
         if len(pdus) > MAX_PDUS or len(edus) > MAX_EDUS:
             raise BadTransaction(f"A transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs")
-        async with self._txn_locks.hold((origin, txn_id)):
-            done = await self.store.txn_response(origin, txn_id)
-            if done is not None:
-                return done
-            results, failed = await self._process_pdus(origin, pdus)
-            response = {"pdus": results}
-            await self._process_edus(origin, edus)
-            if not failed:  # else a retry processes the failed PDUs again
-                await self.store.save_txn_response(origin, txn_id, response, int(time.time() * 1000))
-            return response
-
-    async def _process_pdus(self, origin: str, pdus: list[Any]) -> tuple[dict[str, Any], bool]:
-        """Per-PDU results, and whether one failed for a reason of ours
-        (database, bug): such a PDU answers an error and the transaction's
-        answer is not kept."""
+        now_ms = int(time.time() * 1000)
         by_room: dict[str, list[Any]] = {}
-        results: dict[str, Any] = {}
-        failed = False
         for pdu in pdus:
             room_id = pdu.get("room_id") if isinstance(pdu, Mapping) else None
-            if not isinstance(room_id, str):
-                continue  # no room, no event id we could answer for
-            by_room.setdefault(room_id, []).append(pdu)
+            if isinstance(room_id, str):  # else no room, no event id we could answer for
+                by_room.setdefault(room_id, []).append(pdu)
+        async with self._txn_locks.hold((origin, txn_id)):
+            results: dict[str, Any] = {}
+            if len(by_room) == 1:
+                # one room (Synapse's usual 1-2 PDUs): the dedupe read goes with
+                # the room's row, and without EDUs the answer is written in the
+                # transaction that persists the events (so it commits exactly
+                # when they do), not in a commit of its own
+                ((room_id, items),) = by_room.items()
+                async with self._room_lock(room_id):
+                    rv = self._room_versions.get(room_id)
+                    lookup = None
+                    if rv is None:
+                        done, row = await self.store.txn_response_and_room(origin, txn_id, room_id)
+                    else:  # the batch's read ahead goes along too
+                        batch_ids, info_ids, auths = lookup_ids(items, room_id, rv)
+                        done, row, lookup = await self.store.txn_response_room_and_lookup(
+                            origin, txn_id, room_id, rv, info_ids, auths, batch_ids)
+                    if done is not None:
+                        return done
+                    if row is not None and (rv is None or rv.identifier != row[0]):
+                        lookup = None
+                        self._remember_version(room_id, row[0])
+
+                    def respond(answers: dict[str, Any]) -> RowInsert:
+                        return self.store.txn_response_row(origin, txn_id, {"pdus": answers}, now_ms)
+
+                    batch = RoomBatch(self, origin, room_id, results)
+                    await batch.run(items, row, None if edus else respond, lookup)
+                failed, saved = batch.failed, batch.responded
+            else:
+                done = await self.store.txn_response(origin, txn_id)
+                if done is not None:
+                    return done
+                failed, saved = await self._process_pdus(origin, by_room, results), False
+            response = {"pdus": results}
+            await self._process_edus(origin, edus)
+            if not failed and not saved:  # failed: a retry processes the failed PDUs again
+                await self.store.save_txn_response(origin, txn_id, response, now_ms)
+            return response
+
+    def _remember_version(self, room_id: str, version: str) -> None:
+        """A room's version never changes: kept, so the first read of a
+        transaction can hold the batch's read ahead, which needs it."""
+        try:
+            rv = get_room_version(version)
+        except UnsupportedRoomVersion:
+            return
+        if len(self._room_versions) >= ROOM_VERSIONS_KEPT:
+            self._room_versions.clear()
+        self._room_versions[room_id] = rv
+
+    async def _process_pdus(self, origin: str, by_room: dict[str, list[Any]], results: dict[str, Any]) -> bool:
+        """Per-PDU results into ``results``, and whether one failed for a
+        reason of ours (database, bug): such a PDU answers an error and the
+        transaction's answer is not kept."""
+        failed = False
 
         async def room(room_id: str, items: list[Any]) -> None:
             async with self._room_lock(room_id):
@@ -149,7 +190,7 @@ class FederationReceiver:
                     failed = True
 
         await asyncio.gather(*(room(r, items) for r, items in by_room.items()))
-        return results, failed
+        return failed
 
     @contextlib.asynccontextmanager
     async def _room_lock(self, room_id: str) -> AsyncIterator[None]:

@@ -35,14 +35,14 @@ from __future__ import annotations
 import collections
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from ...protocol.errors import EventFormatError, ProtocolError
 from ...protocol.events import Event, StateKey, create_event_id_for_room
 from ...protocol.hashing import compute_event_id
 from ...protocol.power_levels import server_name_of
 from ...protocol.room_versions import RoomVersion, UnsupportedRoomVersion, get_room_version
-from ...storage.events import StoredEventInfo
+from ...storage.events import BatchLookup, RoomRow, RowInsert, StoredEventInfo
 from ..persister import EventContext, NewEvent, PersistResult, RoomBase, UnknownRoom
 from ..server_keys import KeyUnavailable
 from .events_in import auth_ids_in, receipt_auth_checks
@@ -63,6 +63,16 @@ class Outcome:
 
 def answer(outcome: Outcome) -> dict[str, Any]:
     return {} if outcome.error is None else {"error": outcome.error}
+
+
+class _Unread:
+    """RoomBatch.run's ``room`` when the caller did not read the room's row."""
+
+
+UNREAD = _Unread()
+# the transaction's answer (its PDUs' results) as a row to write with its
+# events (None: saved apart)
+Respond = Callable[[dict[str, Any]], "RowInsert | None"]
 
 
 class _Slow(Exception):
@@ -135,10 +145,19 @@ class RoomBatch:
         self.rv: RoomVersion | None = None
         self.partial_state = False  # joined with members omitted, not resynced yet
         self.min_depth: int | None = None  # of the room's DAG here, read when needed
+        self.responded = False  # the transaction's answer was written with the last events
 
     # -- the batch ---------------------------------------------------------------
-    async def run(self, pdus: list[Any]) -> None:
-        row = await self.rx.events.room_for_receipt(self.room_id)
+    async def run(
+        self, pdus: list[Any], room: RoomRow | None | _Unread = UNREAD, respond: Respond | None = None,
+        lookup: BatchLookup | None = None,
+    ) -> None:
+        """``room``: the room's (version, extremities, partial) when the
+        caller read them (under the room's lock). ``respond``: when the
+        batch is the whole transaction, its answer as a row to write with
+        the last events (when nothing failed before). ``lookup``: the read
+        ahead (``lookup_ids``) when the caller made it, with the room's row."""
+        row = await self.rx.events.room_for_receipt(self.room_id) if isinstance(room, _Unread) else room
         if row is None:
             return  # unknown room: nothing to answer for
         version, extremities, self.partial_state = row
@@ -157,7 +176,7 @@ class RoomBatch:
         ids = [_event_id(pdu, rv) for pdu in pdus]
         self.batch_ids = [i for i in ids if i is not None]
         try:
-            await self._prefetch(pdus, rv)
+            await self._prefetch(pdus, rv, lookup)
         except Exception:  # the reads are asked again where needed
             log.exception("reading ahead for the PDUs from %s in %s failed", self.origin, self.room_id)
         for pdu, event_id in zip(pdus, ids):
@@ -172,7 +191,7 @@ class RoomBatch:
                 continue
             if outcome is not None:
                 self.results[event_id] = answer(outcome)
-        await self.flush()
+        await self.flush(respond)
 
     async def _behind_the_dag(self, ev: Event) -> bool:
         if self.min_depth is None:
@@ -185,24 +204,16 @@ class RoomBatch:
         if len(base.extremities) == 1:
             self.after[base.extremities[0]] = base.state
 
-    async def _prefetch(self, pdus: list[Any], rv: RoomVersion) -> None:
+    async def _prefetch(self, pdus: list[Any], rv: RoomVersion, lookup: BatchLookup | None = None) -> None:
         """What the batch will ask, in one query: whether its events are
         stored and are a stored event's prev event, their prev events, their
-        auth events."""
-        prevs: set[str] = set()
-        auths: set[str] = set()
-        for pdu in pdus:
-            for name, into in (("prev_events", prevs), ("auth_events", auths)):
-                value = pdu.get(name) if isinstance(pdu, Mapping) else None
-                if isinstance(value, list):
-                    into.update(v for v in value[:20] if isinstance(v, str))
-        create_id = create_event_id_for_room(self.room_id, rv)
-        if create_id is not None:
-            auths.add(create_id)
-        info_ids = {*self.batch_ids, *prevs} - self.info_asked
+        auth events (``lookup``: that query's answer, read by the caller)."""
+        _, info_ids, auths = lookup_ids(pdus, self.room_id, rv, self.batch_ids)
+        info_ids -= self.info_asked
         auths -= self.asked
-        infos, events, rejected, successors = await self.rx.events.batch_lookup(
-            info_ids, auths, self.batch_ids, rv)
+        if lookup is None:
+            lookup = await self.rx.events.batch_lookup(info_ids, auths, self.batch_ids, rv)
+        infos, events, rejected, successors = lookup
         self.info.update(infos)
         self.info_asked |= info_ids | auths
         self.loaded.update(events)
@@ -371,14 +382,18 @@ class RoomBatch:
         self.asked.clear()
 
     # -- persisting ---------------------------------------------------------------
-    async def flush(self) -> None:
-        """Persist the pending events in one go and answer for them."""
+    async def flush(self, respond: Respond | None = None) -> None:
+        """Persist the pending events in one go and answer for them;
+        ``respond``: see ``run``."""
         if not self.pending:
             return
         pending, self.pending = self.pending, []
         predicted = self.head
+        also = None
+        if respond is not None and not self.failed:
+            also = respond({**self.results, **{event_id: answer(o) for _, event_id, o in pending}})
         try:
-            result = await self._persist([p[0] for p in pending])
+            result = await self._persist([p[0] for p in pending], also)
         except UnknownRoom:
             self._drop(pending)
             for _, event_id, _ in pending:
@@ -390,6 +405,7 @@ class RoomBatch:
             self._drop(pending)
             return
         self.rx.pdus_processed += len(pending)
+        self.responded = also is not None
         for _, event_id, outcome in pending:
             self.results[event_id] = answer(outcome)
         if predicted is None or predicted[1] != result.current_state:
@@ -400,7 +416,7 @@ class RoomBatch:
         self._known(base)
         self.rx.heads.put(self.room_id, KnownHead(base, self.joined))
 
-    async def _persist(self, batch: list[NewEvent]) -> PersistResult:
+    async def _persist(self, batch: list[NewEvent], also: RowInsert | None = None) -> PersistResult:
         """With the compare-and-set of the local sender when the events
         extend the known head as a line (few statements), else through the
         persister's general path."""
@@ -409,10 +425,11 @@ class RoomBatch:
         if base is not None and self.rv is not None and all(b.context.in_timeline for b in batch) \
                 and (first.state_before is base.state or first.state_before == base.state):
             first.state_group_before = base.state_group  # holds exactly the state before it
-            result = await self.rx.persister.persist_on_base(self.room_id, batch, base, room_version=self.rv)
+            result = await self.rx.persister.persist_on_base(self.room_id, batch, base, room_version=self.rv,
+                                                             also=also)
             if result is not None:
                 return result
-        return await self.rx.persister.persist(self.room_id, batch)
+        return await self.rx.persister.persist(self.room_id, batch, also=also)
 
     def _drop(self, pending: list[tuple[NewEvent, str, Outcome]]) -> None:
         for new, _, _ in pending:
@@ -420,6 +437,28 @@ class RoomBatch:
             self.mine.pop(new.event.event_id, None)
             self.mine_rejected.discard(new.event.event_id)
         self._forget()
+
+
+def lookup_ids(
+    pdus: list[Any], room_id: str, rv: RoomVersion, batch_ids: list[str] | None = None
+) -> tuple[list[str], set[str], set[str]]:
+    """The batch's read ahead (``EventStore.batch_lookup``'s arguments):
+    its event ids (the successors asked), the ids whose stored info it
+    wants (its events, their prev events), the events it loads (their auth
+    events, the room's create event)."""
+    prevs: set[str] = set()
+    auths: set[str] = set()
+    for pdu in pdus:
+        for name, into in (("prev_events", prevs), ("auth_events", auths)):
+            value = pdu.get(name) if isinstance(pdu, Mapping) else None
+            if isinstance(value, list):
+                into.update(v for v in value[:20] if isinstance(v, str))
+    create_id = create_event_id_for_room(room_id, rv)
+    if create_id is not None:
+        auths.add(create_id)
+    if batch_ids is None:
+        batch_ids = [i for i in (_event_id(pdu, rv) for pdu in pdus) if i is not None]
+    return batch_ids, {*batch_ids, *prevs}, auths
 
 
 def _event_id(pdu: Any, rv: RoomVersion) -> str | None:

@@ -23,7 +23,8 @@ from coffeechat_home.protocol.events import Event, StateKey, auth_types_for_even
 from coffeechat_home.protocol.room_versions import RoomVersion, get_room_version
 from coffeechat_home.protocol.signing import generate_signing_key
 from coffeechat_home.protocol.state_res import resolve_state
-from coffeechat_home.services.persister import EventContext, NewEvent
+from coffeechat_home.services.persister import EventContext, NewEvent, RoomBase
+from coffeechat_home.storage.events import RowInsert
 
 from ..helpers import ApiClient
 from .db_checks import assert_forward_extremities
@@ -359,3 +360,54 @@ async def test_messages_in_dag_order_after_backfill(
     for bad in ("t1", "tx-1", "t-1-2", "t1-"):
         r = await alice.get(f"rooms/{q(room_id)}/messages", params={"dir": "b", "from": bad})
         assert (r.status, r.body.get("errcode")) == (400, "M_INVALID_PARAM"), (bad, r)
+
+
+async def test_a_row_of_the_caller_commits_with_the_events_only(
+    alice: ApiClient, server: HomeServer, database_url: str
+) -> None:
+    """``also=RowInsert``: a row of the caller's (the receiver's answer to a
+    transaction) written by the events' insert statement, with bind
+    parameters: none when the head's compare-and-set fails, else in the
+    database transaction that wrote the events (general path and on a base)."""
+    room_id, remote = await _public_room_with_remote(alice, server, database_url)
+    persister = server.services.persister if server.services is not None else None
+    assert persister is not None
+    rv = await remote.rv()
+
+    def answer(txn_id: str) -> RowInsert:
+        return RowInsert("federation_inbound_txns",
+                         (("origin", "TEXT"), ("txn_id", "TEXT"), ("response_json", "TEXT"),
+                          ("received_ts", "BIGINT")),
+                         (REMOTE, txn_id, '{"pdus": {}}', 1), "ON CONFLICT (origin, txn_id) DO NOTHING")
+
+    async def writers(txn_id: str, event_id: str) -> tuple[list[str], list[str]]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            row = await conn.fetch("SELECT xmin::TEXT AS x FROM federation_inbound_txns WHERE txn_id = $1", txn_id)
+            ev = await conn.fetch("SELECT xmin::TEXT AS x FROM events WHERE event_id = $1", event_id)
+        finally:
+            await conn.close()
+        return [r["x"] for r in row], [r["x"] for r in ev]
+
+    # the general path (a quote and a backslash in a value: a parameter, not SQL text)
+    (tip,) = await remote.extremities()
+    state = await remote.current_state()
+    m1 = await remote.build({"type": "m.room.message", "content": {"msgtype": "m.text", "body": "one"}}, [tip], state)
+    result = await persister.persist(room_id, [NewEvent(m1, EventContext(state_before=state))],
+                                     also=answer("it's\\one"))
+    rows, events = await writers("it's\\one", m1.event_id)
+    assert rows == events and len(rows) == 1
+
+    # on a base: a stale head writes neither the events nor the row
+    base = RoomBase(list(result.forward_extremities), dict(result.current_state), result.state_group,
+                    result.chain_length)
+    m2 = await remote.build({"type": "m.room.message", "content": {"msgtype": "m.text", "body": "two"}},
+                            [m1.event_id], base.state)
+    stale = RoomBase([tip], base.state, base.state_group, base.chain_length)
+    new = [NewEvent(m2, EventContext(state_before=base.state, state_group_before=base.state_group))]
+    assert await persister.persist_on_base(room_id, new, stale, room_version=rv, also=answer("two")) is None
+    assert await writers("two", m2.event_id) == ([], [])
+    # the true head: both, in one database transaction
+    assert await persister.persist_on_base(room_id, new, base, room_version=rv, also=answer("two")) is not None
+    rows, events = await writers("two", m2.event_id)
+    assert rows == events and len(rows) == 1

@@ -104,6 +104,7 @@ from .services.federation.invites import InviteReceiver
 from .services.federation.receiver import FederationReceiver
 from .services.federation.remote_rooms import RemoteRooms
 from .services.federation.partial_state import PartialStateResync
+from .services.federation.partial_view import PartialRoomsView
 from .storage.partial_state import PartialStateStore
 from .storage.federation_inbound import FederationInboundStore
 from .services.remote_queries import RemoteQueries
@@ -313,7 +314,7 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         )
         remote_rooms.partial_state_joins = fed.partial_state_joins
         remote_rooms.partial_joined.append(resync.kick)
-        services.sync.partial_rooms = partial_store.sync_view
+        services.sync.partial_rooms = PartialRoomsView(partial_store, notifier).sync_view
     if sender is not None:  # typing, receipts and presence across servers
         EphemeralFederation(
             config.server_name, EduOutboxStore(db), sender.wake, queue.allowed_servers_in_room, rooms,

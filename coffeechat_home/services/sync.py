@@ -159,10 +159,12 @@ class SyncService:
         self._timelines: SharedReads[tuple[Any, ...], list[EventRow]] = SharedReads(ttl=2.0, size=512)
         # invites from other servers: their stripped state (set when federating)
         self.remote_invite_state: Callable[[str], Awaitable[list[Any] | None]] | None = None
-        # rooms joined with a partial state (storage/partial_state.py
+        # rooms joined with a partial state (federation/partial_view.py
         # sync_view: room -> (resync position, None while partial; position
-        # of the last correction of its state or None); when federating)
-        self.partial_rooms: Callable[[list[str]], Awaitable[dict[str, tuple[int | None, int | None]]]] | None = None
+        # of the last correction of its state or None), as of the position
+        # given or later; when federating)
+        self.partial_rooms: Callable[
+            [list[str], int], Awaitable[dict[str, tuple[int | None, int | None]]]] | None = None
 
     async def sync(
         self, requester: Requester, *, since_token: str | None, timeout_ms: int, sync_filter: SyncFilter,
@@ -251,7 +253,7 @@ class SyncService:
         leave: dict[str, Any] = {}
         knock: dict[str, Any] = {}
         if self.partial_rooms is not None:
-            f, latest = await self._partial_state_rooms(f, latest, since, changes)
+            f, latest = await self._partial_state_rooms(f, latest, since, upto, changes)
         joined_ids = [r for r, (m, _, _) in latest.items() if m == "join" and f.wants_room(r)]
         src = self.sources
         if changes is None:
@@ -387,7 +389,7 @@ class SyncService:
         return body, empty
 
     async def _partial_state_rooms(
-        self, f: SyncFilter, latest: dict[str, tuple[str, str, int]], since: int | None,
+        self, f: SyncFilter, latest: dict[str, tuple[str, str, int]], since: int | None, upto: int,
         changes: Mapping[str, Iterable[str]] | None,
     ) -> tuple[SyncFilter, dict[str, tuple[str, str, int]]]:
         """The room filter for rooms joined with a partial state (as
@@ -413,9 +415,13 @@ class SyncService:
             joined = [r for r in joined if r in touched or (not lazy and latest[r][2] > since)]
         if not joined:
             return f, latest
-        view = await self.partial_rooms(joined) if self.partial_rooms is not None else {}
+        view = await self.partial_rooms(joined, upto) if self.partial_rooms is not None else {}
         if not view:
             return f, latest
+        # (what happened after ``upto``, read by a later view: not yet here;
+        # the next sync finds it in the stream)
+        view = {r: (None if pos is None or pos > upto else pos, None if reset is None or reset > upto else reset)
+                for r, (pos, reset) in view.items()}
         hidden = [] if lazy else [r for r, (pos, _) in view.items() if pos is None]
         whole_from: dict[str, int] = {}
         for r, (pos, reset) in view.items():

@@ -79,6 +79,29 @@ class PartialStateStore:
         )
         return {r[0]: (r[1], r[2]) for r in rows}
 
+    async def all_rows(self) -> dict[str, tuple[int | None, int | None]]:
+        """``sync_view`` of every room ever joined partially:
+        ``PartialRoomsView``'s first read."""
+        rows = await self.db.fetch(
+            """SELECT p.room_id, p.stream_pos, r.stream_pos FROM partial_state_rooms p
+               LEFT JOIN room_state_resets r ON r.room_id = p.room_id""")
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    async def rows_changed(self, after: int, upto: int, rooms: Iterable[str]) -> dict[str, tuple[int | None, int | None]]:
+        """``sync_view`` of the rooms whose rows may have changed in (after,
+        upto]: a row is written (or written again, partial once more) in
+        the transaction of our user's join, which has a membership row at a
+        position there; ``rooms``: those the stream shows resynced or
+        corrected (their positions are stream positions)."""
+        rows = await self.db.fetch(
+            """SELECT p.room_id, p.stream_pos, r.stream_pos FROM partial_state_rooms p
+               LEFT JOIN room_state_resets r ON r.room_id = p.room_id
+               WHERE p.room_id = ANY($3::TEXT[]) OR p.room_id IN (
+                   SELECT room_id FROM room_memberships WHERE stream_pos > $1 AND stream_pos <= $2)""",
+            after, upto, sorted(set(rooms)),
+        )
+        return {r[0]: (r[1], r[2]) for r in rows}
+
     async def is_partial(self, room_id: str) -> bool:
         return bool(await self.db.fetchval(
             "SELECT 1 FROM partial_state_rooms WHERE room_id = $1 AND stream_pos IS NULL", room_id))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
@@ -18,6 +19,8 @@ from ..routing import add_client_route
 
 FilterLookup = Callable[[str, str], Awaitable[dict[str, Any] | None]]
 PresenceSetter = Callable[[str, str], Awaitable[None]]
+# Parsed filters kept (a client sends the same one with every long-poll).
+FILTERS_CACHED = 4096
 
 
 class SyncRoutes:
@@ -35,6 +38,9 @@ class SyncRoutes:
         self.sync_service = sync
         self.get_filter = get_filter
         self.set_presence = set_presence
+        # (user id or "" for inline JSON, the filter parameter) -> parsed:
+        # filters are immutable (a stored one's id comes from its content)
+        self._filters: OrderedDict[tuple[str, str], SyncFilter] = OrderedDict()
 
     def register_routes(self, router: web.UrlDispatcher) -> None:
         add_client_route(router, "GET", "/sync", authed(self.auth, self.sync))
@@ -42,7 +48,20 @@ class SyncRoutes:
     async def _filter(self, requester: Requester, raw: str | None) -> SyncFilter:
         if not raw:
             return SyncFilter()
-        if raw.lstrip().startswith("{"):
+        inline = raw.lstrip().startswith("{")
+        key = ("" if inline else requester.user_id, raw)
+        hit = self._filters.get(key)
+        if hit is not None:
+            self._filters.move_to_end(key)
+            return hit
+        parsed = await self._parse_filter(requester, raw, inline)
+        self._filters[key] = parsed
+        if len(self._filters) > FILTERS_CACHED:
+            self._filters.popitem(last=False)
+        return parsed
+
+    async def _parse_filter(self, requester: Requester, raw: str, inline: bool) -> SyncFilter:
+        if inline:
             try:
                 value = json.loads(raw)
             except ValueError:

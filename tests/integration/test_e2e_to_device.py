@@ -10,8 +10,11 @@ from typing import Any, Callable
 
 import aiohttp
 
+from coffeechat_home.app import HomeServer
+
 from ..helpers import ApiClient
 from .conftest import StartServer
+from .room_helpers import q
 
 _txn = itertools.count()
 
@@ -184,3 +187,31 @@ async def test_deleting_a_device_deletes_its_messages(
                                    "password": "correct horse battery", "device_id": bob2.device_id}, token=None)
     again.token = r["access_token"]
     assert _events((await again.get("sync")).body) == []
+
+
+async def test_acknowledgement_deletes_only_when_something_came(server: HomeServer, http: aiohttp.ClientSession) -> None:
+    """A sync acknowledges (deletes) what its since covers; where the stream
+    shows nothing for the user's devices since the last acknowledgement
+    there is nothing to delete, and no statement is made (a woken sync's
+    next long-poll, hundreds at once in a fan-out)."""
+    assert server.services is not None
+    acks = server.services.e2e.to_device._acks
+    base = f"http://127.0.0.1:{server.client_port}"
+    alice, bob = ApiClient(base, http), ApiClient(base, http)
+    await alice.register("alice")
+    await bob.register("bob")
+    since = (await bob.get("sync"))["next_batch"]
+    rid = (await alice.post("createRoom", {}))["room_id"]  # a write: positions move on
+    s = await bob.get("sync", params={"since": since})  # the first acknowledgement of the device
+    first = acks.calls
+    for i in range(3):  # messages in a room, nothing to-device
+        await alice.put(f"rooms/{q(rid)}/send/m.room.message/q{i}", {"msgtype": "m.text", "body": "x"})
+        s = await bob.get("sync", params={"since": s["next_batch"]})
+    assert acks.calls == first
+    await _send(alice, {bob.user_id: {bob.device_id: {"n": 1}}})
+    s = await bob.get("sync", params={"since": s["next_batch"]})
+    assert [e["content"] for e in _events(s.body)] == [{"n": 1}]
+    s2 = await bob.get("sync", params={"since": s["next_batch"]})  # acknowledges the message
+    assert acks.calls == first + 1 and _events(s2.body) == []
+    assert server.db is not None
+    assert await server.db.fetchval("SELECT count(*) FROM to_device_messages WHERE user_id = $1", bob.user_id) == 0

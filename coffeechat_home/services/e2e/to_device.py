@@ -104,9 +104,13 @@ class ToDeviceService:
 
     async def _acknowledge(self, user_id: str, device_id: str, since: int) -> None:
         key = (user_id, device_id)
-        if self._acked.get(key, -1) >= since:
+        acked = self._acked.get(key, -1)
+        if acked >= since:
             return  # done already: everything up to since is gone
-        await self._acks.get((user_id, device_id, since))
+        changes = await self._changes(acked, since) if acked >= 0 else None
+        if changes is None or user_id in changes.get("to_device_messages", ()):
+            await self._acks.get((user_id, device_id, since))
+        # (else nothing came for the user's devices in (acked, since]: nothing to forget)
         if self._acked.get(key, -1) < since:
             self._acked[key] = since
         self._acked.move_to_end(key)

@@ -171,9 +171,17 @@ class SyncService:
         full_state: bool,
     ) -> dict[str, Any]:
         since = parse_token(since_token, "since")
-        # Read the position fresh: a client sees its own writes (and those
-        # made through other instances) at once, without waiting for a poll.
-        upto = max(self.notifier.position, await self.notifier.stream.current_position())
+        position = self.notifier.position
+        if since is not None and since == position and timeout_ms > 0 and not full_state:
+            # a long-poll from where the notifier is (the next poll of a
+            # woken client): whatever committed since, its own writes too,
+            # moves the notifier on and wakes it (_wait checks the position
+            # first), so the position need not be read fresh
+            upto = position
+        else:
+            # Read the position fresh: a client sees its own writes (and those
+            # made through other instances) at once, without waiting for a poll.
+            upto = max(position, await self.notifier.stream.current_position())
         if since is not None and since > upto:
             since = upto  # a token from the future (e.g. a restored database)
         upto = await self._limit(requester, since, upto)

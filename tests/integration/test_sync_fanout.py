@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from typing import Any, Callable
 
 import aiohttp
@@ -354,3 +355,45 @@ async def test_summary_row_kept_on_write(
     assert summary["m.joined_member_count"] == 4322 and summary["m.invited_member_count"] == 7
     first = sorted([*joined_ids, reader.user_id])[:6]
     assert summary["m.heroes"] == [u for u in first if u != reader.user_id][:5]
+
+
+async def test_next_long_poll_at_the_notifier_position_reads_no_position(start_server: StartServer) -> None:
+    """A woken client's next long-poll comes with the notifier's position as
+    its since: it waits without reading the position (two statements each,
+    a thousand at once after a fan-out), and its own write still wakes it."""
+    server = await start_server()
+    assert server.services is not None
+    notifier = server.services.notifier
+    stream = notifier.stream
+    async with aiohttp.ClientSession() as session:
+        alice = ApiClient(f"http://127.0.0.1:{server.client_port}", session)
+        await alice.register("alice")
+        room_id = await create_room(alice)
+        token = (await sync(alice))["next_batch"]
+        loop = asyncio.get_running_loop()
+        end = loop.time() + WAKE_DEADLINE_S
+        while f"s{notifier.position}" != token and loop.time() < end:  # the notifier catches up
+            token = (await sync(alice, token))["next_batch"]
+            await asyncio.sleep(0.05)
+        assert f"s{notifier.position}" == token
+        reads = 0
+        real = stream.current_position
+
+        async def counted(*, read_max: bool = True) -> int:
+            nonlocal reads
+            caller = sys._getframe(1).f_code
+            if caller.co_name == "sync" and caller.co_filename.endswith("services/sync.py"):
+                reads += 1  # (not the notifier's polls)
+            return await real(read_max=read_max)
+
+        stream.current_position = counted  # type: ignore[method-assign]
+        try:
+            poll = asyncio.ensure_future(alice.get("sync", params={"since": token, "timeout": "30000"}))
+            while notifier.waiting == 0 and loop.time() < end and not poll.done():
+                await asyncio.sleep(0.01)
+            assert notifier.waiting == 1 and reads == 0
+        finally:
+            stream.current_position = real  # type: ignore[method-assign]
+        event_id = await send_text(alice, room_id, "mine")
+        r = await asyncio.wait_for(poll, WAKE_DEADLINE_S)
+        assert [e["event_id"] for e in joined(r.body)[room_id]["timeline"]["events"]] == [event_id]

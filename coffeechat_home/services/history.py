@@ -113,7 +113,10 @@ def serve_event(row: EventRow, requester: Requester | None) -> Any:
         ev = orjson.loads(row.client)
         ev.setdefault("unsigned", {})["transaction_id"] = row.txn_id
         return ev
-    return orjson.Fragment(row.client.encode())
+    fragment = row.fragment
+    if fragment is None:
+        fragment = row.fragment = orjson.Fragment(row.client.encode())
+    return fragment
 
 
 _PERMISSIVENESS = {"world_readable": 0, "shared": 1, "invited": 2, "joined": 3}
@@ -246,6 +249,7 @@ class HistoryService:
         # events in the state at a row were stored before it, so an answer
         # read after rows up to that position existed is right for them.
         self._restricted: SharedReads[tuple[str, int], bool] = SharedReads(ttl=2.0, size=512)
+        self._restricted_last: tuple[tuple[str, int] | None, bool] = (None, False)  # the key asked last, its answer
 
     async def history_visibility(self, room_id: str) -> str:
         ev = await self.rooms.current_state_event(room_id, "m.room.history_visibility", "")
@@ -388,7 +392,13 @@ class HistoryService:
         once for every reader of the same rows (the history-visibility
         events in the state at a row were stored before it, so an answer
         read after rows up to that position existed is right for them)."""
-        return await self._restricted.get((room_id, upto), lambda: self._restricts(room_id))
+        key = (room_id, upto)
+        last = self._restricted_last
+        if last[0] == key:  # what every member woken with the last asker asks (twice each)
+            return last[1]
+        found = await self._restricted.get(key, lambda: self._restricts(room_id))
+        self._restricted_last = (key, found)
+        return found
 
     async def _restricts(self, room_id: str) -> bool:
         return room_id in await self.events.rooms_with_restricted_history([room_id])

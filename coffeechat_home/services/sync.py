@@ -280,10 +280,12 @@ class SyncService:
         # Joined rooms are built concurrently (a few queries each, on several
         # pooled connections), and so are the other streams' parts: a sync
         # costs the database's parallelism, not round trips in a row.
-        gate = asyncio.Semaphore(SYNC_ROOM_CONCURRENCY)
+        gates: list[asyncio.Semaphore] = []  # made when two rooms or more are built (not for a woken sync's one)
 
         async def joined_room(room_id: str, pos: int) -> dict[str, Any]:
-            async with gate:
+            if not gates:
+                gates.append(asyncio.Semaphore(SYNC_ROOM_CONCURRENCY))
+            async with gates[0]:
                 return await self._joined_room(requester, room_id, since, upto, pos, f, full_state)
 
         # Rooms new to the client (an initial sync, a join since, full_state)

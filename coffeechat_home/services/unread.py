@@ -135,8 +135,9 @@ class UnreadService:
             return out
         fresh: list[str] = []
         carried: dict[str, _Counted] = {}
-        user_unchanged = changes is not None and not any(
-            user_id in changes.get(t, ()) for t in ("room_memberships", "account_data", "receipts")
+        user_unchanged = changes is not None and not (
+            user_id in changes.get("room_memberships", ()) or user_id in changes.get("account_data", ())
+            or user_id in changes.get("receipts", ())
         )
         for room_id in room_ids:
             hit = self._counted.get((user_id, room_id))

@@ -90,6 +90,9 @@ class EventRow:
     membership: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     depth: int | None = None  # read by history listings only
+    # ``client`` as an orjson.Fragment, made once for every response that
+    # carries the row (history.serve_event: a fan-out's members share rows)
+    fragment: Any = field(default=None, repr=False, compare=False)
 
 
 _ROW_COLUMNS = "event_id, room_id, stream_pos, type, state_key, sender, client, sender_device, txn_id, membership"

@@ -196,7 +196,10 @@ class SyncService:
                 return body
         # rooms and the user; (for presence, device lists) changes of
         # everyone sharing a room, found through the rooms at wake-up
-        keys = set(await self.rooms.rooms_for_user(requester.user_id)) | {requester.user_id}
+        joined = self._joined_as_built(requester.user_id, upto)
+        if joined is None:
+            joined = await self.rooms.rooms_for_user(requester.user_id)
+        keys = set(joined) | {requester.user_id}
         peers = self.sources.presence is not None or self.sources.wake_on_room_peers
         deadline_s = min(timeout_ms, 300_000) / 1000
         loop = asyncio.get_running_loop()
@@ -215,6 +218,18 @@ class SyncService:
                 if not empty:
                     return body
 
+    def _joined_as_built(self, user_id: str, upto: int) -> list[str] | None:
+        """The rooms a long-poll waits on from ``upto``, without a statement
+        when the user's memberships are known as of exactly that position
+        (the next poll of a woken client: its last response was built up to
+        there): the joined rooms among them, the rooms a response would
+        show. A membership change after it is the user's own key, so it
+        wakes the poll anyway."""
+        hit = self._memberships.get(user_id)
+        if hit is None or hit[0] != upto or hit[1] <= time.monotonic():
+            return None
+        return [r for r, (m, _, _) in hit[2].items() if m == "join"]
+
     async def _latest_memberships(
         self, user_id: str, since: int | None, upto: int, changes: Mapping[str, set[str]] | None
     ) -> dict[str, tuple[str, str, int]]:
@@ -226,6 +241,8 @@ class SyncService:
             hit is not None and changes is not None and since is not None and since <= hit[0] <= upto
             and hit[1] > now and user_id not in changes.get("room_memberships", ())
         ):
+            if hit[0] != upto:  # nothing of theirs changed up to upto: the same as of upto
+                self._memberships[user_id] = (upto, hit[1], hit[2])
             self._memberships.move_to_end(user_id)
             return hit[2]
         latest = await self.rooms.latest_memberships(user_id, upto)

@@ -360,7 +360,8 @@ async def test_summary_row_kept_on_write(
 async def test_next_long_poll_at_the_notifier_position_reads_no_position(start_server: StartServer) -> None:
     """A woken client's next long-poll comes with the notifier's position as
     its since: it waits without reading the position (two statements each,
-    a thousand at once after a fan-out), and its own write still wakes it."""
+    a thousand at once after a fan-out) or the user's rooms, and its own
+    write still wakes it."""
     server = await start_server()
     assert server.services is not None
     notifier = server.services.notifier
@@ -386,14 +387,26 @@ async def test_next_long_poll_at_the_notifier_position_reads_no_position(start_s
                 reads += 1  # (not the notifier's polls)
             return await real(read_max=read_max)
 
+        rooms = server.services.sync.rooms
+        real_rooms = rooms.rooms_for_user
+        room_reads = 0
+
+        async def counted_rooms(user_id: str, membership: str = "join") -> list[str]:
+            nonlocal room_reads
+            room_reads += 1
+            return await real_rooms(user_id, membership)
+
         stream.current_position = counted  # type: ignore[method-assign]
+        rooms.rooms_for_user = counted_rooms  # type: ignore[method-assign]
         try:
             poll = asyncio.ensure_future(alice.get("sync", params={"since": token, "timeout": "30000"}))
             while notifier.waiting == 0 and loop.time() < end and not poll.done():
                 await asyncio.sleep(0.01)
-            assert notifier.waiting == 1 and reads == 0
+            # the rooms it waits on: those of the memberships its last response was built from
+            assert notifier.waiting == 1 and reads == 0 and room_reads == 0
         finally:
             stream.current_position = real  # type: ignore[method-assign]
+            rooms.rooms_for_user = real_rooms  # type: ignore[method-assign]
         event_id = await send_text(alice, room_id, "mine")
         r = await asyncio.wait_for(poll, WAKE_DEADLINE_S)
         assert [e["event_id"] for e in joined(r.body)[room_id]["timeline"]["events"]] == [event_id]

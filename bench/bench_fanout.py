@@ -11,6 +11,9 @@ member sends one message. Reported per server: time from the send to the
 first, median, 95 % and last member whose response carries the message, the
 server's CPU (process only; its PostgreSQL backends apart) from the send to
 the last wake-up divided by the members woken, and the ratio to Synapse.
+Then every woken member long-polls again from its new token (what a client
+does next): the server's and its database's CPU per such poll, until the
+server is quiet again.
 
 Then (``--big``, 0 to skip) the room grows to that many members, a few of
 them send messages, and a member's initial ``/sync`` with
@@ -216,6 +219,7 @@ async def fanout(
     for t in pending:
         t.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
+    repoll = await _next_polls(s, members, bodies, params_filter, proc, db_procs)
     failed = [t.exception() for t in done if t.exception() is not None]
     lat = sorted(1000 * (a - t0) for a in arrivals.values())
     misses = len(members) - len(lat)
@@ -261,7 +265,40 @@ async def fanout(
         "client_cpu_ms": 1000 * (me1.ru_utime + me1.ru_stime - me0.ru_utime - me0.ru_stime),
         "timeline_first_median_p95_last_ms": timeline,
         "response_bytes_median": statistics.median(len(b) for b in bodies.values()) if bodies else None,
+        **repoll,
     }
+
+
+async def _next_polls(
+    s: Server, members: list[User], bodies: dict[str, bytes], params_filter: str, proc: psutil.Process,
+    db_procs: list[psutil.Process],
+) -> dict[str, Any]:
+    """What a woken client does next: a long-poll from its new token. The
+    server's CPU (and its database's) from the first of them until the
+    server is quiet again (the 0.5 s quiet check included), per poll."""
+    by_id = {u.user_id: u for u in members}
+    tokens = {uid: json.loads(raw)["next_batch"] for uid, raw in bodies.items()}
+    if not tokens:
+        return {}
+
+    async def one(u: User, tok: str) -> None:
+        async with s.session.get(
+            s.client.base + "/sync", params={"since": tok, "timeout": "60000", "filter": params_filter},
+            headers={"Authorization": f"Bearer {u.token}"}, timeout=aiohttp.ClientTimeout(total=90),
+        ) as r:
+            await r.read()
+
+    cpu0, db0 = sum(proc.cpu_times()[:2]), _cpu_of(db_procs)
+    tasks = [asyncio.create_task(one(by_id[uid], tok)) for uid, tok in tokens.items()]
+    await asyncio.sleep(0.2)
+    await settle(s)
+    cpu1, db1 = sum(proc.cpu_times()[:2]), _cpu_of(db_procs)
+    early = sum(1 for t in tasks if t.done())  # answered (woken by something else, or an error)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return {"next_poll_server_cpu_ms_per_poll": 1000 * (cpu1 - cpu0) / len(tasks),
+            "next_poll_db_cpu_ms_per_poll": 1000 * (db1 - db0) / len(tasks), "next_polls_answered_early": early}
 
 
 async def idle_memory(s: Server, n: int) -> dict[str, Any]:
@@ -344,6 +381,10 @@ def table(servers: list[Server], sizes: list[int]) -> str:
         row(f"fan-out {n}", "event loop runnable, waiting for a CPU", loop(a, "server_loop_waiting_for_cpu_ms", False),
             loop(b, "server_loop_waiting_for_cpu_ms", False))
         row(f"fan-out {n}", "bench client CPU", a.get("client_cpu_ms"), b.get("client_cpu_ms"))
+        row(f"fan-out {n}", "server CPU per next long-poll", a.get("next_poll_server_cpu_ms_per_poll"),
+            b.get("next_poll_server_cpu_ms_per_poll"))
+        row(f"fan-out {n}", "database CPU per next long-poll", a.get("next_poll_db_cpu_ms_per_poll"),
+            b.get("next_poll_db_cpu_ms_per_poll"))
         row(f"fan-out {n}", "woken / misses / wrong counts",
             f"{a.get('woken')}/{a.get('misses')}/{a.get('wrong_counts')}" if a else None,
             f"{b.get('woken')}/{b.get('misses')}/{b.get('wrong_counts')}" if b else None, "n")

@@ -88,7 +88,7 @@ async def send_round(s: Subject, pg: Postgres, n: int, spy: bool, cprofile: bool
     proc = None
     if spy:
         proc = subprocess.Popen(["py-spy", "record", "--pid", str(s.server.pid), "--format", "raw",
-                                 "--rate", "200", "--gil", "-o", str(WORK / "pyspy-send-path.txt")],
+                                 "--rate", os.environ.get("PYSPY_RATE", "200"), "--gil", "-o", str(WORK / "pyspy-send-path.txt")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await asyncio.sleep(1.5)
     if cprofile:
@@ -255,7 +255,7 @@ def report(s: Subject, n: int) -> None:
         groups = collections.Counter(
             t if not t.startswith("WITH d AS (DELETE FROM stream_inflight") else t[:45] for t in s.wake_stmts
         )
-        for text, k in groups.most_common(8):
+        for text, k in groups.most_common(int(os.environ.get("BENCH_TOP_STATEMENTS", "8"))):
             print(f"    {k / wakes:5.2f}  {text}")
         print("  send -> the other member's long-poll, ms after the send started (p50 / p95):")
         for k, xs in sorted(s.wake.items(), key=lambda kv: statistics.median(kv[1])):

@@ -106,6 +106,11 @@ class Notifier:
         self._woken_total = 0  # waiters resumed from the queue, ever (the stall check's progress mark)
         self._poked = asyncio.Event()
         self._poked_at = 0.0
+        # A poke with nobody waiting and no position asked for (``want``) is
+        # not followed at once: the position lags until the next poll, a
+        # waiter that comes, or a ``want``; a sync reads its own position.
+        self._lagging = False
+        self._wanted = 0
         self._task: asyncio.Task[None] | None = None
         self._advance_lock = asyncio.Lock()
         self._closing = False
@@ -145,10 +150,20 @@ class Notifier:
         return len(self._waiters)
 
     def poke(self) -> None:
-        """Something was committed locally: look for a new position now."""
+        """Something was committed locally: look for a new position now
+        when someone waits or asked for it (``want``), otherwise at the next
+        poll."""
         if not self._poked.is_set():
             self._poked_at = time.monotonic()
         self._poked.set()
+
+    def want(self, position: int) -> None:
+        """A reader of ``position`` (the federation sender) needs it to
+        reach ``position`` soon: follow local pokes until it does."""
+        if position > self._wanted:
+            self._wanted = position
+            if self._lagging:
+                self._poked.set()
 
     async def advance(self, *, read_max: bool = True) -> int:
         """Read the safe position; wake the waiters whose keys changed.
@@ -197,6 +212,7 @@ class Notifier:
                     w.woken = times
                 self._to_wake.extend(woken)
                 self._wake_next()
+            self._lagging = False
             return self.position
 
     def _wake_next(self, limit: int | None = None) -> None:
@@ -272,6 +288,10 @@ class Notifier:
     async def _wait(self, wake: WakeUp) -> int:
         if self._closing:
             return self.position
+        if self._lagging and self.position < wake.after:
+            # local writes not followed (nobody waited): catch up before
+            # registering, so they cannot wake this waiter for nothing
+            await self.advance(read_max=False)
         loop = asyncio.get_running_loop()
         waiter = _Waiter(frozenset(wake.keys), wake.peers, loop.create_future())
         self._waiters[waiter] = None
@@ -309,6 +329,13 @@ class Notifier:
             # a local poke needs no committed-maximum statement; the poll
             # reads it at least every poll_interval, pokes or not
             full = not poked or loop.time() - last_full >= self.poll_interval
+            if not full and not self._waiters and self.position >= self._wanted:
+                # nobody to wake, no position asked for: one statement
+                # (the reservations' floor) fewer per local write; a sync
+                # reads the position itself (sync.py), a waiter that comes
+                # catches up first (_wait), the poll within poll_interval
+                self._lagging = True
+                continue
             if full:
                 last_full = loop.time()
             try:

@@ -377,3 +377,63 @@ async def test_a_stalled_chunk_does_not_hold_back_the_rest_for_ever(db: Database
     finish.set()
     await asyncio.gather(*polls)
     assert notifier._holding == 0 and not notifier._to_wake
+
+
+async def test_a_local_write_nobody_waits_for_costs_no_position_read(db: Database) -> None:
+    """A poke with no long-poll waiting and no position asked for
+    (``want``) reads nothing: the position lags (a sync reads its own).
+    A long-poll that comes catches up first, so the writes it already has
+    do not wake it for nothing; the next write wakes it; ``want`` (the
+    federation sender) makes the notifier follow pokes again."""
+
+    class Counting(StreamStore):
+        reads = 0
+
+        async def reservation_floor(self) -> int | None:
+            self.reads += 1
+            return await super().reservation_floor()
+
+        async def position_and_changes(self, after: int, committed: int) -> tuple[int, dict[str, set[str]]]:
+            self.reads += 1
+            return await super().position_and_changes(after, committed)
+
+    store = Counting(db, instance_id="lazy")
+    notifier = Notifier(store, poll_interval=60.0)  # no timed poll within the test
+    await notifier.start()
+    loop = asyncio.get_running_loop()
+
+    async def until(cond: Callable[[], bool]) -> None:
+        deadline = loop.time() + 10  # bounded
+        while not cond() and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+
+    async def settle() -> None:
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+    try:
+        before = notifier.position
+        store.reads = 0
+        for _ in range(3):
+            await store.write(lambda conn, pos: _insert(conn, pos))
+            notifier.poke()
+            await settle()
+        assert store.reads == 0 and notifier.position == before  # three writes, no statement
+        upto = await store.current_position()  # what a sync reads for itself
+        assert upto > before
+        poll = asyncio.create_task(notifier.wait_for_change(upto, ["@u:test"], 60))
+        await until(lambda: notifier.waiting == 1)
+        assert notifier.position == upto and not poll.done()  # caught up; not woken by what it has
+        _, pos = await store.write(lambda conn, pos: _insert(conn, pos))
+        notifier.poke()
+        await until(poll.done)
+        assert await poll == notifier.position >= pos
+        _, pos = await store.write(lambda conn, pos: _insert(conn, pos))
+        notifier.poke()
+        await settle()
+        assert notifier.position < pos  # nobody waits again: not followed
+        notifier.want(pos)
+        await until(lambda: notifier.position >= pos)
+        assert notifier.position >= pos
+    finally:
+        await notifier.stop()

@@ -141,6 +141,7 @@ class FederationSender:
             if e.type == "m.room.member" or e.sender.partition(":")[2] == self.server_name:
                 # this instance's committed maximum covers the events just written
                 self._wanted = max(self._wanted, self.notifier.stream.local_committed, self._seen + 1)
+                self.notifier.want(self._wanted)
                 return
 
     async def destination_talked(self, destination: str) -> None:

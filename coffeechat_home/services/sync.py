@@ -146,12 +146,17 @@ def _type_match(t: str, patterns: list[str]) -> bool:
 
 
 class SyncService:
-    def __init__(self, events: EventStore, rooms: RoomStore, notifier: Notifier, sources: SyncSources) -> None:
+    def __init__(
+        self, events: EventStore, rooms: RoomStore, notifier: Notifier, sources: SyncSources,
+        history: HistoryService | None = None,
+    ) -> None:
         self.events = events
         self.rooms = rooms
         self.notifier = notifier
         self.sources = sources
-        self.history = HistoryService(events, rooms, notifier.stream)
+        # the app's (unread counts judge the same rows with it: one shared
+        # read of a room's history restrictions per change, not one each)
+        self.history = history or HistoryService(events, rooms, notifier.stream)
         # user -> (position, expiry, latest memberships as of that position)
         self._memberships: OrderedDict[str, tuple[int, float, dict[str, tuple[str, str, int]]]] = OrderedDict()
         # the new events of a room in (since, upto]: the same for every

@@ -3,7 +3,11 @@ receipts."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
+
+import pytest
+
+from coffeechat_home.app import HomeServer
 
 from ..helpers import ApiClient
 from .room_helpers import create_room, invite_and_join, q, send_text
@@ -131,3 +135,30 @@ async def test_notifications_only_after_joining(alice: ApiClient, bob: ApiClient
     assert [n["event"]["event_id"] for n in (await notifications(bob))["notifications"]] == [after]
     r = await bob.get("notifications", params={"from": "bogus"})
     assert r.status == 400, r
+
+
+async def test_a_sync_reads_a_rooms_history_restrictions_once(
+    server: HomeServer, alice: ApiClient, bob: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The timeline and the unread counts of an incremental sync judge the
+    same new rows by the room's history visibility: one read for both (the
+    sync's HistoryService is the app's; each built its own, and read it
+    twice per woken sync)."""
+    room_id = await create_room(alice, {"preset": "private_chat"})
+    await invite_and_join(alice, bob, room_id)
+    first = await sync(alice)
+    assert server.services is not None
+    events = server.services.events
+    asked: list[list[str]] = []
+    read = events.rooms_with_restricted_history
+
+    async def counting(room_ids: Sequence[str]) -> set[str]:
+        asked.append(list(room_ids))
+        return await read(room_ids)
+
+    monkeypatch.setattr(events, "rooms_with_restricted_history", counting)
+    await send_text(bob, room_id, "one read")
+    body = await sync(alice, first["next_batch"])
+    assert [e["content"]["body"] for e in joined(body)[room_id]["timeline"]["events"]] == ["one read"]
+    assert counts(body, room_id) == {"notification_count": 1, "highlight_count": 0}
+    assert asked == [[room_id]]

@@ -7,6 +7,9 @@ import asyncio
 import json
 from typing import Any, Callable
 
+import pytest
+
+from coffeechat_home.app import HomeServer
 
 from ..helpers import ApiClient
 from .room_helpers import create_room, invite_and_join, q, send_text
@@ -99,6 +102,46 @@ async def test_long_poll_wakes_when_another_user_sends(alice: ApiClient, bob: Ap
     await send_text(alice, room_id, "wake up")
     body = await asyncio.wait_for(poll, 20)
     assert timeline_bodies(joined(body)[room_id]) == ["wake up"]
+
+
+async def test_a_long_poll_from_the_last_answer_takes_its_rooms_from_that_answer(
+    server: HomeServer, alice: ApiClient, bob: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long-poll from the position the previous answer gave takes the
+    rooms whose changes wake it from the memberships that answer read (no
+    current-state read per long-poll); still woken by a message, and by a
+    room joined meanwhile (a change of the user's own memberships)."""
+    assert server.services is not None
+    room_id = await create_room(alice, {"preset": "public_chat"})
+    other = await create_room(alice, {"preset": "public_chat"})
+    await bob.post(f"rooms/{q(room_id)}/join", {})
+    since = (await sync(bob))["next_batch"]
+    rooms = server.services.sync.rooms
+    read = rooms.rooms_for_user
+    asked: list[str] = []
+
+    async def counting(user_id: str, membership: str = "join") -> list[str]:
+        asked.append(user_id)
+        return await read(user_id, membership)
+
+    monkeypatch.setattr(rooms, "rooms_for_user", counting)
+    notifier = server.services.sync.notifier
+    loop = asyncio.get_running_loop()
+    for text in ("wake up", "again"):
+        poll = asyncio.create_task(sync(bob, since, timeout=30_000))
+        deadline = loop.time() + 20  # bounded: until the request waits
+        while notifier.waiting == 0 and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        assert notifier.waiting == 1 and not poll.done()
+        await send_text(alice, room_id, text)
+        body = await asyncio.wait_for(poll, 20)
+        assert timeline_bodies(joined(body)[room_id]) == [text]
+        since = body["next_batch"]
+    assert bob.user_id not in asked
+    poll = asyncio.create_task(sync(bob, since, timeout=30_000))
+    await bob.post(f"rooms/{q(other)}/join", {})  # (maybe before the request waits: either way)
+    body = await asyncio.wait_for(poll, 20)
+    assert other in joined(body)
 
 
 async def test_long_poll_times_out_empty(alice: ApiClient) -> None:

@@ -228,6 +228,8 @@ class UnreadService:
             hit is not None and since is not None and since <= hit[0] <= upto and hit[1] > time.monotonic()
             and changes is not None and user_id not in changes.get("account_data", ())
         ):
+            # still right at ``upto``: the next sync (since = upto) finds it too
+            self._rulesets[user_id] = (upto, hit[1], hit[2], hit[3])
             return hit[3]
         ruleset = await self.push_rules.get_ruleset(user_id)
         return self._remember_ruleset(user_id, upto, ruleset)

@@ -162,3 +162,37 @@ async def test_a_sync_reads_a_rooms_history_restrictions_once(
     assert [e["content"]["body"] for e in joined(body)[room_id]["timeline"]["events"]] == ["one read"]
     assert counts(body, room_id) == {"notification_count": 1, "highlight_count": 0}
     assert asked == [[room_id]]
+
+
+async def test_push_rules_are_read_once_for_a_run_of_syncs(
+    server: HomeServer, alice: ApiClient, bob: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Syncs one after another, each from the previous answer's position,
+    reuse the push rules the first read while the user's account data does
+    not change (every other one read them again); a change of the rules is
+    read at once."""
+    room_id = await create_room(alice, {"preset": "private_chat"})
+    await invite_and_join(alice, bob, room_id)
+    body = await sync(alice)
+    assert server.services is not None
+    rules = server.services.conversation.unread.push_rules
+    read = rules.get_ruleset
+    asked: list[str] = []
+
+    async def counting(user_id: str) -> Any:
+        asked.append(user_id)
+        return await read(user_id)
+
+    monkeypatch.setattr(rules, "get_ruleset", counting)
+    for i in range(4):
+        await send_text(bob, room_id, f"message {i}")
+        body = await sync(alice, body["next_batch"])
+        assert counts(body, room_id)["notification_count"] == i + 1
+    assert asked.count(alice.user_id) <= 1
+    r = await alice.put("pushrules/global/content/mute", {"actions": ["dont_notify"], "pattern": "muted"})
+    assert r.status == 200, r
+    before = asked.count(alice.user_id)
+    await send_text(bob, room_id, "muted")
+    body = await sync(alice, body["next_batch"])
+    assert asked.count(alice.user_id) == before + 1
+    assert counts(body, room_id)["notification_count"] == 4

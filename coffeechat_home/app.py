@@ -233,7 +233,7 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     if federating:
         conversation.profiles.remote_lookup = remote_queries.profile
         e2e.keys.remote = e2e.federation.remote = RemoteKeys(
-            federation_client, e2e.federation.remote_lists, config.server_name, lambda: notifier.position)
+            federation_client, e2e.federation.remote_lists, config.server_name, stream.current_position)
     directory = DirectoryService(rooms, writer, config.server_name,
                                  remote_queries.room_alias if federating else None)
     if federating:  # /publicRooms?server= of another server

@@ -107,7 +107,7 @@ def request_timeout_s(body: Mapping[str, Any]) -> float:
 
 class RemoteKeys:
     """Other servers' users' keys. With a ``cache`` (``server_name`` and
-    ``position``: the notifier's), the keys of users we share a room with
+    ``position``: a safe stream position read now), the keys of users we share a room with
     (so their device-list updates reach us and drop the cache) are
     answered from the last fetch until a change is recorded."""
 
@@ -116,7 +116,7 @@ class RemoteKeys:
         client: FederationClient,
         cache: RemoteDeviceListStore | None = None,
         server_name: str = "",
-        position: Callable[[], int] | None = None,
+        position: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self.client = client
         self.cache = cache
@@ -158,7 +158,7 @@ class RemoteKeys:
             fetched, failures = await self._fetch(wanted, timeout_s)
             _add_user_keys(out, wanted, fetched)
             return out, failures
-        before = self.position()
+        before = await self.position()
         tracked = await self.cache.tracked(wanted, self.server_name)
         untracked = [u for u in wanted if u not in tracked]
         if untracked:  # no update would tell us of their changes: never trust an old copy

@@ -1,10 +1,13 @@
 """Wakes long-polling /sync requests when something they care about lands.
 
 Positions come from the database (storage/stream.py), so writes on any
-instance are seen: a local write pokes the notifier at once; writes by other
-instances are found by a cheap position poll. Waiters register the keys
-they care about (room ids and their user id) and are woken only by changes
-to those keys.
+instance are seen: a local write pokes the notifier, which reads the new
+position at once when someone waits or asked for one (``want``), else at
+its next poll; writes by other instances are found by that cheap position poll.
+``position`` may therefore lag: a reader that must see every committed write
+reads ``StreamStore.current_position`` itself (as /sync does). Waiters
+register the keys they care about (room ids and their user id) and are
+woken only by changes to those keys.
 """
 
 from __future__ import annotations

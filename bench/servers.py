@@ -297,9 +297,11 @@ def pool_bounds(pool: int) -> tuple[int, int]:
 
 def start_ours(
     work: Path, database_url: str, extra_env: dict[str, str] | None = None, *, pool: int = 10,
-    root: Path = PROJECT_ROOT,
+    root: Path = PROJECT_ROOT, wrapper: Path | None = None,
 ) -> ServerProcess:
-    """Our server from the checkout ``root`` (default: this one)."""
+    """Our server from the checkout ``root`` (default: this one); with
+    ``wrapper``, that script runs instead of ``-m coffeechat_home`` (given
+    the same arguments: bench/sql_trace.py)."""
     port = free_port()
     data = work / "coffeechat-data"
     shutil.rmtree(data, ignore_errors=True)
@@ -328,12 +330,12 @@ def start_ours(
     for k in list(env):
         if k.startswith("COCKROACH_") or k == "COFFEECHAT_CONFIG":
             env.pop(k)
-    if root != PROJECT_ROOT:
+    if root != PROJECT_ROOT or wrapper:  # (a script's folder comes first on sys.path, not the cwd)
         env["PYTHONPATH"] = str(root)
     s = ServerProcess("coffeechat-home", f"http://127.0.0.1:{port}", f"localhost:{port}", log_path=log)
     with open(log, "wb") as out:
         s.proc = subprocess.Popen(
-            [sys.executable, "-m", "coffeechat_home", "serve"],
+            [sys.executable, *([str(wrapper)] if wrapper else ["-m", "coffeechat_home"]), "serve"],
             cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
         )
     try:

@@ -112,14 +112,46 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
 SERIALIZABLE_SESSION_SETTINGS = {"enable_seqscan": "off"}
 
 
-async def _detect_engine(kwargs: dict[str, Any], timeout: float) -> Engine:
-    """The engine behind the URL, from one short-lived connection (the
-    pools' session settings depend on it)."""
+# Array types our statements pass or read for which asyncpg has no built-in
+# codec (bigint[], integer[], boolean[]; text[] is built in): on each new
+# connection, the first statement using one makes asyncpg run its type
+# introspection query, whose planning alone took 15-40 ms of the database's
+# CPU here (bench/bench_initial_sync.py --pglog: 16 ms of an initial sync's
+# 21 ms, while the pools' connections were new). The types' descriptions
+# are read once at start-up and given to every new connection instead.
+# OIDs of built-in types are fixed (CockroachDB uses PostgreSQL's).
+PRELOADED_TYPE_OIDS = (1016, 1007, 1000)  # _int8, _int4, _bool
+
+
+async def _detect_engine(kwargs: dict[str, Any], timeout: float) -> tuple[Engine, list[Any]]:
+    """The engine behind the URL and the descriptions of the preloaded
+    types, from one short-lived connection (the pools' session settings
+    depend on the engine)."""
     conn = await asyncio.wait_for(asyncpg.connect(**kwargs), timeout)
     try:
-        return detect_engine(await conn.fetchval("SELECT version()"))
+        engine = detect_engine(await conn.fetchval("SELECT version()"))
+        try:
+            types, _ = await conn._introspect_types(list(PRELOADED_TYPE_OIDS), timeout)
+        except (AttributeError, TypeError, ValueError):  # another asyncpg: it introspects by itself
+            types = []
+        return engine, list(types)
     finally:
         await conn.close()
+
+
+def _type_preloader(types: list[Any]) -> Callable[[asyncpg.Connection], Awaitable[None]] | None:
+    """The pools' ``init``: register ``types`` in a new connection's codec
+    settings (asyncpg's own step after introspecting), without a query."""
+    if not types:
+        return None
+
+    async def init(conn: asyncpg.Connection) -> None:
+        try:
+            conn._protocol.get_settings().register_data_types(types)
+        except (AttributeError, TypeError, ValueError):
+            log.debug("could not preload type codecs; asyncpg will introspect them", exc_info=True)
+
+    return init
 
 
 class Database:
@@ -150,13 +182,16 @@ class Database:
         except (OSError, ValueError, ssl.SSLError) as e:
             raise DatabaseError(f"database at {redact_url(url)}: {_one_line(e)}") from None
 
+        types: list[Any] = []
+
         async def make_pool(size_min: int, size_max: int, settings: dict[str, str]) -> asyncpg.Pool:
             args = dict(kwargs)
             if settings:
                 args["server_settings"] = {**args.get("server_settings", {}), **settings}
             pool = await asyncio.wait_for(
                 asyncpg.create_pool(
-                    min_size=size_min, max_size=size_max, reset=_reset_connection, statement_cache_size=512, **args
+                    min_size=size_min, max_size=size_max, reset=_reset_connection, statement_cache_size=512,
+                    init=_type_preloader(types), **args
                 ),
                 timeout,
             )
@@ -164,7 +199,7 @@ class Database:
             return pool
 
         try:
-            engine = await _detect_engine(kwargs, timeout)
+            engine, types = await _detect_engine(kwargs, timeout)
             postgres = engine is Engine.POSTGRES
             pool = await make_pool(min_size, max_size, SERIALIZABLE_SESSION_SETTINGS if postgres else {})
             settings = {"default_transaction_isolation": "read committed"} if postgres else {}

@@ -39,6 +39,31 @@ async def test_transactions_are_serializable(empty_db: Database) -> None:
     assert await empty_db.fetchval("SHOW transaction_isolation") == "read committed"
 
 
+async def test_new_connections_know_the_array_types_without_introspecting(empty_db: Database) -> None:
+    """A statement passing or reading bigint[], integer[] or boolean[] on a
+    connection new to the pool does not make asyncpg run its type
+    introspection query (15-40 ms of the database's CPU, on a request's
+    path): the types are registered when the connection is made. The
+    introspection statement, when it runs, stays prepared on its session."""
+    for pool in (empty_db.single, empty_db.pool):
+        conns = [await pool.acquire() for _ in range(3)]  # new connections beyond min_size
+        try:
+            for conn in conns:
+                row = await conn.fetchrow(
+                    "SELECT $1::BIGINT[] AS b, $2::INT[] AS i, $3::BOOLEAN[] AS t, ARRAY[2, 3]::BIGINT[] AS r",
+                    [1, 2**40], [7], [True, False],
+                )
+                assert row is not None
+                assert (row["b"], row["i"], row["t"], row["r"]) == ([1, 2**40], [7], [True, False], [2, 3])
+                introspected = await conn.fetchval(
+                    "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE $1", "%typeinfo_tree%"
+                )
+                assert introspected == 0
+        finally:
+            for conn in conns:
+                await pool.release(conn)
+
+
 async def test_units_of_work_ask_for_serializable(pg: PostgresForTests, pg_template: str) -> None:
     """A database whose default is READ COMMITTED (as a CockroachDB role or
     database may be since v24.1) still runs units of work SERIALIZABLE."""

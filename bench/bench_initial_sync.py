@@ -14,7 +14,8 @@ sync, its database backends' CPU, and from the trace the time with no statement 
 the longest chain of statements run one after another. ``--timeline``
 prints the median run's statements in start order (ms from the request's
 start, duration, connection); ``--explain`` the plans of the last run's
-reads, with their arguments. ``--pglog``: PostgreSQL's own time per
+reads, with their arguments. ``--cprofile``: the server's
+profile over the runs (its own profiler on the CPU clock, without the trace). ``--pglog``: PostgreSQL's own time per
 statement (log_min_duration_statement = 0), summed per sync.
 """
 
@@ -156,8 +157,12 @@ async def run(args: argparse.Namespace) -> int:
                 finally:
                     await conn.close()
             t.work.mkdir(parents=True, exist_ok=True)
-            t.server = start_ours(t.work, url, {"BENCH_SQL_TRACE": str(t.trace)}, pool=args.pool, root=t.root,
-                                  wrapper=HERE / "sql_trace.py")
+            if args.cprofile:  # the server's own profiler (coffeechat_home/profiling.py), no trace
+                t.server = start_ours(t.work, url, {"BENCH_CPROFILE_DIR": str(t.work / "prof"), "BENCH_CPROFILE_TIMER": "cpu"}, pool=args.pool,
+                                      root=t.root)
+            else:
+                t.server = start_ours(t.work, url, {"BENCH_SQL_TRACE": str(t.trace)}, pool=args.pool, root=t.root,
+                                      wrapper=HERE / "sql_trace.py")
         for t in targets:
             assert t.server is not None
             t.server.wait_ready(120)
@@ -171,25 +176,32 @@ async def run(args: argparse.Namespace) -> int:
                     other = await c.register(f"other{t.index}")
                     await fill(c, other, 1, args.other)
             await asyncio.sleep(1.0)
+            if args.cprofile:
+                for t in targets:
+                    assert t.server is not None
+                    os.kill(t.server.pid, signal.SIGUSR1)
             for rep in range(args.runs):
                 for t in (targets if rep % 2 == 0 else targets[::-1]):
                     assert t.server is not None and t.user is not None
                     c = Client(session, t.server.base_url)
                     log_start = Path(pg.server.log).stat().st_size if args.pglog else 0
-                    os.kill(t.server.pid, signal.SIGUSR1)
+                    if not args.cprofile:
+                        os.kill(t.server.pid, signal.SIGUSR1)
                     backends = await pg.backend_pids(t.db)
                     cpu0, db0 = cpu_s(t.server.pid), cpu_s(*backends)
                     t0 = time.perf_counter()
                     body, size = await c.call_sized("GET", "/sync", t.user, params={"timeout": "0"}, timeout=120)
                     wall = time.perf_counter() - t0
                     cpu, db_cpu = cpu_s(t.server.pid) - cpu0, cpu_s(*backends) - db0
-                    os.kill(t.server.pid, signal.SIGUSR2)
-                    deadline = time.monotonic() + 10
-                    while time.monotonic() < deadline and not t.trace.exists():
-                        await asyncio.sleep(0.05)
-                    await asyncio.sleep(0.1)
-                    rows = [json.loads(line) for line in t.trace.read_text().splitlines() if line]
-                    t.trace.unlink()
+                    rows = []
+                    if not args.cprofile:
+                        os.kill(t.server.pid, signal.SIGUSR2)
+                        deadline = time.monotonic() + 10
+                        while time.monotonic() < deadline and not t.trace.exists():
+                            await asyncio.sleep(0.05)
+                        await asyncio.sleep(0.1)
+                        rows = [json.loads(line) for line in t.trace.read_text().splitlines() if line]
+                        t.trace.unlink()
                     joined = len(body.get("rooms", {}).get("join", {}))
                     assert joined == args.rooms, (t.label, joined)
                     run_ = {"client_ms": 1000 * wall, "cpu_ms": 1000 * cpu, "db_cpu_ms": 1000 * db_cpu, "bytes": size,
@@ -210,6 +222,11 @@ async def run(args: argparse.Namespace) -> int:
                             t.pg_steps[key] = t.pg_steps.get(key, 0.0) + float(m.group(2))
                     t.runs.append(run_)
                     await asyncio.sleep(0.3)
+            if args.cprofile:
+                for t in targets:
+                    assert t.server is not None
+                    os.kill(t.server.pid, signal.SIGUSR2)
+                await asyncio.sleep(2.0)
         for t in targets:
             print(f"\n== {t.label}: initial /sync, {args.rooms} rooms x {args.msgs} msgs, {len(t.runs)} runs")
             keys = ["client_ms", "wall_ms", "cpu_ms", "db_cpu_ms", "statements", "depth", "sql_busy_ms", "no_sql_ms",
@@ -225,6 +242,16 @@ async def run(args: argparse.Namespace) -> int:
                 print(f"  timeline of the median run ({med['client_ms']:.1f} ms at the client):")
                 for start, dur, conn, what in med.get("timeline", []):
                     print(f"    {start:7.2f} +{dur:6.2f}  c{conn:05d}  {what}")
+            prof = t.work / "prof" / "cprofile-1.prof"
+            if args.cprofile and prof.exists():
+                import io
+                import pstats
+
+                text = io.StringIO()
+                st = pstats.Stats(str(prof), stream=text)
+                st.sort_stats("tottime").print_stats(35)
+                st.sort_stats("cumulative").print_stats(60)
+                print(text.getvalue())
             if t.pg_steps:
                 print("  PostgreSQL's time per sync by step and statement (the largest):")
                 for (step, text), ms in sorted(t.pg_steps.items(), key=lambda kv: -kv[1])[:30]:
@@ -250,6 +277,7 @@ def main() -> int:
     p.add_argument("--timeline", action="store_true")
     p.add_argument("--pglog", action="store_true")
     p.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE the last run's statements")
+    p.add_argument("--cprofile", action="store_true", help="cProfile the server over the runs (no trace)")
     return run_main(run(p.parse_args()))
 
 

@@ -511,15 +511,24 @@ class SyncService:
         # joined throughout (since, upto]: every event there is visible;
         # newly joined: the history before may not be (history visibility).
         # Which rooms restrict their history (hide_unseen_many) comes along.
-        windows, restricted = await self.history.windows_and_restricted(
-            user_id, [r for r in room_ids if r in newly], room_ids)
-        single: list[tuple[str, int | None, int | None]] = []
-        rows_by_room: dict[str, list[EventRow]] = {}
         limit = f.timeline_limit + 1
         filters: dict[str, Any] = dict(
             types=f.timeline_types, not_types=f.timeline_not_types,
             senders=f.timeline_senders, not_senders=f.timeline_not_senders,
         )
+        # The timelines are read beside the windows, each from where the
+        # client's knowledge ends (the start, or since): a window ending at
+        # upto cuts a room's newest events at its lower bound only, so the
+        # rows above it are exactly what a read of the window would give
+        # (they are the newest; see _within_window). One round trip less.
+        windows_read = self.history.windows_and_restricted(user_id, [r for r in room_ids if r in newly], room_ids)
+        if f.timeline_limit:
+            (windows, restricted), ahead = await asyncio.gather(windows_read, self.events.timelines(
+                [(r, None if r in newly else since, upto) for r in room_ids], limit=limit, **filters))
+        else:
+            (windows, restricted), ahead = await windows_read, {}
+        single: list[tuple[str, int | None, int | None]] = []
+        rows_by_room: dict[str, list[EventRow]] = {}
         for room_id in room_ids:
             window = windows.get(room_id)
             if room_id not in newly:
@@ -529,7 +538,11 @@ class SyncService:
             if not f.timeline_limit or not parts:
                 rows_by_room[room_id] = []
             elif len(parts) == 1:
-                single.append((room_id, *parts[0]))
+                known = _within_window(ahead.get(room_id), parts[0], upto)
+                if known is None:
+                    single.append((room_id, *parts[0]))
+                else:
+                    rows_by_room[room_id] = known
             else:  # gaps in what the user may see: room by room
                 assert window is not None
                 rows_by_room[room_id] = await self.history.visible_timeline(
@@ -561,17 +574,18 @@ class SyncService:
                 g: {*(r.sender for r in timelines[room_id][0]), user_id, *heroes[room_id]}
                 for room_id, g in groups.items()
             }
-            states = await self.events.state_ids_for_groups(groups.values(), members=members)
+            states, found = await self._states_of_groups(groups.values(), members, f)
         else:
-            states, summaries = await asyncio.gather(
-                self.events.state_ids_for_groups(groups.values(), members=None), self._summaries(room_ids, user_id)
+            (states, found), summaries = await asyncio.gather(
+                self._states_of_groups(groups.values(), None, f), self._summaries(room_ids, user_id)
             )
         wanted = {
             room_id: self._state_filter(requester, states.get(groups.get(room_id, -1), {}), timelines[room_id][0], f,
                                         heroes.get(room_id, ()))
             for room_id in room_ids
         }
-        found = await self.events.get_rows(v for ids in wanted.values() for v in ids.values())
+        if found is None:
+            found = await self.events.get_rows(v for ids in wanted.values() for v in ids.values())
         out: dict[str, dict[str, Any]] = {}
         for room_id in room_ids:
             rows, limited, start = timelines[room_id]
@@ -587,6 +601,20 @@ class SyncService:
                 "summary": summaries[room_id],
             }
         return out
+
+    async def _states_of_groups(
+        self, groups: Iterable[int], members: Mapping[int, Iterable[str]] | None, f: SyncFilter
+    ) -> tuple[dict[int, dict[StateKey, str]], dict[str, EventRow] | None]:
+        """The state of each group (ids) and, unless the filter picks state
+        types, its events' rows read with it in the same statement (one
+        round trip less; with lazy-loaded members only the members asked
+        for are read). With a type filter (None): only the ids, as the
+        rows the filter leaves out may be many (a big room's members)."""
+        if f.state_types is not None or f.state_not_types:
+            return await self.events.state_ids_for_groups(groups, members=members), None
+        rows = await self.events.state_rows_for_groups(groups, members=members)
+        found = {row.event_id: row for state in rows.values() for row in state.values()}
+        return {g: {k: row.event_id for k, row in state.items()} for g, state in rows.items()}, found
 
     async def _joined_room(
         self, requester: Requester, room_id: str, since: int | None, upto: int, join_pos: int, f: SyncFilter,
@@ -766,6 +794,21 @@ async def _gather_parts(*parts: Awaitable[Any] | None) -> list[Any]:
         return [None if p is None else await p for p in parts]
     done = iter(await asyncio.gather(*real))
     return [None if p is None else next(done) for p in parts]
+
+
+def _within_window(
+    rows: list[EventRow] | None, part: tuple[int | None, int | None], upto: int
+) -> list[EventRow] | None:
+    """Of ``rows``, a room's newest events up to ``upto`` (newest first,
+    as many as a timeline read takes, read from below ``part``'s lower
+    bound), those in ``part``: exactly what a read of ``part`` gives when
+    the part ends at ``upto`` (the events above its lower bound come first,
+    so the read's cut-off falls on them alike). None when it ends before
+    (a read of the part is needed)."""
+    lo, hi = part
+    if rows is None or (hi is not None and hi < upto) or (lo is not None and lo < 0):
+        return None  # (rows were read above 0, where a read from None starts too)
+    return rows if lo is None else [r for r in rows if r.stream_pos is not None and r.stream_pos > lo]
 
 
 def _with_key(room_ids: list[str], keys: set[str] | None) -> list[str]:

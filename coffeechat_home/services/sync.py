@@ -189,14 +189,23 @@ class SyncService:
             upto = max(position, await self.notifier.stream.current_position())
         if since is not None and since > upto:
             since = upto  # a token from the future (e.g. a restored database)
-        upto = await self._limit(requester, since, upto)
+        read_ahead: tuple[int, dict[str, tuple[str, str, int]]] | None = None
+        if since is None and self.sources.limit_upto is not None:
+            # an initial sync reads the user's memberships (which every
+            # part of it waits for) beside the limit, as of the position
+            # before it: one round trip less unless the limit lowers it
+            limited, latest = await asyncio.gather(
+                self._limit(requester, since, upto), self.rooms.latest_memberships(requester.user_id, upto))
+            read_ahead, upto = (upto, latest), limited
+        else:
+            upto = await self._limit(requester, since, upto)
         if since is not None and since == upto and timeout_ms > 0 and not full_state:
             # nothing can have happened since the client's token (every part
             # of a response is a stream range): wait first, build once
             body: dict[str, Any] = {}
             empty = True
         else:
-            body, empty = await self._build(requester, since, upto, sync_filter, full_state)
+            body, empty = await self._build(requester, since, upto, sync_filter, full_state, read_ahead)
             if since is None or full_state or not empty or timeout_ms <= 0:
                 return body
         # rooms and the user; (for presence, device lists) changes of
@@ -236,10 +245,12 @@ class SyncService:
         return [r for r, (m, _, _) in hit[2].items() if m == "join"]
 
     async def _latest_memberships(
-        self, user_id: str, since: int | None, upto: int, changes: Mapping[str, set[str]] | None
+        self, user_id: str, since: int | None, upto: int, changes: Mapping[str, set[str]] | None,
+        read_ahead: tuple[int, dict[str, tuple[str, str, int]]] | None = None,
     ) -> dict[str, tuple[str, str, int]]:
         """The user's latest membership per room as of ``upto``; reused from
-        the user's previous sync when none of theirs changed in between."""
+        the user's previous sync when none of theirs changed in between, or
+        given (``read_ahead``: as of a position, used when it is upto)."""
         hit = self._memberships.get(user_id)
         now = time.monotonic()
         if (
@@ -250,7 +261,10 @@ class SyncService:
                 self._memberships[user_id] = (upto, hit[1], hit[2])
             self._memberships.move_to_end(user_id)
             return hit[2]
-        latest = await self.rooms.latest_memberships(user_id, upto)
+        if read_ahead is not None and read_ahead[0] == upto:
+            latest = read_ahead[1]
+        else:
+            latest = await self.rooms.latest_memberships(user_id, upto)
         self._memberships[user_id] = (upto, now + MEMBERSHIPS_TTL_S, latest)
         self._memberships.move_to_end(user_id)
         while len(self._memberships) > MEMBERSHIPS_CACHED:
@@ -263,7 +277,8 @@ class SyncService:
         return await self.sources.limit_upto(requester, since, upto)
 
     async def _build(
-        self, requester: Requester, since: int | None, upto: int, f: SyncFilter, full_state: bool
+        self, requester: Requester, since: int | None, upto: int, f: SyncFilter, full_state: bool,
+        read_ahead: tuple[int, dict[str, tuple[str, str, int]]] | None = None,
     ) -> tuple[dict[str, Any], bool]:
         user_id = requester.user_id
         # An incremental sync asks only what changed: the keys (room ids,
@@ -273,7 +288,7 @@ class SyncService:
         # STREAM_TABLES, keyed as registered there).
         incremental = since is not None and not full_state and upto - since <= CHANGED_KEYS_SPAN
         changes = await self.notifier.changes(since, upto) if incremental and since is not None else None
-        latest = await self._latest_memberships(user_id, since, upto, changes)
+        latest = await self._latest_memberships(user_id, since, upto, changes, read_ahead)
 
         def touched(table: str, key: str) -> bool:
             return changes is None or key in changes.get(table, ())

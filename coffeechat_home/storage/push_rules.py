@@ -4,6 +4,7 @@ at the same stream position, so /sync delivers the new ruleset."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Awaitable, Callable, TypeAlias
 
 import asyncpg
@@ -29,11 +30,21 @@ class PushRuleNotFound(Exception):
 
 
 async def _load(ex: Executor, user_id: str) -> tuple[list[UserRule], dict[tuple[str, str], DefaultChange]]:
-    rows = await ex.fetch(
-        """SELECT kind, rule_id, position, conditions, pattern, actions, enabled FROM push_rules
-           WHERE user_id = $1""",
-        user_id,
-    )
+    def user_rules() -> Awaitable[list[asyncpg.Record]]:
+        return ex.fetch(
+            """SELECT kind, rule_id, position, conditions, pattern, actions, enabled FROM push_rules
+               WHERE user_id = $1""",
+            user_id,
+        )
+
+    def default_changes() -> Awaitable[list[asyncpg.Record]]:
+        return ex.fetch("SELECT kind, rule_id, enabled, actions FROM push_rule_defaults WHERE user_id = $1", user_id)
+
+    if isinstance(ex, Database):  # lone statements: side by side (an initial sync waits for them)
+        rows, default_rows = await asyncio.gather(user_rules(), default_changes())
+    else:  # one connection (a transaction): one after the other
+        rows = await user_rules()
+        default_rows = await default_changes()
     # sorted here, not by ORDER BY: text order differs between engines
     rows = sorted(rows, key=lambda r: (r["kind"], r["position"], r["rule_id"]))
     rules = [
@@ -48,9 +59,7 @@ async def _load(ex: Executor, user_id: str) -> tuple[list[UserRule], dict[tuple[
         (r["kind"], r["rule_id"]): DefaultChange(
             r["enabled"], orjson.loads(r["actions"]) if r["actions"] is not None else None
         )
-        for r in await ex.fetch(
-            "SELECT kind, rule_id, enabled, actions FROM push_rule_defaults WHERE user_id = $1", user_id
-        )
+        for r in default_rows
     }
     return rules, changes
 

@@ -4,6 +4,7 @@ none) sent by others, and what push rules need to know about the room."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -133,12 +134,17 @@ class UnreadStore:
         ids = list(room_ids)
         # joined members from the room summaries the persister keeps
         # (schema/0024); counted only for a room without one
-        counts = {
-            r["room_id"]: int(r["joined_members"])
-            for r in await self.db.fetch(
-                "SELECT room_id, joined_members FROM room_summaries WHERE room_id = ANY($1::TEXT[])", ids
-            )
-        }
+        # the summaries and the state events side by side (an initial sync waits for them)
+        summaries, state_rows = await asyncio.gather(
+            self.db.fetch("SELECT room_id, joined_members FROM room_summaries WHERE room_id = ANY($1::TEXT[])", ids),
+            self.db.fetch(
+                """SELECT c.room_id, c.type, e.client FROM current_state c JOIN events e ON e.event_id = c.event_id
+                   WHERE c.room_id = ANY($1::TEXT[]) AND ((c.type = 'm.room.power_levels' AND c.state_key = '')
+                         OR (c.type = 'm.room.member' AND c.state_key = $2))""",
+                ids, user_id,
+            ),
+        )
+        counts = {r["room_id"]: int(r["joined_members"]) for r in summaries}
         missing = [r for r in ids if r not in counts]
         if missing:
             counts.update(
@@ -152,12 +158,7 @@ class UnreadStore:
             )
         names: dict[str, str | None] = {}
         levels: dict[str, dict[str, Any]] = {}
-        for r in await self.db.fetch(
-            """SELECT c.room_id, c.type, e.client FROM current_state c JOIN events e ON e.event_id = c.event_id
-               WHERE c.room_id = ANY($1::TEXT[]) AND ((c.type = 'm.room.power_levels' AND c.state_key = '')
-                     OR (c.type = 'm.room.member' AND c.state_key = $2))""",
-            ids, user_id,
-        ):
+        for r in state_rows:
             content = orjson.loads(r["client"]).get("content") or {}
             if r["type"] == "m.room.power_levels":
                 levels[r["room_id"]] = content if isinstance(content, dict) else {}

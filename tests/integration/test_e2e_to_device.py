@@ -14,7 +14,7 @@ from coffeechat_home.app import HomeServer
 
 from ..helpers import ApiClient
 from .conftest import StartServer
-from .room_helpers import q
+from .room_helpers import create_room, q
 
 _txn = itertools.count()
 
@@ -104,6 +104,23 @@ async def test_batches_of_about_100(alice: ApiClient, bob: ApiClient) -> None:
         since = s["next_batch"]
     assert sorted(seen) == list(range(250)) and len(seen) == 250
     assert max(sizes) <= 101 and len(sizes) >= 3
+
+
+async def test_initial_sync_ended_by_a_batch_shows_rooms_as_of_its_end(alice: ApiClient, bob: ApiClient) -> None:
+    """An initial sync whose end the to-device batch lowers shows bob's
+    rooms as of that end: a room he joined after the first 100 messages
+    comes in the next sync, not in this one (the memberships an initial
+    sync reads beside the batch's limit are as of the higher position)."""
+    for i in range(0, 150, 50):
+        await asyncio.gather(*(_send(alice, {bob.user_id: {bob.device_id: {"i": j}}}) for j in range(i, i + 50)))
+    room_id = await create_room(alice, {"preset": "public_chat"})
+    assert (await bob.post(f"rooms/{q(room_id)}/join", {})).status == 200
+    first = await bob.get("sync")
+    assert 0 < len(_events(first.body)) <= 101
+    assert room_id not in first.body.get("rooms", {}).get("join", {})
+    after = await bob.get("sync", params={"since": first["next_batch"]})
+    assert room_id in after.body.get("rooms", {}).get("join", {})
+    assert len(_events(first.body)) + len(_events(after.body)) == 150
 
 
 async def test_long_poll_wakes_on_to_device(alice: ApiClient, bob: ApiClient) -> None:

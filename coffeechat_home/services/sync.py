@@ -338,9 +338,12 @@ class SyncService:
                     return [await self._joined_room(requester, part_ids[0], since, upto, latest[part_ids[0]][2],
                                                     f, full_state)]
                 return list(await asyncio.gather(*(joined_room(r, latest[r][2]) for r in part_ids)))
+            whole_read = self._whole_rooms(requester, {r: latest[r][2] for r in whole_ids}, since, upto, f)
+            if not part_ids:  # (no task of its own: its statements start a turn sooner)
+                whole = await whole_read
+                return [whole[r] for r in whole_ids]
             whole, parts = await asyncio.gather(
-                self._whole_rooms(requester, {r: latest[r][2] for r in whole_ids}, since, upto, f),
-                asyncio.gather(*(joined_room(r, latest[r][2]) for r in part_ids)),
+                whole_read, asyncio.gather(*(joined_room(r, latest[r][2]) for r in part_ids)),
             )
             return [*(whole[r] for r in whole_ids), *parts]
 
@@ -353,22 +356,29 @@ class SyncService:
         )
         # an initial sync: the other features' parts (E2EE key counts,
         # to-device) along with everything else rather than after it
-        extras = (
-            asyncio.gather(*(extra(requester, since, upto) for extra in src.extra_global))
-            if since is None and src.extra_global else nothing
-        )
+        async def extras_part() -> list[tuple[dict[str, Any], bool]]:
+            return list(await asyncio.gather(*(extra(requester, since, upto) for extra in src.extra_global)))
+
+        extras = extras_part() if since is None and src.extra_global else nothing
+        # Rooms new to the client are built by a chain of statements in a
+        # row (see _whole_rooms), the longest of the sync; the other parts
+        # are a statement or two each. Those start two turns of the loop
+        # later, so that the chain's first statements, made in tasks of
+        # their own, ask the pool for connections first (with more parts
+        # than connections they waited behind them all).
+        side = _behind if whole_ids else _as_is
         (built_list, typing, receipts, room_account_data, global_account_data, presence,
          unread, extra_parts) = await _gather_parts(
             all_joined_rooms(),
-            src.typing(typing_ids, since, upto) if src.typing and typing_ids else nothing,
-            src.receipts(receipt_ids, since, upto, user_id) if src.receipts and receipt_ids else nothing,
-            src.account_data_rooms(user_id, list(latest), since, upto)
-            if src.account_data_rooms and latest and account_data else nothing,
-            src.account_data_global(user_id, since, upto)
-            if src.account_data_global and account_data else nothing,
-            src.presence(user_id, since, upto) if src.presence and presence_changed else nothing,
-            src.unread(user_id, joined_ids, since, upto, changes) if src.unread and unread_early else nothing,
-            extras,
+            side(src.typing(typing_ids, since, upto) if src.typing and typing_ids else nothing),
+            side(src.receipts(receipt_ids, since, upto, user_id) if src.receipts and receipt_ids else nothing),
+            side(src.account_data_rooms(user_id, list(latest), since, upto)
+                 if src.account_data_rooms and latest and account_data else nothing),
+            side(src.account_data_global(user_id, since, upto)
+                 if src.account_data_global and account_data else nothing),
+            side(src.presence(user_id, since, upto) if src.presence and presence_changed else nothing),
+            side(src.unread(user_id, joined_ids, since, upto, changes) if src.unread and unread_early else nothing),
+            side(extras),
         )
         built = dict(zip(whole_ids + part_ids, built_list))
         typing, receipts, room_account_data = typing or {}, receipts or {}, room_account_data or {}
@@ -798,6 +808,23 @@ class SyncService:
                 "m.heroes": heroes, "m.joined_member_count": n_joined, "m.invited_member_count": n_invited
             }
         return out
+
+
+def _as_is(part: Awaitable[Any] | None) -> Awaitable[Any] | None:
+    return part
+
+
+def _behind(part: Awaitable[Any] | None) -> Awaitable[Any] | None:
+    """``part`` started two turns of the event loop later (None: None)."""
+    if part is None:
+        return None
+
+    async def later() -> Any:
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return await part
+
+    return later()
 
 
 async def _gather_parts(*parts: Awaitable[Any] | None) -> list[Any]:

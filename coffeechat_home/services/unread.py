@@ -173,15 +173,14 @@ class UnreadService:
         return out
 
     async def _count_fresh(self, user_id: str, room_ids: list[str], upto: int) -> dict[str, bytes]:
-        # the unread events, the rules and the rooms' state side by side
-        unread, ruleset, states = await asyncio.gather(
-            self.store.unread_events(user_id, room_ids, upto, UNREAD_SCAN_LIMIT),
-            self.push_rules.get_ruleset(user_id), self.store.push_state(user_id, room_ids),
-        )
+        unread = await self.store.unread_events(user_id, room_ids, upto, UNREAD_SCAN_LIMIT)
         by_room: dict[str, list[UnreadEvent]] = {}
         for ev in unread:
             by_room.setdefault(ev.room_id, []).append(ev)
-        hidden = await self._hidden(user_id, by_room)
+        ruleset, states, hidden = await asyncio.gather(
+            self.push_rules.get_ruleset(user_id), self.store.push_state(user_id, room_ids),
+            self._hidden(user_id, by_room),
+        )
         if hidden:
             unread = [ev for ev in unread if ev.event_id not in hidden]
         self._remember_ruleset(user_id, upto, ruleset)

@@ -93,10 +93,11 @@ def analyse(rows: list[dict[str, Any]]) -> dict[str, Any]:
     acq = [r for r in rows if r["kind"] == "acquire" and h["t0"] <= r["t0"] <= h["t1"]]
     busy = 0.0
     end = h["t0"]
-    for r in sql:  # union of the statements' intervals
-        if r["t1"] > end:
-            busy += r["t1"] - max(r["t0"], end)
-            end = r["t1"]
+    for r in sql:  # union of the statements' intervals, within the request's
+        t1 = min(r["t1"], h["t1"])
+        if t1 > end:
+            busy += t1 - max(r["t0"], end)
+            end = t1
     # depth: statements that start after the previous "layer" ended
     depth, layer_end = 0, h["t0"]
     for r in sql:

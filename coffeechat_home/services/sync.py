@@ -599,18 +599,17 @@ class SyncService:
                 g: {*(r.sender for r in timelines[room_id][0]), user_id, *heroes[room_id]}
                 for room_id, g in groups.items()
             }
-            states, found = await self._states_of_groups(groups.values(), members, f)
+            states = await self.events.state_ids_for_groups(groups.values(), members=members)
         else:
-            (states, found), summaries = await asyncio.gather(
-                self._states_of_groups(groups.values(), None, f), self._summaries(room_ids, user_id)
+            states, summaries = await asyncio.gather(
+                self.events.state_ids_for_groups(groups.values(), members=None), self._summaries(room_ids, user_id)
             )
         wanted = {
             room_id: self._state_filter(requester, states.get(groups.get(room_id, -1), {}), timelines[room_id][0], f,
                                         heroes.get(room_id, ()))
             for room_id in room_ids
         }
-        if found is None:
-            found = await self.events.get_rows(v for ids in wanted.values() for v in ids.values())
+        found = await self.events.get_rows(v for ids in wanted.values() for v in ids.values())
         out: dict[str, dict[str, Any]] = {}
         for room_id in room_ids:
             rows, limited, start = timelines[room_id]
@@ -626,20 +625,6 @@ class SyncService:
                 "summary": summaries[room_id],
             }
         return out
-
-    async def _states_of_groups(
-        self, groups: Iterable[int], members: Mapping[int, Iterable[str]] | None, f: SyncFilter
-    ) -> tuple[dict[int, dict[StateKey, str]], dict[str, EventRow] | None]:
-        """The state of each group (ids) and, unless the filter picks state
-        types, its events' rows read with it in the same statement (one
-        round trip less; with lazy-loaded members only the members asked
-        for are read). With a type filter (None): only the ids, as the
-        rows the filter leaves out may be many (a big room's members)."""
-        if f.state_types is not None or f.state_not_types:
-            return await self.events.state_ids_for_groups(groups, members=members), None
-        rows = await self.events.state_rows_for_groups(groups, members=members)
-        found = {row.event_id: row for state in rows.values() for row in state.values()}
-        return {g: {k: row.event_id for k, row in state.items()} for g, state in rows.items()}, found
 
     async def _joined_room(
         self, requester: Requester, room_id: str, since: int | None, upto: int, join_pos: int, f: SyncFilter,

@@ -19,7 +19,7 @@ import orjson
 from ..protocol.events import Event, StateKey
 from ..protocol.room_versions import RoomVersion
 from .database import Database
-from .room_state import StateStore, state_of_groups_query
+from .room_state import StateStore
 
 _MAX_POS = 2**63 - 1
 
@@ -425,25 +425,6 @@ class EventStore:
         self, groups: Iterable[int], *, members: Mapping[int, Iterable[str]] | None = None
     ) -> dict[int, dict[StateKey, str]]:
         return await self.state.state_ids_for_groups(groups, members=members)
-
-    async def state_rows_for_groups(
-        self, groups: Iterable[int], *, members: Mapping[int, Iterable[str]] | None = None
-    ) -> dict[int, dict[StateKey, EventRow]]:
-        """``state_ids_for_groups`` with each event's row instead of its id,
-        in one statement (the ids, then ``get_rows``, took two in a row)."""
-        query = state_of_groups_query(groups, members)
-        if query is None:
-            return {}
-        columns = ", ".join(f"ev.{c}" for c in _ROW_COLUMNS.split(", "))
-        rows = await self.db.fetch(
-            f"""SELECT s.root, s.type AS s_type, s.state_key AS s_key, {columns}
-                FROM ({query[0]}) AS s JOIN events ev ON ev.event_id = s.event_id""",
-            *query[1],
-        )
-        out: dict[int, dict[StateKey, EventRow]] = {g: {} for g in query[1][0]}
-        for r in rows:
-            out[r["root"]][(r["s_type"], r["s_key"])] = _row(r)
-        return out
 
     async def server_view_for_groups(self, groups: Iterable[int], server_name: str) -> dict[int, dict[StateKey, str]]:
         return await self.state.server_view_for_groups(groups, server_name)

@@ -108,11 +108,29 @@ class StateStore:
         (lazy-loaded members), a group's m.room.member entries are only
         those of the users given for it: a big room's other members are
         neither sent nor sorted."""
-        query = state_of_groups_query(groups, members)
-        if query is None:
+        wanted = sorted(set(groups))
+        if not wanted:
             return {}
-        rows = await self.db.fetch(query[0], *query[1])
-        out: dict[int, dict[StateKey, str]] = {g: {} for g in query[1][0]}
+        args: list[Any] = [wanted]
+        only = ""
+        if members is not None:
+            pairs = [(g, u) for g in wanted for u in set(members.get(g, ()))]
+            only = """AND (e.type <> 'm.room.member'
+                           OR (c.root, e.state_key) IN (SELECT * FROM unnest($2::BIGINT[], $3::TEXT[])))"""
+            args += [[g for g, _ in pairs], [u for _, u in pairs]]
+        rows = await self.db.fetch(
+            f"""WITH RECURSIVE chain (root, id, prev_group, n) AS (
+                   SELECT id, id, prev_group, 0 FROM state_groups WHERE id = ANY($1::BIGINT[])
+                   UNION ALL
+                   SELECT c.root, s.id, s.prev_group, c.n + 1 FROM state_groups s JOIN chain c ON s.id = c.prev_group
+               )
+               SELECT DISTINCT ON (c.root, e.type, e.state_key) c.root, e.type, e.state_key, e.event_id
+               FROM state_group_entries e JOIN chain c ON e.state_group = c.id
+               WHERE TRUE {only}
+               ORDER BY c.root, e.type, e.state_key, c.n""",
+            *args,
+        )
+        out: dict[int, dict[StateKey, str]] = {g: {} for g in wanted}
         for r in rows:
             out[r["root"]][(r["type"], r["state_key"])] = r["event_id"]
         return out
@@ -170,37 +188,6 @@ class StateStore:
             [r for r, _ in points], [p for _, p in points],
         )
         return {r["rid"]: r["grp"] for r in rows if r["grp"] is not None}
-
-
-def state_of_groups_query(
-    groups: Iterable[int], members: Mapping[int, Iterable[str]] | None = None
-) -> tuple[str, list[Any]] | None:
-    """The statement (and its arguments) reading the full state of each
-    group as rows (root, type, state_key, event_id), ``members`` as in
-    ``StateStore.state_ids_for_groups``; None for no groups. The first
-    argument is the sorted group ids."""
-    wanted = sorted(set(groups))
-    if not wanted:
-        return None
-    args: list[Any] = [wanted]
-    only = ""
-    if members is not None:
-        pairs = [(g, u) for g in wanted for u in set(members.get(g, ()))]
-        only = """AND (e.type <> 'm.room.member'
-                       OR (c.root, e.state_key) IN (SELECT * FROM unnest($2::BIGINT[], $3::TEXT[])))"""
-        args += [[g for g, _ in pairs], [u for _, u in pairs]]
-    return (
-        f"""WITH RECURSIVE chain (root, id, prev_group, n) AS (
-               SELECT id, id, prev_group, 0 FROM state_groups WHERE id = ANY($1::BIGINT[])
-               UNION ALL
-               SELECT c.root, s.id, s.prev_group, c.n + 1 FROM state_groups s JOIN chain c ON s.id = c.prev_group
-           )
-           SELECT DISTINCT ON (c.root, e.type, e.state_key) c.root, e.type, e.state_key, e.event_id
-           FROM state_group_entries e JOIN chain c ON e.state_group = c.id
-           WHERE TRUE {only}
-           ORDER BY c.root, e.type, e.state_key, c.n""",
-        args,
-    )
 
 
 # -- writes (the persister's transaction) --------------------------------------

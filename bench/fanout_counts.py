@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import aiohttp  # noqa: E402
 import asyncpg  # noqa: E402
-import bench_federation as bf  # noqa: E402
+import fed_setup as fs  # noqa: E402
+from fed_phases import phase_fanout  # noqa: E402
 from matrix_client import Client  # noqa: E402
 from servers import Postgres, start_ours_federating  # noqa: E402
 
@@ -49,7 +50,7 @@ INBOUND = "SELECT count(*) FROM federation_inbound_txns WHERE origin = $1"
 class Window:
     """What happens on A between the phase's CpuMeter.start() and stop()."""
 
-    def __init__(self, pg: Postgres, a: bf.Node, rx_urls: list[str], cprofile: bool) -> None:
+    def __init__(self, pg: Postgres, a: fs.Node, rx_urls: list[str], cprofile: bool) -> None:
         self.pg = pg
         self.a = a
         self.rx_urls = rx_urls
@@ -100,10 +101,10 @@ async def main(args: argparse.Namespace) -> None:
     prof_dir = work / "cprofile"
     for old in prof_dir.glob("cprofile-*.prof"):
         old.unlink()
-    plan = bf.Plan.make(True)
+    plan = fs.Plan.make(True)
     plan.fanout = args.k
     pg = Postgres(work)
-    nodes: list[bf.Node] = []
+    nodes: list[fs.Node] = []
     urls: dict[str, str] = {}
     try:
         pg.start()
@@ -118,7 +119,7 @@ async def main(args: argparse.Namespace) -> None:
                 await admin.close()
                 if args.cprofile:
                     env["BENCH_CPROFILE_DIR"] = str(prof_dir)
-            nodes.append(bf.Node(start_ours_federating(work / name, urls[db], env, pool=10, label=name), db, "ours"))
+            nodes.append(fs.Node(start_ours_federating(work / name, urls[db], env, pool=10, label=name), db, "ours"))
         for n in nodes:
             n.server.wait_ready(180)
         a, receivers = nodes[0], nodes[1:]
@@ -127,14 +128,14 @@ async def main(args: argparse.Namespace) -> None:
                                          connector=aiohttp.TCPConnector(limit=200)) as http:
             for n in nodes:
                 n.client = Client(http, n.server.base_url)
-            a.users = await bf.register_users(a, "sender", bf.SENDERS, plan)
-            warm = bf.Plan.make(True)  # keys fetched, connections made, destinations known
+            a.users = await fs.register_users(a, "sender", fs.SENDERS, plan)
+            warm = fs.Plan.make(True)  # keys fetched, connections made, destinations known
             warm.fanout = 20
             a.kind = "warm"
-            await bf.phase_fanout(warm, pg, a, receivers)
+            await phase_fanout(warm, pg, a, receivers)
             a.kind = "ours"
 
-            meter_start, meter_stop = bf.CpuMeter.start, bf.CpuMeter.stop
+            meter_start, meter_stop = fs.CpuMeter.start, fs.CpuMeter.stop
 
             async def start(self: Any) -> None:
                 await window.start()
@@ -145,11 +146,11 @@ async def main(args: argparse.Namespace) -> None:
                 await window.stop()
                 return result
 
-            bf.CpuMeter.start, bf.CpuMeter.stop = start, stop  # type: ignore[method-assign]
+            fs.CpuMeter.start, fs.CpuMeter.stop = start, stop  # type: ignore[method-assign]
             try:
-                res = await bf.phase_fanout(plan, pg, a, receivers)
+                res = await phase_fanout(plan, pg, a, receivers)
             finally:
-                bf.CpuMeter.start, bf.CpuMeter.stop = meter_start, meter_stop  # type: ignore[method-assign]
+                fs.CpuMeter.start, fs.CpuMeter.stop = meter_start, meter_stop  # type: ignore[method-assign]
         k = plan.fanout
         stmts = window.statements()
         print(f"A -> R1..R5: {k} PDUs, {window.txns} transactions ({k * len(receivers) / max(1, window.txns):.2f} "

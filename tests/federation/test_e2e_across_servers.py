@@ -22,6 +22,7 @@ from coffeechat_home.crash_points import ENV as CRASH_ENV
 
 from ..integration.processes import User, wait_until
 from ..interop.test_nio_e2ee import ENCRYPTION, Inbox, _send, _tick, _until
+from ..interop.nio_helpers import nio_user
 from ..pg import PostgresForTests
 from .peers import FederatingServer, federating_servers, send_transaction
 
@@ -338,14 +339,6 @@ async def test_sync_of_a_room_joined_over_federation_carries_its_state(
 
 # -- real E2EE clients (matrix-nio[e2e]: Olm and Megolm through vodozemac) ----------
 
-async def _nio_user(base_url: str, store: Path, name: str) -> nio.AsyncClient:
-    store.mkdir()
-    client = nio.AsyncClient(base_url, "", store_path=str(store))
-    resp = await client.register(name, f"password of {name}", device_name=f"{name}'s laptop")
-    assert isinstance(resp, nio.RegisterResponse), resp
-    return client
-
-
 async def _encrypted_room_across(alice: nio.AsyncClient, bob: nio.AsyncClient) -> str:
     """An m.room.encryption room of alice's that bob (another server) joins."""
     created = await alice.room_create(name="Secret beans", invite=[bob.user_id], initial_state=[ENCRYPTION])
@@ -376,8 +369,8 @@ async def test_megolm_conversation_across_two_servers(
     pair: tuple[FederatingServer, FederatingServer], tmp_path: Path,
 ) -> None:
     a, b = pair
-    alice = await _nio_user(a.client_url, tmp_path / "alice", "alice_x")
-    bob = await _nio_user(b.client_url, tmp_path / "bob", "bob_x")
+    alice = await nio_user(a.client_url, tmp_path, "alice_x")
+    bob = await nio_user(b.client_url, tmp_path, "bob_x")
     clients = [alice, bob]
     try:
         for c in clients:

@@ -30,7 +30,7 @@ import pytest
 from .test_mautrix_e2ee import _register
 from .test_nio_e2ee import Inbox as NioInbox
 from .test_nio_e2ee import _tick as nio_tick
-from .test_nio_e2ee import _user as nio_user
+from .nio_helpers import nio_user
 
 pytestmark = pytest.mark.slow
 

@@ -47,7 +47,7 @@ from mautrix.util.async_db import Database
 
 from .test_nio_e2ee import Inbox as NioInbox
 from .test_nio_e2ee import _tick as nio_tick
-from .test_nio_e2ee import _user as nio_user
+from .nio_helpers import nio_user
 
 pytestmark = pytest.mark.slow
 

@@ -24,21 +24,14 @@ import nio
 import pytest
 import vodozemac
 
+from .nio_helpers import nio_user
+
 pytestmark = pytest.mark.slow
 
 ROUNDS = 20
 LONG_POLL_MS = 2000
 ENCRYPTION = {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
 BACKUP_ALGORITHM = "m.megolm_backup.v1.curve25519-aes-sha2"
-
-
-async def _user(base_url: str, tmp_path: Path, name: str) -> nio.AsyncClient:
-    store = tmp_path / f"nio-{name}"
-    store.mkdir()
-    client = nio.AsyncClient(base_url, "", store_path=str(store))
-    resp = await client.register(name, f"password of {name}", device_name=f"{name}'s laptop")
-    assert isinstance(resp, nio.RegisterResponse), resp
-    return client
 
 
 async def _login(base_url: str, tmp_path: Path, user_id: str, name: str, device: str) -> nio.AsyncClient:
@@ -131,8 +124,8 @@ async def _stored_type(base_url: str, client: nio.AsyncClient, room_id: str, eve
 
 
 async def test_two_users_exchange_megolm_messages(base_url: str, tmp_path: Path) -> None:
-    alice = await _user(base_url, tmp_path, "alice")
-    bob = await _user(base_url, tmp_path, "bob")
+    alice = await nio_user(base_url, tmp_path, "alice")
+    bob = await nio_user(base_url, tmp_path, "bob")
     try:
         for c in (alice, bob):
             await _tick(c)
@@ -152,8 +145,8 @@ async def test_two_users_exchange_megolm_messages(base_url: str, tmp_path: Path)
 
 
 async def test_second_device_decrypts_new_messages(base_url: str, tmp_path: Path) -> None:
-    alice = await _user(base_url, tmp_path, "alice")
-    bob = await _user(base_url, tmp_path, "bob")
+    alice = await nio_user(base_url, tmp_path, "alice")
+    bob = await nio_user(base_url, tmp_path, "bob")
     clients = [alice, bob]
     try:
         for c in clients:
@@ -185,8 +178,8 @@ def _unpadded(data: bytes) -> str:
 
 
 async def test_key_backup_round_trip(base_url: str, tmp_path: Path) -> None:
-    alice = await _user(base_url, tmp_path, "alice")
-    bob = await _user(base_url, tmp_path, "bob")
+    alice = await nio_user(base_url, tmp_path, "alice")
+    bob = await nio_user(base_url, tmp_path, "bob")
     clients = [alice, bob]
     headers = {"Authorization": f"Bearer {alice.access_token}"}
     api = f"{base_url}/_matrix/client/v3"

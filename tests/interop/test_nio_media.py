@@ -13,22 +13,14 @@ import pytest
 from PIL import Image
 
 from ..integration.media_helpers import image_bytes
+from .nio_helpers import nio_user
 
 pytestmark = pytest.mark.slow
 
 
-async def _user(base_url: str, tmp_path: Path, name: str) -> nio.AsyncClient:
-    store = tmp_path / f"nio-{name}"
-    store.mkdir()
-    client = nio.AsyncClient(base_url, "", store_path=str(store))
-    resp = await client.register(name, f"password of {name}")
-    assert isinstance(resp, nio.RegisterResponse), resp
-    return client
-
-
 async def test_nio_upload_download_thumbnail(base_url: str, tmp_path: Path) -> None:
-    alice = await _user(base_url, tmp_path, "alice")
-    bob = await _user(base_url, tmp_path, "bob")
+    alice = await nio_user(base_url, tmp_path, "alice")
+    bob = await nio_user(base_url, tmp_path, "bob")
     try:
         config = await alice.content_repository_config()
         assert isinstance(config, nio.ContentRepositoryConfigResponse), config
@@ -84,8 +76,8 @@ async def test_nio_upload_download_thumbnail(base_url: str, tmp_path: Path) -> N
 
 
 async def test_nio_avatar_seen_by_another_user(base_url: str, tmp_path: Path) -> None:
-    alice = await _user(base_url, tmp_path, "alice")
-    bob = await _user(base_url, tmp_path, "bob")
+    alice = await nio_user(base_url, tmp_path, "alice")
+    bob = await nio_user(base_url, tmp_path, "bob")
     try:
         avatar = image_bytes(256, 256, "PNG", color=(10, 120, 250))
         up, _ = await alice.upload(io.BytesIO(avatar), content_type="image/png", filename="me.png",

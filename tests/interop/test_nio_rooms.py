@@ -16,19 +16,12 @@ from typing import Any, Callable
 import nio
 import pytest
 
+from .nio_helpers import nio_user
+
 pytestmark = pytest.mark.slow
 
 SYNC_ROUNDS = 20  # long-polls to wait for something, at most
 LONG_POLL_MS = 3000
-
-
-async def _user(base_url: str, tmp_path: Path, name: str) -> nio.AsyncClient:
-    store = tmp_path / f"nio-{name}"
-    store.mkdir()
-    client = nio.AsyncClient(base_url, "", store_path=str(store))
-    resp = await client.register(name, f"password of {name}", device_name=f"{name}'s laptop")
-    assert isinstance(resp, nio.RegisterResponse), resp
-    return client
 
 
 async def _sync(client: nio.AsyncClient, timeout_ms: int = 0, **kw: Any) -> nio.SyncResponse:
@@ -70,9 +63,9 @@ async def _history(client: nio.AsyncClient, room_id: str, page: int = 4) -> list
 
 
 async def test_nio_room_conversation(base_url: str, tmp_path: Path) -> None:
-    alice = await _user(base_url, tmp_path, "alice")
-    bob = await _user(base_url, tmp_path, "bob")
-    carol = await _user(base_url, tmp_path, "carol")
+    alice = await nio_user(base_url, tmp_path, "alice")
+    bob = await nio_user(base_url, tmp_path, "bob")
+    carol = await nio_user(base_url, tmp_path, "carol")
     clients = [alice, bob, carol]
     try:
         await _sync(alice)
@@ -184,8 +177,8 @@ async def test_nio_room_conversation(base_url: str, tmp_path: Path) -> None:
 
 
 async def test_nio_typing_and_receipts(base_url: str, tmp_path: Path) -> None:
-    alice = await _user(base_url, tmp_path, "talker")
-    bob = await _user(base_url, tmp_path, "listener")
+    alice = await nio_user(base_url, tmp_path, "talker")
+    bob = await nio_user(base_url, tmp_path, "listener")
     try:
         created = await alice.room_create(name="Typing room", invite=[bob.user_id])
         assert isinstance(created, nio.RoomCreateResponse), created
@@ -232,8 +225,8 @@ async def test_nio_typing_and_receipts(base_url: str, tmp_path: Path) -> None:
 
 
 async def test_nio_initial_sync_of_fifty_rooms(base_url: str, tmp_path: Path) -> None:
-    owner = await _user(base_url, tmp_path, "owner")
-    member = await _user(base_url, tmp_path, "member")
+    owner = await nio_user(base_url, tmp_path, "owner")
+    member = await nio_user(base_url, tmp_path, "member")
     try:
         names = {}
         for i in range(50):
@@ -264,8 +257,8 @@ async def test_nio_initial_sync_of_fifty_rooms(base_url: str, tmp_path: Path) ->
 
 
 async def test_nio_incremental_sync_sees_a_message_once(base_url: str, tmp_path: Path) -> None:
-    alice = await _user(base_url, tmp_path, "poster")
-    bob = await _user(base_url, tmp_path, "poller")
+    alice = await nio_user(base_url, tmp_path, "poster")
+    bob = await nio_user(base_url, tmp_path, "poller")
     try:
         created = await alice.room_create(name="Once", invite=[bob.user_id])
         assert isinstance(created, nio.RoomCreateResponse), created

@@ -43,7 +43,7 @@ import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_rooms as br  # noqa: E402
+import rooms_setup as br  # noqa: E402
 from matrix_client import Client, User, q  # noqa: E402
 from servers import Postgres, ServerProcess, run_main, start_ours, start_synapse  # noqa: E402
 from synapse_env import ensure_synapse  # noqa: E402

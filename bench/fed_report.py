@@ -62,15 +62,17 @@ def print_report(results: dict[str, Any], plan: Plan, nodes: list[Node]) -> None
         b = j.get("build_s")
         if b:
             print("   room build on S1 (s): " + ", ".join(f"{k} {v:.0f}" for k, v in b.items()))
+        for side, r in (("ours", o), ("Synapse", s)):
+            if "error" in r:
+                print(f"   {side}: join FAILED: {r['error']}")
     for n, r in enumerate(results.get("rejoins", [])):
         o = r.get("ours", {})
         print(f"   rejoin {n + 1} by a fresh R1 ({r.get('git')}): "
               + ", ".join(f"{k}={cell(o.get(k), 3)}" for k in (
                   "join_s", "sync_s", "members_s", "members_seen", "joiner_cpu_s", "joiner_db_cpu_s",
                   "resident_send_join_s", "joiner_send_join_s", "joiner_check_s", "joiner_persist_s")))
-        for side, r in (("ours", o), ("Synapse", s)):
-            if "error" in r:
-                print(f"   {side}: join FAILED: {r['error']}")
+        if "error" in o:
+            print(f"   rejoin {n + 1}: join FAILED: {o['error']}")
     for key, title in (("inbound_ours", "A (ours)"), ("inbound_synapse", "S1 (Synapse)")):
         r = results.get(key)
         if not r:

@@ -44,12 +44,13 @@ import psutil
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import rooms_setup as br  # noqa: E402
+from common import log  # noqa: E402
 from matrix_client import Client, User, q  # noqa: E402
 from servers import Postgres, ServerProcess, run_main, start_ours, start_synapse  # noqa: E402
 from synapse_env import ensure_synapse  # noqa: E402
 
 WORK = br.WORK
-LOG = br.log
+LOG = log
 FANOUT_FILTER = {
     "room": {"timeline": {"limit": 10}, "state": {"lazy_load_members": True}},
     "presence": {"types": []},

@@ -48,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fed_phases import phase_fanout, phase_inbound, phase_join, rejoin_loop  # noqa: E402
 from fed_report import print_report  # noqa: E402
-from fed_setup import SENDERS, WORK, Node, Plan, log, register_users, synapse_python  # noqa: E402
+from common import log  # noqa: E402
+from fed_setup import SENDERS, WORK, Node, Plan, register_users, synapse_python  # noqa: E402
 from matrix_client import Client, HttpError  # noqa: E402
 from servers import Postgres, start_ours_federating, start_synapse  # noqa: E402
 

@@ -37,6 +37,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import log
 from matrix_client import Client, User
 from servers import Postgres, RssMonitor, ServerProcess, free_port, start_ours, start_synapse
 from synapse_env import ensure_synapse
@@ -46,9 +47,6 @@ WORK = HERE / ".work" / "media"
 MB = 1_000_000
 LIMIT = 200 * 1024 * 1024  # upload limit given to both servers
 
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 @dataclass

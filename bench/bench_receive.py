@@ -43,11 +43,8 @@ import argparse
 import asyncio
 import collections
 import itertools
-import os
 import re
-import signal
 import ssl
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -60,6 +57,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))  # this checkout's coffeechat_home (the origin's protocol code)
 
+from common import PySpy, log  # noqa: E402
 from matrix_client import Client, User, q  # noqa: E402
 from servers import Postgres, ServerProcess, cpu_seconds_of, start_ours_federating  # noqa: E402
 
@@ -67,9 +65,6 @@ WORK = HERE / ".work" / "recv"
 SENDERS = 10
 STMT = re.compile(r"db=(\S+) LOG:  (?:statement|execute [^:]*): (.*)")
 
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 async def wait_for(pred: Callable[[], Awaitable[bool]], timeout_s: float, what: str, interval: float = 0.2) -> None:
@@ -265,7 +260,7 @@ async def run(args: argparse.Namespace) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     pg = Postgres(WORK)
     servers: list[ServerProcess] = []
-    pyspy: subprocess.Popen[bytes] | None = None
+    pyspy: PySpy | None = None
     origin: OursOrigin | BenchOrigin | None = None
     try:
         pg.start()
@@ -304,10 +299,7 @@ async def run(args: argparse.Namespace) -> int:
             db_before = cpu_seconds_of(await pg.backend_pids("r"))
             cpu_before = r.cpu_seconds()
             if args.pyspy:
-                out = WORK / "pyspy-recv.txt"
-                pyspy = subprocess.Popen(["py-spy", "record", "--pid", str(r.pid), "--format", "raw", "--rate", "200",
-                                          "--gil", "--output", str(out), "--nonblocking"],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                pyspy = PySpy(r.pid, WORK / "pyspy-recv.txt", attach_s=0.0, nonblocking=True).start()
             watcher = asyncio.create_task(watch_sync(rc, guest, room_id, since, args.k)) \
                 if args.watch == "sync" else None
             t0 = time.perf_counter()
@@ -323,8 +315,7 @@ async def run(args: argparse.Namespace) -> int:
             db_after = cpu_seconds_of(await pg.backend_pids("r"))
             db_cpu = sum(v - db_before.get(pid, 0.0) for pid, v in db_after.items())
             if pyspy is not None:
-                os.kill(pyspy.pid, signal.SIGINT)
-                pyspy.wait(30)
+                pyspy.stop()
                 pyspy = None
             txns = int(await rdb.fetchval("SELECT count(*) FROM federation_inbound_txns")) - txns_before
             k = args.k
@@ -342,8 +333,7 @@ async def run(args: argparse.Namespace) -> int:
         await rdb.close()
     finally:
         if pyspy is not None:
-            os.kill(pyspy.pid, signal.SIGINT)
-            pyspy.wait(30)
+            pyspy.stop()
         if origin is not None:
             await origin.stop()
         for s in servers:

@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from matrix_client import Client  # noqa: E402
 from rooms_phases import PHASES  # noqa: E402
 from rooms_report import report  # noqa: E402
-from rooms_setup import WORK, Plan, Target, fill_initial_sync, log, measure_idle, pyspy_start, pyspy_stop, setup  # noqa: E402
+from common import log  # noqa: E402
+from rooms_setup import WORK, Plan, Target, fill_initial_sync, measure_idle, pyspy_start, pyspy_stop, setup  # noqa: E402
 from servers import Postgres, RssMonitor, ServerProcess, pool_bounds, run_main, start_ours, start_synapse  # noqa: E402
 from synapse_env import ensure_synapse  # noqa: E402
 

@@ -41,15 +41,13 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import log  # noqa: E402
 from matrix_client import Client, User  # noqa: E402
 from servers import STATS_SETTLE_S, Postgres, cpu_seconds_of, start_ours  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / ".work"
 DB = "coffeechat"
 
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def failures_in(text: str) -> tuple[int, collections.Counter[str], collections.Counter[str]]:

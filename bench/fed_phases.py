@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import PySpy, log
 from fed_setup import (
     SENDERS,
     SYNC_FILTER,
@@ -19,12 +20,10 @@ from fed_setup import (
     CpuMeter,
     Node,
     Plan,
-    PySpy,
     Watch,
     bounded,
     fmt,
     join_remote,
-    log,
     register_users,
     send_burst,
     settle,
@@ -120,7 +119,7 @@ async def measure_joins(plan: Plan, pg: Postgres, s1: Node, joiners: list[Node],
         user = (await register_users(j, "joiner", 1, plan))[0]
         since = await sync_token(j, user)
         await settle([s1, *joiners])
-        profile = PySpy(j.server.pid, WORK / f"pyspy-join-{j.kind}.txt") if pyspy and j.kind == "ours" else None
+        profile = PySpy(j.server.pid, WORK / f"pyspy-join-{j.kind}.txt", rate=250, attach_s=1.0) if pyspy and j.kind == "ours" else None
         if profile is not None:
             profile.__enter__()
         s1_log, j_log = log_size(s1.server.log_path), log_size(j.server.log_path)
@@ -237,7 +236,8 @@ async def phase_inbound(plan: Plan, pg: Postgres, sender: Node, receivers: list[
         deadline = time.monotonic() + plan.phase_timeout_s
         t0 = time.perf_counter()
         task = asyncio.create_task(watch.run(plan.burst, deadline))
-        profile = (PySpy(rx.server.pid, WORK / f"pyspy-inbound-from-{sender.kind}.txt")
+        profile = (PySpy(rx.server.pid, WORK / f"pyspy-inbound-from-{sender.kind}.txt", rate=250,
+                         attach_s=1.0)
                    if pyspy and rx.kind == "ours" else contextlib.nullcontext())
         try:
             with profile:

@@ -7,9 +7,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-import shutil
-import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +14,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import aiohttp
 
+from common import log
 from matrix_client import Client, HttpError, User, q
 from servers import Postgres, ServerProcess, cpu_seconds_of
 from synapse_env import SYNAPSE_VERSION, ensure_synapse
@@ -38,9 +36,6 @@ SYNC_FILTER = {
 
 T = TypeVar("T")
 
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 @dataclass
@@ -131,35 +126,6 @@ async def settle(nodes: list[Node], max_s: float = 20.0, idle_share: float = 0.0
         if sum(n.server.cpu_seconds() for n in nodes) - a < idle_share * len(nodes):
             return
 
-
-class PySpy:
-    """py-spy record of one process (raw folded stacks, GIL-holding samples) while in ``with``."""
-
-    def __init__(self, pid: int, out: Path) -> None:
-        self.pid, self.out = pid, out
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> "PySpy":
-        exe = shutil.which("py-spy")
-        if exe is None:
-            log("py-spy not found (pip install py-spy): not profiling")
-            return self
-        self.proc = subprocess.Popen([exe, "record", "--pid", str(self.pid), "--format", "raw", "--rate", "250",
-                                      "--gil", "-o", str(self.out)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(1.0)  # attached before the timed step
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        log(f"py-spy profile: {self.out} (python bench/pyspy_summary.py {self.out})")
 
 
 # --------------------------------------------------------------------------- client helpers

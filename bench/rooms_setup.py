@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from common import PySpy, log
 from matrix_client import Client, User
 from servers import STATS_SETTLE_S, Postgres, ServerProcess
 
@@ -71,9 +71,6 @@ def median_of_runs(runs: list[Any]) -> Any:
     return present[0]
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
 
 # --------------------------------------------------------------------------- per-server state
 
@@ -94,7 +91,7 @@ class Target:
     common: dict[str, Any] = field(default_factory=dict)  # measured once (idle CPU, RSS, data set)
     sync_rooms: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    pyspy: subprocess.Popen | None = None
+    pyspy: PySpy | None = None
     dbname: str = ""
 
     @property
@@ -179,27 +176,11 @@ async def measure_idle(targets: list[Target]) -> None:
 
 
 def pyspy_start(t: Target, phase: str) -> None:
-    exe = subprocess.run(["which", "py-spy"], capture_output=True, text=True).stdout.strip()
-    if not exe:
-        log("py-spy not found (pip install py-spy); not profiling")
-        return
-    out = WORK / f"pyspy-{phase}.txt"
-    t.pyspy = subprocess.Popen(
-        [exe, "record", "--pid", str(t.server.pid), "--format", "raw", "--rate", os.environ.get("BENCH_PYSPY_RATE", "200"), "--gil",
-         "-o", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    time.sleep(0.5)
+    rate = int(os.environ.get("BENCH_PYSPY_RATE", "200"))
+    t.pyspy = PySpy(t.server.pid, WORK / f"pyspy-{phase}.txt", rate=rate).start()
 
 
 def pyspy_stop(t: Target) -> None:
-    if t.pyspy is None:
-        return
-    import signal
-
-    t.pyspy.send_signal(signal.SIGINT)
-    try:
-        t.pyspy.wait(30)
-    except subprocess.TimeoutExpired:
-        t.pyspy.kill()
-    t.pyspy = None
+    if t.pyspy is not None:
+        t.pyspy.stop()
+        t.pyspy = None

@@ -18,6 +18,7 @@ from coffeechat_home.storage.migrations import run_migrations
 
 from ..helpers import ApiClient
 from ..pg import PostgresForTests
+from .processes import TEST_SETTINGS
 
 TEMPLATE = "cch_template"
 _counter = itertools.count()
@@ -65,17 +66,10 @@ def make_config(database_url: str, tmp_path: Path, **env: str) -> Config:
     base = {
         "COFFEECHAT_SERVER_NAME": "test.local",
         "COFFEECHAT_DATA_DIR": str(tmp_path),
-        "COFFEECHAT_CLIENT_LISTENER_PORT": "0",
         "COFFEECHAT_DATABASE_URL": database_url,
         "COFFEECHAT_DATABASE_POOL_MIN_SIZE": "1",
         "COFFEECHAT_DATABASE_POOL_MAX_SIZE": "8",
-        "COFFEECHAT_REGISTRATION_MODE": "open",
-        "COFFEECHAT_SECURITY_PASSWORD_SCRYPT_N": "1024",
-        "COFFEECHAT_LIMITS_LOGIN_PER_SECOND": "1000",
-        "COFFEECHAT_LIMITS_LOGIN_BURST": "1000",
-        "COFFEECHAT_LIMITS_REGISTER_PER_SECOND": "1000",
-        "COFFEECHAT_LIMITS_REGISTER_BURST": "1000",
-        "COFFEECHAT_LOG_LEVEL": "WARNING",
+        **TEST_SETTINGS,
     }
     base.update(env)
     return load_config(None, base)

@@ -19,20 +19,26 @@ CMD = [sys.executable, "-m", "coffeechat_home"]
 # the checkout under test, whatever is installed
 ROOT = Path(__file__).resolve().parents[2]
 
+# What every test server runs with (in-process or a process): open
+# registration, cheap password hashes, no rate limits, quiet logs.
+TEST_SETTINGS = {
+    "COFFEECHAT_CLIENT_LISTENER_PORT": "0",
+    "COFFEECHAT_REGISTRATION_MODE": "open",
+    "COFFEECHAT_SECURITY_PASSWORD_SCRYPT_N": "1024",
+    "COFFEECHAT_LIMITS_LOGIN_PER_SECOND": "1000",
+    "COFFEECHAT_LIMITS_LOGIN_BURST": "1000",
+    "COFFEECHAT_LIMITS_REGISTER_PER_SECOND": "1000",
+    "COFFEECHAT_LIMITS_REGISTER_BURST": "1000",
+    "COFFEECHAT_LOG_LEVEL": "WARNING",
+}
+
 
 def server_env(database_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
     env = {
         **os.environ,
         "COFFEECHAT_SERVER_NAME": "faults.test",
         "COFFEECHAT_DATA_DIR": str(data_dir),
-        "COFFEECHAT_CLIENT_LISTENER_PORT": "0",
-        "COFFEECHAT_REGISTRATION_MODE": "open",
-        "COFFEECHAT_SECURITY_PASSWORD_SCRYPT_N": "1024",
-        "COFFEECHAT_LIMITS_LOGIN_PER_SECOND": "1000",
-        "COFFEECHAT_LIMITS_LOGIN_BURST": "1000",
-        "COFFEECHAT_LIMITS_REGISTER_PER_SECOND": "1000",
-        "COFFEECHAT_LIMITS_REGISTER_BURST": "1000",
-        "COFFEECHAT_LOG_LEVEL": "WARNING",
+        **TEST_SETTINGS,
         "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
         **extra,
     }

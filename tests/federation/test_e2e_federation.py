@@ -9,8 +9,6 @@ resync goes to the other server over federation)."""
 from __future__ import annotations
 
 import copy
-import itertools
-import os
 from pathlib import Path
 from typing import Any, AsyncIterator, Mapping
 from urllib.parse import quote
@@ -39,28 +37,17 @@ from ..helpers import ApiClient
 from ..spec_validation import validate_response
 from ..integration.e2e_helpers import CrossSigningKey, DeviceKeys
 from ..pg import PostgresForTests
-from .peers import FederatingServer
+from .peers import FederatingServer, federating_servers
 
 pytestmark = pytest.mark.federation
 
-_n = itertools.count()
 LOOPBACK = ["127.0.0.0/8"]
 
 
 @pytest.fixture
 async def pair(pg: PostgresForTests, pg_template: str, tmp_path: Path) -> AsyncIterator[tuple[FederatingServer, FederatingServer]]:
-    servers = [
-        FederatingServer(await pg.create_database(f"cch_fe2e{os.getpid()}_{next(_n)}", template=pg_template),
-                         tmp_path / name)
-        for name in ("a", "b")
-    ]
-    try:
-        for s in servers:
-            await s.start()
+    async with federating_servers(pg, pg_template, tmp_path, "fe2e", 2) as servers:
         yield servers[0], servers[1]
-    finally:
-        for s in servers:
-            await s.stop()
 
 
 @pytest.fixture

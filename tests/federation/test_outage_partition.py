@@ -19,8 +19,6 @@ senders' persisted retries, get_missing_events, and the state at a gap).
 
 from __future__ import annotations
 
-import itertools
-import os
 from pathlib import Path
 from typing import Any, AsyncIterator
 from urllib.parse import quote
@@ -30,11 +28,10 @@ import pytest
 
 from ..integration.processes import User, wait_until
 from ..pg import PostgresForTests
-from .peers import FederatingServer, signed_federation_get
+from .peers import FederatingServer, federating_servers, signed_federation_get
 
 pytestmark = pytest.mark.federation
 
-_n = itertools.count()
 GAP = 25  # more than the receiver's get_missing_events limit (20)
 FAST_RETRY = {
     "COFFEECHAT_FEDERATION_DESTINATION_MIN_RETRY_MS": "200",
@@ -46,18 +43,8 @@ FAST_RETRY = {
 async def three(
     pg: PostgresForTests, pg_template: str, tmp_path: Path
 ) -> AsyncIterator[list[FederatingServer]]:
-    servers = [
-        FederatingServer(await pg.create_database(f"cch_gap{os.getpid()}_{next(_n)}", template=pg_template),
-                         tmp_path / name, **FAST_RETRY)
-        for name in ("a", "b", "c")
-    ]
-    try:
-        for s in servers:
-            await s.start()
+    async with federating_servers(pg, pg_template, tmp_path, "gap", 3, **FAST_RETRY) as servers:
         yield servers
-    finally:
-        for s in servers:
-            await s.stop()
 
 
 async def current_state(server: FederatingServer, room_id: str) -> dict[tuple[str, str], str]:

@@ -28,7 +28,7 @@ from coffeechat_home.storage.server_keys import ServerKeyStore
 
 from ..integration.processes import User
 from ..pg import PostgresForTests
-from .peers import LOOPBACK, FederatingServer, signed_federation_get
+from .peers import LOOPBACK, FederatingServer, federating_servers, signed_federation_get
 
 pytestmark = pytest.mark.federation
 
@@ -41,15 +41,8 @@ async def new_database(pg: PostgresForTests, template: str) -> str:
 
 @pytest.fixture
 async def pair(pg: PostgresForTests, pg_template: str, tmp_path: Path) -> AsyncIterator[tuple[FederatingServer, FederatingServer]]:
-    a = FederatingServer(await new_database(pg, pg_template), tmp_path / "a")
-    b = FederatingServer(await new_database(pg, pg_template), tmp_path / "b")
-    try:
-        await a.start()
-        await b.start()
-        yield a, b
-    finally:
-        await a.stop()
-        await b.stop()
+    async with federating_servers(pg, pg_template, tmp_path, "fed", 2) as servers:
+        yield servers[0], servers[1]
 
 
 @pytest.fixture

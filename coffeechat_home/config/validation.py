@@ -10,6 +10,19 @@ from .settings import Config, ConfigError, ListenerConfig
 
 
 def validate(config: Config) -> None:
+    """The first problem found, as a ConfigError naming the setting."""
+    _check_basics(config)
+    _check_listeners(config)
+    _check_federation(config)
+    _check_storage(config)
+    _check_media(config)
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", config.instance_name):
+        raise ConfigError(
+            f"instance_name must be 1-64 letters, digits, '.', '_' or '-', got {config.instance_name!r}"
+        )
+
+
+def _check_basics(config: Config) -> None:
     try:
         validate_server_name(config.server_name)
     except InvalidIdentifier as e:
@@ -22,6 +35,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"log_format must be 'auto', 'text' or 'json', got {config.log_format!r}")
     if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}")
+
+
+def _check_listeners(config: Config) -> None:
     if not 0 <= config.metrics.port < 65536:
         raise ConfigError(f"metrics.port must be a port number, got {config.metrics.port}")
     if not config.metrics.path.startswith("/") or config.metrics.path.startswith("/_matrix/"):
@@ -38,6 +54,9 @@ def validate(config: Config) -> None:
             "federation_listener needs tls_certificate_path and tls_private_key_path (other servers speak "
             "only HTTPS to it); with --dev a self-signed certificate is made in data_dir"
         )
+
+
+def _check_federation(config: Config) -> None:
     for cidr in config.federation.allow_private_addresses:
         try:
             ipaddress.ip_network(cidr, strict=False)
@@ -56,6 +75,10 @@ def validate(config: Config) -> None:
         raise ConfigError("federation.missing_events_limit must be between 1 and 100")
     if config.federation.partial_state_retry_ms <= 0:
         raise ConfigError("federation.partial_state_retry_ms must be positive")
+
+
+def _check_storage(config: Config) -> None:
+    """The database, request limits and password hashing."""
     if config.database.url and not config.database.url.startswith(("postgres://", "postgresql://")):
         raise ConfigError("database.url must be a postgresql:// URL")
     if config.limits.max_request_body_bytes < 1024:
@@ -66,6 +89,9 @@ def validate(config: Config) -> None:
         raise ConfigError("security.password_scrypt_n must be a power of two")
     if config.security.password_hash_concurrency < 0:
         raise ConfigError("security.password_hash_concurrency must be 0 (one per core) or more")
+
+
+def _check_media(config: Config) -> None:
     media = config.media
     if media.max_upload_bytes < 1:
         raise ConfigError("media.max_upload_bytes must be at least 1")
@@ -75,7 +101,3 @@ def validate(config: Config) -> None:
     for name in ("unused_expiry_ms", "max_image_pixels", "thumbnail_concurrency", "remote_fetch_timeout_s"):
         if getattr(media, name) < 1:
             raise ConfigError(f"media.{name} must be at least 1")
-    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", config.instance_name):
-        raise ConfigError(
-            f"instance_name must be 1-64 letters, digits, '.', '_' or '-', got {config.instance_name!r}"
-        )

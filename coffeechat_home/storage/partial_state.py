@@ -71,21 +71,12 @@ class PartialStateStore:
         ids = sorted(set(room_ids))
         if not ids:
             return {}
-        rows = await self.db.fetch(
-            """SELECT p.room_id, p.stream_pos, r.stream_pos FROM partial_state_rooms p
-               LEFT JOIN room_state_resets r ON r.room_id = p.room_id
-               WHERE p.room_id = ANY($1::TEXT[])""",
-            ids,
-        )
-        return {r[0]: (r[1], r[2]) for r in rows}
+        return await self._view("WHERE p.room_id = ANY($1::TEXT[])", ids)
 
     async def all_rows(self) -> dict[str, tuple[int | None, int | None]]:
         """``sync_view`` of every room ever joined partially:
         ``PartialRoomsView``'s first read."""
-        rows = await self.db.fetch(
-            """SELECT p.room_id, p.stream_pos, r.stream_pos FROM partial_state_rooms p
-               LEFT JOIN room_state_resets r ON r.room_id = p.room_id""")
-        return {r[0]: (r[1], r[2]) for r in rows}
+        return await self._view("")
 
     async def rows_changed(self, after: int, upto: int, rooms: Iterable[str]) -> dict[str, tuple[int | None, int | None]]:
         """``sync_view`` of the rooms whose rows may have changed in (after,
@@ -93,12 +84,19 @@ class PartialStateStore:
         the transaction of our user's join, which has a membership row at a
         position there; ``rooms``: those the stream shows resynced or
         corrected (their positions are stream positions)."""
-        rows = await self.db.fetch(
-            """SELECT p.room_id, p.stream_pos, r.stream_pos FROM partial_state_rooms p
-               LEFT JOIN room_state_resets r ON r.room_id = p.room_id
-               WHERE p.room_id = ANY($3::TEXT[]) OR p.room_id IN (
+        return await self._view(
+            """WHERE p.room_id = ANY($3::TEXT[]) OR p.room_id IN (
                    SELECT room_id FROM room_memberships WHERE stream_pos > $1 AND stream_pos <= $2)""",
             after, upto, sorted(set(rooms)),
+        )
+
+    async def _view(self, where: str, *args: Any) -> dict[str, tuple[int | None, int | None]]:
+        """room -> (resync position, last correction position) of the rows
+        ``where`` (a constant of this class's) selects."""
+        rows = await self.db.fetch(
+            f"""SELECT p.room_id, p.stream_pos, r.stream_pos FROM partial_state_rooms p
+                LEFT JOIN room_state_resets r ON r.room_id = p.room_id {where}""",
+            *args,
         )
         return {r[0]: (r[1], r[2]) for r in rows}
 

@@ -305,15 +305,8 @@ class EventStore:
         """(room version, forward extremities, whether its state is partial:
         joined with members omitted and not resynced yet, schema/0031)."""
         row = await self.db.fetchrow(
-            """SELECT room_version, forward_extremities,
-                      EXISTS (SELECT 1 FROM partial_state_rooms p
-                              WHERE p.room_id = rooms.room_id AND p.stream_pos IS NULL) AS partial
-               FROM rooms WHERE room_id = $1""",
-            room_id,
-        )
-        if row is None:
-            return None
-        return str(row["room_version"]), list(row["forward_extremities"] or []), bool(row["partial"])
+            f"SELECT {room_row_columns('rooms')} FROM rooms WHERE room_id = $1", room_id)
+        return room_row(row)
 
     async def is_partial_state(self, room_id: str) -> bool:
         return bool(await self.db.fetchval(
@@ -771,6 +764,21 @@ def _type_sender_filters(arg: Any, types: Any, not_types: Any, senders: Any, not
 
 # (room version, forward extremities, whether its state is partial)
 RoomRow = tuple[str, list[str], bool]
+
+
+def room_row_columns(rooms: str) -> str:
+    """The columns of a ``RoomRow``, read from the ``rooms`` row named
+    ``rooms`` in the statement (a constant of the caller's)."""
+    return f"""{rooms}.room_version, {rooms}.forward_extremities,
+               EXISTS (SELECT 1 FROM partial_state_rooms p
+                       WHERE p.room_id = {rooms}.room_id AND p.stream_pos IS NULL) AS partial"""
+
+
+def room_row(row: Any) -> RoomRow | None:
+    """A ``RoomRow`` from ``room_row_columns`` (None: no such room)."""
+    if row is None or row["room_version"] is None:
+        return None
+    return str(row["room_version"]), list(row["forward_extremities"] or []), bool(row["partial"])
 
 # (stored infos, events, rejected ones among them, ids with a successor)
 BatchLookup = tuple[dict[str, StoredEventInfo], dict[str, Event], set[str], set[str]]

@@ -11,7 +11,16 @@ import orjson
 from ..protocol.events import Event
 from ..protocol.room_versions import RoomVersion
 from .database import Database
-from .events import BATCH_LOOKUP_SQL, BatchLookup, RoomRow, RowInsert, batch_lookup_args, parse_batch_lookup
+from .events import (
+    BATCH_LOOKUP_SQL,
+    BatchLookup,
+    RoomRow,
+    RowInsert,
+    batch_lookup_args,
+    parse_batch_lookup,
+    room_row,
+    room_row_columns,
+)
 from .room_state import insert_memberships
 from .stream import StreamStore
 
@@ -59,10 +68,7 @@ class FederationInboundStore:
         raw = await self.db.fetchval(
             "SELECT response_json FROM federation_inbound_txns WHERE origin = $1 AND txn_id = $2", origin, txn_id
         )
-        if raw is None:
-            return None
-        value = orjson.loads(raw)
-        return value if isinstance(value, dict) else None
+        return _response(raw)
 
     async def txn_response_and_room(
         self, origin: str, txn_id: str, room_id: str
@@ -70,14 +76,14 @@ class FederationInboundStore:
         """``txn_response`` and the room's (version, forward extremities,
         partial) (``EventStore.room_for_receipt``) in one round trip."""
         row = await self.db.fetchrow(
-            f"""SELECT t.response_json, r.room_version, r.forward_extremities, {_PARTIAL}
+            f"""SELECT t.response_json, {room_row_columns('r')}
                FROM (SELECT 1) AS one
                LEFT JOIN federation_inbound_txns AS t ON t.origin = $1 AND t.txn_id = $2
                LEFT JOIN rooms AS r ON r.room_id = $3""",
             origin, txn_id, room_id,
         )
         assert row is not None
-        return _txn_and_room(row)
+        return _response(row["response_json"]), room_row(row)
 
     async def txn_response_room_and_lookup(
         self, origin: str, txn_id: str, room_id: str, room_version: RoomVersion,
@@ -87,7 +93,7 @@ class FederationInboundStore:
         room whose version the caller knows) in one round trip."""
         rows = await self.db.fetch(
             f"""WITH hdr AS (
-                   SELECT t.response_json, r.room_version, r.forward_extremities, {_PARTIAL}
+                   SELECT t.response_json, {room_row_columns('r')}
                    FROM (SELECT 1) AS one
                    LEFT JOIN federation_inbound_txns AS t ON t.origin = $4 AND t.txn_id = $5
                    LEFT JOIN rooms AS r ON r.room_id = $6)
@@ -95,8 +101,7 @@ class FederationInboundStore:
                 FROM hdr LEFT JOIN ({BATCH_LOOKUP_SQL}) AS l ON TRUE""",
             *batch_lookup_args(info_ids, event_ids, successor_ids), origin, txn_id, room_id,
         )
-        response, room = _txn_and_room(rows[0])
-        return response, room, parse_batch_lookup(rows, room_version)
+        return _response(rows[0]["response_json"]), room_row(rows[0]), parse_batch_lookup(rows, room_version)
 
     @staticmethod
     def txn_response_row(origin: str, txn_id: str, response: dict[str, Any], now_ms: int) -> RowInsert:
@@ -129,18 +134,10 @@ class FederationInboundStore:
         return value is not None
 
 
-# whether the room's state is partial (``EventStore.room_for_receipt``)
-_PARTIAL = """EXISTS (SELECT 1 FROM partial_state_rooms AS p
-                      WHERE p.room_id = r.room_id AND p.stream_pos IS NULL) AS partial"""
-
-
-def _txn_and_room(row: Any) -> tuple[dict[str, Any] | None, RoomRow | None]:
-    response = None
-    if row["response_json"] is not None:
-        value = orjson.loads(row["response_json"])
-        response = value if isinstance(value, dict) else None
-    room = None
-    if row["room_version"] is not None:
-        room = (str(row["room_version"]), list(row["forward_extremities"] or []), bool(row["partial"]))
-    return response, room
+def _response(raw: str | None) -> dict[str, Any] | None:
+    """A stored answer to a transaction (None: none stored)."""
+    if raw is None:
+        return None
+    value = orjson.loads(raw)
+    return value if isinstance(value, dict) else None
 

@@ -6,25 +6,13 @@ correction of its state, a later partial join of a room left before, and writes 
 
 from __future__ import annotations
 
-from typing import AsyncIterator
-
 import asyncpg
-import pytest
 
 from coffeechat_home.services.federation.partial_view import PartialRoomsView
 from coffeechat_home.services.notifier import Notifier
 from coffeechat_home.storage.database import Database
 from coffeechat_home.storage.partial_state import PartialStateStore, record_partial_room
 from coffeechat_home.storage.stream import StreamStore
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = await Database.connect(database_url, min_size=1, max_size=4)
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 async def _member(conn: asyncpg.Connection, room_id: str, membership: str, pos: int) -> None:

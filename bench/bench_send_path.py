@@ -75,6 +75,8 @@ class Subject:
     wake_stmts: list[str] = field(default_factory=list)
     many: list[tuple[User, str]] = field(default_factory=list)  # --clients: (sender, own room)
     many_cpu: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)  # sends/s of each sequential round (wall clock)
+    many_rates: list[float] = field(default_factory=list)  # the same for the --clients rounds
     many_db_cpu: list[float] = field(default_factory=list)
     many_stmts: list[float] = field(default_factory=list)  # per send, per round
     many_commits: list[float] = field(default_factory=list)
@@ -94,10 +96,12 @@ async def send_round(s: Subject, pg: Postgres, n: int, spy: bool, cprofile: bool
     if cprofile:
         os.kill(s.server.pid, signal.SIGUSR1)
     cpu0, db0 = s.server.cpu_seconds(), sum(cpu_seconds_of(backends).values())
+    started = time.perf_counter()
     for i in range(n):
         t0 = time.perf_counter()
         await s.client.send_text(s.sender, s.room, f"message {i}")
         s.lat.append(time.perf_counter() - t0)
+    s.rates.append(n / (time.perf_counter() - started))
     cpu1, db1 = s.server.cpu_seconds(), sum(cpu_seconds_of(backends).values())
     if cprofile:
         os.kill(s.server.pid, signal.SIGUSR2)
@@ -129,7 +133,9 @@ async def many_round(s: Subject, pg: Postgres, n: int) -> None:
         for i in range(n):
             await s.client.send_text(user, room, f"many {i}")
 
+    started = time.perf_counter()
     await asyncio.gather(*(one(u, r) for u, r in s.many))
+    s.many_rates.append(n * len(s.many) / (time.perf_counter() - started))
     cpu1, db1 = s.server.cpu_seconds(), sum(cpu_seconds_of(backends).values())
     total = n * len(s.many)
     s.many_cpu.append(1000 * (cpu1 - cpu0) / total)
@@ -236,22 +242,27 @@ def report(s: Subject, n: int) -> None:
           f"(rounds: {', '.join(f'{x:.2f}' for x in s.db_cpu)})")
     rounds = int(s.stmts[-1].split("=")[1]) if s.stmts else n
     body = s.stmts[:-1]
-    print(f"  statements per send: {len(body) / rounds:.2f}, transactions committed per send: {s.commits:.2f}")
+    if body:
+        print(f"  statements per send: {len(body) / rounds:.2f}, transactions committed per send: {s.commits:.2f}")
     groups = collections.Counter(
         t if not t.startswith("WITH d AS (DELETE FROM stream_inflight") else t[:45] for t in body
     )
-    for text, k in groups.most_common(8):
+    for text, k in groups.most_common(8):  # nothing without the statement log
         print(f"    {k / rounds:5.2f}  {text}")
-    print(f"  send latency p50 {1000 * pct(s.lat, 0.5):.2f} ms, p95 {1000 * pct(s.lat, 0.95):.2f} ms "
-          "(load-dependent)")
+    print(f"  send latency p50 {1000 * pct(s.lat, 0.5):.2f} ms, p95 {1000 * pct(s.lat, 0.95):.2f} ms; "
+          f"sends/s median round {statistics.median(s.rates):.0f} "
+          f"(rounds: {', '.join(f'{x:.0f}' for x in s.rates)}) (load-dependent)")
     if s.many_cpu:
         print(f"  {len(s.many)} clients each in its own room: server CPU per send "
               f"{statistics.median(s.many_cpu):.3f} ms (rounds: {', '.join(f'{x:.2f}' for x in s.many_cpu)}), "
               f"PG backends {statistics.median(s.many_db_cpu):.3f} ms, "
-              f"statements {statistics.median(s.many_stmts):.2f}, commits {statistics.median(s.many_commits):.2f}")
+              f"statements {statistics.median(s.many_stmts):.2f}, commits {statistics.median(s.many_commits):.2f}; "
+              f"sends/s median round {statistics.median(s.many_rates):.0f} "
+              f"(rounds: {', '.join(f'{x:.0f}' for x in s.many_rates)}) (load-dependent)")
     if s.wake:
         wakes = len(s.wake["client has it"])
-        print(f"  send + the long-poll /sync it wakes: {len(s.wake_stmts) / wakes:.2f} statements")
+        if s.wake_stmts:
+            print(f"  send + the long-poll /sync it wakes: {len(s.wake_stmts) / wakes:.2f} statements")
         groups = collections.Counter(
             t if not t.startswith("WITH d AS (DELETE FROM stream_inflight") else t[:45] for t in s.wake_stmts
         )
@@ -272,7 +283,8 @@ async def run(args: argparse.Namespace) -> int:
         for label, root in roots:
             db = f"send_{label}"
             url = await pg.create_database(db, isolation="serializable")
-            await pg.log_all_statements(db)
+            if not args.no_statement_log:
+                await pg.log_all_statements(db)
             env = {"COFFEECHAT_METRICS_SYNC_TIMING": "true"}
             if args.cprofile and label == "this":
                 env["BENCH_CPROFILE_DIR"] = str(WORK / "cprofile")
@@ -323,6 +335,9 @@ def main() -> int:
                    help="also, per round, this many senders each in its own room at once (0: not)")
     p.add_argument("--baseline", help="another checkout to run side by side (alternating rounds)")
     p.add_argument("--pyspy", action="store_true")
+    p.add_argument("--no-statement-log", action="store_true",
+                   help="leave log_statement off (it costs PostgreSQL CPU and time on every statement): "
+                        "timings as in bench_rooms.py, no statement counts")
     p.add_argument("--cprofile", action="store_true", help="the server's cProfile of the first send round")
     args: Any = p.parse_args()
     return asyncio.run(run(args))

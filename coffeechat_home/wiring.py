@@ -135,7 +135,8 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     conversation = build_conversation(config, db, stream, notifier, rooms)
     events = EventStore(db)
     persister = Persister(stream, events, notifier)
-    writer = RoomWriter(persister, config.server_name, signing_key, group_commit=config.database.group_commit)
+    writer = RoomWriter(persister, config.server_name, signing_key, group_commit=config.database.group_commit,
+                        group_commit_transactions=config.database.group_commit_transactions)
     room_service = RoomService(
         writer, events, rooms, config.server_name, conversation.profiles.member_fields, accounts.store.user_exists
     )

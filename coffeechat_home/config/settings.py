@@ -44,6 +44,9 @@ class DatabaseConfig:
     # Concurrent sends to different rooms share one transaction and commit
     # (storage/group_commit.py); false: one transaction per send.
     group_commit: bool = True
+    # Shared transactions open at once per instance: a batch builds while
+    # the previous one waits for its commit (storage/group_commit.py).
+    group_commit_transactions: int = 2
     # CockroachDB CA certificate (verify-full) when the URL is built from
     # COCKROACH_* variables; kept here so `serve` can report it.
     ca_cert_path: str = ""

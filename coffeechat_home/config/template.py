@@ -88,6 +88,8 @@ pool_min_size = 2
 pool_max_size = 20
 # concurrent sends to different rooms share one transaction and commit
 group_commit = true
+# such shared transactions open at once (a batch builds while another commits)
+group_commit_transactions = 2
 
 [limits]
 max_request_body_bytes = 1048576

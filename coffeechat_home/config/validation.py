@@ -81,6 +81,8 @@ def _check_storage(config: Config) -> None:
     """The database, request limits and password hashing."""
     if config.database.url and not config.database.url.startswith(("postgres://", "postgresql://")):
         raise ConfigError("database.url must be a postgresql:// URL")
+    if not 1 <= config.database.group_commit_transactions <= 64:
+        raise ConfigError("database.group_commit_transactions must be between 1 and 64")
     if config.limits.max_request_body_bytes < 1024:
         raise ConfigError("limits.max_request_body_bytes must be at least 1024")
     if config.security.password_scrypt_n < 2 or config.security.password_scrypt_n & (

@@ -55,7 +55,7 @@ from ..storage.room_state import (
     insert_memberships,
     insert_state_groups,
 )
-from ..storage.stream import StreamStore, allocate_positions
+from ..storage.stream import SingleStatement, StreamStore, allocate_positions
 from .notifier import Notifier
 from .tasks import KeyedLocks
 from .persist_plan import WritePlan
@@ -341,6 +341,16 @@ class Persister:
             plan.assign_group_ids(await allocate_state_group_ids(conn, plan.new_group_count))
         # with in_insert, 1-based indexes the insert replaces by the positions it takes
         items = plan.stored_events(list(range(1, in_insert + 1)) if in_insert else positions)
+        change: CurrentStateChange | None = None
+        redactions: list[tuple[str, str, str, str]] | None = None
+        if isinstance(conn, SingleStatement):
+            # a one-statement write (StreamStore.write_many(single=True)):
+            # the insert commits as it ends, so nothing may follow it
+            change = await plan.current_state_change(old_state)
+            redactions = await plan.redactions(items, redaction_targets)
+            if (not in_insert or plan.new_groups or change.changed or change.removed or redactions or also
+                    or any(b.event.type == "m.room.member" for b in todo)):
+                raise RuntimeError("not a one-statement write")
         taken = await insert_events(
             conn, room_id, items,
             expected_extremities=old_extremities if base is not None else None,
@@ -351,7 +361,8 @@ class Persister:
         positions.extend(taken)
         if plan.new_groups:
             await insert_state_groups(conn, room_id, plan.new_groups)
-        change = await plan.current_state_change(old_state)
+        if change is None:
+            change = await plan.current_state_change(old_state)
         if change.changed or change.removed:
             await apply_current_state(conn, room_id, change, self.stream.db.text_order)
         members = [
@@ -361,7 +372,8 @@ class Persister:
         if members:
             await insert_memberships(conn, room_id, members)
         await self._memberships_entering_without_position(conn, room_id, plan, change, items, positions)
-        redactions = await plan.redactions(items, redaction_targets)
+        if redactions is None:
+            redactions = await plan.redactions(items, redaction_targets)
         if redactions:
             await apply_redactions(conn, room_id, redactions)
         pos_by_id = {it.event.event_id: it.stream_pos for it in items}

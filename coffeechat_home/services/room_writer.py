@@ -89,10 +89,11 @@ class RoomWriter:
         *,
         cache_size: int = 2000,
         group_commit: bool = True,
+        group_commit_transactions: int = 2,
     ) -> None:
         self.persister = persister
         # concurrent sends to different rooms share a transaction (issue #7)
-        self.group_commit = GroupCommit(persister.stream, enabled=group_commit)
+        self.group_commit = GroupCommit(persister.stream, enabled=group_commit, transactions=group_commit_transactions)
         self.stream: StreamStore = persister.stream
         self.events: EventStore = persister.events
         self.server_name = server_name
@@ -366,8 +367,14 @@ class RoomWriter:
         if new_room is not None:
             return await self.stream.write_many(fn, len(built), name="persist_events", guard=guard, allocate=False)
         # the positions are taken by the events' insert (one round trip
-        # fewer); sends to other rooms in flight meanwhile share its commit
-        return await self.group_commit.write(fn, len(built), name="persist_events", guard=guard)
+        # fewer); sends to other rooms in flight meanwhile share its commit.
+        # Messages (no state, membership or redaction) are that insert
+        # alone: when they go alone it commits by itself (two round trips)
+        single = all(
+            b.event.state_key is None and b.event.redacts is None and b.redaction_target is None
+            and b.event.type != "m.room.redaction" for b in built
+        )
+        return await self.group_commit.write(fn, len(built), name="persist_events", guard=guard, single=single)
 
 
 def _base(head: RoomHead) -> RoomBase:

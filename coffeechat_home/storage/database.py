@@ -109,7 +109,10 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
 # steering SERIALIZABLE transactions towards index scans; with sequential
 # scans off the planner uses an index wherever one fits (a table with none
 # is still scanned). Not SERIALIZABLE weakened: only its lock granularity.
-SERIALIZABLE_SESSION_SETTINGS = {"enable_seqscan": "off"}
+# The sessions also default to SERIALIZABLE, so that a stream write that is
+# one statement (``Database.attempt_single``: no BEGIN or COMMIT) runs at the
+# isolation every write has. (CockroachDB's default is SERIALIZABLE.)
+SERIALIZABLE_SESSION_SETTINGS = {"enable_seqscan": "off", "default_transaction_isolation": "serializable"}
 
 
 # Array types our statements pass or read for which asyncpg has no built-in
@@ -345,6 +348,17 @@ class Database:
                         _drop(conn)
                 raise
             return result
+
+    async def attempt_single(self, prelude: str, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """One try of a write that is one statement, committed as it ends
+        (no BEGIN or COMMIT; the session's default isolation, SERIALIZABLE
+        on this pool): the simple-query string ``prelude`` (statements that
+        hold no transaction open), then ``fn(conn)``, which runs that one
+        statement. Two round trips in all. Once the statement is sent, a
+        lost connection leaves its outcome unknown (as a COMMIT's)."""
+        async with self._connection(self.pool) as conn:
+            await _guard(conn, conn.execute(prelude), committing=False)
+            return await _guard(conn, fn(conn), committing=True)
 
     @contextlib.asynccontextmanager
     async def _connection(self, pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:

@@ -20,6 +20,7 @@ from ..protocol.events import Event, StateKey
 from ..protocol.room_versions import RoomVersion
 from .database import Database
 from .room_state import StateStore
+from .stream import SingleStatement
 
 _MAX_POS = 2**63 - 1
 
@@ -134,7 +135,10 @@ async def insert_events(
     replaced by the positions. Returns the positions taken (sorted).
 
     ``also``: a row of the caller's written by the same statement (none
-    when the compare-and-set fails)."""
+    when the compare-and-set fails).
+
+    On a ``SingleStatement`` (a one-statement stream write) the statement
+    also deletes the write's reservation, and fails if it is gone."""
     evs = [it.event for it in items]
     edges = [(e.event_id, p) for e in evs for p in e.prev_event_ids]
     auth_edges = [(e.event_id, a) for e in evs for a in e.auth_event_ids]
@@ -164,6 +168,14 @@ async def insert_events(
                    INSERT INTO {also.table} ({", ".join(c for c, _ in also.columns)})
                    SELECT {", ".join(f"${35 + i}::{t}" for i, (_, t) in enumerate(also.columns))}
                    WHERE EXISTS (SELECT 1 FROM moved) {also.conflict} RETURNING 1)"""
+    release_args: tuple[str, ...] = ()
+    release_check = ""
+    if isinstance(conn, SingleStatement):
+        param = 35 + (0 if also is None else len(also.values))
+        also_sql += f""",
+               {conn.release_sql(param)}"""
+        release_check = ", (SELECT 1 / count(*) FROM released) AS released"
+        release_args = (conn.token,)
     try:
         row = await conn.fetchrow(
             f"""WITH {alloc_sql if allocate else ""} moved AS ({moved_sql}),
@@ -196,7 +208,7 @@ async def insert_events(
                                         $29::BIGINT[])
                    WHERE EXISTS (SELECT 1 FROM moved) RETURNING 1){also_sql}
                SELECT (SELECT count(*) FROM moved) AS moved,
-                      {"(SELECT a FROM alloc)" if allocate else "$34::INT"} AS taken""",
+                      {"(SELECT a FROM alloc)" if allocate else "$34::INT"} AS taken{release_check}""",
             room_id,
             None if expected_extremities is None else list(expected_extremities),
             None if new_extremities is None else list(new_extremities),
@@ -226,6 +238,7 @@ async def insert_events(
             [it.soft_failed for it in items],
             allocate,
             *(() if also is None else also.values),
+            *release_args,
         )
     except asyncpg.UniqueViolationError as e:
         where = f"{getattr(e, 'constraint_name', '')} {getattr(e, 'table_name', '')} {e}"

@@ -59,12 +59,15 @@ class GroupCommit:
     """``write`` has the contract of ``StreamStore.write_many(allocate=False)``
     (``fn`` appends its positions, taken by its own statements)."""
 
-    def __init__(self, stream: StreamStore, *, enabled: bool = True, max_batch: int = 64) -> None:
+    def __init__(
+        self, stream: StreamStore, *, enabled: bool = True, max_batch: int = 64, transactions: int = 2
+    ) -> None:
         self.stream = stream
         self.enabled = enabled
         self.max_batch = max_batch
+        self.transactions = max(1, transactions)
         self._queue: list[_Pending[Any]] = []
-        self._busy = False  # a write or batch of ours is in flight
+        self._in_flight = 0  # writes or batches of ours in flight
         self._tasks: set[asyncio.Task[None]] = set()
         # counters (metrics, tests): transactions that held more than one
         # write, the writes they held, and batches that fell back to singles
@@ -73,15 +76,21 @@ class GroupCommit:
         self.fallbacks = 0
 
     async def write(
-        self, fn: WriteFn[T], count: int, *, name: str = "stream_write", guard: str | None = None
+        self, fn: WriteFn[T], count: int, *, name: str = "stream_write", guard: str | None = None,
+        single: bool = False,
     ) -> tuple[T, list[int]]:
+        """``single``: ``fn`` is a one-statement write, run as such when it
+        goes alone (``StreamStore.write_many(single=True)``: two round
+        trips); in a batch it gets the batch's connection as any write."""
         if not self.enabled:
-            return await self.stream.write_many(fn, count, name=name, guard=guard, allocate=False)
-        if not self._busy:
-            # nothing in flight: go now, alone; what queues meanwhile goes next
-            self._busy = True
+            return await self.stream.write_many(fn, count, name=name, guard=guard, allocate=False, single=single)
+        if self._in_flight < self.transactions:
+            # a transaction free: go now, alone; what queues meanwhile goes next
+            self._in_flight += 1
             try:
-                return await self.stream.write_many(fn, count, name=name, guard=guard, allocate=False)
+                return await self.stream.write_many(
+                    fn, count, name=name, guard=guard, allocate=False, single=single
+                )
             finally:
                 self._next()
         fut: asyncio.Future[tuple[T, list[int]]] = asyncio.get_running_loop().create_future()
@@ -95,8 +104,9 @@ class GroupCommit:
             raise
 
     def _next(self) -> None:
+        """A transaction of ours ended: the next batch (if any) takes its place."""
         if not self._queue:
-            self._busy = False
+            self._in_flight -= 1
             return
         batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
         task = asyncio.ensure_future(self._run(batch))

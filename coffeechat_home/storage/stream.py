@@ -13,7 +13,10 @@ A write that publishes something at a stream position goes through
    the last statement. Deleting it last keeps that row's write intent (on
    CockroachDB readers of ``stream_inflight`` wait on it) as short-lived as
    the commit, which follows in the same round trip; if the row is gone
-   (reclaimed), the transaction rolls back.
+   (reclaimed), the transaction rolls back. A write that is one statement
+   (a message sent alone) is that statement without BEGIN or COMMIT: it
+   takes the position, deletes the reservation and commits as it ends
+   (``write_many(single=True)``), so the argument below is unchanged.
 
 ``current_position`` reads, in two statements and in this order,
 
@@ -148,6 +151,7 @@ class StreamStore:
         name: str = "stream_write",
         guard: str | None = None,
         allocate: bool = True,
+        single: bool = False,
     ) -> tuple[T, list[int]]:
         """Like ``write`` with ``count`` increasing positions.
 
@@ -163,12 +167,20 @@ class StreamStore:
         the write transaction, in the round trip that opens it, and its
         failure raises GuardFailed.
 
+        ``single`` (with ``allocate=False``): ``fn`` runs exactly one
+        statement, which takes the positions, and gets a ``SingleStatement``
+        in place of the connection: the statement deletes the reservation
+        itself (``release_sql``) and commits as it ends, with no BEGIN or
+        COMMIT of ours, so the write is two round trips (the reservation,
+        the statement) instead of three. The guard then runs just after the
+        reservation's commit, outside the write.
+
         Shielded from the caller's cancellation (a client that hangs up
         makes aiohttp cancel its handler): a write runs to its end, so no
         reservation is left half-made and no connection is abandoned in
         the middle of a statement; the client's retry with the same
         transaction id finds what it stored."""
-        task = asyncio.ensure_future(self._write_many(fn, count, name, guard, allocate))
+        task = asyncio.ensure_future(self._write_many(fn, count, name, guard, allocate, single))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -216,9 +228,12 @@ class StreamStore:
 
     async def _write_many(
         self, fn: Callable[[asyncpg.Connection, list[int]], Awaitable[T]], count: int, name: str,
-        guard: str | None, allocate: bool = True,
+        guard: str | None, allocate: bool = True, single: bool = False,
     ) -> tuple[T, list[int]]:
         async with self._gate:
+            if single:
+                assert not allocate
+                return await self.db.retrying(lambda: self._attempt_single(fn, count, guard), name=name)
             return await self.db.retrying(lambda: self._attempt(fn, count, guard, allocate), name=name)
 
     async def _attempt(
@@ -280,12 +295,67 @@ class StreamStore:
                 if reserved and not committed:
                     await self._release(token)
 
-    def _prelude(self, token: str) -> str:
-        """The reservation, committed in a transaction of its own, then the
-        BEGIN of the write (one simple-query round trip). On PostgreSQL the
-        reservation needs to be visible before our write starts (it is, on
-        commit), not durable: after a crash neither it nor our write exists,
-        and our write's own commit flushes the log that holds it."""
+    async def _attempt_single(
+        self, fn: Callable[[asyncpg.Connection, list[int]], Awaitable[T]], count: int, guard: str | None
+    ) -> tuple[T, list[int]]:
+        """One try of a one-statement write (``write_many(single=True)``):
+        the reservation (and the guard) in one round trip, then the
+        statement, which allocates the positions, deletes the reservation
+        (failing with a division by zero if it is gone: reclaimed, so a
+        reader may have passed our floor) and commits as it ends. The
+        argument of the module docstring holds as for ``_attempt``: the
+        reservation commits before the positions are taken, and its
+        deletion commits with the write."""
+        while True:
+            token = secrets.token_hex(12)
+            reserved = False
+            sent = False
+            committed = False
+            try:
+
+                async def one(conn: asyncpg.Connection) -> tuple[T, list[int]]:
+                    nonlocal reserved, sent
+                    reserved = True  # the prelude committed the reservation
+                    single = SingleStatement(conn, token)
+                    positions: list[int] = []
+                    try:
+                        result = await fn(single, positions)
+                    finally:
+                        sent = single.used
+                    if len(positions) != count or positions != sorted(positions):
+                        raise RuntimeError(f"the write took {positions} for {count} positions")
+                    return result, positions
+
+                reserve = self._reservation(token)
+                result = await self.db.attempt_single(reserve if guard is None else f"{reserve}; {guard}", one)
+                committed = True
+                self.local_committed = max(self.local_committed, result[1][-1] if result[1] else 0)
+                return result
+            except asyncpg.DivisionByZeroError:
+                if not reserved:
+                    if guard is None:
+                        raise
+                    reserved = True  # the guard failed after the reservation's commit: release it now
+                    raise GuardFailed() from None
+                if not sent:
+                    raise
+                # the statement found our reservation gone and rolled back
+                reserved = False
+                continue
+            except BaseException:
+                if not reserved:
+                    self.orphans.add(token)  # the prelude may or may not have committed it
+                raise
+            finally:
+                # (a statement that wrote nothing, e.g. a stale room head,
+                # still committed the reservation's deletion: releasing
+                # again deletes nothing)
+                if reserved and not committed:
+                    await self._release(token)
+
+    def _reservation(self, token: str) -> str:
+        """The reservation, committed in a transaction of its own (a
+        simple-query string)."""
         assert all(c in "0123456789abcdef" for c in token)
         instance = "NULL" if self.instance_id is None else _sql_literal(self.instance_id)
         insert = (
@@ -293,7 +363,17 @@ class StreamStore:
             f"VALUES ('{token}', nextval('stream_seq'), {DB_NOW_MS} + {RESERVATION_TTL_MS}, {instance})"
         )
         if self.db.engine is Engine.POSTGRES:
-            reserve = f"BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit TO OFF; {insert}; COMMIT"
+            return f"BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit TO OFF; {insert}; COMMIT"
+        return insert  # an implicit transaction of its own
+
+    def _prelude(self, token: str) -> str:
+        """The reservation, committed in a transaction of its own, then the
+        BEGIN of the write (one simple-query round trip). On PostgreSQL the
+        reservation needs to be visible before our write starts (it is, on
+        commit), not durable: after a crash neither it nor our write exists,
+        and our write's own commit flushes the log that holds it."""
+        reserve = self._reservation(token)
+        if self.db.engine is Engine.POSTGRES:
             # Generic plans for the write's prepared statements: with array
             # parameters (a batch as unnest($n)) the planner finds a custom
             # plan cheaper for the batch at hand, so by default it plans
@@ -302,7 +382,6 @@ class StreamStore:
             # backend CPU per insert against 0.53, bench in the commit).
             # The writes are index lookups by key either way.
             return f"{reserve}; BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL plan_cache_mode TO force_generic_plan"
-        reserve = insert  # an implicit transaction of its own
         return f"{reserve}; BEGIN ISOLATION LEVEL SERIALIZABLE"
 
     @staticmethod
@@ -421,6 +500,36 @@ async def allocate_positions(conn: asyncpg.Connection, count: int) -> list[int]:
         "SELECT array_agg(nextval('stream_seq')) FROM generate_series(1, $1::INT)", count
     )
     return sorted(allocated)
+
+
+class SingleStatement:
+    """The connection as a one-statement write (``write_many(single=True)``)
+    sees it: exactly one ``fetchrow``, whose text must hold
+    ``release_sql``; anything else raises before reaching the database,
+    since a second statement would commit on its own."""
+
+    def __init__(self, conn: asyncpg.Connection, token: str) -> None:
+        self._conn = conn
+        self.token = token
+        self.used = False
+
+    def release_sql(self, param: int) -> str:
+        """A CTE (``released``) deleting the reservation named by the
+        statement's parameter ``$param`` (give it ``self.token``); select
+        ``(SELECT 1 / count(*) FROM released)`` so that the statement fails
+        when the reservation is gone."""
+        return f"released AS (DELETE FROM stream_inflight WHERE token = ${param}::TEXT RETURNING 1)"
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        if self.used or "DELETE FROM stream_inflight" not in query:
+            raise RuntimeError("a one-statement stream write ran another statement")
+        self.used = True
+        return await self._conn.fetchrow(query, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("fetch", "fetchval", "execute", "executemany", "fetchmany", "transaction", "prepare"):
+            raise RuntimeError(f"a one-statement stream write called {name}")
+        return getattr(self._conn, name)
 
 
 def _retrieve(task: "asyncio.Future[Any]") -> None:

@@ -72,14 +72,25 @@ async def _queued(group: GroupCommit, n: int) -> None:
 async def _held_batch(group: GroupCommit, sends: list[Awaitable[Response]], queued: int) -> list[Response]:
     """Run ``sends`` at once while the group commit looks busy, let the
     ``queued`` of them that reach it go as one batch, return the answers."""
-    assert not group._busy
-    group._busy = True  # as if a transaction of ours were in flight
+    _hold(group)
     tasks = [asyncio.ensure_future(s) for s in sends]
     try:
         await _queued(group, queued)
     finally:
-        group._next()  # the "in-flight" write is done: the queue goes
+        _release(group)
     return list(await asyncio.gather(*tasks))
+
+
+def _hold(group: GroupCommit) -> None:
+    """As if every transaction the group commit may have open were in flight."""
+    assert group._in_flight == 0
+    group._in_flight = group.transactions
+
+
+def _release(group: GroupCommit) -> None:
+    """Those "in-flight" transactions are done: what queued goes as one batch."""
+    group._in_flight -= group.transactions - 1
+    group._next()
 
 
 async def _stored(database_url: str, event_ids: list[str]) -> dict[str, int]:
@@ -140,7 +151,7 @@ async def test_a_batch_commits_together_and_isolates_failures(
         finally:
             await conn.close()
 
-    group._busy = True
+    _hold(group)
     tasks = [
         asyncio.ensure_future(_send(alice, rooms[0], "good one")),
         asyncio.ensure_future(_send(alice, rooms[1], "first", txn="repeat-me")),
@@ -149,7 +160,7 @@ async def test_a_batch_commits_together_and_isolates_failures(
     try:
         await logout_elsewhere()  # the three are queued, the phone's token gone
     finally:
-        group._next()
+        _release(group)
     good, repeat, revoked = await asyncio.gather(*tasks)
     assert good.status == 200, good
     assert repeat.status == 200 and repeat["event_id"] == first["event_id"], repeat

@@ -76,8 +76,10 @@ async def test_units_of_work_ask_for_serializable(pg: PostgresForTests, pg_templ
         await conn.close()
     db = await Database.connect(url, min_size=1, max_size=2)
     try:
-        async with db.pool.acquire() as c:
+        async with db.single.acquire() as c:  # lone reads keep the database's default
             assert await c.fetchval("SHOW default_transaction_isolation") == "read committed"
+        async with db.pool.acquire() as c:  # a one-statement write runs at the session's default
+            assert await c.fetchval("SHOW default_transaction_isolation") == "serializable"
         level = await db.transaction(lambda c: c.fetchval("SHOW transaction_isolation"))
         assert level == "serializable"
         level = await db.attempt_transaction(lambda c: c.fetchval("SHOW transaction_isolation"), readonly=True)

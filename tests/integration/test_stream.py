@@ -14,7 +14,7 @@ import pytest
 
 from coffeechat_home.services.notifier import Notifier
 from coffeechat_home.storage.database import Database
-from coffeechat_home.storage.stream import StreamStore
+from coffeechat_home.storage.stream import GuardFailed, SingleStatement, StreamStore
 
 
 @pytest.fixture
@@ -106,6 +106,81 @@ async def test_reservation_is_deleted_last_and_a_reclaimed_one_restarts_the_writ
     assert len(tries) == 2 and pos == tries[1] > tries[0]
     assert await _visible(db, pos) == {pos}
     assert await store.current_position() == pos
+
+
+async def _one_statement(conn: SingleStatement, event_id: str) -> int:
+    """A one-statement stream write: takes its position, inserts a stream
+    row and deletes the reservation, failing if it is gone."""
+    row = await conn.fetchrow(
+        f"""WITH {conn.release_sql(2)},
+                ins AS (INSERT INTO room_memberships (event_id, user_id, room_id, sender, membership, stream_pos)
+                        SELECT $1, '@u:test', '!r:test', '@u:test', 'join', p
+                        FROM (SELECT nextval('stream_seq') AS p) AS s RETURNING stream_pos)
+           SELECT (SELECT stream_pos FROM ins) AS pos, (SELECT 1 / count(*) FROM released) AS released""",
+        event_id, conn.token,
+    )
+    assert row is not None
+    return int(row["pos"])
+
+
+async def test_one_statement_write_commits_alone_and_a_reclaimed_reservation_restarts_it(db: Database) -> None:
+    store = StreamStore(db, instance_id="w")
+    inside = asyncio.Event()
+    release = asyncio.Event()
+    tries: list[int] = []
+
+    async def fn(conn: asyncpg.Connection, positions: list[int]) -> str:
+        assert isinstance(conn, SingleStatement)
+        tries.append(len(tries))
+        if len(tries) == 1:
+            inside.set()
+            await release.wait()
+        positions.append(await _one_statement(conn, f"$single{len(tries)}"))
+        return "done"
+
+    writer = asyncio.create_task(store.write_many(fn, 1, allocate=False, single=True))
+    await inside.wait()
+    # the reservation is committed (readers are held below it) and no
+    # transaction of the write is open meanwhile
+    token = await db.fetchval("SELECT token FROM stream_inflight WHERE instance_id = 'w'")
+    assert token is not None
+    assert await store.current_position() < await db.fetchval("SELECT last_value FROM stream_seq")
+    async with db.single.acquire() as other:
+        idle = await other.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in%'"
+        )
+    assert idle == 0
+    await db.execute("DELETE FROM stream_inflight WHERE token = $1", token)  # reclaimed
+    release.set()
+    result, positions = await writer
+    assert result == "done" and len(tries) == 2
+    # the first statement failed on the missing reservation and wrote nothing
+    rows = await db.fetch("SELECT event_id, stream_pos FROM room_memberships ORDER BY stream_pos")
+    assert [(r["event_id"], r["stream_pos"]) for r in rows] == [("$single2", positions[0])]
+    assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
+    assert await store.current_position() == positions[0]
+
+
+async def test_one_statement_write_runs_no_second_statement_and_leaves_no_reservation(db: Database) -> None:
+    store = StreamStore(db, instance_id="w")
+
+    async def two(conn: asyncpg.Connection, positions: list[int]) -> None:
+        positions.append(await _one_statement(conn, "$first"))  # type: ignore[arg-type]
+        await conn.fetchrow("SELECT 1 FROM stream_inflight")  # would commit on its own: refused
+
+    async def read_first(conn: asyncpg.Connection, positions: list[int]) -> None:
+        await conn.fetchval("SELECT 1")
+
+    with pytest.raises(RuntimeError):
+        await store.write_many(read_first, 1, allocate=False, single=True)
+    assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
+    with pytest.raises(RuntimeError):
+        await store.write_many(two, 1, allocate=False, single=True)
+    assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
+    # a failing guard runs after the reservation's commit: it is released too
+    with pytest.raises(GuardFailed):
+        await store.write_many(read_first, 1, allocate=False, single=True, guard="SELECT 1 / 0")
+    assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
 
 
 async def test_readers_never_pass_an_uncommitted_write(db: Database) -> None:

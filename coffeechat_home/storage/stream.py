@@ -231,14 +231,12 @@ class StreamStore:
         guard: str | None, allocate: bool = True, single: bool = False,
     ) -> tuple[T, list[int]]:
         async with self._gate:
-            if single:
-                assert not allocate
-                return await self.db.retrying(lambda: self._attempt_single(fn, count, guard), name=name)
-            return await self.db.retrying(lambda: self._attempt(fn, count, guard, allocate), name=name)
+            assert not (single and allocate)
+            return await self.db.retrying(lambda: self._attempt(fn, count, guard, allocate, single), name=name)
 
     async def _attempt(
         self, fn: Callable[[asyncpg.Connection, list[int]], Awaitable[T]], count: int | None,
-        guard: str | None = None, allocate: bool = True,
+        guard: str | None = None, allocate: bool = True, single: bool = False,
     ) -> tuple[T, list[int]]:
         """One try: a fresh reservation, then the write transaction. The
         reservation never outlives the try, so a write that backs off after
@@ -247,11 +245,18 @@ class StreamStore:
 
         Round trips: the reservation's own transaction and the write's
         BEGIN go in one (``_prelude``); the reservation's deletion and the
-        COMMIT in another (``_finale``)."""
+        COMMIT in another (``_finale``). A ``single`` write (one statement,
+        ``write_many(single=True)``) has no BEGIN or COMMIT: the
+        reservation (and the guard) in one round trip, then the statement,
+        which allocates the positions, deletes the reservation (failing
+        with a division by zero if it is gone) and commits as it ends. The
+        argument of the module docstring holds for both: the reservation
+        commits before the positions are taken, and its deletion commits
+        with the write."""
         while True:
             token = secrets.token_hex(12)
             reserved = False
-            wrote = False
+            wrote = False  # the write's statements ran: a division by zero now is the reservation's check
             committed = False
             try:
 
@@ -259,17 +264,27 @@ class StreamStore:
                     nonlocal reserved, wrote
                     reserved = True  # the prelude committed the reservation
                     positions: list[int] = []
-                    if allocate:
-                        assert count is not None
-                        positions = await allocate_positions(conn, count)
-                    result = await fn(conn, positions)
+                    if single:
+                        one = SingleStatement(conn, token)
+                        try:
+                            result = await fn(one, positions)
+                        finally:
+                            wrote = one.used
+                    else:
+                        if allocate:
+                            assert count is not None
+                            positions = await allocate_positions(conn, count)
+                        result = await fn(conn, positions)
                     if (count is not None and len(positions) != count) or positions != sorted(positions):
                         raise RuntimeError(f"the write took {positions} for {count} positions")
                     wrote = True
                     return result, positions
 
-                prelude = self._prelude(token) + ("" if guard is None else f"; {guard}")
-                result = await self.db.attempt_bracketed(prelude, txn, self._finale(token))
+                tail = "" if guard is None else f"; {guard}"
+                if single:
+                    result = await self.db.attempt_single(self._reservation(token) + tail, txn)
+                else:
+                    result = await self.db.attempt_bracketed(self._prelude(token) + tail, txn, self._finale(token))
                 committed = True
                 self.local_committed = max(self.local_committed, result[1][-1] if result[1] else 0)
                 return result
@@ -280,9 +295,10 @@ class StreamStore:
                     raise GuardFailed() from None
                 if not wrote:
                     raise
-                # the finale found our reservation gone (reclaimed: our
-                # instance looked dead), so a reader may have passed our
-                # floor: rolled back; start over with a new reservation
+                # the finale (or the single statement) found our reservation
+                # gone (reclaimed: our instance looked dead), so a reader may
+                # have passed our floor: rolled back; start over with a new
+                # reservation
                 reserved = False
                 continue
             except BaseException:
@@ -292,64 +308,9 @@ class StreamStore:
                     self.orphans.add(token)
                 raise
             finally:
-                if reserved and not committed:
-                    await self._release(token)
-
-    async def _attempt_single(
-        self, fn: Callable[[asyncpg.Connection, list[int]], Awaitable[T]], count: int, guard: str | None
-    ) -> tuple[T, list[int]]:
-        """One try of a one-statement write (``write_many(single=True)``):
-        the reservation (and the guard) in one round trip, then the
-        statement, which allocates the positions, deletes the reservation
-        (failing with a division by zero if it is gone: reclaimed, so a
-        reader may have passed our floor) and commits as it ends. The
-        argument of the module docstring holds as for ``_attempt``: the
-        reservation commits before the positions are taken, and its
-        deletion commits with the write."""
-        while True:
-            token = secrets.token_hex(12)
-            reserved = False
-            sent = False
-            committed = False
-            try:
-
-                async def one(conn: asyncpg.Connection) -> tuple[T, list[int]]:
-                    nonlocal reserved, sent
-                    reserved = True  # the prelude committed the reservation
-                    single = SingleStatement(conn, token)
-                    positions: list[int] = []
-                    try:
-                        result = await fn(single, positions)
-                    finally:
-                        sent = single.used
-                    if len(positions) != count or positions != sorted(positions):
-                        raise RuntimeError(f"the write took {positions} for {count} positions")
-                    return result, positions
-
-                reserve = self._reservation(token)
-                result = await self.db.attempt_single(reserve if guard is None else f"{reserve}; {guard}", one)
-                committed = True
-                self.local_committed = max(self.local_committed, result[1][-1] if result[1] else 0)
-                return result
-            except asyncpg.DivisionByZeroError:
-                if not reserved:
-                    if guard is None:
-                        raise
-                    reserved = True  # the guard failed after the reservation's commit: release it now
-                    raise GuardFailed() from None
-                if not sent:
-                    raise
-                # the statement found our reservation gone and rolled back
-                reserved = False
-                continue
-            except BaseException:
-                if not reserved:
-                    self.orphans.add(token)  # the prelude may or may not have committed it
-                raise
-            finally:
-                # (a statement that wrote nothing, e.g. a stale room head,
-                # still committed the reservation's deletion: releasing
-                # again deletes nothing)
+                # (a single statement that wrote nothing, e.g. on a stale
+                # room head, still deleted the reservation: releasing again
+                # deletes nothing)
                 if reserved and not committed:
                     await self._release(token)
 

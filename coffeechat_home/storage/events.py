@@ -173,8 +173,8 @@ async def insert_events(
     if isinstance(conn, SingleStatement):
         param = 35 + (0 if also is None else len(also.values))
         also_sql += f""",
-               {conn.release_sql(param)}"""
-        release_check = ", (SELECT 1 / count(*) FROM released) AS released"
+               {conn.ctes(param)}"""
+        release_check = f", {conn.checks()}"
         release_args = (conn.token,)
     try:
         row = await conn.fetchrow(

@@ -170,10 +170,10 @@ class StreamStore:
         ``single`` (with ``allocate=False``): ``fn`` runs exactly one
         statement, which takes the positions, and gets a ``SingleStatement``
         in place of the connection: the statement deletes the reservation
-        itself (``release_sql``) and commits as it ends, with no BEGIN or
-        COMMIT of ours, so the write is two round trips (the reservation,
-        the statement) instead of three. The guard then runs just after the
-        reservation's commit, outside the write.
+        itself and runs the guard (``SingleStatement.ctes`` and ``checks``)
+        and commits as it ends, with no BEGIN or COMMIT of ours, so the
+        write is two round trips (the reservation, the statement) instead
+        of three.
 
         Shielded from the caller's cancellation (a client that hangs up
         makes aiohttp cancel its handler): a write runs to its end, so no
@@ -265,7 +265,7 @@ class StreamStore:
                     reserved = True  # the prelude committed the reservation
                     positions: list[int] = []
                     if single:
-                        one = SingleStatement(conn, token)
+                        one = SingleStatement(conn, token, guard)
                         try:
                             result = await fn(one, positions)
                         finally:
@@ -280,10 +280,10 @@ class StreamStore:
                     wrote = True
                     return result, positions
 
-                tail = "" if guard is None else f"; {guard}"
-                if single:
-                    result = await self.db.attempt_single(self._reservation(token) + tail, txn)
+                if single:  # (the guard is in the statement)
+                    result = await self.db.attempt_single(self._reservation(token), txn)
                 else:
+                    tail = "" if guard is None else f"; {guard}"
                     result = await self.db.attempt_bracketed(self._prelude(token) + tail, txn, self._finale(token))
                 committed = True
                 self.local_committed = max(self.local_committed, result[1][-1] if result[1] else 0)
@@ -295,6 +295,9 @@ class StreamStore:
                     raise GuardFailed() from None
                 if not wrote:
                     raise
+                if single and guard is not None and await self._held(token):
+                    # the statement failed on its guard, not on the reservation
+                    raise GuardFailed() from None
                 # the finale (or the single statement) found our reservation
                 # gone (reclaimed: our instance looked dead), so a reader may
                 # have passed our floor: rolled back; start over with a new
@@ -355,6 +358,9 @@ class StreamStore:
             f"WITH d AS (DELETE FROM stream_inflight WHERE token = '{token}' RETURNING 1) "
             "SELECT 1 / count(*) FROM d; COMMIT"
         )
+
+    async def _held(self, token: str) -> bool:
+        return bool(await self.db.fetchval("SELECT count(*) FROM stream_inflight WHERE token = $1", token))
 
     async def _release(self, token: str) -> None:
         try:
@@ -465,24 +471,32 @@ async def allocate_positions(conn: asyncpg.Connection, count: int) -> list[int]:
 
 class SingleStatement:
     """The connection as a one-statement write (``write_many(single=True)``)
-    sees it: exactly one ``fetchrow``, whose text must hold
-    ``release_sql``; anything else raises before reaching the database,
-    since a second statement would commit on its own."""
+    sees it: exactly one ``fetchrow``, whose text must hold ``ctes`` and
+    ``checks``; anything else raises before reaching the database, since a
+    second statement would commit on its own."""
 
-    def __init__(self, conn: asyncpg.Connection, token: str) -> None:
+    def __init__(self, conn: asyncpg.Connection, token: str, guard: str | None = None) -> None:
         self._conn = conn
         self.token = token
+        self.guard = guard
         self.used = False
 
-    def release_sql(self, param: int) -> str:
-        """A CTE (``released``) deleting the reservation named by the
-        statement's parameter ``$param`` (give it ``self.token``); select
-        ``(SELECT 1 / count(*) FROM released)`` so that the statement fails
-        when the reservation is gone."""
-        return f"released AS (DELETE FROM stream_inflight WHERE token = ${param}::TEXT RETURNING 1)"
+    def ctes(self, param: int) -> str:
+        """CTEs for the statement's WITH: ``released`` deletes the
+        reservation named by the statement's parameter ``$param`` (give it
+        ``self.token``); ``guarded`` runs the write's guard, so that it
+        reads what the write commits against, in the same statement."""
+        released = f"released AS (DELETE FROM stream_inflight WHERE token = ${param}::TEXT RETURNING 1)"
+        return released if self.guard is None else f"{released}, guarded AS ({self.guard})"
+
+    def checks(self) -> str:
+        """Columns for the statement's final SELECT that fail it (division
+        by zero) when the reservation is gone or the guard is false."""
+        released = "(SELECT 1 / count(*) FROM released) AS released"
+        return released if self.guard is None else f"{released}, (SELECT * FROM guarded) AS guarded"
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
-        if self.used or "DELETE FROM stream_inflight" not in query:
+        if self.used or "DELETE FROM stream_inflight" not in query or "released) AS released" not in query:
             raise RuntimeError("a one-statement stream write ran another statement")
         self.used = True
         return await self._conn.fetchrow(query, *args)

@@ -35,6 +35,14 @@ async def _insert(conn: asyncpg.Connection, pos: int) -> None:
     )
 
 
+async def _insert_row(db: Database, event_id: str, pos: int) -> None:
+    await db.execute(
+        """INSERT INTO room_memberships (event_id, user_id, room_id, sender, membership, stream_pos)
+           VALUES ($1, '@u:test', '!r:test', '@u:test', 'join', $2)""",
+        event_id, pos,
+    )
+
+
 async def _visible(db: Database, upto: int) -> set[int]:
     rows = await db.fetch("SELECT stream_pos FROM room_memberships WHERE stream_pos <= $1", upto)
     return {r["stream_pos"] for r in rows}
@@ -112,11 +120,11 @@ async def _one_statement(conn: SingleStatement, event_id: str) -> int:
     """A one-statement stream write: takes its position, inserts a stream
     row and deletes the reservation, failing if it is gone."""
     row = await conn.fetchrow(
-        f"""WITH {conn.release_sql(2)},
+        f"""WITH {conn.ctes(2)},
                 ins AS (INSERT INTO room_memberships (event_id, user_id, room_id, sender, membership, stream_pos)
                         SELECT $1, '@u:test', '!r:test', '@u:test', 'join', p
                         FROM (SELECT nextval('stream_seq') AS p) AS s RETURNING stream_pos)
-           SELECT (SELECT stream_pos FROM ins) AS pos, (SELECT 1 / count(*) FROM released) AS released""",
+           SELECT (SELECT stream_pos FROM ins) AS pos, {conn.checks()}""",
         event_id, conn.token,
     )
     assert row is not None
@@ -177,10 +185,40 @@ async def test_one_statement_write_runs_no_second_statement_and_leaves_no_reserv
     with pytest.raises(RuntimeError):
         await store.write_many(two, 1, allocate=False, single=True)
     assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
-    # a failing guard runs after the reservation's commit: it is released too
+
+
+async def test_one_statement_write_checks_its_guard_in_the_statement(db: Database) -> None:
+    """The guard (e.g. "the token still exists") is read by the write's own
+    statement: a revocation committed after the reservation but before the
+    statement stops the write, and nothing of it is stored."""
+    store = StreamStore(db, instance_id="w")
+    await _insert_row(db, "$allowed", 1)
+    guard = "SELECT 1 / count(*) FROM room_memberships WHERE event_id = '$allowed'"
+    inside = asyncio.Event()
+    release = asyncio.Event()
+
+    async def fn(conn: asyncpg.Connection, positions: list[int]) -> None:
+        inside.set()
+        await release.wait()
+        positions.append(await _one_statement(conn, "$guarded"))  # type: ignore[arg-type]
+
+    writer = asyncio.create_task(store.write_many(fn, 1, allocate=False, single=True, guard=guard))
+    await inside.wait()
+    await db.execute("DELETE FROM room_memberships WHERE event_id = '$allowed'")  # revoked meanwhile
+    release.set()
     with pytest.raises(GuardFailed):
-        await store.write_many(read_first, 1, allocate=False, single=True, guard="SELECT 1 / 0")
+        await writer
+    assert await db.fetchval("SELECT count(*) FROM room_memberships WHERE event_id = '$guarded'") == 0
     assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
+    # with the guard true, the same write goes through
+    await _insert_row(db, "$allowed", 2)
+    release.clear()
+    inside.clear()
+    writer = asyncio.create_task(store.write_many(fn, 1, allocate=False, single=True, guard=guard))
+    await inside.wait()
+    release.set()
+    _, positions = await writer
+    assert await db.fetchval("SELECT stream_pos FROM room_memberships WHERE event_id = '$guarded'") == positions[0]
 
 
 async def test_readers_never_pass_an_uncommitted_write(db: Database) -> None:

@@ -17,7 +17,7 @@ import random
 import ssl
 import urllib.parse
 from enum import Enum
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
 import asyncpg
 
@@ -349,15 +349,17 @@ class Database:
                 raise
             return result
 
-    async def attempt_single(self, prelude: str, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def attempt_single(
+        self, prelude: str, prelude_args: Sequence[Any], fn: Callable[[asyncpg.Connection], Awaitable[T]]
+    ) -> T:
         """One try of a write that is one statement, committed as it ends
         (no BEGIN or COMMIT; the session's default isolation, SERIALIZABLE
-        on this pool): the simple-query string ``prelude`` (statements that
-        hold no transaction open), then ``fn(conn)``, which runs that one
+        on this pool): the statement ``prelude`` with ``prelude_args``
+        (committed on its own), then ``fn(conn)``, which runs that one
         statement. Two round trips in all. Once the statement is sent, a
         lost connection leaves its outcome unknown (as a COMMIT's)."""
         async with self._connection(self.pool) as conn:
-            await _guard(conn, conn.execute(prelude), committing=False)
+            await _guard(conn, conn.execute(prelude, *prelude_args), committing=False)
             return await _guard(conn, fn(conn), committing=True)
 
     @contextlib.asynccontextmanager

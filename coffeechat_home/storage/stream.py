@@ -89,6 +89,18 @@ RESERVATION_TTL_MS = 120_000
 # clocks disagree still agree on what has expired.
 DB_NOW_MS = "(extract(epoch FROM now()) * 1000)::BIGINT"
 
+# A reservation as a prepared statement of its own (a one-statement write's
+# first round trip): $1 the token, $2 the instance id. On PostgreSQL
+# ``stream_inflight`` is UNLOGGED (migration 0041): a transaction that writes
+# only it writes no WAL before its commit record, so its commit does not
+# wait for a flush, as ``SET LOCAL synchronous_commit TO OFF`` did in the
+# simple-query form; reservations do not survive a crash, which is what
+# they should do (the writes they cover die with it).
+RESERVE_SQL = (
+    "INSERT INTO stream_inflight (token, floor, expires_ts, instance_id) "
+    f"VALUES ($1, nextval('stream_seq'), {DB_NOW_MS} + {RESERVATION_TTL_MS}, $2)"
+)
+
 
 @dataclass(frozen=True)
 class StreamTable:
@@ -281,7 +293,7 @@ class StreamStore:
                     return result, positions
 
                 if single:  # (the guard is in the statement)
-                    result = await self.db.attempt_single(self._reservation(token), txn)
+                    result = await self.db.attempt_single(RESERVE_SQL, (token, self.instance_id), txn)
                 else:
                     tail = "" if guard is None else f"; {guard}"
                     result = await self.db.attempt_bracketed(self._prelude(token) + tail, txn, self._finale(token))

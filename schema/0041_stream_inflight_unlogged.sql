@@ -1,0 +1,3 @@
+-- Stream reservations (storage/stream.py) need not survive a crash: the
+-- writes they cover die with it. PostgreSQL only (below): CockroachDB has
+-- no unlogged tables.

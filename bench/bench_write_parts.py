@@ -33,7 +33,7 @@ from coffeechat_home.protocol.builder import build_event  # noqa: E402
 from coffeechat_home.protocol.room_versions import get_room_version  # noqa: E402
 from coffeechat_home.protocol.signing import generate_signing_key  # noqa: E402
 from coffeechat_home.storage.database import Database  # noqa: E402
-from coffeechat_home.storage.events import StoredEvent, insert_events  # noqa: E402
+from coffeechat_home.storage.event_writes import StoredEvent, insert_events  # noqa: E402
 from coffeechat_home.storage.migrations import run_migrations  # noqa: E402
 from coffeechat_home.storage.stream import StreamStore  # noqa: E402
 

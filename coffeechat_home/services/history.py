@@ -11,7 +11,8 @@ import orjson
 
 from ..errors import MatrixError, forbidden, invalid_param, not_found
 from ..storage.backfill import BackfillStore
-from ..storage.events import EventRow, EventStore, HistoryKey
+from ..storage.event_listings import EventRow, HistoryKey
+from ..storage.events import EventStore
 from ..storage.rooms import RoomStore
 from ..storage.stream import StreamStore
 from .accounts import Requester

@@ -18,7 +18,8 @@ from ..protocol.events import Event, StateKey
 from ..protocol.power_levels import server_name_of
 from ..protocol.room_versions import RoomVersion
 from ..protocol.state_res import resolve_state
-from ..storage.events import EventStore, StoredEvent
+from ..storage.event_writes import StoredEvent
+from ..storage.events import EventStore
 from ..storage.room_state import SNAPSHOT_EVERY, CurrentStateChange, NewStateGroup
 
 if TYPE_CHECKING:

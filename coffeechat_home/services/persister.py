@@ -38,8 +38,7 @@ import asyncpg
 from ..protocol.events import Event, StateKey
 from ..protocol.room_versions import RoomVersion, get_room_version
 from ..storage.backfill import allocate_backfill_positions
-from ..storage.events import (
-    EventStore,
+from ..storage.event_writes import (
     RowInsert,
     StaleRoomState,
     StoredEvent,
@@ -47,6 +46,7 @@ from ..storage.events import (
     delete_outliers,
     insert_events,
 )
+from ..storage.events import EventStore
 from ..storage.room_state import (
     CurrentStateChange,
     allocate_state_group_ids,

@@ -8,7 +8,8 @@ from typing import Any
 import orjson
 
 from ..errors import invalid_param
-from ..storage.events import EventRow, EventStore
+from ..storage.event_listings import EventRow
+from ..storage.events import EventStore
 from .accounts import Requester
 from .history import HistoryService, Window, make_page_token, parse_token, serve_event
 

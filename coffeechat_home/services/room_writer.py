@@ -23,7 +23,8 @@ from ..protocol.errors import ProtocolError
 from ..protocol.events import Event, StateKey, auth_types_for_event
 from ..protocol.room_versions import RoomIdFormat, RoomVersion, get_room_version
 from ..protocol.signing import SigningKey
-from ..storage.events import EventStore, StaleRoomState
+from ..storage.event_writes import StaleRoomState
+from ..storage.events import EventStore
 from ..storage.group_commit import GroupCommit
 from ..storage.stream import StreamStore
 from .persister import (

@@ -17,7 +17,8 @@ from ..protocol.room_versions import (
     UnsupportedRoomVersion,
     get_room_version,
 )
-from ..storage.events import DuplicateTransaction, EventStore
+from ..storage.event_writes import DuplicateTransaction
+from ..storage.events import EventStore
 from ..storage.rooms import RoomStore
 from .accounts import Requester
 from .room_writer import EventCheck, NewRoom, RoomWriter

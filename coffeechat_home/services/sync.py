@@ -18,7 +18,8 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping
 import orjson
 
 from ..protocol.events import StateKey
-from ..storage.events import EventRow, EventStore
+from ..storage.event_listings import EventRow
+from ..storage.events import EventStore
 from ..storage.rooms import RoomStore
 from .accounts import Requester
 from .history import HistoryService, Window, make_token, parse_token, serve_event

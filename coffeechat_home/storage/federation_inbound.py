@@ -11,11 +11,11 @@ import orjson
 from ..protocol.events import Event
 from ..protocol.room_versions import RoomVersion
 from .database import Database
+from .event_writes import RowInsert
 from .events import (
     BATCH_LOOKUP_SQL,
     BatchLookup,
     RoomRow,
-    RowInsert,
     batch_lookup_args,
     parse_batch_lookup,
     room_row,

@@ -38,7 +38,7 @@ from typing import Any, Awaitable, Callable, Generic, TypeVar
 import asyncpg
 
 from .database import DatabaseUnavailable
-from .events import StaleRoomState
+from .event_writes import StaleRoomState
 from .stream import StreamStore
 
 T = TypeVar("T")

@@ -1,5 +1,5 @@
 """Rooms and their current state, read side: memberships, state lookups,
-the room table. (Writes of events and state live in storage/events.py.)"""
+the room table. (Writes of events live in storage/event_writes.py, of state in storage/room_state.py.)"""
 
 from __future__ import annotations
 

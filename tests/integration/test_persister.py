@@ -24,7 +24,7 @@ from coffeechat_home.protocol.room_versions import RoomVersion, get_room_version
 from coffeechat_home.protocol.signing import generate_signing_key
 from coffeechat_home.protocol.state_res import resolve_state
 from coffeechat_home.services.persister import EventContext, NewEvent, RoomBase
-from coffeechat_home.storage.events import RowInsert
+from coffeechat_home.storage.event_writes import RowInsert
 
 from ..helpers import ApiClient
 from .db_checks import assert_forward_extremities

@@ -41,7 +41,8 @@ from ...protocol.identifiers import InvalidIdentifier, parse_user_id
 from ...protocol.pdu import check_pdu_format, check_received_pdu
 from ...protocol.room_versions import RoomVersion, UnsupportedRoomVersion, get_room_version
 from ...protocol.state_res import resolve_state
-from ...storage.events import EventStore, RowInsert
+from ...storage.event_writes import RowInsert
+from ...storage.events import EventStore
 from ...storage.federation_inbound import FederationInboundStore
 from ..persister import EventContext, NewEvent, Persister, UnknownRoom
 from ..receipts import ReceiptService

@@ -42,7 +42,8 @@ from ...protocol.events import Event, StateKey, create_event_id_for_room
 from ...protocol.hashing import compute_event_id
 from ...protocol.power_levels import server_name_of
 from ...protocol.room_versions import RoomVersion, UnsupportedRoomVersion, get_room_version
-from ...storage.events import BatchLookup, RoomRow, RowInsert, StoredEventInfo
+from ...storage.event_writes import RowInsert
+from ...storage.events import BatchLookup, RoomRow, StoredEventInfo
 from ..persister import EventContext, NewEvent, PersistResult, RoomBase, UnknownRoom
 from ..server_keys import KeyUnavailable
 from .events_in import auth_ids_in, receipt_auth_checks

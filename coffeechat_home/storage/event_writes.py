@@ -1,0 +1,228 @@
+"""The write side of events and the room DAG: ``insert_events`` writes
+events (stored once, as the PDU and the client-format JSON) with their prev
+and auth edges, transaction ids and relations, and moves the room's
+forward extremities, in one statement; ``delete_outliers`` and
+``apply_redactions`` are the persister's other writes to ``events``.
+
+Called by the persister only (services/persister.py): the one door into a
+room. Reads are in events.py (the DAG) and event_listings.py (timelines,
+history).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import asyncpg
+
+from ..protocol.events import Event
+from .stream import SingleStatement
+
+
+class StaleRoomState(Exception):
+    """The room's forward extremities changed under us (another writer)."""
+
+
+class DuplicateTransaction(Exception):
+    """The (user, device, txn id) was used by a concurrent request."""
+
+
+@dataclass(frozen=True)
+class RowInsert:
+    """One more row for ``insert_events`` to write, in its statement (so
+    it commits exactly when the events do, without a round trip of its
+    own): ``table`` and ``columns`` (name, SQL type) are the code's
+    constants, ``values`` go as bind parameters; ``conflict`` is the
+    insert's ON CONFLICT clause (a constant too)."""
+
+    table: str
+    columns: tuple[tuple[str, str], ...]
+    values: tuple[Any, ...]
+    conflict: str = ""
+
+
+@dataclass
+class StoredEvent:
+    """One row of ``events`` as the persister writes it."""
+
+    event: Event
+    stream_pos: int | None  # None: outliers, rejected and soft-failed events
+    pdu_json: str
+    client_json: str
+    state_group: int | None  # state after the event (None for outliers)
+    current_state_group: int | None  # the room's resolved state after it
+    outlier: bool = False
+    rejected_reason: str | None = None
+    soft_failed: bool = False
+    txn: tuple[str, str, str, str] | None = None  # user, device, txn id, endpoint
+    relation: tuple[str, str, str | None] | None = None  # relates_to, rel_type, thread_id
+
+
+async def insert_events(
+    conn: asyncpg.Connection,
+    room_id: str,
+    items: Sequence[StoredEvent],
+    *,
+    expected_extremities: Sequence[str] | None,
+    new_extremities: Sequence[str] | None,
+    allocate: int = 0,
+    also: RowInsert | None = None,
+) -> list[int]:
+    """Write ``items`` inside the caller's transaction, with their DAG edges
+    and transaction ids, and set the room's forward extremities to
+    ``new_extremities`` (None: unchanged).
+
+    With ``expected_extremities`` the update is a compare-and-set and every
+    insert is gated on it, all in one statement (one round trip on the send
+    path): a stale head writes nothing and raises StaleRoomState.
+
+    ``allocate``: the same statement takes this many stream positions
+    (``StreamStore.write_many(allocate=False)``); the items' ``stream_pos``
+    are then 1-based indexes into them, in increasing order, which are
+    replaced by the positions. Returns the positions taken (sorted).
+
+    ``also``: a row of the caller's written by the same statement (none
+    when the compare-and-set fails).
+
+    On a ``SingleStatement`` (a one-statement stream write) the statement
+    also deletes the write's reservation, and fails if it is gone."""
+    evs = [it.event for it in items]
+    edges = [(e.event_id, p) for e in evs for p in e.prev_event_ids]
+    auth_edges = [(e.event_id, a) for e in evs for a in e.auth_event_ids]
+    txns = [(it.txn, it.event) for it in items if it.txn is not None]
+    # ($2 and $3 are NULL when unused: every variant names them, for their types)
+    if new_extremities is None:
+        moved_sql = "SELECT 1 WHERE $2::TEXT[] IS NULL AND $3::TEXT[] IS NULL"
+    elif expected_extremities is None:
+        moved_sql = """UPDATE rooms SET forward_extremities = $3::TEXT[]
+                       WHERE room_id = $1 AND $2::TEXT[] IS NULL RETURNING 1"""
+    else:
+        moved_sql = """UPDATE rooms SET forward_extremities = $3::TEXT[]
+                       WHERE room_id = $1 AND forward_extremities = $2::TEXT[] RETURNING 1"""
+    # $34: how many positions to take here (0: the items carry them).
+    # CockroachDB (v20.2+) takes this form as is: `AS MATERIALIZED` (its
+    # PR 47341), an ordered aggregate, and a subscript on a scalar subquery
+    # (its grammar: c_expr = d_expr array_subscripts, d_expr includes
+    # select_with_parens); no dialect switch is needed here.
+    alloc_sql = """alloc AS MATERIALIZED (
+                   SELECT array_agg(p ORDER BY p) AS a
+                   FROM (SELECT nextval('stream_seq') AS p FROM generate_series(1, $34::INT)) AS s),"""
+    pos_sql = "(SELECT a FROM alloc)[u.stream_pos::INT]" if allocate else "u.stream_pos"
+    also_sql = ""
+    if also is not None:  # its values from $35 on
+        also_sql = f""",
+               also AS (
+                   INSERT INTO {also.table} ({", ".join(c for c, _ in also.columns)})
+                   SELECT {", ".join(f"${35 + i}::{t}" for i, (_, t) in enumerate(also.columns))}
+                   WHERE EXISTS (SELECT 1 FROM moved) {also.conflict} RETURNING 1)"""
+    release_args: tuple[str, ...] = ()
+    release_check = ""
+    if isinstance(conn, SingleStatement):
+        param = 35 + (0 if also is None else len(also.values))
+        also_sql += f""",
+               {conn.ctes(param)}"""
+        release_check = f", {conn.checks()}"
+        release_args = (conn.token,)
+    try:
+        row = await conn.fetchrow(
+            f"""WITH {alloc_sql if allocate else ""} moved AS ({moved_sql}),
+               ev AS (
+                   INSERT INTO events (event_id, room_id, stream_pos, depth, type, state_key, sender,
+                                       origin_server_ts, membership, pdu, client, state_group, relates_to,
+                                       rel_type, thread_id, sender_device, txn_id, current_state_group,
+                                       outlier, rejected_reason, soft_failed)
+                   SELECT u.event_id, $1, {pos_sql}, u.depth, u.type, u.state_key, u.sender,
+                          u.origin_server_ts, u.membership, u.pdu, u.client, u.state_group, u.relates_to,
+                          u.rel_type, u.thread_id, u.sender_device, u.txn_id, u.csg, u.outlier, u.rejected,
+                          u.soft_failed
+                   FROM unnest($4::TEXT[], $5::BIGINT[], $6::BIGINT[], $7::TEXT[], $8::TEXT[],
+                               $9::TEXT[], $10::BIGINT[], $11::TEXT[], $12::TEXT[], $13::TEXT[],
+                               $14::BIGINT[], $15::TEXT[], $16::TEXT[], $17::TEXT[], $18::TEXT[], $19::TEXT[],
+                               $30::BIGINT[], $31::BOOLEAN[], $32::TEXT[], $33::BOOLEAN[])
+                        AS u(event_id, stream_pos, depth, type, state_key, sender, origin_server_ts, membership,
+                             pdu, client, state_group, relates_to, rel_type, thread_id, sender_device, txn_id,
+                             csg, outlier, rejected, soft_failed)
+                   WHERE EXISTS (SELECT 1 FROM moved) RETURNING 1),
+               prev AS (
+                   INSERT INTO event_edges (event_id, prev_event_id)
+                   SELECT * FROM unnest($20::TEXT[], $21::TEXT[]) WHERE EXISTS (SELECT 1 FROM moved) RETURNING 1),
+               auth AS (
+                   INSERT INTO event_auth_edges (event_id, auth_event_id)
+                   SELECT * FROM unnest($22::TEXT[], $23::TEXT[]) WHERE EXISTS (SELECT 1 FROM moved) RETURNING 1),
+               txn AS (
+                   INSERT INTO event_txn_ids (user_id, device_id, txn_id, endpoint, event_id, created_ts)
+                   SELECT * FROM unnest($24::TEXT[], $25::TEXT[], $26::TEXT[], $27::TEXT[], $28::TEXT[],
+                                        $29::BIGINT[])
+                   WHERE EXISTS (SELECT 1 FROM moved) RETURNING 1){also_sql}
+               SELECT (SELECT count(*) FROM moved) AS moved,
+                      {"(SELECT a FROM alloc)" if allocate else "$34::INT"} AS taken{release_check}""",
+            room_id,
+            None if expected_extremities is None else list(expected_extremities),
+            None if new_extremities is None else list(new_extremities),
+            [e.event_id for e in evs],
+            [it.stream_pos for it in items],
+            [e.depth for e in evs],
+            [e.type for e in evs],
+            [e.state_key for e in evs],
+            [e.sender for e in evs],
+            [e.origin_server_ts for e in evs],
+            [e.membership if e.type == "m.room.member" else None for e in evs],
+            [it.pdu_json for it in items],
+            [it.client_json for it in items],
+            [it.state_group for it in items],
+            [it.relation[0] if it.relation else None for it in items],
+            [it.relation[1] if it.relation else None for it in items],
+            [it.relation[2] if it.relation else None for it in items],
+            [it.txn[1] if it.txn else None for it in items],
+            [it.txn[2] if it.txn else None for it in items],
+            [a for a, _ in edges], [b for _, b in edges],
+            [a for a, _ in auth_edges], [b for _, b in auth_edges],
+            [t[0] for t, _ in txns], [t[1] for t, _ in txns], [t[2] for t, _ in txns], [t[3] for t, _ in txns],
+            [e.event_id for _, e in txns], [e.origin_server_ts for _, e in txns],
+            [it.current_state_group for it in items],
+            [it.outlier for it in items],
+            [it.rejected_reason for it in items],
+            [it.soft_failed for it in items],
+            allocate,
+            *(() if also is None else also.values),
+            *release_args,
+        )
+    except asyncpg.UniqueViolationError as e:
+        where = f"{getattr(e, 'constraint_name', '')} {getattr(e, 'table_name', '')} {e}"
+        if "event_txn_ids" in where:
+            # the same request again (a client retry): the whole batch
+            # rolls back and the caller answers with the first event
+            raise DuplicateTransaction(txns[0][0][2] if txns else "") from None
+        raise
+    assert row is not None
+    if not row["moved"]:
+        raise StaleRoomState(room_id)
+    if not allocate:
+        return []
+    taken = sorted(row["taken"])
+    for it in items:
+        if it.stream_pos is not None:
+            it.stream_pos = taken[it.stream_pos - 1]
+    return taken
+
+
+async def delete_outliers(conn: asyncpg.Connection, event_ids: Sequence[str]) -> None:
+    """Forget the outlier rows of events that are persisted again as part
+    of the room's DAG (the persister writes them anew)."""
+    await conn.execute(
+        """WITH gone AS (DELETE FROM events WHERE event_id = ANY($1::TEXT[]) AND outlier RETURNING event_id),
+                p AS (DELETE FROM event_edges WHERE event_id IN (SELECT event_id FROM gone) RETURNING 1)
+           DELETE FROM event_auth_edges WHERE event_id IN (SELECT event_id FROM gone)""",
+        list(event_ids),
+    )
+
+
+async def apply_redactions(conn: asyncpg.Connection, room_id: str, redactions: Sequence[tuple[str, str, str, str]]) -> None:
+    """(target id, redacted PDU, redacted client JSON, redaction event id)."""
+    for target, pdu, client, by in redactions:
+        await conn.execute(
+            """UPDATE events SET pdu = $2, client = $3, redacted_by = $4
+               WHERE event_id = $1 AND room_id = $5""",
+            target, pdu, client, by, room_id,
+        )

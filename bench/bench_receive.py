@@ -14,7 +14,7 @@ federating on loopback (as bench_federation.py starts it), and an origin:
   whatever it has queued (so PDUs per transaction vary with the machine's
   load: it is printed).
 - ``--origin bench``: this process is the origin server (its own signing
-  key and key server over TLS, as tests/federation/test_receive.py's
+  key and key server over TLS, as tests/federation/receive_helpers.py's
   ``Origin``). A public room of R's user that 10 users of the origin join
   through ``/send``; then K messages from them, one chain, built and signed
   up front (untimed) and sent in transactions of exactly ``--txn`` PDUs,

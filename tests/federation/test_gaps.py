@@ -1,5 +1,5 @@
 """What a received PDU refers to and the receiver lacks, fetched from the
-server that sent it (the test's ``Origin`` from test_receive, which serves
+server that sent it (the test's ``Origin`` from receive_helpers, which serves
 event, event_auth, state_ids and get_missing_events from the events it
 built):
 
@@ -29,7 +29,7 @@ from coffeechat_home.services.federation.gaps import MAX_STATE_FILLS
 from coffeechat_home.services.federation.receiver import MISSING_EVENTS_LIMIT
 
 from .peers import FederatingServer
-from .test_receive import (  # noqa: F401  (setup: a fixture)
+from .receive_helpers import (  # noqa: F401  (setup: a fixture)
     Origin, Room, _state_content, _sync_until, room_with_remote_member, setup,
 )
 

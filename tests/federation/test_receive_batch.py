@@ -20,7 +20,7 @@ from coffeechat_home.protocol.signing import generate_signing_key
 
 from ..integration.processes import User
 from .peers import FederatingServer
-from .test_receive import Origin, Room, _state_content, setup  # noqa: F401  (setup: the fixture)
+from .receive_helpers import Origin, Room, _state_content, setup  # noqa: F401  (setup: the fixture)
 
 pytestmark = pytest.mark.federation
 

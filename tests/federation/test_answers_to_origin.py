@@ -165,4 +165,3 @@ async def test_sender_skips_servers_the_room_acl_denies(
     finally:
         await other.stop()
         await db.close()
-

@@ -34,14 +34,17 @@ class RoomPurgeStore:
         return await self.db.transaction(txn, name="purge_room_events")
 
     async def delete_room_rest(self, room_id: str) -> None:
-        """Everything else of the room, once its events are gone."""
+        """Everything else of the room, once its events are gone: every
+        table with a room_id column but blocked_rooms (the block outlives
+        the purge) and admin_jobs (the deletion's own status)."""
 
         async def txn(conn: asyncpg.Connection) -> None:
             await conn.execute(
                 """DELETE FROM state_group_entries WHERE state_group IN
                    (SELECT id FROM state_groups WHERE room_id = $1)""", room_id)
             for table in ("state_groups", "current_state", "room_memberships", "room_aliases", "forgotten_rooms",
-                          "receipts", "typing", "room_summaries", "rooms"):
+                          "receipts", "typing", "room_summaries", "partial_state_rooms", "room_state_resets",
+                          "remote_invite_state", "federation_relay", "hierarchy_pages", "e2e_room_keys", "rooms"):
                 await conn.execute(f"DELETE FROM {table} WHERE room_id = $1", room_id)
             await conn.execute("DELETE FROM account_data WHERE room_id = $1 AND room_id <> ''", room_id)
 

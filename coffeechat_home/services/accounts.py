@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 from ..crash_points import crash_point
 from ..errors import MatrixError, forbidden, invalid_param
 from ..protocol.identifiers import InvalidIdentifier, is_valid_localpart_for_registration, parse_user_id
-from ..storage.accounts import AccountStore, TokenOwner, UserExists, token_hash, token_write_guard
+from ..storage.accounts import AccountStore, DeviceRemover, TokenOwner, UserExists, token_hash, token_write_guard
 from ..storage.registration_tokens import RegistrationTokenStore
 from .passwords import PasswordHasher
 
@@ -89,6 +89,9 @@ class AccountService:
         self.deactivation_hooks: list[DeactivationHook] = []
         self.device_added_hooks: list[DeviceAddedHook] = []
         self.devices_removed_hooks: list[DevicesRemovedHook] = []
+        # Deletes device rows in the same transaction as the devices' keys
+        # and device-list change (the E2E service's), else they go alone.
+        self.device_remover: DeviceRemover | None = None
         # A stored hash to compare against when a user does not exist, so a
         # missing user takes as long to reject as a wrong password.
         self._dummy_hash: str | None = None
@@ -238,8 +241,8 @@ class AccountService:
 
     async def delete_devices(self, user_id: str, device_ids: list[str] | None) -> None:
         """Delete devices (all when None), their tokens and their keys."""
-        removed = await self.store.delete_devices(user_id, device_ids)
-        crash_point("devices_deleted")  # (their keys go in the hooks' own transaction; see remove_orphaned_keys)
+        removed = await self.store.delete_devices(user_id, device_ids, self.device_remover)
+        crash_point("devices_deleted")  # (with their keys and the device-list change, in one transaction)
         await self._devices_removed(user_id, removed)
 
     async def _device_added(self, user_id: str, device_id: str) -> None:
@@ -257,7 +260,8 @@ class AccountService:
     async def change_password(self, requester: Requester, new_password: str, logout_devices: bool) -> None:
         password_hash = await self.hasher.hash(new_password)
         removed = await self.store.set_password(
-            requester.user_id, password_hash, keep_device=requester.device_id, revoke=logout_devices
+            requester.user_id, password_hash, keep_device=requester.device_id, revoke=logout_devices,
+            remover=self.device_remover,
         )
         await self._devices_removed(requester.user_id, removed)
 
@@ -266,7 +270,7 @@ class AccountService:
             del self._tokens[h]
         for hook in self.deactivation_hooks:
             await hook(user_id)
-        await self._devices_removed(user_id, await self.store.deactivate(user_id))
+        await self._devices_removed(user_id, await self.store.deactivate(user_id, self.device_remover))
 
     # -- user-interactive auth ------------------------------------------------
     async def require_uia(

@@ -5,10 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 
 import asyncpg
 
 from .database import Database
+
+# Statements deleting device rows in a transaction given; returns the ids
+# of the devices deleted.
+DeviceDeletion = Callable[[asyncpg.Connection], Awaitable[list[str]]]
+# Runs a DeviceDeletion for a user in a transaction of its own choosing
+# (the E2E store's: the devices' keys and the device-list change go in the
+# same one, storage/e2e_keys.py remove_devices); returns its result.
+DeviceRemover = Callable[[str, DeviceDeletion], Awaitable[list[str]]]
 
 
 def token_hash(token: str) -> bytes:
@@ -143,9 +152,12 @@ class AccountStore:
         return bool(await self.db.fetchval("SELECT 1 FROM users WHERE user_id = $1", user_id))
 
     async def set_password(
-        self, user_id: str, password_hash: str, *, keep_device: str | None, revoke: bool
+        self, user_id: str, password_hash: str, *, keep_device: str | None, revoke: bool,
+        remover: DeviceRemover | None = None,
     ) -> list[str]:
-        """Returns the ids of the devices logged out (when ``revoke``)."""
+        """Returns the ids of the devices logged out (when ``revoke``).
+        ``remover``: runs the deletion (see DeviceRemover) instead of a
+        transaction of its own."""
 
         async def txn(conn: asyncpg.Connection) -> list[str]:
             await conn.execute("UPDATE users SET password_hash = $2 WHERE user_id = $1", user_id, password_hash)
@@ -162,9 +174,9 @@ class AccountStore:
             )
             return [r["device_id"] for r in rows]
 
-        return await self.db.transaction(txn, name="set_password")
+        return await self._remove(user_id, txn, remover, "set_password")
 
-    async def deactivate(self, user_id: str) -> list[str]:
+    async def deactivate(self, user_id: str, remover: DeviceRemover | None = None) -> list[str]:
         """Returns the ids of the devices removed."""
 
         async def txn(conn: asyncpg.Connection) -> list[str]:
@@ -175,7 +187,14 @@ class AccountStore:
             rows = await conn.fetch("DELETE FROM devices WHERE user_id = $1 RETURNING device_id", user_id)
             return [r["device_id"] for r in rows]
 
-        return await self.db.transaction(txn, name="deactivate")
+        return await self._remove(user_id, txn, remover, "deactivate")
+
+    async def _remove(
+        self, user_id: str, txn: DeviceDeletion, remover: DeviceRemover | None, name: str
+    ) -> list[str]:
+        if remover is not None:
+            return await remover(user_id, txn)
+        return await self.db.transaction(txn, name=name)
 
     # -- tokens & devices ----------------------------------------------------
     async def login_device(
@@ -205,7 +224,9 @@ class AccountStore:
             user_id, device_id, ip, now_ms,
         )
 
-    async def delete_devices(self, user_id: str, device_ids: list[str] | None) -> list[str]:
+    async def delete_devices(
+        self, user_id: str, device_ids: list[str] | None, remover: DeviceRemover | None = None
+    ) -> list[str]:
         """Delete devices (all when None) and every token they hold;
         returns the ids of the devices that existed."""
 
@@ -224,7 +245,7 @@ class AccountStore:
                 )
             return [r["device_id"] for r in rows]
 
-        return await self.db.transaction(txn, name="delete_devices")
+        return await self._remove(user_id, txn, remover, "delete_devices")
 
     async def list_devices(self, user_id: str) -> list[Device]:
         rows = await self.db.fetch(

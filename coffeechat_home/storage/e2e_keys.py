@@ -14,7 +14,7 @@ services/e2e/federation.py, which turns it into outbox EDUs).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 import asyncpg
 import orjson
@@ -359,9 +359,9 @@ class E2EKeyStore:
         await self.stream.write(write, name="device_added")
 
     async def keys_without_device(self) -> dict[str, list[str]]:
-        """user id -> ids of devices that hold keys but no longer exist: the
-        process died between deleting a device and removing its keys (two
-        transactions, one in the account store and one here). Read at
+        """user id -> ids of devices that hold keys but no longer exist: a
+        process of an older version died between deleting a device and
+        removing its keys (then two transactions; now one, remove_devices). Read at
         start, so not the one-time keys (the biggest table): a device that
         uploaded some has its device keys too."""
         rows = await self.db.fetch(
@@ -380,7 +380,24 @@ class E2EKeyStore:
         """Forget removed devices' keys, signatures and pending to-device
         messages, as one device-list change."""
 
-        async def write(conn: asyncpg.Connection, pos: int) -> None:
+        async def gone(conn: asyncpg.Connection) -> list[str]:
+            return device_ids
+
+        await self.remove_devices(user_id, gone)
+
+    async def remove_devices(
+        self, user_id: str, delete_rows: Callable[[asyncpg.Connection], Awaitable[list[str]]]
+    ) -> list[str]:
+        """Run ``delete_rows`` (deleting device rows, returning their ids)
+        and forget those devices' keys, signatures and pending to-device
+        messages, as one device-list change, all in one stream write: no
+        crash leaves keys of a device that is gone without the change its
+        user's peers need. Returns the ids."""
+
+        async def write(conn: asyncpg.Connection, pos: int) -> list[str]:
+            device_ids = await delete_rows(conn)
+            if not device_ids:
+                return []
             for table in ("e2e_device_keys", "e2e_one_time_keys", "e2e_fallback_keys", "to_device_messages",
                           "to_device_txns"):
                 await conn.execute(
@@ -392,8 +409,9 @@ class E2EKeyStore:
             )
             await add_device_list_change(conn, user_id, pos)
             await self._announce(conn, user_id, pos, [("deleted", device_ids)])
+            return device_ids
 
-        await self.stream.write(write, name="devices_removed")
+        return (await self.stream.write(write, name="devices_removed"))[0]
 
     # -- device-list changes ---------------------------------------------------
     async def pending_announcements(self, user_id: str | None = None, limit: int = 100) -> list[PendingAnnouncement]:

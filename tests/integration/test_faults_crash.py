@@ -236,12 +236,14 @@ async def _no_reservations(conn: asyncpg.Connection) -> bool:
     return int(await conn.fetchval("SELECT count(*) FROM stream_inflight")) == 0
 
 
-async def test_device_deleted_by_a_process_that_died_before_its_keys_went(database_url: str, tmp_path: Path) -> None:
-    """Deleting a device and removing its keys (with the device-list change
-    that tells the user's peers) are two transactions. The process dies
-    between them (crash point): at restart the keys of the deleted device
-    go and bob, who shares a room with alice, is told her devices changed;
-    without that his client would keep encrypting to a device that is gone."""
+async def test_device_deleted_with_its_keys_by_a_process_that_died(database_url: str, tmp_path: Path) -> None:
+    """Deleting a device, removing its keys and the device-list change that
+    tells the user's peers are one transaction. The process dies right after
+    the device row's deletion (crash point): its keys are already gone and
+    the change is there, before any repair at restart (when these were two
+    transactions, the keys stayed and no change was written); after the
+    restart bob, who shares a room with alice, is told her devices changed,
+    else his client would keep encrypting to a device that is gone."""
     env = server_env(database_url, tmp_path, COFFEECHAT_INSTANCE_NAME="keys")
     server = await ServerProcess(env, tmp_path).start()
     try:
@@ -265,6 +267,12 @@ async def test_device_deleted_by_a_process_that_died_before_its_keys_went(databa
                 "device_keys": device_keys, "one_time_keys": {"curve25519:AAAA": "o" * 43}})
             assert status == 200, body
             since = (await bob.sync())["next_batch"]
+            conn = await asyncpg.connect(database_url)
+            try:
+                changes_before = await conn.fetchval(
+                    "SELECT count(*) FROM device_list_changes WHERE user_id = $1", phone.user_id)
+            finally:
+                await conn.close()
 
             await server.stop()
             server.env[CRASH_ENV] = "devices_deleted"
@@ -275,6 +283,15 @@ async def test_device_deleted_by_a_process_that_died_before_its_keys_went(databa
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 pass  # the server died under the request
             assert server.proc is not None and await asyncio.wait_for(server.proc.wait(), 30) == 137
+            conn = await asyncpg.connect(database_url)
+            try:  # as the dead process left it
+                assert await conn.fetchval("SELECT count(*) FROM devices WHERE device_id = 'PHONE'") == 0
+                for table in ("e2e_device_keys", "e2e_one_time_keys"):
+                    assert await conn.fetchval(f"SELECT count(*) FROM {table} WHERE device_id = 'PHONE'") == 0
+                assert await conn.fetchval(
+                    "SELECT count(*) FROM device_list_changes WHERE user_id = $1", phone.user_id) > changes_before
+            finally:
+                await conn.close()
             del server.env[CRASH_ENV]
             await server.start()
             bob = bob.on(server.url)

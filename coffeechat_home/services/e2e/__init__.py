@@ -62,7 +62,9 @@ def build_e2e(
     cross_signing = CrossSigningService(store, notifier)
     cross_signing.local_change = device_lists.local_change
     accounts.device_added_hooks.append(device_lists.device_added)
-    accounts.devices_removed_hooks.append(device_lists.devices_removed)
+    # device rows go with their keys and the device-list change, in one transaction
+    accounts.device_remover = store.remove_devices
+    accounts.devices_removed_hooks.append(device_lists.devices_gone)
     to_device_store = ToDeviceStore(db, stream)
     return E2E(
         keys=KeyService(store, device_lists, cross_signing, server_name),

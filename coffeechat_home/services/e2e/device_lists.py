@@ -84,5 +84,11 @@ class DeviceListService:
         if not device_ids:
             return
         await self.keys.devices_removed(user_id, device_ids)
+        await self.devices_gone(user_id, device_ids)
+
+    async def devices_gone(self, user_id: str, device_ids: list[str]) -> None:
+        """After the commit of a removal (storage/e2e_keys.py
+        remove_devices, the account service's device remover): wake the
+        streams and run the change hooks."""
         self.notifier.poke()
         await self.local_change(user_id, device_ids, "deleted")

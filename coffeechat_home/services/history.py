@@ -1,15 +1,13 @@
 """Reading rooms: history visibility, /messages, /context, single events,
-members and state (current, or as of when the user left)."""
+members and state (current, or as of when the user left). The visibility
+rules are in history_visibility.py, the tokens in history_tokens.py."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Any, Awaitable, Iterable, Mapping, Protocol, Sequence
 
-import orjson
-
-from ..errors import MatrixError, forbidden, invalid_param, not_found
+from ..errors import MatrixError, forbidden, not_found
 from ..storage.backfill import BackfillStore
 from ..storage.event_listings import EventRow, HistoryKey
 from ..storage.events import EventStore
@@ -17,9 +15,10 @@ from ..storage.rooms import RoomStore
 from ..storage.stream import StreamStore
 from .accounts import Requester
 from .fanout import SharedReads
+from .history_tokens import make_history_token, make_token, parse_history_token, serve_event
+from .history_visibility import JudgedEvent, Window, _visibility, visible_ranges
 
 
-MAX_STREAM_POS = 2**63 - 1
 # /messages: pages read past when hiding by the state at each event left
 # a page empty (hide_unseen)
 MAX_HIDDEN_PAGES = 5
@@ -29,20 +28,6 @@ MAX_HOLE_FILLS = 2
 HOLE_FILL_EVENTS = 50
 
 
-class JudgedEvent(Protocol):
-    """What the per-event history check reads of a row (EventRow and the
-    unread counts' rows)."""
-
-    @property
-    def event_id(self) -> str: ...
-    @property
-    def stream_pos(self) -> int | None: ...
-    @property
-    def type(self) -> str: ...
-    @property
-    def state_key(self) -> str | None: ...
-
-
 class Backfill(Protocol):
     """Fetch history from other servers at the room's backward extremities
     with depths in [min_depth, max_depth] (services/federation/backfill.py);
@@ -50,188 +35,6 @@ class Backfill(Protocol):
 
     def __call__(self, room_id: str, max_depth: int | None, limit: int, *, min_depth: int | None = None,
                  tried: set[str] | None = None) -> Awaitable[int]: ...
-
-
-def parse_token(token: str | None, name: str = "from", *, backfilled: bool = False) -> int | None:
-    """Stream tokens look like ``s123``; sync's next_batch is one too.
-    ``backfilled``: a token of /relations or /threads, which may point
-    below zero, among backfilled events (``s-12``: ``make_page_token``)."""
-    if token is None or token == "":
-        return None
-    body = token[1:] if token.startswith("s") else token
-    try:
-        pos = int(body.split("_")[0])
-    except ValueError:
-        raise invalid_param(f"Invalid {name} token") from None
-    if pos < (-MAX_STREAM_POS if backfilled else 0) or pos > MAX_STREAM_POS:  # stream positions are BIGINT
-        raise invalid_param(f"Invalid {name} token")
-    return pos
-
-
-def make_token(pos: int) -> str:
-    return f"s{max(pos, 0)}"
-
-
-def make_page_token(pos: int) -> str:
-    """A /relations or /threads page token: backfilled events have stream
-    positions below zero, and a page that ends among them must go on from
-    there (``make_token`` would start it again from zero)."""
-    return f"s{pos}"
-
-
-def parse_history_token(token: str | None, name: str = "from") -> HistoryKey | None:
-    """/messages tokens: ``t<depth>-<stream>`` (a point in DAG order, what
-    /messages hands out) or a stream token ``s<stream>`` (from /sync,
-    /context, older /messages answers)."""
-    if token is None or token == "":
-        return None
-    if not token.startswith("t"):
-        pos = parse_token(token, name)
-        return None if pos is None else (None, pos)
-    try:  # backfilled events have stream positions below zero: t5--3
-        depth_text, pos_text = token[1:].split("-", 1)
-        depth, pos = int(depth_text), int(pos_text)
-    except ValueError:
-        raise invalid_param(f"Invalid {name} token") from None
-    if not (0 <= depth <= MAX_STREAM_POS and -MAX_STREAM_POS <= pos <= MAX_STREAM_POS):
-        raise invalid_param(f"Invalid {name} token")
-    return depth, pos
-
-
-def make_history_token(row: EventRow) -> str:
-    return f"t{row.depth or 0}-{row.stream_pos or 0}"
-
-
-def serve_event(row: EventRow, requester: Requester | None) -> Any:
-    """The stored client JSON, untouched unless it is the requester's own
-    event sent with a transaction id (then unsigned.transaction_id)."""
-    if (
-        requester is not None
-        and row.txn_id is not None
-        and row.sender == requester.user_id
-        and row.sender_device == requester.device_id
-    ):
-        ev = orjson.loads(row.client)
-        ev.setdefault("unsigned", {})["transaction_id"] = row.txn_id
-        return ev
-    fragment = row.fragment
-    if fragment is None:
-        fragment = row.fragment = orjson.Fragment(row.client.encode())
-    return fragment
-
-
-_PERMISSIVENESS = {"world_readable": 0, "shared": 1, "invited": 2, "joined": 3}
-
-
-def _visibility(value: Any) -> str:
-    return value if isinstance(value, str) and value in _PERMISSIVENESS else "shared"
-
-
-def _value_at(
-    changes: list[tuple[int, str]], pos: int, default: str | None, *, strictly_before: bool = False
-) -> str | None:
-    value = default
-    for p, v in changes:
-        if p < pos or (p == pos and not strictly_before):
-            value = v
-        else:
-            break
-    return value
-
-
-@dataclass
-class Window:
-    """The stream positions of a room a user may read: a sorted list of
-    disjoint ranges (lower, upper], None meaning unbounded. ``lower`` and
-    ``upper`` bound them all (the hull)."""
-
-    ranges: list[tuple[int | None, int | None]]
-    membership: str | None
-    joined_ever: bool = False
-
-    @property
-    def lower(self) -> int | None:
-        return self.ranges[0][0] if self.ranges else None
-
-    @property
-    def upper(self) -> int | None:
-        return self.ranges[-1][1] if self.ranges else None
-
-    def clamp(self, after: int | None, upto: int | None) -> tuple[int | None, int | None]:
-        """Clamp to the hull; use ``within`` (or ``contains``) for the gaps."""
-        if self.lower is not None:
-            after = self.lower if after is None else max(after, self.lower)
-        if self.upper is not None:
-            upto = self.upper if upto is None else min(upto, self.upper)
-        return after, upto
-
-    def within(self, after: int | None, upto: int | None) -> list[tuple[int | None, int | None]]:
-        """The visible parts of (after, upto], oldest first."""
-        out = []
-        for lo, hi in self.ranges:
-            if after is not None:
-                lo = after if lo is None else max(lo, after)
-            if upto is not None:
-                hi = upto if hi is None else min(hi, upto)
-            if lo is None or hi is None or hi > lo:
-                out.append((lo, hi))
-        return out
-
-    def contains(self, pos: int | None) -> bool:
-        if pos is None:
-            return False
-        return any((lo is None or pos > lo) and (hi is None or pos <= hi) for lo, hi in self.ranges)
-
-
-def visible_ranges(
-    memberships: list[tuple[int, str]], visibilities: list[tuple[int, str]]
-) -> list[tuple[int | None, int | None]]:
-    """The spec's history visibility rules, judged per event from the
-    user's membership and the room's history_visibility at each event
-    (the state after it; a history_visibility change is judged by the more
-    permissive of its old and new value, and the user's own membership
-    events are always visible):
-
-    world_readable, or joined at the event, or shared and the user joined
-    at some point after it, or invited with the user invited at the event.
-    """
-    joins = [p for p, m in memberships if m == "join"]
-    own = {p for p, _ in memberships}
-    vis_at = {p for p, _ in visibilities}
-
-    def visible(m: str | None, v: str, last: int | None) -> bool:
-        if v == "world_readable" or m == "join":
-            return True
-        if v == "shared" and last is not None and any(j > last for j in joins):
-            return True
-        return v == "invited" and m == "invite"
-
-    points = sorted(own | vis_at)
-    segments: list[tuple[int | None, int | None, bool]] = []
-    first_end = points[0] - 1 if points else None
-    segments.append((None, first_end, visible(None, "shared", first_end)))
-    for i, p in enumerate(points):
-        nxt = points[i + 1] if i + 1 < len(points) else None
-        m = _value_at(memberships, p, None)
-        v = _visibility(_value_at(visibilities, p, "shared"))
-        v_event = v
-        if p in vis_at:
-            prev = _visibility(_value_at(visibilities, p, "shared", strictly_before=True))
-            v_event = prev if _PERMISSIVENESS[prev] < _PERMISSIVENESS[v] else v
-        segments.append((p - 1, p, p in own or visible(m, v_event, p)))
-        if nxt is None:
-            segments.append((p, None, visible(m, v, None)))
-        elif nxt - 1 > p:
-            segments.append((p, nxt - 1, visible(m, v, nxt - 1)))
-    ranges: list[tuple[int | None, int | None]] = []
-    for lo, hi, ok in segments:
-        if not ok:
-            continue
-        if ranges and ranges[-1][1] == lo:
-            ranges[-1] = (ranges[-1][0], hi)
-        else:
-            ranges.append((lo, hi))
-    return ranges
 
 
 class HistoryService:

@@ -11,7 +11,9 @@ from ..errors import invalid_param
 from ..storage.event_listings import EventRow
 from ..storage.events import EventStore
 from .accounts import Requester
-from .history import HistoryService, Window, make_page_token, parse_token, serve_event
+from .history import HistoryService
+from .history_tokens import make_page_token, parse_token, serve_event
+from .history_visibility import Window
 
 # replies judged one by one for the thread summaries of a page of /threads
 # in a room that restricts its history (the newest; older ones uncounted)

@@ -22,7 +22,9 @@ from ..storage.event_listings import EventRow
 from ..storage.events import EventStore
 from ..storage.rooms import RoomStore
 from .accounts import Requester
-from .history import HistoryService, Window, make_token, parse_token, serve_event
+from .history import HistoryService
+from .history_tokens import make_token, parse_token, serve_event
+from .history_visibility import Window
 from .fanout import SharedReads
 from .notifier import CHANGED_KEYS_SPAN, Notifier
 

@@ -33,7 +33,7 @@ class EventRow:
     extra: dict[str, Any] = field(default_factory=dict)
     depth: int | None = None  # read by history listings only
     # ``client`` as an orjson.Fragment, made once for every response that
-    # carries the row (history.serve_event: a fan-out's members share rows)
+    # carries the row (history_tokens.serve_event: a fan-out's members share rows)
     fragment: Any = field(default=None, repr=False, compare=False)
 
 

@@ -10,7 +10,7 @@ from ...services.accounts import AccountService, Requester
 from ...services.e2e.cross_signing import CrossSigningService
 from ...services.e2e.remote_keys import request_timeout_s
 from ...services.e2e.keys import KeyService
-from ...services.history import parse_token
+from ...services.history_tokens import parse_token
 from ..auth import TokenAuth, authed
 from ..http import json_response, read_json_object
 from ..routing import add_client_route

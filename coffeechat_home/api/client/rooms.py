@@ -9,7 +9,8 @@ from aiohttp import web
 
 from ...errors import MatrixError, invalid_param, not_found
 from ...services.accounts import Requester
-from ...services.history import HistoryService, parse_token, serve_event
+from ...services.history import HistoryService
+from ...services.history_tokens import parse_token, serve_event
 from ...services.membership import MembershipService
 from ...services.rooms import RoomService
 from ...storage.rooms import RoomStore

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from coffeechat_home.app import HomeServer
-from coffeechat_home.services.sync import SyncFilter
+from coffeechat_home.services.sync_filter import SyncFilter
 
 from ..helpers import ApiClient
 from .room_helpers import create_room, invite_and_join, q, send_text

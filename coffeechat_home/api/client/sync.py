@@ -12,7 +12,8 @@ from aiohttp import web
 from ...errors import invalid_param
 from ...services.accounts import Requester
 from ...services.fanout import SYNC_TIMING
-from ...services.sync import SyncFilter, SyncService
+from ...services.sync import SyncService
+from ...services.sync_filter import SyncFilter
 from ..auth import TokenAuth, authed
 from ..http import json_response, query_int
 from ..routing import add_client_route

@@ -35,7 +35,7 @@ from .events_in import bad_json, check_auth_against, check_pdu, state_before
 from .visibility import filter_for_server
 
 MAX_BACKFILL = 100
-HEROES = 5  # m.heroes of a room summary (services/sync.py)
+HEROES = 5  # m.heroes of a room summary (services/sync_rooms.py)
 MAX_MISSING = 50
 
 

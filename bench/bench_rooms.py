@@ -10,6 +10,12 @@ both, then runs every phase ``--repeat`` times, alternating which server goes
 first, and prints a table of medians and ratios. Database work is counted in
 each server's own database (pg_stat_database, its backends' CPU, its log
 lines). Everything started is stopped by PID at the end, even on error.
+
+Before each repetition's phases the same client sends to the minimal server
+of bench_send_floor.py (one INSERT per message, no Matrix) on the same
+PostgreSQL, one sender and then 20 at once: the machine's floor at that
+moment, printed beside our send rates (the machine's speed varies from hour
+to hour; our share of the floor much less).
 """
 
 from __future__ import annotations
@@ -30,9 +36,10 @@ from matrix_client import Client  # noqa: E402
 from rooms_phases import PHASES  # noqa: E402
 from rooms_report import report  # noqa: E402
 from common import log  # noqa: E402
-from rooms_setup import WORK, Plan, Target, fill_initial_sync, measure_idle, pyspy_start, pyspy_stop, setup  # noqa: E402
+from rooms_setup import N_CLIENTS, WORK, Plan, Target, fill_initial_sync, measure_idle, pyspy_start, pyspy_stop, setup  # noqa: E402
 from servers import Postgres, RssMonitor, ServerProcess, pool_bounds, run_main, start_ours, start_synapse  # noqa: E402
 from synapse_env import ensure_synapse  # noqa: E402
+from bench_send_floor import floor_rates, start_minimal, wait_port  # noqa: E402
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -65,12 +72,23 @@ async def run(args: argparse.Namespace) -> int:
             ours = start_ours(WORK, url, pool=args.pool)
             servers.append(ours)
             ours.notes.append(f"default_transaction_isolation of its database: {iso or settings['default_transaction_isolation']}")
+        floor: ServerProcess | None = None
+        if want_ours:
+            # the machine's floor, measured beside each repetition's sends:
+            # the smallest aiohttp + asyncpg server storing a message
+            # durably (bench_send_floor.py), same client, same PostgreSQL
+            floor = start_minimal(await pg.create_database("floor", isolation="serializable"), 1)
+            floor.notes.append("the machine floor for the send phases, measured before each repetition")
+            servers.append(floor)
         if want_syn:
             await pg.create_database("synapse")
             syn = start_synapse(WORK, syn_python, syn_version, pg.socket_dir, "synapse", pool=args.pool)
             servers.append(syn)
             syn.notes.append("transactions: Synapse sets REPEATABLE READ on its own connections")
         for s in servers:
+            if s is floor:
+                await wait_port(s)
+                continue
             s.wait_ready(120)
             rss.watch(s.label, s.pid)
             log(f"{s.label} {s.version} ready at {s.base_url} (pid {s.pid})")
@@ -78,6 +96,8 @@ async def run(args: argparse.Namespace) -> int:
         connector = aiohttp.TCPConnector(limit=200, limit_per_host=200, keepalive_timeout=60)
         session = aiohttp.ClientSession(connector=connector)
         for s in servers:
+            if s is floor:
+                continue
             targets.append(Target(s, Client(session, s.base_url), pg,
                                   dbname="coffeechat" if s.label == "coffeechat-home" else "synapse"))
         for t in targets:
@@ -94,6 +114,11 @@ async def run(args: argparse.Namespace) -> int:
             for t in targets:
                 t.results = {}
                 t.runs.append(t.results)
+            if floor is not None:
+                rates = await floor_rates(Client(session, floor.base_url), plan.seq_msgs, plan.conc_msgs,
+                                          plan.seq_secs, N_CLIENTS)
+                meta.setdefault("floor", []).append(rates)
+                log(f"floor (minimal server): {json.dumps(rates)}")
             for name, fn in PHASES:
                 for t in order:
                     log(f"{t.label}: {name}")

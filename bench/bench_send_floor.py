@@ -89,6 +89,33 @@ def start_minimal(url: str, round_trips: int) -> ServerProcess:
     return s
 
 
+async def floor_rates(client: Client, n_seq: int, n_conc: int, secs: float, clients: int) -> dict[str, float]:
+    """Sends/s the minimal server answers to ``client``: one sender one
+    message at a time (``n_seq`` messages or ``secs``), then ``clients``
+    senders at once, each into a room of its own (``n_conc`` in all, or
+    ``secs``): what the machine allows at the moment, for bench_rooms.py's
+    send phases."""
+    user = User("@floor:minimal", "token", "D")
+    out: dict[str, float] = {}
+    for name, senders, n in (("send_1", 1, n_seq), (f"send_{clients}x{clients}", clients, n_conc)):
+        per = max(1, n // senders)
+        deadline = time.perf_counter() + secs
+        sent = 0
+
+        async def one(room: str, per: int = per, deadline: float = deadline) -> None:
+            nonlocal sent
+            for i in range(per):
+                if time.perf_counter() > deadline:
+                    return
+                await client.send_text(user, room, f"message {i}: the quick brown fox")
+                sent += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(f"!floor{k}:minimal") for k in range(senders)))
+        out[name] = sent / (time.perf_counter() - t0)
+    return out
+
+
 def own_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime

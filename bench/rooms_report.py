@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from typing import Any
@@ -160,6 +161,19 @@ def report(targets: list[Target], servers: list[ServerProcess], plan: Plan, meta
         print(f"{t.label}: bench client CPU share during sends " + ", ".join(fmt(c, "") for c in cs)
               + f"; initial-sync data set: {isync.get('rooms')} rooms x {isync.get('msgs_per_room')} msgs "
               f"({isync.get('sent')} sent, filled untimed in {fmt(isync.get('fill_secs'), '')} s)")
+    floors = meta.get("floor") or []
+    if floors:
+        # what the machine allows now: the same client against a server that
+        # does no Matrix at all, so runs on a slower or busier day compare
+        floor = {k: statistics.median(f[k] for f in floors) for k in floors[0]}
+        ours = by.get("ours", {})
+        print("machine floor (bench/bench_send_floor.py's minimal aiohttp + asyncpg server: token check, JSON, one "
+              "INSERT committed with fsync, no Matrix; same client, same PostgreSQL; median of each repetition's "
+              "run): " + "; ".join(
+                  f"{k.removeprefix('send_').replace('x', ' clients x ', 1) if 'x' in k else '1 client'} "
+                  f"{v:.0f} msg/s (ours {fmt((ours.get(k) or {}).get('rate'), '')}, "
+                  f"{100 * ((ours.get(k) or {}).get('rate') or 0) / v:.0f} % of it)"
+                  for k, v in floor.items()))
     print()
     table = print_table(by, plan)
     out = WORK / f"results-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if plan.quick else ''}.json"

@@ -36,6 +36,17 @@ async def resident_peers(
         await syn.stop()
 
 
+async def room_joined_from_synapse(alice: User, bob: User, ours: FederatingServer, version: str) -> str:
+    """A public room of ``alice``'s (on our server) in room version
+    ``version`` that ``bob`` (a Synapse user) has joined over federation."""
+    status, room = await alice.call("POST", "createRoom", {"preset": "public_chat", "room_version": version})
+    assert status == 200, room
+    room_id: str = room["room_id"]
+    status, body = await bob.call("POST", f"join/{quote(room_id)}?server_name={quote(ours.server_name)}", {})
+    assert status == 200, body
+    return room_id
+
+
 async def sync_until(user: User, pred: Any, what: str, timeout_s: float = 60) -> dict[str, Any]:
     """Synapse /sync (long-polling) until ``pred(body)``, bounded."""
     since: str | None = None

@@ -20,7 +20,7 @@ from coffeechat_home.protocol.signing import signing_key_from_seed
 from ..federation.peers import FederatingServer, signed_federation_get
 from ..integration.processes import User
 from .resident_helpers import (  # noqa: F401  (resident_peers: the ``peers`` fixture)
-    each_once_on_synapse, resident_peers, room_state, sync_until, timeline_bodies,
+    each_once_on_synapse, resident_peers, room_joined_from_synapse, room_state, sync_until, timeline_bodies,
 )
 from .synapse_peer import SynapsePeer
 from .test_synapse_federation import register_on_synapse
@@ -106,11 +106,7 @@ async def test_sender_survives_kill9_and_a_peer_outage(peers: tuple[FederatingSe
     async with aiohttp.ClientSession() as http:
         alice = await User(http, ours.client_url).register("alice_crash")
         bob = await register_on_synapse(http, syn, "bob_crash")
-        status, room = await alice.call("POST", "createRoom", {"preset": "public_chat", "room_version": "12"})
-        assert status == 200, room
-        room_id = room["room_id"]
-        status, body = await bob.call("POST", f"join/{quote(room_id)}?server_name={quote(ours.server_name)}", {})
-        assert status == 200, body
+        room_id = await room_joined_from_synapse(alice, bob, ours, "12")
         assert (await alice.send(room_id, "warm-up"))[0] == 200
         await sync_until(bob, lambda b: "warm-up" in timeline_bodies(b, room_id), "the warm-up message")
 
@@ -148,11 +144,7 @@ async def test_two_instances_one_destination_survivor_takes_over(
     async with aiohttp.ClientSession() as http:
         alice = await User(http, ours.client_url).register("alice_two")
         bob = await register_on_synapse(http, syn, "bob_two")
-        status, room = await alice.call("POST", "createRoom", {"preset": "public_chat", "room_version": "10"})
-        assert status == 200, room
-        room_id = room["room_id"]
-        status, body = await bob.call("POST", f"join/{quote(room_id)}?server_name={quote(ours.server_name)}", {})
-        assert status == 200, body
+        room_id = await room_joined_from_synapse(alice, bob, ours, "10")
         await second.start()
         try:
             alice_b = alice.on(second.client_url)

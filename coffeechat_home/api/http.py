@@ -31,16 +31,27 @@ CORS_HEADERS = {
 _JSON_HEADERS = CIMultiDict({"Content-Type": "application/json", **CORS_HEADERS})
 
 
+class SentOnce(web.Response):
+    """A response that lets go of its body once written: aiohttp's
+    connection loop keeps the last response of a keep-alive connection
+    until the connection's next request, so every idle client held its
+    last /sync answer (an initial sync of a hundred rooms: 0.6 MB each)."""
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        await super().write_eof(data)
+        self.body = None
+
+
 def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     all_headers = _JSON_HEADERS.copy()
     if headers:
         all_headers.update(headers)
-    return web.Response(body=orjson.dumps(data), status=status, headers=all_headers)
+    return SentOnce(body=orjson.dumps(data), status=status, headers=all_headers)
 
 
 def raw_json_response(body: bytes, status: int = 200) -> web.Response:
     """For bodies assembled from stored JSON text without re-parsing."""
-    return web.Response(body=body, status=status, content_type="application/json")
+    return SentOnce(body=body, status=status, content_type="application/json")
 
 
 def _reject_constant(name: str) -> Any:

@@ -44,10 +44,15 @@ class SharedReads(Generic[K, V]):
         self.misses = 0
 
     def put(self, key: K, value: V) -> None:
-        self._done[key] = (time.monotonic() + self.ttl, value)
+        now = time.monotonic()
+        self._done[key] = (now + self.ttl, value)
         self._done.move_to_end(key)
-        while len(self._done) > self.size:
-            self._done.popitem(last=False)
+        # oldest first (one ttl for all): expired answers go now, not when
+        # ``size`` newer ones push them out (a hundred rooms' timelines of
+        # an initial sync stayed in memory until 512 more reads came)
+        done = self._done
+        while len(done) > self.size or (done and next(iter(done.values()))[0] <= now):
+            done.popitem(last=False)
 
     def peek(self, key: K) -> V | None:
         hit = self._done.get(key)

@@ -80,3 +80,33 @@ async def test_shared_read_survives_the_first_asker_going_away() -> None:
     release.set()
     assert await asyncio.wait_for(asyncio.gather(*others), 5) == [5, 5, 5]
     assert reads == 1 and first.cancelled()
+
+
+async def test_shared_reads_let_go_of_expired_answers() -> None:
+    """An answer past its ttl is not kept alive until ``size`` newer ones
+    push it out: the next read drops it (a hundred rooms' timelines of one
+    initial sync stayed in memory until 512 more reads came)."""
+    import gc
+    import weakref
+
+    class Rows(list[int]):
+        pass
+
+    shared: SharedReads[str, Rows] = SharedReads(ttl=0.05, size=512)
+    box = [Rows([1, 2, 3])]
+    alive = weakref.ref(box[0])
+
+    async def read_first() -> Rows:
+        return box.pop()  # the cache holds the only reference
+
+    assert await shared.get("old", read_first) == [1, 2, 3]
+    gc.collect()
+    assert alive() is not None  # remembered within its ttl
+    await asyncio.sleep(0.1)
+
+    async def read_new() -> Rows:
+        return Rows([4])
+
+    assert await shared.get("new", read_new) == [4]
+    gc.collect()
+    assert alive() is None

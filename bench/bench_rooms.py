@@ -55,6 +55,7 @@ async def run(args: argparse.Namespace) -> int:
     rss = RssMonitor()
     targets: list[Target] = []
     servers: list[ServerProcess] = []
+    floor: ServerProcess | None = None  # the minimal server (not measured as a target)
     session: aiohttp.ClientSession | None = None
     meta: dict[str, Any] = {"command": shlex.join([sys.executable, *sys.argv]), "plan": plan.__dict__,
                             "pool": pool_bounds(args.pool), "repeat": args.repeat, "orders": []}
@@ -72,23 +73,18 @@ async def run(args: argparse.Namespace) -> int:
             ours = start_ours(WORK, url, pool=args.pool)
             servers.append(ours)
             ours.notes.append(f"default_transaction_isolation of its database: {iso or settings['default_transaction_isolation']}")
-        floor: ServerProcess | None = None
         if want_ours:
             # the machine's floor, measured beside each repetition's sends:
             # the smallest aiohttp + asyncpg server storing a message
             # durably (bench_send_floor.py), same client, same PostgreSQL
             floor = start_minimal(await pg.create_database("floor", isolation="serializable"), 1)
-            floor.notes.append("the machine floor for the send phases, measured before each repetition")
-            servers.append(floor)
+            await wait_port(floor)
         if want_syn:
             await pg.create_database("synapse")
             syn = start_synapse(WORK, syn_python, syn_version, pg.socket_dir, "synapse", pool=args.pool)
             servers.append(syn)
             syn.notes.append("transactions: Synapse sets REPEATABLE READ on its own connections")
         for s in servers:
-            if s is floor:
-                await wait_port(s)
-                continue
             s.wait_ready(120)
             rss.watch(s.label, s.pid)
             log(f"{s.label} {s.version} ready at {s.base_url} (pid {s.pid})")
@@ -96,8 +92,6 @@ async def run(args: argparse.Namespace) -> int:
         connector = aiohttp.TCPConnector(limit=200, limit_per_host=200, keepalive_timeout=60)
         session = aiohttp.ClientSession(connector=connector)
         for s in servers:
-            if s is floor:
-                continue
             targets.append(Target(s, Client(session, s.base_url), pg,
                                   dbname="coffeechat" if s.label == "coffeechat-home" else "synapse"))
         for t in targets:
@@ -147,6 +141,8 @@ async def run(args: argparse.Namespace) -> int:
             pyspy_stop(t)
         for s in servers:
             s.stop()
+        if floor is not None:
+            floor.stop()
         pg.stop()
         log("stopped: " + ", ".join(f"{s.label} pid {s.pid}" for s in servers) + f", PostgreSQL pid {pg.postmaster_pid}")
 

@@ -102,7 +102,7 @@ async def floor_rates(client: Client, n_seq: int, n_conc: int, secs: float, clie
         deadline = time.perf_counter() + secs
         sent = 0
 
-        async def one(room: str, per: int = per, deadline: float = deadline) -> None:
+        async def one(room: str, per: int, deadline: float) -> None:
             nonlocal sent
             for i in range(per):
                 if time.perf_counter() > deadline:
@@ -111,7 +111,7 @@ async def floor_rates(client: Client, n_seq: int, n_conc: int, secs: float, clie
                 sent += 1
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(one(f"!floor{k}:minimal") for k in range(senders)))
+        await asyncio.gather(*(one(f"!floor{k}:minimal", per, deadline) for k in range(senders)))
         out[name] = sent / (time.perf_counter() - t0)
     return out
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
-from typing import Any
-
 import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -18,7 +16,7 @@ from coffeechat_home.api.http import json_response, raw_json_response
 BIG = 1_000_000  # bytes of JSON per response
 
 
-async def _held_after_answers(connections: int) -> tuple[float, list[Any]]:
+async def _held_after_answers(connections: int) -> tuple[float, list[int]]:
     """MB still allocated after ``connections`` clients each got one big
     answer and kept their connection open (idle, as a client between
     syncs)."""
@@ -37,7 +35,7 @@ async def _held_after_answers(connections: int) -> tuple[float, list[Any]]:
         gc.collect()
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
-        bodies = []
+        bodies: list[int] = []
         for i, session in enumerate(sessions):
             async with session.get(server.make_url("/big"), params={"raw": "1"} if i % 2 else {}) as r:
                 assert r.status == 200

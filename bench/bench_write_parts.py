@@ -1,15 +1,18 @@
-"""Database CPU per part of a local send's write transaction, measured on
-the PostgreSQL backends themselves (user + system CPU from /proc, which
+"""Database CPU per part of a local send's write, measured on the
+PostgreSQL backend itself (/proc/<pid>/schedstat: nanoseconds on CPU, which
 survives a loaded machine better than wall time):
 
-    python bench/bench_write_parts.py [--n 300] [--rounds 6] [--plans generic|auto] [--fsync on|off]
+    python bench/bench_write_parts.py [--n 400] [--rounds 4] [--plans generic|auto] [--fsync on|off]
 
-One PostgreSQL in bench/.work, our migrations, one room; each send is the
-send path's statements as the server runs them (``StreamStore``'s prelude
-and finale strings, ``insert_events`` taking its position), then the
-notifier's floor read on a second connection. ``--plans auto`` drops the
-prelude's ``SET LOCAL plan_cache_mode TO force_generic_plan`` to show what
-planning each execution costs. No HTTP and no server process: for the
+One PostgreSQL in bench/.work, our migrations, one room, a connection of
+the write pool (the sessions the server's writes use). Each send is the
+send path's two statements as the server runs them: the stream reservation
+(``RESERVE_SQL``, committed alone) and the one-statement write
+(``insert_events`` on a ``SingleStatement``: the event, its edges, its
+transaction id, the room's head, the position, the reservation's deletion,
+committed as it ends). ``--plans auto`` sets PostgreSQL's default plan
+choice on that connection instead of the pool's generic plans, to show
+what planning each execution costs. No HTTP and no server process: for the
 server's own CPU see bench_send_path.py.
 """
 
@@ -17,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import secrets
 import statistics
 import sys
 from pathlib import Path
-
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -35,12 +37,15 @@ from coffeechat_home.protocol.signing import generate_signing_key  # noqa: E402
 from coffeechat_home.storage.database import Database  # noqa: E402
 from coffeechat_home.storage.event_writes import StoredEvent, insert_events  # noqa: E402
 from coffeechat_home.storage.migrations import run_migrations  # noqa: E402
-from coffeechat_home.storage.stream import StreamStore  # noqa: E402
+from coffeechat_home.storage.stream import RESERVE_SQL, SingleStatement  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / ".work"
-PARTS = ("prelude (reservation txn, BEGIN)", "insert (takes the position)", "finale (reservation, COMMIT)",
-         "notifier floor read")
-GENERIC = "; SET LOCAL plan_cache_mode TO force_generic_plan"
+PARTS = ("reservation (committed alone)", "the write (one statement, commits)")
+
+
+def backend_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0]) / 1e9
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -50,9 +55,8 @@ async def run(args: argparse.Namespace) -> int:
         pg.start()
         await pg.configure(fsync=args.fsync == "on")
         url = await pg.create_database("parts", isolation="serializable")
-        db = await Database.connect(url, min_size=1, max_size=2)
+        db = await Database.connect(url, min_size=1, max_size=1)
         await run_migrations(db)
-        store = StreamStore(db, instance_id="bench")
         rv = get_room_version("10")
         key = generate_signing_key("bench")
         await db.execute(
@@ -61,38 +65,32 @@ async def run(args: argparse.Namespace) -> int:
         )
         extremities = ["$start"]
         per_round: dict[str, list[float]] = {p: [] for p in PARTS}
-        async with db.pool.acquire() as conn, db.single.acquire() as single:
-            procs = [psutil.Process(await c.fetchval("SELECT pg_backend_pid()")) for c in (conn, single)]
-
-            def cpu() -> float:
-                return sum(p.cpu_times().user + p.cpu_times().system for p in procs)
-
+        async with db.pool.acquire() as conn:
+            if args.plans == "auto":
+                await conn.execute("SET plan_cache_mode = auto")
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
             n = 0
             for _ in range(args.rounds):
                 acc = [0.0] * len(PARTS)
                 for _ in range(args.n):
                     n += 1
+                    content = {"msgtype": "m.text", "body": f"message {n}"}
                     ev = build_event(
                         rv, template={"type": "m.room.message", "sender": "@u:bench", "room_id": "!r:bench",
-                                      "content": {"msgtype": "m.text", "body": f"message {n}"}},
-                        prev_events=extremities, auth_events=[], depth=n, origin_server_ts=n,
-                        server_name="bench", signing_key=key,
+                                      "content": content},
+                        prev_events=extremities, auth_events=["$create", "$power", "$member"], depth=n,
+                        origin_server_ts=n, server_name="bench", signing_key=key,
                     )
                     token = secrets.token_hex(12)
-                    prelude = store._prelude(token)
-                    if args.plans == "auto":
-                        prelude = prelude.replace(GENERIC, "")
-                    items = [StoredEvent(ev, 1, "{}", "{}", 1, 1, txn=("@u:bench", "D", f"t{n}", "send"))]
-                    marks = [cpu()]
-                    await conn.execute(prelude)
-                    marks.append(cpu())
-                    await insert_events(conn, "!r:bench", items, expected_extremities=extremities,
-                                        new_extremities=[ev.event_id], allocate=1)
-                    marks.append(cpu())
-                    await conn.execute(store._finale(token))
-                    marks.append(cpu())
-                    await single.fetchval("SELECT min(floor) FROM stream_inflight")
-                    marks.append(cpu())
+                    items = [StoredEvent(ev, 1, json.dumps(ev.pdu), json.dumps(content), 1, 1,
+                                         txn=("@u:bench", "D", f"t{n}", "send"))]
+                    marks = [backend_cpu(pid)]
+                    await conn.execute(RESERVE_SQL, token, "bench")
+                    marks.append(backend_cpu(pid))
+                    await insert_events(SingleStatement(conn, token), "!r:bench", items,
+                                        expected_extremities=extremities, new_extremities=[ev.event_id],
+                                        allocate=1)
+                    marks.append(backend_cpu(pid))
                     for k in range(len(PARTS)):
                         acc[k] += marks[k + 1] - marks[k]
                     extremities = [ev.event_id]
@@ -113,8 +111,8 @@ async def run(args: argparse.Namespace) -> int:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=300)
-    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--n", type=int, default=400)
+    p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--plans", choices=("generic", "auto"), default="generic")
     p.add_argument("--fsync", choices=("on", "off"), default="on")
     return asyncio.run(run(p.parse_args()))

@@ -347,17 +347,10 @@ class StreamStore:
         BEGIN of the write (one simple-query round trip). On PostgreSQL the
         reservation needs to be visible before our write starts (it is, on
         commit), not durable: after a crash neither it nor our write exists,
-        and our write's own commit flushes the log that holds it."""
+        and our write's own commit flushes the log that holds it. (Its
+        statements are planned once: the pool's sessions on PostgreSQL use
+        generic plans, SERIALIZABLE_SESSION_SETTINGS.)"""
         reserve = self._reservation(token)
-        if self.db.engine is Engine.POSTGRES:
-            # Generic plans for the write's prepared statements: with array
-            # parameters (a batch as unnest($n)) the planner finds a custom
-            # plan cheaper for the batch at hand, so by default it plans
-            # every execution anew; on the send path that planning cost the
-            # database more than the statement's execution (0.63 ms of
-            # backend CPU per insert against 0.53, bench in the commit).
-            # The writes are index lookups by key either way.
-            return f"{reserve}; BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL plan_cache_mode TO force_generic_plan"
         return f"{reserve}; BEGIN ISOLATION LEVEL SERIALIZABLE"
 
     @staticmethod

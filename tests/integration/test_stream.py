@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from coffeechat_home.services.notifier import Notifier
-from coffeechat_home.storage.database import Database
+from coffeechat_home.storage.database import Database, Engine
 from coffeechat_home.storage.stream import GuardFailed, SingleStatement, StreamStore
 
 
@@ -550,3 +550,26 @@ async def test_a_local_write_nobody_waits_for_costs_no_position_read(db: Databas
         assert notifier.position >= pos
     finally:
         await notifier.stop()
+
+
+async def test_the_write_pools_sessions_plan_a_batch_statement_once(database_url: str) -> None:
+    """Writes pass their rows as arrays (``unnest($n)``); PostgreSQL's
+    default plan choice re-plans such a statement on every execution, which
+    cost a message's send more of the database's CPU than the statement's
+    work (bench/bench_write_parts.py). The write pool's sessions plan each
+    prepared statement once."""
+    db = await Database.connect(database_url, min_size=1, max_size=1)
+    try:
+        if db.engine is not Engine.POSTGRES:
+            pytest.skip("plan caching is PostgreSQL's (CockroachDB caches its own plans)")
+        query = "SELECT count(*) FROM unnest($1::TEXT[], $2::BIGINT[]) AS u(a, b) WHERE u.b > 0"
+        async with db.pool.acquire() as conn:
+            for n in range(8):
+                assert await conn.fetchval(query, [f"x{i}" for i in range(n)], list(range(1, n + 1))) == n
+            plans = await conn.fetchrow(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1", query
+            )
+        assert plans is not None
+        assert (plans["generic_plans"], plans["custom_plans"]) == (8, 0)
+    finally:
+        await db.close()

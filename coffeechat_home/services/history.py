@@ -16,7 +16,7 @@ from ..storage.stream import StreamStore
 from .accounts import Requester
 from .fanout import SharedReads
 from .history_tokens import make_history_token, make_token, parse_history_token, serve_event
-from .history_visibility import JudgedEvent, Window, _visibility, visible_ranges
+from .history_visibility import JudgedEvent, Window, visibility_setting, visible_ranges
 
 
 # /messages: pages read past when hiding by the state at each event left
@@ -57,7 +57,7 @@ class HistoryService:
 
     async def history_visibility(self, room_id: str) -> str:
         ev = await self.rooms.current_state_event(room_id, "m.room.history_visibility", "")
-        return _visibility((ev or {}).get("content", {}).get("history_visibility", "shared"))
+        return visibility_setting((ev or {}).get("content", {}).get("history_visibility", "shared"))
 
     async def window(self, user_id: str, room_id: str) -> Window:
         """What of the room the user may see; 403 when nothing."""
@@ -105,7 +105,7 @@ class HistoryService:
         out: dict[str, Window | None] = {}
         for room_id, mine in changes.items():
             first = (earliest or {}).get(room_id)
-            vis = [(pos, _visibility(v)) for pos, v in [*([first] if first else []), *visibility.get(room_id, [])]]
+            vis = [(pos, visibility_setting(v)) for pos, v in [*([first] if first else []), *visibility.get(room_id, [])]]
             ranges = visible_ranges(mine, vis)
             out[room_id] = Window(ranges, mine[-1][1] if mine else None,
                                   any(m == "join" for _, m in mine)) if ranges else None
@@ -177,7 +177,7 @@ class HistoryService:
         for r, row in candidates:
             if backfilled(r, row):
                 setting, membership = view.get(row.event_id, (None, None))
-                v = _visibility(setting)
+                v = visibility_setting(setting)
                 if not (v == "world_readable" or membership == "join" or (v == "invited" and membership == "invite")
                         or (v == "shared" and windows[r].joined_ever)):
                     hidden.add(row.event_id)
@@ -185,7 +185,7 @@ class HistoryService:
             if row.event_id not in view:
                 continue  # no state known for it: as the window judged it
             setting, membership = view[row.event_id]
-            v = _visibility(setting)
+            v = visibility_setting(setting)
             if (v == "joined" and membership != "join") or (v == "invited" and membership not in ("invite", "join")):
                 hidden.add(row.event_id)
         return hidden

@@ -24,7 +24,9 @@ class JudgedEvent(Protocol):
 _PERMISSIVENESS = {"world_readable": 0, "shared": 1, "invited": 2, "joined": 3}
 
 
-def _visibility(value: Any) -> str:
+def visibility_setting(value: Any) -> str:
+    """A history_visibility content value as the rules read it: an unknown
+    or missing one counts as "shared"."""
     return value if isinstance(value, str) and value in _PERMISSIVENESS else "shared"
 
 
@@ -114,10 +116,10 @@ def visible_ranges(
     for i, p in enumerate(points):
         nxt = points[i + 1] if i + 1 < len(points) else None
         m = _value_at(memberships, p, None)
-        v = _visibility(_value_at(visibilities, p, "shared"))
+        v = visibility_setting(_value_at(visibilities, p, "shared"))
         v_event = v
         if p in vis_at:
-            prev = _visibility(_value_at(visibilities, p, "shared", strictly_before=True))
+            prev = visibility_setting(_value_at(visibilities, p, "shared", strictly_before=True))
             v_event = prev if _PERMISSIVENESS[prev] < _PERMISSIVENESS[v] else v
         segments.append((p - 1, p, p in own or visible(m, v_event, p)))
         if nxt is None:

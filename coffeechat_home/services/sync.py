@@ -26,7 +26,7 @@ from .history import HistoryService
 from .history_tokens import make_token, parse_token
 from .fanout import SharedReads
 from .notifier import CHANGED_KEYS_SPAN, Notifier
-from .sync_filter import SyncFilter, _type_match
+from .sync_filter import SyncFilter, type_matches
 from .sync_rooms import SyncRooms
 
 SYNC_ROOM_CONCURRENCY = 6
@@ -353,7 +353,7 @@ class SyncService(SyncRooms):
             ("account_data", global_account_data, f.account_data_types),
             ("presence", presence, f.presence_types),
         ):
-            kept = [e for e in events or () if types is None or _type_match(e.get("type", ""), types)]
+            kept = [e for e in events or () if types is None or type_matches(e.get("type", ""), types)]
             if kept:
                 body[key] = {"events": kept}
         news = False

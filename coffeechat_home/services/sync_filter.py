@@ -65,9 +65,9 @@ class SyncFilter:
 
     def wants_state(self, key: StateKey) -> bool:
         t = key[0]
-        if self.state_types is not None and not _type_match(t, self.state_types):
+        if self.state_types is not None and not type_matches(t, self.state_types):
             return False
-        return not (self.state_not_types and _type_match(t, self.state_not_types))
+        return not (self.state_not_types and type_matches(t, self.state_not_types))
 
 
 def _obj(v: Any) -> Mapping[str, Any]:
@@ -86,5 +86,5 @@ def _strs(v: Any) -> list[str] | None:
     return v
 
 
-def _type_match(t: str, patterns: list[str]) -> bool:
+def type_matches(t: str, patterns: list[str]) -> bool:
     return any(t == p or (p.endswith("*") and t.startswith(p[:-1])) for p in patterns)

@@ -169,6 +169,15 @@ async def run(args: argparse.Namespace) -> int:
             total = med["client"] + med["server"] + med["db"]
             print(f"{label:28s} {med['client']:8.3f} {med['server']:8.3f} {med['db']:8.3f} {total:8.3f}  "
                   f"{med['rate']:7.1f}/s (rounds: {', '.join(f'{x:.0f}' for x in row['rate'])})")
+        # the machine's speed moves from minute to minute: each round's rate
+        # against the minimal server's in the same round (they run back to back)
+        ours = results.get(servers[0][0].label, {}).get("rate", [])
+        floor = results.get("minimal (1 round trip)", {}).get("rate", [])
+        if ours and floor:
+            shares = [a / b for a, b in zip(ours, floor) if b]
+            print(f"{servers[0][0].label} / minimal (1 round trip), per round: "
+                  f"median {100 * statistics.median(shares):.0f} % (rounds: "
+                  f"{', '.join(f'{100 * x:.0f} %' for x in shares)})")
     finally:
         for s, _ in servers:
             s.stop()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import ssl
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -99,7 +98,10 @@ class FederationClient:
         self._guarded = GuardedResolver(self.guard)
         self._session: aiohttp.ClientSession | None = None
         self._dns: Any = None
-        self._ssl: ssl.SSLContext | bool = ssl.create_default_context() if verify_certificates else False
+        # True: aiohttp's own verifying context (ssl.create_default_context,
+        # made once when aiohttp is imported), not one more of our own: each
+        # loads the system's CA bundle again (0.8 MB resident).
+        self._ssl: bool = verify_certificates
         self._backoff: dict[str, _Backoff] = {}
 
     # -- lifecycle ----------------------------------------------------------------

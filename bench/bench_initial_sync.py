@@ -37,24 +37,13 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import cpu_s  # noqa: E402
 from matrix_client import Client, User  # noqa: E402
 from servers import PROJECT_ROOT, Postgres, ServerProcess, run_main, start_ours  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
 DURATION = re.compile(r"\] (\S+) LOG:  duration: ([0-9.]+) ms(?:  (parse|bind|execute|statement)[^:]*: (.*))?")
-
-
-def cpu_s(*pids: int) -> float:
-    """On-CPU time of the processes, in seconds (/proc/<pid>/schedstat:
-    nanoseconds, where utime + stime count 10 ms ticks)."""
-    total = 0
-    for pid in pids:
-        try:
-            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-    return total / 1e9
 
 
 class Target:

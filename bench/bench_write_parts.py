@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import cpu_s  # noqa: E402
 from servers import Postgres  # noqa: E402
 
 from coffeechat_home.protocol.builder import build_event  # noqa: E402
@@ -41,11 +42,6 @@ from coffeechat_home.storage.stream import RESERVE_SQL, SingleStatement  # noqa:
 
 WORK = Path(__file__).resolve().parent / ".work"
 PARTS = ("reservation (committed alone)", "the write (one statement, commits)")
-
-
-def backend_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/schedstat") as f:
-        return int(f.read().split()[0]) / 1e9
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -84,13 +80,13 @@ async def run(args: argparse.Namespace) -> int:
                     token = secrets.token_hex(12)
                     items = [StoredEvent(ev, 1, json.dumps(ev.pdu), json.dumps(content), 1, 1,
                                          txn=("@u:bench", "D", f"t{n}", "send"))]
-                    marks = [backend_cpu(pid)]
+                    marks = [cpu_s(pid)]
                     await conn.execute(RESERVE_SQL, token, "bench")
-                    marks.append(backend_cpu(pid))
+                    marks.append(cpu_s(pid))
                     await insert_events(SingleStatement(conn, token), "!r:bench", items,
                                         expected_extremities=extremities, new_extremities=[ev.event_id],
                                         allocate=1)
-                    marks.append(backend_cpu(pid))
+                    marks.append(cpu_s(pid))
                     for k in range(len(PARTS)):
                         acc[k] += marks[k + 1] - marks[k]
                     extremities = [ev.event_id]

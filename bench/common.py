@@ -1,5 +1,5 @@
-"""What several benchmarks share: a timestamped progress line, and a py-spy
-recording of one server process."""
+"""What several benchmarks share: a timestamped progress line, processes'
+on-CPU time, and a py-spy recording of one server process."""
 
 from __future__ import annotations
 
@@ -12,6 +12,18 @@ from pathlib import Path
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def cpu_s(*pids: int) -> float:
+    """On-CPU time of the processes, in seconds (/proc/<pid>/schedstat:
+    nanoseconds, where utime + stime count 10 ms ticks)."""
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / 1e9
 
 
 class PySpy:

@@ -98,17 +98,17 @@ class FederationClient:
         self._guarded = GuardedResolver(self.guard)
         self._session: aiohttp.ClientSession | None = None
         self._dns: Any = None
-        # True: aiohttp's own verifying context (ssl.create_default_context,
-        # made once when aiohttp is imported), not one more of our own: each
-        # loads the system's CA bundle again (0.8 MB resident).
-        self._ssl: bool = verify_certificates
         self._backoff: dict[str, _Backoff] = {}
 
     # -- lifecycle ----------------------------------------------------------------
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                resolver=self._guarded, limit=200, limit_per_host=20, ttl_dns_cache=60, ssl=self._ssl,
+                resolver=self._guarded, limit=200, limit_per_host=20, ttl_dns_cache=60,
+                # True: aiohttp's own verifying context (made once when aiohttp
+                # is imported), not one more of ours: each loads the system's
+                # CA bundle again (0.8 MB resident)
+                ssl=self.verify_certificates,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",),

@@ -116,8 +116,8 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
 # their rows as arrays (``unnest($n)``), for which the planner always finds
 # a custom plan for the batch at hand cheaper, so by default it plans every
 # execution anew. On a message's send that planning cost the database more
-# CPU than the rest of the statement: 0.49-0.60 ms of backend CPU per send
-# against 0.33-0.45 with generic plans (bench/bench_write_parts.py). The
+# CPU than the rest of the statement: 0.51-0.53 ms of backend CPU per send
+# against 0.38-0.40 with generic plans (bench/bench_write_parts.py). The
 # writes are index lookups by key either way. (This pool runs writes only;
 # lone reads go through ``single``, which keeps the default.)
 SERIALIZABLE_SESSION_SETTINGS = {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
+
 import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer

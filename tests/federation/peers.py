@@ -137,6 +137,13 @@ async def send_transaction(origin: FederatingServer, destination: FederatingServ
 _databases = itertools.count()
 
 
+async def new_database(pg: PostgresForTests, template: str, prefix: str = "fed") -> str:
+    """A fresh database made from ``template``, named from one counter for
+    every federation test of this process (names from counters of their own
+    collided: a test dropped the database a running server was using)."""
+    return await pg.create_database(f"cch_{prefix}{os.getpid()}_{next(_databases)}", template=template)
+
+
 @asynccontextmanager
 async def federating_servers(
     pg: PostgresForTests, template: str, folder: Path, prefix: str, count: int, **kw: Any
@@ -147,7 +154,7 @@ async def federating_servers(
     servers: list[FederatingServer] = []
     try:
         for name in "abcdefgh"[:count]:
-            url = await pg.create_database(f"cch_{prefix}{os.getpid()}_{next(_databases)}", template=template)
+            url = await new_database(pg, template, prefix)
             servers.append(await FederatingServer(url, folder / name, **kw).start())
         yield servers
     finally:

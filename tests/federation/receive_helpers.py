@@ -35,7 +35,7 @@ from coffeechat_home.storage.server_keys import ServerKeyStore
 
 from ..integration.processes import User
 from .certs import make_certificate
-from .peers import FederatingServer, free_port
+from .peers import FederatingServer, free_port, new_database
 
 _txn = itertools.count()
 
@@ -213,8 +213,6 @@ class Room:
 @pytest.fixture
 async def setup(database_url: str, pg: Any, pg_template: str, tmp_path: Path
                 ) -> AsyncIterator[tuple[FederatingServer, Origin, aiohttp.ClientSession]]:
-    from .test_two_servers import new_database
-
     db = await Database.connect(database_url, min_size=1, max_size=2)
     ours = FederatingServer(await new_database(pg, pg_template), tmp_path / "ours")
     origin = Origin(db, tmp_path / "origin")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import os
 import re
 import threading
@@ -27,16 +26,11 @@ from coffeechat_home.protocol.request_auth import sign_request
 from ..integration.media_helpers import AUTHED, Raw, assert_error, image_bytes, media_path, raw, upload
 from ..integration.processes import ServerProcess, User
 from ..pg import PostgresForTests
-from .peers import FederatingServer, free_port
+from .peers import FederatingServer, free_port, new_database
 
 pytestmark = pytest.mark.federation
 
-_n = itertools.count()
 FED_MEDIA = "/_matrix/federation/v1/media"
-
-
-async def new_database(pg: PostgresForTests, template: str) -> str:
-    return await pg.create_database(f"cch_fedm{os.getpid()}_{next(_n)}", template=template)
 
 
 @pytest.fixture

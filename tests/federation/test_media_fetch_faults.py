@@ -9,8 +9,6 @@ error (never a 500) and nothing half-written left on disk."""
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 import ssl
 from pathlib import Path
 from typing import AsyncIterator
@@ -23,11 +21,10 @@ from ..integration.media_helpers import AUTHED, Raw, assert_error, raw
 from ..integration.processes import User
 from ..pg import PostgresForTests
 from .certs import make_certificate
-from .peers import FederatingServer, free_port
+from .peers import FederatingServer, free_port, new_database
 
 pytestmark = pytest.mark.federation
 
-_n = itertools.count()
 LIMIT = 300_000
 BOUNDARY = "0a1b2c3d"
 
@@ -109,7 +106,7 @@ class OddPeer:
 
 @pytest.fixture
 async def servers(pg: PostgresForTests, pg_template: str, tmp_path: Path) -> AsyncIterator[tuple[FederatingServer, OddPeer]]:
-    url = await pg.create_database(f"cch_fedodd{os.getpid()}_{next(_n)}", template=pg_template)
+    url = await new_database(pg, pg_template, "fedodd")
     ours = FederatingServer(url, tmp_path / "ours", COFFEECHAT_MEDIA_MAX_REMOTE_BYTES=str(LIMIT),
                             COFFEECHAT_FEDERATION_REQUEST_TIMEOUT_S="3")
     odd = OddPeer(tmp_path / "odd")

@@ -4,8 +4,6 @@ client profile/alias reads that go to the other server."""
 
 from __future__ import annotations
 
-import itertools
-import os
 import time
 from pathlib import Path
 from typing import AsyncIterator
@@ -28,15 +26,10 @@ from coffeechat_home.storage.server_keys import ServerKeyStore
 
 from ..integration.processes import User
 from ..pg import PostgresForTests
-from .peers import LOOPBACK, FederatingServer, federating_servers, signed_federation_get
+from .peers import LOOPBACK, FederatingServer, federating_servers, new_database, signed_federation_get
 
 pytestmark = pytest.mark.federation
 
-_n = itertools.count()
-
-
-async def new_database(pg: PostgresForTests, template: str) -> str:
-    return await pg.create_database(f"cch_fed{os.getpid()}_{next(_n)}", template=template)
 
 
 @pytest.fixture

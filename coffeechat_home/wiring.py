@@ -128,7 +128,7 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
     )
     instance_id = new_instance_id(config.instance_name)
     stream = StreamStore(db, instance_id=instance_id)
-    notifier = Notifier(stream)
+    notifier = Notifier(stream, poll_interval=config.instance_poll_ms / 1000)
     rooms = RoomStore(db)
     notifier.peer_rooms = rooms.rooms_of_users
     # conversation features
@@ -223,7 +223,8 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         history=(history := HistoryService(events, rooms, stream)),
         sync=SyncService(events, rooms, notifier, sync_sources, history),
         conversation=conversation,
-        liveness=InstanceLiveness(InstanceStore(db), stream, notifier, config.instance_name, instance_id),
+        liveness=InstanceLiveness(InstanceStore(db), stream, notifier, config.instance_name, instance_id,
+                                  wake_address=config.instance_wake_address),
         passwords=passwords,
         media=media,
         e2e=e2e,

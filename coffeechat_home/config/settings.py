@@ -15,6 +15,29 @@ class ConfigError(Exception):
     """A configuration problem, reported to the user as one line."""
 
 
+def split_host_port(value: str) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address ->
+    (host, port), port 0 when none is given. ValueError for anything else,
+    and for a wildcard (0.0.0.0, ::), which no other instance can reach."""
+    v = value.strip()
+    if v.startswith("["):
+        host, closed, rest = v[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise ValueError("expected [address] or [address]:port")
+        port_text = rest[1:]
+    elif v.count(":") == 1:
+        host, port_text = v.split(":")
+    else:
+        host, port_text = v, ""
+    if not host or any(c.isspace() for c in host):
+        raise ValueError("no host")
+    if host in ("0.0.0.0", "::"):
+        raise ValueError("a wildcard address: give one the other instances reach")
+    if port_text and not (port_text.isdigit() and int(port_text) < 65536):
+        raise ValueError(f"bad port {port_text!r}")
+    return host, int(port_text or 0)
+
+
 @dataclass
 class ListenerConfig:
     host: str = "127.0.0.1"
@@ -191,6 +214,15 @@ class Config:
     # needs its own name (a restart under the same name reclaims at once
     # what the previous process of that name held).
     instance_name: str = "main"
+    # Where the other instances wake this one after their writes (UDP;
+    # "host" or "host:port", port 0 or none: any free one). Empty: the
+    # client listener's host, unless it listens on every address (then set
+    # it to an address the other instances reach, or they are seen only by
+    # the poll below).
+    instance_address: str = ""
+    # How often an instance reads the stream position in case another
+    # instance wrote without waking it (a lost wake-up, no address).
+    instance_poll_ms: int = 100
     client_listener: ListenerConfig = field(default_factory=ListenerConfig)
     federation_listener: ListenerConfig = field(
         default_factory=lambda: ListenerConfig(host="127.0.0.1", port=8448, enabled=False)
@@ -232,6 +264,18 @@ class Config:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.client_listener.port}/"
+
+    @property
+    def instance_wake_address(self) -> tuple[str, int] | None:
+        """(host, port) this instance takes wake-ups from the others on
+        (port 0: any), or None (a client listener on every address and no
+        ``instance_address``)."""
+        if self.instance_address:
+            return split_host_port(self.instance_address)
+        host = self.client_listener.host
+        if host in ("", "0.0.0.0", "::"):
+            return None
+        return host, 0
 
     @property
     def uses_embedded_database(self) -> bool:

@@ -26,6 +26,12 @@ dev_mode = {dev_mode}
 # Several instances may share one database and serve this homeserver; give
 # each its own name (`serve --instance-name` sets it too).
 instance_name = "main"
+# Where the other instances send this one wake-ups after their writes (UDP,
+# "host" or "host:port"); empty: the client listener's host, unless that is
+# 0.0.0.0 or :: (then set an address the other instances reach). Without
+# wake-ups, instances see each other's writes at the next position poll.
+instance_address = ""
+instance_poll_ms = 100
 
 log_level = "INFO"
 # "auto" (readable lines on a terminal, JSON lines otherwise), "text" or "json".

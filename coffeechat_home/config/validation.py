@@ -6,7 +6,7 @@ import ipaddress
 import re
 
 from ..protocol.identifiers import InvalidIdentifier, validate_server_name
-from .settings import Config, ConfigError, ListenerConfig
+from .settings import Config, ConfigError, ListenerConfig, split_host_port
 
 
 def validate(config: Config) -> None:
@@ -20,6 +20,13 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"instance_name must be 1-64 letters, digits, '.', '_' or '-', got {config.instance_name!r}"
         )
+    if not 10 <= config.instance_poll_ms <= 600_000:
+        raise ConfigError(f"instance_poll_ms must be 10 to 600000, got {config.instance_poll_ms}")
+    if config.instance_address:
+        try:
+            split_host_port(config.instance_address)
+        except ValueError as e:
+            raise ConfigError(f"instance_address {config.instance_address!r}: {e}") from None
 
 
 def _check_basics(config: Config) -> None:

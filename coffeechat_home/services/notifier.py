@@ -3,7 +3,8 @@
 Positions come from the database (storage/stream.py), so writes on any
 instance are seen: a local write pokes the notifier, which reads the new
 position at once when someone waits or asked for one (``want``), else at
-its next poll; writes by other instances are found by that cheap position poll.
+its next poll; writes by other instances are found by that cheap position poll,
+at once when the writer's instance wakes this one (services/instances.py).
 ``position`` may therefore lag: a reader that must see every committed write
 reads ``StreamStore.current_position`` itself (as /sync does). Waiters
 register the keys they care about (room ids and their user id) and are
@@ -114,6 +115,9 @@ class Notifier:
         # waiter that comes, or a ``want``; a sync reads its own position.
         self._lagging = False
         self._wanted = 0
+        self._remote = False  # poked by another instance since the last read
+        # called on every local poke (services/instances.py wakes the other instances)
+        self.on_local_poke: Callable[[], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._advance_lock = asyncio.Lock()
         self._closing = False
@@ -155,9 +159,20 @@ class Notifier:
     def poke(self) -> None:
         """Something was committed locally: look for a new position now
         when someone waits or asked for it (``want``), otherwise at the next
-        poll."""
+        poll; and tell the other instances (``on_local_poke``)."""
         if not self._poked.is_set():
             self._poked_at = time.monotonic()
+        self._poked.set()
+        if self.on_local_poke is not None:
+            self.on_local_poke()
+
+    def poke_remote(self) -> None:
+        """Another instance committed something (its wake-up,
+        services/instances.py): read the committed maximum now when someone
+        waits or asked for a position, as the poll would."""
+        if not self._poked.is_set():
+            self._poked_at = time.monotonic()
+        self._remote = True
         self._poked.set()
 
     def want(self, position: int) -> None:
@@ -171,9 +186,10 @@ class Notifier:
     async def advance(self, *, read_max: bool = True) -> int:
         """Read the safe position; wake the waiters whose keys changed.
         Without ``read_max`` the committed maximum is what this instance's
-        own writes committed (``StreamStore.current_position``): one
-        statement fewer after a local write; writes of other instances are
-        found by the next advance that reads it."""
+        own writes committed or the last read found
+        (``StreamStore.known_committed``): one statement fewer after a local
+        write; newer writes of other instances are found by the next
+        advance that reads it."""
         async with self._advance_lock:
             old = self.position
             asked = bool(self._waiters)
@@ -181,7 +197,7 @@ class Notifier:
             if asked:
                 # someone may need waking: the position and what changed
                 # up to it in one statement
-                committed = self.stream.local_committed
+                committed = self.stream.known_committed
                 if read_max:
                     committed = max(committed, await self.stream.committed_max())
                 new, by_table = await self.stream.position_and_changes(old, committed)
@@ -329,9 +345,12 @@ class Notifier:
         while True:
             poked = await wait_event(self._poked, self.poll_interval)
             self._poked.clear()
+            remote, self._remote = self._remote, False
             # a local poke needs no committed-maximum statement; the poll
-            # reads it at least every poll_interval, pokes or not
-            full = not poked or loop.time() - last_full >= self.poll_interval
+            # reads it at least every poll_interval, pokes or not, and so
+            # does another instance's wake-up when someone waits
+            full = (not poked or loop.time() - last_full >= self.poll_interval
+                    or (remote and (bool(self._waiters) or self.position < self._wanted)))
             if not full and not self._waiters and self.position >= self._wanted:
                 # nobody to wake, no position asked for: one statement
                 # (the reservations' floor) fewer per local write; a sync

@@ -20,6 +20,12 @@ from .stream import DB_NOW_MS
 # Expired lease rows are kept this long (for operators' eyes), then deleted.
 _KEEP_EXPIRED_MS = 60_000
 
+# $1 instance id, $2 name, $3 ttl (ms), $4 / $5 wake-up address and key (or NULL)
+_TAKE_LEASE = f"""INSERT INTO instance_leases (instance_id, instance_name, started_ts, expires_ts, wake_addr, wake_key)
+    VALUES ($1, $2, {DB_NOW_MS}, {DB_NOW_MS} + $3, $4, $5)
+    ON CONFLICT (instance_id) DO UPDATE
+        SET expires_ts = excluded.expires_ts, wake_addr = excluded.wake_addr, wake_key = excluded.wake_key"""
+
 
 @dataclass(frozen=True)
 class ReplacedInstance:
@@ -31,10 +37,14 @@ class InstanceStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def register(self, instance_id: str, name: str, ttl_ms: int) -> list[ReplacedInstance]:
+    async def register(
+        self, instance_id: str, name: str, ttl_ms: int, wake: tuple[str, str] | None = None
+    ) -> list[ReplacedInstance]:
         """Take the lease for ``instance_id``; earlier processes of the same
         name are gone (this one replaces them), so what they held is
-        released now rather than when their leases expire."""
+        released now rather than when their leases expire. ``wake``: where
+        the instance takes wake-ups from the others and their key
+        (``wake_targets``)."""
 
         async def fn(conn: asyncpg.Connection) -> list[ReplacedInstance]:
             rows = await conn.fetch(
@@ -46,17 +56,12 @@ class InstanceStore:
             if old:
                 await _release_held(conn, old)
                 await conn.execute("DELETE FROM instance_leases WHERE instance_id = ANY($1::TEXT[])", old)
-            await conn.execute(
-                f"""INSERT INTO instance_leases (instance_id, instance_name, started_ts, expires_ts)
-                    VALUES ($1, $2, {DB_NOW_MS}, {DB_NOW_MS} + $3)
-                    ON CONFLICT (instance_id) DO UPDATE SET expires_ts = excluded.expires_ts""",
-                instance_id, name, ttl_ms,
-            )
+            await conn.execute(_TAKE_LEASE, instance_id, name, ttl_ms, *(wake or (None, None)))
             return [ReplacedInstance(r["instance_id"], r["alive"]) for r in rows]
 
         return await self.db.transaction(fn, name="register_instance")
 
-    async def renew(self, instance_id: str, name: str, ttl_ms: int) -> bool:
+    async def renew(self, instance_id: str, name: str, ttl_ms: int, wake: tuple[str, str] | None = None) -> bool:
         """Push our expiry forward. False if our row was gone (we looked
         dead to a survivor, e.g. through a long database outage) and had to
         be taken again; what we held then was reclaimed."""
@@ -66,12 +71,7 @@ class InstanceStore:
         )
         if renewed:
             return True
-        await self.db.execute(
-            f"""INSERT INTO instance_leases (instance_id, instance_name, started_ts, expires_ts)
-                VALUES ($1, $2, {DB_NOW_MS}, {DB_NOW_MS} + $3)
-                ON CONFLICT (instance_id) DO UPDATE SET expires_ts = excluded.expires_ts""",
-            instance_id, name, ttl_ms,
-        )
+        await self.db.execute(_TAKE_LEASE, instance_id, name, ttl_ms, *(wake or (None, None)))
         return False
 
     async def reclaim_dead(self) -> int:
@@ -98,6 +98,17 @@ class InstanceStore:
             await conn.execute("DELETE FROM instance_leases WHERE instance_id = $1", instance_id)
 
         await self.db.transaction(fn, name="deregister_instance")
+
+    async def wake_targets(self, instance_id: str) -> list[tuple[str, str]]:
+        """(address, key) of every other live instance that takes wake-ups."""
+        rows = await self.db.fetch(
+            f"""SELECT wake_addr, wake_key FROM instance_leases
+                WHERE instance_id <> $1 AND expires_ts > {DB_NOW_MS}
+                  AND wake_addr IS NOT NULL AND wake_key IS NOT NULL
+                ORDER BY instance_id""",
+            instance_id,
+        )
+        return [(r["wake_addr"], r["wake_key"]) for r in rows]
 
     async def live_instances(self) -> list[tuple[str, str]]:
         rows = await self.db.fetch(

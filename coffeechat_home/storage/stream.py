@@ -142,6 +142,9 @@ class StreamStore:
         # The highest position of a write of this store whose commit was
         # acknowledged: a committed maximum known without asking.
         self.local_committed = 0
+        # The highest committed maximum a ``committed_max()`` returned (other
+        # instances' writes included); see ``known_committed``.
+        self.seen_committed = 0
 
     async def write(
         self, fn: Callable[[asyncpg.Connection, int], Awaitable[T]], *, name: str = "stream_write"
@@ -383,18 +386,27 @@ class StreamStore:
         self.orphans.difference_update(tokens)
         return len(tokens)
 
+    @property
+    def known_committed(self) -> int:
+        """A committed maximum known without asking: this store's own
+        acknowledged writes and the last maximum read. Any committed maximum
+        read earlier serves the argument of the module docstring as well
+        as one read now (case two needs only that its statement returned
+        before the floor statement began)."""
+        return max(self.local_committed, self.seen_committed)
+
     async def current_position(self, *, read_max: bool = True) -> int:
         """The position below which every write has committed: the committed
         maximum, then the reservations' floor, in that order (see the module
         docstring for why two statements, and why this order).
 
-        Without ``read_max`` the committed maximum is this store's own
-        ``local_committed`` instead of a statement: the argument holds for
-        any position whose write's commit was acknowledged before the floor
-        statement began (case two needs only that). It may lag writes of
-        other instances (a later call with ``read_max`` finds them), never
-        run ahead of an uncommitted one."""
-        committed = self.local_committed
+        Without ``read_max`` the committed maximum is ``known_committed``
+        instead of a statement: the argument holds for any position whose
+        write's commit was acknowledged, or that a committed maximum read
+        found, before the floor statement began (case two needs only that).
+        It may lag writes of other instances (a later call with ``read_max``
+        finds them), never run ahead of an uncommitted one."""
+        committed = self.known_committed
         if read_max:
             committed = max(committed, await self.committed_max())
         floor = await self.reservation_floor()
@@ -405,7 +417,9 @@ class StreamStore:
         maxes = " UNION ALL ".join(
             f"SELECT max(stream_pos) AS m FROM {t.table}" for t in {t.table: t for t in STREAM_TABLES}.values()
         )
-        return int(await self.db.fetchval(f"SELECT COALESCE(max(m), 0) FROM ({maxes}) AS x"))
+        found = int(await self.db.fetchval(f"SELECT COALESCE(max(m), 0) FROM ({maxes}) AS x"))
+        self.seen_committed = max(self.seen_committed, found)
+        return found
 
     async def reservation_floor(self) -> int | None:
         """The lowest floor of the open reservations (None when none)."""
@@ -414,7 +428,7 @@ class StreamStore:
 
     async def position_and_changes(self, after: int, committed: int) -> tuple[int, dict[str, set[str]]]:
         """``current_position`` with ``committed`` as the committed maximum
-        (this store's ``local_committed``, or a ``committed_max()`` that
+        (this store's ``known_committed``, or a ``committed_max()`` that
         returned before this call), and ``changes_by_table(after, it)``, in
         one statement: its snapshot serves both, as every write at or below
         the position it finds is visible in the snapshot that found it

@@ -242,7 +242,9 @@ async def test_readers_never_pass_an_uncommitted_write(db: Database) -> None:
 
     async def reader() -> None:
         while not done.is_set():
-            seen = await stores[0].current_position()
+            # every other read without the committed-maximum statement
+            # (known_committed: the last maximum read and its own writes)
+            seen = await stores[0].current_position(read_max=len(reports) % 2 == 0)
             reports.append((seen, await _visible(db, seen)))
             await asyncio.sleep(0)
 
@@ -256,6 +258,23 @@ async def test_readers_never_pass_an_uncommitted_write(db: Database) -> None:
     for seen, visible in reports:
         assert visible == {p for p in final if p <= seen}, seen
     assert await stores[0].current_position() >= max(final)
+
+
+async def test_a_position_read_without_the_maximum_uses_the_last_maximum_read(db: Database) -> None:
+    """Another instance's write: a read without the committed-maximum
+    statement does not see it until a full read has found it, and then
+    keeps it (what a notifier woken by that instance relies on when its
+    own next write pokes it)."""
+    a = StreamStore(db, instance_id="a")
+    b = StreamStore(db, instance_id="b")
+
+    async def fn(conn: asyncpg.Connection, pos: int) -> None:
+        await _insert(conn, pos)
+
+    _, pos = await b.write(fn)
+    assert await a.current_position(read_max=False) < pos
+    assert await a.current_position() >= pos
+    assert await a.current_position(read_max=False) >= pos
 
 
 async def test_writes_to_different_rooms_do_not_conflict_once_tables_are_analyzed(db: Database) -> None:

@@ -101,6 +101,9 @@ def test_missing_file() -> None:
         ({"COFFEECHAT_CLIENT_LISTENER_PORT": "eighty"}, "expected an integer"),
         ({"COFFEECHAT_DEV_MODE": "perhaps"}, "expected a boolean"),
         ({"COFFEECHAT_NO_SUCH_THING": "1"}, "not a known setting"),
+        ({"COFFEECHAT_INSTANCE_ADDRESS": "0.0.0.0:9100"}, "wildcard"),
+        ({"COFFEECHAT_INSTANCE_ADDRESS": "10.0.0.5:port"}, "bad port"),
+        ({"COFFEECHAT_INSTANCE_POLL_MS": "0"}, "instance_poll_ms"),
     ],
 )
 def test_bad_env(env: dict[str, str], fragment: str) -> None:
@@ -246,3 +249,13 @@ def test_federation_settings() -> None:
         load_config(None, {"COFFEECHAT_FEDERATION_ALLOW_PRIVATE_ADDRESSES": "localhost"})
     with pytest.raises(ConfigError, match="trusted_key_servers"):
         load_config(None, {"COFFEECHAT_FEDERATION_TRUSTED_KEY_SERVERS": "not a name!"})
+
+
+def test_instance_wake_address() -> None:
+    # the client listener's host by default, any port
+    assert load_config(None, {}).instance_wake_address == ("127.0.0.1", 0)
+    # a listener on every address: none unless instance_address names one
+    assert load_config(None, {"COFFEECHAT_CLIENT_LISTENER_HOST": "0.0.0.0"}).instance_wake_address is None
+    c = load_config(None, {"COFFEECHAT_CLIENT_LISTENER_HOST": "::", "COFFEECHAT_INSTANCE_ADDRESS": "[fd00::5]:9100"})
+    assert c.instance_wake_address == ("fd00::5", 9100)
+    assert load_config(None, {"COFFEECHAT_INSTANCE_ADDRESS": "10.0.0.5"}).instance_wake_address == ("10.0.0.5", 0)

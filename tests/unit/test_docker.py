@@ -47,6 +47,8 @@ def test_instances_use_every_node_one_public_url_and_their_own_names() -> None:
         config = load_config(None, {k: str(v) for k, v in env.items()})
         assert "@crdb" in config.database.url and config.database.url.count(":26257") == 3
         assert config.client_base_url == "http://localhost:8008/"
+        # the listener is on 0.0.0.0 in the image: wake-ups need an address the other instance reaches
+        assert config.instance_wake_address == (env["COFFEECHAT_INSTANCE_NAME"], 9100)
     assert envs[0]["COCKROACH_HOSTNAME"].split(",")[0] != envs[1]["COCKROACH_HOSTNAME"].split(",")[0]
     nginx = (DOCKER / "nginx.conf").read_text(encoding="utf-8")
     assert "server hs1:8008" in nginx and "server hs2:8008" in nginx

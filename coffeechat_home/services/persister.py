@@ -39,6 +39,7 @@ from ..protocol.events import Event, StateKey
 from ..protocol.room_versions import RoomVersion, get_room_version
 from ..storage.backfill import allocate_backfill_positions
 from ..storage.event_writes import (
+    DeferredInsert,
     RowInsert,
     StaleRoomState,
     StoredEvent,
@@ -343,9 +344,10 @@ class Persister:
         items = plan.stored_events(list(range(1, in_insert + 1)) if in_insert else positions)
         change: CurrentStateChange | None = None
         redactions: list[tuple[str, str, str, str]] | None = None
-        if isinstance(conn, SingleStatement):
-            # a one-statement write (StreamStore.write_many(single=True)):
-            # the insert commits as it ends, so nothing may follow it
+        if isinstance(conn, (SingleStatement, DeferredInsert)):
+            # a one-statement write (StreamStore.write_many(single=True)),
+            # or one of a group commit's shared insert: the insert commits
+            # as it ends, or with the others', so nothing may follow it
             change = await plan.current_state_change(old_state)
             redactions = await plan.redactions(items, redaction_targets)
             if (not in_insert or plan.new_groups or change.changed or change.removed or redactions or also

@@ -38,7 +38,7 @@ from typing import Any, Awaitable, Callable, Generic, TypeVar
 import asyncpg
 
 from .database import DatabaseUnavailable
-from .event_writes import StaleRoomState
+from .event_writes import InsertBatch, StaleRoomState
 from .stream import StreamStore
 
 T = TypeVar("T")
@@ -53,6 +53,7 @@ class _Pending(Generic[T]):
     guard: str | None
     name: str
     fut: asyncio.Future[tuple[T, list[int]]]
+    single: bool = False  # a one-statement write: it may share the batch's insert
 
 
 class GroupCommit:
@@ -74,6 +75,10 @@ class GroupCommit:
         self.batches = 0
         self.batched_writes = 0
         self.fallbacks = 0
+        # several one-statement writes of a batch go as one statement
+        # (event_writes.InsertBatch); off: one statement each
+        self.shared_insert = True
+        self.shared_writes = 0  # writes committed through a shared insert (tests)
 
     async def write(
         self, fn: WriteFn[T], count: int, *, name: str = "stream_write", guard: str | None = None,
@@ -94,7 +99,7 @@ class GroupCommit:
             finally:
                 self._next()
         fut: asyncio.Future[tuple[T, list[int]]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(fn, count, guard, name, fut))
+        self._queue.append(_Pending(fn, count, guard, name, fut, single))
         try:
             # the batch runs in a task of its own: a caller that hangs up
             # does not cancel it (as write_many's shield)
@@ -126,10 +131,21 @@ class GroupCommit:
             self._next()
 
     async def _together(self, batch: list[_Pending[Any]]) -> None:
+        # one-statement writes (messages) share one insert statement when
+        # there are several; the others run their statements one by one first
+        shared = [p for p in batch if p.single] if self.shared_insert else []
+        if len(shared) < 2:
+            shared = []
+        batch = [p for p in batch if not p.single or not shared] + shared
+
+        async def tail(conn: asyncpg.Connection, positions: list[int]) -> list[tuple[Any, list[int]] | Exception]:
+            return await _shared_insert(conn, [p.fn for p in shared], positions)
+
         try:
             results = await self.stream.write_group(
-                [(p.fn, p.count) for p in batch], [p.guard for p in batch if p.guard is not None],
-                harmless=(StaleRoomState,),
+                [(p.fn, p.count) for p in batch[: len(batch) - len(shared)]],
+                [p.guard for p in batch if p.guard is not None],
+                harmless=(StaleRoomState,), tail=tail if shared else None,
             )
         except Exception as e:
             if isinstance(e, DatabaseUnavailable) and not e.retryable:
@@ -142,11 +158,52 @@ class GroupCommit:
             return
         self.batches += 1
         self.batched_writes += sum(1 for r in results if not isinstance(r, Exception))
+        self.shared_writes += sum(1 for r in results[len(results) - len(shared):] if not isinstance(r, Exception))
         for p, r in zip(batch, results):
             if isinstance(r, Exception):
                 _settle(p, exc=r)
             else:
                 _settle(p, result=r)
+
+
+async def _shared_insert(
+    conn: asyncpg.Connection, fns: list[WriteFn[Any]], positions: list[int]
+) -> list[tuple[Any, list[int]] | Exception]:
+    """Run one-statement writes (to different rooms) together, their inserts
+    as one statement (``InsertBatch``): each write's outcome, StaleRoomState
+    for a room whose extremities moved; any other failure is raised (the
+    group rolls back and its writes run alone). Their positions go into
+    ``positions`` in increasing order."""
+    batch = InsertBatch(conn, len(fns))
+
+    async def one(fn: WriteFn[Any]) -> tuple[Any, list[int]]:
+        handle = batch.connection()
+        own: list[int] = []
+        try:
+            return await fn(handle, own), own
+        finally:
+            batch.ended(handle.registered)
+
+    tasks = [asyncio.ensure_future(one(fn)) for fn in fns]
+    try:
+        await batch.all_in.wait()
+        await batch.run()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+                t.add_done_callback(_retrieve)
+    out: list[tuple[Any, list[int]] | Exception] = []
+    for o in outcomes:
+        if isinstance(o, StaleRoomState):
+            out.append(o)
+        elif isinstance(o, BaseException):
+            raise o
+        else:
+            out.append(o)
+    positions.extend(sorted(p for o in out if not isinstance(o, Exception) for p in o[1]))
+    return out
 
 
 async def _alone(stream: StreamStore, p: _Pending[Any]) -> None:

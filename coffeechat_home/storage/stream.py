@@ -208,6 +208,8 @@ class StreamStore:
         guards: Sequence[str] = (),
         *,
         harmless: tuple[type[Exception], ...] = (),
+        tail: Callable[[asyncpg.Connection, list[int]], Awaitable[list[tuple[Any, list[int]] | Exception]]]
+        | None = None,
     ) -> list[tuple[Any, list[int]] | Exception]:
         """Several writes in one transaction, each ``(fn, count)`` with the
         contract of ``write_many(allocate=False)``, run in order: one
@@ -219,7 +221,10 @@ class StreamStore:
         having written nothing and left the transaction usable (a stale
         room head: the insert wrote nothing), which becomes that write's
         outcome while the others go on. Returns each write's (result,
-        positions) or exception."""
+        positions) or exception. ``tail``: more writes after ``writes``, in
+        the same transaction, that take their positions there and append
+        them to the list it gets in increasing order; its outcomes follow
+        those of ``writes`` (group_commit.py's shared insert)."""
 
         async def fn(conn: asyncpg.Connection, positions: list[int]) -> list[tuple[Any, list[int]] | Exception]:
             out: list[tuple[Any, list[int]] | Exception] = []
@@ -234,6 +239,8 @@ class StreamStore:
                     raise RuntimeError(f"a grouped write took {own} for {count} positions")
                 positions.extend(own)
                 out.append((result, own))
+            if tail is not None:
+                out.extend(await tail(conn, positions))
             return out
 
         guard = "; ".join(dict.fromkeys(guards)) or None

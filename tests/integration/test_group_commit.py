@@ -130,9 +130,11 @@ async def test_a_batch_commits_together_and_isolates_failures(
     # 1. four good sends into four rooms, and bob's long-poll: one batch
     poll = asyncio.ensure_future(bob.get("sync", params={"since": since, "timeout": "20000", "filter": SYNC_FILTER}))
     before = (group.batches, group.batched_writes, group.fallbacks)
+    shared = group.shared_writes
     answers = await _held_batch(group, [_send(alice, room, f"together {i}") for i, room in enumerate(rooms)], 4)
     assert [a.status for a in answers] == [200] * 4, answers
     assert (group.batches, group.batched_writes, group.fallbacks) == (before[0] + 1, before[1] + 4, before[2])
+    assert group.shared_writes == shared + 4  # the four messages were one insert statement
     sent = [a["event_id"] for a in answers]
     assert await _stored(database_url, sent) == {e: 1 for e in sent}
     woken = await poll
@@ -195,9 +197,31 @@ async def test_a_batch_commits_together_and_isolates_failures(
     other.token = alice.token
     assert (await _send(other, rooms[1], "through the other instance")).status == 200
     counts = (group.batches, group.batched_writes, group.fallbacks)
+    shared = group.shared_writes
     answers = await _held_batch(group, [_send(alice, rooms[1], "on a stale head"), _send(alice, rooms[2], "ok")], 2)
     assert [a.status for a in answers] == [200, 200], answers
     assert (group.batches, group.batched_writes, group.fallbacks) == (counts[0] + 1, counts[1] + 1, counts[2])
+    assert group.shared_writes == shared + 1  # the shared insert wrote room 2 and left room 1 alone
+
+    # 5. a state event (its own statements) and messages to other rooms (one
+    # shared insert after it) in one batch: all stored once, each room's
+    # history one chain, stream positions in the order of the batch's writes
+    topic = alice.put(f"rooms/{q(rooms[0])}/state/m.room.topic", {"topic": "ours"}, validate=False)
+    shared = group.shared_writes
+    answers = await _held_batch(group, [topic, _send(alice, rooms[2], "m2"), _send(alice, rooms[3], "m3")], 3)
+    assert [a.status for a in answers] == [200] * 3, answers
+    assert group.shared_writes == shared + 2
+    ids = [a["event_id"] for a in answers]
+    assert await _stored(database_url, ids) == {e: 1 for e in ids}
+    conn = await asyncpg.connect(database_url)
+    try:
+        pos = {r["event_id"]: r["stream_pos"] for r in await conn.fetch(
+            "SELECT event_id, stream_pos FROM events WHERE event_id = ANY($1::TEXT[])", ids)}
+    finally:
+        await conn.close()
+    for room in rooms:
+        await assert_linear_history(database_url, room)
+    assert pos[ids[0]] < min(pos[ids[1]], pos[ids[2]]), pos
     assert await _stored(database_url, [a["event_id"] for a in answers]) == {a["event_id"]: 1 for a in answers}
     for room in rooms:
         await assert_linear_history(database_url, room)

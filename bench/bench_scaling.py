@@ -43,6 +43,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import pct  # noqa: E402
 from bench.servers import Postgres  # noqa: E402
 from tests.integration.processes import ServerProcess, User, server_env  # noqa: E402
 
@@ -69,11 +70,6 @@ def machine_cpu_s() -> tuple[float, float, float]:
     user, nice, system, idle, iowait, irq, softirq, steal = fields
     hz = os.sysconf("SC_CLK_TCK")
     return (user + nice + system + irq + softirq) / hz, (idle + iowait) / hz, steal / hz
-
-
-def pct(xs: list[float], p: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(p * len(s)))] if s else float("nan")
 
 
 @dataclass

@@ -45,16 +45,12 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import pct  # noqa: E402
 from count_statements import statements  # noqa: E402
 from matrix_client import Client, User, q  # noqa: E402
 from servers import PROJECT_ROOT, Postgres, ServerProcess, cpu_seconds_of, start_ours  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / ".work"
-
-
-def pct(xs: list[float], p: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(p * len(s)))] if s else float("nan")
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""What several benchmarks share: a timestamped progress line, processes'
-on-CPU time, and a py-spy recording of one server process."""
+"""What several benchmarks share: a timestamped progress line, a
+percentile, processes' on-CPU time, and a py-spy recording of one server
+process."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+
+
+def pct(xs: list[float], p: float) -> float:
+    """Nearest-rank percentile (NaN for no values)."""
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(p * len(s)))] if s else float("nan")
 
 
 def log(msg: str) -> None:

@@ -169,20 +169,7 @@ async def insert_events(
             None if new_extremities is None else list(new_extremities),
             [e.event_id for e in evs],
             [it.stream_pos for it in items],
-            [e.depth for e in evs],
-            [e.type for e in evs],
-            [e.state_key for e in evs],
-            [e.sender for e in evs],
-            [e.origin_server_ts for e in evs],
-            [e.membership if e.type == "m.room.member" else None for e in evs],
-            [it.pdu_json for it in items],
-            [it.client_json for it in items],
-            [it.state_group for it in items],
-            [it.relation[0] if it.relation else None for it in items],
-            [it.relation[1] if it.relation else None for it in items],
-            [it.relation[2] if it.relation else None for it in items],
-            [it.txn[1] if it.txn else None for it in items],
-            [it.txn[2] if it.txn else None for it in items],
+            *_event_columns(items),
             [a for a, _ in edges], [b for _, b in edges],
             [a for a, _ in auth_edges], [b for _, b in auth_edges],
             [t[0] for t, _ in txns], [t[1] for t, _ in txns], [t[2] for t, _ in txns], [t[3] for t, _ in txns],
@@ -210,6 +197,28 @@ async def insert_events(
     taken = sorted(row["taken"])
     _place(items, taken)
     return taken
+
+
+def _event_columns(items: Sequence[StoredEvent]) -> list[list[Any]]:
+    """The ``events`` columns of an insert from ``depth`` to ``txn_id``, one
+    array each, in the order both inserts bind them."""
+    evs = [it.event for it in items]
+    return [
+        [e.depth for e in evs],
+        [e.type for e in evs],
+        [e.state_key for e in evs],
+        [e.sender for e in evs],
+        [e.origin_server_ts for e in evs],
+        [e.membership if e.type == "m.room.member" else None for e in evs],
+        [it.pdu_json for it in items],
+        [it.client_json for it in items],
+        [it.state_group for it in items],
+        [it.relation[0] if it.relation else None for it in items],
+        [it.relation[1] if it.relation else None for it in items],
+        [it.relation[2] if it.relation else None for it in items],
+        [it.txn[1] if it.txn else None for it in items],
+        [it.txn[2] if it.txn else None for it in items],
+    ]
 
 
 def _place(items: Sequence[StoredEvent], taken: list[int]) -> None:
@@ -420,20 +429,7 @@ async def _insert_many(conn: asyncpg.Connection, inserts: Sequence[_Insert]) -> 
         ev_w,
         [e.event_id for e in evs],
         ev_i,
-        [e.depth for e in evs],
-        [e.type for e in evs],
-        [e.state_key for e in evs],
-        [e.sender for e in evs],
-        [e.origin_server_ts for e in evs],
-        [e.membership if e.type == "m.room.member" else None for e in evs],
-        [it.pdu_json for it in stored],
-        [it.client_json for it in stored],
-        [it.state_group for it in stored],
-        [it.relation[0] if it.relation else None for it in stored],
-        [it.relation[1] if it.relation else None for it in stored],
-        [it.relation[2] if it.relation else None for it in stored],
-        [it.txn[1] if it.txn else None for it in stored],
-        [it.txn[2] if it.txn else None for it in stored],
+        *_event_columns(stored),
         [it.current_state_group for it in stored],
         [w for w, _, _ in edges], [a for _, a, _ in edges], [b for _, _, b in edges],
         [w for w, _, _ in auth], [a for _, a, _ in auth], [b for _, _, b in auth],

@@ -42,6 +42,16 @@ from synapse_env import ensure_synapse  # noqa: E402
 from bench_send_floor import floor_rates, start_minimal, wait_port  # noqa: E402
 
 
+def _note_rss(rss: RssMonitor, t: Target, phase: str) -> None:
+    """The server's RSS and its peak so far (MB of 10^6 bytes, as the
+    report's peak) after ``phase``: where the peak comes from (the last
+    repetition's figure is kept)."""
+    rss.sample()
+    last, peak = rss.last.get(t.label), rss.peak.get(t.label)
+    if last is not None and peak is not None:
+        t.common.setdefault("rss_by_phase", {})[phase] = [round(last / 1e6, 1), round(peak / 1e6, 1)]
+
+
 async def run(args: argparse.Namespace) -> int:
     plan = Plan.make(args.quick)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -98,6 +108,7 @@ async def run(args: argparse.Namespace) -> int:
             log(f"{t.label}: setup (users, rooms, the initial-sync data set)")
             await setup(t)
             await fill_initial_sync(t, plan)
+            _note_rss(rss, t, "setup")
         await measure_idle(targets)
         for rep in range(args.repeat):
             # alternate which server goes first: caches, the disk and the
@@ -129,6 +140,7 @@ async def run(args: argparse.Namespace) -> int:
                             pyspy_stop(t)
                     shown = t.results.get(name) or {k: v for k, v in t.results.items() if k.startswith(name)}
                     log(f"{t.label}: {name}: {json.dumps(shown, default=str)[:400]}")
+                    _note_rss(rss, t, name)
         rss.sample()
         for t in targets:
             t.common["peak_rss"] = rss.peak.get(t.label)

@@ -161,6 +161,10 @@ def report(targets: list[Target], servers: list[ServerProcess], plan: Plan, meta
         print(f"{t.label}: bench client CPU share during sends " + ", ".join(fmt(c, "") for c in cs)
               + f"; initial-sync data set: {isync.get('rooms')} rooms x {isync.get('msgs_per_room')} msgs "
               f"({isync.get('sent')} sent, filled untimed in {fmt(isync.get('fill_secs'), '')} s)")
+        phases = t.common.get("rss_by_phase") or {}
+        if phases:
+            print(f"{t.label}: RSS after each phase, MB (peak so far): "
+                  + ", ".join(f"{k} {v[0]} ({v[1]})" for k, v in phases.items()))
     floors = meta.get("floor") or []
     if floors:
         # what the machine allows now: the same client against a server that

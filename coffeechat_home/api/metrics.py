@@ -58,6 +58,10 @@ class _ServiceCollector(Collector):
             value=group.fallbacks,
         )
         yield CounterMetricFamily(
+            "coffeechat_group_commit_shared_inserts", "Sends written by a shared transaction's one insert statement",
+            value=group.shared_writes,
+        )
+        yield CounterMetricFamily(
             "coffeechat_sync_wakeups", "Waiting /sync requests woken by a change", value=self.notifier.wakeups
         )
         yield GaugeMetricFamily(

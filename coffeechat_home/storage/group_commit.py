@@ -78,7 +78,7 @@ class GroupCommit:
         # several one-statement writes of a batch go as one statement
         # (event_writes.InsertBatch); off: one statement each
         self.shared_insert = True
-        self.shared_writes = 0  # writes committed through a shared insert (tests)
+        self.shared_writes = 0  # writes committed through a shared insert (metrics, tests)
 
     async def write(
         self, fn: WriteFn[T], count: int, *, name: str = "stream_write", guard: str | None = None,

@@ -116,6 +116,9 @@ async def test_metrics_after_real_traffic(
     assert not any("!" in r or "@" in r for r in routes), routes  # templates, no ids
     assert _value(after, "coffeechat_events_persisted_total") >= _value(before, "coffeechat_events_persisted_total") + 3
     assert _value(after, "coffeechat_sync_wakeups_total") > _value(before, "coffeechat_sync_wakeups_total")
+    for family in ("coffeechat_group_commits_total", "coffeechat_group_commit_writes_total",
+                   "coffeechat_group_commit_shared_inserts_total", "coffeechat_group_commit_fallbacks_total"):
+        assert family in after, family
     assert _value(after, "coffeechat_password_hashes_total") >= 2
     assert _value(after, "coffeechat_db_pool_connections", pool="transaction", state="max") == 8
     assert "coffeechat_db_retries_total" in after and "coffeechat_sync_waiting" in after

@@ -15,6 +15,10 @@ class ConfigError(Exception):
     """A configuration problem, reported to the user as one line."""
 
 
+# Listening on every address: no address another instance can reach.
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+
+
 def split_host_port(value: str) -> tuple[str, int]:
     """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address ->
     (host, port), port 0 when none is given. ValueError for anything else,
@@ -31,7 +35,7 @@ def split_host_port(value: str) -> tuple[str, int]:
         host, port_text = v, ""
     if not host or any(c.isspace() for c in host):
         raise ValueError("no host")
-    if host in ("0.0.0.0", "::"):
+    if host in _WILDCARD_HOSTS:
         raise ValueError("a wildcard address: give one the other instances reach")
     if port_text and not (port_text.isdigit() and int(port_text) < 65536):
         raise ValueError(f"bad port {port_text!r}")
@@ -273,7 +277,7 @@ class Config:
         if self.instance_address:
             return split_host_port(self.instance_address)
         host = self.client_listener.host
-        if host in ("", "0.0.0.0", "::"):
+        if host in _WILDCARD_HOSTS:
             return None
         return host, 0
 

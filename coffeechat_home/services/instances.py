@@ -31,6 +31,7 @@ import logging
 import secrets
 from typing import Any, Callable
 
+from ..config.settings import split_host_port
 from ..storage.instances import InstanceStore
 from ..storage.stream import StreamStore
 from .notifier import Notifier
@@ -118,9 +119,10 @@ class InstanceLiveness:
             return
         targets = []
         for addr, key in await self.store.wake_targets(self.instance_id):
-            host, _, port = addr.rpartition(":")
-            if port.isdigit():
-                targets.append(((host.strip("[]"), int(port)), key.encode()))
+            try:  # (what an instance published: "host:port" or "[v6]:port")
+                targets.append((split_host_port(addr), key.encode()))
+            except ValueError:
+                continue
         self._targets = targets
 
     async def start(self) -> None:

@@ -135,10 +135,7 @@ async def insert_events(
         row = await conn.fetchrow(
             f"""WITH {alloc_sql if allocate else ""} moved AS ({moved_sql}),
                ev AS (
-                   INSERT INTO events (event_id, room_id, stream_pos, depth, type, state_key, sender,
-                                       origin_server_ts, membership, pdu, client, state_group, relates_to,
-                                       rel_type, thread_id, sender_device, txn_id, current_state_group,
-                                       outlier, rejected_reason, soft_failed)
+                   INSERT INTO events ({_EVENTS_COLUMNS})
                    SELECT u.event_id, $1, {pos_sql}, u.depth, u.type, u.state_key, u.sender,
                           u.origin_server_ts, u.membership, u.pdu, u.client, u.state_group, u.relates_to,
                           u.rel_type, u.thread_id, u.sender_device, u.txn_id, u.csg, u.outlier, u.rejected,
@@ -197,6 +194,15 @@ async def insert_events(
     taken = sorted(row["taken"])
     _place(items, taken)
     return taken
+
+
+# The columns both inserts write, in the order they bind them: event_id,
+# room_id and stream_pos, then ``_event_columns``' arrays, then the flags.
+_EVENTS_COLUMNS = (
+    "event_id, room_id, stream_pos, depth, type, state_key, sender, origin_server_ts, membership, pdu, client, "
+    "state_group, relates_to, rel_type, thread_id, sender_device, txn_id, current_state_group, outlier, "
+    "rejected_reason, soft_failed"
+)
 
 
 def _event_columns(items: Sequence[StoredEvent]) -> list[list[Any]]:
@@ -375,7 +381,7 @@ async def _insert_many(conn: asyncpg.Connection, inserts: Sequence[_Insert]) -> 
         offset += len(ins.items)
     evs = [it.event for it in stored]
     row = await conn.fetchrow(
-        """WITH alloc AS MATERIALIZED (
+        f"""WITH alloc AS MATERIALIZED (
                SELECT array_agg(p ORDER BY p) AS a
                FROM (SELECT nextval('stream_seq') AS p FROM generate_series(1, $1::INT)) AS s),
            w AS (SELECT x.room_id, x.n FROM unnest($2::TEXT[]) WITH ORDINALITY AS x(room_id, n)),
@@ -390,10 +396,7 @@ async def _insert_many(conn: asyncpg.Connection, inserts: Sequence[_Insert]) -> 
                  AND rooms.forward_extremities = exp.a
                RETURNING rooms.room_id),
            ev AS (
-               INSERT INTO events (event_id, room_id, stream_pos, depth, type, state_key, sender,
-                                   origin_server_ts, membership, pdu, client, state_group, relates_to,
-                                   rel_type, thread_id, sender_device, txn_id, current_state_group,
-                                   outlier, rejected_reason, soft_failed)
+               INSERT INTO events ({_EVENTS_COLUMNS})
                SELECT u.event_id, w.room_id, (SELECT a FROM alloc)[u.i::INT], u.depth, u.type, u.state_key,
                       u.sender, u.origin_server_ts, u.membership, u.pdu, u.client, u.state_group,
                       u.relates_to, u.rel_type, u.thread_id, u.sender_device, u.txn_id, u.csg, FALSE, NULL,

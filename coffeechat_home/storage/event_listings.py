@@ -18,7 +18,7 @@ from .database import Database
 _MAX_POS = 2**63 - 1
 
 
-@dataclass
+@dataclass(slots=True)
 class EventRow:
     event_id: str
     room_id: str
@@ -30,7 +30,6 @@ class EventRow:
     sender_device: str | None = None
     txn_id: str | None = None
     membership: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
     depth: int | None = None  # read by history listings only
     # ``client`` as an orjson.Fragment, made once for every response that
     # carries the row (history_tokens.serve_event: a fan-out's members share rows)

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from .room_versions import RoomIdFormat, RoomVersion
 
 StateKey = tuple[str, str]  # (event type, state key)
+_SLIM_KEYS = ("type", "room_id", "sender", "state_key", "content", "origin_server_ts", "depth", "redacts")
 
 
 class Event:
@@ -60,6 +61,18 @@ class Event:
         ):
             room_id = "!" + event_id[1:]
         self.room_id: str = room_id  # type: ignore[assignment]
+
+    def slim(self) -> Event:
+        """This event as a cached copy of a room's current state keeps it
+        (services/room_writer.py's room heads): what the auth rules and the
+        membership, directory and federation checks read of a state event
+        (type, state key, sender, content, ids), without its hashes,
+        signatures, prev and auth events, which are most of an event's
+        memory. Never sent or stored: those read the full event."""
+        pdu = self.pdu
+        if "signatures" not in pdu and "hashes" not in pdu and "prev_events" not in pdu:
+            return self
+        return Event({k: pdu[k] for k in _SLIM_KEYS if k in pdu}, self.event_id, self.room_version)
 
     @property
     def is_state(self) -> bool:

@@ -53,7 +53,7 @@ class RoomHead:
     room_version: RoomVersion
     extremities: list[str]
     depth: int
-    state: dict[StateKey, Event]
+    state: dict[StateKey, Event]  # slim events (Event.slim): content, not signatures
     state_group: int
     chain_length: int
     state_ids: dict[StateKey, str] = field(default_factory=dict)
@@ -132,7 +132,8 @@ class RoomWriter:
 
     async def current_state(self, room_id: str) -> dict[StateKey, Event] | None:
         """The room's current state for decisions made outside the send
-        path (membership pre-checks, directory permissions). Another
+        path (membership pre-checks, directory permissions), as slim
+        events (``Event.slim``: read their content, never send them). Another
         instance may have written since we cached the head, so the cache is
         checked against the stored forward extremities (one cheap query)."""
         cached = self._heads.get(room_id)
@@ -320,7 +321,7 @@ class RoomWriter:
                 event, client_event(event, state.get(event.state_tuple) if event.is_state else None), state_ids
             )
             if event.is_state:
-                state[event.state_tuple] = event
+                state[event.state_tuple] = event.slim()  # (the head keeps it: Event.slim)
                 state_ids = dict(state_ids)
                 state_ids[event.state_tuple] = event.event_id
             if event.redacts is not None:
@@ -394,5 +395,6 @@ async def _read_head(events: EventStore, room_id: str) -> RoomHead | None:
     if head_info is None:
         return None
     depth, group, chain_length = head_info
-    return RoomHead(room_id, rv, extremities, depth, await events.state.current_state_events(room_id, rv),
-                    group, chain_length)
+    # slim events (Event.slim): a head is cached, with every state event of its room
+    state = {k: e.slim() for k, e in (await events.state.current_state_events(room_id, rv)).items()}
+    return RoomHead(room_id, rv, extremities, depth, state, group, chain_length)

@@ -428,3 +428,29 @@ def test_every_rejection_case_has_an_allowed_counterpart_per_version() -> None:
         assert set(rejected) - never_allowed <= allowed
         assert never_allowed <= set(rejected)
     assert len(table.params()) + len(membership_table.params()) >= 250
+
+
+def _slim_cases() -> list[Any]:
+    from .test_auth_rules_membership import table as membership_table
+
+    return table.params() + membership_table.params()
+
+
+@pytest.mark.parametrize(("build", "rv", "rule"), _slim_cases())
+def test_auth_rule_case_on_slim_state(
+    build: Callable[[RoomVersion], tuple[Any, ...]], rv: RoomVersion, rule: str | None
+) -> None:
+    """Every case decides the same with its state as a room head caches it
+    (``Event.slim``: no hashes, signatures, prev or auth events), so the
+    cached heads of services/room_writer.py judge sends as the full events
+    would."""
+
+    def slimmed(version: RoomVersion) -> tuple[Any, ...]:
+        built = build(version)
+        state = {k: e.slim() for k, e in built[1].items()}
+        for e in state.values():
+            assert "signatures" not in e.pdu and "hashes" not in e.pdu and not e.auth_event_ids
+        return (built[0], state, *built[2:])
+
+    run_case(slimmed, rv, rule)
+

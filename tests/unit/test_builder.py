@@ -246,3 +246,20 @@ def test_field_size_limit_via_builder() -> None:
         _build(ROOM_V11, {**_msg(), "type": "m.x", "state_key": "k" * 300})
     with pytest.raises(EventSizeError, match="'event_id' is 300 bytes"):
         check_event_size_limits({"type": "m.x"}, event_id="$" + "e" * 299)
+
+
+@pytest.mark.parametrize("rv", ALL)
+def test_slim_event_keeps_what_state_is_read_for(rv: RoomVersion) -> None:
+    """A room head's cached state (Event.slim) keeps what the auth rules and
+    the membership checks read, without the signatures, hashes, prev and
+    auth events that only sending and storing need."""
+    full = _build(rv, {"type": "m.room.member", "sender": "@bob:hs.example", "state_key": "@bob:hs.example",
+                       "room_id": "!r:hs.example", "content": {"membership": "join", "displayname": "Bob"}})
+    slim = full.slim()
+    assert {"signatures", "hashes", "prev_events", "auth_events"} <= set(full.pdu)
+    assert not {"signatures", "hashes", "prev_events", "auth_events"} & set(slim.pdu)
+    for attr in ("event_id", "room_id", "type", "state_key", "sender", "content", "depth", "origin_server_ts",
+                 "membership", "room_version", "redacts"):
+        assert getattr(slim, attr) == getattr(full, attr), attr
+    assert slim.slim() is slim
+    assert full.pdu["signatures"]  # the full event is untouched

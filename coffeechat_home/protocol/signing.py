@@ -18,14 +18,6 @@ from typing import Any, Protocol
 
 import nacl.exceptions
 import nacl.signing
-from signedjson.key import (
-    decode_signing_key_base64,
-    decode_verify_key_bytes,
-    encode_signing_key_base64,
-    encode_verify_key_base64,
-    generate_signing_key as _generate_signing_key,
-    get_verify_key as _get_verify_key,
-)
 
 from .canonical import (
     decode_base64,
@@ -87,15 +79,27 @@ _STRIPPED = frozenset({"signatures", "unsigned"})
 # --- keys --------------------------------------------------------------------
 
 
+def _named(key: Any, version: str) -> Any:
+    """A nacl key with the ``alg`` and ``version`` attributes signedjson
+    gives its keys (the same objects: keys made here and by signedjson
+    are interchangeable). Not through signedjson.key itself: its package
+    looks its own version up through importlib.metadata when imported,
+    which loads the email, csv and zip machinery (about 0.5 MB resident)
+    into a server that needs none of it; the tests check the two agree."""
+    key.alg = _ALG
+    key.version = version
+    return key
+
+
 def generate_signing_key(version: str) -> SigningKey:
     """A new random ed25519 key with key ID ``ed25519:<version>``."""
-    key: SigningKey = _generate_signing_key(version)
+    key: SigningKey = _named(nacl.signing.SigningKey.generate(), version)
     return key
 
 
 def signing_key_from_seed(seed_base64: str, version: str) -> SigningKey:
     try:
-        key: SigningKey = decode_signing_key_base64(_ALG, version, seed_base64)
+        key: SigningKey = _named(nacl.signing.SigningKey(decode_base64(seed_base64)), version)
         return key
     except Exception as e:  # binascii / nacl errors on malformed seeds
         raise InvalidSigningKey(f"bad ed25519 seed for key {version!r}: {e}") from None
@@ -127,7 +131,7 @@ def parse_signing_key(text: str) -> SigningKey:
 
 def format_signing_key(key: SigningKey) -> str:
     """One line of a signing key file, ``ed25519 <version> <seed>`` (no newline)."""
-    return f"{key.alg} {key.version} {encode_signing_key_base64(key)}"  # type: ignore[arg-type]
+    return f"{key.alg} {key.version} {encode_base64(key.encode())}"
 
 
 def key_id_of(key: SigningKey | VerifyKey) -> str:
@@ -135,11 +139,12 @@ def key_id_of(key: SigningKey | VerifyKey) -> str:
 
 
 def get_verify_key(key: SigningKey) -> VerifyKey:
-    return _get_verify_key(key)  # type: ignore[arg-type]
+    verify_key: VerifyKey = _named(key.verify_key, key.version)  # type: ignore[attr-defined]
+    return verify_key
 
 
 def verify_key_base64(key: VerifyKey) -> str:
-    return encode_verify_key_base64(key)  # type: ignore[arg-type]
+    return encode_base64(key.encode())
 
 
 def decode_verify_key(key_id: str, key_base64: str) -> VerifyKey:
@@ -147,7 +152,7 @@ def decode_verify_key(key_id: str, key_base64: str) -> VerifyKey:
     if not key_id.startswith(_ALG + ":"):
         raise InvalidSigningKey(f"unsupported key algorithm in {key_id!r}")
     try:
-        verify_key: VerifyKey = decode_verify_key_bytes(key_id, decode_base64(key_base64))
+        verify_key: VerifyKey = _named(nacl.signing.VerifyKey(decode_base64(key_base64)), key_id[len(_ALG) + 1:])
         return verify_key
     except Exception as e:
         raise InvalidSigningKey(f"bad verify key {key_id!r}: {e}") from None

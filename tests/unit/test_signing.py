@@ -217,3 +217,42 @@ def test_event_signature_survives_redaction(rv: RoomVersion) -> None:
     cosigned = sign_event(signed, "other.org", generate_signing_key("o"), rv)
     assert set(cosigned["signatures"]) == {"s.org", "other.org"}
     verify_event_signature(cosigned, "s.org", vk, rv)
+
+
+def test_keys_agree_with_signedjson() -> None:
+    """Our keys are nacl keys named as signedjson names its own (the
+    reference the tests sign with): the same seed gives the same key,
+    encodings and key id, and each side verifies the other's signatures."""
+    import signedjson.key
+
+    ours = generate_signing_key("k1")
+    seed = format_signing_key(ours).split()[2]
+    theirs = signedjson.key.decode_signing_key_base64("ed25519", "k1", seed)
+    assert (ours.alg, ours.version, ours.encode()) == (theirs.alg, theirs.version, theirs.encode())
+    assert signing_key_from_seed(seed, "k1").encode() == theirs.encode()
+    vk = get_verify_key(ours)
+    assert (vk.alg, vk.version) == ("ed25519", "k1")
+    assert verify_key_base64(vk) == signedjson.key.encode_verify_key_base64(signedjson.key.get_verify_key(theirs))
+    decoded = decode_verify_key("ed25519:k1", verify_key_base64(vk))
+    assert (decoded.alg, decoded.version, decoded.encode()) == ("ed25519", "k1", vk.encode())
+    signed = sign_json({"a": 1}, "hs.example", ours)
+    signedjson.sign.verify_signed_json(signed, "hs.example", signedjson.key.get_verify_key(theirs))
+    theirs_signed = signedjson.sign.sign_json({"b": 2}, "hs.example", theirs)
+    verify_json_signature(theirs_signed, "hs.example", decoded)
+
+
+def test_the_server_does_not_load_importlib_metadata() -> None:
+    """What the server imports leaves importlib.metadata (and the email,
+    csv and zip modules it loads, about 0.5 MB resident) out: signedjson's
+    package imports it to read its own version, so protocol/signing.py
+    names its keys itself."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import coffeechat_home.cli, coffeechat_home.wiring, coffeechat_home.app, coffeechat_home.routes\n"
+        "print(sorted(m for m in ('importlib.metadata', 'signedjson') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -99,7 +99,9 @@ def generate_signing_key(version: str) -> SigningKey:
 
 def signing_key_from_seed(seed_base64: str, version: str) -> SigningKey:
     try:
-        key: SigningKey = _named(nacl.signing.SigningKey(decode_base64(seed_base64)), version)
+        # either base64 alphabet, as signedjson (unpaddedbase64) reads seeds
+        urlsafe = "-" in seed_base64 or "_" in seed_base64
+        key: SigningKey = _named(nacl.signing.SigningKey(decode_base64(seed_base64, urlsafe=urlsafe)), version)
         return key
     except Exception as e:  # binascii / nacl errors on malformed seeds
         raise InvalidSigningKey(f"bad ed25519 seed for key {version!r}: {e}") from None

@@ -256,3 +256,21 @@ def test_the_server_does_not_load_importlib_metadata() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_seed_in_either_alphabet() -> None:
+    """A key file's seed reads in the standard or the URL-safe base64
+    alphabet, padded or not, as signedjson (which Synapse uses) reads it."""
+    import base64
+
+    import signedjson.key
+
+    seed = bytes(range(200, 232))  # encodes with '+' and '/' in the standard alphabet
+    std = base64.b64encode(seed).decode()
+    assert "+" in std and "/" in std
+    for text in (std, std.rstrip("="), base64.urlsafe_b64encode(seed).decode(),
+                 base64.urlsafe_b64encode(seed).decode().rstrip("=")):
+        assert signing_key_from_seed(text, "k").encode() == seed, text
+        assert signedjson.key.decode_signing_key_base64("ed25519", "k", text).encode() == seed, text
+    with pytest.raises(InvalidSigningKey):
+        signing_key_from_seed(std.replace("+", "-"), "k")  # both alphabets at once

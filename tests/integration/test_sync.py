@@ -542,3 +542,25 @@ async def test_rejected_invite_in_leave(alice: ApiClient, bob: ApiClient) -> Non
     assert left["timeline"]["events"][-1]["content"]["membership"] == "leave"
     # bob never joined: the room's state (members, ...) is not his to see
     assert ("m.room.member", alice.user_id) not in state_keys(left["state"]["events"])
+
+
+async def test_initial_sync_of_many_rooms_comes_in_pieces_as_one_answer(
+    alice: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An initial sync of more rooms than api/http.py's ROOMS_IN_PIECES is
+    encoded room by room and written in chunks: the client reads the same
+    answer as one encoded whole (and the spec's schema checks it)."""
+    from coffeechat_home.api import http
+
+    rooms = [await create_room(alice, {"name": f"room {i}"}) for i in range(http.ROOMS_IN_PIECES + 2)]
+    for i, room_id in enumerate(rooms):
+        await send_text(alice, room_id, f"message {i} " + "é" * 2000)
+    params = {"filter": json.dumps({"presence": {"types": []}})}
+    assert (await alice.get("sync", params=params)).status == 200  # (presence set online: nothing moves after)
+    pieces = await alice.get("sync", params=params)
+    monkeypatch.setattr(http, "ROOMS_IN_PIECES", 10**9)
+    whole = await alice.get("sync", params=params)
+    assert pieces.status == whole.status == 200
+    assert set(pieces["rooms"]["join"]) == set(rooms)
+    assert int(pieces.headers["Content-Length"]) > 64 * 1024  # several chunks
+    assert pieces.body == whole.body

@@ -40,7 +40,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.servers import Postgres  # noqa: E402
+from bench.servers import Postgres, running_postgres  # noqa: E402
 from tests.integration.processes import ServerProcess, User, server_env  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / ".work"
@@ -284,18 +284,12 @@ def summary(name: str, values: list[float]) -> str:
 
 
 async def run(args: argparse.Namespace) -> int:
-    WORK.mkdir(parents=True, exist_ok=True)
-    pg = Postgres(WORK)
-    pg.start()
-    try:
-        await pg.configure(fsync=True)
+    async with running_postgres(WORK) as pg:
         restart = await bench_restart(pg, args.runs)
         survivor = await bench_survivor(pg, args.runs)
         dbr = await bench_db_restart(pg, args.runs)
         seconds = 5 if args.quick else 15
         tp = {(n, hot): await bench_throughput(pg, n, hot, seconds) for n in (1, 2) for hot in (False, True)}
-    finally:
-        pg.stop()
     print("\n## Recovery (kill -9 and database restarts)")
     print(summary("restart of the killed instance, 'listening' -> new message in a long-poll",
                   [r["visible_ms"] for r in restart]),

@@ -44,7 +44,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import pct  # noqa: E402
-from bench.servers import Postgres  # noqa: E402
+from bench.servers import Postgres, running_postgres  # noqa: E402
 from tests.integration.processes import ServerProcess, User, server_env  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / ".work"
@@ -178,15 +178,9 @@ async def curve(pg: Postgres, instances: int, clients: list[int], seconds: float
 
 
 async def run(args: argparse.Namespace) -> int:
-    WORK.mkdir(parents=True, exist_ok=True)
-    pg = Postgres(WORK)
-    pg.start()
-    try:
-        await pg.configure(fsync=True)
+    async with running_postgres(WORK) as pg:
         commit_ms = await pg.commit_latency()
         points = [p for n in args.instances for p in await curve(pg, n, args.clients, args.seconds)]
-    finally:
-        pg.stop()
     print(f"\n## Scaling on {os.cpu_count()} cores (one PostgreSQL, fsync on; a one-row commit: {1000 * commit_ms:.2f} ms), "
           f"{args.seconds:g} s per point")
     print("| instances | clients | msg/s | send p50 / p95 ms | send -> long-poll p50 / p95 ms (samples) | "

@@ -6,6 +6,7 @@ Everything started here is stopped by its own PID (``stop()``), never by name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -18,7 +19,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import asyncpg
 import psutil
@@ -224,6 +225,20 @@ class Postgres:
             except psutil.Error:
                 pass
         shutil.rmtree(self.pgdata, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def running_postgres(work: Path, *, fsync: bool = True) -> AsyncIterator[Postgres]:
+    """A bench's PostgreSQL in ``work``, configured (``fsync``), stopped
+    (and deleted) when the block ends, even on error."""
+    work.mkdir(parents=True, exist_ok=True)
+    pg = Postgres(work)
+    pg.start()
+    try:
+        await pg.configure(fsync=fsync)
+        yield pg
+    finally:
+        pg.stop()
 
 
 def cpu_seconds_of(pids: list[int]) -> dict[int, float]:

@@ -44,11 +44,15 @@ class SentOnce(web.Response):
         self.body = None
 
 
-def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+def _json_headers(headers: Mapping[str, str] | None) -> CIMultiDict[str]:
     all_headers = _JSON_HEADERS.copy()
     if headers:
         all_headers.update(headers)
-    return SentOnce(body=orjson.dumps(data), status=status, headers=all_headers)
+    return all_headers
+
+
+def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return SentOnce(body=orjson.dumps(data), status=status, headers=_json_headers(headers))
 
 
 # A /sync answer with at least this many rooms is encoded room by room
@@ -111,10 +115,7 @@ def rooms_json_response(data: dict[str, Any], headers: Mapping[str, str] | None 
         add(b"}")
     add(b"}}")
     chunks.append(b"".join(parts))
-    all_headers = _JSON_HEADERS.copy()
-    if headers:
-        all_headers.update(headers)
-    return SentOnce(body=_Chunks(chunks), headers=all_headers)
+    return SentOnce(body=_Chunks(chunks), headers=_json_headers(headers))
 
 
 def raw_json_response(body: bytes, status: int = 200) -> web.Response:

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from .room_versions import RoomIdFormat, RoomVersion
 
 StateKey = tuple[str, str]  # (event type, state key)
-_SLIM_KEYS = ("type", "room_id", "sender", "state_key", "content", "origin_server_ts", "depth", "redacts")
+_SLIM_KEYS = frozenset({"type", "room_id", "sender", "state_key", "content", "origin_server_ts", "depth", "redacts"})
 
 
 class Event:
@@ -70,9 +70,9 @@ class Event:
         signatures, prev and auth events, which are most of an event's
         memory. Never sent or stored: those read the full event."""
         pdu = self.pdu
-        if "signatures" not in pdu and "hashes" not in pdu and "prev_events" not in pdu:
+        if pdu.keys() <= _SLIM_KEYS:
             return self
-        return Event({k: pdu[k] for k in _SLIM_KEYS if k in pdu}, self.event_id, self.room_version)
+        return Event({k: v for k, v in pdu.items() if k in _SLIM_KEYS}, self.event_id, self.room_version)
 
     @property
     def is_state(self) -> bool:

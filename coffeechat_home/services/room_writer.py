@@ -9,6 +9,7 @@ instance makes us reload and rebuild instead of forking (DESIGN.md 2, 4).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import secrets
 import time
@@ -26,7 +27,7 @@ from ..protocol.signing import SigningKey
 from ..storage.event_writes import StaleRoomState
 from ..storage.events import EventStore
 from ..storage.group_commit import GroupCommit
-from ..storage.stream import StreamStore
+from ..storage.stream import Ahead, StreamStore
 from .persister import (
     EventContext,
     NewEvent,
@@ -172,9 +173,17 @@ class RoomWriter:
             head = await self.head(room_id)
             if head is None:
                 raise MatrixError(404, "M_NOT_FOUND", "Room not found")
+            # A message that will go alone: its reservation's round trip
+            # runs in the database while the event is built (GroupCommit.ahead).
+            # Made under the room's lock: made before it, the transaction it
+            # takes could be held while the write that holds the lock queues
+            # for one.
+            ahead = self.group_commit.ahead() if _one_statement(templates) else None
             try:
+                if ahead is not None:
+                    await asyncio.sleep(0)  # (the reservation's statement goes out)
                 built, new_head = await self._build(head, templates, check, int(time.time() * 1000))
-                result, positions = await self._persist(head, built, txn, None, guard=guard)
+                result, positions = await self._persist(head, built, txn, None, guard=guard, ahead=ahead)
             except StaleRoomState:
                 pass
             except MatrixError as e:
@@ -182,6 +191,9 @@ class RoomWriter:
                     raise
             else:
                 return await self._committed(new_head, built, result, positions)
+            finally:
+                if ahead is not None:
+                    ahead.drop()  # unless the write took it
             self._heads.pop(room_id, None)
             built, new_head, result, positions = await self._persist_exclusive(room_id, templates, txn, check, guard)
             return await self._committed(new_head, built, result, positions)
@@ -355,6 +367,7 @@ class RoomWriter:
         room_id: str | None = None,
         *,
         guard: str | None = None,
+        ahead: Ahead | None = None,
     ) -> tuple[PersistResult, list[int]]:
         rid = room_id or head.room_id
         targets = await self._redaction_targets([b.redaction_target for b in built if b.redaction_target])
@@ -376,7 +389,17 @@ class RoomWriter:
             b.event.state_key is None and b.event.redacts is None and b.redaction_target is None
             and b.event.type != "m.room.redaction" for b in built
         )
-        return await self.group_commit.write(fn, len(built), name="persist_events", guard=guard, single=single)
+        return await self.group_commit.write(
+            fn, len(built), name="persist_events", guard=guard, single=single, ahead=ahead
+        )
+
+
+def _one_statement(templates: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether events built from ``templates`` are written as one statement
+    (``_persist``'s ``single``: no state, no redaction)."""
+    return all(
+        "state_key" not in t and t.get("redacts") is None and t.get("type") != "m.room.redaction" for t in templates
+    )
 
 
 def _base(head: RoomHead) -> RoomBase:

@@ -362,17 +362,42 @@ class Database:
             return result
 
     async def attempt_single(
-        self, prelude: str, prelude_args: Sequence[Any], fn: Callable[[asyncpg.Connection], Awaitable[T]]
+        self, prelude: str, prelude_args: Sequence[Any], fn: Callable[[asyncpg.Connection], Awaitable[T]],
+        *, held: "Awaitable[Held] | None" = None,
     ) -> T:
         """One try of a write that is one statement, committed as it ends
         (no BEGIN or COMMIT; the session's default isolation, SERIALIZABLE
         on this pool): the statement ``prelude`` with ``prelude_args``
         (committed on its own), then ``fn(conn)``, which runs that one
         statement. Two round trips in all. Once the statement is sent, a
-        lost connection leaves its outcome unknown (as a COMMIT's)."""
+        lost connection leaves its outcome unknown (as a COMMIT's).
+
+        ``held``: the prelude was run ahead (``run_first``, with the same
+        statement and arguments): ``fn`` runs on its connection once it is
+        done, and a failure of the prelude is raised as here."""
+        if held is not None:
+            h = await held
+            try:
+                return await _guard(h.conn, fn(h.conn), committing=True)
+            finally:
+                await h.release()
         async with self._connection(self.pool) as conn:
             await _guard(conn, conn.execute(prelude, *prelude_args), committing=False)
             return await _guard(conn, fn(conn), committing=True)
+
+    async def run_first(self, prelude: str, prelude_args: Sequence[Any]) -> "Held":
+        """``attempt_single``'s first round trip on its own: a pool
+        connection with ``prelude`` run (and committed) on it, held for
+        the statement that follows (``attempt_single(held=...)``), or let go
+        (``Held.release``). Failures are reported as ``attempt_single``'s."""
+        cm = self._connection(self.pool)
+        conn = await cm.__aenter__()
+        try:
+            await _guard(conn, conn.execute(prelude, *prelude_args), committing=False)
+        except BaseException:
+            await cm.__aexit__(None, None, None)
+            raise
+        return Held(cm, conn)
 
     @contextlib.asynccontextmanager
     async def _connection(self, pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
@@ -413,6 +438,22 @@ class Database:
                 return await _guard(conn, fn(conn), committing=True)
 
         return await self.retrying(attempt, name="statement")
+
+
+class Held:
+    """A pool connection whose first statement ran (``Database.run_first``)."""
+
+    __slots__ = ("_cm", "conn")
+
+    def __init__(self, cm: contextlib.AbstractAsyncContextManager[asyncpg.Connection], conn: asyncpg.Connection) -> None:
+        self._cm: contextlib.AbstractAsyncContextManager[asyncpg.Connection] | None = cm
+        self.conn = conn
+
+    async def release(self) -> None:
+        """Back to the pool (once)."""
+        cm, self._cm = self._cm, None
+        if cm is not None:
+            await cm.__aexit__(None, None, None)
 
 
 class DatabaseUnavailable(DatabaseError):

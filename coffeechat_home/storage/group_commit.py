@@ -39,7 +39,7 @@ import asyncpg
 
 from .database import DatabaseUnavailable
 from .event_writes import InsertBatch, StaleRoomState
-from .stream import StreamStore
+from .stream import Ahead, StreamStore
 
 T = TypeVar("T")
 
@@ -80,13 +80,40 @@ class GroupCommit:
         self.shared_insert = True
         self.shared_writes = 0  # writes committed through a shared insert (metrics, tests)
 
+    def ahead(self) -> Ahead | None:
+        """For a one-statement write (a message) about to be built: when it
+        would go alone (a transaction free), take that transaction now and
+        start its reservation (``StreamStore.reserve_ahead``), so the
+        reservation's round trip overlaps the build. Pass it to ``write``,
+        or ``drop`` it (which frees the transaction). None when the write
+        would queue for a batch."""
+        if not self.enabled:
+            return self.stream.reserve_ahead()
+        if self._in_flight >= self.transactions or self._queue:
+            return None
+        self._in_flight += 1
+        return self.stream.reserve_ahead(slot=self._next)
+
     async def write(
         self, fn: WriteFn[T], count: int, *, name: str = "stream_write", guard: str | None = None,
-        single: bool = False,
+        single: bool = False, ahead: Ahead | None = None,
     ) -> tuple[T, list[int]]:
         """``single``: ``fn`` is a one-statement write, run as such when it
         goes alone (``StreamStore.write_many(single=True)``: two round
-        trips); in a batch it gets the batch's connection as any write."""
+        trips); in a batch it gets the batch's connection as any write.
+        ``ahead`` (from ``self.ahead()``): a single write goes alone on the
+        transaction and reservation taken for it; any other drops it."""
+        if ahead is not None:
+            if single and not ahead.taken:
+                slot = ahead.slot_held
+                try:
+                    return await self.stream.write_many(
+                        fn, count, name=name, guard=guard, allocate=False, single=True, ahead=ahead
+                    )
+                finally:
+                    if slot:
+                        self._next()
+            ahead.drop()
         if not self.enabled:
             return await self.stream.write_many(fn, count, name=name, guard=guard, allocate=False, single=single)
         if self._in_flight < self.transactions:

@@ -76,7 +76,7 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import asyncpg
 
-from .database import Database, DatabaseError, Engine
+from .database import Database, DatabaseError, Engine, Held
 
 T = TypeVar("T")
 
@@ -145,6 +145,11 @@ class StreamStore:
         # The highest committed maximum a ``committed_max()`` returned (other
         # instances' writes included); see ``known_committed``.
         self.seen_committed = 0
+        # reservations made ahead of their writes (reserve_ahead), and those
+        # given up unused (for tests and metrics); discards in progress
+        self.aheads = 0
+        self.aheads_dropped = 0
+        self._discards: set[asyncio.Task[None]] = set()
 
     async def write(
         self, fn: Callable[[asyncpg.Connection, int], Awaitable[T]], *, name: str = "stream_write"
@@ -167,6 +172,7 @@ class StreamStore:
         guard: str | None = None,
         allocate: bool = True,
         single: bool = False,
+        ahead: "Ahead | None" = None,
     ) -> tuple[T, list[int]]:
         """Like ``write`` with ``count`` increasing positions.
 
@@ -190,12 +196,19 @@ class StreamStore:
         write is two round trips (the reservation, the statement) instead
         of three.
 
+        ``ahead`` (with ``single``): the reservation made for this write by
+        ``reserve_ahead`` while it was being built; the first try uses it
+        (and so waits only for what is left of its round trip), the write
+        owns it from this call on.
+
         Shielded from the caller's cancellation (a client that hangs up
         makes aiohttp cancel its handler): a write runs to its end, so no
         reservation is left half-made and no connection is abandoned in
         the middle of a statement; the client's retry with the same
         transaction id finds what it stored."""
-        task = asyncio.ensure_future(self._write_many(fn, count, name, guard, allocate, single))
+        if ahead is not None and not (single and ahead.owned_by_write()):
+            raise RuntimeError("a reservation made ahead is for one lone one-statement write")
+        task = asyncio.ensure_future(self._write_many(fn, count, name, guard, allocate, single, ahead))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -250,15 +263,26 @@ class StreamStore:
 
     async def _write_many(
         self, fn: Callable[[asyncpg.Connection, list[int]], Awaitable[T]], count: int, name: str,
-        guard: str | None, allocate: bool = True, single: bool = False,
+        guard: str | None, allocate: bool = True, single: bool = False, ahead: "Ahead | None" = None,
     ) -> tuple[T, list[int]]:
-        async with self._gate:
-            assert not (single and allocate)
-            return await self.db.retrying(lambda: self._attempt(fn, count, guard, allocate, single), name=name)
+        first = ahead  # the first try's reservation, made ahead
+
+        async def attempt() -> tuple[T, list[int]]:
+            nonlocal first
+            made, first = first, None
+            return await self._attempt(fn, count, guard, allocate, single, made)
+
+        try:
+            async with self._gate:
+                assert not (single and allocate)
+                return await self.db.retrying(attempt, name=name)
+        finally:
+            if first is not None:  # never tried (cancelled at the gate)
+                self._discard(first)
 
     async def _attempt(
         self, fn: Callable[[asyncpg.Connection, list[int]], Awaitable[T]], count: int | None,
-        guard: str | None = None, allocate: bool = True, single: bool = False,
+        guard: str | None = None, allocate: bool = True, single: bool = False, ahead: "Ahead | None" = None,
     ) -> tuple[T, list[int]]:
         """One try: a fresh reservation, then the write transaction. The
         reservation never outlives the try, so a write that backs off after
@@ -276,7 +300,8 @@ class StreamStore:
         commits before the positions are taken, and its deletion commits
         with the write."""
         while True:
-            token = secrets.token_hex(12)
+            token = secrets.token_hex(12) if ahead is None else ahead.token
+            held, ahead = (None if ahead is None else ahead.task), None
             reserved = False
             wrote = False  # the write's statements ran: a division by zero now is the reservation's check
             committed = False
@@ -303,7 +328,7 @@ class StreamStore:
                     return result, positions
 
                 if single:  # (the guard is in the statement)
-                    result = await self.db.attempt_single(RESERVE_SQL, (token, self.instance_id), txn)
+                    result = await self.db.attempt_single(RESERVE_SQL, (token, self.instance_id), txn, held=held)
                 else:
                     tail = "" if guard is None else f"; {guard}"
                     result = await self.db.attempt_bracketed(self._prelude(token) + tail, txn, self._finale(token))
@@ -338,6 +363,44 @@ class StreamStore:
                 # deletes nothing)
                 if reserved and not committed:
                     await self._release(token)
+
+    def reserve_ahead(self, *, slot: Callable[[], None] | None = None) -> "Ahead":
+        """Start the reservation of a lone one-statement write
+        (``write_many(single=True)``) now, before the write is built: its
+        round trip runs in the database while this process builds the
+        write, instead of before the write's statement. The caller hands
+        it to ``write_many(ahead=...)``, or gives it up (``Ahead.drop``:
+        the reservation is deleted in the background). ``slot``: called
+        once when the reservation is given up unused (the caller's
+        accounting, GroupCommit.ahead). As any reservation it holds
+        readers below its floor until the write commits or gives it up, so
+        it is made only once nothing else stands between it and the write
+        (the room's lock held)."""
+        token = secrets.token_hex(12)
+        task = asyncio.ensure_future(self.db.run_first(RESERVE_SQL, (token, self.instance_id)))
+        self.aheads += 1
+        return Ahead(self, token, task, slot)
+
+    def _discard(self, ahead: "Ahead") -> None:
+        """An unused reservation made ahead: let its connection go and
+        delete it, in the background (the request that made it may be
+        cancelled)."""
+
+        async def discard() -> None:
+            try:
+                held = await ahead.task
+            except BaseException:
+                # the prelude may or may not have committed: the heartbeat
+                # releases it (a no-op if it never existed)
+                self.orphans.add(ahead.token)
+                return
+            await held.release()
+            await self._release(ahead.token)
+
+        self.aheads_dropped += 1
+        task = asyncio.ensure_future(discard())
+        self._discards.add(task)
+        task.add_done_callback(self._discards.discard)
 
     def _reservation(self, token: str) -> str:
         """The reservation, committed in a transaction of its own (a
@@ -493,6 +556,48 @@ async def allocate_positions(conn: asyncpg.Connection, count: int) -> list[int]:
         "SELECT array_agg(nextval('stream_seq')) FROM generate_series(1, $1::INT)", count
     )
     return sorted(allocated)
+
+
+class Ahead:
+    """A lone write's reservation, made while the write is built
+    (``StreamStore.reserve_ahead``). Owned by whoever holds it until
+    ``write_many(ahead=...)`` takes it (``owned_by_write``) or it is
+    dropped; exactly one of the two happens, and ``drop`` after it is a
+    no-op, so ``finally: ahead.drop()`` is always safe."""
+
+    __slots__ = ("stream", "token", "task", "_slot", "taken")
+
+    def __init__(self, stream: StreamStore, token: str, task: "asyncio.Future[Held]",
+                 slot: Callable[[], None] | None) -> None:
+        self.stream = stream
+        self.token = token
+        self.task = task
+        self._slot = slot
+        self.taken = False
+
+    @property
+    def slot_held(self) -> bool:
+        """Whether it came with a slot of its maker's (``reserve_ahead(slot=...)``),
+        which the write frees when it ends."""
+        return self._slot is not None
+
+    def owned_by_write(self) -> bool:
+        """The write takes it (synchronously, so a cancellation after this
+        cannot also drop it); False if it was taken or dropped before."""
+        if self.taken:
+            return False
+        self.taken = True
+        return True
+
+    def drop(self) -> None:
+        """Give it up unused (no-op once taken): the caller's ``slot`` is
+        called and the reservation deleted in the background."""
+        if self.taken:
+            return
+        self.taken = True
+        if self._slot is not None:
+            self._slot()
+        self.stream._discard(self)
 
 
 class SingleStatement:

@@ -187,6 +187,80 @@ async def test_one_statement_write_runs_no_second_statement_and_leaves_no_reserv
     assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
 
 
+async def _settled(store: StreamStore, db: Database) -> None:
+    """Until the store's background discards are done (bounded)."""
+    for _ in range(500):
+        if not store._discards:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("a reservation made ahead was never discarded")
+
+
+async def test_a_reservation_made_ahead_is_the_one_its_write_deletes(db: Database) -> None:
+    """``reserve_ahead`` commits the reservation while the write is still
+    being built; the write then runs its one statement on that
+    reservation (no second one), and once taken the reservation cannot be
+    dropped any more."""
+    store = StreamStore(db, instance_id="w")
+    ahead = store.reserve_ahead()
+    await ahead.task  # committed: readers are held below it before the write exists
+    assert await db.fetchval("SELECT token FROM stream_inflight") == ahead.token
+    assert await store.current_position() < await db.fetchval("SELECT last_value FROM stream_seq")
+    seen: list[object] = []
+
+    async def fn(conn: SingleStatement, positions: list[int]) -> str:
+        seen.append(await db.fetchval("SELECT array_agg(token) FROM stream_inflight"))
+        positions.append(await _one_statement(conn, "$ahead"))
+        return "done"
+
+    result, positions = await store.write_many(fn, 1, allocate=False, single=True, ahead=ahead)  # type: ignore[arg-type]
+    assert result == "done" and seen == [[ahead.token]]  # its reservation, and no other
+    ahead.drop()  # taken by the write: nothing to give up
+    assert (store.aheads, store.aheads_dropped) == (1, 0)
+    assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
+    assert await store.current_position() == positions[0]
+    with pytest.raises(RuntimeError):  # one write per reservation
+        await store.write_many(fn, 1, allocate=False, single=True, ahead=ahead)  # type: ignore[arg-type]
+
+
+async def test_a_reservation_made_ahead_and_given_up_holds_no_one_back(db: Database) -> None:
+    """Dropped unused (the write was refused, or its request cancelled), in
+    flight or already committed, a reservation made ahead is deleted and
+    its connection goes back to the pool; one reclaimed before its write
+    ran (its instance looked dead) makes the write start over on a new
+    one, stored once."""
+    store = StreamStore(db, instance_id="w")
+    freed: list[int] = []
+    for wait in (False, True):
+        ahead = store.reserve_ahead(slot=lambda: freed.append(1))
+        if wait:
+            await ahead.task
+        ahead.drop()
+        ahead.drop()  # once only
+        await _settled(store, db)
+    assert (store.aheads, store.aheads_dropped, len(freed)) == (2, 2, 2)
+    assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
+    assert db.pool.get_idle_size() == db.pool.get_size()  # every connection back
+    _, pos = await store.write(lambda conn, pos: _insert(conn, pos))
+    assert await store.current_position() == pos  # nothing left below it
+
+    ahead = store.reserve_ahead()
+    await ahead.task
+    await db.execute("DELETE FROM stream_inflight WHERE token = $1", ahead.token)  # reclaimed
+    tries: list[int] = []
+
+    async def fn(conn: SingleStatement, positions: list[int]) -> None:
+        tries.append(1)
+        positions.append(await _one_statement(conn, f"$retry{len(tries)}"))
+
+    _, positions = await store.write_many(fn, 1, allocate=False, single=True, ahead=ahead)  # type: ignore[arg-type]
+    assert len(tries) == 2
+    rows = await db.fetch("SELECT event_id FROM room_memberships WHERE event_id LIKE '$retry%'")
+    assert [r["event_id"] for r in rows] == ["$retry2"]
+    assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
+    assert await store.current_position() == positions[0]
+
+
 async def test_one_statement_write_checks_its_guard_in_the_statement(db: Database) -> None:
     """The guard (e.g. "the token still exists") is read by the write's own
     statement: a revocation committed after the reservation but before the

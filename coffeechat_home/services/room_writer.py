@@ -178,7 +178,7 @@ class RoomWriter:
             # Made under the room's lock: made before it, the transaction it
             # takes could be held while the write that holds the lock queues
             # for one.
-            ahead = self.group_commit.ahead() if _one_statement(templates) else None
+            ahead = await self.group_commit.ahead() if _one_statement(templates) else None
             try:
                 if ahead is not None:
                     await asyncio.sleep(0)  # (the reservation's statement goes out)

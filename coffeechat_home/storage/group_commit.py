@@ -80,19 +80,22 @@ class GroupCommit:
         self.shared_insert = True
         self.shared_writes = 0  # writes committed through a shared insert (metrics, tests)
 
-    def ahead(self) -> Ahead | None:
+    async def ahead(self) -> Ahead | None:
         """For a one-statement write (a message) about to be built: when it
         would go alone (a transaction free), take that transaction now and
         start its reservation (``StreamStore.reserve_ahead``), so the
         reservation's round trip overlaps the build. Pass it to ``write``,
         or ``drop`` it (which frees the transaction). None when the write
-        would queue for a batch."""
+        would queue for a batch, or the stream's write gate is full.
+        (Never pauses.)"""
         if not self.enabled:
-            return self.stream.reserve_ahead()
+            return await self.stream.reserve_ahead()
         if self._in_flight >= self.transactions or self._queue:
             return None
-        self._in_flight += 1
-        return self.stream.reserve_ahead(slot=self._next)
+        made = await self.stream.reserve_ahead(slot=self._next)
+        if made is not None:
+            self._in_flight += 1
+        return made
 
     async def write(
         self, fn: WriteFn[T], count: int, *, name: str = "stream_write", guard: str | None = None,

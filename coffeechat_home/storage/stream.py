@@ -272,12 +272,15 @@ class StreamStore:
             made, first = first, None
             return await self._attempt(fn, count, guard, allocate, single, made)
 
-        try:
+        assert not (single and allocate)
+        if ahead is None:
             async with self._gate:
-                assert not (single and allocate)
                 return await self.db.retrying(attempt, name=name)
+        try:  # (a reservation made ahead came with its permit of the gate)
+            return await self.db.retrying(attempt, name=name)
         finally:
-            if first is not None:  # never tried (cancelled at the gate)
+            self._gate.release()
+            if first is not None:  # never tried
                 self._discard(first)
 
     async def _attempt(
@@ -364,7 +367,7 @@ class StreamStore:
                 if reserved and not committed:
                     await self._release(token)
 
-    def reserve_ahead(self, *, slot: Callable[[], None] | None = None) -> "Ahead":
+    async def reserve_ahead(self, *, slot: Callable[[], None] | None = None) -> "Ahead | None":
         """Start the reservation of a lone one-statement write
         (``write_many(single=True)``) now, before the write is built: its
         round trip runs in the database while this process builds the
@@ -375,7 +378,16 @@ class StreamStore:
         accounting, GroupCommit.ahead). As any reservation it holds
         readers below its floor until the write commits or gives it up, so
         it is made only once nothing else stands between it and the write
-        (the room's lock held)."""
+        (the room's lock held).
+
+        It takes its permit of the write gate now, or is not made (None)
+        when the gate is full: a reservation made ahead holds a pool
+        connection, which must never wait for the gate, or the writes
+        inside the gate could wait for a connection for ever. (Never
+        pauses: the permit is free when taken.)"""
+        if self._gate.locked():
+            return None
+        await self._gate.acquire()
         token = secrets.token_hex(12)
         task = asyncio.ensure_future(self.db.run_first(RESERVE_SQL, (token, self.instance_id)))
         self.aheads += 1
@@ -597,6 +609,7 @@ class Ahead:
         self.taken = True
         if self._slot is not None:
             self._slot()
+        self.stream._gate.release()
         self.stream._discard(self)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import secrets
 from typing import AsyncIterator, Awaitable, Callable
 
 import asyncpg
@@ -14,7 +15,10 @@ import pytest
 
 from coffeechat_home.services.notifier import Notifier
 from coffeechat_home.storage.database import Database, Engine
-from coffeechat_home.storage.stream import GuardFailed, SingleStatement, StreamStore
+from coffeechat_home.storage.group_commit import GroupCommit
+from coffeechat_home.storage.stream import Ahead, GuardFailed, SingleStatement, StreamStore
+
+WRITES_DEADLINE_S = 15.0  # a bound on waiting for writes that should all finish, not a performance claim
 
 
 @pytest.fixture
@@ -202,7 +206,8 @@ async def test_a_reservation_made_ahead_is_the_one_its_write_deletes(db: Databas
     reservation (no second one), and once taken the reservation cannot be
     dropped any more."""
     store = StreamStore(db, instance_id="w")
-    ahead = store.reserve_ahead()
+    ahead = await store.reserve_ahead()
+    assert ahead is not None
     await ahead.task  # committed: readers are held below it before the write exists
     assert await db.fetchval("SELECT token FROM stream_inflight") == ahead.token
     assert await store.current_position() < await db.fetchval("SELECT last_value FROM stream_seq")
@@ -232,7 +237,8 @@ async def test_a_reservation_made_ahead_and_given_up_holds_no_one_back(db: Datab
     store = StreamStore(db, instance_id="w")
     freed: list[int] = []
     for wait in (False, True):
-        ahead = store.reserve_ahead(slot=lambda: freed.append(1))
+        ahead = await store.reserve_ahead(slot=lambda: freed.append(1))
+        assert ahead is not None
         if wait:
             await ahead.task
         ahead.drop()
@@ -244,7 +250,8 @@ async def test_a_reservation_made_ahead_and_given_up_holds_no_one_back(db: Datab
     _, pos = await store.write(lambda conn, pos: _insert(conn, pos))
     assert await store.current_position() == pos  # nothing left below it
 
-    ahead = store.reserve_ahead()
+    ahead = await store.reserve_ahead()
+    assert ahead is not None
     await ahead.task
     await db.execute("DELETE FROM stream_inflight WHERE token = $1", ahead.token)  # reclaimed
     tries: list[int] = []
@@ -259,6 +266,86 @@ async def test_a_reservation_made_ahead_and_given_up_holds_no_one_back(db: Datab
     assert [r["event_id"] for r in rows] == ["$retry2"]
     assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
     assert await store.current_position() == positions[0]
+
+
+async def test_reservations_made_ahead_never_hold_the_connections_the_gated_writes_need(db: Database) -> None:
+    """A reservation made ahead holds a pool connection until its write.
+    Were such writes to wait at the write gate (``max_concurrent_writes``)
+    with their connections while the writes inside the gate wait for a
+    connection, every stream write would hang and the reservations would
+    hold every reader back for good (found by a review: messages to as many
+    rooms as the pool has connections, with group commit off, and other
+    writes at once). Reservations ahead take their permit of the gate when
+    they are made, or are not made."""
+    store = StreamStore(db, instance_id="w", max_concurrent_writes=8)
+    group = GroupCommit(store, enabled=False)  # (on, at most its transactions reserve ahead)
+    size = db.pool.get_max_size()
+    aheads: list[Ahead] = []
+    for _ in range(size):  # messages to as many rooms, each under its room's lock
+        made = await group.ahead()
+        if made is None:
+            break
+        aheads.append(made)
+    assert 0 < len(aheads) < size
+    await asyncio.gather(*(a.task for a in aheads))
+    others = [asyncio.ensure_future(store.write(lambda conn, pos: _insert(conn, pos))) for _ in range(8)]
+    for _ in range(20):
+        await asyncio.sleep(0)  # the other writes reach the gate
+
+    async def fn(conn: SingleStatement, positions: list[int]) -> None:
+        positions.append(await _one_statement(conn, f"$msg{len(positions)}{secrets.token_hex(4)}"))
+
+    messages = [asyncio.ensure_future(group.write(fn, 1, single=True, ahead=a)) for a in aheads]  # type: ignore[arg-type]
+    done, pending = await asyncio.wait(others + messages, timeout=WRITES_DEADLINE_S)
+    if pending:  # unwind before failing
+        for a in aheads:
+            if a.task.done() and not a.task.exception():
+                await a.task.result().release()
+        await asyncio.wait(pending, timeout=WRITES_DEADLINE_S)
+    assert not pending, f"{len(pending)} writes stuck"
+    assert all(t.exception() is None for t in done)
+    assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
+    assert await db.fetchval("SELECT count(*) FROM room_memberships") == len(aheads) + 8
+
+
+async def test_a_reservation_made_ahead_and_given_up_hands_its_transaction_to_the_queue(db: Database) -> None:
+    """With group commit on, a reservation made ahead holds one of its
+    transactions: writes that come meanwhile queue, and go (as a batch) as
+    soon as it is given up; a write that took one goes alone and then
+    frees its transaction the same way."""
+    store = StreamStore(db, instance_id="w")
+    group = GroupCommit(store, transactions=1)
+    ahead = await group.ahead()
+    assert ahead is not None and await group.ahead() is None  # its one transaction is taken
+
+    async def one(conn: SingleStatement, positions: list[int]) -> None:
+        positions.append(await _one_statement(conn, f"$queued{secrets.token_hex(4)}"))
+
+    async def plain(conn: asyncpg.Connection, positions: list[int]) -> None:
+        pos = int(await conn.fetchval("SELECT nextval('stream_seq')"))
+        await _insert(conn, pos)
+        positions.append(pos)
+
+    queued = [asyncio.ensure_future(group.write(plain, 1)) for _ in range(2)]
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len(group._queue) == 2
+    assert not any(t.done() for t in queued)
+    ahead.drop()
+    done, pending = await asyncio.wait(queued, timeout=WRITES_DEADLINE_S)
+    assert not pending
+    assert [t.exception() for t in done] == [None, None]
+    assert (group.batches, group._in_flight) == (1, 0)
+    await _settled(store, db)
+    ahead = await group.ahead()
+    assert ahead is not None
+    queued = [asyncio.ensure_future(group.write(plain, 1))]
+    await group.write(one, 1, single=True, ahead=ahead)  # type: ignore[arg-type]
+    done, pending = await asyncio.wait(queued, timeout=WRITES_DEADLINE_S)
+    assert not pending
+    assert group._in_flight == 0
+    assert await db.fetchval("SELECT count(*) FROM room_memberships") == 4
+    assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
 
 
 async def test_one_statement_write_checks_its_guard_in_the_statement(db: Database) -> None:

@@ -204,6 +204,15 @@ class HistoryService:
         self._restricted_last = (key, found)
         return found
 
+    def note_restriction(self, room_id: str, upto: int, restricted: bool) -> None:
+        """``restricts_history(room_id, upto)``'s answer, read by the
+        caller in the statement that read the rows up to ``upto``
+        (EventStore.timeline_and_restriction): the askers that follow need
+        no read of their own."""
+        key = (room_id, upto)
+        self._restricted.put(key, restricted)
+        self._restricted_last = (key, restricted)
+
     async def _restricts(self, room_id: str) -> bool:
         return room_id in await self.events.rooms_with_restricted_history([room_id])
 

@@ -57,9 +57,21 @@ class SyncRooms:
             )
         else:
             key = (room_id, after, upto, *f.timeline_key())
-            rows = list(await self._timelines.get(key, lambda: self.events.timeline(
-                room_id, after=after, upto=upto, limit=f.timeline_limit + 1, backwards=True, **kw
-            )))
+
+            async def read() -> list[EventRow]:
+                if user_id is None:
+                    return await self.events.timeline(
+                        room_id, after=after, upto=upto, limit=f.timeline_limit + 1, backwards=True, **kw
+                    )
+                # with what hide_unseen below asks about the room, in the same statement
+                found, restricted = await self.events.timeline_and_restriction(
+                    room_id, after=after, upto=upto, limit=f.timeline_limit + 1, **kw
+                )
+                if found:
+                    self.history.note_restriction(room_id, max(r.stream_pos or 0 for r in found), restricted)
+                return found
+
+            rows = list(await self._timelines.get(key, read))
         limited = len(rows) > f.timeline_limit
         rows = rows[: f.timeline_limit]
         if user_id is not None:

@@ -44,6 +44,12 @@ _ROW_COLUMNS = "event_id, room_id, stream_pos, type, state_key, sender, client, 
 HistoryKey = tuple[int | None, int]
 
 
+def _restricting(client: str) -> bool:
+    """Whether an m.room.history_visibility event (its client JSON)
+    restricts history to members: ``joined`` or ``invited``."""
+    return orjson.loads(client).get("content", {}).get("history_visibility") in ("joined", "invited")
+
+
 def _row(r: asyncpg.Record) -> EventRow:
     return EventRow(
         r["event_id"], r["room_id"], r["stream_pos"], r["type"], r["state_key"], r["sender"], r["client"],
@@ -174,8 +180,40 @@ class EventListings:
                WHERE room_id = ANY($1::TEXT[]) AND type = 'm.room.history_visibility' AND state_key = ''""",
             list(set(room_ids)),
         )
-        return {r["room_id"] for r in rows
-                if orjson.loads(r["client"]).get("content", {}).get("history_visibility") in ("joined", "invited")}
+        return {r["room_id"] for r in rows if _restricting(r["client"])}
+
+    async def timeline_and_restriction(
+        self,
+        room_id: str,
+        *,
+        after: int | None,
+        upto: int | None,
+        limit: int,
+        types: Sequence[str] | None = None,
+        not_types: Sequence[str] | None = None,
+        senders: Sequence[str] | None = None,
+        not_senders: Sequence[str] | None = None,
+    ) -> tuple[list[EventRow], bool]:
+        """``timeline(..., backwards=True)`` and whether the room has (or
+        had) a ``joined`` or ``invited`` history visibility
+        (``rooms_with_restricted_history``), in one statement: a woken
+        /sync asks both about its room, one after the other, and this saves
+        it a round trip. Read by the statement that read the rows, the
+        answer holds for them (HistoryService.restricts_history)."""
+        q = _Query("room_id", room_id)
+        q.range(after, upto)
+        q.conds.extend(_type_sender_filters(q.arg, types, not_types, senders, not_senders))
+        rows = await self.db.fetch(
+            f"""(SELECT {_ROW_COLUMNS}, FALSE AS hv FROM events WHERE {' AND '.join(q.conds)}
+                 ORDER BY stream_pos DESC LIMIT {q.arg(limit)})
+                UNION ALL
+                (SELECT {_ROW_COLUMNS}, TRUE AS hv FROM events
+                 WHERE room_id = $1 AND type = 'm.room.history_visibility' AND state_key = '')""",
+            *q.args,
+        )
+        timeline = [_row(r) for r in rows if not r["hv"]]
+        timeline.sort(key=lambda e: e.stream_pos or 0, reverse=True)
+        return timeline, any(_restricting(r["client"]) for r in rows if r["hv"])
 
     async def user_view_at_events(
         self, event_ids: Sequence[str], user_id: str

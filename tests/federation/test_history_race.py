@@ -96,8 +96,19 @@ async def test_events_from_before_a_join_delivered_after_it_stay_hidden(
             secret_ids.append(sent["event_id"])
         status, body = await bob.call("POST", f"join/{quote(room_id)}?server_name={quote(a.server_name)}", {})
         assert status == 200, body
-        first = await bob.sync()
-        since = first["next_batch"]
+        # since a sync that has the room (a partial-state join shows it once
+        # its state is complete): the syncs below are incremental for it,
+        # and judge each late event as a room the client has (one read of
+        # its timeline and history visibility together)
+        tokens: list[str] = []
+
+        async def room_synced() -> bool:
+            synced = await bob.sync()
+            tokens.append(synced["next_batch"])
+            return room_id in synced.get("rooms", {}).get("join", {})
+
+        assert await wait_until(room_synced, 30, interval=0.2)
+        since = tokens[-1]
         # a's position for b behind the secrets when bob's join landed (its
         # sender had not caught up on b yet: busy, in backoff, or the
         # instance holding b's lease died): it catches up after the join

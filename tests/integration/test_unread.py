@@ -143,7 +143,8 @@ async def test_a_sync_reads_a_rooms_history_restrictions_once(
     """The timeline and the unread counts of an incremental sync judge the
     same new rows by the room's history visibility: one read for both (the
     sync's HistoryService is the app's; each built its own, and read it
-    twice per woken sync)."""
+    twice per woken sync), and that read is the timeline's own statement
+    (EventStore.timeline_and_restriction), not one of its own."""
     room_id = await create_room(alice, {"preset": "private_chat"})
     await invite_and_join(alice, bob, room_id)
     first = await sync(alice)
@@ -151,17 +152,24 @@ async def test_a_sync_reads_a_rooms_history_restrictions_once(
     events = server.services.events
     asked: list[list[str]] = []
     read = events.rooms_with_restricted_history
+    with_timeline: list[str] = []
+    read_with_timeline = events.timeline_and_restriction
 
     async def counting(room_ids: Sequence[str]) -> set[str]:
         asked.append(list(room_ids))
         return await read(room_ids)
 
+    async def counting_with_timeline(room_id: str, **kw: Any) -> Any:
+        with_timeline.append(room_id)
+        return await read_with_timeline(room_id, **kw)
+
     monkeypatch.setattr(events, "rooms_with_restricted_history", counting)
+    monkeypatch.setattr(events, "timeline_and_restriction", counting_with_timeline)
     await send_text(bob, room_id, "one read")
     body = await sync(alice, first["next_batch"])
     assert [e["content"]["body"] for e in joined(body)[room_id]["timeline"]["events"]] == ["one read"]
     assert counts(body, room_id) == {"notification_count": 1, "highlight_count": 0}
-    assert asked == [[room_id]]
+    assert (asked, with_timeline) == ([], [room_id])
 
 
 async def test_push_rules_are_read_once_for_a_run_of_syncs(

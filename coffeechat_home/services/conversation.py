@@ -64,6 +64,7 @@ class Conversation:
             account_data_rooms=self.room_account_data_for_sync,
             presence=self.presence.presence_for_sync,
             unread=self.unread.counts_for_sync,
+            timeline_read=self.unread.new_events_read,
         )
 
     async def _account_data_for_sync(

@@ -50,6 +50,10 @@ class SyncSources:
     unread: Callable[
         [str, list[str], int | None, int, Mapping[str, set[str]] | None], Awaitable[dict[str, dict[str, int]]]
     ] | None = None
+    # Told of a room's every event in (after, upto], newest first, as a
+    # sync's timeline read them (room id, after, upto, rows): the unread
+    # counts' read of the same events is then not made.
+    timeline_read: Callable[[str, int, int, list[EventRow]], None] | None = None
     # Top-level sections from other features (E2EE: to_device, device_lists,
     # key counts): each returns its fields and whether they carry news.
     extra_global: list[Callable[[Requester, int | None, int], Awaitable[tuple[dict[str, Any], bool]]]] = field(

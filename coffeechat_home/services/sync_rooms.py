@@ -6,7 +6,7 @@ their state and summaries, as the SyncRooms mixin of SyncService
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
 import orjson
 
@@ -20,6 +20,9 @@ from .history import HistoryService
 from .history_tokens import make_token, serve_event
 from .history_visibility import Window
 from .sync_filter import SyncFilter
+
+if TYPE_CHECKING:
+    from .sync import SyncSources
 
 HEROES = 5  # m.heroes in a room summary
 STRIPPED_STATE_TYPES = (
@@ -35,6 +38,7 @@ class SyncRooms:
     rooms: RoomStore
     history: HistoryService
     _timelines: SharedReads[tuple[Any, ...], list[EventRow]]
+    sources: "SyncSources"
     remote_invite_state: Callable[[str], Awaitable[list[Any] | None]] | None
 
     async def _timeline(
@@ -69,6 +73,11 @@ class SyncRooms:
                 )
                 if found:
                     self.history.note_restriction(room_id, max(r.stream_pos or 0 for r in found), restricted)
+                told = self.sources.timeline_read
+                if (told is not None and after is not None and len(found) <= f.timeline_limit
+                        and kw["types"] is None and kw["senders"] is None and not kw["not_types"]
+                        and not kw["not_senders"]):
+                    told(room_id, after, upto, found)  # every event of (after, upto]
                 return found
 
             rows = list(await self._timelines.get(key, read))

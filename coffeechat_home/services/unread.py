@@ -29,6 +29,7 @@ from ..protocol.push_eval import (
     CompiledRule, PushContext, compile_ruleset, evaluate, highlights, matching_compiled, notifies,
 )
 from ..errors import invalid_param
+from ..storage.event_listings import EventRow
 from ..storage.rooms import RoomStore
 from ..storage.stream import StreamStore
 from ..storage.unread import RoomEvent, RoomPushState, UnreadEvent, UnreadStore
@@ -240,6 +241,19 @@ class UnreadService:
         compiled = compile_ruleset(ruleset)
         self._rulesets[user_id] = (pos, time.monotonic() + CARRY_TTL_S, ruleset, compiled)
         return compiled
+
+    def new_events_read(self, room_id: str, after: int, upto: int, rows: Sequence[EventRow]) -> None:
+        """A sync's timeline read every event of the room in (after, upto]
+        (``rows``, newest first): ``_new_events`` takes them from here
+        rather than reading them again. They are the events
+        ``room_events_between`` reads: an event with a stream position is
+        not rejected (one rejected later loses its position)."""
+        if len(rows) > UNREAD_SCAN_LIMIT:
+            return
+        self._new.put((room_id, after, upto), [
+            _NewEvent(RoomEvent(r.event_id, r.stream_pos, r.type, r.state_key, r.sender, r.client), orjson.loads(r.client))
+            for r in reversed(rows) if r.stream_pos is not None
+        ])
 
     async def _new_events(self, room_id: str, after: int, upto: int) -> list[_NewEvent] | None:
         """The room's events in (after, upto], parsed once for every member

@@ -204,3 +204,44 @@ async def test_push_rules_are_read_once_for_a_run_of_syncs(
     body = await sync(alice, body["next_batch"])
     assert asked.count(alice.user_id) == before + 1
     assert counts(body, room_id)["notification_count"] == 4
+
+
+
+async def test_an_incremental_sync_counts_the_new_events_its_timeline_read(
+    server: HomeServer, alice: ApiClient, bob: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unread counts of an incremental sync evaluate the room's new
+    events; when its timeline read all of them (not limited, not filtered)
+    the counts take them from it instead of reading them again. A limited
+    or filtered timeline leaves the counts their own read, and every way
+    the counts are right."""
+    room_id = await create_room(alice, {"preset": "private_chat"})
+    await invite_and_join(alice, bob, room_id)
+    body = await sync(alice)
+    assert server.services is not None
+    store = server.services.conversation.unread.store
+    read = store.room_events_between
+    asked: list[str] = []
+
+    async def counting(room: str, after: int, upto: int, limit: int) -> Any:
+        asked.append(room)
+        return await read(room, after, upto, limit)
+
+    monkeypatch.setattr(store, "room_events_between", counting)
+    notified = highlighted = 0
+    for label, sent, sync_filter, reads in (
+        ("whole timeline", 2, None, 0),
+        ("limited timeline", 4, {"room": {"timeline": {"limit": 2}}}, 1),
+        ("filtered timeline", 1, {"room": {"timeline": {"types": ["m.room.message"]}}}, 1),
+        ("whole again", 3, None, 0),
+    ):
+        asked.clear()
+        for i in range(sent):  # the first of each round mentions alice: a highlight
+            await send_text(bob, room_id, f"{label} {i}", **({"m.mentions": {"user_ids": [alice.user_id]}} if i == 0 else {}))
+        notified += sent
+        highlighted += 1
+        body = await sync(alice, body["next_batch"], filter=sync_filter)
+        assert counts(body, room_id) == {"notification_count": notified, "highlight_count": highlighted}, label
+        assert len(asked) == reads, (label, asked)
+    # an initial sync, counting afresh, agrees
+    assert counts(await sync(alice), room_id) == {"notification_count": notified, "highlight_count": highlighted}

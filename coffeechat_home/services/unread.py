@@ -251,7 +251,8 @@ class UnreadService:
         if len(rows) > UNREAD_SCAN_LIMIT:
             return
         self._new.put((room_id, after, upto), [
-            _NewEvent(RoomEvent(r.event_id, r.stream_pos, r.type, r.state_key, r.sender, r.client), orjson.loads(r.client))
+            _NewEvent(RoomEvent(r.event_id, r.stream_pos, r.type, r.state_key, r.sender, r.client),
+                      orjson.loads(r.client))
             for r in reversed(rows) if r.stream_pos is not None
         ])
 

@@ -445,7 +445,9 @@ class Held:
 
     __slots__ = ("_cm", "conn")
 
-    def __init__(self, cm: contextlib.AbstractAsyncContextManager[asyncpg.Connection], conn: asyncpg.Connection) -> None:
+    def __init__(
+        self, cm: contextlib.AbstractAsyncContextManager[asyncpg.Connection], conn: asyncpg.Connection
+    ) -> None:
         self._cm: contextlib.AbstractAsyncContextManager[asyncpg.Connection] | None = cm
         self.conn = conn
 

@@ -218,7 +218,9 @@ async def test_a_reservation_made_ahead_is_the_one_its_write_deletes(db: Databas
         positions.append(await _one_statement(conn, "$ahead"))
         return "done"
 
-    result, positions = await store.write_many(fn, 1, allocate=False, single=True, ahead=ahead)  # type: ignore[arg-type]
+    result, positions = await store.write_many(
+        fn, 1, allocate=False, single=True, ahead=ahead  # type: ignore[arg-type]
+    )
     assert result == "done" and seen == [[ahead.token]]  # its reservation, and no other
     ahead.drop()  # taken by the write: nothing to give up
     assert (store.aheads, store.aheads_dropped) == (1, 0)
@@ -295,7 +297,9 @@ async def test_reservations_made_ahead_never_hold_the_connections_the_gated_writ
     async def fn(conn: SingleStatement, positions: list[int]) -> None:
         positions.append(await _one_statement(conn, f"$msg{len(positions)}{secrets.token_hex(4)}"))
 
-    messages = [asyncio.ensure_future(group.write(fn, 1, single=True, ahead=a)) for a in aheads]  # type: ignore[arg-type]
+    messages = [
+        asyncio.ensure_future(group.write(fn, 1, single=True, ahead=a)) for a in aheads  # type: ignore[arg-type]
+    ]
     done, pending = await asyncio.wait(others + messages, timeout=WRITES_DEADLINE_S)
     if pending:  # unwind before failing
         for a in aheads:

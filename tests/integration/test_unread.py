@@ -3,7 +3,7 @@ receipts."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import pytest
 
@@ -16,6 +16,27 @@ from .test_sync import joined, sync
 
 def counts(body: dict[str, Any], room_id: str) -> dict[str, int]:
     return joined(body)[room_id]["unread_notifications"]
+
+
+def calls_to(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[tuple[Any, ...]]:
+    """Record the positional arguments of each call to the coroutine
+    method ``owner.name`` (which still runs) from now on."""
+    calls: list[tuple[Any, ...]] = []
+    original = getattr(owner, name)
+
+    async def counting(*args: Any, **kw: Any) -> Any:
+        calls.append(args)
+        return await original(*args, **kw)
+
+    monkeypatch.setattr(owner, name, counting)
+    return calls
+
+
+async def synced_pair_room(alice: ApiClient, bob: ApiClient) -> tuple[str, dict[str, Any]]:
+    """A private room of alice's that bob joined, and alice's sync after it."""
+    room_id = await create_room(alice, {"preset": "private_chat"})
+    await invite_and_join(alice, bob, room_id)
+    return room_id, await sync(alice)
 
 
 async def read_up_to(api: ApiClient, room_id: str, event_id: str, receipt_type: str = "m.read") -> None:
@@ -145,31 +166,16 @@ async def test_a_sync_reads_a_rooms_history_restrictions_once(
     sync's HistoryService is the app's; each built its own, and read it
     twice per woken sync), and that read is the timeline's own statement
     (EventStore.timeline_and_restriction), not one of its own."""
-    room_id = await create_room(alice, {"preset": "private_chat"})
-    await invite_and_join(alice, bob, room_id)
-    first = await sync(alice)
+    room_id, first = await synced_pair_room(alice, bob)
     assert server.services is not None
     events = server.services.events
-    asked: list[list[str]] = []
-    read = events.rooms_with_restricted_history
-    with_timeline: list[str] = []
-    read_with_timeline = events.timeline_and_restriction
-
-    async def counting(room_ids: Sequence[str]) -> set[str]:
-        asked.append(list(room_ids))
-        return await read(room_ids)
-
-    async def counting_with_timeline(room_id: str, **kw: Any) -> Any:
-        with_timeline.append(room_id)
-        return await read_with_timeline(room_id, **kw)
-
-    monkeypatch.setattr(events, "rooms_with_restricted_history", counting)
-    monkeypatch.setattr(events, "timeline_and_restriction", counting_with_timeline)
+    asked = calls_to(monkeypatch, events, "rooms_with_restricted_history")
+    with_timeline = calls_to(monkeypatch, events, "timeline_and_restriction")
     await send_text(bob, room_id, "one read")
     body = await sync(alice, first["next_batch"])
     assert [e["content"]["body"] for e in joined(body)[room_id]["timeline"]["events"]] == ["one read"]
     assert counts(body, room_id) == {"notification_count": 1, "highlight_count": 0}
-    assert (asked, with_timeline) == ([], [room_id])
+    assert (asked, with_timeline) == ([], [(room_id,)])
 
 
 async def test_push_rules_are_read_once_for_a_run_of_syncs(
@@ -179,30 +185,21 @@ async def test_push_rules_are_read_once_for_a_run_of_syncs(
     reuse the push rules the first read while the user's account data does
     not change (every other one read them again); a change of the rules is
     read at once."""
-    room_id = await create_room(alice, {"preset": "private_chat"})
-    await invite_and_join(alice, bob, room_id)
-    body = await sync(alice)
+    room_id, body = await synced_pair_room(alice, bob)
     assert server.services is not None
     rules = server.services.conversation.unread.push_rules
-    read = rules.get_ruleset
-    asked: list[str] = []
-
-    async def counting(user_id: str) -> Any:
-        asked.append(user_id)
-        return await read(user_id)
-
-    monkeypatch.setattr(rules, "get_ruleset", counting)
+    asked = calls_to(monkeypatch, rules, "get_ruleset")
     for i in range(4):
         await send_text(bob, room_id, f"message {i}")
         body = await sync(alice, body["next_batch"])
         assert counts(body, room_id)["notification_count"] == i + 1
-    assert asked.count(alice.user_id) <= 1
+    assert asked.count((alice.user_id,)) <= 1
     r = await alice.put("pushrules/global/content/mute", {"actions": ["dont_notify"], "pattern": "muted"})
     assert r.status == 200, r
-    before = asked.count(alice.user_id)
+    before = asked.count((alice.user_id,))
     await send_text(bob, room_id, "muted")
     body = await sync(alice, body["next_batch"])
-    assert asked.count(alice.user_id) == before + 1
+    assert asked.count((alice.user_id,)) == before + 1
     assert counts(body, room_id)["notification_count"] == 4
 
 
@@ -214,19 +211,10 @@ async def test_an_incremental_sync_counts_the_new_events_its_timeline_read(
     the counts take them from it instead of reading them again. A limited
     or filtered timeline leaves the counts their own read, and every way
     the counts are right."""
-    room_id = await create_room(alice, {"preset": "private_chat"})
-    await invite_and_join(alice, bob, room_id)
-    body = await sync(alice)
+    room_id, body = await synced_pair_room(alice, bob)
     assert server.services is not None
     store = server.services.conversation.unread.store
-    read = store.room_events_between
-    asked: list[str] = []
-
-    async def counting(room: str, after: int, upto: int, limit: int) -> Any:
-        asked.append(room)
-        return await read(room, after, upto, limit)
-
-    monkeypatch.setattr(store, "room_events_between", counting)
+    asked = calls_to(monkeypatch, store, "room_events_between")
     notified = highlighted = 0
     for label, sent, sync_filter, reads in (
         ("whole timeline", 2, None, 0),

@@ -31,6 +31,9 @@ from .sync_rooms import SyncRooms
 
 SYNC_ROOM_CONCURRENCY = 6
 UNREAD_EARLY_ROOMS = 50
+# Rooms new to the client (an initial sync) are built this many at a time
+# (SyncService._whole_rooms_chunked).
+WHOLE_ROOMS_CHUNK = 25
 # Latest memberships kept per user between syncs (see _latest_memberships).
 MEMBERSHIPS_CACHED = 20_000
 MEMBERSHIPS_TTL_S = 600.0  # longer than the longest long-poll (300 s)
@@ -261,7 +264,7 @@ class SyncService(SyncRooms):
                     return [await self._joined_room(requester, part_ids[0], since, upto, latest[part_ids[0]][2],
                                                     f, full_state)]
                 return list(await asyncio.gather(*(joined_room(r, latest[r][2]) for r in part_ids)))
-            whole_read = self._whole_rooms(requester, {r: latest[r][2] for r in whole_ids}, since, upto, f)
+            whole_read = self._whole_rooms_chunked(requester, {r: latest[r][2] for r in whole_ids}, since, upto, f)
             if not part_ids:  # (no task of its own: its statements start a turn sooner)
                 whole = await whole_read
                 return [whole[r] for r in whole_ids]
@@ -367,6 +370,23 @@ class SyncService(SyncRooms):
             news = news or part_news
         empty = not rooms and "account_data" not in body and "presence" not in body and not news
         return body, empty
+
+    async def _whole_rooms_chunked(
+        self, requester: Requester, join_pos: dict[str, int], since: int | None, upto: int, f: SyncFilter
+    ) -> dict[str, dict[str, Any]]:
+        """``_whole_rooms`` a ``WHOLE_ROOMS_CHUNK`` of rooms at a time: a
+        big initial sync holds one chunk's rows, state and members at once
+        instead of all of them (bench_rooms, 100 rooms: peak RSS 64.1 ->
+        62.4 MB, the sync's time within the noise). Each chunk is the same
+        few statements, so a chunk of 25 keeps a typical account's initial
+        sync to one."""
+        if len(join_pos) <= WHOLE_ROOMS_CHUNK:
+            return await self._whole_rooms(requester, join_pos, since, upto, f)
+        items = list(join_pos.items())
+        out: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(items), WHOLE_ROOMS_CHUNK):
+            out.update(await self._whole_rooms(requester, dict(items[i:i + WHOLE_ROOMS_CHUNK]), since, upto, f))
+        return out
 
     async def _partial_state_rooms(
         self, f: SyncFilter, latest: dict[str, tuple[str, str, int]], since: int | None, upto: int,

@@ -564,3 +564,37 @@ async def test_initial_sync_of_many_rooms_comes_in_pieces_as_one_answer(
     assert set(pieces["rooms"]["join"]) == set(rooms)
     assert int(pieces.headers["Content-Length"]) > 64 * 1024  # several chunks
     assert pieces.body == whole.body
+
+
+async def test_an_initial_sync_of_many_rooms_is_built_a_chunk_of_rooms_at_a_time(
+    alice: ApiClient, bob: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rooms new to the client are built ``WHOLE_ROOMS_CHUNK`` at a time (a
+    big initial sync then holds a chunk's rows and state at once, not all
+    of them): the answer is the one built at once, for an initial sync and
+    a full_state one, lazy-loading members or not."""
+    from coffeechat_home.services import sync as sync_service
+
+    rooms = [await create_room(alice, {"name": f"room {i}", "preset": "public_chat"}) for i in range(10)]
+    for i, room_id in enumerate(rooms):
+        if i % 3 == 0:
+            await invite_and_join(alice, bob, room_id)
+            await send_text(bob, room_id, f"bob in room {i}")
+        await send_text(alice, room_id, f"message {i}")
+    since = (await sync(alice, filter={"presence": {"types": []}}))["next_batch"]
+    await send_text(alice, rooms[1], "after the first sync")
+    for lazy in (False, True):
+        params: dict[str, Any] = {
+            "filter": {"presence": {"types": []}, "room": {"state": {"lazy_load_members": lazy}}}
+        }
+        answers = []
+        for chunk in (4, 10**9):
+            monkeypatch.setattr(sync_service, "WHOLE_ROOMS_CHUNK", chunk)
+            answers.append((await sync(alice, **params), await sync(alice, since, full_state=True, **params)))
+        (initial, full), (initial_whole, full_whole) = answers
+        assert set(initial["rooms"]["join"]) == set(rooms)
+        assert initial == initial_whole
+        assert full == full_whole
+        assert "after the first sync" in [
+            e["content"].get("body") for e in full["rooms"]["join"][rooms[1]]["timeline"]["events"]
+        ]

@@ -60,6 +60,13 @@ class SyncFilter:
                 self.timeline_types, self.timeline_not_types, self.timeline_senders, self.timeline_not_senders)))
         return self._timeline_key
 
+    @property
+    def timeline_unfiltered(self) -> bool:
+        """Whether a timeline read with this filter holds every event of
+        its range (up to the limit): no type or sender filter."""
+        return (self.timeline_types is None and self.timeline_senders is None
+                and not self.timeline_not_types and not self.timeline_not_senders)
+
     def wants_room(self, room_id: str) -> bool:
         return room_id not in self.not_rooms and (self.rooms is None or room_id in self.rooms)
 

@@ -74,9 +74,7 @@ class SyncRooms:
                 if found:
                     self.history.note_restriction(room_id, max(r.stream_pos or 0 for r in found), restricted)
                 told = self.sources.timeline_read
-                if (told is not None and after is not None and len(found) <= f.timeline_limit
-                        and kw["types"] is None and kw["senders"] is None and not kw["not_types"]
-                        and not kw["not_senders"]):
+                if told is not None and after is not None and len(found) <= f.timeline_limit and f.timeline_unfiltered:
                     told(room_id, after, upto, found)  # every event of (after, upto]
                 return found
 

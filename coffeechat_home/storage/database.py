@@ -375,15 +375,11 @@ class Database:
         ``held``: the prelude was run ahead (``run_first``, with the same
         statement and arguments): ``fn`` runs on its connection once it is
         done, and a failure of the prelude is raised as here."""
-        if held is not None:
-            h = await held
-            try:
-                return await _guard(h.conn, fn(h.conn), committing=True)
-            finally:
-                await h.release()
-        async with self._connection(self.pool) as conn:
-            await _guard(conn, conn.execute(prelude, *prelude_args), committing=False)
-            return await _guard(conn, fn(conn), committing=True)
+        h = await (self.run_first(prelude, prelude_args) if held is None else held)
+        try:
+            return await _guard(h.conn, fn(h.conn), committing=True)
+        finally:
+            await h.release()
 
     async def run_first(self, prelude: str, prelude_args: Sequence[Any]) -> "Held":
         """``attempt_single``'s first round trip on its own: a pool

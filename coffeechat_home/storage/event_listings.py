@@ -88,9 +88,7 @@ class EventListings:
     ) -> list[EventRow]:
         """Events of a room with after < stream_pos <= upto, newest first when
         ``backwards`` (else oldest first), at most ``limit``."""
-        q = _Query("room_id", room_id)
-        q.range(after, upto)
-        q.conds.extend(_type_sender_filters(q.arg, types, not_types, senders, not_senders))
+        q = _timeline_query(room_id, after, upto, types, not_types, senders, not_senders)
         return await self._select(q, limit, backwards)
 
     async def timelines(
@@ -200,9 +198,7 @@ class EventListings:
         /sync asks both about its room, one after the other, and this saves
         it a round trip. Read by the statement that read the rows, the
         answer holds for them (HistoryService.restricts_history)."""
-        q = _Query("room_id", room_id)
-        q.range(after, upto)
-        q.conds.extend(_type_sender_filters(q.arg, types, not_types, senders, not_senders))
+        q = _timeline_query(room_id, after, upto, types, not_types, senders, not_senders)
         rows = await self.db.fetch(
             f"""(SELECT {_ROW_COLUMNS}, FALSE AS hv FROM events WHERE {' AND '.join(q.conds)}
                  ORDER BY stream_pos DESC LIMIT {q.arg(limit)})
@@ -377,6 +373,17 @@ class _Query:
             self.conds.append(f"stream_pos > {self.arg(after)}")
         if upto is not None:
             self.conds.append(f"stream_pos <= {self.arg(upto)}")
+
+
+def _timeline_query(
+    room_id: str, after: int | None, upto: int | None, types: Sequence[str] | None,
+    not_types: Sequence[str] | None, senders: Sequence[str] | None, not_senders: Sequence[str] | None,
+) -> _Query:
+    """The conditions of a room's timeline in (after, upto], filtered."""
+    q = _Query("room_id", room_id)
+    q.range(after, upto)
+    q.conds.extend(_type_sender_filters(q.arg, types, not_types, senders, not_senders))
+    return q
 
 
 def like_prefix(prefix: str) -> str:

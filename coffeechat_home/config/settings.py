@@ -71,8 +71,9 @@ class DatabaseConfig:
     # Concurrent sends to different rooms share one transaction and commit
     # (storage/group_commit.py); false: one transaction per send.
     group_commit: bool = True
-    # Shared transactions open at once per instance: a batch builds while
-    # the previous one waits for its commit (storage/group_commit.py).
+    # Transactions of sends open at once per instance: lone sends go side
+    # by side; a shared one only with no other shared one open, and while
+    # it is, later sends wait for the next one (storage/group_commit.py).
     group_commit_transactions: int = 2
     # CockroachDB CA certificate (verify-full) when the URL is built from
     # COCKROACH_* variables; kept here so `serve` can report it.

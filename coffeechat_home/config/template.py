@@ -94,7 +94,7 @@ pool_min_size = 2
 pool_max_size = 20
 # concurrent sends to different rooms share one transaction and commit
 group_commit = true
-# such shared transactions open at once (a batch builds while another commits)
+# transactions of sends open at once: lone sends side by side, shared ones one at a time
 group_commit_transactions = 2
 
 [limits]

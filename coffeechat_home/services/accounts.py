@@ -15,6 +15,7 @@ from ..errors import MatrixError, forbidden, invalid_param
 from ..protocol.identifiers import InvalidIdentifier, is_valid_localpart_for_registration, parse_user_id
 from ..storage.accounts import AccountStore, DeviceRemover, TokenOwner, UserExists, token_hash, token_write_guard
 from ..storage.registration_tokens import RegistrationTokenStore
+from ..storage.stream import Guard
 from .passwords import PasswordHasher
 
 
@@ -48,7 +49,7 @@ class Requester:
     # read: a write made for this requester must run it as its guard
     # (storage.accounts.token_write_guard), and any other answer waits for
     # the token to be checked (api/auth.py).
-    write_guard: str | None = None
+    write_guard: Guard | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from ..protocol.signing import SigningKey
 from ..storage.event_writes import StaleRoomState
 from ..storage.events import EventStore
 from ..storage.group_commit import GroupCommit
-from ..storage.stream import Ahead, StreamStore
+from ..storage.stream import Ahead, Guard, StreamStore
 from .persister import (
     EventContext,
     NewEvent,
@@ -153,7 +153,7 @@ class RoomWriter:
         new_room: NewRoom | None = None,
         txn: tuple[str, str, str, str] | None = None,
         check: EventCheck | None = None,
-        guard: str | None = None,
+        guard: Guard | None = None,
     ) -> SendResult:
         """Build, check and persist ``templates`` in order as one batch.
         ``room_id`` is None for a new v12 room (it comes from the create
@@ -204,7 +204,7 @@ class RoomWriter:
         templates: Sequence[Mapping[str, Any]],
         txn: tuple[str, str, str, str] | None,
         check: EventCheck | None,
-        guard: str | None = None,
+        guard: Guard | None = None,
     ) -> tuple[list[_Built], RoomHead, PersistResult, list[int]]:
         """Read the head, build and persist in one transaction that holds
         the room's row ``FOR UPDATE``: writers on other instances wait (or
@@ -366,7 +366,7 @@ class RoomWriter:
         new_room: NewRoom | None,
         room_id: str | None = None,
         *,
-        guard: str | None = None,
+        guard: Guard | None = None,
         ahead: Ahead | None = None,
     ) -> tuple[PersistResult, list[int]]:
         rid = room_id or head.room_id

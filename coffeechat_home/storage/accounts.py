@@ -10,6 +10,7 @@ from typing import Awaitable, Callable
 import asyncpg
 
 from .database import Database
+from .stream import Guard
 
 # Statements deleting device rows in a transaction given; returns the ids
 # of the devices deleted.
@@ -24,18 +25,22 @@ def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
-def token_write_guard(token: str) -> str:
-    """A guard for ``StreamStore.write_many``: one statement that fails
-    (division by zero) unless ``token`` still exists (a token belongs to one
-    device of one user for life) and its user is not deactivated. Inside the
-    write's SERIALIZABLE transaction, a logout or deactivation committed on
-    any instance before the write is seen, so a write never happens under a
-    revoked token. Only the token's hash (hex digits) is written into the
-    SQL text: the guard runs as a simple query, without parameters."""
-    return (
-        "SELECT 1 / count(*) FROM access_tokens t JOIN users u ON u.user_id = t.user_id "
-        f"WHERE t.token_hash = '\\x{token_hash(token).hex()}'::BYTEA AND NOT u.deactivated"
-    )
+def token_write_guard(token: str) -> Guard:
+    """A guard for ``StreamStore.write_many`` (storage/stream.py): the write
+    fails unless ``token`` still exists (a token belongs to one device of
+    one user for life) and its user is not deactivated. Inside the write's
+    SERIALIZABLE transaction, a logout or deactivation committed on any
+    instance before the write is seen, so a write never happens under a
+    revoked token. The tokens' hashes are its keys (a group's writes check
+    theirs in one statement); the token itself is never written anywhere."""
+    return Guard(_TOKENS_LIVE, "BYTEA", (token_hash(token),))
+
+
+# (token_hash is unique: the count is that of the keys that are live tokens)
+_TOKENS_LIVE = (
+    "SELECT 1 / (count(*) = cardinality({keys}))::INT FROM access_tokens t JOIN users u ON u.user_id = t.user_id "
+    "WHERE t.token_hash = ANY({keys}) AND NOT u.deactivated"
+)
 
 
 @dataclass(frozen=True, slots=True)

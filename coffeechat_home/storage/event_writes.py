@@ -123,14 +123,14 @@ async def insert_events(
                    INSERT INTO {also.table} ({", ".join(c for c, _ in also.columns)})
                    SELECT {", ".join(f"${35 + i}::{t}" for i, (_, t) in enumerate(also.columns))}
                    WHERE EXISTS (SELECT 1 FROM moved) {also.conflict} RETURNING 1)"""
-    release_args: tuple[str, ...] = ()
+    release_args: tuple[Any, ...] = ()
     release_check = ""
     if isinstance(conn, SingleStatement):
         param = 35 + (0 if also is None else len(also.values))
         also_sql += f""",
                {conn.ctes(param)}"""
         release_check = f", {conn.checks()}"
-        release_args = (conn.token,)
+        release_args = conn.args()
     try:
         row = await conn.fetchrow(
             f"""WITH {alloc_sql if allocate else ""} moved AS ({moved_sql}),
@@ -268,8 +268,9 @@ class _Insert:
 class InsertBatch:
     """The one-statement writes of a group-commit transaction
     (storage/group_commit.py), each to a room of its own, as one statement
-    instead of one each: a batch of k sends is then three round trips (the
-    reservation with BEGIN, this statement, COMMIT) instead of k + 2.
+    instead of one each: a batch of k sends is then two round trips (the
+    reservation, then this statement, which also deletes the reservation,
+    runs the guards and commits as it ends) instead of k + 2.
 
     Each write runs as it would alone, on a ``DeferredInsert`` of its own
     (its ``insert_events`` registers there and waits); once every write has
@@ -380,6 +381,16 @@ async def _insert_many(conn: asyncpg.Connection, inserts: Sequence[_Insert]) -> 
                 txns.append((w, it.txn, e))
         offset += len(ins.items)
     evs = [it.event for it in stored]
+    # the whole group in one statement (StreamStore.write_group with no
+    # writes but this one): it also deletes the reservation and runs the
+    # guards, from $38 on
+    release_ctes = release_checks = ""
+    release_args: tuple[Any, ...] = ()
+    if isinstance(conn, SingleStatement):
+        release_ctes = f""",
+           {conn.ctes(38)}"""
+        release_checks = f", {conn.checks()}"
+        release_args = conn.args()
     row = await conn.fetchrow(
         f"""WITH alloc AS MATERIALIZED (
                SELECT array_agg(p ORDER BY p) AS a
@@ -424,8 +435,8 @@ async def _insert_many(conn: asyncpg.Connection, inserts: Sequence[_Insert]) -> 
                FROM unnest($31::BIGINT[], $32::TEXT[], $33::TEXT[], $34::TEXT[], $35::TEXT[], $36::TEXT[],
                            $37::BIGINT[]) AS x(w, u, d, t, ep, e, ts)
                JOIN w ON w.n = x.w
-               WHERE w.room_id IN (SELECT room_id FROM moved) RETURNING 1)
-           SELECT ARRAY(SELECT room_id FROM moved) AS moved, (SELECT a FROM alloc) AS taken""",
+               WHERE w.room_id IN (SELECT room_id FROM moved) RETURNING 1){release_ctes}
+           SELECT ARRAY(SELECT room_id FROM moved) AS moved, (SELECT a FROM alloc) AS taken{release_checks}""",
         offset,
         [ins.room_id for ins in inserts],
         exp_w, exp_ids, new_w, new_ids,
@@ -439,6 +450,7 @@ async def _insert_many(conn: asyncpg.Connection, inserts: Sequence[_Insert]) -> 
         [w for w, _, _ in txns], [t[0] for _, t, _ in txns], [t[1] for _, t, _ in txns],
         [t[2] for _, t, _ in txns], [t[3] for _, t, _ in txns], [e.event_id for _, _, e in txns],
         [e.origin_server_ts for _, _, e in txns],
+        *release_args,
     )
     assert row is not None
     return set(row["moved"] or ()), list(row["taken"] or ())

@@ -3,9 +3,12 @@
 Writes to different rooms that arrive while one of this instance's grouped
 transactions is in flight wait for it, then go together in the next one:
 one reservation, one BEGIN, each write's own statements, one COMMIT
-(``StreamStore.write_group``). A write that finds nothing in flight goes at
-once, alone, as ``StreamStore.write_many`` would run it, so a lone client
-pays nothing for the grouping.
+(``StreamStore.write_group``); when they are all messages, one reservation
+and one statement that writes them all and commits. A write that finds
+nothing in flight goes at once, alone, as ``StreamStore.write_many`` would
+run it, so a lone client pays nothing for the grouping; a second lone write
+may go beside it (``transactions``), but nothing goes beside a batch: what
+arrives meanwhile waits for the next one (``_free``).
 
 What stays as it was:
 
@@ -39,7 +42,7 @@ import asyncpg
 
 from .database import DatabaseUnavailable
 from .event_writes import InsertBatch, StaleRoomState
-from .stream import Ahead, StreamStore
+from .stream import Ahead, Guard, StreamStore
 
 T = TypeVar("T")
 
@@ -50,7 +53,7 @@ WriteFn = Callable[[asyncpg.Connection, list[int]], Awaitable[T]]
 class _Pending(Generic[T]):
     fn: WriteFn[T]
     count: int
-    guard: str | None
+    guard: Guard | None
     name: str
     fut: asyncio.Future[tuple[T, list[int]]]
     single: bool = False  # a one-statement write: it may share the batch's insert
@@ -69,6 +72,7 @@ class GroupCommit:
         self.transactions = max(1, transactions)
         self._queue: list[_Pending[Any]] = []
         self._in_flight = 0  # writes or batches of ours in flight
+        self._batch_running = False  # one of them is a batch (two writes or more)
         self._tasks: set[asyncio.Task[None]] = set()
         # counters (metrics, tests): transactions that held more than one
         # write, the writes they held, and batches that fell back to singles
@@ -90,7 +94,7 @@ class GroupCommit:
         (Never pauses.)"""
         if not self.enabled:
             return await self.stream.reserve_ahead()
-        if self._in_flight >= self.transactions or self._queue:
+        if not self._free():
             return None
         made = await self.stream.reserve_ahead(slot=self._next)
         if made is not None:
@@ -98,7 +102,7 @@ class GroupCommit:
         return made
 
     async def write(
-        self, fn: WriteFn[T], count: int, *, name: str = "stream_write", guard: str | None = None,
+        self, fn: WriteFn[T], count: int, *, name: str = "stream_write", guard: Guard | None = None,
         single: bool = False, ahead: Ahead | None = None,
     ) -> tuple[T, list[int]]:
         """``single``: ``fn`` is a one-statement write, run as such when it
@@ -119,7 +123,7 @@ class GroupCommit:
             ahead.drop()
         if not self.enabled:
             return await self.stream.write_many(fn, count, name=name, guard=guard, allocate=False, single=single)
-        if self._in_flight < self.transactions:
+        if self._free():
             # a transaction free: go now, alone; what queues meanwhile goes next
             self._in_flight += 1
             try:
@@ -138,15 +142,29 @@ class GroupCommit:
             fut.add_done_callback(_retrieve)
             raise
 
-    def _next(self) -> None:
-        """A transaction of ours ended: the next batch (if any) takes its place."""
-        if not self._queue:
-            self._in_flight -= 1
-            return
-        batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
-        task = asyncio.ensure_future(self._run(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _free(self) -> bool:
+        """Whether a write may go now, alone: a transaction is free, no
+        write queues before it and no batch is in flight. A second
+        transaction opens only beside a lone write (two clients each get
+        theirs at once); when writes come faster than that, they queue for
+        one shared transaction at a time: the fewest commits per message.
+        (A write alone or a second batch beside a batch each took a commit
+        of its own for a share of the load, and the batches got smaller.)"""
+        return self._in_flight < self.transactions and not self._queue and not self._batch_running
+
+    def _next(self, batch_ended: bool = False) -> None:
+        """A transaction of ours ended: what queued goes next, as one batch
+        at a time (see ``_free``)."""
+        self._in_flight -= 1
+        if batch_ended:
+            self._batch_running = False
+        while self._queue and self._in_flight < self.transactions and not self._batch_running:
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+            self._in_flight += 1
+            self._batch_running = len(batch) > 1
+            task = asyncio.ensure_future(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[_Pending[Any]]) -> None:
         try:
@@ -158,7 +176,7 @@ class GroupCommit:
             for p in batch:  # cancelled itself (the server stopping): no caller waits forever
                 if not p.fut.done():
                     p.fut.cancel()
-            self._next()
+            self._next(batch_ended=len(batch) > 1)
 
     async def _together(self, batch: list[_Pending[Any]]) -> None:
         # one-statement writes (messages) share one insert statement when

@@ -117,6 +117,53 @@ STREAM_TABLES: list[StreamTable] = [
 ]
 
 
+@dataclass(frozen=True)
+class Guard:
+    """A write's precondition (``write_many(guard=...)``), checked by the
+    write transaction itself, so that nothing committed before the write is
+    missed (e.g. "these access tokens still exist"): ``check`` is a SELECT
+    of one value that fails with a division by zero unless the condition
+    holds for every key of the array that ``{keys}`` stands for (of
+    ``key_type``: ``BYTEA`` keys are bytes, ``TEXT`` keys str). The keys
+    go as a parameter, so the text of a statement that holds the check is
+    the same whatever the keys (one prepared statement), and guards with
+    the same ``check`` combine into one over all their keys
+    (``all_guards``)."""
+
+    check: str
+    key_type: str  # BYTEA or TEXT
+    keys: tuple[bytes | str, ...]
+
+    def __post_init__(self) -> None:
+        if self.key_type not in ("BYTEA", "TEXT") or "{keys}" not in self.check:
+            raise ValueError("a guard's check takes {keys}, an array of BYTEA or TEXT")
+
+    def sql(self, param: int) -> str:
+        """The check with its keys as the statement's parameter ``$param``
+        (give it ``list(self.keys)``)."""
+        return self.check.replace("{keys}", f"${param}::{self.key_type}[]")
+
+    def literal_sql(self) -> str:
+        """The check with its keys written into it (a simple query, which
+        has no parameters)."""
+        items = ", ".join(
+            f"'\\x{k.hex()}'::BYTEA" if isinstance(k, bytes) else f"{_sql_literal(k)}::TEXT" for k in self.keys
+        )
+        return self.check.replace("{keys}", f"ARRAY[{items}]::{self.key_type}[]")
+
+
+def all_guards(guards: Sequence[Guard]) -> Guard | None:
+    """Guards as one (None for none): their keys, each once, under their
+    one ``check``. Guards with different checks do not combine (a write
+    path has one kind of guard)."""
+    if not guards:
+        return None
+    first = guards[0]
+    if any(g.check != first.check or g.key_type != first.key_type for g in guards):
+        raise ValueError("guards with different checks do not combine")
+    return Guard(first.check, first.key_type, tuple(dict.fromkeys(k for g in guards for k in g.keys)))
+
+
 class GuardFailed(Exception):
     """A write's guard (``write_many(guard=...)``) found its precondition
     false at the start of the write transaction: nothing was written."""
@@ -169,7 +216,7 @@ class StreamStore:
         count: int,
         *,
         name: str = "stream_write",
-        guard: str | None = None,
+        guard: Guard | None = None,
         allocate: bool = True,
         single: bool = False,
         ahead: "Ahead | None" = None,
@@ -183,9 +230,8 @@ class StreamStore:
         commit, which is all the positions need), e.g. inside its insert:
         one round trip fewer.
 
-        ``guard``: one SQL statement (no parameters) that fails with a
-        division by zero when the write must not happen; it runs first in
-        the write transaction, in the round trip that opens it, and its
+        ``guard``: a ``Guard``, run first in the write transaction, in the
+        round trip that opens it (with ``single``: by the statement); its
         failure raises GuardFailed.
 
         ``single`` (with ``allocate=False``): ``fn`` runs exactly one
@@ -218,7 +264,7 @@ class StreamStore:
     async def write_group(
         self,
         writes: Sequence[tuple[Callable[[asyncpg.Connection, list[int]], Awaitable[Any]], int]],
-        guards: Sequence[str] = (),
+        guards: Sequence[Guard] = (),
         *,
         harmless: tuple[type[Exception], ...] = (),
         tail: Callable[[asyncpg.Connection, list[int]], Awaitable[list[tuple[Any, list[int]] | Exception]]]
@@ -227,7 +273,7 @@ class StreamStore:
         """Several writes in one transaction, each ``(fn, count)`` with the
         contract of ``write_many(allocate=False)``, run in order: one
         reservation (its floor below every position they take), one BEGIN,
-        one COMMIT. ``guards`` (distinct ones once) run first, as
+        one COMMIT. ``guards`` (as one: ``all_guards``) run first, as
         ``write_many``'s guard. One try, no retry: any failure rolls the
         whole group back and is raised (GroupCommit then runs each write
         alone), except a ``harmless`` exception: one its write raises
@@ -237,7 +283,13 @@ class StreamStore:
         positions) or exception. ``tail``: more writes after ``writes``, in
         the same transaction, that take their positions there and append
         them to the list it gets in increasing order; its outcomes follow
-        those of ``writes`` (group_commit.py's shared insert)."""
+        those of ``writes`` (group_commit.py's shared insert).
+
+        With no ``writes``, ``tail`` is the whole write and runs exactly
+        one statement (group_commit.py's shared insert of k messages): it
+        gets a ``SingleStatement`` as ``write_many(single=True)`` does, and
+        the group is two round trips (the reservation, the statement)
+        instead of three."""
 
         async def fn(conn: asyncpg.Connection, positions: list[int]) -> list[tuple[Any, list[int]] | Exception]:
             out: list[tuple[Any, list[int]] | Exception] = []
@@ -256,14 +308,15 @@ class StreamStore:
                 out.extend(await tail(conn, positions))
             return out
 
-        guard = "; ".join(dict.fromkeys(guards)) or None
         async with self._gate:
-            results, _ = await self._attempt(fn, None, guard, allocate=False)
+            results, _ = await self._attempt(
+                fn, None, all_guards(guards), allocate=False, single=not writes and tail is not None
+            )
         return results
 
     async def _write_many(
         self, fn: Callable[[asyncpg.Connection, list[int]], Awaitable[T]], count: int, name: str,
-        guard: str | None, allocate: bool = True, single: bool = False, ahead: "Ahead | None" = None,
+        guard: Guard | None, allocate: bool = True, single: bool = False, ahead: "Ahead | None" = None,
     ) -> tuple[T, list[int]]:
         first = ahead  # the first try's reservation, made ahead
 
@@ -285,7 +338,7 @@ class StreamStore:
 
     async def _attempt(
         self, fn: Callable[[asyncpg.Connection, list[int]], Awaitable[T]], count: int | None,
-        guard: str | None = None, allocate: bool = True, single: bool = False, ahead: "Ahead | None" = None,
+        guard: Guard | None = None, allocate: bool = True, single: bool = False, ahead: "Ahead | None" = None,
     ) -> tuple[T, list[int]]:
         """One try: a fresh reservation, then the write transaction. The
         reservation never outlives the try, so a write that backs off after
@@ -320,6 +373,8 @@ class StreamStore:
                             result = await fn(one, positions)
                         finally:
                             wrote = one.used
+                        if not wrote:  # (the statement deletes the reservation: released below instead)
+                            raise RuntimeError("a one-statement stream write ran no statement")
                     else:
                         if allocate:
                             assert count is not None
@@ -333,7 +388,7 @@ class StreamStore:
                 if single:  # (the guard is in the statement)
                     result = await self.db.attempt_single(RESERVE_SQL, (token, self.instance_id), txn, held=held)
                 else:
-                    tail = "" if guard is None else f"; {guard}"
+                    tail = "" if guard is None else f"; {guard.literal_sql()}"
                     result = await self.db.attempt_bracketed(self._prelude(token) + tail, txn, self._finale(token))
                 committed = True
                 self.local_committed = max(self.local_committed, result[1][-1] if result[1] else 0)
@@ -619,7 +674,7 @@ class SingleStatement:
     ``checks``; anything else raises before reaching the database, since a
     second statement would commit on its own."""
 
-    def __init__(self, conn: asyncpg.Connection, token: str, guard: str | None = None) -> None:
+    def __init__(self, conn: asyncpg.Connection, token: str, guard: Guard | None = None) -> None:
         self._conn = conn
         self.token = token
         self.guard = guard
@@ -627,11 +682,15 @@ class SingleStatement:
 
     def ctes(self, param: int) -> str:
         """CTEs for the statement's WITH: ``released`` deletes the
-        reservation named by the statement's parameter ``$param`` (give it
-        ``self.token``); ``guarded`` runs the write's guard, so that it
-        reads what the write commits against, in the same statement."""
+        reservation; ``guarded`` runs the write's guard, so that it reads
+        what the write commits against, in the same statement. Their
+        parameters are ``$param`` on: give them ``args()``."""
         released = f"released AS (DELETE FROM stream_inflight WHERE token = ${param}::TEXT RETURNING 1)"
-        return released if self.guard is None else f"{released}, guarded AS ({self.guard})"
+        return released if self.guard is None else f"{released}, guarded AS ({self.guard.sql(param + 1)})"
+
+    def args(self) -> tuple[Any, ...]:
+        """The values of ``ctes``' parameters, in order."""
+        return (self.token,) if self.guard is None else (self.token, list(self.guard.keys))
 
     def checks(self) -> str:
         """Columns for the statement's final SELECT that fail it (division

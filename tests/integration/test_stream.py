@@ -16,7 +16,9 @@ import pytest
 from coffeechat_home.services.notifier import Notifier
 from coffeechat_home.storage.database import Database, Engine
 from coffeechat_home.storage.group_commit import GroupCommit
-from coffeechat_home.storage.stream import Ahead, GuardFailed, SingleStatement, StreamStore
+from coffeechat_home.storage.stream import Ahead, Guard, GuardFailed, SingleStatement, StreamStore
+
+from .stream_helpers import insert_row, one_statement
 
 WRITES_DEADLINE_S = 15.0  # a bound on waiting for writes that should all finish, not a performance claim
 
@@ -36,14 +38,6 @@ async def _insert(conn: asyncpg.Connection, pos: int) -> None:
         """INSERT INTO room_memberships (event_id, user_id, room_id, sender, membership, stream_pos)
            VALUES ($1, '@u:test', '!r:test', '@u:test', 'join', $2)""",
         f"$e{pos}", pos,
-    )
-
-
-async def _insert_row(db: Database, event_id: str, pos: int) -> None:
-    await db.execute(
-        """INSERT INTO room_memberships (event_id, user_id, room_id, sender, membership, stream_pos)
-           VALUES ($1, '@u:test', '!r:test', '@u:test', 'join', $2)""",
-        event_id, pos,
     )
 
 
@@ -120,21 +114,6 @@ async def test_reservation_is_deleted_last_and_a_reclaimed_one_restarts_the_writ
     assert await store.current_position() == pos
 
 
-async def _one_statement(conn: SingleStatement, event_id: str) -> int:
-    """A one-statement stream write: takes its position, inserts a stream
-    row and deletes the reservation, failing if it is gone."""
-    row = await conn.fetchrow(
-        f"""WITH {conn.ctes(2)},
-                ins AS (INSERT INTO room_memberships (event_id, user_id, room_id, sender, membership, stream_pos)
-                        SELECT $1, '@u:test', '!r:test', '@u:test', 'join', p
-                        FROM (SELECT nextval('stream_seq') AS p) AS s RETURNING stream_pos)
-           SELECT (SELECT stream_pos FROM ins) AS pos, {conn.checks()}""",
-        event_id, conn.token,
-    )
-    assert row is not None
-    return int(row["pos"])
-
-
 async def test_one_statement_write_commits_alone_and_a_reclaimed_reservation_restarts_it(db: Database) -> None:
     store = StreamStore(db, instance_id="w")
     inside = asyncio.Event()
@@ -147,7 +126,7 @@ async def test_one_statement_write_commits_alone_and_a_reclaimed_reservation_res
         if len(tries) == 1:
             inside.set()
             await release.wait()
-        positions.append(await _one_statement(conn, f"$single{len(tries)}"))
+        positions.append(await one_statement(conn, f"$single{len(tries)}"))
         return "done"
 
     writer = asyncio.create_task(store.write_many(fn, 1, allocate=False, single=True))
@@ -177,7 +156,7 @@ async def test_one_statement_write_runs_no_second_statement_and_leaves_no_reserv
     store = StreamStore(db, instance_id="w")
 
     async def two(conn: asyncpg.Connection, positions: list[int]) -> None:
-        positions.append(await _one_statement(conn, "$first"))  # type: ignore[arg-type]
+        positions.append(await one_statement(conn, "$first"))  # type: ignore[arg-type]
         await conn.fetchrow("SELECT 1 FROM stream_inflight")  # would commit on its own: refused
 
     async def read_first(conn: asyncpg.Connection, positions: list[int]) -> None:
@@ -215,7 +194,7 @@ async def test_a_reservation_made_ahead_is_the_one_its_write_deletes(db: Databas
 
     async def fn(conn: SingleStatement, positions: list[int]) -> str:
         seen.append(await db.fetchval("SELECT array_agg(token) FROM stream_inflight"))
-        positions.append(await _one_statement(conn, "$ahead"))
+        positions.append(await one_statement(conn, "$ahead"))
         return "done"
 
     result, positions = await store.write_many(
@@ -260,7 +239,7 @@ async def test_a_reservation_made_ahead_and_given_up_holds_no_one_back(db: Datab
 
     async def fn(conn: SingleStatement, positions: list[int]) -> None:
         tries.append(1)
-        positions.append(await _one_statement(conn, f"$retry{len(tries)}"))
+        positions.append(await one_statement(conn, f"$retry{len(tries)}"))
 
     _, positions = await store.write_many(fn, 1, allocate=False, single=True, ahead=ahead)  # type: ignore[arg-type]
     assert len(tries) == 2
@@ -295,7 +274,7 @@ async def test_reservations_made_ahead_never_hold_the_connections_the_gated_writ
         await asyncio.sleep(0)  # the other writes reach the gate
 
     async def fn(conn: SingleStatement, positions: list[int]) -> None:
-        positions.append(await _one_statement(conn, f"$msg{len(positions)}{secrets.token_hex(4)}"))
+        positions.append(await one_statement(conn, f"$msg{len(positions)}{secrets.token_hex(4)}"))
 
     messages = [
         asyncio.ensure_future(group.write(fn, 1, single=True, ahead=a)) for a in aheads  # type: ignore[arg-type]
@@ -323,7 +302,7 @@ async def test_a_reservation_made_ahead_and_given_up_hands_its_transaction_to_th
     assert ahead is not None and await group.ahead() is None  # its one transaction is taken
 
     async def one(conn: SingleStatement, positions: list[int]) -> None:
-        positions.append(await _one_statement(conn, f"$queued{secrets.token_hex(4)}"))
+        positions.append(await one_statement(conn, f"$queued{secrets.token_hex(4)}"))
 
     async def plain(conn: asyncpg.Connection, positions: list[int]) -> None:
         pos = int(await conn.fetchval("SELECT nextval('stream_seq')"))
@@ -357,15 +336,16 @@ async def test_one_statement_write_checks_its_guard_in_the_statement(db: Databas
     statement: a revocation committed after the reservation but before the
     statement stops the write, and nothing of it is stored."""
     store = StreamStore(db, instance_id="w")
-    await _insert_row(db, "$allowed", 1)
-    guard = "SELECT 1 / count(*) FROM room_memberships WHERE event_id = '$allowed'"
+    await insert_row(db, "$allowed", 1)
+    guard = Guard("SELECT 1 / (count(*) = cardinality({keys}))::INT FROM room_memberships WHERE event_id = ANY({keys})",
+                  "TEXT", ("$allowed",))
     inside = asyncio.Event()
     release = asyncio.Event()
 
     async def fn(conn: asyncpg.Connection, positions: list[int]) -> None:
         inside.set()
         await release.wait()
-        positions.append(await _one_statement(conn, "$guarded"))  # type: ignore[arg-type]
+        positions.append(await one_statement(conn, "$guarded"))  # type: ignore[arg-type]
 
     writer = asyncio.create_task(store.write_many(fn, 1, allocate=False, single=True, guard=guard))
     await inside.wait()
@@ -376,7 +356,7 @@ async def test_one_statement_write_checks_its_guard_in_the_statement(db: Databas
     assert await db.fetchval("SELECT count(*) FROM room_memberships WHERE event_id = '$guarded'") == 0
     assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
     # with the guard true, the same write goes through
-    await _insert_row(db, "$allowed", 2)
+    await insert_row(db, "$allowed", 2)
     release.clear()
     inside.clear()
     writer = asyncio.create_task(store.write_many(fn, 1, allocate=False, single=True, guard=guard))

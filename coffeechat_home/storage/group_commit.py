@@ -42,7 +42,7 @@ import asyncpg
 
 from .database import DatabaseUnavailable
 from .event_writes import InsertBatch, StaleRoomState
-from .stream import Ahead, Guard, StreamStore
+from .stream import Ahead, Guard, SingleStatement, StreamStore
 
 T = TypeVar("T")
 
@@ -220,8 +220,11 @@ async def _shared_insert(
     """Run one-statement writes (to different rooms) together, their inserts
     as one statement (``InsertBatch``): each write's outcome, StaleRoomState
     for a room whose extremities moved; any other failure is raised (the
-    group rolls back and its writes run alone). Their positions go into
-    ``positions`` in increasing order."""
+    group rolls back and its writes run alone), except once that statement
+    has committed (on a ``SingleStatement``: the group is that statement):
+    then a failed write's error is its own outcome, since running the
+    group's writes again alone would write the others' events twice. Their
+    positions go into ``positions`` in increasing order."""
     batch = InsertBatch(conn, len(fns))
 
     async def one(fn: WriteFn[Any]) -> tuple[Any, list[int]]:
@@ -242,11 +245,15 @@ async def _shared_insert(
             if not t.done():
                 t.cancel()
                 t.add_done_callback(_retrieve)
+    committed = isinstance(conn, SingleStatement) and conn.used
     out: list[tuple[Any, list[int]] | Exception] = []
     for o in outcomes:
-        if isinstance(o, StaleRoomState):
+        if isinstance(o, StaleRoomState) or (committed and isinstance(o, Exception)):
             out.append(o)
         elif isinstance(o, BaseException):
+            if committed:
+                out.append(RuntimeError(f"a write of a committed group ended with {o!r}"))
+                continue
             raise o
         else:
             out.append(o)

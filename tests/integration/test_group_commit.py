@@ -24,6 +24,7 @@ import aiohttp
 import asyncpg
 
 from coffeechat_home.app import HomeServer
+from coffeechat_home.storage.event_writes import DeferredInsert
 from coffeechat_home.storage.group_commit import GroupCommit
 
 from ..helpers import ApiClient, Response
@@ -225,6 +226,53 @@ async def test_a_batch_commits_together_and_isolates_failures(
     assert await _stored(database_url, [a["event_id"] for a in answers]) == {a["event_id"]: 1 for a in answers}
     for room in rooms:
         await assert_linear_history(database_url, room)
+
+
+async def test_a_write_that_fails_beside_a_committed_batch_statement_fails_alone(
+    start_server: StartServer, database_url: str, http: aiohttp.ClientSession
+) -> None:
+    """A batch of messages is one statement that commits as it ends: when
+    one of its writes fails without reaching that statement (any error but
+    a stale room head: here one injected for room 2), the others are
+    committed, so they are answered from it, once, with their hooks run
+    (the long-poll is woken), and the batch does not fall back to running
+    every write again alone."""
+    hs = await start_server()
+    url = f"http://127.0.0.1:{hs.client_port}"
+    group = _group(hs)
+    alice = await _user(url, http, "alice")
+    rooms = [await _room(alice, name=f"room {i}") for i in range(3)]
+    persister = hs.services.writer.persister
+    real = persister.write_on_base
+
+    async def failing_for_room_2(conn: Any, positions: list[int], room_id: str, *a: Any, **k: Any) -> Any:
+        if room_id == rooms[2] and isinstance(conn, DeferredInsert):
+            raise RuntimeError("an error before its insert")
+        return await real(conn, positions, room_id, *a, **k)
+
+    persister.write_on_base = failing_for_room_2  # type: ignore[method-assign]
+    since = (await alice.get("sync", params={"timeout": "0"})).body["next_batch"]
+    poll = asyncio.ensure_future(alice.get("sync", params={"since": since, "timeout": "20000",
+                                                           "filter": SYNC_FILTER}))
+    fallbacks, persisted = group.fallbacks, persister.events_persisted
+    answers = await _held_batch(group, [_send(alice, r, f"message {i}") for i, r in enumerate(rooms)], 3)
+    assert group.fallbacks == fallbacks
+    assert [a.status for a in answers[:2]] == [200, 200], answers
+    assert answers[2].status == 500 and answers[2]["errcode"] == "M_UNKNOWN", answers[2]
+    assert persister.events_persisted == persisted + 2
+    sent = [a["event_id"] for a in answers[:2]]
+    assert await _stored(database_url, sent) == {e: 1 for e in sent}
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval(
+            "SELECT count(*) FROM events WHERE room_id = ANY($1::TEXT[]) AND type = 'm.room.message'", rooms
+        ) == 2
+    finally:
+        await conn.close()
+    woken = await poll
+    assert woken.status == 200, woken
+    seen = {e["event_id"] for room in woken.body["rooms"]["join"].values() for e in room["timeline"]["events"]}
+    assert set(sent) <= seen, (sent, seen)
 
 
 SENDERS_PER_INSTANCE = 6

@@ -18,7 +18,10 @@ What stays as it was:
 * Idempotent transaction ids: a write that fails in a batch (a repeated
   transaction id, a guard whose token was revoked) makes the batch roll
   back as a whole; each of its writes then runs again alone, with its own
-  retries, and gets its own outcome. Nothing else fails with it.
+  retries, and gets its own outcome. Nothing else fails with it. (A batch
+  of messages is one statement: a write that fails without reaching it,
+  once it has committed the others, fails alone instead; see
+  ``_shared_insert``.)
 * A stale room head (another instance wrote to the room since we cached
   it): that write's insert writes nothing and leaves the transaction
   usable, so only that write leaves the batch (its sender rebuilds on the

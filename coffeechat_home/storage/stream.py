@@ -289,7 +289,9 @@ class StreamStore:
         one statement (group_commit.py's shared insert of k messages): it
         gets a ``SingleStatement`` as ``write_many(single=True)`` does, and
         the group is two round trips (the reservation, the statement)
-        instead of three."""
+        instead of three. That statement commits as it ends, so a failure
+        ``tail`` reports after it ran cannot roll the group back: ``tail``
+        returns it as that write's outcome instead of raising it."""
 
         async def fn(conn: asyncpg.Connection, positions: list[int]) -> list[tuple[Any, list[int]] | Exception]:
             out: list[tuple[Any, list[int]] | Exception] = []

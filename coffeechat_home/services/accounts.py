@@ -15,7 +15,7 @@ from ..errors import MatrixError, forbidden, invalid_param
 from ..protocol.identifiers import InvalidIdentifier, is_valid_localpart_for_registration, parse_user_id
 from ..storage.accounts import AccountStore, DeviceRemover, TokenOwner, UserExists, token_hash, token_write_guard
 from ..storage.registration_tokens import RegistrationTokenStore
-from ..storage.stream import Guard
+from ..storage.stream_statements import Guard
 from .passwords import PasswordHasher
 
 

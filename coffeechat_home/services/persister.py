@@ -57,7 +57,8 @@ from ..storage.room_state import (
     insert_memberships,
     insert_state_groups,
 )
-from ..storage.stream import SingleStatement, StreamStore, allocate_positions
+from ..storage.stream import StreamStore, allocate_positions
+from ..storage.stream_statements import SingleStatement
 from .notifier import Notifier
 from .tasks import KeyedLocks
 from .persist_plan import WritePlan

@@ -27,7 +27,8 @@ from ..protocol.signing import SigningKey
 from ..storage.event_writes import StaleRoomState
 from ..storage.events import EventStore
 from ..storage.group_commit import GroupCommit
-from ..storage.stream import Ahead, Guard, StreamStore
+from ..storage.stream import Ahead, StreamStore
+from ..storage.stream_statements import Guard
 from .persister import (
     EventContext,
     NewEvent,

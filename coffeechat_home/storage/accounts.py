@@ -10,7 +10,7 @@ from typing import Awaitable, Callable
 import asyncpg
 
 from .database import Database
-from .stream import Guard
+from .stream_statements import Guard
 
 # Statements deleting device rows in a transaction given; returns the ids
 # of the devices deleted.

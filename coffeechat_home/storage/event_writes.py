@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import asyncpg
 
 from ..protocol.events import Event
-from .stream import SingleStatement
+from .stream_statements import one_statement_parts
 
 
 class StaleRoomState(Exception):
@@ -123,14 +123,10 @@ async def insert_events(
                    INSERT INTO {also.table} ({", ".join(c for c, _ in also.columns)})
                    SELECT {", ".join(f"${35 + i}::{t}" for i, (_, t) in enumerate(also.columns))}
                    WHERE EXISTS (SELECT 1 FROM moved) {also.conflict} RETURNING 1)"""
-    release_args: tuple[Any, ...] = ()
-    release_check = ""
-    if isinstance(conn, SingleStatement):
-        param = 35 + (0 if also is None else len(also.values))
-        also_sql += f""",
-               {conn.ctes(param)}"""
-        release_check = f", {conn.checks()}"
-        release_args = conn.args()
+    # on a SingleStatement: the reservation's deletion and the guard
+    first_param = 35 + (0 if also is None else len(also.values))
+    release_ctes, release_check, release_args = one_statement_parts(conn, first_param)
+    also_sql += release_ctes
     try:
         row = await conn.fetchrow(
             f"""WITH {alloc_sql if allocate else ""} moved AS ({moved_sql}),
@@ -384,13 +380,7 @@ async def _insert_many(conn: asyncpg.Connection, inserts: Sequence[_Insert]) -> 
     # the whole group in one statement (StreamStore.write_group with no
     # writes but this one): it also deletes the reservation and runs the
     # guards, from $38 on
-    release_ctes = release_checks = ""
-    release_args: tuple[Any, ...] = ()
-    if isinstance(conn, SingleStatement):
-        release_ctes = f""",
-           {conn.ctes(38)}"""
-        release_checks = f", {conn.checks()}"
-        release_args = conn.args()
+    release_ctes, release_checks, release_args = one_statement_parts(conn, 38)
     row = await conn.fetchrow(
         f"""WITH alloc AS MATERIALIZED (
                SELECT array_agg(p ORDER BY p) AS a

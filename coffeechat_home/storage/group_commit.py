@@ -45,7 +45,8 @@ import asyncpg
 
 from .database import DatabaseUnavailable
 from .event_writes import InsertBatch, StaleRoomState
-from .stream import Ahead, Guard, SingleStatement, StreamStore
+from .stream import Ahead, StreamStore
+from .stream_statements import Guard, SingleStatement
 
 T = TypeVar("T")
 
@@ -251,15 +252,12 @@ async def _shared_insert(
     committed = isinstance(conn, SingleStatement) and conn.used
     out: list[tuple[Any, list[int]] | Exception] = []
     for o in outcomes:
-        if isinstance(o, StaleRoomState) or (committed and isinstance(o, Exception)):
+        if not isinstance(o, BaseException) or isinstance(o, StaleRoomState):
             out.append(o)
-        elif isinstance(o, BaseException):
-            if committed:
-                out.append(RuntimeError(f"a write of a committed group ended with {o!r}"))
-                continue
+        elif not committed:
             raise o
         else:
-            out.append(o)
+            out.append(o if isinstance(o, Exception) else RuntimeError(f"a committed group's write ended with {o!r}"))
     positions.extend(sorted(p for o in out if not isinstance(o, Exception) for p in o[1]))
     return out
 

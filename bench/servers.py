@@ -145,6 +145,9 @@ class Postgres:
                 await conn.execute(f"ALTER DATABASE \"{name}\" SET default_transaction_isolation = '{isolation}'")
         finally:
             await conn.close()
+        return self.database_url(name)
+
+    def database_url(self, name: str) -> str:
         parts = urllib.parse.urlsplit(self.admin_url)
         return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
 
@@ -169,8 +172,7 @@ class Postgres:
         """``VACUUM ANALYZE`` of one database: what autovacuum does within a
         minute or two of a bulk fill, done before the timed phases instead
         of during whichever phase it happens to land in."""
-        parts = urllib.parse.urlsplit(self.admin_url)
-        conn = await asyncpg.connect(urllib.parse.urlunsplit(parts._replace(path=f"/{dbname}")))
+        conn = await asyncpg.connect(self.database_url(dbname))
         try:
             await conn.execute("VACUUM ANALYZE")
         finally:

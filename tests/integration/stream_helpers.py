@@ -1,19 +1,43 @@
-"""Shared by the stream tests (test_stream.py, test_stream_groups.py): a
+"""Shared by the stream tests (test_stream*.py): their pool, a
 one-statement stream write and stream rows (``room_memberships`` is one of
 STREAM_TABLES) written directly."""
 
 from __future__ import annotations
 
+import contextlib
+from typing import AsyncIterator
+
+import asyncpg
+
 from coffeechat_home.storage.database import Database
-from coffeechat_home.storage.stream import SingleStatement
+from coffeechat_home.storage.stream_statements import SingleStatement
+
+WRITES_DEADLINE_S = 15.0  # a bound on waiting for writes that should all finish, not a performance claim
 
 
-async def insert_row(db: Database, event_id: str, pos: int) -> None:
+@contextlib.asynccontextmanager
+async def stream_database(database_url: str) -> AsyncIterator[Database]:
+    """The stream tests' pool: more connections than the write gate lets
+    writers in (8), as the gate's deadlock test needs."""
+    database = await Database.connect(database_url, min_size=1, max_size=12)
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+async def insert_row(db: Database | asyncpg.Connection, event_id: str, pos: int) -> None:
+    """A stream row at ``pos``, through the pool or in a transaction's connection."""
     await db.execute(
         """INSERT INTO room_memberships (event_id, user_id, room_id, sender, membership, stream_pos)
            VALUES ($1, '@u:test', '!r:test', '@u:test', 'join', $2)""",
         event_id, pos,
     )
+
+
+async def insert_at(conn: Database | asyncpg.Connection, pos: int) -> None:
+    """A stream row named after its position."""
+    await insert_row(conn, f"$e{pos}", pos)
 
 
 async def one_statement(conn: SingleStatement, event_id: str) -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import secrets
 from typing import AsyncIterator, Awaitable, Callable
 
 import asyncpg
@@ -15,30 +14,15 @@ import pytest
 
 from coffeechat_home.services.notifier import Notifier
 from coffeechat_home.storage.database import Database, Engine
-from coffeechat_home.storage.group_commit import GroupCommit
-from coffeechat_home.storage.stream import Ahead, Guard, GuardFailed, SingleStatement, StreamStore
+from coffeechat_home.storage.stream import GuardFailed, StreamStore
+from coffeechat_home.storage.stream_statements import Guard, SingleStatement
 
-from .stream_helpers import insert_row, one_statement
-
-WRITES_DEADLINE_S = 15.0  # a bound on waiting for writes that should all finish, not a performance claim
-
+from .stream_helpers import insert_at, insert_row, one_statement, stream_database
 
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[Database]:
-    database = await Database.connect(database_url, min_size=1, max_size=12)
-    try:
+    async with stream_database(database_url) as database:
         yield database
-    finally:
-        await database.close()
-
-
-async def _insert(conn: asyncpg.Connection, pos: int) -> None:
-    # a stream row (room_memberships is one of STREAM_TABLES)
-    await conn.execute(
-        """INSERT INTO room_memberships (event_id, user_id, room_id, sender, membership, stream_pos)
-           VALUES ($1, '@u:test', '!r:test', '@u:test', 'join', $2)""",
-        f"$e{pos}", pos,
-    )
 
 
 async def _visible(db: Database, upto: int) -> set[int]:
@@ -55,12 +39,12 @@ async def test_lower_position_committing_last_holds_readers_back(db: Database) -
 
     async def slow(conn: asyncpg.Connection, pos: int) -> None:
         a_pos.append(pos)
-        await _insert(conn, pos)
+        await insert_at(conn, pos)
         inside.set()
         await release.wait()
 
     async def fast(conn: asyncpg.Connection, pos: int) -> None:
-        await _insert(conn, pos)
+        await insert_at(conn, pos)
 
     start = await a.current_position()
     writer_a = asyncio.create_task(a.write(slow))
@@ -89,7 +73,7 @@ async def test_reservation_is_deleted_last_and_a_reclaimed_one_restarts_the_writ
 
     async def fn(conn: asyncpg.Connection, pos: int) -> None:
         tries.append(pos)
-        await _insert(conn, pos)
+        await insert_at(conn, pos)
         if len(tries) == 1:
             inside.set()
             await release.wait()
@@ -170,167 +154,6 @@ async def test_one_statement_write_runs_no_second_statement_and_leaves_no_reserv
     assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
 
 
-async def _settled(store: StreamStore, db: Database) -> None:
-    """Until the store's background discards are done (bounded)."""
-    for _ in range(500):
-        if not store._discards:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("a reservation made ahead was never discarded")
-
-
-async def test_a_reservation_made_ahead_is_the_one_its_write_deletes(db: Database) -> None:
-    """``reserve_ahead`` commits the reservation while the write is still
-    being built; the write then runs its one statement on that
-    reservation (no second one), and once taken the reservation cannot be
-    dropped any more."""
-    store = StreamStore(db, instance_id="w")
-    ahead = await store.reserve_ahead()
-    assert ahead is not None
-    await ahead.task  # committed: readers are held below it before the write exists
-    assert await db.fetchval("SELECT token FROM stream_inflight") == ahead.token
-    assert await store.current_position() < await db.fetchval("SELECT last_value FROM stream_seq")
-    seen: list[object] = []
-
-    async def fn(conn: SingleStatement, positions: list[int]) -> str:
-        seen.append(await db.fetchval("SELECT array_agg(token) FROM stream_inflight"))
-        positions.append(await one_statement(conn, "$ahead"))
-        return "done"
-
-    result, positions = await store.write_many(
-        fn, 1, allocate=False, single=True, ahead=ahead  # type: ignore[arg-type]
-    )
-    assert result == "done" and seen == [[ahead.token]]  # its reservation, and no other
-    ahead.drop()  # taken by the write: nothing to give up
-    assert (store.aheads, store.aheads_dropped) == (1, 0)
-    assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
-    assert await store.current_position() == positions[0]
-    with pytest.raises(RuntimeError):  # one write per reservation
-        await store.write_many(fn, 1, allocate=False, single=True, ahead=ahead)  # type: ignore[arg-type]
-
-
-async def test_a_reservation_made_ahead_and_given_up_holds_no_one_back(db: Database) -> None:
-    """Dropped unused (the write was refused, or its request cancelled), in
-    flight or already committed, a reservation made ahead is deleted and
-    its connection goes back to the pool; one reclaimed before its write
-    ran (its instance looked dead) makes the write start over on a new
-    one, stored once."""
-    store = StreamStore(db, instance_id="w")
-    freed: list[int] = []
-    for wait in (False, True):
-        ahead = await store.reserve_ahead(slot=lambda: freed.append(1))
-        assert ahead is not None
-        if wait:
-            await ahead.task
-        ahead.drop()
-        ahead.drop()  # once only
-        await _settled(store, db)
-    assert (store.aheads, store.aheads_dropped, len(freed)) == (2, 2, 2)
-    assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
-    assert db.pool.get_idle_size() == db.pool.get_size()  # every connection back
-    _, pos = await store.write(lambda conn, pos: _insert(conn, pos))
-    assert await store.current_position() == pos  # nothing left below it
-
-    ahead = await store.reserve_ahead()
-    assert ahead is not None
-    await ahead.task
-    await db.execute("DELETE FROM stream_inflight WHERE token = $1", ahead.token)  # reclaimed
-    tries: list[int] = []
-
-    async def fn(conn: SingleStatement, positions: list[int]) -> None:
-        tries.append(1)
-        positions.append(await one_statement(conn, f"$retry{len(tries)}"))
-
-    _, positions = await store.write_many(fn, 1, allocate=False, single=True, ahead=ahead)  # type: ignore[arg-type]
-    assert len(tries) == 2
-    rows = await db.fetch("SELECT event_id FROM room_memberships WHERE event_id LIKE '$retry%'")
-    assert [r["event_id"] for r in rows] == ["$retry2"]
-    assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
-    assert await store.current_position() == positions[0]
-
-
-async def test_reservations_made_ahead_never_hold_the_connections_the_gated_writes_need(db: Database) -> None:
-    """A reservation made ahead holds a pool connection until its write.
-    Were such writes to wait at the write gate (``max_concurrent_writes``)
-    with their connections while the writes inside the gate wait for a
-    connection, every stream write would hang and the reservations would
-    hold every reader back for good (found by a review: messages to as many
-    rooms as the pool has connections, with group commit off, and other
-    writes at once). Reservations ahead take their permit of the gate when
-    they are made, or are not made."""
-    store = StreamStore(db, instance_id="w", max_concurrent_writes=8)
-    group = GroupCommit(store, enabled=False)  # (on, at most its transactions reserve ahead)
-    size = db.pool.get_max_size()
-    aheads: list[Ahead] = []
-    for _ in range(size):  # messages to as many rooms, each under its room's lock
-        made = await group.ahead()
-        if made is None:
-            break
-        aheads.append(made)
-    assert 0 < len(aheads) < size
-    await asyncio.gather(*(a.task for a in aheads))
-    others = [asyncio.ensure_future(store.write(lambda conn, pos: _insert(conn, pos))) for _ in range(8)]
-    for _ in range(20):
-        await asyncio.sleep(0)  # the other writes reach the gate
-
-    async def fn(conn: SingleStatement, positions: list[int]) -> None:
-        positions.append(await one_statement(conn, f"$msg{len(positions)}{secrets.token_hex(4)}"))
-
-    messages = [
-        asyncio.ensure_future(group.write(fn, 1, single=True, ahead=a)) for a in aheads  # type: ignore[arg-type]
-    ]
-    done, pending = await asyncio.wait(others + messages, timeout=WRITES_DEADLINE_S)
-    if pending:  # unwind before failing
-        for a in aheads:
-            if a.task.done() and not a.task.exception():
-                await a.task.result().release()
-        await asyncio.wait(pending, timeout=WRITES_DEADLINE_S)
-    assert not pending, f"{len(pending)} writes stuck"
-    assert all(t.exception() is None for t in done)
-    assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
-    assert await db.fetchval("SELECT count(*) FROM room_memberships") == len(aheads) + 8
-
-
-async def test_a_reservation_made_ahead_and_given_up_hands_its_transaction_to_the_queue(db: Database) -> None:
-    """With group commit on, a reservation made ahead holds one of its
-    transactions: writes that come meanwhile queue, and go (as a batch) as
-    soon as it is given up; a write that took one goes alone and then
-    frees its transaction the same way."""
-    store = StreamStore(db, instance_id="w")
-    group = GroupCommit(store, transactions=1)
-    ahead = await group.ahead()
-    assert ahead is not None and await group.ahead() is None  # its one transaction is taken
-
-    async def one(conn: SingleStatement, positions: list[int]) -> None:
-        positions.append(await one_statement(conn, f"$queued{secrets.token_hex(4)}"))
-
-    async def plain(conn: asyncpg.Connection, positions: list[int]) -> None:
-        pos = int(await conn.fetchval("SELECT nextval('stream_seq')"))
-        await _insert(conn, pos)
-        positions.append(pos)
-
-    queued = [asyncio.ensure_future(group.write(plain, 1)) for _ in range(2)]
-    for _ in range(20):
-        await asyncio.sleep(0)
-    assert len(group._queue) == 2
-    assert not any(t.done() for t in queued)
-    ahead.drop()
-    done, pending = await asyncio.wait(queued, timeout=WRITES_DEADLINE_S)
-    assert not pending
-    assert [t.exception() for t in done] == [None, None]
-    assert (group.batches, group._in_flight) == (1, 0)
-    await _settled(store, db)
-    ahead = await group.ahead()
-    assert ahead is not None
-    queued = [asyncio.ensure_future(group.write(plain, 1))]
-    await group.write(one, 1, single=True, ahead=ahead)  # type: ignore[arg-type]
-    done, pending = await asyncio.wait(queued, timeout=WRITES_DEADLINE_S)
-    assert not pending
-    assert group._in_flight == 0
-    assert await db.fetchval("SELECT count(*) FROM room_memberships") == 4
-    assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
-
-
 async def test_one_statement_write_checks_its_guard_in_the_statement(db: Database) -> None:
     """The guard (e.g. "the token still exists") is read by the write's own
     statement: a revocation committed after the reservation but before the
@@ -379,7 +202,7 @@ async def test_readers_never_pass_an_uncommitted_write(db: Database) -> None:
 
     async def writer(n: int) -> None:
         async def fn(conn: asyncpg.Connection, pos: int) -> None:
-            await _insert(conn, pos)
+            await insert_at(conn, pos)
             await asyncio.sleep(delays[n])
 
         _, pos = await stores[n % 3].write(fn)
@@ -414,7 +237,7 @@ async def test_a_position_read_without_the_maximum_uses_the_last_maximum_read(db
     b = StreamStore(db, instance_id="b")
 
     async def fn(conn: asyncpg.Connection, pos: int) -> None:
-        await _insert(conn, pos)
+        await insert_at(conn, pos)
 
     _, pos = await b.write(fn)
     assert await a.current_position(read_max=False) < pos
@@ -482,7 +305,7 @@ async def test_a_write_may_take_its_positions_in_its_own_statement(db: Database)
     assert await store.current_position() == positions[-1] == store.local_committed
 
     async def short(conn: asyncpg.Connection, positions: list[int]) -> None:
-        await _insert(conn, await conn.fetchval("SELECT nextval('stream_seq')"))  # takes one, says nothing
+        await insert_at(conn, await conn.fetchval("SELECT nextval('stream_seq')"))  # takes one, says nothing
 
     with pytest.raises(RuntimeError):
         await store.write_many(short, 1, allocate=False)
@@ -502,13 +325,13 @@ async def test_position_and_changes_holds_back_like_current_position(db: Databas
 
     async def slow(conn: asyncpg.Connection, pos: int) -> None:
         a_pos.append(pos)
-        await _insert(conn, pos)
+        await insert_at(conn, pos)
         inside.set()
         await release.wait()
 
     writer_a = asyncio.create_task(a.write(slow))
     await inside.wait()
-    _, pos_b = await b.write(lambda conn, pos: _insert(conn, pos))
+    _, pos_b = await b.write(lambda conn, pos: insert_at(conn, pos))
     upto, changes = await b.position_and_changes(start, b.local_committed)
     assert start <= upto < a_pos[0] and changes == {}
     release.set()
@@ -547,7 +370,7 @@ async def test_a_waiter_that_registers_during_the_notifiers_read_is_woken(db: Da
     notifier = Notifier(store)
     notifier.position = before = await store.current_position()
     other = asyncio.create_task(notifier.wait_for_change(before, ["!elsewhere:test"], 60))
-    await store.write(lambda conn, pos: _insert(conn, pos))  # concerns @u:test
+    await store.write(lambda conn, pos: insert_at(conn, pos))  # concerns @u:test
     store.gate = asyncio.Event()
     advance = asyncio.create_task(notifier.advance())
     await store.reading.wait()  # the notifier is reading what changed
@@ -594,7 +417,7 @@ async def test_the_long_polls_one_change_wakes_are_resumed_a_chunk_at_a_time(db:
 
     await settle()
     assert notifier.waiting == 10 and not resumed
-    await store.write(lambda conn, pos: _insert(conn, pos))
+    await store.write(lambda conn, pos: insert_at(conn, pos))
     await notifier.advance()
     await settle()
     assert resumed == [0, 1, 2]  # the first to wait, first woken
@@ -641,7 +464,7 @@ async def test_a_stalled_chunk_does_not_hold_back_the_rest_for_ever(db: Database
     polls = [asyncio.create_task(long_poll(i)) for i in range(7)]
     for _ in range(10):
         await asyncio.sleep(0)
-    await store.write(lambda conn, pos: _insert(conn, pos))
+    await store.write(lambda conn, pos: insert_at(conn, pos))
     await notifier.advance()
     for _ in range(10):
         await asyncio.sleep(0)
@@ -692,7 +515,7 @@ async def test_a_local_write_nobody_waits_for_costs_no_position_read(db: Databas
         before = notifier.position
         store.reads = 0
         for _ in range(3):
-            await store.write(lambda conn, pos: _insert(conn, pos))
+            await store.write(lambda conn, pos: insert_at(conn, pos))
             notifier.poke()
             await settle()
         assert store.reads == 0 and notifier.position == before  # three writes, no statement
@@ -701,11 +524,11 @@ async def test_a_local_write_nobody_waits_for_costs_no_position_read(db: Databas
         poll = asyncio.create_task(notifier.wait_for_change(upto, ["@u:test"], 60))
         await until(lambda: notifier.waiting == 1)
         assert notifier.position == upto and not poll.done()  # caught up; not woken by what it has
-        _, pos = await store.write(lambda conn, pos: _insert(conn, pos))
+        _, pos = await store.write(lambda conn, pos: insert_at(conn, pos))
         notifier.poke()
         await until(poll.done)
         assert await poll == notifier.position >= pos
-        _, pos = await store.write(lambda conn, pos: _insert(conn, pos))
+        _, pos = await store.write(lambda conn, pos: insert_at(conn, pos))
         notifier.poke()
         await settle()
         assert notifier.position < pos  # nobody waits again: not followed

@@ -21,7 +21,8 @@ import pytest
 
 from coffeechat_home.storage.database import Database
 from coffeechat_home.storage.group_commit import GroupCommit
-from coffeechat_home.storage.stream import Guard, GuardFailed, SingleStatement, StreamStore, all_guards
+from coffeechat_home.storage.stream import GuardFailed, StreamStore
+from coffeechat_home.storage.stream_statements import Guard, SingleStatement, all_guards
 
 from .stream_helpers import insert_row, one_statement
 
@@ -94,10 +95,7 @@ async def test_a_group_with_writes_of_its_own_checks_its_guards_in_its_transacti
 
     async def write(conn: asyncpg.Connection, positions: list[int]) -> str:
         pos = await conn.fetchval("SELECT nextval('stream_seq')")
-        await conn.execute(
-            """INSERT INTO room_memberships (event_id, user_id, room_id, sender, membership, stream_pos)
-               VALUES ($1, '@u:test', '!r:test', '@u:test', 'join', $2)""", f"$w{pos}", pos,
-        )
+        await insert_row(conn, f"$w{pos}", pos)
         positions.append(pos)
         return "ok"
 
@@ -148,10 +146,7 @@ async def test_a_second_transaction_opens_beside_a_lone_write_never_beside_a_bat
             started.append(name)
             await gates[name].wait()
             pos = await conn.fetchval("SELECT nextval('stream_seq')")
-            await conn.execute(
-                """INSERT INTO room_memberships (event_id, user_id, room_id, sender, membership, stream_pos)
-                   VALUES ($1, '@u:test', '!r:test', '@u:test', 'join', $2)""", f"${name}", pos,
-            )
+            await insert_row(conn, f"${name}", pos)
             positions.append(pos)
             return name
 

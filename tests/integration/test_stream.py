@@ -539,6 +539,47 @@ async def test_a_local_write_nobody_waits_for_costs_no_position_read(db: Databas
         await notifier.stop()
 
 
+async def test_a_local_write_wakes_its_long_poll_before_the_due_committed_maximum_read(db: Database) -> None:
+    """The notifier reads the committed maximum (every instance's writes)
+    once per poll interval; a local write needs only the reservations'
+    floor on top of what this instance committed. When a local write that
+    wakes someone arrives with that read due, the long-poll is woken first
+    and the read follows at once: it used to wait for it, a round trip on
+    every other send of an idle server."""
+
+    class Watching(StreamStore):
+        woken_first: list[bool] = []
+
+        async def committed_max(self) -> int:
+            self.woken_first.append(notifier.wakeups > 0)
+            return await super().committed_max()
+
+    store = Watching(db, instance_id="due")
+    notifier = Notifier(store, poll_interval=60.0)  # no timed poll within the test
+    await notifier.start()
+    loop = asyncio.get_running_loop()
+
+    async def until(cond: Callable[[], bool]) -> None:
+        deadline = loop.time() + 10  # bounded
+        while not cond() and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+
+    try:
+        upto = await store.current_position()
+        poll = asyncio.create_task(notifier.wait_for_change(upto, ["@u:test"], 60))
+        await until(lambda: notifier.waiting == 1)
+        notifier._last_full -= 120.0  # the committed-maximum read is due
+        store.woken_first.clear()
+        _, pos = await store.write(lambda conn, pos: insert_at(conn, pos))
+        notifier.poke()
+        await until(lambda: poll.done() and bool(store.woken_first))
+        assert await poll >= pos
+        assert store.woken_first == [True]  # read once, after the wake-up
+        assert loop.time() - notifier._last_full < 60  # and counted as the poll's read
+    finally:
+        await notifier.stop()
+
+
 async def test_the_write_pools_sessions_plan_a_batch_statement_once(database_url: str) -> None:
     """Writes pass their rows as arrays (``unnest($n)``); PostgreSQL's
     default plan choice re-plans such a statement on every execution, which

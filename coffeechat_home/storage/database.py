@@ -126,25 +126,6 @@ SERIALIZABLE_SESSION_SETTINGS = {
     "plan_cache_mode": "force_generic_plan",
 }
 
-# The sessions of the lone-statement pool on PostgreSQL (reads, mostly):
-# READ COMMITTED (see Database), and prepared statements planned once too.
-# By default PostgreSQL plans a prepared statement anew on each execution
-# whenever a plan made for the values at hand looks cheaper than a generic
-# one, which for our range reads (``stream_pos > $1 AND stream_pos <= $2``)
-# and ``= ANY($1)`` reads is always: the notifier's position read (a union
-# over every stream table, 0.45 ms of planning against 0.15 ms for the
-# execution), a woken sync's timeline read and /messages' history
-# visibility read were re-planned on every call, for ever (their sessions'
-# pg_prepared_statements: thousands of custom plans, no generic one). Our
-# reads are index lookups by key or by position range, which a generic
-# plan does as well. bench/bench_rooms.py --quick, alternating runs:
-# /messages 605 against 515 pages/s with one reader and 1,356 against
-# 1,022 with eight, send -> long-poll p50 6.1 against 7.2 ms.
-SINGLE_SESSION_SETTINGS = {
-    "default_transaction_isolation": "read committed",
-    "plan_cache_mode": "force_generic_plan",
-}
-
 
 # Array types our statements pass or read for which asyncpg has no built-in
 # codec (bigint[], integer[], boolean[]; text[] is built in): on each new
@@ -196,7 +177,7 @@ class Database:
     sessions plan without sequential scans (SERIALIZABLE_SESSION_SETTINGS).
     ``single`` runs lone
     statements (``fetch``/``execute`` ...). On PostgreSQL its sessions use
-    READ COMMITTED (and generic plans, SINGLE_SESSION_SETTINGS): one statement is atomic and sees one snapshot anyway,
+    READ COMMITTED: one statement is atomic and sees one snapshot anyway,
     and PostgreSQL's SSI tracks reads by index page, so lone reads (sync,
     notifier polls) running SERIALIZABLE would make unrelated writers abort.
     CockroachDB detects conflicts per key and keeps its default."""
@@ -236,7 +217,7 @@ class Database:
             engine, types = await _detect_engine(kwargs, timeout)
             postgres = engine is Engine.POSTGRES
             pool = await make_pool(min_size, max_size, SERIALIZABLE_SESSION_SETTINGS if postgres else {})
-            settings = SINGLE_SESSION_SETTINGS if postgres else {}
+            settings = {"default_transaction_isolation": "read committed"} if postgres else {}
             try:
                 single = await make_pool(min(min_size, 2), max(2, max_size // 2), settings)
             except BaseException:

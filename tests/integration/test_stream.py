@@ -601,36 +601,3 @@ async def test_the_write_pools_sessions_plan_a_batch_statement_once(database_url
         assert (plans["generic_plans"], plans["custom_plans"]) == (8, 0)
     finally:
         await db.close()
-
-
-async def test_the_read_pools_sessions_plan_the_notifiers_position_read_once(database_url: str) -> None:
-    """The notifier's position read (a union over every stream table, run
-    on every local write someone waits for) costs the database about three
-    times its execution in planning. PostgreSQL's default plan choice
-    re-plans it on each session's first five calls, and on every call once
-    its tables hold data (as most of our range reads); the lone-statement
-    pool's sessions plan each prepared statement once."""
-    db = await Database.connect(database_url, min_size=1, max_size=2)
-    try:
-        if db.engine is not Engine.POSTGRES:
-            pytest.skip("plan caching is PostgreSQL's (CockroachDB caches its own plans)")
-        store = StreamStore(db, instance_id="plans")
-        for _ in range(8):
-            committed = await store.committed_max()
-            await store.position_and_changes(max(committed - 5, 0), committed)
-        conns = [await db.single.acquire() for _ in range(db.single.get_size())]
-        try:
-            generic = custom = 0
-            for conn in conns:
-                row = await conn.fetchrow(
-                    "SELECT coalesce(sum(generic_plans), 0) AS g, coalesce(sum(custom_plans), 0) AS c "
-                    "FROM pg_prepared_statements WHERE statement LIKE 'WITH b AS (SELECT least(%'"
-                )
-                assert row is not None
-                generic, custom = generic + int(row["g"]), custom + int(row["c"])
-        finally:
-            for conn in conns:
-                await db.single.release(conn)
-        assert (generic, custom) == (8, 0)
-    finally:
-        await db.close()

@@ -126,21 +126,6 @@ SERIALIZABLE_SESSION_SETTINGS = {
     "plan_cache_mode": "force_generic_plan",
 }
 
-# The sessions of the ``planned`` pool on PostgreSQL: lone reads, each
-# prepared statement planned once. Only for reads whose generic plan is
-# known to be as good: the notifier's position read, a union over every
-# stream table of a position range, which PostgreSQL's default plan choice
-# re-plans on every call for ever once the tables hold data (its sessions'
-# pg_prepared_statements after bench_rooms: thousands of custom plans, no
-# generic one); planning cost 0.45 ms against 0.15 ms for the execution,
-# on every local write that someone waits for. (The whole read pool with
-# generic plans made the full data set's initial sync read 45% more rows:
-# its arrays of 100 rooms are planned as ten.)
-PLANNED_SESSION_SETTINGS = {
-    "default_transaction_isolation": "read committed",
-    "plan_cache_mode": "force_generic_plan",
-}
-
 
 # Array types our statements pass or read for which asyncpg has no built-in
 # codec (bigint[], integer[], boolean[]; text[] is built in): on each new
@@ -185,7 +170,7 @@ def _type_preloader(types: list[Any]) -> Callable[[asyncpg.Connection], Awaitabl
 
 
 class Database:
-    """Pools on one database: ``pool`` runs multi-statement units of
+    """Two pools on one database: ``pool`` runs multi-statement units of
     work (``transaction``), each opened with ``BEGIN ISOLATION LEVEL
     SERIALIZABLE`` whatever the server's default (CockroachDB v24.1 and later
     let a role or database default to READ COMMITTED); on PostgreSQL its
@@ -195,17 +180,11 @@ class Database:
     READ COMMITTED: one statement is atomic and sees one snapshot anyway,
     and PostgreSQL's SSI tracks reads by index page, so lone reads (sync,
     notifier polls) running SERIALIZABLE would make unrelated writers abort.
-    CockroachDB detects conflicts per key and keeps its default. On
-    PostgreSQL, ``planned`` (one or two connections) runs the few lone reads
-    that are planned once (``fetch_planned``, PLANNED_SESSION_SETTINGS)."""
+    CockroachDB detects conflicts per key and keeps its default."""
 
-    def __init__(
-        self, pool: asyncpg.Pool, single: asyncpg.Pool, engine: Engine, url: str, planned: asyncpg.Pool | None = None
-    ) -> None:
+    def __init__(self, pool: asyncpg.Pool, single: asyncpg.Pool, engine: Engine, url: str) -> None:
         self.pool = pool
         self.single = single
-        # lone reads planned once (PLANNED_SESSION_SETTINGS): ``fetch_planned``
-        self.planned = planned or single
         self.engine = engine
         self.url = url
         self.max_attempts = 20
@@ -244,19 +223,11 @@ class Database:
             except BaseException:
                 await pool.close()
                 raise
-            planned = None  # (CockroachDB plans its own way: ``single``)
-            if postgres:
-                try:
-                    planned = await make_pool(1, 2, PLANNED_SESSION_SETTINGS)
-                except BaseException:
-                    await pool.close()
-                    await single.close()
-                    raise
         except asyncio.TimeoutError:
             raise DatabaseError(f"database at {redact_url(url)} did not answer within {timeout:.0f}s") from None
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError, ssl.SSLError) as e:
             raise DatabaseError(f"cannot connect to database at {redact_url(url)}: {_one_line(e)}") from None
-        return cls(pool, single, engine, url, planned)
+        return cls(pool, single, engine, url)
 
     def text_order(self, expr: str) -> str:
         """An ORDER BY term sorting text by code point (Python's order) on
@@ -267,11 +238,11 @@ class Database:
         return f'{expr} COLLATE "C"' if self.engine is Engine.POSTGRES else expr
 
     async def close(self, timeout: float = 10.0) -> None:
-        """Close the pools, waiting at most ``timeout`` seconds for each
+        """Close both pools, waiting at most ``timeout`` seconds for each
         (asyncpg's close waits for every connection to be released, and a
         statement to a database that stopped answering may never return);
         what is left is then terminated."""
-        for pool in self._pools().values():
+        for pool in (self.single, self.pool):
             try:
                 async with asyncio.timeout(timeout):
                     await pool.close()
@@ -291,15 +262,12 @@ class Database:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             raise DatabaseUnavailable(_one_line(e), retryable=False) from None
 
-    def _pools(self) -> dict[str, asyncpg.Pool]:
-        pools = {"single": self.single, "transaction": self.pool}
-        if self.planned is not self.single:
-            pools["planned"] = self.planned
-        return pools
-
     def pool_usage(self) -> dict[str, tuple[int, int, int]]:
-        """Per pool ("transaction", "single", "planned"): (open, idle, max) connections."""
-        return {name: (p.get_size(), p.get_idle_size(), p.get_max_size()) for name, p in self._pools().items()}
+        """Per pool ("transaction", "single"): (open, idle, max) connections."""
+        return {
+            name: (p.get_size(), p.get_idle_size(), p.get_max_size())
+            for name, p in (("transaction", self.pool), ("single", self.single))
+        }
 
     async def transaction(
         self,
@@ -457,14 +425,9 @@ class Database:
     async def execute(self, query: str, *args: Any) -> str:
         return await self._retry_single(lambda c: c.execute(query, *args))
 
-    async def fetch_planned(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        """``fetch`` on the ``planned`` pool: for a hot read whose generic
-        plan is as good as any (PLANNED_SESSION_SETTINGS)."""
-        return await self._retry_single(lambda c: c.fetch(query, *args), self.planned)
-
-    async def _retry_single(self, fn: Callable[[asyncpg.Connection], Awaitable[T]], pool: asyncpg.Pool | None = None) -> T:
+    async def _retry_single(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         async def attempt() -> T:
-            async with self._connection(pool or self.single) as conn:
+            async with self._connection(self.single) as conn:
                 # a lone statement commits as it ends: once sent, a lost
                 # connection leaves its outcome unknown unless the server
                 # itself reported the failure

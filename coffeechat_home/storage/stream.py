@@ -534,7 +534,7 @@ class StreamStore:
             f"WHERE stream_pos > $1 AND stream_pos <= b.upto AND ({t.where_sql})"
             for t in STREAM_TABLES
         )
-        rows = await self.db.fetch_planned(  # (planned once: a union of ten range reads)
+        rows = await self.db.fetch(
             f"""WITH b AS (SELECT least($2::BIGINT, coalesce(min(floor), $2::BIGINT)) AS upto FROM stream_inflight)
                 SELECT NULL AS t, b.upto::TEXT AS k FROM b
                 UNION ALL ({parts})""",

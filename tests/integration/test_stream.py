@@ -479,6 +479,14 @@ async def test_a_stalled_chunk_does_not_hold_back_the_rest_for_ever(db: Database
     assert notifier._holding == 0 and not notifier._to_wake
 
 
+async def until(cond: Callable[[], bool]) -> None:
+    """Until ``cond()`` holds, for at most 10 s (the caller asserts it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10  # bounded
+    while not cond() and loop.time() < deadline:
+        await asyncio.sleep(0.005)
+
+
 async def test_a_local_write_nobody_waits_for_costs_no_position_read(db: Database) -> None:
     """A poke with no long-poll waiting and no position asked for
     (``want``) reads nothing: the position lags (a sync reads its own).
@@ -500,12 +508,6 @@ async def test_a_local_write_nobody_waits_for_costs_no_position_read(db: Databas
     store = Counting(db, instance_id="lazy")
     notifier = Notifier(store, poll_interval=60.0)  # no timed poll within the test
     await notifier.start()
-    loop = asyncio.get_running_loop()
-
-    async def until(cond: Callable[[], bool]) -> None:
-        deadline = loop.time() + 10  # bounded
-        while not cond() and loop.time() < deadline:
-            await asyncio.sleep(0.005)
 
     async def settle() -> None:
         for _ in range(20):
@@ -557,12 +559,6 @@ async def test_a_local_write_wakes_its_long_poll_before_the_due_committed_maximu
     store = Watching(db, instance_id="due")
     notifier = Notifier(store, poll_interval=60.0)  # no timed poll within the test
     await notifier.start()
-    loop = asyncio.get_running_loop()
-
-    async def until(cond: Callable[[], bool]) -> None:
-        deadline = loop.time() + 10  # bounded
-        while not cond() and loop.time() < deadline:
-            await asyncio.sleep(0.005)
 
     try:
         upto = await store.current_position()
@@ -575,7 +571,7 @@ async def test_a_local_write_wakes_its_long_poll_before_the_due_committed_maximu
         await until(lambda: poll.done() and bool(store.woken_first))
         assert await poll >= pos
         assert store.woken_first == [True]  # read once, after the wake-up
-        assert loop.time() - notifier._last_full < 60  # and counted as the poll's read
+        assert asyncio.get_running_loop().time() - notifier._last_full < 60  # and counted as the poll's read
     finally:
         await notifier.stop()
 

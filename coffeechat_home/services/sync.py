@@ -283,8 +283,9 @@ class SyncService(SyncRooms):
         # the other features' parts (E2EE key counts, to-device) along
         # with everything else rather than after it: a woken long-poll's
         # key counts beside its room's events, one round trip instead of
-        # two in a row (0.1-0.25 ms of its build's 0.9-1.2 ms, scratch
-        # timing marks on bench_rooms' latency phase)
+        # two in a row (scratch timing marks on bench_rooms' latency phase:
+        # its build 0.88-0.94 ms against 0.95-1.21; within the machine's
+        # noise in bench_send_path.py's A/B)
         async def extras_part() -> list[tuple[dict[str, Any], bool]]:
             return list(await asyncio.gather(*(extra(requester, since, upto) for extra in src.extra_global)))
 
@@ -457,8 +458,9 @@ def _behind(part: Awaitable[Any] | None) -> Awaitable[Any] | None:
 
 async def _gather_parts(*parts: Awaitable[Any] | None) -> list[Any]:
     """The parts' results (None for a part that is None), concurrently when
-    more than one has work; a lone part is awaited directly (a woken
-    incremental sync usually has one: gather's tasks cost more than it)."""
+    more than one has work; a lone part is awaited directly (gather's tasks
+    cost more than it: a woken incremental sync's room without the E2EE
+    part, which is absent when no such feature is wired)."""
     real = [p for p in parts if p is not None]
     if len(real) <= 1:
         return [None if p is None else await p for p in parts]

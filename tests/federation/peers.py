@@ -117,16 +117,18 @@ async def signed_federation_get(
 
 
 async def send_transaction(origin: FederatingServer, destination: FederatingServer, txn_id: str,
-                           pdus: list[Any]) -> dict[str, Any]:
-    """``PUT /send/{txn_id}`` of ``pdus`` from ``origin`` to ``destination``,
+                           pdus: list[Any], edus: list[Any] | None = None) -> dict[str, Any]:
+    """``PUT /send/{txn_id}`` of ``pdus`` (and ``edus``) from ``origin`` to ``destination``,
     signed with ``origin``'s key by our federation client (as its sender
     would, but now and with what the test chose); the answer's per-PDU
     results."""
     client = FederationClient(origin.server_name, origin.signing_key(), allow_private_addresses=["127.0.0.0/8"],
                               verify_certificates=False)
     try:
-        answer = await client.put_json(destination.server_name, f"/_matrix/federation/v1/send/{txn_id}", {
-            "origin": origin.server_name, "origin_server_ts": int(time.time() * 1000), "pdus": pdus})
+        body = {"origin": origin.server_name, "origin_server_ts": int(time.time() * 1000), "pdus": pdus}
+        if edus:
+            body["edus"] = edus
+        answer = await client.put_json(destination.server_name, f"/_matrix/federation/v1/send/{txn_id}", body)
     finally:
         await client.close()
     results = answer.get("pdus")

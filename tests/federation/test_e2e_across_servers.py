@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 from urllib.parse import quote
@@ -19,6 +20,9 @@ import nio
 import pytest
 
 from coffeechat_home.crash_points import ENV as CRASH_ENV
+from coffeechat_home.protocol.hashing import compute_event_id
+from coffeechat_home.protocol.room_versions import KNOWN_ROOM_VERSIONS
+from coffeechat_home.protocol.signing import hash_and_sign_event
 
 from ..integration.processes import User, wait_until
 from ..interop.test_nio_e2ee import ENCRYPTION, Inbox, _send, _tick, _until
@@ -32,13 +36,14 @@ SCHEMA = Path(__file__).resolve().parents[2] / "schema"
 
 SHORT_RETRY = {"COFFEECHAT_FEDERATION_DESTINATION_MIN_RETRY_MS": "300",
                "COFFEECHAT_FEDERATION_DESTINATION_MAX_RETRY_MS": "2000"}
+METRICS = {"COFFEECHAT_METRICS_ENABLED": "true"}  # coffeechat_sync_waiting: a long-poll is parked
 
 
 @pytest.fixture(scope="module")
 async def pair(pg: PostgresForTests, pg_template: str,
                tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[FederatingServer, FederatingServer]]:
     tmp = tmp_path_factory.mktemp("e2e-across")
-    async with federating_servers(pg, pg_template, tmp, "e2ex", 2, **SHORT_RETRY) as servers:
+    async with federating_servers(pg, pg_template, tmp, "e2ex", 2, **SHORT_RETRY, **METRICS) as servers:
         yield servers[0], servers[1]
 
 
@@ -335,6 +340,90 @@ async def test_sync_of_a_room_joined_over_federation_carries_its_state(
             assert state[("m.room.encryption", "")]["content"] == ENCRYPTION["content"]
             assert state[("m.room.member", alice.user_id)]["content"]["membership"] == "join"
             assert ("m.room.create", "") in state and ("m.room.member", bob.user_id) not in state
+
+
+async def parked_long_polls(http: aiohttp.ClientSession, server: FederatingServer) -> int:
+    async with http.get(f"{server.client_url}/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    return int(float(next(line.split()[1] for line in text.splitlines()
+                          if line.startswith("coffeechat_sync_waiting "))))
+
+
+async def test_a_room_key_sent_with_its_message_reaches_sync_no_later_than_the_message(
+    pair: tuple[FederatingServer, FederatingServer],
+) -> None:
+    """A sender batches a to-device message carrying a room key (sent
+    first) and the Megolm message it opens into one transaction. A client
+    decrypts an event when its sync brings it (matrix-nio does not try
+    again when the key comes later), so a sync woken by the message must
+    have the key, in it or before it. The message was stored first and
+    alice's long-poll woke without the key: the Megolm test across two
+    servers failed now and then with "never saw bob's reply"."""
+    a, b = pair
+    rv = KNOWN_ROOM_VERSIONS["10"]
+    async with aiohttp.ClientSession() as http:
+        alice = await User(http, a.client_url).register("alice_key_order")
+        bob = await User(http, b.client_url).register("bob_key_order")
+        status, devices = await alice.call("GET", "devices")
+        assert status == 200, devices
+        alice_device = devices["devices"][0]["device_id"]
+        status, room = await alice.call("POST", "createRoom", {"preset": "public_chat", "room_version": "10"})
+        assert status == 200, room
+        room_id = room["room_id"]
+        status, body = await bob.call("POST", f"join/{quote(room_id)}?server_name={quote(a.server_name)}", {})
+        assert status == 200, body
+
+        async def state_at_a() -> dict[tuple[str, str], str]:
+            return {(r["type"], r["state_key"]): r["event_id"] for r in await a.db_fetch(
+                "SELECT type, state_key, event_id FROM current_state WHERE room_id = $1", room_id)}
+
+        async def bob_joined_at_a() -> bool:
+            return ("m.room.member", bob.user_id) in await state_at_a()
+
+        assert await wait_until(bob_joined_at_a, 30)
+        state = await state_at_a()
+        auth = [state[k] for k in (("m.room.create", ""), ("m.room.power_levels", ""),
+                                   ("m.room.member", bob.user_id))]
+        since = (await alice.sync())["next_batch"]
+        for i in range(3):  # the order used to be lost most of the time, not every time
+            (last,) = await a.db_fetch("SELECT event_id, depth FROM events WHERE room_id = $1 "
+                                       "ORDER BY depth DESC LIMIT 1", room_id)
+            message = hash_and_sign_event({
+                "room_id": room_id, "sender": bob.user_id, "type": "m.room.encrypted",
+                "content": {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": f"opaque {i}",
+                            "session_id": f"session {i}", "sender_key": "k", "device_id": "BOBDEVICE"},
+                "prev_events": [last["event_id"]], "auth_events": auth, "depth": last["depth"] + 1,
+                "origin_server_ts": int(time.time() * 1000),
+            }, b.server_name, b.signing_key(), rv)
+            message_id = compute_event_id(message, rv)
+            key = {"edu_type": "m.direct_to_device", "content": {
+                "sender": bob.user_id, "type": "m.room.encrypted", "message_id": f"key-order-{i}",
+                "messages": {alice.user_id: {alice_device: {"room key": f"session {i}"}}}}}
+            poll = asyncio.create_task(alice.sync(since, timeout_ms=20_000))
+            try:
+                async def parked() -> bool:
+                    return await parked_long_polls(http, a) == 1
+
+                assert await wait_until(parked, 30, interval=0.02)
+                answer = await send_transaction(b, a, f"key-order-{i}", [message], [key])
+                assert answer == {message_id: {}}, answer
+                keys_seen = brought = False
+                for _ in range(3):  # the key's and the message's wake-ups, and one of something else
+                    synced = await poll
+                    since = synced["next_batch"]
+                    keys_seen = keys_seen or any(e["content"] == {"room key": f"session {i}"}
+                                                 for e in synced.get("to_device", {}).get("events", []))
+                    timeline = synced.get("rooms", {}).get("join", {}).get(room_id, {}).get("timeline", {})
+                    brought = any(e["event_id"] == message_id for e in timeline.get("events", []))
+                    if brought:
+                        break
+                    poll = asyncio.create_task(alice.sync(since, timeout_ms=20_000))
+                assert brought, f"round {i}: the message never came"
+                assert keys_seen, f"round {i}: the sync that brought the message had no key before it"
+            finally:
+                if not poll.done():
+                    poll.cancel()
 
 
 # -- real E2EE clients (matrix-nio[e2e]: Olm and Megolm through vodozemac) ----------

@@ -59,6 +59,12 @@ log = logging.getLogger(__name__)
 
 MAX_PDUS = 50
 MAX_EDUS = 100
+# EDUs stored before the transaction's PDUs: a to-device message carries the
+# room key of a Megolm message sent after it, often in the same transaction,
+# and clients decrypt an event when a sync brings it (matrix-nio never tries
+# again), so no sync may show the message before the key. The others
+# (receipts name events of the transaction) come after the PDUs.
+EDUS_BEFORE_PDUS = frozenset({"m.direct_to_device"})
 ROOM_VERSIONS_KEPT = 10_000
 # get_missing_events: how many events we ask for, and how far below the
 # room's current depth we look (the spec leaves both to the server).
@@ -125,6 +131,8 @@ class FederationReceiver:
             room_id = pdu.get("room_id") if isinstance(pdu, Mapping) else None
             if isinstance(room_id, str):  # else no room, no event id we could answer for
                 by_room.setdefault(room_id, []).append(pdu)
+        early = [e for e in edus if isinstance(e, Mapping) and e.get("edu_type") in EDUS_BEFORE_PDUS]
+        late = [e for e in edus if not (isinstance(e, Mapping) and e.get("edu_type") in EDUS_BEFORE_PDUS)]
         async with self._txn_locks.hold((origin, txn_id)):
             results: dict[str, Any] = {}
             if len(by_room) == 1:
@@ -144,6 +152,7 @@ class FederationReceiver:
                             origin, txn_id, room_id, rv, info_ids, auths, batch_ids)
                     if done is not None:
                         return done
+                    await self._process_edus(origin, early)
                     if row is not None and (rv is None or rv.identifier != row[0]):
                         lookup = None
                         self._remember_version(room_id, row[0])
@@ -158,9 +167,10 @@ class FederationReceiver:
                 done = await self.store.txn_response(origin, txn_id)
                 if done is not None:
                     return done
+                await self._process_edus(origin, early)
                 failed, saved = await self._process_pdus(origin, by_room, results), False
             response = {"pdus": results}
-            await self._process_edus(origin, edus)
+            await self._process_edus(origin, late)
             if not failed and not saved:  # failed: a retry processes the failed PDUs again
                 await self.store.save_txn_response(origin, txn_id, response, now_ms)
             return response

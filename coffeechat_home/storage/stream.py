@@ -529,13 +529,21 @@ class StreamStore:
         its deletion, which commits with the write, is in it, or the write
         took its position after the snapshot, above ``committed``). One
         round trip instead of two when a position move wakes someone."""
+        # Both bounds come from the materialized b, which the planner cannot
+        # see into: its plan is the same for every value, so after five
+        # executions PostgreSQL keeps a generic one. With $1 in the WHERE
+        # clauses it planned each call anew for ever (a custom plan costed
+        # below the generic one): a call took 0.25 ms against 0.12 once
+        # generic (1,500-6,000 events), on every wake-up.
         parts = " UNION ".join(
             f"SELECT '{t.table}' AS t, {t.key_sql} AS k FROM {t.table}, b "
-            f"WHERE stream_pos > $1 AND stream_pos <= b.upto AND ({t.where_sql})"
+            f"WHERE stream_pos > b.after AND stream_pos <= b.upto AND ({t.where_sql})"
             for t in STREAM_TABLES
         )
         rows = await self.db.fetch(
-            f"""WITH b AS (SELECT least($2::BIGINT, coalesce(min(floor), $2::BIGINT)) AS upto FROM stream_inflight)
+            f"""WITH b AS MATERIALIZED (SELECT $1::BIGINT AS after,
+                                           least($2::BIGINT, coalesce(min(floor), $2::BIGINT)) AS upto
+                                    FROM stream_inflight)
                 SELECT NULL AS t, b.upto::TEXT AS k FROM b
                 UNION ALL ({parts})""",
             after, committed,

@@ -341,6 +341,33 @@ async def test_position_and_changes_holds_back_like_current_position(db: Databas
     assert await b.position_and_changes(upto, upto) == (upto, {})
 
 
+async def test_the_notifiers_read_is_planned_once_per_connection(db: Database) -> None:
+    """Every wake-up runs position_and_changes: PostgreSQL must settle on a
+    generic plan of it after its five trial custom plans, not plan each
+    call anew (it did while a bound was visible to the planner: about
+    twice the statement's execution time on every wake-up)."""
+    store = StreamStore(db, instance_id="a")
+    # stream tables of some size: with small ones PostgreSQL settles on a
+    # generic plan however the statement is written
+    await db.execute(
+        """INSERT INTO room_memberships (event_id, user_id, room_id, sender, membership, stream_pos)
+           SELECT '$m' || g, '@u' || g || ':test', '!r:test', '@u:test', 'join', 2 * g
+           FROM generate_series(1, 20000) AS g""")
+    await db.execute(
+        """INSERT INTO events (event_id, room_id, stream_pos, depth, type, sender, origin_server_ts, pdu, client)
+           SELECT '$e' || g, '!r' || g % 50 || ':test', 2 * g - 1, g, 'm.room.message', '@u:test', g, '{}', '{}'
+           FROM generate_series(1, 20000) AS g""")
+    await db.execute("ANALYZE")
+    for i in range(30):  # one after another: the pool hands back the connection used last
+        upto, changes = await store.position_and_changes(39990 + i % 3, 40000)
+        assert upto == 40000 and len(changes["room_memberships"]) == 5 - (i % 3 == 2), changes
+    rows = await db.fetch("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                          "WHERE statement LIKE '%FROM stream_inflight%' AND statement LIKE '%UNION%' "
+                          "AND statement NOT LIKE '%pg_prepared_statements%'")
+    assert rows and all(r["custom_plans"] <= 5 for r in rows) and any(r["generic_plans"] > 0 for r in rows), \
+        [dict(r) for r in rows]
+
+
 async def test_a_waiter_that_registers_during_the_notifiers_read_is_woken(db: Database) -> None:
     """A long-poll whose sync read a position below the write, and which
     registers while the notifier reads what changed (seeing the notifier's

@@ -52,6 +52,13 @@ async def to_device_events(user: User, since: str | None) -> tuple[list[dict[str
     return list(body.get("to_device", {}).get("events", [])), str(body["next_batch"])
 
 
+async def only_device(user: User) -> str:
+    """The id of the user's device (one: registered, never logged in again)."""
+    status, devices = await user.call("GET", "devices")
+    assert status == 200 and len(devices["devices"]) == 1, devices
+    return str(devices["devices"][0]["device_id"])
+
+
 async def test_to_device_across_servers_and_outbox_survives_kill9(
     pair: tuple[FederatingServer, FederatingServer],
 ) -> None:
@@ -59,9 +66,7 @@ async def test_to_device_across_servers_and_outbox_survives_kill9(
     async with aiohttp.ClientSession() as http:
         alice = await User(http, a.client_url).register("alice_td")
         bob = await User(http, b.client_url).register("bob_td")
-        status, devices = await bob.call("GET", "devices")
-        assert status == 200, devices
-        bob_device = devices["devices"][0]["device_id"]
+        bob_device = await only_device(bob)
         _, since = await to_device_events(bob, None)
 
         # -- delivered once through the outbox; a retried request sends nothing again
@@ -365,9 +370,7 @@ async def test_a_room_key_sent_with_its_message_reaches_sync_no_later_than_the_m
     async with aiohttp.ClientSession() as http:
         alice = await User(http, a.client_url).register("alice_key_order")
         bob = await User(http, b.client_url).register("bob_key_order")
-        status, devices = await alice.call("GET", "devices")
-        assert status == 200, devices
-        alice_device = devices["devices"][0]["device_id"]
+        alice_device = await only_device(alice)
         status, room = await alice.call("POST", "createRoom", {"preset": "public_chat", "room_version": "10"})
         assert status == 200, room
         room_id = room["room_id"]

@@ -150,7 +150,8 @@ class HistoryService:
         is backfilled, so its events sort below every live one), are judged
         by the state at each alone: world_readable, or the user joined
         there, or invited in an ``invited`` room, or ``shared`` and the
-        user ever joined (at a live position: after it)."""
+        user ever joined (at a live position: after it); one without a
+        known state is hidden."""
         rooms = [r for r, rows in rows_by_room.items() if rows]
         if known_restricted is not None:
             strict = known_restricted & set(rooms)
@@ -176,7 +177,12 @@ class HistoryService:
         hidden = set()
         for r, row in candidates:
             if backfilled(r, row):
-                setting, membership = view.get(row.event_id, (None, None))
+                if row.event_id not in view:
+                    # no state known at it (every backfilled event is stored
+                    # with some): nothing says the user may see it
+                    hidden.add(row.event_id)
+                    continue
+                setting, membership = view[row.event_id]
                 v = visibility_setting(setting)
                 if not (v == "world_readable" or membership == "join" or (v == "invited" and membership == "invite")
                         or (v == "shared" and windows[r].joined_ever)):

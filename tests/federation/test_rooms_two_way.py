@@ -173,6 +173,15 @@ async def test_two_servers_share_a_room_both_ways(
             ["open 0", "open 1", "after join"]
         fetched = await b.db_fetch("SELECT count(*) FROM events WHERE room_id = $1 AND stream_pos < 0", private_id)
         assert fetched[0][0] > 0  # backfilled, the secrets not shown
+        # a backfilled secret (a served it redacted) whose state b does not
+        # know stays hidden: an unknown state is not "shared"
+        secret = (await b.db_fetch(
+            "SELECT event_id FROM events WHERE room_id = $1 AND stream_pos < 0 AND type = 'm.room.message' "
+            "AND client NOT LIKE '%\"body\"%' LIMIT 1", private_id))[0]["event_id"]
+        await b.db_fetch("UPDATE events SET state_group = NULL WHERE event_id = $1", secret)
+        got, _ = await pages_back(bob, private_id, 2)
+        assert [e["content"].get("body") for e in got if e["type"] == "m.room.message"] == \
+            ["open 0", "open 1", "after join"], got
 
         knock_room = await check_knock(a, alice, bob, version)
         await check_server_acl(http, a, b, alice, bob, knock_room)

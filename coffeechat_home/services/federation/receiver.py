@@ -131,8 +131,10 @@ class FederationReceiver:
             room_id = pdu.get("room_id") if isinstance(pdu, Mapping) else None
             if isinstance(room_id, str):  # else no room, no event id we could answer for
                 by_room.setdefault(room_id, []).append(pdu)
-        early = [e for e in edus if isinstance(e, Mapping) and e.get("edu_type") in EDUS_BEFORE_PDUS]
-        late = [e for e in edus if not (isinstance(e, Mapping) and e.get("edu_type") in EDUS_BEFORE_PDUS)]
+        early: list[Any] = []
+        late: list[Any] = []
+        for edu in edus:
+            (early if isinstance(edu, Mapping) and edu.get("edu_type") in EDUS_BEFORE_PDUS else late).append(edu)
         async with self._txn_locks.hold((origin, txn_id)):
             results: dict[str, Any] = {}
             if len(by_room) == 1:

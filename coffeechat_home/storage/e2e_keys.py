@@ -23,6 +23,8 @@ from .database import Database
 from .stream import StreamStore, StreamTable, register_stream_table
 
 register_stream_table(StreamTable("device_list_changes", "user_id"))
+# A user's one-time or fallback keys changed (counts a /sync reports).
+register_stream_table(StreamTable("e2e_key_count_changes", "user_id"))
 
 
 class OneTimeKeyConflict(Exception):
@@ -48,6 +50,16 @@ class ClaimedKey:
     device_id: str
     key_id: str  # "<alg>:<id>"
     key: Any
+
+
+async def add_key_count_change(conn: asyncpg.Connection, user_ids: Iterable[str], pos: int) -> None:
+    """Record, inside a caller's stream write, that these users' one-time or
+    fallback keys changed (the counts /sync reports)."""
+    await conn.execute(
+        """INSERT INTO e2e_key_count_changes (user_id, stream_pos)
+           SELECT u, $2 FROM unnest($1::TEXT[]) AS u ON CONFLICT DO NOTHING""",
+        sorted(set(user_ids)), pos,
+    )
 
 
 async def add_device_list_change(conn: asyncpg.Connection, user_id: str, pos: int) -> None:
@@ -103,23 +115,30 @@ class E2EKeyStore:
         one-time key counts and whether the device keys changed. Raises
         OneTimeKeyConflict (nothing stored)."""
 
-        async def put_keys(conn: asyncpg.Connection) -> dict[str, int]:
+        # New one-time or fallback keys change the counts the device's
+        # syncs report: a change at the upload's position says so.
+        new_keys = bool(upload.one_time_keys or upload.fallback_keys)
+
+        async def put_keys(conn: asyncpg.Connection, pos: int | None) -> dict[str, int]:
             await self._put_one_time_keys(conn, user_id, device_id, upload.one_time_keys)
             if upload.fallback_keys is not None:
                 await self._put_fallback_keys(conn, user_id, device_id, upload.fallback_keys)
+            if new_keys and pos is not None:
+                await add_key_count_change(conn, [user_id], pos)
             return await _one_time_key_counts(conn, user_id, device_id)
 
         async def write(conn: asyncpg.Connection, pos: int) -> tuple[dict[str, int], bool]:
-            assert upload.device_keys is not None
-            changed = await self._put_device_keys(conn, user_id, device_id, upload.device_keys)
-            if changed:
-                await add_device_list_change(conn, user_id, pos)
-                await self._announce(conn, user_id, pos, [("changed", [device_id])])
-            return await put_keys(conn), changed
+            changed = False
+            if upload.device_keys is not None:
+                changed = await self._put_device_keys(conn, user_id, device_id, upload.device_keys)
+                if changed:
+                    await add_device_list_change(conn, user_id, pos)
+                    await self._announce(conn, user_id, pos, [("changed", [device_id])])
+            return await put_keys(conn, pos), changed
 
-        if upload.device_keys is None:
-            # one-time and fallback keys only: nothing other users sync
-            return await self.db.transaction(put_keys, name="keys_upload"), False
+        if upload.device_keys is None and not new_keys:
+            # nothing to store: the counts only
+            return await self.db.transaction(lambda conn: put_keys(conn, None), name="keys_upload"), False
         (counts, changed), _ = await self.stream.write(write, name="keys_upload")
         return counts, changed
 
@@ -267,15 +286,20 @@ class E2EKeyStore:
         deleted in the same serializable transaction (so each is handed out
         once, whichever instance asks), else the fallback key, marked used."""
 
-        async def txn(conn: asyncpg.Connection) -> list[ClaimedKey]:
+        if not wanted:
+            return []
+
+        async def txn(conn: asyncpg.Connection, pos: int) -> list[ClaimedKey]:
             out: list[ClaimedKey] = []
             for user_id, device_id, algorithm in wanted:
                 found = await _claim_one(conn, user_id, device_id, algorithm)
                 if found is not None:
                     out.append(found)
+            if out:  # the owners' key counts went down
+                await add_key_count_change(conn, (k.user_id for k in out), pos)
             return out
 
-        return await self.db.transaction(txn, name="keys_claim")
+        return (await self.stream.write(txn, name="keys_claim"))[0]
 
     # -- cross-signing ---------------------------------------------------------
     async def cross_signing_keys(self, user_ids: Iterable[str]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -408,6 +432,8 @@ class E2EKeyStore:
                 user_id, device_ids,
             )
             await add_device_list_change(conn, user_id, pos)
+            # (a device id can come back, by a login naming it, without the keys)
+            await add_key_count_change(conn, [user_id], pos)
             await self._announce(conn, user_id, pos, [("deleted", device_ids)])
             return device_ids
 

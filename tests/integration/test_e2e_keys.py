@@ -5,9 +5,11 @@ errors and store nothing."""
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from typing import Any, Callable
 
 import aiohttp
+
+from coffeechat_home.app import HomeServer
 
 from ..helpers import ApiClient
 from .conftest import StartServer
@@ -238,6 +240,88 @@ async def test_concurrent_claims_on_two_instances(start_server: StartServer, htt
     claimed = [k for g in got for k in g if k in otks]
     assert sorted(claimed) == sorted(otks)
     assert sum(1 for g in got if g == fallback) == len(claimers) - len(otks)
+
+
+def otk_count(body: Any) -> int:
+    return int(body["device_one_time_keys_count"].get("signed_curve25519", 0))
+
+
+async def test_incremental_syncs_follow_key_changes_made_through_another_instance(
+    start_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    """A device's syncs on one instance report the one-time key counts and
+    fallback key types as claims and uploads through another instance change
+    them, sync after sync (a sync reuses the counts the previous one reported
+    only while the stream holds no change of the user's keys)."""
+    one, two = await start_server(), await start_server()
+    alice = ApiClient(f"http://127.0.0.1:{one.client_port}", http)
+    await alice.register("alice")
+    bob = ApiClient(f"http://127.0.0.1:{two.client_port}", http)
+    await bob.register("bob")
+    dev = DeviceKeys(alice)
+    fallback = dev.one_time_keys(1, fallback=True)
+    r = await dev.upload(device_keys=dev.device_keys(), one_time_keys=dev.one_time_keys(3), fallback_keys=fallback)
+    assert r.status == 200, r
+    s = await alice.get("sync")
+    assert otk_count(s) == 3 and s["device_unused_fallback_key_types"] == ["signed_curve25519"]
+    s = await alice.get("sync", params={"since": s["next_batch"]})
+    assert otk_count(s) == 3
+    want = {"one_time_keys": {alice.user_id: {alice.device_id: "signed_curve25519"}}}
+    for left in (2, 1, 0):
+        r = await bob.post("keys/claim", want)
+        assert r.status == 200 and r["one_time_keys"][alice.user_id][alice.device_id], r
+        s = await alice.get("sync", params={"since": s["next_batch"]})
+        assert otk_count(s) == left, s.body
+        assert s["device_unused_fallback_key_types"] == ["signed_curve25519"]
+    r = await bob.post("keys/claim", want)
+    assert r["one_time_keys"][alice.user_id][alice.device_id] == fallback
+    s = await alice.get("sync", params={"since": s["next_batch"]})
+    assert otk_count(s) == 0 and s["device_unused_fallback_key_types"] == [], s.body
+    # new keys, uploaded through the other instance
+    dev.api = ApiClient(f"http://127.0.0.1:{two.client_port}", http)
+    dev.api.token, dev.api.user_id, dev.api.device_id = alice.token, alice.user_id, alice.device_id
+    r = await dev.upload(one_time_keys=dev.one_time_keys(4), fallback_keys=dev.one_time_keys(1, fallback=True))
+    assert r.status == 200 and r["one_time_key_counts"] == {"signed_curve25519": 4}, r
+    s = await alice.get("sync", params={"since": s["next_batch"]})
+    assert otk_count(s) == 4 and s["device_unused_fallback_key_types"] == ["signed_curve25519"], s.body
+
+
+async def test_a_run_of_syncs_counts_the_keys_once_until_they_change(
+    server: HomeServer, alice: ApiClient, bob: ApiClient, new_client: Callable[[], ApiClient]
+) -> None:
+    """Syncs one after another, each from the previous answer's position,
+    count the device's keys once while they do not change; a claim is
+    counted at the next sync. A device id that comes back (a login naming
+    it after a logout) has no keys, also for a sync from a token of the
+    device's earlier session."""
+    assert server.services is not None
+    reads = server.services.e2e.keys._counts
+    dev = DeviceKeys(alice)
+    await dev.upload(device_keys=dev.device_keys(), one_time_keys=dev.one_time_keys(2))
+    room = await create_room(alice)
+    await invite_and_join(alice, bob, room)
+    s = await alice.get("sync")
+    before = reads.calls
+    for i in range(3):
+        r = await bob.put(f"rooms/{q(room)}/send/m.room.message/t{i}", {"msgtype": "m.text", "body": f"hi {i}"})
+        assert r.status == 200, r
+        s = await alice.get("sync", params={"since": s["next_batch"], "timeout": "10000"})
+        assert otk_count(s) == 2 and s["rooms"]["join"][room]["timeline"]["events"]
+    assert reads.calls == before
+    r = await bob.post("keys/claim", {"one_time_keys": {alice.user_id: {alice.device_id: "signed_curve25519"}}})
+    assert r["one_time_keys"][alice.user_id][alice.device_id], r
+    s = await alice.get("sync", params={"since": s["next_batch"]})
+    assert otk_count(s) == 1 and reads.calls == before + 1
+    # the device goes with its keys; a login gives its id back
+    old_since = s["next_batch"]
+    assert (await alice.post("logout", {})).status == 200
+    again = new_client()
+    r = await again.post("login", {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},
+                                   "password": "correct horse battery", "device_id": alice.device_id}, token=None)
+    assert r.status == 200 and r["device_id"] == alice.device_id, r
+    again.token, again.user_id, again.device_id = r["access_token"], r["user_id"], r["device_id"]
+    s = await again.get("sync", params={"since": old_since})
+    assert otk_count(s) == 0, s.body
 
 
 async def test_what_stock_clients_call_at_login(alice: ApiClient) -> None:

@@ -42,7 +42,7 @@ class E2E:
         carry news (key counts alone do not end a long-poll)."""
         # one after the other: the last two usually return at once (nothing
         # of their kind changed), and the first is read with other syncs'
-        body = await self.keys.counts_for_sync(requester)
+        body = await self.keys.counts_for_sync(requester, since, upto)
         events = await self.to_device.events_for_sync(requester, since, upto)
         changed, left = (
             await self.device_lists.changes(requester.user_id, since, upto) if since is not None else ([], [])
@@ -67,7 +67,7 @@ def build_e2e(
     accounts.devices_removed_hooks.append(device_lists.devices_gone)
     to_device_store = ToDeviceStore(db, stream)
     return E2E(
-        keys=KeyService(store, device_lists, cross_signing, server_name),
+        keys=KeyService(store, device_lists, cross_signing, server_name, notifier),
         device_lists=device_lists,
         cross_signing=cross_signing,
         to_device=ToDeviceService(to_device_store, notifier, server_name),

@@ -6,6 +6,8 @@ servers are reported in ``failures``)."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Mapping
 
 import orjson
@@ -16,6 +18,7 @@ from ...protocol.errors import SignatureError
 from ...storage.e2e_keys import E2EKeyStore, KeyUpload, OneTimeKeyConflict
 from ..accounts import Requester
 from ..fanout import Batcher
+from ..notifier import CHANGED_KEYS_SPAN, Notifier
 from .cross_signing import CrossSigningService
 from .device_lists import DeviceListService
 
@@ -24,6 +27,12 @@ if TYPE_CHECKING:
 
 MAX_KEYS_PER_UPLOAD = 1000  # one-time keys in one request
 MAX_QUERIED_DEVICES = 10_000  # (user, device) pairs in one query or claim
+
+# Key counts a device's last sync reported, kept for its next sync: at most
+# this many devices, each for at most this long (longer than the longest
+# long-poll, 300 s, so a client's loop of long-polls keeps them).
+COUNTS_CACHED = 20_000
+COUNTS_TTL_S = 600.0
 
 FEDERATION_FAILURE = {"errcode": "M_UNRECOGNIZED", "error": "Federation is not supported by this server yet"}
 
@@ -39,10 +48,15 @@ class KeyService:
         device_lists: DeviceListService,
         cross_signing: CrossSigningService,
         server_name: str,
+        notifier: Notifier | None = None,
     ) -> None:
         self.store = store
         self.device_lists = device_lists
         self._counts = Batcher(store.key_counts_many)
+        self.notifier = notifier
+        # (user, device) -> (a position, expiry, counts, fallback key types):
+        # the counts are exact as of the position (read once it was reached)
+        self._known: OrderedDict[tuple[str, str], tuple[int, float, dict[str, int], list[str]]] = OrderedDict()
         self.cross_signing = cross_signing
         self.server_name = server_name
         self.remote: RemoteKeys | None = None
@@ -149,10 +163,41 @@ class KeyService:
         return {"changed": changed, "left": left}
 
     # -- /sync ------------------------------------------------------------------
-    async def counts_for_sync(self, requester: Requester) -> dict[str, Any]:
-        # exact at every sync: read together for the syncs woken together
-        counts, fallback = await self._counts.get((requester.user_id, requester.device_id))
+    async def counts_for_sync(self, requester: Requester, since: int | None, upto: int) -> dict[str, Any]:
+        """The device's one-time key counts and unused fallback key types as
+        of ``upto``: what its previous sync reported when none of the user's
+        keys changed in (since, upto] (``e2e_key_count_changes``: uploads,
+        claims on any instance, removed devices), else read (together for
+        the syncs woken together)."""
+        key = (requester.user_id, requester.device_id)
+        now = time.monotonic()
+        hit = self._known.get(key)
+        if hit is not None and since is not None and since <= hit[0] <= upto and hit[1] > now:
+            changes = await self._changes(since, upto)
+            if changes is not None and requester.user_id not in changes.get("e2e_key_count_changes", ()):
+                counts, fallback = hit[2], hit[3]
+                self._remember(key, upto, hit[1], counts, fallback)
+                return {"device_one_time_keys_count": dict(counts), "device_unused_fallback_key_types": list(fallback)}
+        found_counts, found_fallback = await self._counts.get(key)
+        counts, fallback = dict(found_counts), list(found_fallback)
+        # (read after upto was reached: every change at or below it is in them)
+        self._remember(key, upto, now + COUNTS_TTL_S, counts, fallback)
         return {"device_one_time_keys_count": dict(counts), "device_unused_fallback_key_types": list(fallback)}
+
+    async def _changes(self, since: int, upto: int) -> Mapping[str, set[str]] | None:
+        if self.notifier is None or upto - since > CHANGED_KEYS_SPAN:
+            return None
+        return await self.notifier.changes(since, upto)
+
+    def _remember(self, key: tuple[str, str], pos: int, expires: float, counts: dict[str, int],
+                  fallback: list[str]) -> None:
+        known = self._known.get(key)
+        if known is not None and known[0] > pos:
+            return  # a later sync's counts
+        self._known[key] = (pos, expires, counts, fallback)
+        self._known.move_to_end(key)
+        while len(self._known) > COUNTS_CACHED:
+            self._known.popitem(last=False)
 
 
 def _check_size(wanted: Mapping[str, Any]) -> None:

@@ -20,7 +20,7 @@ from collections import deque
 from types import TracebackType
 from typing import Awaitable, Callable, Iterable
 
-from ..storage.stream import StreamStore
+from ..storage.stream import EventsRead, StreamStore
 from ..storage.database import DatabaseError
 from .fanout import SYNC_TIMING, SharedReads
 from .tasks import cancel_and_wait, wait_event
@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 # changed" (one indexed range query) before anything else; a longer gap (a
 # client back after a long time) is built without that shortcut.
 CHANGED_KEYS_SPAN = 20_000
+
+# A read of the position that may wake someone also reads the range's
+# timeline events when there are at most this many (``events_read``): the
+# syncs it wakes build their rooms from them, without a statement each.
+EVENTS_READ = 16
 
 
 # Tables keyed by a user id whose changes concern everyone sharing a room
@@ -129,6 +134,7 @@ class Notifier:
         # range a poll found is what the syncs it wakes ask about.
         self._changes: SharedReads[tuple[int, int], dict[str, set[str]]] = SharedReads(ttl=10.0, size=128)
         self._last_changes: tuple[int, int, dict[str, set[str]]] = (0, 0, {})  # the range asked last
+        self._events_read: tuple[int, int, EventsRead] | None = None  # the last move's events
 
     async def start(self) -> None:
         self.position = await self.stream.current_position()
@@ -201,9 +207,10 @@ class Notifier:
                 committed = self.stream.known_committed
                 if read_max:
                     committed = max(committed, await self.stream.committed_max())
-                new, by_table = await self.stream.position_and_changes(old, committed)
+                new, by_table, events = await self.stream.position_changes_and_events(old, committed, EVENTS_READ)
                 if new > old:
                     self._changes.put((old, new), by_table)
+                    self._events_read = None if events is None else (old, new, events)
             else:  # nobody to wake: a sync reads the range when it asks
                 new = await self.stream.current_position(read_max=read_max)
             if new > old:
@@ -281,6 +288,12 @@ class Notifier:
         found = await self._changes.get((after, upto), lambda: self.stream.changes_by_table(after, upto))
         self._last_changes = (after, upto, found)
         return found
+
+    def events_read(self, after: int, upto: int) -> EventsRead | None:
+        """Every timeline event of (after, upto] when that is the range the
+        last move of the position read them for (None otherwise)."""
+        read = self._events_read
+        return read[2] if read is not None and read[0] == after and read[1] == upto else None
 
     async def _rooms_of_peers(self, by_table: dict[str, set[str]]) -> set[str]:
         users = set().union(*(by_table.get(t, set()) for t in PEER_TABLES))

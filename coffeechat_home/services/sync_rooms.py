@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 import orjson
 
 from ..protocol.events import StateKey
-from ..storage.event_listings import EventRow
+from ..storage.event_listings import EventRow, timeline_from_read
 from ..storage.events import EventStore
 from ..storage.rooms import RoomStore
 from .accounts import Requester
@@ -22,6 +22,7 @@ from .history_visibility import Window
 from .sync_filter import SyncFilter
 
 if TYPE_CHECKING:
+    from .notifier import Notifier
     from .sync import SyncSources
 
 HEROES = 5  # m.heroes in a room summary
@@ -37,6 +38,7 @@ class SyncRooms:
     events: EventStore
     rooms: RoomStore
     history: HistoryService
+    notifier: Notifier
     _timelines: SharedReads[tuple[Any, ...], list[EventRow]]
     sources: "SyncSources"
     remote_invite_state: Callable[[str], Awaitable[list[Any] | None]] | None
@@ -67,10 +69,16 @@ class SyncRooms:
                     return await self.events.timeline(
                         room_id, after=after, upto=upto, limit=f.timeline_limit + 1, backwards=True, **kw
                     )
-                # with what hide_unseen below asks about the room, in the same statement
-                found, restricted = await self.events.timeline_and_restriction(
-                    room_id, after=after, upto=upto, limit=f.timeline_limit + 1, **kw
-                )
+                # with what hide_unseen below asks about the room, in the same
+                # statement; a woken sync takes them from the read that woke it
+                read_ahead = (self.notifier.events_read(after, upto)
+                              if after is not None and f.timeline_unfiltered else None)
+                if read_ahead is not None:
+                    found, restricted = timeline_from_read(read_ahead, room_id, f.timeline_limit + 1)
+                else:
+                    found, restricted = await self.events.timeline_and_restriction(
+                        room_id, after=after, upto=upto, limit=f.timeline_limit + 1, **kw
+                    )
                 if found:
                     self.history.note_restriction(room_id, max(r.stream_pos or 0 for r in found), restricted)
                 told = self.sources.timeline_read

@@ -14,6 +14,7 @@ import asyncpg
 import orjson
 
 from .database import Database
+from .stream import EventsRead
 
 _MAX_POS = 2**63 - 1
 
@@ -48,6 +49,15 @@ def _restricting(client: str) -> bool:
     """Whether an m.room.history_visibility event (its client JSON)
     restricts history to members: ``joined`` or ``invited``."""
     return orjson.loads(client).get("content", {}).get("history_visibility") in ("joined", "invited")
+
+
+def timeline_from_read(read: EventsRead, room_id: str, limit: int) -> tuple[list[EventRow], bool]:
+    """What ``timeline_and_restriction(room_id, after, upto, limit)``
+    without filters returns, from ``read`` (``StreamStore.
+    position_changes_and_events``), which holds every event of (after, upto]."""
+    mine = sorted((r for r in read.rows if r[1] == room_id), key=lambda r: r[2], reverse=True)[:limit]
+    rows = [EventRow(*r) for r in mine]
+    return rows, any(_restricting(client) for room, client in read.visibility if room == room_id)
 
 
 def _row(r: asyncpg.Record) -> EventRow:

@@ -75,6 +75,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import asyncpg
+import orjson
 
 from .database import Database, DatabaseError, Engine, Held
 from .stream_statements import Guard, SingleStatement, all_guards, sql_literal
@@ -126,6 +127,17 @@ class GuardFailed(Exception):
 def register_stream_table(table: StreamTable) -> None:
     if all(t.table != table.table or t.key_sql != table.key_sql for t in STREAM_TABLES):
         STREAM_TABLES.append(table)
+
+
+@dataclass(frozen=True)
+class EventsRead:
+    """Every timeline event of a range of positions (``rows``: the columns of
+    ``event_listings._ROW_COLUMNS`` in that order, by position), and the
+    ``m.room.history_visibility`` events of their rooms (``visibility``:
+    [room id, client JSON])."""
+
+    rows: list[list[Any]]
+    visibility: list[list[Any]]
 
 
 class StreamStore:
@@ -529,22 +541,60 @@ class StreamStore:
         its deletion, which commits with the write, is in it, or the write
         took its position after the snapshot, above ``committed``). One
         round trip instead of two when a position move wakes someone."""
+        upto, out, _ = await self.position_changes_and_events(after, committed)
+        return upto, out
+
+    async def position_changes_and_events(
+        self, after: int, committed: int, events: int = 0
+    ) -> tuple[int, dict[str, set[str]], EventsRead | None]:
+        """``position_and_changes``, and with ``events`` > 0 the timeline
+        events in (after, position] with what the woken syncs' reads of
+        their rooms would also ask (``EventsRead``), when there are at most
+        ``events`` of them (else None): a woken sync whose range this is
+        builds its room without a statement. Same snapshot, so as complete
+        as the changes are."""
+        extra, ev_cte = "", ""
+        if events > 0:
+            ev_cte = (
+                f""", ev AS MATERIALIZED (
+                    SELECT e.event_id, e.room_id, e.stream_pos, e.type, e.state_key, e.sender, e.client,
+                           e.sender_device, e.txn_id, e.membership
+                    FROM events e
+                    WHERE e.stream_pos > (SELECT after FROM b) AND e.stream_pos <= (SELECT upto FROM b)
+                    LIMIT {int(events) + 1})"""
+            )
+            extra = (
+                """ UNION ALL SELECT '~ev' AS t, json_build_array(event_id, room_id, stream_pos, type, state_key,
+                       sender, client, sender_device, txn_id, membership)::TEXT AS k FROM ev
+                    UNION ALL SELECT '~hv' AS t, json_build_array(h.room_id, h.client)::TEXT AS k
+                    FROM (SELECT DISTINCT room_id FROM ev) r, LATERAL (
+                        SELECT x.room_id, x.client FROM events x WHERE x.room_id = r.room_id
+                          AND x.type = 'm.room.history_visibility' AND x.state_key = '') h"""
+            )
         rows = await self.db.fetch(
             f"""WITH b AS MATERIALIZED (SELECT $1::BIGINT AS after,
                                            least($2::BIGINT, coalesce(min(floor), $2::BIGINT)) AS upto
-                                    FROM stream_inflight)
+                                    FROM stream_inflight){ev_cte}
                 SELECT NULL AS t, b.upto::TEXT AS k FROM b
-                UNION ALL ({_changes_sql("b.after", "b.upto", ", b")})""",
+                UNION ALL ({_changes_sql("b.after", "b.upto", ", b")}){extra}""",
             after, committed,
         )
         upto = committed
         out: dict[str, set[str]] = {}
+        ev: list[list[Any]] = []
+        hv: list[list[Any]] = []
         for r in rows:
-            if r["t"] is None:
+            t = r["t"]
+            if t is None:
                 upto = int(r["k"])
+            elif t == "~ev":
+                ev.append(orjson.loads(r["k"]))
+            elif t == "~hv":
+                hv.append(orjson.loads(r["k"]))
             elif r["k"] is not None:
-                out.setdefault(r["t"], set()).add(r["k"])
-        return upto, out
+                out.setdefault(t, set()).add(r["k"])
+        read = EventsRead(ev, hv) if 0 < events and len(ev) <= events else None
+        return upto, out, read
 
     async def changes_between(self, after: int, upto: int) -> set[str]:
         """Room ids and user ids with anything at a position in (after, upto]."""

@@ -15,7 +15,7 @@ import pytest
 
 from coffeechat_home.services.notifier import Notifier
 from coffeechat_home.storage.database import Database
-from coffeechat_home.storage.stream import StreamStore
+from coffeechat_home.storage.stream import EventsRead, StreamStore
 
 from .stream_helpers import insert_at, stream_database
 
@@ -42,9 +42,11 @@ async def test_a_waiter_that_registers_during_the_notifiers_read_is_woken(db: Da
             await self._pause()
             return await super().changes_by_table(after, upto)
 
-        async def position_and_changes(self, after: int, committed: int) -> tuple[int, dict[str, set[str]]]:
+        async def position_changes_and_events(
+            self, after: int, committed: int, events: int = 0
+        ) -> tuple[int, dict[str, set[str]], EventsRead | None]:
             await self._pause()
-            return await super().position_and_changes(after, committed)
+            return await super().position_changes_and_events(after, committed, events)
 
         async def _pause(self) -> None:
             if self.gate is not None:
@@ -186,9 +188,11 @@ async def test_a_local_write_nobody_waits_for_costs_no_position_read(db: Databas
             self.reads += 1
             return await super().reservation_floor()
 
-        async def position_and_changes(self, after: int, committed: int) -> tuple[int, dict[str, set[str]]]:
+        async def position_changes_and_events(
+            self, after: int, committed: int, events: int = 0
+        ) -> tuple[int, dict[str, set[str]], EventsRead | None]:
             self.reads += 1
-            return await super().position_and_changes(after, committed)
+            return await super().position_changes_and_events(after, committed, events)
 
     store = Counting(db, instance_id="lazy")
     notifier = Notifier(store, poll_interval=60.0)  # no timed poll within the test

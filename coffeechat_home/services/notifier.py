@@ -201,6 +201,7 @@ class Notifier:
             old = self.position
             asked = bool(self._waiters)
             by_table: dict[str, set[str]] | None = None
+            events: EventsRead | None = None
             if asked:
                 # someone may need waking: the position and what changed
                 # up to it in one statement
@@ -210,10 +211,12 @@ class Notifier:
                 new, by_table, events = await self.stream.position_changes_and_events(old, committed, EVENTS_READ)
                 if new > old:
                     self._changes.put((old, new), by_table)
-                    self._events_read = None if events is None else (old, new, events)
             else:  # nobody to wake: a sync reads the range when it asks
                 new = await self.stream.current_position(read_max=read_max)
             if new > old:
+                # (only while the position is where they were read to: a
+                # later write, e.g. a redaction of one of them, moves it)
+                self._events_read = None if events is None else (old, new, events)
                 # Waiters that registered while we read (their sync had read
                 # a position below ``new``, and they saw ours still at
                 # ``old``) are woken by this move too if it concerns them.

@@ -20,7 +20,8 @@ from collections import deque
 from types import TracebackType
 from typing import Awaitable, Callable, Iterable
 
-from ..storage.stream import EventsRead, StreamStore
+from ..storage.event_listings import EventsRead
+from ..storage.stream import StreamStore
 from ..storage.database import DatabaseError
 from .fanout import SYNC_TIMING, SharedReads
 from .tasks import cancel_and_wait, wait_event

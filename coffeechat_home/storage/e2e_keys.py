@@ -119,14 +119,6 @@ class E2EKeyStore:
         # syncs report: a change at the upload's position says so.
         new_keys = bool(upload.one_time_keys or upload.fallback_keys)
 
-        async def put_keys(conn: asyncpg.Connection, pos: int | None) -> dict[str, int]:
-            await self._put_one_time_keys(conn, user_id, device_id, upload.one_time_keys)
-            if upload.fallback_keys is not None:
-                await self._put_fallback_keys(conn, user_id, device_id, upload.fallback_keys)
-            if new_keys and pos is not None:
-                await add_key_count_change(conn, [user_id], pos)
-            return await _one_time_key_counts(conn, user_id, device_id)
-
         async def write(conn: asyncpg.Connection, pos: int) -> tuple[dict[str, int], bool]:
             changed = False
             if upload.device_keys is not None:
@@ -134,11 +126,15 @@ class E2EKeyStore:
                 if changed:
                     await add_device_list_change(conn, user_id, pos)
                     await self._announce(conn, user_id, pos, [("changed", [device_id])])
-            return await put_keys(conn, pos), changed
+            await self._put_one_time_keys(conn, user_id, device_id, upload.one_time_keys)
+            if upload.fallback_keys is not None:
+                await self._put_fallback_keys(conn, user_id, device_id, upload.fallback_keys)
+            if new_keys:
+                await add_key_count_change(conn, [user_id], pos)
+            return await _one_time_key_counts(conn, user_id, device_id), changed
 
         if upload.device_keys is None and not new_keys:
-            # nothing to store: the counts only
-            return await self.db.transaction(lambda conn: put_keys(conn, None), name="keys_upload"), False
+            return await self.one_time_key_counts(user_id, device_id), False  # nothing to store
         (counts, changed), _ = await self.stream.write(write, name="keys_upload")
         return counts, changed
 

@@ -14,7 +14,6 @@ import asyncpg
 import orjson
 
 from .database import Database
-from .stream import EventsRead
 
 _MAX_POS = 2**63 - 1
 
@@ -37,7 +36,7 @@ class EventRow:
     fragment: Any = field(default=None, repr=False, compare=False)
 
 
-_ROW_COLUMNS = "event_id, room_id, stream_pos, type, state_key, sender, client, sender_device, txn_id, membership"
+ROW_COLUMNS = "event_id, room_id, stream_pos, type, state_key, sender, client, sender_device, txn_id, membership"
 
 
 # a point in a room's history: (depth, stream position), depth None for a
@@ -49,6 +48,17 @@ def _restricting(client: str) -> bool:
     """Whether an m.room.history_visibility event (its client JSON)
     restricts history to members: ``joined`` or ``invited``."""
     return orjson.loads(client).get("content", {}).get("history_visibility") in ("joined", "invited")
+
+
+@dataclass(frozen=True)
+class EventsRead:
+    """Every timeline event of a range of positions (``rows``: the columns of
+    ``ROW_COLUMNS`` in that order, by position), and the
+    ``m.room.history_visibility`` events of their rooms (``visibility``:
+    [room id, client JSON]) (``StreamStore.position_changes_and_events``)."""
+
+    rows: list[list[Any]]
+    visibility: list[list[Any]]
 
 
 def timeline_from_read(read: EventsRead, room_id: str, limit: int) -> tuple[list[EventRow], bool]:
@@ -77,7 +87,7 @@ class EventListings:
         ids = list(set(event_ids))
         if not ids:
             return {}
-        rows = await self.db.fetch(f"SELECT {_ROW_COLUMNS} FROM events WHERE event_id = ANY($1::TEXT[])", ids)
+        rows = await self.db.fetch(f"SELECT {ROW_COLUMNS} FROM events WHERE event_id = ANY($1::TEXT[])", ids)
         return {r["event_id"]: _row(r) for r in rows}
 
     async def get_row(self, event_id: str) -> EventRow | None:
@@ -130,7 +140,7 @@ class EventListings:
         rows = await self.db.fetch(
             f"""SELECT e.* FROM unnest($1::TEXT[], $2::BIGINT[], $3::BIGINT[]) AS r(rid, lo, hi)
                 CROSS JOIN LATERAL (
-                    SELECT {_ROW_COLUMNS} FROM events
+                    SELECT {ROW_COLUMNS} FROM events
                     WHERE room_id = r.rid AND stream_pos IS NOT NULL AND stream_pos > r.lo
                       AND stream_pos <= r.hi{extra}
                     ORDER BY stream_pos DESC LIMIT {arg(limit)}) AS e""",
@@ -210,10 +220,10 @@ class EventListings:
         answer holds for them (HistoryService.restricts_history)."""
         q = _timeline_query(room_id, after, upto, types, not_types, senders, not_senders)
         rows = await self.db.fetch(
-            f"""(SELECT {_ROW_COLUMNS}, FALSE AS hv FROM events WHERE {' AND '.join(q.conds)}
+            f"""(SELECT {ROW_COLUMNS}, FALSE AS hv FROM events WHERE {' AND '.join(q.conds)}
                  ORDER BY stream_pos DESC LIMIT {q.arg(limit)})
                 UNION ALL
-                (SELECT {_ROW_COLUMNS}, TRUE AS hv FROM events
+                (SELECT {ROW_COLUMNS}, TRUE AS hv FROM events
                  WHERE room_id = $1 AND type = 'm.room.history_visibility' AND state_key = '')""",
             *q.args,
         )
@@ -306,7 +316,7 @@ class EventListings:
         q.conds.extend(_type_sender_filters(q.arg, types, not_types, senders, not_senders))
         order = "DESC" if backwards else "ASC"
         rows = await self.db.fetch(
-            f"SELECT {_ROW_COLUMNS}, depth FROM events WHERE {' AND '.join(q.conds)} "
+            f"SELECT {ROW_COLUMNS}, depth FROM events WHERE {' AND '.join(q.conds)} "
             f"ORDER BY depth {order}, stream_pos {order} LIMIT {q.arg(limit)}",
             *q.args,
         )
@@ -360,7 +370,7 @@ class EventListings:
     async def _select(self, q: "_Query", limit: int, backwards: bool) -> list[EventRow]:
         order = "DESC" if backwards else "ASC"
         rows = await self.db.fetch(
-            f"SELECT {_ROW_COLUMNS} FROM events WHERE {' AND '.join(q.conds)} "
+            f"SELECT {ROW_COLUMNS} FROM events WHERE {' AND '.join(q.conds)} "
             f"ORDER BY stream_pos {order} LIMIT {q.arg(limit)}",
             *q.args,
         )

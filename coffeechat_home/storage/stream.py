@@ -78,6 +78,7 @@ import asyncpg
 import orjson
 
 from .database import Database, DatabaseError, Engine, Held
+from .event_listings import ROW_COLUMNS, EventsRead
 from .stream_statements import Guard, SingleStatement, all_guards, sql_literal
 
 T = TypeVar("T")
@@ -127,17 +128,6 @@ class GuardFailed(Exception):
 def register_stream_table(table: StreamTable) -> None:
     if all(t.table != table.table or t.key_sql != table.key_sql for t in STREAM_TABLES):
         STREAM_TABLES.append(table)
-
-
-@dataclass(frozen=True)
-class EventsRead:
-    """Every timeline event of a range of positions (``rows``: the columns of
-    ``event_listings._ROW_COLUMNS`` in that order, by position), and the
-    ``m.room.history_visibility`` events of their rooms (``visibility``:
-    [room id, client JSON])."""
-
-    rows: list[list[Any]]
-    visibility: list[list[Any]]
 
 
 class StreamStore:
@@ -557,15 +547,12 @@ class StreamStore:
         if events > 0:
             ev_cte = (
                 f""", ev AS MATERIALIZED (
-                    SELECT e.event_id, e.room_id, e.stream_pos, e.type, e.state_key, e.sender, e.client,
-                           e.sender_device, e.txn_id, e.membership
-                    FROM events e
-                    WHERE e.stream_pos > (SELECT after FROM b) AND e.stream_pos <= (SELECT upto FROM b)
+                    SELECT {ROW_COLUMNS} FROM events
+                    WHERE stream_pos > (SELECT after FROM b) AND stream_pos <= (SELECT upto FROM b)
                     LIMIT {int(events) + 1})"""
             )
             extra = (
-                """ UNION ALL SELECT '~ev' AS t, json_build_array(event_id, room_id, stream_pos, type, state_key,
-                       sender, client, sender_device, txn_id, membership)::TEXT AS k FROM ev
+                f""" UNION ALL SELECT '~ev' AS t, json_build_array({ROW_COLUMNS})::TEXT AS k FROM ev
                     UNION ALL SELECT '~hv' AS t, json_build_array(h.room_id, h.client)::TEXT AS k
                     FROM (SELECT DISTINCT room_id FROM ev) r, LATERAL (
                         SELECT x.room_id, x.client FROM events x WHERE x.room_id = r.room_id

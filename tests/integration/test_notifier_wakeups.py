@@ -15,7 +15,8 @@ import pytest
 
 from coffeechat_home.services.notifier import Notifier
 from coffeechat_home.storage.database import Database
-from coffeechat_home.storage.stream import EventsRead, StreamStore
+from coffeechat_home.storage.event_listings import EventsRead
+from coffeechat_home.storage.stream import StreamStore
 
 from .stream_helpers import insert_at, stream_database
 

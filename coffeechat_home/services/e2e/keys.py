@@ -172,16 +172,17 @@ class KeyService:
         key = (requester.user_id, requester.device_id)
         now = time.monotonic()
         hit = self._known.get(key)
+        unchanged = False
         if hit is not None and since is not None and since <= hit[0] <= upto and hit[1] > now:
             changes = await self._changes(since, upto)
-            if changes is not None and requester.user_id not in changes.get("e2e_key_count_changes", ()):
-                counts, fallback = hit[2], hit[3]
-                self._remember(key, upto, hit[1], counts, fallback)
-                return {"device_one_time_keys_count": dict(counts), "device_unused_fallback_key_types": list(fallback)}
-        found_counts, found_fallback = await self._counts.get(key)
-        counts, fallback = dict(found_counts), list(found_fallback)
-        # (read after upto was reached: every change at or below it is in them)
-        self._remember(key, upto, now + COUNTS_TTL_S, counts, fallback)
+            unchanged = changes is not None and requester.user_id not in changes.get("e2e_key_count_changes", ())
+        if hit is not None and unchanged:
+            counts, fallback, expires = hit[2], hit[3], hit[1]
+        else:
+            found_counts, found_fallback = await self._counts.get(key)
+            # (read after upto was reached: every change at or below it is in them)
+            counts, fallback, expires = dict(found_counts), list(found_fallback), now + COUNTS_TTL_S
+        self._remember(key, upto, expires, counts, fallback)
         return {"device_one_time_keys_count": dict(counts), "device_unused_fallback_key_types": list(fallback)}
 
     async def _changes(self, since: int, upto: int) -> Mapping[str, set[str]] | None:

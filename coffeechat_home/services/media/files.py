@@ -90,8 +90,11 @@ class FileStore:
         head = b""
         pending: list[bytes] = []
         pending_size = 0
-        f = await loop.run_in_executor(None, open, tmp, "wb")
         try:
+            # not through the executor: a handler cancelled at that await
+            # (its client went away) would leave the file the thread still
+            # creates; an open of a new file is one quick system call
+            f = open(tmp, "wb")
             try:
                 async for chunk in chunks:
                     size += len(chunk)
@@ -110,14 +113,14 @@ class FileStore:
                 # on disk before the upload is acknowledged (power loss)
                 await loop.run_in_executor(None, _flush_and_sync, f)
             finally:
-                await loop.run_in_executor(None, f.close)
+                f.close()  # flushed already: no I/O to wait for, and no await to be cancelled at
             if expected is not None and size != expected:
                 raise BodyIncomplete()
             sha = digest.hexdigest()
             await loop.run_in_executor(None, self._move_into_place, tmp, sha)
             return StoredBody(sha, size, head)
         except BaseException:
-            await loop.run_in_executor(None, _unlink, tmp)
+            _unlink(tmp)  # no await: nothing can cancel the clean-up of a cancelled handler
             raise
 
     async def store_bytes(self, data: bytes) -> str:

@@ -178,11 +178,19 @@ async def complete_state(
     ``senders``: event id -> sender, for the member events) that
     the room's state lacks are added
 
-    * to every snapshot state group of the room (``prev_group`` NULL): the
-      groups of the join and of everything after it are deltas on those, so
-      the state at each event becomes the full state, and what changed while
-      the room was partial (a delta or a later snapshot's own entry) still
-      wins (ON CONFLICT DO NOTHING);
+    * to the snapshot state groups (``prev_group`` NULL) of the room whose
+      member entry for the joiner is the join or a later membership of his
+      (at a stream position from the join's on): the state at the join and
+      at what came after it, partial, is made of them and deltas on them,
+      so it becomes the full state, and what changed while the room was
+      partial (a delta or a later snapshot's own entry) still wins (ON
+      CONFLICT DO NOTHING). Not to other groups: history from before the
+      join (backfilled while the room was partial) and an event that did
+      not see the join (its state came whole from another server) have no
+      partial state, and the state after the join would make the joiner,
+      and everyone who was in the room then, members of it there (a user
+      who joins a room with ``joined`` history would see what was said
+      before he came);
     * to the current state (with the room summary's counts), and the
       members' history rows at ``position`` (the write that made them
       current, as the persister records such members: device-list tracking
@@ -203,10 +211,14 @@ async def complete_state(
     await conn.execute(
         """INSERT INTO state_group_entries (state_group, type, state_key, event_id)
            SELECT g.id, t.type, t.state_key, t.event_id
-           FROM state_groups g CROSS JOIN unnest($2::TEXT[], $3::TEXT[], $4::TEXT[]) AS t(type, state_key, event_id)
-           WHERE g.room_id = $1 AND g.prev_group IS NULL
+           FROM events j, state_groups g
+           CROSS JOIN unnest($2::TEXT[], $3::TEXT[], $4::TEXT[]) AS t(type, state_key, event_id)
+           WHERE j.event_id = $5 AND g.room_id = $1 AND g.prev_group IS NULL AND EXISTS (
+               SELECT 1 FROM state_group_entries m JOIN events me ON me.event_id = m.event_id
+               WHERE m.state_group = g.id AND m.type = 'm.room.member' AND m.state_key = j.state_key
+                 AND me.stream_pos >= j.stream_pos)
            ON CONFLICT (state_group, type, state_key) DO NOTHING""",
-        room_id, types, state_keys, ids,
+        room_id, types, state_keys, ids, join_event_id,
     )
     rows = await conn.fetch("SELECT type, state_key FROM current_state WHERE room_id = $1", room_id)
     have = {(r[0], r[1]) for r in rows}

@@ -43,7 +43,7 @@ from coffeechat_home.protocol.hashing import compute_event_id
 from coffeechat_home.protocol.room_versions import KNOWN_ROOM_VERSIONS
 from coffeechat_home.protocol.signing import hash_and_sign_event
 
-from ..integration.processes import User, message_bodies, wait_until
+from ..integration.processes import User, message_bodies, pages_back, wait_until
 from ..pg import PostgresForTests
 from .peers import FederatingServer, federating_servers, send_transaction
 
@@ -363,3 +363,63 @@ async def test_resync_resumes_after_kill9(pair: tuple[FederatingServer, Federati
         assert await wait_until(complete, 30), b.process.stderr()[-3000:]
         status, jm = await dave.call("GET", f"rooms/{quote(room_id)}/joined_members")
         assert status == 200 and set(jm["joined"]) == {carol.user_id, dave.user_id, *(m.user_id for m in members)}
+
+
+async def test_history_backfilled_while_partial_stays_hidden(pair: tuple[FederatingServer, FederatingServer]) -> None:
+    """bob (b) joins a room of a whose history is for joined members only
+    and pages back through it while b's resync cannot run: b backfills that
+    history on the partial state, and then gets a message that crossed his
+    join (sent on the last message before it). The resync completes the
+    state at bob's join (with bob joined), and only the state from the join
+    on: what was said before he joined (a serves it redacted) and the
+    crossing message stay hidden from bob, in /messages and as single
+    events, before and after the resync."""
+    a, b = pair
+    holder = f"{HOLDER}-history"
+    async with aiohttp.ClientSession() as http:
+        alice = await User(http, a.client_url).register("hv_alice")
+        status, room = await alice.call("POST", "createRoom", {"preset": "public_chat", "room_version": "10"})
+        assert status == 200, room
+        room_id = room["room_id"]
+        assert (await alice.send(room_id, "open"))[0] == 200
+        assert (await alice.call("PUT", f"rooms/{quote(room_id)}/state/m.room.history_visibility/",
+                                 {"history_visibility": "joined"}))[0] == 200
+        secrets = [(await alice.send(room_id, f"secret {i}"))[1]["event_id"] for i in range(3)]
+        bob = await User(http, b.client_url).register("hv_bob")
+        await b.db_fetch("INSERT INTO instance_leases VALUES ($1, 'elsewhere', 0, 9000000000000)", holder)
+        await b.db_fetch("INSERT INTO work_leases VALUES ($1, $2, 9000000000000)", f"partial-state:{room_id}", holder)
+        status, body = await bob.call("POST", f"join/{quote(room_id)}?server_name={quote(a.server_name)}", {})
+        assert status == 200, body
+        assert (await alice.send(room_id, "after join"))[0] == 200
+        assert await arrives(bob, room_id, "after join"), b.process.stderr()[-3000:]
+
+        async def bobs_view() -> list[Any]:
+            got, _ = await pages_back(bob, room_id, 2)
+            hidden = [(await bob.call("GET", f"rooms/{quote(room_id)}/event/{quote(s)}"))[0] for s in secrets]
+            return [[e["content"].get("body") for e in got if e["type"] == "m.room.message"], hidden]
+
+        assert await bobs_view() == [["open", "after join"], [404, 404, 404]]
+        backfilled = await b.db_fetch("SELECT event_id FROM events WHERE room_id = $1 AND stream_pos < 0", room_id)
+        assert set(secrets) <= {r["event_id"] for r in backfilled}  # backfilled while partial
+        # a message that crossed bob's join (its prev event is the last
+        # secret) reaches b now: a live position, a state without bob
+        ids = await current_ids(a, room_id)
+        crossed, answer = await forge(
+            a, b, room_id, alice.user_id, secrets[-1],
+            [ids[("m.room.create", "")], ids[("m.room.power_levels", "")], ids[("m.room.member", alice.user_id)]],
+            "m.room.message", {"msgtype": "m.text", "body": "crossed"})
+        assert answer == {}, answer
+        secrets.append(crossed)
+        assert await bobs_view() == [["open", "after join"], [404, 404, 404, 404]]
+        assert (await partial_row(b, room_id))["stream_pos"] is None
+
+        await b.db_fetch("DELETE FROM work_leases WHERE instance_id = $1", holder)
+        await b.db_fetch("DELETE FROM instance_leases WHERE instance_id = $1", holder)
+
+        async def complete() -> bool:
+            r = await partial_row(b, room_id)
+            return r is not None and r["stream_pos"] is not None
+        assert await wait_until(complete, 30), b.process.stderr()[-3000:]
+        assert await bobs_view() == [["open", "after join"], [404, 404, 404, 404]]
+        for secret in secrets:  # the state before bob's join does not have him in it
+            assert ("m.room.member", bob.user_id) not in await state_after(b, secret)

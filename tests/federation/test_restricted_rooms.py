@@ -132,13 +132,23 @@ async def test_restricted_rooms_across_three_servers(three: list[FederatingServe
             # c answers make_join for frank: not in A -> 403; in A -> M_UNABLE_TO_GRANT_JOIN
             status, body = await make_join_on_c(room_id, frank)
             assert (status, body.get("errcode")) == (403, "M_FORBIDDEN"), body
+            # b makes frank's join to A itself (bob is in A) and sends it to
+            # the servers it knows in A: once carol's join (made through a)
+            # has reached b, c is one of them (before, c would learn of
+            # frank's join only with a later event of A, as from Synapse)
+            async def carol_in_a_on_b() -> bool:
+                ev = await member_event(bob, space_id, carol.user_id)
+                return ev is not None and ev["content"]["membership"] == "join"
+
+            assert await wait_until(carol_in_a_on_b, 30, interval=0.2), b.process.stderr()[-3000:]
             assert (await join(frank, space_id, a.server_name))[0] == 200
 
             async def c_cannot_grant() -> bool:  # once a relayed frank's join to A to c
                 status, body = await make_join_on_c(room_id, frank)
                 return (status, body.get("errcode")) == (400, "M_UNABLE_TO_GRANT_JOIN")
 
-            assert await wait_until(c_cannot_grant, 30, interval=0.2), await make_join_on_c(room_id, frank)
+            assert await wait_until(c_cannot_grant, 30, interval=0.2), (
+            await make_join_on_c(room_id, frank), a.process.stderr()[-3000:], c.process.stderr()[-3000:])
             await forged_send_joins(room_id, version, frank, dave)
             # b asks c first, then a
             status, body = await join(frank, room_id, c.server_name, a.server_name)

@@ -29,7 +29,9 @@ TEST_SETTINGS = {
     "COFFEECHAT_LIMITS_LOGIN_BURST": "1000",
     "COFFEECHAT_LIMITS_REGISTER_PER_SECOND": "1000",
     "COFFEECHAT_LIMITS_REGISTER_BURST": "1000",
-    "COFFEECHAT_LOG_LEVEL": "WARNING",
+    # CCH_TEST_LOG_LEVEL=INFO shows what test servers do (their stderr goes
+    # to their workdir, and into the failure messages of tests that print it)
+    "COFFEECHAT_LOG_LEVEL": os.environ.get("CCH_TEST_LOG_LEVEL", "WARNING"),
 }
 
 

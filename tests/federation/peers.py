@@ -55,6 +55,11 @@ class FederatingServer:
             "COFFEECHAT_FEDERATION_ALLOW_PRIVATE_ADDRESSES": LOOPBACK,
             "COFFEECHAT_FEDERATION_VERIFY_PEER_CERTIFICATES": "false",
             "COFFEECHAT_FEDERATION_REQUEST_TIMEOUT_S": "20",
+            # a send that fails on a loaded machine is tried again within
+            # seconds (the default backoff, 10 s doubling, could eat a test's
+            # whole wait); tests of the backoff set their own
+            "COFFEECHAT_FEDERATION_DESTINATION_MIN_RETRY_MS": "300",
+            "COFFEECHAT_FEDERATION_DESTINATION_MAX_RETRY_MS": "3000",
             **extra_env,
         }
         self.env = server_env(database_url, self.data_dir, **env)

@@ -143,14 +143,20 @@ async def test_restricted_rooms_across_three_servers(three: list[FederatingServe
             assert await wait_until(carol_in_a_on_b, 30, interval=0.2), b.process.stderr()[-3000:]
             assert (await join(frank, space_id, a.server_name))[0] == 200
 
-            async def c_cannot_grant() -> bool:  # once a relayed frank's join to A to c
+            async def c_cannot_grant() -> bool:  # once frank's join to A (made by b) reached c
                 status, body = await make_join_on_c(room_id, frank)
                 return (status, body.get("errcode")) == (400, "M_UNABLE_TO_GRANT_JOIN")
 
+            async def frank_in_a_on_a() -> bool:  # a authorises frank's join to R by its state of A
+                ev = await member_event(alice, space_id, frank.user_id)
+                return ev is not None and ev["content"]["membership"] == "join"
+
             assert await wait_until(c_cannot_grant, 30, interval=0.2), (
-            await make_join_on_c(room_id, frank), a.process.stderr()[-3000:], c.process.stderr()[-3000:])
+                await make_join_on_c(room_id, frank), a.process.stderr()[-3000:], c.process.stderr()[-3000:])
+            assert await wait_until(frank_in_a_on_a, 30, interval=0.2), a.process.stderr()[-3000:]
             await forged_send_joins(room_id, version, frank, dave)
-            # b asks c first, then a
+            # b holds R but none of its users may invite: it joins frank
+            # through a server whose users may (a), not c (see above)
             status, body = await join(frank, room_id, c.server_name, a.server_name)
             assert status == 200, (body, b.process.stderr()[-3000:])
             frank_join = await member_event(alice, room_id, frank.user_id)

@@ -5,14 +5,13 @@ Synapse is slow to start) and helpers reading both sides."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Any, AsyncIterator, Callable
 from urllib.parse import quote
 
 import pytest
 
-from ..federation.peers import FederatingServer
+from ..federation.peers import FederatingServer, new_database
 from ..integration.processes import User
 from ..pg import PostgresForTests
 from .synapse_peer import SynapsePeer, synapse_python
@@ -24,7 +23,11 @@ async def resident_peers(
 ) -> AsyncIterator[tuple[FederatingServer, SynapsePeer]]:
     synapse_python()  # installs on first use, or skips with the reason
     tmp = tmp_path_factory.mktemp("resident")
-    url = await pg.create_database(f"cch_res{os.getpid()}", template=pg_template)
+    # a name from the counter every federation test's database is named
+    # from: with one name per worker process, the second of the two modules
+    # using this fixture to run on a worker dropped and made again the
+    # database the first one's server had just used
+    url = await new_database(pg, pg_template, "res")
     ours = FederatingServer(url, tmp / "ours", COFFEECHAT_FEDERATION_DESTINATION_MIN_RETRY_MS="300",
                            COFFEECHAT_FEDERATION_DESTINATION_MAX_RETRY_MS="3000")
     syn = SynapsePeer(tmp / "synapse")

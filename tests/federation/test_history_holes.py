@@ -137,9 +137,14 @@ async def test_messages_backfills_a_hole_in_the_middle_of_history(
                 assert status == 200, sent
                 gaps[room_id].append(sent["event_id"])
         # A's sender gives up the backlog for B: only what comes next goes
+        # (A stopped meanwhile: a batch its sender read before the change
+        # could still reach B once B is back)
+        await a.stop()
         await a.db_fetch(
             "UPDATE federation_destinations SET stream_pos = (SELECT max(stream_pos) FROM events), "
             "retry_count = 0, retry_until_ts = 0 WHERE destination = $1", b.server_name)
+        await a.start()
+        alice = alice.on(a.client_url)  # a new client port
         await b.start()
         bob = bob.on(b.client_url)  # a new client port
         after = []

@@ -521,7 +521,9 @@ class StreamStore:
         value = await self.db.fetchval("SELECT min(floor) FROM stream_inflight")
         return None if value is None else int(value)
 
-    async def position_and_changes(self, after: int, committed: int) -> tuple[int, dict[str, set[str]]]:
+    async def position_changes_and_events(
+        self, after: int, committed: int, events: int = 0
+    ) -> tuple[int, dict[str, set[str]], EventsRead | None]:
         """``current_position`` with ``committed`` as the committed maximum
         (this store's ``known_committed``, or a ``committed_max()`` that
         returned before this call), and ``changes_by_table(after, it)``, in
@@ -530,19 +532,13 @@ class StreamStore:
         (such a write's reservation is absent from that snapshot, so either
         its deletion, which commits with the write, is in it, or the write
         took its position after the snapshot, above ``committed``). One
-        round trip instead of two when a position move wakes someone."""
-        upto, out, _ = await self.position_changes_and_events(after, committed)
-        return upto, out
+        round trip instead of two when a position move wakes someone.
 
-    async def position_changes_and_events(
-        self, after: int, committed: int, events: int = 0
-    ) -> tuple[int, dict[str, set[str]], EventsRead | None]:
-        """``position_and_changes``, and with ``events`` > 0 the timeline
-        events in (after, position] with what the woken syncs' reads of
-        their rooms would also ask (``EventsRead``), when there are at most
-        ``events`` of them (else None): a woken sync whose range this is
-        builds its room without a statement. Same snapshot, so as complete
-        as the changes are."""
+        With ``events`` > 0, also the timeline events in (after, position]
+        with what the woken syncs' reads of their rooms would also ask
+        (``EventsRead``), when there are at most ``events`` of them (else
+        None): a woken sync whose range this is builds its room without a
+        statement. Same snapshot, so as complete as the changes are."""
         extra, ev_cte = "", ""
         if events > 0:
             ev_cte = (
@@ -606,7 +602,7 @@ def _changes_sql(after: str, upto: str, join: str = "") -> str:
     stream_pos <= ``upto`` (SQL expressions), each table ``join``ed with
     what the statement adds.
 
-    The notifier's read (``position_and_changes``) takes both bounds from
+    The notifier's read (``position_changes_and_events``) takes both bounds from
     its materialized CTE ``b``, which the planner cannot see into: its plan
     is the same for every value, so after five executions PostgreSQL keeps
     a generic one. With a bound as a parameter in the WHERE clauses it

@@ -313,7 +313,7 @@ async def test_a_write_may_take_its_positions_in_its_own_statement(db: Database)
     assert await db.fetchval("SELECT count(*) FROM stream_inflight") == 0
 
 
-async def test_position_and_changes_holds_back_like_current_position(db: Database) -> None:
+async def test_the_notifiers_read_holds_back_like_current_position(db: Database) -> None:
     """The notifier's one-statement read: the position (as current_position
     with a known committed maximum) and what changed up to it, never past a
     lower write that has not committed."""
@@ -332,13 +332,13 @@ async def test_position_and_changes_holds_back_like_current_position(db: Databas
     writer_a = asyncio.create_task(a.write(slow))
     await inside.wait()
     _, pos_b = await b.write(lambda conn, pos: insert_at(conn, pos))
-    upto, changes = await b.position_and_changes(start, b.local_committed)
+    upto, changes, _ = await b.position_changes_and_events(start, b.local_committed)
     assert start <= upto < a_pos[0] and changes == {}
     release.set()
     _, pos_a = await writer_a
-    upto, changes = await b.position_and_changes(start, max(pos_a, pos_b))
+    upto, changes, _ = await b.position_changes_and_events(start, max(pos_a, pos_b))
     assert upto == max(pos_a, pos_b) and changes == {"room_memberships": {"@u:test"}}
-    assert await b.position_and_changes(upto, upto) == (upto, {})
+    assert await b.position_changes_and_events(upto, upto) == (upto, {}, None)
 
 
 async def test_the_notifiers_read_is_planned_once_per_connection(db: Database) -> None:

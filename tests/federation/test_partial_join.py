@@ -102,6 +102,24 @@ async def partial_row(b: FederatingServer, room_id: str) -> Any:
     return rows[0] if rows else None
 
 
+async def resynced(b: FederatingServer, room_id: str) -> bool:
+    row = await partial_row(b, room_id)
+    return row is not None and row["stream_pos"] is not None
+
+
+async def hold_resync(b: FederatingServer, room_id: str, holder: str) -> None:
+    """Another live "instance" of b (``holder``) holds the room's resync
+    lease: b's own resync waits (only the holder resyncs)."""
+    await b.db_fetch("INSERT INTO instance_leases VALUES ($1, 'elsewhere', 0, 9000000000000)", holder)
+    await b.db_fetch("INSERT INTO work_leases VALUES ($1, $2, 9000000000000)", f"partial-state:{room_id}", holder)
+
+
+async def holder_dies(b: FederatingServer, holder: str) -> None:
+    """``holder``'s leases are gone: b's sweep takes the resync over."""
+    await b.db_fetch("DELETE FROM work_leases WHERE instance_id = $1", holder)
+    await b.db_fetch("DELETE FROM instance_leases WHERE instance_id = $1", holder)
+
+
 async def forge(a: FederatingServer, b: FederatingServer, room_id: str, sender: str, prev_id: str,
                 auth_ids: list[str], kind: str, content: dict[str, Any],
                 state_key: str | None = None) -> tuple[str, dict[str, Any]]:
@@ -169,10 +187,7 @@ async def test_partial_join_of_a_room_of_ours(pair: tuple[FederatingServer, Fede
         assert (await alice.call("PUT", f"rooms/{quote(room_id)}/state/m.room.power_levels/", levels))[0] == 200
         bob = await User(http, b.client_url).register("bob")
         first = await bob.sync()
-        # another live instance of b holds the room's resync lease: b's own
-        # resync waits (only the holder resyncs)
-        await b.db_fetch("INSERT INTO instance_leases VALUES ($1, 'elsewhere', 0, 9000000000000)", HOLDER)
-        await b.db_fetch("INSERT INTO work_leases VALUES ($1, $2, 9000000000000)", f"partial-state:{room_id}", HOLDER)
+        await hold_resync(b, room_id, HOLDER)
 
         status, body = await bob.call("POST", f"join/{quote(room_id)}?server_name={quote(a.server_name)}", {})
         assert status == 200, (body, b.process.stderr()[-3000:])
@@ -247,9 +262,7 @@ async def test_partial_join_of_a_room_of_ours(pair: tuple[FederatingServer, Fede
         assert not members_call.done()  # /members waits for the resync
         assert (await partial_row(b, room_id))["stream_pos"] is None
 
-        # the holder dies: b's sweep takes the resync over
-        await b.db_fetch("DELETE FROM work_leases WHERE instance_id = $1", HOLDER)
-        await b.db_fetch("DELETE FROM instance_leases WHERE instance_id = $1", HOLDER)
+        await holder_dies(b, HOLDER)
         status, got = await members_call
         assert status == 200, got
         joined = {e["state_key"] for e in got["chunk"] if e["content"]["membership"] == "join"}
@@ -357,10 +370,7 @@ async def test_resync_resumes_after_kill9(pair: tuple[FederatingServer, Federati
         await b.start()
         dave = dave.on(b.client_url)
 
-        async def complete() -> bool:
-            r = await partial_row(b, room_id)
-            return r is not None and r["stream_pos"] is not None
-        assert await wait_until(complete, 30), b.process.stderr()[-3000:]
+        assert await wait_until(lambda: resynced(b, room_id), 30), b.process.stderr()[-3000:]
         status, jm = await dave.call("GET", f"rooms/{quote(room_id)}/joined_members")
         assert status == 200 and set(jm["joined"]) == {carol.user_id, dave.user_id, *(m.user_id for m in members)}
 
@@ -386,8 +396,7 @@ async def test_history_backfilled_while_partial_stays_hidden(pair: tuple[Federat
                                  {"history_visibility": "joined"}))[0] == 200
         secrets = [(await alice.send(room_id, f"secret {i}"))[1]["event_id"] for i in range(3)]
         bob = await User(http, b.client_url).register("hv_bob")
-        await b.db_fetch("INSERT INTO instance_leases VALUES ($1, 'elsewhere', 0, 9000000000000)", holder)
-        await b.db_fetch("INSERT INTO work_leases VALUES ($1, $2, 9000000000000)", f"partial-state:{room_id}", holder)
+        await hold_resync(b, room_id, holder)
         status, body = await bob.call("POST", f"join/{quote(room_id)}?server_name={quote(a.server_name)}", {})
         assert status == 200, body
         assert (await alice.send(room_id, "after join"))[0] == 200
@@ -413,13 +422,8 @@ async def test_history_backfilled_while_partial_stays_hidden(pair: tuple[Federat
         assert await bobs_view() == [["open", "after join"], [404, 404, 404, 404]]
         assert (await partial_row(b, room_id))["stream_pos"] is None
 
-        await b.db_fetch("DELETE FROM work_leases WHERE instance_id = $1", holder)
-        await b.db_fetch("DELETE FROM instance_leases WHERE instance_id = $1", holder)
-
-        async def complete() -> bool:
-            r = await partial_row(b, room_id)
-            return r is not None and r["stream_pos"] is not None
-        assert await wait_until(complete, 30), b.process.stderr()[-3000:]
+        await holder_dies(b, holder)
+        assert await wait_until(lambda: resynced(b, room_id), 30), b.process.stderr()[-3000:]
         assert await bobs_view() == [["open", "after join"], [404, 404, 404, 404]]
         for secret in secrets:  # the state before bob's join does not have him in it
             assert ("m.room.member", bob.user_id) not in await state_after(b, secret)

@@ -50,6 +50,12 @@ async def member_event(user: User, room_id: str, target: str) -> dict[str, Any] 
     return next((e for e in body if e["type"] == "m.room.member" and e["state_key"] == target), None)
 
 
+async def joined(user: User, room_id: str, target: str) -> bool:
+    """Whether ``user``'s server has ``target`` joined to the room."""
+    ev = await member_event(user, room_id, target)
+    return ev is not None and ev["content"]["membership"] == "join"
+
+
 async def signed_pdu(server: FederatingServer, event_id: str) -> dict[str, Any]:
     rows = await server.db_fetch("SELECT pdu FROM events WHERE event_id = $1", event_id)
     assert rows, f"{event_id} is not on {server.server_name}"
@@ -136,24 +142,19 @@ async def test_restricted_rooms_across_three_servers(three: list[FederatingServe
             # the servers it knows in A: once carol's join (made through a)
             # has reached b, c is one of them (before, c would learn of
             # frank's join only with a later event of A, as from Synapse)
-            async def carol_in_a_on_b() -> bool:
-                ev = await member_event(bob, space_id, carol.user_id)
-                return ev is not None and ev["content"]["membership"] == "join"
-
-            assert await wait_until(carol_in_a_on_b, 30, interval=0.2), b.process.stderr()[-3000:]
+            assert await wait_until(lambda: joined(bob, space_id, carol.user_id), 30, interval=0.2), \
+                b.process.stderr()[-3000:]
             assert (await join(frank, space_id, a.server_name))[0] == 200
 
             async def c_cannot_grant() -> bool:  # once frank's join to A (made by b) reached c
                 status, body = await make_join_on_c(room_id, frank)
                 return (status, body.get("errcode")) == (400, "M_UNABLE_TO_GRANT_JOIN")
 
-            async def frank_in_a_on_a() -> bool:  # a authorises frank's join to R by its state of A
-                ev = await member_event(alice, space_id, frank.user_id)
-                return ev is not None and ev["content"]["membership"] == "join"
-
             assert await wait_until(c_cannot_grant, 30, interval=0.2), (
                 await make_join_on_c(room_id, frank), a.process.stderr()[-3000:], c.process.stderr()[-3000:])
-            assert await wait_until(frank_in_a_on_a, 30, interval=0.2), a.process.stderr()[-3000:]
+            # a authorises frank's join to R by its own state of A
+            assert await wait_until(lambda: joined(alice, space_id, frank.user_id), 30, interval=0.2), \
+                a.process.stderr()[-3000:]
             await forged_send_joins(room_id, version, frank, dave)
             # b holds R but none of its users may invite: it joins frank
             # through a server whose users may (a), not c (see above)
@@ -173,12 +174,7 @@ async def test_restricted_rooms_across_three_servers(three: list[FederatingServe
 
             # heidi (c) is in A; R is on c but no user of c may authorise: the join goes through a
             assert (await join(heidi, space_id, a.server_name))[0] == 200  # made on c (in A), sent to a
-
-            async def heidi_in_a_on_a() -> bool:
-                ev = await member_event(alice, space_id, heidi.user_id)
-                return ev is not None and ev["content"]["membership"] == "join"
-
-            assert await wait_until(heidi_in_a_on_a, 30, interval=0.2)
+            assert await wait_until(lambda: joined(alice, space_id, heidi.user_id), 30, interval=0.2)
             status, body = await join(heidi, room_id)
             assert status == 200, (body, c.process.stderr()[-3000:])
             ev = await member_event(alice, room_id, heidi.user_id)

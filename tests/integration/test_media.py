@@ -160,13 +160,29 @@ async def test_oversize_uploads_are_refused(start_server: StartServer, http: aio
     assert list(tmp.iterdir()) == []
 
 
+def _upload_request(token: str, declared: int, body: bytes) -> bytes:
+    """An upload with Content-Length ``declared`` and ``body`` (which may be shorter)."""
+    return (
+        f"POST {UPLOAD} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/octet-stream\r\nContent-Length: {declared}\r\n\r\n".encode() + body
+    )
+
+
+async def _no_upload_file_left(server) -> None:  # type: ignore[no-untyped-def]
+    """Wait (bounded) until the server's folder of uploads being received is
+    empty: an upload's clean-up can run after its connection closed."""
+    tmp = Path(server.config.media_path) / "tmp"
+
+    async def empty() -> bool:
+        return not any(tmp.iterdir())
+
+    assert await wait_until(empty, 10, interval=0.02), list(tmp.iterdir())
+
+
 def _raw_upload(port: int, token: str, declared: int, body: bytes) -> bytes:
     """Send a body shorter than its Content-Length, close our side, read the answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(
-            f"POST {UPLOAD} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-            f"Content-Type: application/octet-stream\r\nContent-Length: {declared}\r\n\r\n".encode() + body
-        )
+        s.sendall(_upload_request(token, declared, body))
         s.shutdown(socket.SHUT_WR)
         out = b""
         while chunk := s.recv(65536):
@@ -183,13 +199,8 @@ async def test_body_shorter_than_content_length(alice: ApiClient, server) -> Non
         assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
         assert b"M_INVALID_PARAM" in answer
     # the connection can close before the handler has seen the short body:
-    # its clean-up runs after, in this test's event loop, so wait for it
-    tmp = Path(server.config.media_path) / "tmp"
-
-    async def nothing_left() -> bool:
-        return not any(tmp.iterdir())
-
-    assert await wait_until(nothing_left, 10, interval=0.02), list(tmp.iterdir())
+    # its clean-up runs after, in this test's event loop
+    await _no_upload_file_left(server)
     assert (await alice.get(f"{AUTHED}/config")).status == 200  # still serving
 
 
@@ -201,10 +212,7 @@ async def test_client_gone_in_the_middle_of_its_body(alice: ApiClient, server) -
 
     def send_half() -> socket.socket:
         s = socket.create_connection(("127.0.0.1", server.client_port), timeout=10)
-        s.sendall(
-            f"POST {UPLOAD} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice.token}\r\n"
-            "Content-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n".encode() + b"b" * 50_000
-        )
+        s.sendall(_upload_request(alice.token, 100_000, b"b" * 50_000))
         return s
 
     s = await asyncio.to_thread(send_half)
@@ -214,11 +222,7 @@ async def test_client_gone_in_the_middle_of_its_body(alice: ApiClient, server) -
 
         assert await wait_until(writing, 10, interval=0.02)
         s.shutdown(socket.SHUT_WR)
-
-        async def nothing_left() -> bool:
-            return not any(tmp.iterdir())
-
-        assert await wait_until(nothing_left, 10, interval=0.02), list(tmp.iterdir())
+        await _no_upload_file_left(server)
     finally:
         s.close()
     assert (await alice.get(f"{AUTHED}/config")).status == 200
